@@ -1,0 +1,332 @@
+//! Wire types shared by the manager, the guest agent and the Rust client.
+//!
+//! Every request type rejects unknown fields, and [`parse_json`] turns serde's
+//! errors into messages that name the offending field, so a caller always
+//! learns *which* part of its body was wrong.
+
+use std::collections::BTreeMap;
+
+use serde::{de::DeserializeOwned, Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
+
+/// vsock port the guest agent listens on.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+/// vsock port a guest dials on the host (CID 2) to reach the peer bridge.
+pub const BRIDGE_VSOCK_PORT: u32 = 1025;
+/// Unix socket inside the guest through which user code reaches the peer bridge.
+pub const GUEST_BRIDGE_SOCKET: &str = "/run/rds/peer.sock";
+/// Default cap on each of stdout and stderr.
+pub const DEFAULT_OUTPUT_CAP: usize = 1024 * 1024;
+/// Default command timeout when the caller gives none.
+pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+/// Uid and gid that untrusted code runs as.
+pub const SANDBOX_UID: u32 = 1000;
+/// The only directory callers may read and write.
+pub const WORKSPACE: &str = "/workspace";
+
+/// Error body returned by every rds HTTP endpoint: `{"error":{"code","message"}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// Machine-readable code plus a human message.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable code such as `bad_request`, `not_found`, `conflict`.
+    pub code: String,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        ErrorBody { error: ErrorDetail { code: code.into(), message: message.into() } }
+    }
+}
+
+/// Parses a JSON body, producing an error message that names the field at fault.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            format!("malformed JSON: {inner}")
+        } else if path.is_empty() || path == "." {
+            format!("invalid body: {inner}")
+        } else {
+            format!("invalid field `{path}`: {inner}")
+        }
+    })
+}
+
+/// Environment for a command: accepted either as an object (`{"K":"v"}`) or as the
+/// reference API's list form (`["K=v"]`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
+#[serde(transparent)]
+pub struct EnvMap(pub BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for EnvMap {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Map(BTreeMap<String, String>),
+            List(Vec<String>),
+        }
+        let map = match Form::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected an object of strings or a list of \"KEY=value\" strings")
+        })? {
+            Form::Map(m) => m,
+            Form::List(list) => {
+                let mut m = BTreeMap::new();
+                for entry in list {
+                    match entry.split_once('=') {
+                        Some((k, v)) if !k.is_empty() => {
+                            m.insert(k.to_string(), v.to_string());
+                        }
+                        _ => {
+                            return Err(serde::de::Error::custom(format!(
+                                "invalid env entry (expected KEY=value): {entry:?}"
+                            )))
+                        }
+                    }
+                }
+                m
+            }
+        };
+        for key in map.keys() {
+            if !is_env_key(key) {
+                return Err(serde::de::Error::custom(format!(
+                    "invalid env key {key:?} (must match [A-Za-z_][A-Za-z0-9_]*)"
+                )));
+            }
+        }
+        Ok(EnvMap(map))
+    }
+}
+
+/// True when `key` is a valid environment variable name.
+pub fn is_env_key(key: &str) -> bool {
+    let mut chars = key.chars();
+    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
+/// `POST /exec`: run a shell command as uid 1000 in `/workspace`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExecRequest {
+    /// Passed to `bash -c` (or `sh -c`).
+    pub cmd: String,
+    /// Working directory under `/workspace` (default `/workspace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub env: Option<EnvMap>,
+    /// Written to the command's stdin, which is then closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Idempotency key: a retry with the same id never runs the command twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_id: Option<String>,
+}
+
+/// Outcome of a finished command.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecResult {
+    /// `null` when the command was killed by a signal or timed out.
+    pub exit_code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    #[serde(default)]
+    pub stdout_truncated: bool,
+    #[serde(default)]
+    pub stderr_truncated: bool,
+    #[serde(default)]
+    pub timed_out: bool,
+    /// Signal number that ended the command, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    #[serde(default)]
+    pub duration_ms: u64,
+    /// True when the VM's memory limit killed a process during this command (set by the manager).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub oom_killed: bool,
+}
+
+/// One line of a streamed (`Accept: application/x-ndjson`) exec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum ExecEvent {
+    Stdout { data: String },
+    Stderr { data: String },
+    Exit(ExecExit),
+}
+
+/// Final event of a streamed exec: the result without the (already streamed) output.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecExit {
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub stdout_truncated: bool,
+    #[serde(default)]
+    pub stderr_truncated: bool,
+    #[serde(default)]
+    pub timed_out: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    #[serde(default)]
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub oom_killed: bool,
+}
+
+/// Language of a `run-*` call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    /// TypeScript via Deno (`/run-ts`).
+    Ts,
+    /// JavaScript via Node.js (`/run-js`).
+    Js,
+    /// Python 3 (`/run-python`).
+    Python,
+}
+
+impl Language {
+    /// The route suffix: `run-ts`, `run-js`, `run-python`.
+    pub fn route(self) -> &'static str {
+        match self {
+            Language::Ts => "run-ts",
+            Language::Js => "run-js",
+            Language::Python => "run-python",
+        }
+    }
+}
+
+/// `POST /run-ts|run-js|run-python`: run a snippet (`code`) or a file (`path`) and
+/// collect its structured result.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RunRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// Module under `/workspace`; wins over `code` when both are given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub env: Option<EnvMap>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Deno only: grant network access.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_net: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_id: Option<String>,
+}
+
+/// Outcome of a `run-*` call.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunResult {
+    pub exit_code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    #[serde(default)]
+    pub stdout_truncated: bool,
+    #[serde(default)]
+    pub stderr_truncated: bool,
+    #[serde(default)]
+    pub timed_out: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    #[serde(default)]
+    pub duration_ms: u64,
+    /// The value passed to `result.set(...)` (any JSON, `null` included); absent if none.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+    /// Structured error: `{name, message, stack}` for exceptions, or what `result.error(...)` got.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub oom_killed: bool,
+}
+
+/// Deserializes a present field as `Some`, even when it is JSON `null`.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
+}
+
+/// Interpreters the guest can run, as probed by the agent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Capabilities {
+    pub bash: bool,
+    pub sh: bool,
+    pub deno: bool,
+    pub node: bool,
+    pub python3: bool,
+}
+
+/// `GET /health` of the agent.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentHealth {
+    pub status: String,
+    pub version: String,
+    pub uptime_ms: u64,
+    pub capabilities: Capabilities,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_json_names_the_bad_field() {
+        let err = parse_json::<ExecRequest>(br#"{"cmd":"x","timeoutMs":-5}"#).unwrap_err();
+        assert!(err.contains("timeoutMs"), "{err}");
+        let err = parse_json::<ExecRequest>(br#"{"cmd":1}"#).unwrap_err();
+        assert!(err.contains("cmd"), "{err}");
+        let err = parse_json::<ExecRequest>(br#"{}"#).unwrap_err();
+        assert!(err.contains("cmd"), "{err}");
+        let err = parse_json::<ExecRequest>(br#"{"cmd":"x","bogus":1}"#).unwrap_err();
+        assert!(err.contains("bogus"), "{err}");
+        let err = parse_json::<ExecRequest>(br#"{"cmd":"#).unwrap_err();
+        assert!(err.starts_with("malformed JSON"), "{err}");
+    }
+
+    #[test]
+    fn env_accepts_map_and_list_and_rejects_bad_keys() {
+        let a: ExecRequest = parse_json(br#"{"cmd":"x","env":{"A":"1"}}"#).unwrap();
+        let b: ExecRequest = parse_json(br#"{"cmd":"x","env":["A=1"]}"#).unwrap();
+        assert_eq!(a.env, b.env);
+        let err = parse_json::<ExecRequest>(br#"{"cmd":"x","env":{"1A":"1"}}"#).unwrap_err();
+        assert!(err.contains("env"), "{err}");
+        let err = parse_json::<ExecRequest>(br#"{"cmd":"x","env":["NOEQUALS"]}"#).unwrap_err();
+        assert!(err.contains("env"), "{err}");
+    }
+
+    #[test]
+    fn run_result_keeps_null_result_distinct_from_absent() {
+        let with_null: RunResult = serde_json::from_str(
+            r#"{"exitCode":0,"stdout":"","stderr":"","result":null}"#,
+        )
+        .unwrap();
+        assert_eq!(with_null.result, Some(serde_json::Value::Null));
+        let absent: RunResult = serde_json::from_str(r#"{"exitCode":0,"stdout":"","stderr":""}"#).unwrap();
+        assert_eq!(absent.result, None);
+        assert!(serde_json::to_string(&with_null).unwrap().contains("\"result\":null"));
+    }
+}
