@@ -1,1 +1,36 @@
-fn main() {}
+//! `rds-agent`: guest agent, guest PID 1 and sandbox launcher in one small binary.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "rds-agent", version, about = "run-dat-sheesh guest agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the agent API on a Unix socket, an inherited fd or AF_VSOCK.
+    Serve(rds_agent::server::ServeArgs),
+    /// Run as PID 1 of a guest: mount, reap, supervise the agent, power off on shutdown.
+    Init,
+    /// Enter fresh namespaces described by a spec and run the agent there as PID 1 (sandbox runtime).
+    Sandbox(rds_agent::sandbox::SandboxArgs),
+    /// Measure exec round-trips over the UDS transport against a bare fork/exec; prints JSON.
+    Bench(rds_agent::bench::BenchArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => rds_agent::server::main(args),
+        Command::Init => rds_agent::init::main(),
+        Command::Sandbox(args) => rds_agent::sandbox::main(args),
+        Command::Bench(args) => rds_agent::bench::main(args),
+    };
+    if let Err(e) = result {
+        eprintln!("rds-agent: {e:#}");
+        std::process::exit(1);
+    }
+}

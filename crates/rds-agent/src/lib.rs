@@ -1,0 +1,13 @@
+//! The rds guest agent: the program inside every sandbox that executes untrusted code.
+//!
+//! It serves HTTP/1.1 over hybrid vsock ([`server`]), runs commands and snippets as uid 1000
+//! ([`exec`], [`run`]), moves files in and out of `/workspace` ([`files`]), and acts as PID 1
+//! in a guest ([`init`]) or inside the namespaces of the sandbox runtime ([`sandbox`]).
+
+pub mod bench;
+pub mod exec;
+pub mod files;
+pub mod init;
+pub mod run;
+pub mod sandbox;
+pub mod server;

@@ -1,0 +1,48 @@
+# Shared helpers for scripts/run, scripts/test and scripts/bench. Source it; don't run it.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export PATH="$HOME/.cargo/bin:/usr/local/bin:$PATH"
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+need_root() {
+  [ "$(id -u)" = 0 ] || die "run as root: sandboxes need namespaces, cgroups and mounts (try: sudo $0)"
+}
+
+apt_updated=
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  step "apt-get install ${missing[*]}"
+  if [ -z "$apt_updated" ]; then DEBIAN_FRONTEND=noninteractive apt-get update -qq; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# Rust toolchain: use the one present, else install rustup's stable toolchain.
+ensure_rust() {
+  if ! command -v cargo >/dev/null; then
+    apt_install curl ca-certificates build-essential
+    step "installing Rust (rustup, stable)"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  command -v cc >/dev/null || apt_install build-essential
+}
+
+# What run-ts / run-js / run-python need when no guest image is configured: the sandbox runtime
+# runs them from the host's root filesystem (read-only).
+ensure_interpreters() {
+  apt_install python3 nodejs npm ca-certificates
+  if ! command -v deno >/dev/null || ! deno --version >/dev/null 2>&1; then
+    step "installing Deno from its npm package"
+    npm install -g --no-fund --no-audit --allow-scripts=deno deno@2 >/dev/null 2>&1 \
+      || npm install -g --no-fund --no-audit deno@2 >/dev/null
+    local bin
+    bin="$(npm root -g)/deno/deno"
+    [ -x "$bin" ] && ln -sf "$bin" /usr/local/bin/deno
+    deno --version >/dev/null || die "deno did not install"
+  fi
+}
