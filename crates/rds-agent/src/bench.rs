@@ -1,1 +1,200 @@
-//! (being written: see the module owner)
+//! `rds-agent bench`: exec round-trip through a real `rds-agent serve` on a Unix socket versus a
+//! bare fork/exec of the same command, measured in the same run; prints one line of JSON last.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use rds_proto::{ExecResult, AGENT_VSOCK_PORT};
+
+/// `rds-agent bench` flags.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Agent binary to start (default: this executable).
+    #[arg(long, value_name = "PATH")]
+    agent_bin: Option<PathBuf>,
+    /// Calls per measurement.
+    #[arg(long, default_value_t = 1000)]
+    calls: usize,
+}
+
+/// `rds-agent bench`.
+pub fn main(args: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.calls > 0, "--calls must be at least 1");
+    let bin = match args.agent_bin {
+        Some(bin) => bin,
+        None => std::env::current_exe().context("finding this executable")?,
+    };
+    let dir = std::env::temp_dir().join(format!("rds-bench-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("ws")).context("creating the bench directory")?;
+    let result = bench(&bin, &dir, args.calls);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn bench(bin: &Path, dir: &Path, calls: usize) -> anyhow::Result<()> {
+    let socket = dir.join("agent.sock");
+    let workspace = dir.join("ws");
+    // Root runs commands as uid 1000 like a guest; anyone else runs them as themselves.
+    let (uid, gid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
+    let (uid, gid) = if uid == 0 { (1000, 1000) } else { (uid, gid) };
+    if uid == 1000 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+        std::os::unix::fs::chown(&workspace, Some(uid), Some(gid))?;
+    }
+    let mut agent = AgentProcess(
+        Command::new(bin)
+            .args(["serve", "--listen-uds"])
+            .arg(&socket)
+            .arg("--workspace")
+            .arg(&workspace)
+            .args(["--uid", &uid.to_string(), "--gid", &gid.to_string()])
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?,
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        rds_vsock::connect_retry(&socket, AGENT_VSOCK_PORT, Duration::from_secs(10))
+            .await
+            .context("the agent did not come up")?;
+        anyhow::Ok(())
+    })?;
+    let pid = agent.0.id();
+    let rss_start = vm_rss_kib(pid)?;
+
+    let body = Bytes::from_static(br#"{"cmd":"true"}"#);
+    let (per_connection, keep_alive) = runtime.block_on(async {
+        // Warm-up, so page-ins and first-use costs are not measured.
+        for _ in 0..20 {
+            exec_new_connection(&socket, body.clone()).await?;
+        }
+        let mut per_connection = Vec::with_capacity(calls);
+        for _ in 0..calls {
+            let start = Instant::now();
+            exec_new_connection(&socket, body.clone()).await?;
+            per_connection.push(start.elapsed());
+        }
+        let mut sender = open(&socket).await?;
+        let mut keep_alive = Vec::with_capacity(calls);
+        for _ in 0..calls {
+            let start = Instant::now();
+            exec(&mut sender, body.clone()).await?;
+            keep_alive.push(start.elapsed());
+        }
+        anyhow::Ok((per_connection, keep_alive))
+    })?;
+
+    let mut bare = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let start = Instant::now();
+        let status = Command::new("true").stdin(Stdio::null()).stdout(Stdio::null()).status()?;
+        anyhow::ensure!(status.success(), "bare `true` failed");
+        bare.push(start.elapsed());
+    }
+    // Let the agent settle (blocking threads idle out) before sampling its idle RSS again.
+    std::thread::sleep(Duration::from_secs(6));
+    let rss_end = vm_rss_kib(pid)?;
+    agent.stop();
+
+    let exec_p50 = percentile_ms(&mut per_connection.clone(), 50.0);
+    let exec_p95 = percentile_ms(&mut per_connection.clone(), 95.0);
+    let ka_p50 = percentile_ms(&mut keep_alive.clone(), 50.0);
+    let ka_p95 = percentile_ms(&mut keep_alive.clone(), 95.0);
+    let bare_p50 = percentile_ms(&mut bare.clone(), 50.0);
+    let bare_p95 = percentile_ms(&mut bare.clone(), 95.0);
+    let line = serde_json::json!({
+        "bench": "agent",
+        "calls": calls,
+        "exec_p50_ms": round(exec_p50),
+        "exec_p95_ms": round(exec_p95),
+        "bare_p50_ms": round(bare_p50),
+        "bare_p95_ms": round(bare_p95),
+        "overhead_p50_ms": round(exec_p50 - bare_p50),
+        "ratio_p50": round(exec_p50 / bare_p50),
+        "idle_rss_kib": rss_end.max(rss_start),
+        "idle_rss_start_kib": rss_start,
+        "idle_rss_after_kib": rss_end,
+        "keepalive_exec_p50_ms": round(ka_p50),
+        "keepalive_exec_p95_ms": round(ka_p95),
+        "keepalive_overhead_p50_ms": round(ka_p50 - bare_p50),
+    });
+    println!("{line}");
+    Ok(())
+}
+
+/// Kills the agent when the bench ends, even on error.
+struct AgentProcess(std::process::Child);
+
+impl AgentProcess {
+    fn stop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+async fn open(socket: &Path) -> anyhow::Result<http1::SendRequest<Full<Bytes>>> {
+    let stream = rds_vsock::connect(socket, AGENT_VSOCK_PORT, Duration::from_secs(5)).await?;
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+async fn exec_new_connection(socket: &Path, body: Bytes) -> anyhow::Result<()> {
+    let mut sender = open(socket).await?;
+    exec(&mut sender, body).await
+}
+
+async fn exec(sender: &mut http1::SendRequest<Full<Bytes>>, body: Bytes) -> anyhow::Result<()> {
+    sender.ready().await?;
+    let request = http::Request::post("/exec")
+        .header(http::header::HOST, "agent")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body))?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let bytes = response.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        bail!("exec answered {status}: {}", String::from_utf8_lossy(&bytes));
+    }
+    let result: ExecResult = serde_json::from_slice(&bytes)?;
+    anyhow::ensure!(result.exit_code == Some(0), "`true` did not exit 0: {result:?}");
+    Ok(())
+}
+
+fn vm_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS in /proc/<pid>/status")
+}
+
+fn percentile_ms(samples: &mut [Duration], pct: f64) -> f64 {
+    samples.sort_unstable();
+    let index = ((pct / 100.0) * (samples.len() - 1) as f64).round() as usize;
+    samples[index].as_secs_f64() * 1000.0
+}
+
+fn round(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}

@@ -1,1 +1,395 @@
-//! (being written: see the module owner)
+//! Running commands as the sandbox user: `POST /exec`, and the process machinery [`crate::run`]
+//! builds on (spawn without privileges, capped capture, timeout that kills the whole session,
+//! `execId` idempotency).
+
+pub mod capture;
+pub mod idempotency;
+pub mod process;
+pub mod session;
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rds_proto::{EnvMap, ExecRequest, ExecResult, DEFAULT_TIMEOUT_MS};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::files;
+use crate::server::AgentConfig;
+use capture::{capture, Captured, Chunk, LiveOutput, Pipe};
+use idempotency::{Claim, IdempotencyCache, Outcome};
+pub use process::Identity;
+use process::{base_env, find_program, sandboxed_command, CommandSpec};
+
+/// How long output pipes may stay open after the command itself ended (a background process
+/// holding them) before the exec answers anyway.
+const PIPE_GRACE: Duration = Duration::from_millis(200);
+
+/// Why an exec or run could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The request is invalid; the message names the field.
+    #[error("{0}")]
+    Invalid(String),
+    /// The working directory is missing or the sandbox user cannot enter it.
+    #[error("cwd `{0}` does not exist or is not a directory the sandbox user can enter")]
+    MissingCwd(String),
+    /// The execId was used before with a different request.
+    #[error("execId `{0}` was already used for a different request; use a new execId")]
+    Conflict(String),
+    /// The first request with this execId failed before its command started.
+    #[error("the first request with execId `{0}` failed before starting; retry with a new execId")]
+    Abandoned(String),
+    /// The interpreter or shell this request needs is not installed.
+    #[error("{0} is not installed in this guest")]
+    Unsupported(&'static str),
+    /// The process could not be started.
+    #[error("could not start {program}: {source}")]
+    Spawn { program: String, source: std::io::Error },
+    /// Preparing the run failed on the agent's side.
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    /// The task supervising the command failed.
+    #[error("the command's supervisor task failed")]
+    Lost,
+}
+
+/// A command ready to start.
+pub struct Launch {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// Absolute directory to start in.
+    pub cwd: PathBuf,
+    /// How the caller named `cwd`, for error messages.
+    pub cwd_label: String,
+    pub stdin: Option<Vec<u8>>,
+    pub timeout: Duration,
+    pub output_cap: usize,
+    pub identity: Identity,
+    /// An extra channel read like stdout (run-*: the result FIFO) and its cap.
+    pub side_channel: Option<(tokio::net::unix::pipe::Receiver, usize)>,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Termination {
+    Exited(i32),
+    Signalled(i32),
+    TimedOut,
+}
+
+/// Everything a finished command produced.
+pub struct Finished {
+    pub termination: Termination,
+    pub stdout: Captured,
+    pub stderr: Captured,
+    pub side_channel: Option<Captured>,
+    pub duration: Duration,
+}
+
+/// A started command.
+pub struct Running {
+    child: tokio::process::Child,
+    pid: i32,
+    started: Instant,
+    stdin: Option<Vec<u8>>,
+    timeout: Duration,
+    output_cap: usize,
+    side_channel: Option<(tokio::net::unix::pipe::Receiver, usize)>,
+}
+
+/// Starts `launch` as the sandbox user.
+pub fn spawn(launch: Launch) -> Result<Running, ExecError> {
+    let spec = CommandSpec {
+        program: &launch.program,
+        args: &launch.args,
+        env: &launch.env,
+        cwd: &launch.cwd,
+        identity: launch.identity,
+        stdin: launch.stdin.is_some(),
+    };
+    let program = launch.program.display().to_string();
+    let mut cmd = sandboxed_command(&spec).map_err(|e| ExecError::Invalid(e.to_string()))?;
+    let started = Instant::now();
+    let child = cmd.spawn().map_err(|source| match source.raw_os_error() {
+        // Raised by the child's chdir, which runs as the sandbox user.
+        Some(libc::ENOENT | libc::ENOTDIR | libc::EACCES) => ExecError::MissingCwd(launch.cwd_label.clone()),
+        _ => ExecError::Spawn { program, source },
+    })?;
+    let pid = child.id().expect("a just-spawned child has a pid") as i32;
+    Ok(Running {
+        child,
+        pid,
+        started,
+        stdin: launch.stdin,
+        timeout: launch.timeout,
+        output_cap: launch.output_cap,
+        side_channel: launch.side_channel,
+    })
+}
+
+impl Running {
+    /// Feeds stdin, captures output (forwarding it to `live` as it arrives), enforces the timeout
+    /// and returns once the command and its pipes are done.
+    pub async fn finish(mut self, live: Option<mpsc::UnboundedSender<Chunk>>) -> Finished {
+        let stdin_task = match (self.child.stdin.take(), self.stdin.take()) {
+            (Some(mut pipe), Some(data)) => Some(tokio::spawn(async move {
+                // A command that exits without reading its stdin is not an error.
+                let _ = pipe.write_all(&data).await;
+            })),
+            _ => None,
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let live_for = |pipe| live.clone().map(|sender| LiveOutput { pipe, sender });
+        let stdout = self.child.stdout.take().expect("stdout is piped");
+        let stderr = self.child.stderr.take().expect("stderr is piped");
+        let out = tokio::spawn(capture(stdout, self.output_cap, live_for(Pipe::Stdout), stop_rx.clone()));
+        let err = tokio::spawn(capture(stderr, self.output_cap, live_for(Pipe::Stderr), stop_rx.clone()));
+        let side = self.side_channel.take().map(|(rx, cap)| tokio::spawn(capture(rx, cap, None, stop_rx)));
+        drop(live);
+
+        let deadline = tokio::time::Instant::from_std(self.started) + self.timeout;
+        let termination = match tokio::time::timeout_at(deadline, self.child.wait()).await {
+            Ok(Ok(status)) => match (status.code(), status.signal()) {
+                (Some(code), _) => Termination::Exited(code),
+                (None, Some(signal)) => Termination::Signalled(signal),
+                (None, None) => Termination::Signalled(libc::SIGKILL),
+            },
+            Ok(Err(e)) => {
+                tracing::error!(pid = self.pid, "waiting for a command failed: {e}");
+                session::kill_session(self.pid).await;
+                Termination::Signalled(libc::SIGKILL)
+            }
+            Err(_) => {
+                session::kill_session(self.pid).await;
+                let _ = self.child.wait().await;
+                Termination::TimedOut
+            }
+        };
+        let duration = self.started.elapsed();
+
+        // Pipes normally reach EOF with the command; give stragglers a short grace, then stop.
+        let stopper = async {
+            tokio::time::sleep(PIPE_GRACE).await;
+            let _ = stop.send(true);
+            std::future::pending::<()>().await
+        };
+        let drained = async {
+            let stdout = out.await.unwrap_or_default();
+            let stderr = err.await.unwrap_or_default();
+            let side = match side {
+                Some(task) => Some(task.await.unwrap_or_default()),
+                None => None,
+            };
+            (stdout, stderr, side)
+        };
+        let (stdout, stderr, side_channel) = tokio::select! {
+            drained = drained => drained,
+            _ = stopper => unreachable!("the stopper never completes"),
+        };
+        if let Some(task) = stdin_task {
+            task.abort();
+        }
+        Finished { termination, stdout, stderr, side_channel, duration }
+    }
+}
+
+impl Finished {
+    /// `(exitCode, signal, timedOut)` as the wire types report them.
+    pub fn status_fields(&self) -> (Option<i32>, Option<i32>, bool) {
+        match self.termination {
+            Termination::Exited(code) => (Some(code), None, false),
+            Termination::Signalled(signal) => (None, Some(signal), false),
+            Termination::TimedOut => (None, None, true),
+        }
+    }
+
+    /// The result of a plain exec.
+    pub fn exec_result(&self) -> ExecResult {
+        let (exit_code, signal, timed_out) = self.status_fields();
+        ExecResult {
+            exit_code,
+            stdout: self.stdout.text(),
+            stderr: self.stderr.text(),
+            stdout_truncated: self.stdout.truncated,
+            stderr_truncated: self.stderr.truncated,
+            timed_out,
+            signal,
+            duration_ms: self.duration.as_millis() as u64,
+            oom_killed: false,
+        }
+    }
+}
+
+/// A command (or its earlier run, for a retried id) whose result is on its way.
+pub struct Handle<T> {
+    kind: HandleKind<T>,
+}
+
+enum HandleKind<T> {
+    Live(JoinHandle<T>),
+    Replay { id: String, outcome: Outcome<T> },
+}
+
+impl<T: Clone + Send + Sync + 'static> Handle<T> {
+    /// Starts (or joins) a run: `prepare` validates and spawns, `drive` produces the result.
+    ///
+    /// With an id, a retry of the same request joins the first run; a different request is a
+    /// conflict. Nothing runs twice.
+    pub fn start<P, D, F>(
+        cache: &IdempotencyCache<T>,
+        id: Option<&str>,
+        fingerprint: &str,
+        prepare: impl FnOnce() -> Result<P, ExecError>,
+        drive: D,
+    ) -> Result<Self, ExecError>
+    where
+        D: FnOnce(P) -> F,
+        F: std::future::Future<Output = T> + Send + 'static,
+    {
+        let Some(id) = id else {
+            let prepared = prepare()?;
+            return Ok(Handle { kind: HandleKind::Live(tokio::spawn(drive(prepared))) });
+        };
+        match cache.claim(id, fingerprint) {
+            Claim::Conflict => Err(ExecError::Conflict(id.to_string())),
+            Claim::Existing(outcome) => Ok(Handle { kind: HandleKind::Replay { id: id.to_string(), outcome } }),
+            Claim::New(completion) => {
+                // On error `completion` drops unfinished and the id is forgotten: nothing ran.
+                let prepared = prepare()?;
+                let running = drive(prepared);
+                // Driven by its own task so a client that disconnects cannot cancel the command.
+                let task = tokio::spawn(async move {
+                    let value = running.await;
+                    completion.finish(value.clone());
+                    value
+                });
+                Ok(Handle { kind: HandleKind::Live(task) })
+            }
+        }
+    }
+
+    /// True when this request joined an earlier run with the same id (its output is not live).
+    pub fn is_replay(&self) -> bool {
+        matches!(self.kind, HandleKind::Replay { .. })
+    }
+
+    /// Waits for the result.
+    pub async fn result(self) -> Result<T, ExecError> {
+        match self.kind {
+            HandleKind::Live(task) => task.await.map_err(|_| ExecError::Lost),
+            HandleKind::Replay { id, outcome } => outcome.wait().await.ok_or(ExecError::Abandoned(id)),
+        }
+    }
+}
+
+/// Runs `POST /exec` requests.
+pub struct Executor {
+    workspace: PathBuf,
+    identity: Identity,
+    output_cap: usize,
+    shell: Option<PathBuf>,
+    cache: IdempotencyCache<ExecResult>,
+}
+
+impl Executor {
+    /// An executor for the agent configured by `cfg` (bash if installed, else sh).
+    pub fn new(cfg: &AgentConfig) -> Self {
+        Executor {
+            workspace: cfg.workspace.clone(),
+            identity: Identity { uid: cfg.uid, gid: cfg.gid },
+            output_cap: cfg.output_cap,
+            shell: find_program("bash").or_else(|| find_program("sh")),
+            cache: IdempotencyCache::new(idempotency::DEFAULT_CAPACITY),
+        }
+    }
+
+    /// Validates and starts `req` (or joins the earlier run with its `execId`), forwarding live
+    /// output to `live` when given.
+    pub fn start(
+        &self,
+        req: ExecRequest,
+        live: Option<mpsc::UnboundedSender<Chunk>>,
+    ) -> Result<Handle<ExecResult>, ExecError> {
+        let fingerprint = serde_json::to_string(&req).unwrap_or_default();
+        Handle::start(
+            &self.cache,
+            req.exec_id.as_deref(),
+            &fingerprint,
+            || spawn(self.launch_for(&req)?),
+            |running: Running| async move { running.finish(live).await.exec_result() },
+        )
+    }
+
+    fn launch_for(&self, req: &ExecRequest) -> Result<Launch, ExecError> {
+        if req.cmd.is_empty() {
+            return Err(ExecError::Invalid("invalid field `cmd`: must not be empty".into()));
+        }
+        reject_nul("cmd", &req.cmd)?;
+        let shell = self.shell.clone().ok_or(ExecError::Unsupported("a shell (bash or sh)"))?;
+        let (cwd, cwd_label) = resolve_cwd(&self.workspace, req.cwd.as_deref())?;
+        Ok(Launch {
+            program: shell,
+            args: vec!["-c".into(), req.cmd.clone()],
+            env: sandbox_env(&self.workspace, &BTreeMap::new(), req.env.as_ref())?,
+            cwd,
+            cwd_label,
+            stdin: req.stdin.as_ref().map(|s| s.as_bytes().to_vec()),
+            timeout: timeout_of(req.timeout_ms)?,
+            output_cap: self.output_cap,
+            identity: self.identity,
+            side_channel: None,
+        })
+    }
+}
+
+/// Resolves a caller's `cwd` under the workspace (default: the workspace itself).
+pub fn resolve_cwd(workspace: &Path, cwd: Option<&str>) -> Result<(PathBuf, String), ExecError> {
+    match cwd {
+        None => Ok((workspace.to_path_buf(), workspace.display().to_string())),
+        Some(raw) => {
+            reject_nul("cwd", raw)?;
+            let relative = files::resolve_workspace_path(workspace, raw)
+                .map_err(|e| ExecError::Invalid(format!("invalid field `cwd`: {e}")))?;
+            Ok((workspace.join(relative), raw.to_string()))
+        }
+    }
+}
+
+/// The fresh environment: sandbox defaults, then `extra` (per language), then the caller's env.
+pub fn sandbox_env(
+    workspace: &Path,
+    extra: &BTreeMap<String, String>,
+    caller: Option<&EnvMap>,
+) -> Result<BTreeMap<String, String>, ExecError> {
+    let mut env = base_env(workspace);
+    env.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+    if let Some(EnvMap(vars)) = caller {
+        for (key, value) in vars {
+            reject_nul(&format!("env.{key}"), value)?;
+            env.insert(key.clone(), value.clone());
+        }
+    }
+    Ok(env)
+}
+
+/// The timeout a request asked for (default [`DEFAULT_TIMEOUT_MS`]); zero is rejected.
+pub fn timeout_of(timeout_ms: Option<u64>) -> Result<Duration, ExecError> {
+    match timeout_ms {
+        Some(0) => Err(ExecError::Invalid("invalid field `timeoutMs`: must be greater than 0".into())),
+        Some(ms) => Ok(Duration::from_millis(ms)),
+        None => Ok(Duration::from_millis(DEFAULT_TIMEOUT_MS)),
+    }
+}
+
+/// Rejects strings that cannot be passed to a process (argv and env are NUL-terminated).
+pub fn reject_nul(field: &str, value: &str) -> Result<(), ExecError> {
+    if value.contains('\0') {
+        return Err(ExecError::Invalid(format!("invalid field `{field}`: must not contain NUL bytes")));
+    }
+    Ok(())
+}

@@ -1,1 +1,362 @@
-//! (being written: see the module owner)
+//! Guest PID 1 (`rds-agent init`) and the supervisor shared with the sandbox runtime.
+//!
+//! PID 1 stays a tiny single-threaded reaper: it must `waitpid(-1)` for orphans, which would steal
+//! exit statuses from tokio's child handles, so the tokio agent runs as its child.
+//!
+//! Boot steps run in order and report failures loudly on the console but keep going where the
+//! guest can still be useful. A future initramfs stage (load modules, mount the real root,
+//! `switch_root`) slots in as one more step before [`prepare_guest`].
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::mount::{mount, MsFlags};
+use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, getpid, ForkResult, Pid};
+use rds_proto::{AGENT_VSOCK_PORT, SANDBOX_UID, WORKSPACE};
+
+use crate::server::{self, AgentConfig, ListenOn};
+
+/// How long processes get to exit after SIGTERM before they are SIGKILLed.
+const TERM_GRACE: Duration = Duration::from_secs(3);
+/// How long to wait for SIGKILLed processes to be reaped.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+/// Hostname when the kernel command line names none.
+const DEFAULT_HOSTNAME: &str = "rds";
+
+/// Set in the agent child of [`supervise`]: shutdown requests then go to the supervisor.
+static SUPERVISED: AtomicBool = AtomicBool::new(false);
+
+/// True in a process started by [`supervise`] (its parent owns shutdown).
+pub fn is_supervised() -> bool {
+    SUPERVISED.load(Ordering::Relaxed)
+}
+
+/// What the supervisor does once everything has stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitAction {
+    /// Power the machine off (guest PID 1).
+    PowerOff,
+    /// Exit the process (PID 1 of a sandbox's pid namespace, which then ends).
+    Exit,
+}
+
+/// `rds-agent init`: boots the guest, then supervises the agent until shutdown.
+pub fn main() -> anyhow::Result<()> {
+    anyhow::ensure!(getpid().as_raw() == 1, "`rds-agent init` must run as PID 1 of a guest");
+    mount_kernel_filesystems();
+    ensure_console();
+    prepare_guest();
+    supervise(
+        || match server::run(ListenOn::Vsock(AGENT_VSOCK_PORT), AgentConfig::default()) {
+            Ok(()) => 0,
+            Err(e) => {
+                console(&format!("agent failed: {e:#}"));
+                1
+            }
+        },
+        ExitAction::PowerOff,
+    )
+}
+
+/// Prints a line on the console (stderr), where a guest's boot problems must be visible.
+fn console(message: &str) {
+    eprintln!("rds-init: {message}");
+}
+
+struct MountSpec {
+    source: &'static str,
+    target: &'static str,
+    fstype: &'static str,
+    flags: MsFlags,
+    data: Option<&'static str>,
+}
+
+/// proc, sys, dev, devpts, shm, cgroup2, tmpfs /tmp and /run. Already-mounted ones are fine.
+fn mount_kernel_filesystems() {
+    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let mounts = [
+        MountSpec { source: "proc", target: "/proc", fstype: "proc", flags: hardened, data: None },
+        MountSpec { source: "sysfs", target: "/sys", fstype: "sysfs", flags: hardened, data: None },
+        MountSpec { source: "devtmpfs", target: "/dev", fstype: "devtmpfs", flags: MsFlags::MS_NOSUID, data: Some("mode=0755") },
+        MountSpec {
+            source: "devpts",
+            target: "/dev/pts",
+            fstype: "devpts",
+            flags: MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            data: Some("mode=0620,ptmxmode=0666"),
+        },
+        MountSpec {
+            source: "shm",
+            target: "/dev/shm",
+            fstype: "tmpfs",
+            flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            data: Some("mode=1777"),
+        },
+        MountSpec { source: "cgroup2", target: "/sys/fs/cgroup", fstype: "cgroup2", flags: hardened, data: None },
+        MountSpec {
+            source: "tmpfs",
+            target: "/tmp",
+            fstype: "tmpfs",
+            flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            data: Some("mode=1777"),
+        },
+        MountSpec {
+            source: "tmpfs",
+            target: "/run",
+            fstype: "tmpfs",
+            flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            data: Some("mode=0755"),
+        },
+    ];
+    for m in &mounts {
+        if let Err(e) = std::fs::create_dir_all(m.target) {
+            console(&format!("cannot create {}: {e}", m.target));
+        }
+        match mount(Some(m.source), m.target, Some(m.fstype), m.flags, m.data) {
+            Ok(()) | Err(Errno::EBUSY) => {}
+            Err(e) => console(&format!("mounting {} on {} failed: {e}", m.fstype, m.target)),
+        }
+    }
+}
+
+/// Points stdin/stdout/stderr at `/dev/console` if the kernel could not (no `/dev` at boot).
+fn ensure_console() {
+    // SAFETY: F_GETFD on fd 2 only queries descriptor flags.
+    if unsafe { libc::fcntl(2, libc::F_GETFD) } >= 0 {
+        return;
+    }
+    let Ok(path) = CString::new("/dev/console") else { return };
+    // SAFETY: open/dup2/close on a valid C string and descriptors this process owns.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+        if fd >= 0 {
+            for target in 0..3 {
+                libc::dup2(fd, target);
+            }
+            if fd > 2 {
+                libc::close(fd);
+            }
+        }
+    }
+}
+
+/// Hostname, loopback and the user's workspace.
+fn prepare_guest() {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let hostname = hostname_from_cmdline(&cmdline).unwrap_or(DEFAULT_HOSTNAME);
+    if let Err(e) = nix::unistd::sethostname(hostname) {
+        console(&format!("setting hostname {hostname:?} failed: {e}"));
+    }
+    if let Err(e) = bring_up_loopback() {
+        console(&format!("bringing up lo failed: {e}"));
+    }
+    if let Err(e) = prepare_workspace(Path::new(WORKSPACE)) {
+        console(&format!("preparing {WORKSPACE} failed: {e}"));
+    }
+}
+
+/// `rds.hostname=` from the kernel command line, if it is a valid hostname.
+fn hostname_from_cmdline(cmdline: &str) -> Option<&str> {
+    let name = cmdline.split_ascii_whitespace().find_map(|arg| arg.strip_prefix("rds.hostname="))?;
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    valid.then_some(name)
+}
+
+/// Sets IFF_UP on `lo` with SIOCSIFFLAGS (no `ip` binary needed).
+fn bring_up_loopback() -> io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: socket() has no memory preconditions; the result is checked before being owned.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a freshly created descriptor owned by nobody else.
+    let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain old data for which all-zero is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in request.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write `request`, a valid ifreq naming `lo`.
+    unsafe {
+        if libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        request.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        if libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Makes the workspace a real directory owned by the sandbox user.
+fn prepare_workspace(path: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(path)?;
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.is_dir() {
+        return Err(io::Error::other(format!("{} is not a directory", path.display())));
+    }
+    std::os::unix::fs::lchown(path, Some(SANDBOX_UID), Some(SANDBOX_UID))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+}
+
+/// Runs as PID 1 (single-threaded, no tokio): forks a child that calls `agent()` (whose return
+/// value is the child's exit code), reaps every zombie, restarts nothing; on SIGTERM/SIGINT (and
+/// Ctrl-Alt-Del, delivered as SIGINT once disabled in the kernel) stops gracefully: SIGTERM to
+/// every process, up to 3 s, SIGKILL the rest, `sync()`; then powers off or exits.
+/// If the agent dies unexpectedly it is logged and everything shuts down the same way.
+pub fn supervise(agent: impl FnOnce() -> i32, exit: ExitAction) -> ! {
+    let mut signals = SigSet::empty();
+    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGCHLD] {
+        signals.add(signal);
+    }
+    let mut previous = SigSet::empty();
+    // Blocked before the fork so no signal is lost; they are collected with sigtimedwait below.
+    if let Err(e) = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), Some(&mut previous)) {
+        console(&format!("blocking signals failed: {e}"));
+    }
+    let is_pid1 = getpid().as_raw() == 1;
+    if is_pid1 && exit == ExitAction::PowerOff {
+        // Ctrl-Alt-Del then arrives as SIGINT instead of an immediate reboot.
+        if let Err(e) = nix::sys::reboot::set_cad_enabled(false) {
+            console(&format!("disabling Ctrl-Alt-Del failed: {e}"));
+        }
+    }
+
+    // SAFETY: the supervisor is single-threaded, so the child may run arbitrary code after fork.
+    let agent_pid = match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            SUPERVISED.store(true, Ordering::Relaxed);
+            let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&previous), None);
+            let code = agent();
+            std::process::exit(code);
+        }
+        Ok(ForkResult::Parent { child }) => Some(child),
+        Err(e) => {
+            console(&format!("starting the agent failed: {e}"));
+            None
+        }
+    };
+
+    let code = match agent_pid {
+        None => 1,
+        Some(agent_pid) => wait_for_stop(&signals, agent_pid),
+    };
+    stop_everything(&signals, is_pid1, agent_pid);
+    nix::unistd::sync();
+    match exit {
+        ExitAction::PowerOff => {
+            console("powering off");
+            // Only returns on failure; PID 1 exiting then at least stops the guest (kernel panic).
+            let Err(e) = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+            console(&format!("power off failed: {e}"));
+            std::process::exit(code)
+        }
+        ExitAction::Exit => std::process::exit(code),
+    }
+}
+
+/// Reaps children until a stop signal arrives (exit code 0) or the agent dies (its code).
+fn wait_for_stop(signals: &SigSet, agent_pid: Pid) -> i32 {
+    loop {
+        match wait_signal(signals, None) {
+            Some(libc::SIGTERM) | Some(libc::SIGINT) => {
+                console("shutdown requested");
+                return 0;
+            }
+            _ => {
+                for (pid, status) in reap() {
+                    if pid == agent_pid {
+                        let code = match status {
+                            WaitStatus::Exited(_, code) => code,
+                            _ => 1,
+                        };
+                        console(&format!("the agent ended unexpectedly ({status:?}); shutting down"));
+                        return if code == 0 { 1 } else { code };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// SIGTERM to every process (PID 1: all of them; otherwise just the agent), wait, then SIGKILL.
+fn stop_everything(signals: &SigSet, is_pid1: bool, agent_pid: Option<Pid>) {
+    // kill(-1) outside a PID namespace of our own would hit the whole host: only PID 1 uses it.
+    let everyone = if is_pid1 { Some(Pid::from_raw(-1)) } else { agent_pid };
+    let Some(target) = everyone else { return };
+    let _ = kill(target, Signal::SIGTERM);
+    if !reap_until_gone(signals, TERM_GRACE) {
+        console("processes still running after SIGTERM; sending SIGKILL");
+        let _ = kill(target, Signal::SIGKILL);
+        if !reap_until_gone(signals, KILL_GRACE) {
+            console("some processes did not exit after SIGKILL");
+        }
+    }
+}
+
+/// Reaps until no child is left (true) or `limit` passes (false).
+fn reap_until_gone(signals: &SigSet, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        reap();
+        if matches!(waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)), Err(Errno::ECHILD)) {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        wait_signal(signals, Some(left.min(Duration::from_millis(100))));
+    }
+}
+
+/// Collects every exited child without blocking.
+fn reap() -> Vec<(Pid, WaitStatus)> {
+    let mut reaped = Vec::new();
+    loop {
+        match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => return reaped,
+            Ok(status) => {
+                if let Some(pid) = status.pid() {
+                    reaped.push((pid, status));
+                }
+            }
+        }
+    }
+}
+
+/// Waits for one of the blocked `signals` (or the timeout); returns its number.
+fn wait_signal(signals: &SigSet, timeout: Option<Duration>) -> Option<i32> {
+    let timespec = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs() as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    });
+    let timespec_ptr = timespec.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `signals` is a valid sigset, siginfo may be null, and the timespec (if any) lives
+    // on this stack frame for the duration of the call.
+    let signal = unsafe { libc::sigtimedwait(signals.as_ref(), std::ptr::null_mut(), timespec_ptr) };
+    (signal > 0).then_some(signal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostname_comes_from_cmdline_only_when_valid() {
+        assert_eq!(hostname_from_cmdline("console=ttyS0 rds.hostname=vm-1 quiet"), Some("vm-1"));
+        assert_eq!(hostname_from_cmdline("rds.hostname=bad/name"), None);
+        assert_eq!(hostname_from_cmdline("quiet"), None);
+    }
+}

@@ -1,1 +1,263 @@
-//! (being written: see the module owner)
+//! `POST /run-ts|run-js|run-python`: run a snippet or a workspace file under Deno, Node or
+//! Python as the sandbox user and collect its structured result.
+//!
+//! A small wrapper (see `run/wrapper.*`) imports the user's module, collects `result.set(...)`,
+//! the default export (TS/JS) or the module-level `result` (Python), and writes one JSON document
+//! to a FIFO. The wrapper, the snippet and the FIFO live in a fresh root-owned directory under
+//! `/tmp` that the user cannot modify and that is removed afterwards, so nothing is left in the
+//! workspace and the root agent only ever opens a path it created itself.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rds_proto::{Language, RunRequest, RunResult};
+use serde_json::Value;
+
+use crate::exec::idempotency::{self, IdempotencyCache};
+use crate::exec::process::find_program;
+use crate::exec::{self, reject_nul, sandbox_env, timeout_of, ExecError, Finished, Handle, Identity, Launch};
+use crate::files;
+use crate::server::AgentConfig;
+
+/// Largest result document accepted from a wrapper.
+pub const RESULT_CAP: usize = 8 * 1024 * 1024;
+/// Where run directories are created (root-owned, one per run).
+const RUN_ROOT: &str = "/tmp";
+
+const JS_WRAPPER: &str = include_str!("run/wrapper.mjs");
+const PY_WRAPPER: &str = include_str!("run/wrapper.py");
+
+/// Runs `run-*` requests.
+pub struct Runner {
+    workspace: PathBuf,
+    identity: Identity,
+    output_cap: usize,
+    cache: IdempotencyCache<RunResult>,
+}
+
+impl Runner {
+    /// A runner for the agent configured by `cfg`.
+    pub fn new(cfg: &AgentConfig) -> Self {
+        Runner {
+            workspace: cfg.workspace.clone(),
+            identity: Identity { uid: cfg.uid, gid: cfg.gid },
+            output_cap: cfg.output_cap,
+            cache: IdempotencyCache::new(idempotency::DEFAULT_CAPACITY),
+        }
+    }
+
+    /// Validates and starts `req` in `language` (or joins the earlier run with its `execId`).
+    pub fn start(&self, language: Language, req: RunRequest) -> Result<Handle<RunResult>, ExecError> {
+        let fingerprint = format!("{}:{}", language.route(), serde_json::to_string(&req).unwrap_or_default());
+        let id = req.exec_id.as_ref().map(|id| format!("{}:{id}", language.route()));
+        Handle::start(
+            &self.cache,
+            id.as_deref(),
+            &fingerprint,
+            || self.prepare(language, &req),
+            |(dir, running): (RunDir, exec::Running)| async move {
+                let finished = running.finish(None).await;
+                drop(dir);
+                run_result(&finished)
+            },
+        )
+    }
+
+    fn prepare(&self, language: Language, req: &RunRequest) -> Result<(RunDir, exec::Running), ExecError> {
+        let interpreter = Interpreter::of(language)?;
+        let dir = RunDir::create()?;
+        // `path` wins over `code`; a file runs from its own directory, a snippet from the workspace.
+        let (target, cwd, cwd_label) = match (&req.path, &req.code) {
+            (Some(path), _) => {
+                reject_nul("path", path)?;
+                let relative = files::resolve_workspace_path(&self.workspace, path)
+                    .map_err(|e| ExecError::Invalid(format!("invalid field `path`: {e}")))?;
+                let file = self.workspace.join(relative);
+                let parent = file.parent().unwrap_or(&self.workspace).to_path_buf();
+                (file, parent, path.clone())
+            }
+            (None, Some(code)) => {
+                let snippet = dir.write(&format!("snippet.{}", interpreter.snippet_ext), code.as_bytes())?;
+                (snippet, self.workspace.clone(), self.workspace.display().to_string())
+            }
+            (None, None) => return Err(ExecError::Invalid("either `code` or `path` is required".into())),
+        };
+        let fifo = dir.result_fifo(self.identity)?;
+        let wrapper_text = interpreter
+            .wrapper
+            .replace("__RDS_TARGET__", &json_string(&target))
+            .replace("__RDS_RESULT__", &json_string(&fifo))
+            .replace("__RDS_WORKSPACE__", &json_string(&cwd));
+        let wrapper = dir.write(&format!("wrapper.{}", interpreter.wrapper_ext), wrapper_text.as_bytes())?;
+
+        let mut args = interpreter.leading_args(&self.workspace, req.allow_net.unwrap_or(false));
+        args.push(wrapper.display().to_string());
+        for (i, arg) in req.args.iter().flatten().enumerate() {
+            reject_nul(&format!("args[{i}]"), arg)?;
+            args.push(arg.clone());
+        }
+        // Opened read-write so the FIFO never reports EOF before the wrapper has opened it.
+        let receiver = tokio::net::unix::pipe::OpenOptions::new()
+            .read_write(true)
+            .open_receiver(&fifo)
+            .map_err(|source| ExecError::Io { context: "opening the result FIFO".into(), source })?;
+        let launch = Launch {
+            program: interpreter.program,
+            args,
+            env: sandbox_env(&self.workspace, &interpreter.env, req.env.as_ref())?,
+            cwd,
+            cwd_label,
+            stdin: None,
+            timeout: timeout_of(req.timeout_ms)?,
+            output_cap: self.output_cap,
+            identity: self.identity,
+            side_channel: Some((receiver, RESULT_CAP)),
+        };
+        let running = exec::spawn(launch)?;
+        Ok((dir, running))
+    }
+}
+
+/// How one language is run.
+struct Interpreter {
+    language: Language,
+    program: PathBuf,
+    wrapper: &'static str,
+    wrapper_ext: &'static str,
+    snippet_ext: &'static str,
+    env: BTreeMap<String, String>,
+}
+
+impl Interpreter {
+    fn of(language: Language) -> Result<Self, ExecError> {
+        let (name, wrapper, wrapper_ext, snippet_ext, env): (_, _, _, _, &[(&str, &str)]) = match language {
+            Language::Ts => (
+                "deno",
+                JS_WRAPPER,
+                "mjs",
+                "ts",
+                &[("DENO_DIR", "/tmp/.deno"), ("DENO_NO_UPDATE_CHECK", "1"), ("NO_COLOR", "1")],
+            ),
+            Language::Js => ("node", JS_WRAPPER, "mjs", "mjs", &[]),
+            Language::Python => ("python3", PY_WRAPPER, "py", "py", &[]),
+        };
+        let program = find_program(name).ok_or(ExecError::Unsupported(name))?;
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Ok(Interpreter { language, program, wrapper, wrapper_ext, snippet_ext, env })
+    }
+
+    /// Interpreter arguments before the wrapper path. Deno's permissions are fixed here and never
+    /// taken from the caller.
+    fn leading_args(&self, workspace: &Path, allow_net: bool) -> Vec<String> {
+        match self.language {
+            Language::Ts => {
+                let ws = workspace.display();
+                let mut args = vec![
+                    "run".to_string(),
+                    "--quiet".into(),
+                    "--no-prompt".into(),
+                    format!("--allow-read={ws},/tmp"),
+                    format!("--allow-write={ws},/tmp"),
+                    "--allow-env".into(),
+                ];
+                if allow_net {
+                    args.push("--allow-net".into());
+                }
+                args
+            }
+            Language::Js => Vec::new(),
+            // Unbuffered, so stdout and stderr keep their relative order.
+            Language::Python => vec!["-u".into()],
+        }
+    }
+}
+
+/// A fresh root-owned directory under `/tmp` holding one run's wrapper, snippet and result FIFO;
+/// removed when dropped.
+struct RunDir {
+    path: PathBuf,
+}
+
+impl RunDir {
+    fn create() -> Result<Self, ExecError> {
+        let path = Path::new(RUN_ROOT).join(format!("rds-run-{}", uuid::Uuid::new_v4()));
+        // A fresh name: mkdir fails rather than reuse anything a user may have planted.
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&path)
+            .map_err(|source| ExecError::Io { context: format!("creating {}", path.display()), source })?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+            .map_err(|source| ExecError::Io { context: format!("chmod {}", path.display()), source })?;
+        Ok(RunDir { path })
+    }
+
+    /// Writes a world-readable file the sandbox user can read but not change.
+    fn write(&self, name: &str, contents: &[u8]) -> Result<PathBuf, ExecError> {
+        let path = self.path.join(name);
+        let io = |source| ExecError::Io { context: format!("writing {}", path.display()), source };
+        let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&path).map_err(io)?;
+        file.write_all(contents).map_err(io)?;
+        file.set_permissions(fs::Permissions::from_mode(0o644)).map_err(io)?;
+        Ok(path)
+    }
+
+    /// Creates the FIFO the wrapper reports through, writable only by the sandbox user.
+    fn result_fifo(&self, identity: Identity) -> Result<PathBuf, ExecError> {
+        let path = self.path.join("result");
+        let io = |e: nix::Error| ExecError::Io { context: format!("creating {}", path.display()), source: e.into() };
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(io)?;
+        nix::unistd::chown(
+            &path,
+            Some(nix::unistd::Uid::from_raw(identity.uid)),
+            Some(nix::unistd::Gid::from_raw(identity.gid)),
+        )
+        .map_err(io)?;
+        Ok(path)
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.path) {
+            tracing::warn!("could not remove run directory {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// A path as a JSON string literal (valid in JavaScript and Python source alike).
+fn json_string(path: &Path) -> String {
+    serde_json::to_string(&path.to_string_lossy()).expect("strings always serialise")
+}
+
+/// Combines the process outcome with the wrapper's report.
+fn run_result(finished: &Finished) -> RunResult {
+    let (exit_code, signal, timed_out) = finished.status_fields();
+    let mut out = RunResult {
+        exit_code,
+        stdout: finished.stdout.text(),
+        stderr: finished.stderr.text(),
+        stdout_truncated: finished.stdout.truncated,
+        stderr_truncated: finished.stderr.truncated,
+        timed_out,
+        signal,
+        duration_ms: finished.duration.as_millis() as u64,
+        ..RunResult::default()
+    };
+    let Some(report) = &finished.side_channel else { return out };
+    if report.truncated {
+        out.error = Some(serde_json::json!({
+            "name": "ResultTooLarge",
+            "message": format!("the result is larger than {RESULT_CAP} bytes"),
+        }));
+        return out;
+    }
+    // An empty or garbled report (killed mid-write, user code wrote to the FIFO) means no result.
+    if let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(&report.bytes) {
+        out.result = fields.remove("result");
+        out.error = fields.remove("error");
+    }
+    out
+}

@@ -1,1 +1,393 @@
-//! (being written: see the module owner)
+//! `rds-agent sandbox`: the launcher of the sandbox runtime.
+//!
+//! Started (detached, already inside the VM's cgroups) by the runtime with a [`SandboxSpec`] and the
+//! agent's listening socket as an inherited fd. It enters fresh mount/pid/net/ipc/uts/cgroup
+//! namespaces and forks: the child becomes PID 1 of the new pid namespace, assembles a read-only
+//! root with private `/proc`, `/dev`, `/tmp`, `/run` and a read-write `/workspace`, hides the
+//! manager's storage and secrets, `pivot_root`s into it and supervises the agent. The parent stays
+//! outside the pid namespace, forwards SIGTERM/SIGINT to PID 1 and exits with its status; PID 1 dies
+//! with it (`PR_SET_PDEATHSIG`), and with PID 1 the whole namespace.
+//!
+//! Everything before the fork stays single-threaded (no tokio): the agent builds its own runtime.
+
+use std::fs::File;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::{symlink, DirBuilderExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, pivot_root, sethostname, ForkResult, Pid};
+use rds_proto::sandbox::{SandboxSpec, SANDBOX_BRIDGE_DIR, SANDBOX_SPEC_ENV};
+
+use crate::init::{supervise, ExitAction};
+use crate::server::{AgentConfig, ListenOn};
+
+/// Arguments of `rds-agent sandbox`.
+#[derive(clap::Args, Debug)]
+pub struct SandboxArgs {
+    /// The sandbox spec as JSON, or the path of a JSON file. The runtime passes it in the environment
+    /// so it does not show in `/proc/1/cmdline` inside the sandbox.
+    #[arg(long, env = SANDBOX_SPEC_ENV, hide_env_values = true)]
+    pub spec: String,
+}
+
+/// Top-level entries of the new root that get their own fresh mounts instead of a bind of the source.
+const OWN_MOUNTS: [&str; 6] = ["proc", "dev", "sys", "tmp", "run", "workspace"];
+/// Host device nodes bind-mounted into the sandbox's `/dev`.
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+/// `/proc` entries made read-only: they configure the host kernel.
+const PROC_READONLY: [&str; 4] = ["sys", "sysrq-trigger", "irq", "bus"];
+/// Host paths always hidden when the host root is the sandbox root.
+const ALWAYS_HIDDEN: [&str; 2] = ["/root", "/home"];
+
+/// Entry point of `rds-agent sandbox`.
+pub fn main(args: SandboxArgs) -> Result<()> {
+    let spec = load_spec(&args.spec)?;
+    check_spec(&spec)?;
+    // The spec must not reach the agent's (or user code's) environment.
+    std::env::remove_var(SANDBOX_SPEC_ENV);
+    let listener = take_listener(spec.listen_fd)?;
+
+    unshare(
+        CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWNET
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWCGROUP,
+    )
+    .context("cannot create namespaces (the sandbox runtime needs root)")?;
+
+    // Block the signals the parent handles synchronously, before the child can exist.
+    let mut forwarded = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGCHLD] {
+        forwarded.add(s);
+    }
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&forwarded), None).context("sigprocmask")?;
+
+    // SAFETY: this process is single-threaded (no runtime has been started), so the child may run
+    // arbitrary code after fork.
+    match unsafe { fork() }.context("fork")? {
+        ForkResult::Child => {
+            let err = run_pid1(&spec, listener, &forwarded).unwrap_err();
+            eprintln!("rds-agent sandbox: {err:#}");
+            std::process::exit(1);
+        }
+        ForkResult::Parent { child } => {
+            drop(listener);
+            let code = forward_and_wait(child, &forwarded)?;
+            std::process::exit(code);
+        }
+    }
+}
+
+fn load_spec(arg: &str) -> Result<SandboxSpec> {
+    let text = if arg.trim_start().starts_with('{') {
+        arg.to_string()
+    } else {
+        std::fs::read_to_string(arg).with_context(|| format!("cannot read sandbox spec {arg}"))?
+    };
+    rds_proto::parse_json(text.as_bytes()).map_err(|e| anyhow::anyhow!("bad sandbox spec: {e}"))
+}
+
+fn check_spec(spec: &SandboxSpec) -> Result<()> {
+    let id = &spec.vm_id;
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        bail!("invalid VM id {id:?}");
+    }
+    let h = &spec.hostname;
+    if h.is_empty() || h.len() > 64 || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+        bail!("invalid hostname {h:?}");
+    }
+    let paths = [Some(&spec.root_dir), Some(&spec.workspace), Some(&spec.bridge_dir), spec.rootfs.as_ref()];
+    for p in paths.into_iter().flatten().chain(&spec.hide_paths) {
+        if !p.is_absolute() {
+            bail!("sandbox spec path {} is not absolute", p.display());
+        }
+    }
+    if spec.listen_fd < 3 {
+        bail!("listen fd {} is not an inherited socket", spec.listen_fd);
+    }
+    Ok(())
+}
+
+/// Takes ownership of the inherited listening socket after checking it is one.
+fn take_listener(fd: i32) -> Result<OwnedFd> {
+    let stat = nix::sys::stat::fstat(fd).with_context(|| format!("listen fd {fd} is not open"))?;
+    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        bail!("listen fd {fd} is not a socket");
+    }
+    // SAFETY: the runtime passed this fd to us alone; it is open (fstat succeeded) and nothing else
+    // in this process owns it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Children of the agent (user code) must not inherit it.
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)).context("fcntl")?;
+    Ok(owned)
+}
+
+/// Parent side: forwards SIGTERM/SIGINT to PID 1 and returns its exit status as a shell would.
+fn forward_and_wait(child: Pid, signals: &SigSet) -> Result<i32> {
+    loop {
+        match signals.wait().context("sigwait")? {
+            Signal::SIGCHLD => match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => {
+                    eprintln!("rds-agent sandbox: PID 1 exited with status {code}");
+                    return Ok(code);
+                }
+                Ok(WaitStatus::Signaled(_, sig, _)) => {
+                    eprintln!("rds-agent sandbox: PID 1 killed by {sig}");
+                    return Ok(128 + sig as i32);
+                }
+                Ok(_) => {}
+                Err(e) => bail!("waitpid: {e}"),
+            },
+            sig => {
+                let _ = kill(child, sig);
+            }
+        }
+    }
+}
+
+/// Child side: becomes the sandbox's PID 1. Returns only on error.
+fn run_pid1(spec: &SandboxSpec, listener: OwnedFd, signals: &SigSet) -> Result<std::convert::Infallible> {
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(signals), None).context("sigprocmask")?;
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
+        bail!("PR_SET_PDEATHSIG: {}", std::io::Error::last_os_error());
+    }
+    build_root(spec).context("cannot build the sandbox root")?;
+    sethostname(&spec.hostname).context("sethostname")?;
+    loopback_up().context("cannot bring up lo")?;
+    // No process in the sandbox may gain privileges through execve (setuid binaries, file caps).
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        bail!("PR_SET_NO_NEW_PRIVS: {}", std::io::Error::last_os_error());
+    }
+    supervise(
+        move || match crate::server::run(ListenOn::Fd(listener), AgentConfig::default()) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("rds-agent: {e:#}");
+                1
+            }
+        },
+        ExitAction::Exit,
+    )
+}
+
+fn mount_at(src: Option<&Path>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) -> Result<()> {
+    mount(src, target, fstype, flags, data).with_context(|| {
+        format!("mount {} on {} ({fstype:?}, {flags:?})", src.map(|s| s.display().to_string()).unwrap_or_default(), target.display())
+    })
+}
+
+fn bind(src: &Path, target: &Path, recursive: bool) -> Result<()> {
+    let flags = if recursive { MsFlags::MS_BIND | MsFlags::MS_REC } else { MsFlags::MS_BIND };
+    mount_at(Some(src), target, None, flags, None)
+}
+
+/// Sets mount attributes on `target` (and everything below it when `recursive`).
+fn set_mount_attrs(target: &Path, attrs: u64, recursive: bool) -> Result<()> {
+    let path = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())?;
+    let attr = libc::mount_attr { attr_set: attrs, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    let flags = if recursive { libc::AT_RECURSIVE } else { 0 };
+    // SAFETY: `path` is a valid C string and `attr` a properly sized mount_attr living across the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            flags as libc::c_uint,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if rc != 0 {
+        bail!("mount_setattr {}: {}", target.display(), std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+const RO_NOSUID_NODEV: u64 = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
+
+fn mkdir(path: &Path, mode: u32) -> Result<()> {
+    std::fs::DirBuilder::new().mode(mode).create(path).with_context(|| format!("mkdir {}", path.display()))
+}
+
+/// Assembles the sandbox root at `spec.root_dir` and pivots into it.
+fn build_root(spec: &SandboxSpec) -> Result<()> {
+    // Nothing done below may propagate back to the host's mount namespace.
+    mount_at(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
+    let canonical = |p: &Path| std::fs::canonicalize(p).with_context(|| format!("cannot resolve {}", p.display()));
+    let root = canonical(&spec.root_dir)?;
+    let source = canonical(spec.rootfs.as_deref().unwrap_or(Path::new("/")))?;
+    let workspace = canonical(&spec.workspace)?;
+    let bridge = canonical(&spec.bridge_dir)?;
+
+    mount_at(Some(Path::new("tmpfs")), &root, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755,size=1m"))?;
+    mirror_top_level(&source, &root)?;
+    for name in OWN_MOUNTS {
+        mkdir(&root.join(name), 0o755)?;
+    }
+    // Everything so far (the new root and every bind below it) becomes read-only, nosuid, nodev.
+    set_mount_attrs(&root, RO_NOSUID_NODEV, true)?;
+
+    mount_proc(&root.join("proc"))?;
+    mount_at(
+        Some(Path::new("sysfs")),
+        &root.join("sys"),
+        Some("sysfs"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    mount_dev(&root.join("dev"))?;
+    mount_at(Some(Path::new("tmpfs")), &root.join("tmp"), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    mount_run(&root.join("run"), &bridge)?;
+    bind(&workspace, &root.join("workspace"), false)?;
+    set_mount_attrs(&root.join("workspace"), libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV, false)?;
+    if spec.rootfs.is_none() {
+        let always = ALWAYS_HIDDEN.iter().map(PathBuf::from);
+        for path in spec.hide_paths.iter().cloned().chain(always) {
+            hide(&root, &path)?;
+        }
+    }
+
+    // pivot_root(".", ".") stacks the old root on top of the new one; detaching it leaves only the new.
+    std::env::set_current_dir(&root)?;
+    pivot_root(".", ".").context("pivot_root")?;
+    umount2(".", MntFlags::MNT_DETACH).context("cannot detach the old root")?;
+    std::env::set_current_dir("/")?;
+    Ok(())
+}
+
+/// Recreates `source`'s top-level entries in `root`: directories and files as recursive binds,
+/// symlinks as symlinks. Entries in [`OWN_MOUNTS`] are skipped.
+fn mirror_top_level(source: &Path, root: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(source).with_context(|| format!("cannot list {}", source.display()))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if OWN_MOUNTS.iter().any(|m| name == *m) {
+            continue;
+        }
+        let (from, to) = (entry.path(), root.join(&name));
+        let kind = entry.file_type()?;
+        if kind.is_symlink() {
+            symlink(std::fs::read_link(&from)?, &to).with_context(|| format!("symlink {}", to.display()))?;
+        } else if kind.is_dir() {
+            mkdir(&to, 0o755)?;
+            bind(&from, &to, true)?;
+        } else if kind.is_file() {
+            File::create(&to).with_context(|| format!("create {}", to.display()))?;
+            bind(&from, &to, false)?;
+        }
+    }
+    Ok(())
+}
+
+/// A fresh procfs for the new pid namespace, with the host-kernel knobs read-only.
+fn mount_proc(target: &Path) -> Result<()> {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount_at(Some(Path::new("proc")), target, Some("proc"), flags, None)?;
+    for name in PROC_READONLY {
+        let p = target.join(name);
+        if p.exists() {
+            bind(&p, &p, true)?;
+            set_mount_attrs(&p, RO_NOSUID_NODEV, true)?;
+        }
+    }
+    Ok(())
+}
+
+/// A minimal `/dev`: a few host nodes, a private devpts, `/dev/shm`, and the usual links.
+fn mount_dev(dev: &Path) -> Result<()> {
+    mount_at(Some(Path::new("tmpfs")), dev, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=0755,size=64k"))?;
+    for name in DEVICES {
+        let target = dev.join(name);
+        File::create(&target).with_context(|| format!("create {}", target.display()))?;
+        bind(&Path::new("/dev").join(name), &target, false)?;
+    }
+    mkdir(&dev.join("pts"), 0o755)?;
+    mount_at(
+        Some(Path::new("devpts")),
+        &dev.join("pts"),
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )?;
+    symlink("pts/ptmx", dev.join("ptmx"))?;
+    mkdir(&dev.join("shm"), 0o1777)?;
+    mount_at(Some(Path::new("tmpfs")), &dev.join("shm"), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    for (name, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+        symlink(target, dev.join(name))?;
+    }
+    // Nothing more is created in /dev itself; its submounts (pts, shm) stay writable.
+    set_mount_attrs(dev, libc::MOUNT_ATTR_RDONLY, false)
+}
+
+/// `/run` (root-only writable tmpfs) with the VM's bridge directory at [`SANDBOX_BRIDGE_DIR`] and a
+/// `/run/rds/peer.sock` link to the manager's bridge socket inside it.
+fn mount_run(run: &Path, bridge: &Path) -> Result<()> {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount_at(Some(Path::new("tmpfs")), run, Some("tmpfs"), flags, Some("mode=0755"))?;
+    let rds = run.join("rds");
+    mkdir(&rds, 0o755)?;
+    let inside = run.join(SANDBOX_BRIDGE_DIR.trim_start_matches("/run/"));
+    mkdir(&inside, 0o755)?;
+    bind(bridge, &inside, false)?;
+    set_mount_attrs(&inside, libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC, false)?;
+    symlink("bridge/peer.sock", rds.join("peer.sock"))?;
+    Ok(())
+}
+
+/// Covers host path `path` (as seen inside `root`) with an empty read-only directory, or with
+/// `/dev/null` if it is a file. Paths absent from the new root are already invisible.
+fn hide(root: &Path, path: &Path) -> Result<()> {
+    let Ok(rel) = path.strip_prefix("/") else { return Ok(()) };
+    if rel.as_os_str().is_empty() {
+        return Ok(()); // hiding "/" would hide everything; the spec never asks for it
+    }
+    // Resolve on the host: the new root mirrors the host's top level, and a canonical path has no
+    // symlink that could lead the mount outside the new root.
+    let Ok(real) = std::fs::canonicalize(path) else { return Ok(()) };
+    let target = root.join(real.strip_prefix("/").unwrap_or(rel));
+    let Ok(meta) = std::fs::symlink_metadata(&target) else { return Ok(()) };
+    if meta.is_dir() {
+        let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        mount_at(Some(Path::new("tmpfs")), &target, Some("tmpfs"), flags, Some("size=4k,mode=0755"))
+    } else {
+        bind(&root.join("dev/null"), &target, false)?;
+        set_mount_attrs(&target, RO_NOSUID_NODEV, false)
+    }
+}
+
+/// Brings up `lo` in the new network namespace (it starts down).
+fn loopback_up() -> Result<()> {
+    // SAFETY: plain socket(2); the fd is wrapped in OwnedFd immediately.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        bail!("socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh fd owned by nobody else.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    use std::os::fd::AsRawFd;
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read/write the flags member of a properly initialised ifreq.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            bail!("SIOCGIFFLAGS: {}", std::io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            bail!("SIOCSIFFLAGS: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

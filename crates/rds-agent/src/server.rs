@@ -1,1 +1,243 @@
-//! (being written: see the module owner)
+//! The agent's HTTP/1.1 server over hybrid vsock (a Unix socket in the sandbox runtime and tests).
+//!
+//! One current-thread tokio runtime (file work on the blocking pool) keeps the idle footprint
+//! small; one task per connection; keep-alive. The agent never listens on TCP and marks itself
+//! non-dumpable, so code in the guest can neither reach it nor inspect it.
+
+mod http;
+mod routes;
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rds_proto::{AGENT_VSOCK_PORT, DEFAULT_OUTPUT_CAP, SANDBOX_UID, WORKSPACE};
+use rds_vsock::Listener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use crate::exec::Executor;
+use crate::run::Runner;
+
+/// How long in-flight requests may finish after a shutdown begins.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the agent serves and as whom user code runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Directory user code works in (default `/workspace`).
+    pub workspace: PathBuf,
+    /// Uid user code runs as.
+    pub uid: u32,
+    /// Gid user code runs as.
+    pub gid: u32,
+    /// Cap on each of stdout and stderr.
+    pub output_cap: usize,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            workspace: PathBuf::from(WORKSPACE),
+            uid: SANDBOX_UID,
+            gid: SANDBOX_UID,
+            output_cap: DEFAULT_OUTPUT_CAP,
+        }
+    }
+}
+
+/// Where the agent accepts connections.
+#[derive(Debug)]
+pub enum ListenOn {
+    /// Bind a Unix socket (0600) speaking the hybrid-vsock handshake for [`AGENT_VSOCK_PORT`].
+    Uds(PathBuf),
+    /// An inherited, already listening Unix socket (same handshake).
+    Fd(OwnedFd),
+    /// `AF_VSOCK` on this port (inside a microVM).
+    Vsock(u32),
+}
+
+/// `rds-agent serve` flags.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    listen: ListenArgs,
+    /// Directory user code works in.
+    #[arg(long, default_value = WORKSPACE)]
+    workspace: PathBuf,
+    /// Uid user code runs as.
+    #[arg(long, default_value_t = SANDBOX_UID)]
+    uid: u32,
+    /// Gid user code runs as.
+    #[arg(long, default_value_t = SANDBOX_UID)]
+    gid: u32,
+    /// Cap in bytes on each of stdout and stderr.
+    #[arg(long, default_value_t = DEFAULT_OUTPUT_CAP)]
+    output_cap: usize,
+}
+
+/// Exactly one listening mode.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+struct ListenArgs {
+    /// Bind this Unix socket (hybrid-vsock handshake).
+    #[arg(long, value_name = "PATH")]
+    listen_uds: Option<PathBuf>,
+    /// Serve an inherited listening Unix socket.
+    #[arg(long, value_name = "FD")]
+    listen_fd: Option<i32>,
+    /// Listen on AF_VSOCK.
+    #[arg(long, value_name = "PORT")]
+    listen_vsock: Option<u32>,
+}
+
+/// `rds-agent serve`.
+pub fn main(args: ServeArgs) -> anyhow::Result<()> {
+    let listen = match args.listen {
+        ListenArgs { listen_uds: Some(path), .. } => ListenOn::Uds(path),
+        ListenArgs { listen_fd: Some(fd), .. } => ListenOn::Fd(inherited_socket(fd)?),
+        ListenArgs { listen_vsock: Some(port), .. } => ListenOn::Vsock(port),
+        _ => anyhow::bail!("one of --listen-uds, --listen-fd or --listen-vsock is required"),
+    };
+    let cfg = AgentConfig { workspace: args.workspace, uid: args.uid, gid: args.gid, output_cap: args.output_cap };
+    run(listen, cfg)
+}
+
+/// Takes ownership of inherited fd `fd` after checking it is a socket.
+fn inherited_socket(fd: i32) -> anyhow::Result<OwnedFd> {
+    let stat = nix::sys::stat::fstat(fd).with_context(|| format!("--listen-fd {fd} is not an open descriptor"))?;
+    anyhow::ensure!(
+        stat.st_mode & libc::S_IFMT == libc::S_IFSOCK,
+        "--listen-fd {fd} is not a socket"
+    );
+    // SAFETY: the fd is open (fstat succeeded), was handed to this process for the agent to own,
+    // and nothing else in the process refers to it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Builds its own tokio runtime and serves until the process is told to stop.
+pub fn run(listen: ListenOn, cfg: AgentConfig) -> anyhow::Result<()> {
+    init_logging();
+    // SAFETY: prctl(PR_SET_DUMPABLE) only changes a flag of this process.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        tracing::warn!("could not mark the agent non-dumpable: {}", std::io::Error::last_os_error());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(16)
+        .thread_keep_alive(Duration::from_secs(5))
+        .build()
+        .context("starting the agent's runtime")?;
+    runtime.block_on(serve(listen, cfg))
+}
+
+/// Logs to stderr (the serial console in a guest); `RDS_AGENT_LOG` sets the filter (default `warn`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RDS_AGENT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).try_init();
+}
+
+/// Shared state of the running agent.
+pub(crate) struct Agent {
+    cfg: AgentConfig,
+    executor: Executor,
+    runner: Runner,
+    started: Instant,
+    stop: watch::Sender<bool>,
+}
+
+impl Agent {
+    /// Begins a graceful shutdown: under `init::supervise`, PID 1 is asked to stop everything
+    /// (which stops the agent too); otherwise the agent stops itself.
+    fn request_shutdown(&self) {
+        if crate::init::is_supervised() {
+            let _ = nix::sys::signal::kill(nix::unistd::getppid(), nix::sys::signal::Signal::SIGTERM);
+        } else {
+            self.stop.send_replace(true);
+        }
+    }
+}
+
+fn bind(listen: ListenOn) -> anyhow::Result<Listener> {
+    match listen {
+        ListenOn::Uds(path) => {
+            // The socket exists for a moment before rds-vsock narrows it to 0600: bind under a
+            // umask that already denies everyone else.
+            // SAFETY: umask only swaps the process file-creation mask; the runtime has not
+            // started other threads yet.
+            let old = unsafe { libc::umask(0o177) };
+            let listener = Listener::uds(&path, AGENT_VSOCK_PORT);
+            // SAFETY: as above, restoring the previous mask.
+            unsafe { libc::umask(old) };
+            listener.with_context(|| format!("listening on {}", path.display()))
+        }
+        ListenOn::Fd(fd) => Listener::uds_from_fd(fd, AGENT_VSOCK_PORT).context("serving the inherited socket"),
+        ListenOn::Vsock(port) => Listener::vsock(port).with_context(|| format!("listening on vsock port {port}")),
+    }
+}
+
+async fn serve(listen: ListenOn, cfg: AgentConfig) -> anyhow::Result<()> {
+    let listener = bind(listen)?;
+    let (stop, stopped) = watch::channel(false);
+    let mut stop_requested = stopped.clone();
+    let agent = Arc::new(Agent {
+        executor: Executor::new(&cfg),
+        runner: Runner::new(&cfg),
+        cfg,
+        started: Instant::now(),
+        stop,
+    });
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let connections = TaskTracker::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pending) => {
+                    connections.spawn(connection(pending, agent.clone(), stopped.clone()));
+                }
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = stop_requested.wait_for(|s| *s) => break,
+        }
+    }
+    agent.stop.send_replace(true);
+    connections.close();
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, connections.wait()).await;
+    Ok(())
+}
+
+async fn connection(pending: rds_vsock::Pending, agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
+    let stream = match pending.ready().await {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::warn!("rejected a connection: {e}");
+            return;
+        }
+    };
+    let service = service_fn(move |req| routes::handle(req, agent.clone()));
+    let conn = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let stopping = tokio::select! {
+        _ = conn.as_mut() => false,
+        _ = stop.wait_for(|s| *s) => true,
+    };
+    if stopping {
+        // Finish the request in flight (e.g. the `/shutdown` reply), then close.
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
+    }
+}

@@ -330,3 +330,4 @@ mod tests {
         assert!(serde_json::to_string(&with_null).unwrap().contains("\"result\":null"));
     }
 }
+pub mod sandbox;

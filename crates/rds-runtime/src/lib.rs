@@ -1,1 +1,203 @@
-//! placeholder
+//! The [`Runtime`] trait — the seam between the manager and the things that run guests — and its
+//! implementations: [`sandbox`] (Linux namespaces) today; firecracker and qemu behind the same trait.
+//!
+//! A runtime starts, stops, destroys and probes VMs. Whatever it is, it exposes the guest agent as a
+//! host Unix socket speaking the hybrid-vsock handshake ([`Runtime::agent_socket`]), so the manager
+//! never needs to know which runtime it talks to. The manager persists each [`VmHandle`] as JSON and
+//! calls [`Runtime::probe`] after its own restart to re-adopt VMs that kept running.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub mod cgroup;
+pub mod process;
+pub mod sandbox;
+
+pub use process::process_start_time;
+
+/// Which kind of runtime runs a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// Linux namespaces + cgroups on the host kernel (weaker isolation).
+    Sandbox,
+    /// QEMU `microvm` machine (KVM or TCG).
+    Qemu,
+    /// Firecracker microVM (KVM).
+    Firecracker,
+}
+
+impl RuntimeKind {
+    /// The lowercase name used in the API and in `RDS_RUNTIME`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Sandbox => "sandbox",
+            RuntimeKind::Qemu => "qemu",
+            RuntimeKind::Firecracker => "firecracker",
+        }
+    }
+}
+
+impl std::fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What to boot: sizes, root filesystem and identity of one VM.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmSpec {
+    /// VM id (`[A-Za-z0-9-]{1,64}`); used in paths and cgroup names.
+    pub id: String,
+    /// vCPUs (sandbox: CPU quota in whole cores).
+    pub cpu: u32,
+    /// Memory limit in MiB.
+    pub mem_mb: u32,
+    /// Image root filesystem; `None` = the host root, read-only (sandbox only).
+    pub rootfs: Option<PathBuf>,
+    /// Hostname inside the guest.
+    pub hostname: String,
+}
+
+/// Identifies a running VM's host process across manager restarts (persisted as JSON).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct VmHandle {
+    /// Host pid of the VM's top process (sandbox launcher, firecracker, qemu).
+    pub pid: i32,
+    /// That process's start time (`/proc/<pid>/stat` field 22, clock ticks since boot), so a reused
+    /// pid is never mistaken for the VM.
+    pub start_time: u64,
+    /// Runtime-specific extras (e.g. a firecracker API socket path).
+    #[serde(default)]
+    pub extra: serde_json::Value,
+}
+
+/// Result of [`Runtime::probe`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Liveness {
+    /// The VM we started is running and its agent answers the handshake.
+    Alive,
+    /// The VM is gone or is not the one we started; the string says why.
+    Dead(String),
+}
+
+/// Why a runtime operation failed, in words an operator can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The runtime cannot do this at all (maps to HTTP 501).
+    #[error("not supported by this runtime: {0}")]
+    Unsupported(&'static str),
+    /// The caller passed something unusable (bad id, bad size).
+    #[error("invalid VM spec: {0}")]
+    InvalidSpec(String),
+    /// The guest did not come up; the message includes the tail of its console log.
+    #[error("VM failed to boot: {0}")]
+    Boot(String),
+    /// Creating, limiting or removing a cgroup failed.
+    #[error("cgroup error: {0}")]
+    Cgroup(String),
+    /// Stopping the VM's processes failed.
+    #[error("could not stop VM: {0}")]
+    Stop(String),
+    /// A host file operation failed; the message names the path.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, including the path.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl RuntimeError {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        RuntimeError::Io { context: context.into(), source }
+    }
+}
+
+/// Runs guests. Implemented by the sandbox, qemu and firecracker runtimes; used by the manager only
+/// through this trait.
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Which runtime this is.
+    fn kind(&self) -> RuntimeKind;
+
+    /// The isolation level reported to users: `"namespaces"` for sandbox, `"microvm"` for VMs.
+    fn isolation(&self) -> &'static str;
+
+    /// Boots the VM (fresh, or restarting a stopped one — its workspace/disk is kept) and returns once
+    /// the agent accepts hybrid-vsock connections on [`Runtime::agent_socket`]. On failure it removes
+    /// everything this call created.
+    async fn start(&self, spec: &VmSpec) -> Result<VmHandle, RuntimeError>;
+
+    /// Graceful stop (SIGTERM to the guest's PID 1, which stops children and syncs), forced (SIGKILL)
+    /// after a few seconds; keeps the workspace; removes processes, cgroups and sockets.
+    async fn stop(&self, id: &str, handle: &VmHandle) -> Result<(), RuntimeError>;
+
+    /// Stops the VM if running and removes every trace: processes, cgroups, mounts, sockets, files,
+    /// workspace.
+    async fn destroy(&self, id: &str, handle: Option<&VmHandle>) -> Result<(), RuntimeError>;
+
+    /// Is this VM still the one we started? Pid alive AND same start time AND agent answering.
+    async fn probe(&self, id: &str, handle: &VmHandle) -> Liveness;
+
+    /// Host Unix socket speaking the hybrid-vsock handshake to the guest agent.
+    fn agent_socket(&self, id: &str) -> PathBuf;
+
+    /// Host Unix socket the manager listens on for this VM's guest→host peer-bridge calls.
+    fn bridge_socket(&self, id: &str) -> PathBuf;
+
+    /// Guest console / launcher output (capped).
+    fn console_log(&self, id: &str) -> PathBuf;
+
+    /// OOM kills so far in this VM's memory cgroup; `None` when unknown (no cgroup, not running).
+    async fn oom_kills(&self, id: &str) -> Option<u64>;
+
+    /// Removes leftovers (VM dirs, cgroups, processes) of VM ids not in `known`; returns the ids removed.
+    async fn remove_orphans(&self, known: &HashSet<String>) -> Vec<String>;
+}
+
+/// True when `id` is safe to use in paths and cgroup names: `[A-Za-z0-9-]{1,64}`.
+pub fn is_valid_vm_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// Rejects ids that are unsafe in paths.
+pub fn check_vm_id(id: &str) -> Result<(), RuntimeError> {
+    if is_valid_vm_id(id) {
+        Ok(())
+    } else {
+        Err(RuntimeError::InvalidSpec(format!("VM id {id:?} must match [A-Za-z0-9-]{{1,64}}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_id_rejects_path_tricks() {
+        assert!(is_valid_vm_id("3f1c-aa"));
+        for bad in ["", "..", "a/b", "a b", ".hidden", &"x".repeat(65)] {
+            assert!(!is_valid_vm_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn handle_round_trips_without_extra() {
+        let h: VmHandle = serde_json::from_str(r#"{"pid":12,"start_time":34}"#).unwrap();
+        assert_eq!(h, VmHandle { pid: 12, start_time: 34, extra: serde_json::Value::Null });
+        let back: VmHandle = serde_json::from_str(&serde_json::to_string(&h).unwrap()).unwrap();
+        assert_eq!(back, h);
+    }
+
+    #[test]
+    fn runtime_kind_is_lowercase_on_the_wire() {
+        assert_eq!(serde_json::to_string(&RuntimeKind::Firecracker).unwrap(), "\"firecracker\"");
+        assert_eq!(RuntimeKind::Sandbox.as_str(), "sandbox");
+    }
+}

@@ -1,1 +1,72 @@
-//! placeholder
+//! Persistence for rds behind one trait.
+//!
+//! [`Store`] is what the manager sees; [`SqliteStore`] implements it on a single SQLite file
+//! (`STORAGE_ROOT/rds.db`). The trait speaks only in product records so a PostgreSQL
+//! implementation can fill it later without touching the manager.
+
+mod migrations;
+mod records;
+mod sqlite;
+
+pub use records::*;
+pub use sqlite::SqliteStore;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("cannot create the database directory {path}: {source}")]
+    Dir { path: String, source: std::io::Error },
+    #[error("database holds an unknown VM state {0:?} (written by a newer rds?)")]
+    UnknownState(String),
+    #[error("database schema version {found} is newer than this rds understands ({known})")]
+    TooNew { found: i64, known: i64 },
+    #[error("record not found: {0}")]
+    NotFound(String),
+}
+
+/// Result alias for store operations.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Everything the manager persists. Methods are synchronous and fast (sub-millisecond on SQLite);
+/// async callers run them on a blocking thread or accept the brief hold.
+pub trait Store: Send + Sync + 'static {
+    /// Inserts a new VM record.
+    fn insert_vm(&self, vm: &VmRecord) -> StoreResult<()>;
+    /// Reads one VM by id, tombstones (DELETED) included.
+    fn get_vm(&self, id: &str) -> StoreResult<Option<VmRecord>>;
+    /// Lists every VM that is not DELETED, oldest first.
+    fn list_vms(&self) -> StoreResult<Vec<VmRecord>>;
+    /// Counts VMs that are not DELETED (the `MAX_VMS` quota).
+    fn count_live_vms(&self) -> StoreResult<u64>;
+    /// Sets a VM's state and reason (`None` clears the reason).
+    fn set_vm_state(&self, id: &str, state: VmState, reason: Option<&str>) -> StoreResult<()>;
+    /// Stores (or clears) the runtime's handle for a VM, as JSON.
+    fn set_vm_handle(&self, id: &str, handle_json: Option<&str>) -> StoreResult<()>;
+
+    /// Appends an activity event.
+    fn insert_event(&self, event: &NewEvent) -> StoreResult<()>;
+    /// Newest-first activity events.
+    fn list_events(&self, limit: u32) -> StoreResult<Vec<EventRecord>>;
+
+    /// Appends an exec log entry.
+    fn insert_exec_log(&self, entry: &ExecLogRecord) -> StoreResult<()>;
+    /// Newest-first exec log entries of one VM, plus whether older ones exist.
+    fn list_exec_logs(&self, vm_id: &str, limit: u32) -> StoreResult<(Vec<ExecLogRecord>, bool)>;
+
+    /// Inserts an API key (only its hash is stored).
+    fn insert_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()>;
+    /// Keys that are neither revoked nor expired at `now_ms`.
+    fn active_api_keys(&self, now_ms: i64) -> StoreResult<Vec<ApiKeyRecord>>;
+    /// Revokes every active key; returns how many were revoked.
+    fn revoke_all_api_keys(&self, now_ms: i64) -> StoreResult<u64>;
+}
+
+/// Milliseconds since the Unix epoch, the timestamp unit of every record.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,234 @@
+//! The agent's routes: each handler parses its input and hands over to exec, run or files.
+
+use std::convert::Infallible;
+use std::io::{self, Write};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::BodyStream;
+use hyper::body::Incoming;
+use rds_proto::{AgentHealth, Capabilities, ExecEvent, ExecExit, ExecRequest, ExecResult, Language, RunRequest};
+use tokio::sync::mpsc;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use super::http::{flag, json_response, query, read_json, required, stream_response, ApiError, Body};
+use super::Agent;
+use crate::exec::capture::{Chunk, Pipe};
+use crate::exec::process::find_program;
+use crate::files::{self, Owner, TransferLimits};
+
+/// Every route, for telling 404 from 405.
+const ROUTES: &[&str] = &[
+    "/health",
+    "/exec",
+    "/run-ts",
+    "/run-js",
+    "/run-python",
+    "/files/upload",
+    "/files/download",
+    "/internal/replace-tree",
+    "/shutdown",
+];
+
+/// Dispatches one request.
+pub async fn handle(req: Request<Incoming>, agent: Arc<Agent>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let result = match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/health") => Ok(health(&agent)),
+        (Method::POST, "/exec") => exec(req, &agent).await,
+        (Method::POST, "/run-ts") => run(req, &agent, Language::Ts).await,
+        (Method::POST, "/run-js") => run(req, &agent, Language::Js).await,
+        (Method::POST, "/run-python") => run(req, &agent, Language::Python).await,
+        (Method::POST, "/files/upload") => upload(req, &agent).await,
+        (Method::GET, "/files/download") => download(req, &agent).await,
+        (Method::POST, "/internal/replace-tree") => replace_tree(req, &agent).await,
+        (Method::POST, "/shutdown") => Ok(shutdown(&agent)),
+        (method, path) if ROUTES.contains(&path) => Err(ApiError::wrong_method(&method, path)),
+        (_, path) => Err(ApiError::no_route(path)),
+    };
+    Ok(result.unwrap_or_else(ApiError::into_response))
+}
+
+fn health(agent: &Agent) -> Response<Body> {
+    let capabilities = Capabilities {
+        bash: find_program("bash").is_some(),
+        sh: find_program("sh").is_some(),
+        deno: find_program("deno").is_some(),
+        node: find_program("node").is_some(),
+        python3: find_program("python3").is_some(),
+    };
+    let health = AgentHealth {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_ms: agent.started.elapsed().as_millis() as u64,
+        capabilities,
+    };
+    json_response(StatusCode::OK, &health)
+}
+
+async fn exec(req: Request<Incoming>, agent: &Agent) -> Result<Response<Body>, ApiError> {
+    let streaming = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/x-ndjson"));
+    let request: ExecRequest = read_json(req).await?;
+    if !streaming {
+        let result = agent.executor.start(request, None)?.result().await?;
+        return Ok(json_response(StatusCode::OK, &result));
+    }
+    let (live_tx, mut live_rx) = mpsc::unbounded_channel::<Chunk>();
+    let handle = agent.executor.start(request, Some(live_tx))?;
+    let (body_tx, body_rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let replay = handle.is_replay();
+        // Live chunks end when the command's pipes are drained (all senders dropped).
+        while let Some((pipe, data)) = live_rx.recv().await {
+            if !send_event(&body_tx, &output_event(pipe, data)).await {
+                break; // the client went away; the command still runs to completion
+            }
+        }
+        match handle.result().await {
+            Ok(result) => {
+                if replay {
+                    for (pipe, data) in [(Pipe::Stdout, &result.stdout), (Pipe::Stderr, &result.stderr)] {
+                        if !data.is_empty() {
+                            send_event(&body_tx, &output_event(pipe, data.clone())).await;
+                        }
+                    }
+                }
+                send_event(&body_tx, &ExecEvent::Exit(exit_event(&result))).await;
+            }
+            Err(e) => {
+                let _ = body_tx.send(Err(io::Error::other(e.to_string()))).await;
+            }
+        }
+    });
+    Ok(stream_response("application/x-ndjson", body_rx))
+}
+
+fn output_event(pipe: Pipe, data: String) -> ExecEvent {
+    match pipe {
+        Pipe::Stdout => ExecEvent::Stdout { data },
+        Pipe::Stderr => ExecEvent::Stderr { data },
+    }
+}
+
+fn exit_event(result: &ExecResult) -> ExecExit {
+    ExecExit {
+        exit_code: result.exit_code,
+        stdout_truncated: result.stdout_truncated,
+        stderr_truncated: result.stderr_truncated,
+        timed_out: result.timed_out,
+        signal: result.signal,
+        duration_ms: result.duration_ms,
+        oom_killed: result.oom_killed,
+    }
+}
+
+/// Sends one NDJSON line; false when the client is gone.
+async fn send_event(body: &mpsc::Sender<io::Result<Bytes>>, event: &ExecEvent) -> bool {
+    let mut line = serde_json::to_vec(event).expect("events always serialise");
+    line.push(b'\n');
+    body.send(Ok(Bytes::from(line))).await.is_ok()
+}
+
+async fn run(req: Request<Incoming>, agent: &Agent, language: Language) -> Result<Response<Body>, ApiError> {
+    let request: RunRequest = read_json(req).await?;
+    let result = agent.runner.start(language, request)?.result().await?;
+    Ok(json_response(StatusCode::OK, &result))
+}
+
+/// Bridges a request body to a blocking reader for the tar code (streamed, never buffered whole).
+fn body_reader(req: Request<Incoming>) -> impl io::Read + Send + 'static {
+    let stream = BodyStream::new(req.into_body())
+        .try_filter_map(|frame| futures_util::future::ready(Ok(frame.into_data().ok())))
+        .map_err(io::Error::other);
+    SyncIoBridge::new(StreamReader::new(Box::pin(stream)))
+}
+
+async fn upload(req: Request<Incoming>, agent: &Agent) -> Result<Response<Body>, ApiError> {
+    let query = query(&req);
+    let dest = required(&query, "dest")?.to_string();
+    let workspace = agent.cfg.workspace.clone();
+    let owner = Owner::User { uid: agent.cfg.uid, gid: agent.cfg.gid };
+    let reader = body_reader(req);
+    let summary = blocking(move || files::upload(&workspace, &dest, reader, &TransferLimits::default(), owner)).await??;
+    Ok(json_response(StatusCode::OK, &serde_json::json!({ "entries": summary.entries, "bytes": summary.bytes })))
+}
+
+async fn replace_tree(req: Request<Incoming>, agent: &Agent) -> Result<Response<Body>, ApiError> {
+    let query = query(&req);
+    let dest = required(&query, "dest")?.to_string();
+    let read_only = flag(&query, "readOnly", false)?;
+    let owner = match query.get("owner").map(String::as_str) {
+        None | Some("root") => Owner::Root,
+        Some("user") => Owner::User { uid: agent.cfg.uid, gid: agent.cfg.gid },
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "query parameter `owner` must be `root` or `user`, got {other:?}"
+            )))
+        }
+    };
+    let workspace = agent.cfg.workspace.clone();
+    let reader = body_reader(req);
+    let summary = blocking(move || {
+        files::replace_tree(&workspace, &dest, reader, &TransferLimits::default(), owner, read_only)
+    })
+    .await??;
+    Ok(json_response(StatusCode::OK, &serde_json::json!({ "entries": summary.entries, "bytes": summary.bytes })))
+}
+
+async fn download(req: Request<Incoming>, agent: &Agent) -> Result<Response<Body>, ApiError> {
+    let query = query(&req);
+    let path = required(&query, "path")?.to_string();
+    let workspace = agent.cfg.workspace.clone();
+    // Checked first so a bad path is a 400/404, not a 200 that breaks off.
+    {
+        let (workspace, path) = (workspace.clone(), path.clone());
+        blocking(move || files::check_download(&workspace, &path)).await??;
+    }
+    let (tx, rx) = mpsc::channel(8);
+    tokio::task::spawn_blocking(move || {
+        let mut out = io::BufWriter::with_capacity(64 * 1024, ChannelWriter(tx.clone()));
+        let written = files::download(&workspace, &path, &mut out).map_err(|e| e.to_string());
+        let flushed = written.and_then(|()| out.flush().map_err(|e| e.to_string()));
+        if let Err(message) = flushed {
+            tracing::warn!("download of {path:?} failed mid-stream: {message}");
+            let _ = tx.blocking_send(Err(io::Error::other(message)));
+        }
+    });
+    Ok(stream_response("application/gzip", rx))
+}
+
+/// A blocking writer that feeds a streaming response body.
+struct ChannelWriter(mpsc::Sender<io::Result<Bytes>>);
+
+impl Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client closed the download"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs file work on the blocking pool.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        code: "internal",
+        message: format!("file task failed: {e}"),
+    })
+}
+
+fn shutdown(agent: &Agent) -> Response<Body> {
+    agent.request_shutdown();
+    json_response(StatusCode::ACCEPTED, &serde_json::json!({ "status": "shutting down" }))
+}

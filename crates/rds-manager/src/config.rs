@@ -1,0 +1,184 @@
+//! Manager configuration from the environment, validated at startup.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// A configuration variable held a value the manager cannot use.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {var}: {message}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub var: &'static str,
+    /// What is wrong and what is expected.
+    pub message: String,
+}
+
+/// Which runtime the operator asked for (`RDS_RUNTIME`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeChoice {
+    /// Pick the best available runtime.
+    Auto,
+    /// Linux-namespaces sandbox.
+    Sandbox,
+    /// QEMU microvm (not available yet).
+    Qemu,
+    /// Firecracker (not available yet).
+    Firecracker,
+}
+
+/// Everything `rds serve` reads from its environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `BIND`: listen address. Defaults to 127.0.0.1 so VMs (and the network) cannot reach the API.
+    pub bind: IpAddr,
+    /// `PORT`.
+    pub port: u16,
+    /// `API_KEY`: a fixed key accepted in addition to stored keys.
+    pub api_key: Option<String>,
+    /// `STORAGE_ROOT`: database, VM directories.
+    pub storage_root: PathBuf,
+    /// `RDS_RUNTIME`.
+    pub runtime: RuntimeChoice,
+    /// `RDS_AGENT_BIN`: the agent binary the sandbox runtime launches.
+    pub agent_bin: PathBuf,
+    /// `MAX_VMS`: quota of non-deleted VMs.
+    pub max_vms: u64,
+    /// `MAX_CPU`: per-VM vCPU limit.
+    pub max_cpu: u32,
+    /// `MAX_MEM_MB`: per-VM memory limit.
+    pub max_mem_mb: u32,
+    /// `MAX_EXEC_TIMEOUT_MS`: longest `timeoutMs` accepted.
+    pub max_exec_timeout_ms: u64,
+    /// `MAX_JSON_BODY_BYTES`.
+    pub max_json_body_bytes: usize,
+    /// `MAX_UPLOAD_BYTES`.
+    pub max_upload_bytes: u64,
+    /// `RATE_LIMIT_PER_MIN`: requests per minute per API key (0 disables).
+    pub rate_limit_per_min: u32,
+    /// `EXPOSE_INTERNAL_ERRORS`: put real messages in 500 responses.
+    pub expose_internal_errors: bool,
+}
+
+impl Config {
+    /// Reads and validates the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads and validates variables from `get` (testable without touching the process env).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        let storage_root = PathBuf::from(get("STORAGE_ROOT").unwrap_or_else(|| "/var/lib/rds".into()));
+        if !storage_root.is_absolute() {
+            return Err(ConfigError { var: "STORAGE_ROOT", message: "must be an absolute path".into() });
+        }
+        let agent_bin = match get("RDS_AGENT_BIN") {
+            Some(p) => PathBuf::from(p),
+            None => default_agent_bin(),
+        };
+        let api_key = get("API_KEY");
+        if let Some(k) = &api_key {
+            if k.len() < 16 {
+                return Err(ConfigError { var: "API_KEY", message: "must be at least 16 characters".into() });
+            }
+        }
+        Ok(Config {
+            bind: parse(&get, "BIND", "127.0.0.1".parse().expect("literal"), "an IP address such as 127.0.0.1")?,
+            port: parse(&get, "PORT", 3000, "a port number 1-65535")?,
+            api_key,
+            storage_root,
+            runtime: match get("RDS_RUNTIME").as_deref().map(str::to_ascii_lowercase).as_deref() {
+                None | Some("auto") => RuntimeChoice::Auto,
+                Some("sandbox") => RuntimeChoice::Sandbox,
+                Some("qemu") => RuntimeChoice::Qemu,
+                Some("firecracker") => RuntimeChoice::Firecracker,
+                Some(other) => {
+                    return Err(ConfigError {
+                        var: "RDS_RUNTIME",
+                        message: format!("{other:?} is not one of auto, sandbox, qemu, firecracker"),
+                    })
+                }
+            },
+            agent_bin,
+            max_vms: positive(&get, "MAX_VMS", 20)?,
+            max_cpu: positive(&get, "MAX_CPU", 4)?,
+            max_mem_mb: positive(&get, "MAX_MEM_MB", 2048)?,
+            max_exec_timeout_ms: positive(&get, "MAX_EXEC_TIMEOUT_MS", 120_000)?,
+            max_json_body_bytes: positive(&get, "MAX_JSON_BODY_BYTES", 1 << 20)?,
+            max_upload_bytes: positive(&get, "MAX_UPLOAD_BYTES", 256 << 20)?,
+            rate_limit_per_min: parse(&get, "RATE_LIMIT_PER_MIN", 600, "a non-negative integer (0 disables)")?,
+            expose_internal_errors: parse(&get, "EXPOSE_INTERNAL_ERRORS", false, "true or false")?,
+        })
+    }
+
+    /// The SQLite database file.
+    pub fn database_path(&self) -> PathBuf {
+        self.storage_root.join("rds.db")
+    }
+}
+
+/// `rds-agent` next to the running executable.
+fn default_agent_bin() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("rds-agent")))
+        .unwrap_or_else(|| PathBuf::from("rds-agent"))
+}
+
+fn parse<T: std::str::FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: T,
+    expected: &str,
+) -> Result<T, ConfigError> {
+    match get(var) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError { var, message: format!("{v:?} is not {expected}") }),
+    }
+}
+
+fn positive<T: std::str::FromStr + PartialOrd + Default>(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: T,
+) -> Result<T, ConfigError> {
+    let v = parse(get, var, default, "a positive integer")?;
+    if v <= T::default() {
+        return Err(ConfigError { var, message: "must be greater than zero".into() });
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_are_local_and_conservative() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.bind.to_string(), "127.0.0.1");
+        assert_eq!(c.port, 3000);
+        assert_eq!(c.max_vms, 20);
+        assert_eq!(c.max_json_body_bytes, 1 << 20);
+        assert_eq!(c.runtime, RuntimeChoice::Auto);
+        assert!(!c.expose_internal_errors);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (var, val) in [("PORT", "x"), ("MAX_VMS", "0"), ("RDS_RUNTIME", "docker"), ("BIND", "nope"), ("STORAGE_ROOT", "rel"), ("API_KEY", "short")] {
+            let err = cfg(&[(var, val)]).unwrap_err();
+            assert_eq!(err.var, var);
+            assert!(err.to_string().contains(var), "{err}");
+        }
+    }
+}

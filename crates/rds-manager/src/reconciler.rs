@@ -1,0 +1,74 @@
+//! Manager start-up: re-adopt VMs that kept running, finish lifecycle steps a crash interrupted,
+//! and remove what no record owns.
+
+use std::collections::HashSet;
+
+use rds_runtime::Liveness;
+use rds_store::VmState;
+
+use crate::services::events::vm_event;
+use crate::services::vms::{parse_handle, transition};
+use crate::{ApiError, AppState};
+
+/// What the reconciler did, for the start-up log.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reconciled {
+    /// RUNNING VMs found alive and kept.
+    pub adopted: Vec<String>,
+    /// VMs moved to STOPPED or ERROR.
+    pub settled: Vec<String>,
+    /// Runtime leftovers with no record.
+    pub orphans_removed: Vec<String>,
+}
+
+/// Brings every record in line with what the runtime actually has.
+pub async fn reconcile(state: &AppState) -> Result<Reconciled, ApiError> {
+    let mut out = Reconciled::default();
+    let vms = state.store.list_vms()?;
+    for vm in &vms {
+        let _lock = state.vm_locks.lock(&vm.id).await;
+        let handle = parse_handle(vm);
+        match vm.state {
+            VmState::Running => {
+                let liveness = match &handle {
+                    Some(h) => state.runtime.probe(&vm.id, h).await,
+                    None => Liveness::Dead("no runtime handle recorded".into()),
+                };
+                match liveness {
+                    Liveness::Alive => out.adopted.push(vm.id.clone()),
+                    Liveness::Dead(why) => {
+                        if let Some(h) = &handle {
+                            let _ = state.runtime.stop(&vm.id, h).await;
+                        }
+                        state.store.set_vm_handle(&vm.id, None)?;
+                        let reason = format!("found dead at manager start: {why}");
+                        transition(state, &vm.id, vm.state, VmState::Stopped, Some(&reason))?;
+                        vm_event(state, &vm.id, "vm.stopped", reason, None);
+                        out.settled.push(vm.id.clone());
+                    }
+                }
+            }
+            VmState::Creating => {
+                // A half-made VM has nothing worth keeping.
+                let _ = state.runtime.destroy(&vm.id, handle.as_ref()).await;
+                state.store.set_vm_handle(&vm.id, None)?;
+                transition(state, &vm.id, vm.state, VmState::Error, Some("manager restarted while the VM was being created"))?;
+                out.settled.push(vm.id.clone());
+            }
+            VmState::Starting | VmState::Stopping => {
+                // Keep the workspace: finish as a stop.
+                if let Some(h) = &handle {
+                    let _ = state.runtime.stop(&vm.id, h).await;
+                }
+                state.store.set_vm_handle(&vm.id, None)?;
+                let reason = format!("manager restarted while the VM was {}", vm.state);
+                transition(state, &vm.id, vm.state, VmState::Stopped, Some(&reason))?;
+                out.settled.push(vm.id.clone());
+            }
+            VmState::Stopped | VmState::Error | VmState::Deleted => {}
+        }
+    }
+    let known: HashSet<String> = vms.into_iter().map(|v| v.id).collect();
+    out.orphans_removed = state.runtime.remove_orphans(&known).await;
+    Ok(out)
+}

@@ -1,0 +1,19 @@
+//! `GET /v1/health` (public).
+
+use axum::extract::State;
+use axum::Json;
+
+use crate::views::HealthView;
+use crate::AppState;
+
+/// Manager status, runtime and what code it can run. No API key needed.
+#[utoipa::path(get, path = "/v1/health", tag = "health", security(()), responses((status = 200, body = HealthView)))]
+pub async fn health(State(s): State<AppState>) -> Json<HealthView> {
+    Json(HealthView {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        runtime: s.runtime.kind().as_str().into(),
+        isolation: s.runtime.isolation().into(),
+        capabilities: s.capabilities.clone(),
+    })
+}

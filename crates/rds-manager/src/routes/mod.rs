@@ -1,0 +1,39 @@
+//! The HTTP surface: one module per resource, composed here with auth, docs and JSON fallbacks.
+
+pub mod exec;
+pub mod files;
+pub mod health;
+pub mod vms;
+
+use axum::routing::{get, post};
+use axum::{middleware, Router};
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::openapi::ApiDoc;
+use crate::{auth, ApiError, AppState};
+
+/// The complete application router.
+pub fn router(state: AppState) -> Router {
+    let protected = Router::new()
+        .route("/v1/vms", post(vms::create).get(vms::list))
+        .route("/v1/vms/{id}", get(vms::get).delete(vms::delete))
+        .route("/v1/vms/{id}/start", post(vms::start))
+        .route("/v1/vms/{id}/stop", post(vms::stop))
+        .route("/v1/vms/{id}/logs", get(vms::console_log))
+        .route("/v1/vms/{id}/exec-logs", get(vms::exec_logs))
+        .route("/v1/vms/{id}/exec", post(exec::exec))
+        .route("/v1/vms/{id}/run-ts", post(exec::run_ts))
+        .route("/v1/vms/{id}/run-js", post(exec::run_js))
+        .route("/v1/vms/{id}/run-python", post(exec::run_python))
+        .route("/v1/vms/{id}/files/upload", post(files::upload))
+        .route("/v1/vms/{id}/files/download", get(files::download))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_api_key));
+    Router::new()
+        .merge(protected)
+        .route("/v1/health", get(health::health))
+        .merge(SwaggerUi::new("/swagger").url("/openapi.json", ApiDoc::openapi()))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(state)
+}

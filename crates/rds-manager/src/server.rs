@@ -1,0 +1,73 @@
+//! Wiring for `rds serve`: open the store, pick the runtime, settle keys, reconcile, listen.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rds_runtime::Runtime;
+use rds_store::{SqliteStore, Store};
+
+use crate::config::ConfigError;
+use crate::reconciler::{reconcile, Reconciled};
+use crate::services::api_keys::{ensure_keys, KeyNotice};
+use crate::views::HostCapabilities;
+use crate::{error, routes, AppState, Config};
+
+/// Why the manager could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot open the database: {0}")]
+    Store(#[from] rds_store::StoreError),
+    #[error("reconciling VMs at start-up failed: {0}")]
+    Reconcile(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A manager ready to serve.
+pub struct Prepared {
+    /// Shared state.
+    pub state: AppState,
+    /// What to tell the operator about API keys.
+    pub key_notice: KeyNotice,
+    /// What the reconciler did.
+    pub reconciled: Reconciled,
+    /// The bound listener.
+    pub listener: tokio::net::TcpListener,
+}
+
+/// Opens everything with the configured runtime.
+pub async fn prepare(config: Config, rotate_key: bool) -> Result<Prepared, StartError> {
+    let runtime = crate::runtime_select::select(&config)?;
+    prepare_with_runtime(config, runtime, rotate_key).await
+}
+
+/// Opens everything with a given runtime (tests use a fake behind the same seam).
+pub async fn prepare_with_runtime(config: Config, runtime: Arc<dyn Runtime>, rotate_key: bool) -> Result<Prepared, StartError> {
+    error::expose_internal_errors(config.expose_internal_errors);
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.database_path())?);
+    let (keys, key_notice) = ensure_keys(store.as_ref(), config.api_key.as_deref(), rotate_key)?;
+    let addr = SocketAddr::new(config.bind, config.port);
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
+    let state = AppState::new(config, store, runtime, keys, host_capabilities());
+    let reconciled = reconcile(&state).await.map_err(|e| StartError::Reconcile(e.to_string()))?;
+    Ok(Prepared { state, key_notice, reconciled, listener })
+}
+
+/// Serves until the process ends.
+pub async fn serve(prepared: Prepared) -> std::io::Result<()> {
+    let app = routes::router(prepared.state);
+    axum::serve(prepared.listener, app).await
+}
+
+/// Which interpreters exist on the host. The sandbox runtime runs guests over the host root,
+/// so this is what user code can use.
+pub fn host_capabilities() -> HostCapabilities {
+    let on_path = |name: &str| {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+            .unwrap_or(false)
+    };
+    HostCapabilities { deno: on_path("deno"), node: on_path("node"), python3: on_path("python3") }
+}

@@ -1,0 +1,196 @@
+//! Running commands and code in a VM through its agent, with exec logs and OOM reporting.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::response::Response;
+use http::{header, Method, Request};
+use rds_proto::{ExecRequest, ExecResult, Language, RunRequest, RunResult, DEFAULT_TIMEOUT_MS};
+use rds_store::{now_ms, ExecLogRecord, VmState};
+use serde_json::json;
+
+use crate::agent::AgentError;
+use crate::services::vms::find_running;
+use crate::{ApiError, AppState};
+
+/// Transport time allowed beyond the command's own timeout (agent kill + reply).
+const TIMEOUT_MARGIN: Duration = Duration::from_secs(5);
+/// Bytes of output kept in an exec log entry.
+const PREVIEW_BYTES: usize = 2048;
+/// Content type of a streamed exec.
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// Checks `timeoutMs` against `MAX_EXEC_TIMEOUT_MS` and returns the transport limit.
+fn call_limit(state: &AppState, timeout_ms: Option<u64>) -> Result<Duration, ApiError> {
+    let max = state.config.max_exec_timeout_ms;
+    match timeout_ms {
+        Some(0) => Err(ApiError::BadRequest("invalid field `timeoutMs`: must be greater than 0".into())),
+        Some(t) if t > max => Err(ApiError::BadRequest(format!(
+            "invalid field `timeoutMs`: {t} exceeds MAX_EXEC_TIMEOUT_MS={max}"
+        ))),
+        t => Ok(Duration::from_millis(t.unwrap_or(DEFAULT_TIMEOUT_MS)) + TIMEOUT_MARGIN),
+    }
+}
+
+/// Runs a shell command and returns its buffered result.
+pub async fn exec(state: &AppState, vm_id: &str, req: ExecRequest) -> Result<ExecResult, ApiError> {
+    let limit = call_limit(state, req.timeout_ms)?;
+    find_running(state, vm_id)?;
+    let oom_before = state.runtime.oom_kills(vm_id).await;
+    let started = Instant::now();
+    let mut result: ExecResult = state
+        .agent
+        .call_json(vm_id, Method::POST, "/exec", Some(&req), limit)
+        .await
+        .map_err(|e| agent_error(state, vm_id, e))?;
+    result.oom_killed |= oom_rose(oom_before, state.runtime.oom_kills(vm_id).await);
+    let input = json!({
+        "cmd": req.cmd,
+        "cwd": req.cwd,
+        "envKeys": req.env.as_ref().map(|e| e.0.keys().cloned().collect::<Vec<_>>()),
+        "hasStdin": req.stdin.is_some(),
+        "timeoutMs": req.timeout_ms,
+    });
+    log_exec(state, vm_id, "exec", req.exec_id, input, result.exit_code, started, &result.stdout, &result.stderr);
+    Ok(result)
+}
+
+/// Runs a shell command, proxying the agent's NDJSON event stream as it comes.
+pub async fn exec_stream(state: &AppState, vm_id: &str, req: ExecRequest) -> Result<Response, ApiError> {
+    let limit = call_limit(state, req.timeout_ms)?;
+    find_running(state, vm_id)?;
+    let body = serde_json::to_vec(&req).map_err(ApiError::internal)?;
+    let request = Request::post("/exec")
+        .header(header::HOST, "agent")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, NDJSON)
+        .body(Body::from(body))
+        .map_err(ApiError::internal)?;
+    // The limit covers the response head; the stream itself ends when the agent's command does.
+    let resp = state
+        .agent
+        .call_streaming(vm_id, request, limit)
+        .await
+        .map_err(|e| agent_error(state, vm_id, e))?;
+    let input = json!({"cmd": req.cmd, "cwd": req.cwd, "streamed": true, "timeoutMs": req.timeout_ms});
+    log_exec(state, vm_id, "exec", req.exec_id, input, None, Instant::now(), "", "");
+    Response::builder()
+        .header(header::CONTENT_TYPE, NDJSON)
+        .body(Body::new(resp.into_body()))
+        .map_err(ApiError::internal)
+}
+
+/// Runs TypeScript, JavaScript or Python; the `result` is passed through untouched.
+pub async fn run(state: &AppState, vm_id: &str, lang: Language, req: RunRequest) -> Result<RunResult, ApiError> {
+    let limit = call_limit(state, req.timeout_ms)?;
+    if req.code.is_none() && req.path.is_none() {
+        return Err(ApiError::BadRequest("one of `code` or `path` is required".into()));
+    }
+    find_running(state, vm_id)?;
+    let oom_before = state.runtime.oom_kills(vm_id).await;
+    let started = Instant::now();
+    let path = format!("/{}", lang.route());
+    let mut result: RunResult = state
+        .agent
+        .call_json(vm_id, Method::POST, &path, Some(&req), limit)
+        .await
+        .map_err(|e| agent_error(state, vm_id, e))?;
+    result.oom_killed |= oom_rose(oom_before, state.runtime.oom_kills(vm_id).await);
+    let input = json!({
+        "path": req.path,
+        "code": req.code.as_deref().map(|c| preview(c, PREVIEW_BYTES)),
+        "args": req.args,
+        "envKeys": req.env.as_ref().map(|e| e.0.keys().cloned().collect::<Vec<_>>()),
+        "timeoutMs": req.timeout_ms,
+    });
+    log_exec(state, vm_id, lang.route(), req.exec_id, input, result.exit_code, started, &result.stdout, &result.stderr);
+    Ok(result)
+}
+
+fn oom_rose(before: Option<u64>, after: Option<u64>) -> bool {
+    matches!((before, after), (Some(b), Some(a)) if a > b) || matches!((before, after), (None, Some(a)) if a > 0)
+}
+
+/// Maps an agent failure: a VM that stopped meanwhile is a 409, agent 4xx keep their status.
+pub fn agent_error(state: &AppState, vm_id: &str, e: AgentError) -> ApiError {
+    let still_running = matches!(state.store.get_vm(vm_id), Ok(Some(vm)) if vm.state == VmState::Running);
+    match e {
+        AgentError::Unreachable(_) | AgentError::Transport(_) if !still_running => {
+            ApiError::Conflict(format!("VM {vm_id} is no longer RUNNING"))
+        }
+        AgentError::Status { status, message, .. } => match status.as_u16() {
+            400 | 422 => ApiError::BadRequest(message),
+            404 => ApiError::NotFound(message),
+            409 => ApiError::Conflict(message),
+            413 => ApiError::TooLarge(message),
+            501 => ApiError::NotImplemented(message),
+            _ => ApiError::Agent(format!("agent error ({status}): {message}")),
+        },
+        AgentError::Timeout(_) => ApiError::Timeout(e.to_string()),
+        other => ApiError::Agent(other.to_string()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn log_exec(
+    state: &AppState,
+    vm_id: &str,
+    kind: &str,
+    exec_id: Option<String>,
+    input: serde_json::Value,
+    exit_code: Option<i32>,
+    started: Instant,
+    stdout: &str,
+    stderr: &str,
+) {
+    let mut output = preview(stdout, PREVIEW_BYTES);
+    if !stderr.is_empty() {
+        output.push_str("\n[stderr]\n");
+        output.push_str(&preview(stderr, PREVIEW_BYTES));
+    }
+    let entry = ExecLogRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        vm_id: vm_id.to_string(),
+        kind: kind.to_string(),
+        exec_id,
+        input,
+        exit_code,
+        duration_ms: started.elapsed().as_millis() as u64,
+        output_preview: output,
+        created_at: now_ms(),
+    };
+    if let Err(e) = state.store.insert_exec_log(&entry) {
+        tracing::warn!(vm_id, error = %e, "could not record exec log");
+    }
+}
+
+/// At most `max` bytes of `s`, cut on a character boundary.
+fn preview(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preview_cuts_on_char_boundaries() {
+        assert_eq!(preview("héllo", 2), "h…");
+        assert_eq!(preview("abc", 10), "abc");
+    }
+
+    #[test]
+    fn oom_counter_rise_is_detected() {
+        assert!(oom_rose(Some(0), Some(1)));
+        assert!(!oom_rose(Some(1), Some(1)));
+        assert!(!oom_rose(None, None));
+        assert!(oom_rose(None, Some(2)));
+    }
+}

@@ -1,0 +1,87 @@
+//! Moving files in and out of a VM's `/workspace`: tar.gz streams proxied to the agent without
+//! buffering.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::Response;
+use futures_util::StreamExt;
+use http::{header, Request};
+use http_body_util::BodyExt;
+
+use crate::services::exec::agent_error;
+use crate::services::vms::find_running;
+use crate::views::UploadResult;
+use crate::{ApiError, AppState};
+
+/// Time allowed for a whole upload or for a download's response head.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Streams a tar.gz body into `dest`, counting bytes against `MAX_UPLOAD_BYTES` as they pass.
+pub async fn upload(
+    state: &AppState,
+    vm_id: &str,
+    dest: Option<String>,
+    body: Body,
+    declared_len: Option<u64>,
+) -> Result<UploadResult, ApiError> {
+    let dest = dest.filter(|d| !d.is_empty()).ok_or_else(|| ApiError::BadRequest("query parameter `dest` is required".into()))?;
+    let max = state.config.max_upload_bytes;
+    let too_large = || ApiError::TooLarge(format!("upload exceeds MAX_UPLOAD_BYTES={max}"));
+    if declared_len.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    find_running(state, vm_id)?;
+    let seen = Arc::new(AtomicU64::new(0));
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let (seen2, exceeded2) = (seen.clone(), exceeded.clone());
+    let counted = body.into_data_stream().map(move |chunk| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        let total = seen2.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
+        if total > max {
+            exceeded2.store(true, Ordering::Relaxed);
+            return Err(std::io::Error::other("upload too large"));
+        }
+        Ok(chunk)
+    });
+    let query = serde_urlencoded::to_string([("dest", dest.as_str())]).map_err(ApiError::internal)?;
+    let request = Request::post(format!("/files/upload?{query}"))
+        .header(header::HOST, "agent")
+        .header(header::CONTENT_TYPE, "application/gzip")
+        .body(Body::from_stream(counted))
+        .map_err(ApiError::internal)?;
+    let result = state.agent.call_streaming(vm_id, request, TRANSFER_TIMEOUT).await;
+    if exceeded.load(Ordering::Relaxed) {
+        return Err(too_large());
+    }
+    let resp = result.map_err(|e| agent_error(state, vm_id, e))?;
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ApiError::Agent(format!("upload response from the agent failed: {e}")))?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::Agent(format!("unexpected upload response from the agent: {e}")))
+}
+
+/// Streams `path` back as tar.gz.
+pub async fn download(state: &AppState, vm_id: &str, path: Option<String>) -> Result<Response, ApiError> {
+    let path = path.filter(|p| !p.is_empty()).ok_or_else(|| ApiError::BadRequest("query parameter `path` is required".into()))?;
+    find_running(state, vm_id)?;
+    let query = serde_urlencoded::to_string([("path", path.as_str())]).map_err(ApiError::internal)?;
+    let request = Request::get(format!("/files/download?{query}"))
+        .header(header::HOST, "agent")
+        .body(Body::empty())
+        .map_err(ApiError::internal)?;
+    let resp = state
+        .agent
+        .call_streaming(vm_id, request, TRANSFER_TIMEOUT)
+        .await
+        .map_err(|e| agent_error(state, vm_id, e))?;
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/gzip")
+        .body(Body::new(resp.into_body()))
+        .map_err(ApiError::internal)
+}

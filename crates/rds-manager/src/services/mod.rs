@@ -1,0 +1,8 @@
+//! The manager's behaviour, one module per resource. Handlers in `routes/` only call these.
+
+pub mod api_keys;
+pub mod events;
+pub mod exec;
+pub mod files;
+pub mod logs;
+pub mod vms;

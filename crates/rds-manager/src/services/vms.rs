@@ -1,0 +1,299 @@
+//! VM lifecycle: create, start, stop, delete, list — every state change goes through
+//! [`crate::lifecycle::check`] under the VM's lock.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http::Method;
+use rds_proto::AgentHealth;
+use rds_runtime::{RuntimeError, VmHandle, VmSpec};
+use rds_store::{now_ms, VmRecord, VmState};
+use serde_json::json;
+
+use crate::lifecycle;
+use crate::services::events::vm_event;
+use crate::views::{CreateVmRequest, VmView};
+use crate::{ApiError, AppState};
+
+/// Largest egress allow-list accepted.
+const MAX_ALLOW_IPS: usize = 64;
+/// Smallest memory a VM can boot with.
+const MIN_MEM_MB: u32 = 32;
+/// How long a freshly booted agent has to answer `/health`.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the agent gets to shut itself down before the runtime stops the VM.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The API view of a record.
+pub fn view(state: &AppState, vm: &VmRecord) -> VmView {
+    VmView {
+        id: vm.id.clone(),
+        state: vm.state.as_str().to_string(),
+        state_reason: vm.state_reason.clone(),
+        cpu: vm.cpu,
+        mem_mb: vm.mem_mb,
+        image_id: vm.image_id.clone(),
+        outbound_internet: vm.outbound_internet,
+        runtime: vm.runtime.clone(),
+        isolation: state.runtime.isolation().to_string(),
+        created_at: vm.created_at,
+        updated_at: vm.updated_at,
+    }
+}
+
+/// A VM that exists and is not deleted, else 404.
+pub fn find(state: &AppState, id: &str) -> Result<VmRecord, ApiError> {
+    match state.store.get_vm(id)? {
+        Some(vm) if vm.state != VmState::Deleted => Ok(vm),
+        _ => Err(ApiError::NotFound(format!("VM {id} not found"))),
+    }
+}
+
+/// A VM that is RUNNING, else 404/409.
+pub fn find_running(state: &AppState, id: &str) -> Result<VmRecord, ApiError> {
+    let vm = find(state, id)?;
+    if vm.state != VmState::Running {
+        return Err(ApiError::Conflict(format!("VM {id} is {}; it must be RUNNING", vm.state)));
+    }
+    Ok(vm)
+}
+
+/// Lists VMs that are not deleted.
+pub fn list(state: &AppState) -> Result<Vec<VmView>, ApiError> {
+    Ok(state.store.list_vms()?.iter().map(|vm| view(state, vm)).collect())
+}
+
+/// Validates the request against the limits; quotas answer 429 naming the field and limit.
+fn validate(state: &AppState, req: &CreateVmRequest) -> Result<(), ApiError> {
+    let c = &state.config;
+    if req.cpu == 0 {
+        return Err(ApiError::BadRequest("invalid field `cpu`: must be at least 1".into()));
+    }
+    if req.cpu > c.max_cpu {
+        return Err(ApiError::Quota(format!("cpu {} exceeds MAX_CPU={}", req.cpu, c.max_cpu)));
+    }
+    if req.mem_mb < MIN_MEM_MB {
+        return Err(ApiError::BadRequest(format!("invalid field `memMb`: must be at least {MIN_MEM_MB}")));
+    }
+    if req.mem_mb > c.max_mem_mb {
+        return Err(ApiError::Quota(format!("memMb {} exceeds MAX_MEM_MB={}", req.mem_mb, c.max_mem_mb)));
+    }
+    let ips = req.allow_ips.as_deref().unwrap_or_default();
+    if ips.len() > MAX_ALLOW_IPS {
+        return Err(ApiError::BadRequest(format!("invalid field `allowIps`: at most {MAX_ALLOW_IPS} entries")));
+    }
+    for (i, cidr) in ips.iter().enumerate() {
+        if !is_cidr(cidr) {
+            return Err(ApiError::BadRequest(format!(
+                "invalid field `allowIps[{i}]`: {cidr:?} is not an IP address or CIDR"
+            )));
+        }
+    }
+    if let Some(image) = &req.image_id {
+        // No image service yet: every image id is unknown.
+        return Err(ApiError::NotFound(format!("image {image:?} not found")));
+    }
+    Ok(())
+}
+
+/// True for `1.2.3.4`, `1.2.3.0/24`, `2001:db8::/32`.
+fn is_cidr(s: &str) -> bool {
+    let (addr, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let Ok(ip) = addr.parse::<IpAddr>() else { return false };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    prefix.map_or(true, |p| p.parse::<u8>().is_ok_and(|p| p <= max))
+}
+
+/// Creates and boots a VM; returns it RUNNING, ready for exec. Any failure leaves nothing behind
+/// but an ERROR record with the reason.
+pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, ApiError> {
+    validate(state, &req)?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let now = now_ms();
+    let record = VmRecord {
+        id: id.clone(),
+        state: VmState::Creating,
+        state_reason: None,
+        cpu: req.cpu,
+        mem_mb: req.mem_mb,
+        runtime: state.runtime.kind().as_str().to_string(),
+        image_id: None,
+        handle_json: None,
+        outbound_internet: req.outbound_internet.unwrap_or(false),
+        allow_ips_json: Some(serde_json::to_string(&req.allow_ips.unwrap_or_default()).map_err(ApiError::internal)?),
+        secret_env_ciphertext: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let _lock = state.vm_locks.lock(&id).await;
+    {
+        let _gate = state.create_gate.lock().await;
+        let live = state.store.count_live_vms()?;
+        if live >= state.config.max_vms {
+            return Err(ApiError::Quota(format!("VM quota exceeded: MAX_VMS={}", state.config.max_vms)));
+        }
+        state.store.insert_vm(&record)?;
+    }
+    vm_event(
+        state,
+        &id,
+        "vm.created",
+        format!("VM created ({} vCPU, {} MiB)", record.cpu, record.mem_mb),
+        Some(json!({"cpu": record.cpu, "memMb": record.mem_mb, "outboundInternet": record.outbound_internet})),
+    );
+    if let Err(e) = boot(state, &record).await {
+        let reason = format!("create failed: {e}");
+        if let Err(d) = state.runtime.destroy(&id, None).await {
+            tracing::warn!(vm_id = %id, error = %d, "cleanup after a failed create failed");
+        }
+        state.store.set_vm_handle(&id, None)?;
+        transition(state, &id, VmState::Creating, VmState::Error, Some(&reason))?;
+        return Err(e);
+    }
+    transition(state, &id, VmState::Creating, VmState::Running, None)?;
+    vm_event(state, &id, "vm.started", "VM started", None);
+    Ok(view(state, &find(state, &id)?))
+}
+
+/// Starts the runtime VM, persists its handle and waits for the agent's health.
+async fn boot(state: &AppState, vm: &VmRecord) -> Result<VmHandle, ApiError> {
+    let spec = VmSpec {
+        id: vm.id.clone(),
+        cpu: vm.cpu,
+        mem_mb: vm.mem_mb,
+        rootfs: None,
+        hostname: format!("rds-{}", &vm.id[..8.min(vm.id.len())]),
+    };
+    let handle = state.runtime.start(&spec).await.map_err(runtime_error)?;
+    let json = serde_json::to_string(&handle).map_err(ApiError::internal)?;
+    state.store.set_vm_handle(&vm.id, Some(&json))?;
+    state
+        .agent
+        .call_json::<(), AgentHealth>(&vm.id, Method::GET, "/health", None, HEALTH_TIMEOUT)
+        .await
+        .map_err(|e| ApiError::Internal(format!("agent did not become healthy: {e}")))?;
+    Ok(handle)
+}
+
+/// Starts a STOPPED VM; its `/workspace` is kept. A failed start returns it to STOPPED.
+pub async fn start(state: &AppState, id: &str) -> Result<(), ApiError> {
+    let _lock = state.vm_locks.lock(id).await;
+    let vm = find(state, id)?;
+    lifecycle::check(vm.state, VmState::Starting)
+        .map_err(|_| ApiError::Conflict(format!("VM {id} is {}; only a STOPPED VM can be started", vm.state)))?;
+    transition(state, id, vm.state, VmState::Starting, None)?;
+    match boot(state, &vm).await {
+        Ok(_) => {
+            transition(state, id, VmState::Starting, VmState::Running, None)?;
+            vm_event(state, id, "vm.started", "VM started", None);
+            Ok(())
+        }
+        Err(e) => {
+            if let Some(h) = current_handle(state, id)? {
+                let _ = state.runtime.stop(id, &h).await;
+            }
+            state.store.set_vm_handle(id, None)?;
+            transition(state, id, VmState::Starting, VmState::Stopped, Some(&format!("start failed: {e}")))?;
+            Err(e)
+        }
+    }
+}
+
+/// Stops a RUNNING VM: asks the agent to shut down, then the runtime stops what remains.
+pub async fn stop(state: &AppState, id: &str) -> Result<(), ApiError> {
+    let _lock = state.vm_locks.lock(id).await;
+    let vm = find(state, id)?;
+    lifecycle::check(vm.state, VmState::Stopping)
+        .map_err(|_| ApiError::Conflict(format!("VM {id} is {}; only a RUNNING VM can be stopped", vm.state)))?;
+    transition(state, id, vm.state, VmState::Stopping, None)?;
+    // Best effort: lets the guest sync and exit cleanly; the runtime forces what is left.
+    let _ = state
+        .agent
+        .call_bytes::<()>(id, Method::POST, "/shutdown", None, SHUTDOWN_TIMEOUT)
+        .await;
+    state.agent.forget(id);
+    let result = match parse_handle(&vm) {
+        Some(h) => state.runtime.stop(id, &h).await,
+        None => Ok(()),
+    };
+    state.store.set_vm_handle(id, None)?;
+    match result {
+        Ok(()) => {
+            transition(state, id, VmState::Stopping, VmState::Stopped, None)?;
+            vm_event(state, id, "vm.stopped", "VM stopped", None);
+            Ok(())
+        }
+        Err(e) => {
+            let reason = format!("stop failed: {e}");
+            transition(state, id, VmState::Stopping, VmState::Error, Some(&reason))?;
+            Err(runtime_error(e))
+        }
+    }
+}
+
+/// Removes every trace of a VM and leaves a hidden DELETED tombstone.
+pub async fn delete(state: &AppState, id: &str) -> Result<(), ApiError> {
+    let lock = state.vm_locks.lock(id).await;
+    let vm = find(state, id)?;
+    state.agent.forget(id);
+    let handle = parse_handle(&vm);
+    if let Err(e) = state.runtime.destroy(id, handle.as_ref()).await {
+        let reason = format!("delete failed: {e}");
+        transition(state, id, vm.state, VmState::Error, Some(&reason))?;
+        return Err(runtime_error(e));
+    }
+    state.store.set_vm_handle(id, None)?;
+    transition(state, id, vm.state, VmState::Deleted, None)?;
+    vm_event(state, id, "vm.deleted", "VM deleted", None);
+    drop(lock);
+    state.vm_locks.forget(id);
+    Ok(())
+}
+
+/// Moves a VM from `from` to `to` if the state machine allows it, and records it.
+pub fn transition(state: &AppState, id: &str, from: VmState, to: VmState, reason: Option<&str>) -> Result<(), ApiError> {
+    if from != to {
+        lifecycle::check(from, to).map_err(|e| ApiError::Conflict(e.to_string()))?;
+    }
+    state.store.set_vm_state(id, to, reason)?;
+    if to == VmState::Error {
+        vm_event(state, id, "vm.error", reason.unwrap_or("VM failed").to_string(), None);
+    }
+    Ok(())
+}
+
+/// The runtime handle persisted for a VM, if it parses.
+pub fn parse_handle(vm: &VmRecord) -> Option<VmHandle> {
+    vm.handle_json.as_deref().and_then(|j| serde_json::from_str(j).ok())
+}
+
+fn current_handle(state: &AppState, id: &str) -> Result<Option<VmHandle>, ApiError> {
+    Ok(state.store.get_vm(id)?.as_ref().and_then(parse_handle))
+}
+
+/// Maps runtime failures onto API errors (501 for unsupported, 400 for bad specs).
+pub fn runtime_error(e: RuntimeError) -> ApiError {
+    match e {
+        RuntimeError::Unsupported(what) => ApiError::NotImplemented(format!("not supported by this runtime: {what}")),
+        RuntimeError::InvalidSpec(m) => ApiError::BadRequest(m),
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_cidr;
+
+    #[test]
+    fn cidr_validation_accepts_addresses_and_prefixes_only() {
+        for ok in ["1.2.3.4", "10.0.0.0/8", "0.0.0.0/0", "2001:db8::/32", "::1"] {
+            assert!(is_cidr(ok), "{ok}");
+        }
+        for bad in ["", "example.com", "1.2.3.4/33", "::/129", "1.2.3.4/", "1.2.3.4/x"] {
+            assert!(!is_cidr(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! `AppState`: what every handler and service shares.
+
+use std::collections::HashMap;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex};
+
+use rds_runtime::Runtime;
+use rds_store::Store;
+
+use crate::agent::AgentClient;
+use crate::auth::ApiKeyRing;
+use crate::rate_limit::RateLimiter;
+use crate::views::HostCapabilities;
+use crate::Config;
+
+/// Shared manager state; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+/// The fields behind [`AppState`].
+pub struct Inner {
+    /// Validated configuration.
+    pub config: Config,
+    /// Persistence.
+    pub store: Arc<dyn Store>,
+    /// The runtime that boots VMs.
+    pub runtime: Arc<dyn Runtime>,
+    /// Client for the guest agents.
+    pub agent: AgentClient,
+    /// Serialises lifecycle operations per VM.
+    pub vm_locks: VmLocks,
+    /// Serialises the quota check with the insert so concurrent creates cannot overshoot `MAX_VMS`.
+    pub create_gate: tokio::sync::Mutex<()>,
+    /// Accepted API keys (hashes).
+    pub keys: ApiKeyRing,
+    /// Per-key request rate limiter.
+    pub limiter: RateLimiter,
+    /// Interpreters user code can run.
+    pub capabilities: HostCapabilities,
+}
+
+impl AppState {
+    /// Bundles the parts into shared state.
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        runtime: Arc<dyn Runtime>,
+        keys: ApiKeyRing,
+        capabilities: HostCapabilities,
+    ) -> Self {
+        let limiter = RateLimiter::new(config.rate_limit_per_min);
+        AppState(Arc::new(Inner {
+            agent: AgentClient::new(runtime.clone()),
+            config,
+            store,
+            runtime,
+            vm_locks: VmLocks::default(),
+            create_gate: tokio::sync::Mutex::new(()),
+            keys,
+            limiter,
+            capabilities,
+        }))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// One async mutex per VM id.
+#[derive(Default)]
+pub struct VmLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl VmLocks {
+    /// Waits for and holds the lifecycle lock of `id`.
+    pub async fn lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = {
+            let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(id.to_string()).or_default().clone()
+        };
+        m.lock_owned().await
+    }
+
+    /// Drops the lock entry of a deleted VM.
+    pub fn forget(&self, id: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+}

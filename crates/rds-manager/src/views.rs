@@ -1,0 +1,143 @@
+//! Request and response bodies of the manager API (camelCase on the wire, with OpenAPI schemas).
+
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// `POST /v1/vms` body.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateVmRequest {
+    /// vCPUs (1..=MAX_CPU).
+    pub cpu: u32,
+    /// Memory in MiB (32..=MAX_MEM_MB).
+    pub mem_mb: u32,
+    /// Guest image; omitted = the runtime's default root filesystem.
+    #[serde(default)]
+    pub image_id: Option<String>,
+    /// Egress allow-list (CIDRs); only used with `outboundInternet`.
+    #[serde(default)]
+    pub allow_ips: Option<Vec<String>>,
+    /// Allow egress to `allowIps` (default false: no network).
+    #[serde(default)]
+    pub outbound_internet: Option<bool>,
+}
+
+/// A VM as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VmView {
+    pub id: String,
+    /// CREATING, STARTING, RUNNING, STOPPING, STOPPED or ERROR.
+    pub state: String,
+    /// Why the VM is in its state (errors, reconciler decisions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_reason: Option<String>,
+    pub cpu: u32,
+    pub mem_mb: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    pub outbound_internet: bool,
+    /// Runtime running this VM: `sandbox`, `qemu` or `firecracker`.
+    pub runtime: String,
+    /// `namespaces` (sandbox: weaker than a VM) or `microvm`.
+    pub isolation: String,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// `GET /v1/vms/{id}/exec-logs` entry.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecLogView {
+    pub id: String,
+    /// `exec`, `run-ts`, `run-js` or `run-python`.
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec_id: Option<String>,
+    /// Command or code summary; environment values are never recorded (only keys).
+    #[schema(value_type = Object)]
+    pub input: serde_json::Value,
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+    /// First bytes of stdout and stderr.
+    pub output_preview: String,
+    pub created_at: i64,
+}
+
+/// `GET /v1/vms/{id}/exec-logs` body.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecLogPage {
+    /// Newest first.
+    pub entries: Vec<ExecLogView>,
+    pub has_more: bool,
+}
+
+/// `GET /v1/vms/{id}/logs` body: the tail of the console log.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsoleLogView {
+    pub lines: Vec<String>,
+    /// True when older lines were left out.
+    pub truncated: bool,
+}
+
+/// Interpreters user code can run.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostCapabilities {
+    pub deno: bool,
+    pub node: bool,
+    pub python3: bool,
+}
+
+/// `GET /v1/health` body.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthView {
+    /// `ok`.
+    pub status: String,
+    pub version: String,
+    pub runtime: String,
+    pub isolation: String,
+    pub capabilities: HostCapabilities,
+}
+
+/// `POST /v1/vms/{id}/files/upload` response, from the agent.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadResult {
+    /// Entries written.
+    pub entries: u64,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+/// `?dest=` of an upload.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct UploadQuery {
+    /// Directory under `/workspace` to extract into.
+    pub dest: Option<String>,
+}
+
+/// `?path=` of a download.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct DownloadQuery {
+    /// File or directory under `/workspace`.
+    pub path: Option<String>,
+}
+
+/// `?tail=` of the console log.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct TailQuery {
+    /// Lines to return (1..=1000, default 200).
+    pub tail: Option<u32>,
+}
+
+/// `?limit=` of the exec logs.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct LimitQuery {
+    /// Entries to return (1..=200, default 50).
+    pub limit: Option<u32>,
+}

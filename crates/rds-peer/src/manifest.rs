@@ -1,0 +1,352 @@
+//! The provider manifest: what a provider exports, with JSON Schemas for arguments and results.
+//!
+//! ```json
+//! {
+//!   "sdk": { "name": "weather", "description": "Forecasts from ACME Weather" },
+//!   "exports": [{
+//!     "name": "forecast",                 // proxy function name (identifier)
+//!     "module": "src/weather.ts",         // under /workspace: .ts .mts .js .mjs (Deno) or .py (Python)
+//!     "function": "forecast",             // optional: the module's export to call (default: name)
+//!     "description": "Forecast for a city",
+//!     "args": { "type": "object", "properties": { "city": { "type": "string" } }, "required": ["city"] },
+//!     "returns": { "type": "object" },    // optional (default: any JSON)
+//!     "timeoutMs": 10000                  // optional (default 30000, at most 120000)
+//!   }]
+//! }
+//! ```
+//! Every export takes one JSON object of named arguments and returns one JSON value.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Default per-call timeout of an export.
+pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+/// Longest timeout a manifest may declare.
+pub const MAX_TIMEOUT_MS: u64 = 120_000;
+/// Largest manifest accepted.
+pub const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
+const MAX_EXPORTS: usize = 256;
+
+/// A manifest problem, pointing at the field at fault.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("provider manifest {field}: {message}")]
+pub struct ManifestError {
+    /// Path of the field, e.g. `exports[1].module`.
+    pub field: String,
+    pub message: String,
+}
+
+fn bad(field: impl Into<String>, message: impl Into<String>) -> ManifestError {
+    ManifestError { field: field.into(), message: message.into() }
+}
+
+/// A call's arguments or result did not match the export's schema.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{pointer}: {message}")]
+pub struct SchemaViolation {
+    /// JSON pointer into the checked value (`""` for the value itself).
+    pub pointer: String,
+    pub message: String,
+}
+
+/// What the provider describes about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sdk {
+    pub name: String,
+    pub description: String,
+}
+
+/// Language an export's module runs in, from its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModuleLanguage {
+    /// `.ts`, `.mts`, `.js`, `.mjs`: run with Deno.
+    Deno,
+    /// `.py`: run with Python 3.
+    Python,
+}
+
+/// One callable export.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Export {
+    pub name: String,
+    pub module: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    pub description: String,
+    #[serde(default = "any_schema")]
+    pub args: Value,
+    #[serde(default = "any_schema")]
+    pub returns: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+fn any_schema() -> Value {
+    Value::Object(Default::default())
+}
+
+impl Export {
+    /// The module's function that implements this export.
+    pub fn function(&self) -> &str {
+        self.function.as_deref().unwrap_or(&self.name)
+    }
+    /// Call timeout.
+    pub fn timeout_ms(&self) -> u64 {
+        self.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)
+    }
+    /// Language of the module.
+    pub fn language(&self) -> ModuleLanguage {
+        if self.module.ends_with(".py") {
+            ModuleLanguage::Python
+        } else {
+            ModuleLanguage::Deno
+        }
+    }
+}
+
+/// The manifest as written by the provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub sdk: Sdk,
+    pub exports: Vec<Export>,
+}
+
+/// A validated manifest with its schemas compiled.
+pub struct Provider {
+    pub manifest: Manifest,
+    validators: BTreeMap<String, (jsonschema::Validator, jsonschema::Validator)>,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider").field("manifest", &self.manifest).finish()
+    }
+}
+
+impl Provider {
+    /// Parses and validates manifest bytes.
+    pub fn parse(bytes: &[u8]) -> Result<Provider, ManifestError> {
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(bad("", format!("is larger than {MAX_MANIFEST_BYTES} bytes")));
+        }
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        let manifest: Manifest = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            if inner.is_syntax() || inner.is_eof() {
+                bad("", format!("is not valid JSON: {inner}"))
+            } else {
+                bad(if field == "." { String::new() } else { field }, inner.to_string())
+            }
+        })?;
+        Provider::new(manifest)
+    }
+
+    /// Validates a manifest and compiles its schemas.
+    pub fn new(manifest: Manifest) -> Result<Provider, ManifestError> {
+        check_text("sdk.name", &manifest.sdk.name, 100)?;
+        check_text("sdk.description", &manifest.sdk.description, 2000)?;
+        if manifest.exports.is_empty() {
+            return Err(bad("exports", "must declare at least one export"));
+        }
+        if manifest.exports.len() > MAX_EXPORTS {
+            return Err(bad("exports", format!("declares more than {MAX_EXPORTS} exports")));
+        }
+        let mut names = HashSet::new();
+        let mut validators = BTreeMap::new();
+        for (i, e) in manifest.exports.iter().enumerate() {
+            let at = |f: &str| format!("exports[{i}].{f}");
+            if !is_identifier(&e.name) {
+                return Err(bad(at("name"), format!("{:?} is not an identifier ([A-Za-z_][A-Za-z0-9_]*)", e.name)));
+            }
+            if !names.insert(e.name.as_str()) {
+                return Err(bad(at("name"), format!("duplicate export {:?}", e.name)));
+            }
+            check_module_path(&e.module).map_err(|m| bad(at("module"), m))?;
+            if let Some(f) = &e.function {
+                if !is_identifier(f) && f != "default" {
+                    return Err(bad(at("function"), format!("{f:?} is not an identifier")));
+                }
+            }
+            check_text(&at("description"), &e.description, 4000)?;
+            if let Some(t) = e.timeout_ms {
+                if t == 0 || t > MAX_TIMEOUT_MS {
+                    return Err(bad(at("timeoutMs"), format!("must be between 1 and {MAX_TIMEOUT_MS}")));
+                }
+            }
+            let args = compile(&e.args).map_err(|m| bad(at("args"), m))?;
+            if let Some(t) = e.args.get("type") {
+                if t != "object" {
+                    return Err(bad(at("args"), "must describe an object of named arguments (\"type\": \"object\")"));
+                }
+            }
+            let returns = compile(&e.returns).map_err(|m| bad(at("returns"), m))?;
+            validators.insert(e.name.clone(), (args, returns));
+        }
+        Ok(Provider { manifest, validators })
+    }
+
+    /// The export called `name`, if declared.
+    pub fn export(&self, name: &str) -> Option<&Export> {
+        self.manifest.exports.iter().find(|e| e.name == name)
+    }
+
+    /// Checks call arguments against the export's `args` schema.
+    pub fn check_args(&self, export: &str, args: &Value) -> Result<(), SchemaViolation> {
+        if !args.is_object() {
+            return Err(SchemaViolation { pointer: String::new(), message: "arguments must be a JSON object".into() });
+        }
+        self.check(export, args, |v| &v.0)
+    }
+
+    /// Checks a provider's result against the export's `returns` schema.
+    pub fn check_result(&self, export: &str, value: &Value) -> Result<(), SchemaViolation> {
+        self.check(export, value, |v| &v.1)
+    }
+
+    fn check(
+        &self,
+        export: &str,
+        value: &Value,
+        pick: impl Fn(&(jsonschema::Validator, jsonschema::Validator)) -> &jsonschema::Validator,
+    ) -> Result<(), SchemaViolation> {
+        let Some(v) = self.validators.get(export) else {
+            return Err(SchemaViolation { pointer: String::new(), message: format!("unknown export {export:?}") });
+        };
+        match pick(v).validate(value) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(SchemaViolation { pointer: e.instance_path().to_string(), message: e.to_string() }),
+        }
+    }
+}
+
+fn compile(schema: &Value) -> Result<jsonschema::Validator, String> {
+    if !schema.is_object() && !schema.is_boolean() {
+        return Err("must be a JSON Schema (an object)".into());
+    }
+    jsonschema::validator_for(schema).map_err(|e| format!("is not a valid JSON Schema: {e}"))
+}
+
+fn check_text(field: &str, value: &str, max: usize) -> Result<(), ManifestError> {
+    if value.trim().is_empty() {
+        return Err(bad(field, "must be a non-empty string"));
+    }
+    if value.len() > max {
+        return Err(bad(field, format!("is longer than {max} characters")));
+    }
+    Ok(())
+}
+
+/// True for `[A-Za-z_$][A-Za-z0-9_$]*`-free identifiers usable in TypeScript and Python alike.
+pub fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    s.len() <= 128
+        && matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
+/// A module path must be relative, normalised, inside the workspace, and a supported source file.
+pub fn check_module_path(p: &str) -> Result<(), String> {
+    if p.is_empty() || p.len() > 512 {
+        return Err("must be a relative path of at most 512 bytes".into());
+    }
+    if p.starts_with('/') || p.contains('\\') || p.contains('\0') {
+        return Err(format!("{p:?} must be relative to /workspace"));
+    }
+    if p.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return Err(format!("{p:?} must not contain empty, `.` or `..` components"));
+    }
+    if p.split('/').next() == Some(crate::PEERS_DIR) {
+        return Err(format!("{p:?} must not point into the provider's own peers/ directory"));
+    }
+    const EXTS: [&str; 5] = [".ts", ".mts", ".js", ".mjs", ".py"];
+    if !EXTS.iter().any(|x| p.ends_with(x)) {
+        return Err(format!("{p:?} must be a .ts, .mts, .js, .mjs or .py module"));
+    }
+    if !p.chars().all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c)) {
+        return Err(format!("{p:?} may only contain letters, digits, `.`, `_`, `-` and `/`"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sample() -> Value {
+        json!({
+            "sdk": {"name": "weather", "description": "Forecasts"},
+            "exports": [{
+                "name": "forecast", "module": "src/weather.ts", "description": "Forecast for a city",
+                "args": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer", "minimum": 1}},
+                         "required": ["city"], "additionalProperties": false},
+                "returns": {"type": "object", "required": ["temp"]}
+            }, {
+                "name": "ping", "module": "tools.py", "description": "Liveness"
+            }]
+        })
+    }
+
+    fn parse(v: &Value) -> Result<Provider, ManifestError> {
+        Provider::parse(v.to_string().as_bytes())
+    }
+
+    #[test]
+    fn valid_manifest_parses_with_defaults() {
+        let p = parse(&sample()).unwrap();
+        let ping = p.export("ping").unwrap();
+        assert_eq!(ping.language(), ModuleLanguage::Python);
+        assert_eq!(ping.timeout_ms(), DEFAULT_TIMEOUT_MS);
+        assert_eq!(ping.function(), "ping");
+        assert_eq!(p.export("forecast").unwrap().language(), ModuleLanguage::Deno);
+    }
+
+    #[test]
+    fn errors_point_at_the_field() {
+        let cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
+            (Box::new(|m| m["sdk"]["name"] = json!("")), "sdk.name"),
+            (Box::new(|m| m["exports"] = json!([])), "exports"),
+            (Box::new(|m| m["exports"][1]["name"] = json!("not-ident")), "exports[1].name"),
+            (Box::new(|m| m["exports"][1]["name"] = json!("forecast")), "exports[1].name"),
+            (Box::new(|m| m["exports"][0]["module"] = json!("../etc/x.ts")), "exports[0].module"),
+            (Box::new(|m| m["exports"][0]["module"] = json!("/abs.ts")), "exports[0].module"),
+            (Box::new(|m| m["exports"][0]["module"] = json!("src/x.sh")), "exports[0].module"),
+            (Box::new(|m| m["exports"][0]["timeoutMs"] = json!(0)), "exports[0].timeoutMs"),
+            (Box::new(|m| m["exports"][0]["args"] = json!({"type": 12})), "exports[0].args"),
+            (Box::new(|m| m["exports"][0]["args"] = json!({"type": "array"})), "exports[0].args"),
+            (Box::new(|m| m["exports"][0]["bogus"] = json!(1)), "exports[0]"),
+            (Box::new(|m| m["exports"][0]["description"] = json!(5)), "exports[0].description"),
+        ];
+        for (mutate, field) in cases {
+            let mut m = sample();
+            mutate(&mut m);
+            let err = parse(&m).unwrap_err();
+            assert!(err.field.starts_with(field), "expected {field}, got {err}");
+        }
+        let err = Provider::parse(b"{not json").unwrap_err();
+        assert!(err.message.contains("not valid JSON"), "{err}");
+    }
+
+    #[test]
+    fn arguments_and_results_are_checked_with_a_pointer() {
+        let p = parse(&sample()).unwrap();
+        p.check_args("forecast", &json!({"city": "Paris", "days": 2})).unwrap();
+        let v = p.check_args("forecast", &json!({"city": "Paris", "days": 0})).unwrap_err();
+        assert_eq!(v.pointer, "/days");
+        let v = p.check_args("forecast", &json!({"city": 3})).unwrap_err();
+        assert_eq!(v.pointer, "/city");
+        assert!(p.check_args("forecast", &json!({})).is_err());
+        assert!(p.check_args("forecast", &json!({"city": "x", "extra": 1})).is_err());
+        assert!(p.check_args("forecast", &json!(["Paris"])).is_err());
+        p.check_result("forecast", &json!({"temp": 3})).unwrap();
+        assert!(p.check_result("forecast", &json!("hot")).is_err());
+        p.check_result("ping", &json!(null)).unwrap();
+    }
+}

@@ -1,0 +1,332 @@
+//! Per-VM cgroups: memory, CPU and pid limits, OOM accounting and kill-everything removal.
+//!
+//! Works on cgroup v2 (unified hierarchy with controllers) and v1 (one hierarchy per controller).
+//! Groups are created only beneath the manager's own cgroup, as `<own>/<group>/<vm id>`:
+//!
+//! * v1: one such directory in each of the `memory`, `cpu` and `pids` hierarchies.
+//! * v2: one directory. The "no internal processes" rule forbids enabling controllers for children
+//!   of a non-root cgroup that itself holds processes, so if enabling them in the manager's own
+//!   cgroup fails with `EBUSY`, the manager moves itself into a leaf `<own>/rds-manager` first (the
+//!   layout systemd recommends for a delegated subtree) and groups are still created under `<own>`.
+//!   On the next start that leaf is recognised and its parent is used again.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::RuntimeError;
+
+/// Root of the cgroup filesystem(s).
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// Leaf a v2 manager moves itself into so its own cgroup can delegate controllers.
+const MANAGER_LEAF: &str = "rds-manager";
+/// CFS period used for CPU quotas (100 ms).
+const CPU_PERIOD_US: u64 = 100_000;
+/// v1 controllers a VM is limited by.
+const V1_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+/// How long removal keeps killing processes that remain in a group.
+const KILL_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Resource limits of one VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Hard memory limit (no swap on top of it).
+    pub memory_bytes: u64,
+    /// CPU quota in whole cores.
+    pub cpus: u32,
+    /// Maximum number of tasks.
+    pub pids_max: u64,
+}
+
+/// Where VM cgroups live on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupLayout {
+    /// Unified hierarchy: VM groups are `<parent>/<id>`.
+    V2 {
+        /// `<own cgroup>/<group>` on the cgroup2 mount.
+        parent: PathBuf,
+    },
+    /// Legacy hierarchies: VM groups are `<parent>/<id>` in each hierarchy.
+    V1 {
+        /// `(controller, <mount>/<own cgroup>/<group>)` for memory, cpu, pids.
+        parents: Vec<(&'static str, PathBuf)>,
+    },
+}
+
+fn cg_err(what: impl std::fmt::Display, path: &Path, e: io::Error) -> RuntimeError {
+    RuntimeError::Cgroup(format!(
+        "{what} {}: {e} (the sandbox runtime needs root and a writable cgroup hierarchy)",
+        path.display()
+    ))
+}
+
+fn write_file(path: &Path, value: &str) -> Result<(), RuntimeError> {
+    std::fs::write(path, value).map_err(|e| cg_err(format!("cannot write {value:?} to"), path, e))
+}
+
+/// Parses `/proc/self/cgroup` lines `id:controllers:path` into `(controllers, path)`.
+fn own_cgroups(text: &str) -> Vec<(Vec<String>, String)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let _id = parts.next()?;
+            let ctrls = parts.next()?.split(',').filter(|c| !c.is_empty()).map(String::from).collect();
+            Some((ctrls, parts.next()?.to_string()))
+        })
+        .collect()
+}
+
+/// Joins a cgroup path from `/proc/self/cgroup` (absolute, `/` = root) onto a mount point.
+fn under(mount: &Path, cgroup_path: &str) -> PathBuf {
+    let rel = cgroup_path.trim_start_matches('/');
+    if rel.is_empty() {
+        mount.to_path_buf()
+    } else {
+        mount.join(rel)
+    }
+}
+
+impl CgroupLayout {
+    /// Finds this process's cgroup(s) and prepares the parent group named `group` beneath them.
+    pub fn detect(group: &str) -> Result<Self, RuntimeError> {
+        let text = std::fs::read_to_string("/proc/self/cgroup")
+            .map_err(|e| RuntimeError::io("cannot read /proc/self/cgroup", e))?;
+        let own = own_cgroups(&text);
+        let root = Path::new(CGROUP_ROOT);
+        let unified_controllers = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        if !unified_controllers.trim().is_empty() {
+            let path = own
+                .iter()
+                .find(|(c, _)| c.is_empty())
+                .map(|(_, p)| p.clone())
+                .ok_or_else(|| RuntimeError::Cgroup("no cgroup v2 entry in /proc/self/cgroup".into()))?;
+            let mut base = under(root, &path);
+            if base.file_name().is_some_and(|n| n == MANAGER_LEAF) {
+                base.pop();
+            }
+            return Self::prepare_v2(&base, group);
+        }
+        let mut parents = Vec::new();
+        for ctrl in V1_CONTROLLERS {
+            let mount = root.join(ctrl);
+            let path = own
+                .iter()
+                .find(|(c, _)| c.iter().any(|c| c == ctrl))
+                .map(|(_, p)| p.clone())
+                .ok_or_else(|| RuntimeError::Cgroup(format!("the {ctrl} cgroup controller is not mounted")))?;
+            if !mount.join("cgroup.procs").exists() {
+                return Err(RuntimeError::Cgroup(format!(
+                    "the {ctrl} cgroup controller is not mounted at {}",
+                    mount.display()
+                )));
+            }
+            let parent = under(&mount, &path).join(group);
+            std::fs::create_dir_all(&parent).map_err(|e| cg_err("cannot create", &parent, e))?;
+            parents.push((ctrl, parent));
+        }
+        Ok(CgroupLayout::V1 { parents })
+    }
+
+    fn prepare_v2(base: &Path, group: &str) -> Result<Self, RuntimeError> {
+        let wanted = ["memory", "cpu", "pids"];
+        let available = std::fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
+        for c in wanted {
+            if !available.split_whitespace().any(|a| a == c) {
+                return Err(RuntimeError::Cgroup(format!(
+                    "the {c} controller is not delegated to {} (enable it in the parent's cgroup.subtree_control)",
+                    base.display()
+                )));
+            }
+        }
+        let enable = wanted.map(|c| format!("+{c}")).join(" ");
+        let control = base.join("cgroup.subtree_control");
+        if let Err(e) = std::fs::write(&control, &enable) {
+            if e.raw_os_error() != Some(libc::EBUSY) {
+                return Err(cg_err("cannot enable controllers in", &control, e));
+            }
+            // We sit in `base` ourselves: move into a leaf so `base` may delegate controllers.
+            let leaf = base.join(MANAGER_LEAF);
+            std::fs::create_dir_all(&leaf).map_err(|e| cg_err("cannot create", &leaf, e))?;
+            write_file(&leaf.join("cgroup.procs"), &std::process::id().to_string())?;
+            write_file(&control, &enable)?;
+        }
+        let parent = base.join(group);
+        std::fs::create_dir_all(&parent).map_err(|e| cg_err("cannot create", &parent, e))?;
+        write_file(&parent.join("cgroup.subtree_control"), &enable)?;
+        Ok(CgroupLayout::V2 { parent })
+    }
+
+    /// The parent directories VM groups are created in (one on v2, one per controller on v1).
+    pub fn parents(&self) -> Vec<PathBuf> {
+        match self {
+            CgroupLayout::V2 { parent } => vec![parent.clone()],
+            CgroupLayout::V1 { parents } => parents.iter().map(|(_, p)| p.clone()).collect(),
+        }
+    }
+
+    /// The cgroup directories of VM `id` (they may not exist).
+    pub fn vm_dirs(&self, id: &str) -> Vec<PathBuf> {
+        self.parents().into_iter().map(|p| p.join(id)).collect()
+    }
+
+    /// The `cgroup.procs` files a process writes itself into to join VM `id`'s groups.
+    pub fn procs_files(&self, id: &str) -> Vec<PathBuf> {
+        self.vm_dirs(id).into_iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    fn memory_dir(&self, id: &str) -> PathBuf {
+        match self {
+            CgroupLayout::V2 { parent } => parent.join(id),
+            CgroupLayout::V1 { parents } => {
+                parents.iter().find(|(c, _)| *c == "memory").map(|(_, p)| p.join(id)).unwrap_or_default()
+            }
+        }
+    }
+
+    /// Creates VM `id`'s groups (removing stale ones first) and applies `limits`.
+    /// On failure nothing is left behind.
+    pub fn create(&self, id: &str, limits: Limits) -> Result<(), RuntimeError> {
+        self.remove(id)?;
+        let result = self.create_inner(id, limits);
+        if result.is_err() {
+            let _ = self.remove(id);
+        }
+        result
+    }
+
+    fn create_inner(&self, id: &str, limits: Limits) -> Result<(), RuntimeError> {
+        for dir in self.vm_dirs(id) {
+            std::fs::create_dir(&dir).map_err(|e| cg_err("cannot create", &dir, e))?;
+        }
+        let quota = (u64::from(limits.cpus.max(1)) * CPU_PERIOD_US).to_string();
+        let mem = limits.memory_bytes.to_string();
+        let pids = limits.pids_max.to_string();
+        match self {
+            CgroupLayout::V2 { parent } => {
+                let d = parent.join(id);
+                write_file(&d.join("memory.max"), &mem)?;
+                if d.join("memory.swap.max").exists() {
+                    write_file(&d.join("memory.swap.max"), "0")?;
+                }
+                write_file(&d.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
+                write_file(&d.join("pids.max"), &pids)?;
+            }
+            CgroupLayout::V1 { parents } => {
+                for (ctrl, parent) in parents {
+                    let d = parent.join(id);
+                    match *ctrl {
+                        "memory" => {
+                            write_file(&d.join("memory.limit_in_bytes"), &mem)?;
+                            // memsw (memory + swap) must be >= the memory limit, so it is written second.
+                            if d.join("memory.memsw.limit_in_bytes").exists() {
+                                write_file(&d.join("memory.memsw.limit_in_bytes"), &mem)?;
+                            }
+                        }
+                        "cpu" => {
+                            write_file(&d.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                            write_file(&d.join("cpu.cfs_quota_us"), &quota)?;
+                        }
+                        "pids" => write_file(&d.join("pids.max"), &pids)?,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Kills every process left in VM `id`'s groups and removes them. Absent groups are fine.
+    pub fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut first_err = None;
+        for dir in self.vm_dirs(id) {
+            if let Err(e) = remove_group(&dir) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// OOM kills recorded in VM `id`'s memory group.
+    pub fn oom_kills(&self, id: &str) -> Option<u64> {
+        let dir = self.memory_dir(id);
+        let file = match self {
+            CgroupLayout::V2 { .. } => "memory.events",
+            CgroupLayout::V1 { .. } => "memory.oom_control",
+        };
+        let text = std::fs::read_to_string(dir.join(file)).ok()?;
+        text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok())
+    }
+
+    /// Ids of all VM groups present under the parent(s).
+    pub fn vm_ids(&self) -> Vec<String> {
+        let mut ids = Vec::new();
+        for parent in self.parents() {
+            let Ok(entries) = std::fs::read_dir(&parent) else { continue };
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    if let Some(name) = entry.file_name().to_str() {
+                        if !ids.iter().any(|i| i == name) {
+                            ids.push(name.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        ids
+    }
+}
+
+/// Kills everything in the group at `dir` (and its child groups), then removes them, deepest first.
+fn remove_group(dir: &Path) -> Result<(), RuntimeError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_group(&entry.path())?;
+            }
+        }
+    }
+    // cgroup.kill (v2, Linux 5.14+) kills atomically, even processes forking right now.
+    let kill_file = dir.join("cgroup.kill");
+    if kill_file.exists() {
+        let _ = std::fs::write(&kill_file, "1");
+    }
+    let deadline = std::time::Instant::now() + KILL_DEADLINE;
+    loop {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        for pid in &pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        let rmdir = if pids.is_empty() { std::fs::remove_dir(dir) } else { Err(io::Error::from_raw_os_error(libc::EBUSY)) };
+        match rmdir {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if std::time::Instant::now() >= deadline => {
+                return Err(cg_err("cannot remove (processes keep running in it)", dir, e))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_v1_and_v2_lines() {
+        let own = own_cgroups("4:memory:/a/b\n2:cpu,cpuacct:/\n0::/user.slice\n");
+        assert_eq!(own[0], (vec!["memory".to_string()], "/a/b".to_string()));
+        assert_eq!(own[1].0, vec!["cpu".to_string(), "cpuacct".to_string()]);
+        assert_eq!(own[2], (vec![], "/user.slice".to_string()));
+    }
+
+    #[test]
+    fn root_cgroup_maps_to_the_mount_itself() {
+        assert_eq!(under(Path::new("/sys/fs/cgroup/pids"), "/"), PathBuf::from("/sys/fs/cgroup/pids"));
+        assert_eq!(under(Path::new("/m"), "/x/y"), PathBuf::from("/m/x/y"));
+    }
+}

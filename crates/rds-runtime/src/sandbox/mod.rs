@@ -1,0 +1,450 @@
+//! The sandbox runtime: the agent runs as PID 1 of fresh pid/mount/net/ipc/uts/cgroup namespaces
+//! over a read-only root, limited by per-VM cgroups. No VM — weaker isolation than firecracker/qemu.
+//!
+//! Layout of one VM, `<storage_root>/vms/<id>/` (0700, root):
+//!
+//! | entry | what |
+//! |---|---|
+//! | `agent.sock` | host end of the agent: bound here (0600), its listening fd is passed into the sandbox |
+//! | `workspace/` | persistent user data (1000:1000, 0755), `/workspace` inside |
+//! | `bridge/` | (0755) appears at `/run/rds/bridge` inside; the manager binds `bridge/peer.sock` |
+//! | `console.log` | launcher/agent stdout+stderr (rotated to `console.log.old` past 1 MiB at start) |
+//! | `root/` | empty mount point where the launcher assembles the new root in its own mount namespace |
+//!
+//! The launcher is `<agent_bin> sandbox` (see `rds-agent`'s `sandbox` module), spawned detached so a
+//! manager crash leaves sandboxes running; [`VmHandle`] identifies it across manager restarts.
+
+use std::collections::HashSet;
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use rds_proto::sandbox::{SandboxSpec, SANDBOX_SPEC_ENV};
+use rds_proto::{AGENT_VSOCK_PORT, SANDBOX_UID};
+
+use crate::cgroup::{CgroupLayout, Limits};
+use crate::process::{is_same_process_alive, process_start_time, signal_if_same, wait_gone};
+use crate::{check_vm_id, Liveness, Runtime, RuntimeError, RuntimeKind, VmHandle, VmSpec};
+
+/// How long `start` waits for the agent to accept connections.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `stop` waits after SIGTERM before SIGKILL.
+const GRACEFUL_STOP: Duration = Duration::from_secs(3);
+/// How long `probe` waits for the agent's handshake.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Console log size past which `start` rotates it.
+const CONSOLE_CAP: u64 = 1024 * 1024;
+/// How much of the console log a boot error quotes.
+const CONSOLE_TAIL: u64 = 2048;
+/// Smallest memory limit accepted (the agent itself needs some).
+const MIN_MEM_MB: u32 = 32;
+/// Default cgroup group name under the manager's own cgroup.
+const DEFAULT_CGROUP_GROUP: &str = "rds";
+/// PATH of the launcher (its environment is otherwise empty so no manager secret leaks inside).
+const LAUNCHER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Settings of the sandbox runtime.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// The manager's storage root; VMs live in `<storage_root>/vms/<id>/`. Always hidden inside sandboxes.
+    pub storage_root: PathBuf,
+    /// The `rds-agent` binary (runs as launcher, PID 1 and agent).
+    pub agent_bin: PathBuf,
+    /// Maximum tasks per VM (e.g. 512).
+    pub pids_max: u64,
+    /// More host paths to hide inside sandboxes (secrets dirs, the database...). `/root` and `/home` are always hidden.
+    pub hide_paths: Vec<PathBuf>,
+}
+
+/// The namespaces runtime.
+pub struct SandboxRuntime {
+    cfg: SandboxConfig,
+    cgroups: CgroupLayout,
+}
+
+/// Paths of one VM.
+struct VmPaths {
+    dir: PathBuf,
+    workspace: PathBuf,
+    bridge: PathBuf,
+    root: PathBuf,
+    agent_sock: PathBuf,
+    console: PathBuf,
+}
+
+impl SandboxRuntime {
+    /// Creates the runtime, preparing the `rds` cgroup parent beneath the manager's own cgroup.
+    pub fn new(cfg: SandboxConfig) -> Result<Self, RuntimeError> {
+        Self::with_cgroup_group(cfg, DEFAULT_CGROUP_GROUP)
+    }
+
+    /// Like [`SandboxRuntime::new`] with a different cgroup parent name, so two managers (or tests)
+    /// in the same cgroup never treat each other's VMs as orphans.
+    pub fn with_cgroup_group(cfg: SandboxConfig, group: &str) -> Result<Self, RuntimeError> {
+        if !crate::is_valid_vm_id(group) {
+            return Err(RuntimeError::InvalidSpec(format!("cgroup group name {group:?} must match [A-Za-z0-9-]{{1,64}}")));
+        }
+        let cgroups = CgroupLayout::detect(group)?;
+        Ok(SandboxRuntime { cfg, cgroups })
+    }
+
+    /// The cgroup directories VM `id` uses (they exist only while it runs).
+    pub fn cgroup_dirs(&self, id: &str) -> Vec<PathBuf> {
+        self.cgroups.vm_dirs(id)
+    }
+
+    /// The directory holding everything of VM `id`.
+    pub fn vm_dir(&self, id: &str) -> PathBuf {
+        // Path getters cannot fail; an invalid id maps to a name no valid id can produce.
+        let name = if crate::is_valid_vm_id(id) { id } else { ".invalid-id" };
+        self.cfg.storage_root.join("vms").join(name)
+    }
+
+    fn paths(&self, id: &str) -> VmPaths {
+        let dir = self.vm_dir(id);
+        VmPaths {
+            workspace: dir.join("workspace"),
+            bridge: dir.join("bridge"),
+            root: dir.join("root"),
+            agent_sock: dir.join("agent.sock"),
+            console: dir.join("console.log"),
+            dir,
+        }
+    }
+
+    fn hide_paths(&self) -> Vec<PathBuf> {
+        let mut hide = vec![self.cfg.storage_root.clone()];
+        hide.extend(self.cfg.hide_paths.iter().cloned());
+        // Hide the real location too when the configured path goes through a symlink.
+        let mut all: Vec<PathBuf> = hide.iter().filter_map(|p| std::fs::canonicalize(p).ok()).chain(hide.clone()).collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// Creates the VM's directories and files; returns whether its workspace already existed.
+    fn prepare_dirs(&self, p: &VmPaths) -> Result<bool, RuntimeError> {
+        let private = |path: &Path, mode: u32| {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(path)
+                .and_then(|_| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)))
+                .map_err(|e| RuntimeError::io(format!("cannot create {}", path.display()), e))
+        };
+        private(&self.cfg.storage_root.join("vms"), 0o700)?;
+        private(&p.dir, 0o700)?;
+        let existed = p.workspace.is_dir();
+        if !existed {
+            private(&p.workspace, 0o755)?;
+            std::os::unix::fs::chown(&p.workspace, Some(SANDBOX_UID), Some(SANDBOX_UID))
+                .map_err(|e| RuntimeError::io(format!("cannot chown {}", p.workspace.display()), e))?;
+        }
+        private(&p.bridge, 0o755)?;
+        private(&p.root, 0o700)?;
+        if std::fs::metadata(&p.console).is_ok_and(|m| m.len() > CONSOLE_CAP) {
+            let _ = std::fs::rename(&p.console, p.dir.join("console.log.old"));
+        }
+        Ok(existed)
+    }
+
+    /// Undoes a failed start: kills the launcher, removes cgroups and socket, and the whole VM
+    /// directory when this start created it.
+    async fn undo_start(&self, id: &str, p: &VmPaths, child: Option<&mut tokio::process::Child>, keep_dir: bool) {
+        if let Some(child) = child {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+        let cgroups = self.cgroups.clone();
+        let id_owned = id.to_string();
+        let _ = tokio::task::spawn_blocking(move || cgroups.remove(&id_owned)).await;
+        let _ = std::fs::remove_file(&p.agent_sock);
+        if !keep_dir {
+            let _ = std::fs::remove_dir_all(&p.dir);
+        }
+    }
+
+    async fn remove_cgroups(&self, id: &str) -> Result<(), RuntimeError> {
+        let cgroups = self.cgroups.clone();
+        let id = id.to_string();
+        tokio::task::spawn_blocking(move || cgroups.remove(&id))
+            .await
+            .map_err(|e| RuntimeError::Cgroup(format!("cgroup removal task failed: {e}")))?
+    }
+
+    /// Spawns the launcher detached, already inside the VM's cgroups, holding the listening socket.
+    fn spawn_launcher(&self, spec: &SandboxSpec, listen_fd: RawFd, id: &str, console: &Path) -> Result<tokio::process::Child, RuntimeError> {
+        let procs: Vec<File> = self
+            .cgroups
+            .procs_files(id)
+            .iter()
+            .map(|f| {
+                OpenOptions::new().write(true).open(f).map_err(|e| RuntimeError::io(format!("cannot open {}", f.display()), e))
+            })
+            .collect::<Result<_, _>>()?;
+        let procs_fds: Vec<RawFd> = procs.iter().map(|f| f.as_raw_fd()).collect();
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(console)
+            .map_err(|e| RuntimeError::io(format!("cannot open {}", console.display()), e))?;
+        let log2 = log.try_clone().map_err(|e| RuntimeError::io("cannot duplicate the console log fd", e))?;
+        let json = serde_json::to_string(spec).expect("sandbox spec serialises");
+        let mut cmd = tokio::process::Command::new(&self.cfg.agent_bin);
+        cmd.arg("sandbox")
+            .env_clear()
+            .env("PATH", LAUNCHER_PATH)
+            .env(SANDBOX_SPEC_ENV, json)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .kill_on_drop(false);
+        // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
+        // (setsid, write, fcntl) on fds opened before the fork; it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Own session: no terminal, not in the manager's process group, survives its death.
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Writing "0" to cgroup.procs moves the writer itself; everything it forks follows.
+                for fd in &procs_fds {
+                    if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                // The listening socket is the one fd the launcher must inherit.
+                let flags = libc::fcntl(listen_fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(listen_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| RuntimeError::Boot(format!("cannot run {}: {e}", self.cfg.agent_bin.display())))?;
+        drop(procs);
+        Ok(child)
+    }
+
+    async fn start_inner(&self, spec: &VmSpec, p: &VmPaths, child_slot: &mut Option<tokio::process::Child>) -> Result<VmHandle, RuntimeError> {
+        let _ = std::fs::remove_file(&p.agent_sock);
+        let listener = std::os::unix::net::UnixListener::bind(&p.agent_sock)
+            .map_err(|e| RuntimeError::io(format!("cannot bind {}", p.agent_sock.display()), e))?;
+        std::fs::set_permissions(&p.agent_sock, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| RuntimeError::io(format!("cannot chmod {}", p.agent_sock.display()), e))?;
+
+        let limits = Limits {
+            memory_bytes: u64::from(spec.mem_mb) * 1024 * 1024,
+            cpus: spec.cpu,
+            pids_max: self.cfg.pids_max,
+        };
+        let cgroups = self.cgroups.clone();
+        let id = spec.id.clone();
+        tokio::task::spawn_blocking(move || cgroups.create(&id, limits))
+            .await
+            .map_err(|e| RuntimeError::Cgroup(format!("cgroup task failed: {e}")))??;
+
+        let launch = SandboxSpec {
+            vm_id: spec.id.clone(),
+            hostname: spec.hostname.clone(),
+            rootfs: spec.rootfs.clone(),
+            root_dir: p.root.clone(),
+            workspace: p.workspace.clone(),
+            bridge_dir: p.bridge.clone(),
+            hide_paths: self.hide_paths(),
+            listen_fd: listener.as_raw_fd(),
+        };
+        let child = child_slot.insert(self.spawn_launcher(&launch, listener.as_raw_fd(), &spec.id, &p.console)?);
+        // Only the sandbox may hold the listener now: if it dies, connections are refused, not queued.
+        drop(listener);
+        let pid = child.id().ok_or_else(|| RuntimeError::Boot("the launcher exited immediately".into()))? as i32;
+        let start_time = process_start_time(pid)
+            .ok_or_else(|| RuntimeError::Boot("the launcher exited immediately".into()))?;
+
+        tokio::select! {
+            ready = rds_vsock::connect_retry(&p.agent_sock, AGENT_VSOCK_PORT, BOOT_TIMEOUT) => {
+                ready.map_err(|e| RuntimeError::Boot(format!("agent did not come up: {e}")))?;
+            }
+            status = child.wait() => {
+                let status = status.map_err(|e| RuntimeError::io("cannot wait for the launcher", e))?;
+                return Err(RuntimeError::Boot(format!("the sandbox exited during boot ({status})")));
+            }
+        }
+        Ok(VmHandle { pid, start_time, extra: serde_json::Value::Null })
+    }
+}
+
+/// Reads the last `CONSOLE_TAIL` bytes of a console log for error messages.
+fn console_tail(path: &Path) -> String {
+    let Ok(mut f) = File::open(path) else { return String::new() };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(CONSOLE_TAIL)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).trim().to_string()
+}
+
+fn check_spec(spec: &VmSpec) -> Result<(), RuntimeError> {
+    check_vm_id(&spec.id)?;
+    if spec.cpu == 0 {
+        return Err(RuntimeError::InvalidSpec("cpu must be at least 1".into()));
+    }
+    if spec.mem_mb < MIN_MEM_MB {
+        return Err(RuntimeError::InvalidSpec(format!("memMb must be at least {MIN_MEM_MB}")));
+    }
+    let h = &spec.hostname;
+    if h.is_empty() || h.len() > 64 || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+        return Err(RuntimeError::InvalidSpec(format!("hostname {h:?} must match [A-Za-z0-9.-]{{1,64}}")));
+    }
+    if let Some(rootfs) = &spec.rootfs {
+        if !rootfs.is_absolute() || !rootfs.is_dir() {
+            return Err(RuntimeError::InvalidSpec(format!("rootfs {} is not a directory", rootfs.display())));
+        }
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Runtime for SandboxRuntime {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Sandbox
+    }
+
+    fn isolation(&self) -> &'static str {
+        "namespaces"
+    }
+
+    async fn start(&self, spec: &VmSpec) -> Result<VmHandle, RuntimeError> {
+        check_spec(spec)?;
+        let p = self.paths(&spec.id);
+        let dir_existed = p.dir.exists();
+        let workspace_existed = match self.prepare_dirs(&p) {
+            Ok(existed) => existed,
+            Err(e) => {
+                if !dir_existed {
+                    let _ = std::fs::remove_dir_all(&p.dir);
+                }
+                return Err(e);
+            }
+        };
+        let mut child = None;
+        match self.start_inner(spec, &p, &mut child).await {
+            Ok(handle) => {
+                let mut child = child.expect("a started VM has a launcher");
+                // Reap the launcher when it exits; dropping the runtime or the manager leaves it running.
+                tokio::spawn(async move {
+                    let _ = child.wait().await;
+                });
+                Ok(handle)
+            }
+            Err(e) => {
+                let tail = console_tail(&p.console);
+                self.undo_start(&spec.id, &p, child.as_mut(), workspace_existed || dir_existed).await;
+                Err(match e {
+                    RuntimeError::Boot(msg) if !tail.is_empty() => RuntimeError::Boot(format!("{msg}; console:\n{tail}")),
+                    other => other,
+                })
+            }
+        }
+    }
+
+    async fn stop(&self, id: &str, handle: &VmHandle) -> Result<(), RuntimeError> {
+        check_vm_id(id)?;
+        let (pid, st) = (handle.pid, handle.start_time);
+        if signal_if_same(pid, st, Signal::SIGTERM) && !wait_gone(pid, st, GRACEFUL_STOP).await {
+            signal_if_same(pid, st, Signal::SIGKILL);
+            if !wait_gone(pid, st, Duration::from_secs(2)).await {
+                return Err(RuntimeError::Stop(format!("launcher pid {pid} survived SIGKILL")));
+            }
+        }
+        // Whatever is left in the VM's cgroups (e.g. the launcher was not ours any more) is killed here.
+        self.remove_cgroups(id).await?;
+        let sock = self.paths(id).agent_sock;
+        match std::fs::remove_file(&sock) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(RuntimeError::io(format!("cannot remove {}", sock.display()), e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn destroy(&self, id: &str, handle: Option<&VmHandle>) -> Result<(), RuntimeError> {
+        check_vm_id(id)?;
+        match handle {
+            Some(h) => self.stop(id, h).await?,
+            None => self.remove_cgroups(id).await?,
+        }
+        let dir = self.vm_dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(RuntimeError::io(format!("cannot remove {}", dir.display()), e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn probe(&self, id: &str, handle: &VmHandle) -> Liveness {
+        if !crate::is_valid_vm_id(id) {
+            return Liveness::Dead(format!("invalid VM id {id:?}"));
+        }
+        if !is_same_process_alive(handle.pid, handle.start_time) {
+            return Liveness::Dead(match process_start_time(handle.pid) {
+                Some(_) => format!("pid {} now belongs to another process (or exited)", handle.pid),
+                None => format!("launcher pid {} is gone", handle.pid),
+            });
+        }
+        match rds_vsock::connect(&self.agent_socket(id), AGENT_VSOCK_PORT, PROBE_TIMEOUT).await {
+            Ok(_) => Liveness::Alive,
+            Err(e) => Liveness::Dead(format!("agent not answering: {e}")),
+        }
+    }
+
+    fn agent_socket(&self, id: &str) -> PathBuf {
+        self.paths(id).agent_sock
+    }
+
+    fn bridge_socket(&self, id: &str) -> PathBuf {
+        self.paths(id).bridge.join("peer.sock")
+    }
+
+    fn console_log(&self, id: &str) -> PathBuf {
+        self.paths(id).console
+    }
+
+    async fn oom_kills(&self, id: &str) -> Option<u64> {
+        if !crate::is_valid_vm_id(id) {
+            return None;
+        }
+        self.cgroups.oom_kills(id)
+    }
+
+    async fn remove_orphans(&self, known: &HashSet<String>) -> Vec<String> {
+        let mut ids: Vec<String> = self.cgroups.vm_ids();
+        if let Ok(entries) = std::fs::read_dir(self.cfg.storage_root.join("vms")) {
+            ids.extend(entries.flatten().filter_map(|e| e.file_name().to_str().map(String::from)));
+        }
+        ids.sort();
+        ids.dedup();
+        let mut removed = Vec::new();
+        for id in ids {
+            // Never touch names this runtime could not have created.
+            if known.contains(&id) || !crate::is_valid_vm_id(&id) {
+                continue;
+            }
+            match self.destroy(&id, None).await {
+                Ok(()) => removed.push(id),
+                Err(e) => tracing::warn!(vm = %id, error = %e, "could not remove orphaned sandbox"),
+            }
+        }
+        removed
+    }
+}

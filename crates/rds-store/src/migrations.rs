@@ -1,0 +1,77 @@
+//! Versioned schema migrations, tracked in `PRAGMA user_version`.
+
+use rusqlite::Connection;
+
+use crate::{StoreError, StoreResult};
+
+/// Migration `n` (1-based) brings the schema from version `n-1` to `n`. Append only.
+const MIGRATIONS: &[&str] = &[
+    // 1: initial schema.
+    r#"
+    CREATE TABLE vms (
+        id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        state_reason TEXT,
+        cpu INTEGER NOT NULL,
+        mem_mb INTEGER NOT NULL,
+        runtime TEXT NOT NULL,
+        image_id TEXT,
+        handle_json TEXT,
+        outbound_internet INTEGER NOT NULL DEFAULT 0,
+        allow_ips_json TEXT,
+        secret_env_ciphertext BLOB,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX vms_state_idx ON vms (state);
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        prefix TEXT NOT NULL,
+        hash TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        revoked_at INTEGER
+    );
+    CREATE TABLE exec_logs (
+        id TEXT PRIMARY KEY,
+        vm_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        exec_id TEXT,
+        input_json TEXT NOT NULL,
+        exit_code INTEGER,
+        duration_ms INTEGER NOT NULL,
+        output_preview TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX exec_logs_vm_idx ON exec_logs (vm_id, created_at);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        entity_type TEXT,
+        entity_id TEXT,
+        message TEXT NOT NULL,
+        meta_json TEXT
+    );
+    "#,
+];
+
+/// The schema version this build writes.
+pub const LATEST: i64 = MIGRATIONS.len() as i64;
+
+/// Applies every pending migration, each in its own transaction with the version bump.
+pub fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > LATEST {
+        return Err(StoreError::TooNew { found: current, known: LATEST });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        // PRAGMA does not take bound parameters; the value is our own integer.
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+        tx.commit()?;
+    }
+    Ok(())
+}

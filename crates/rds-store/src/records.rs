@@ -1,0 +1,140 @@
+//! The records the store reads and writes, in product words.
+
+use crate::StoreError;
+
+/// Lifecycle state of a VM. Legal transitions are owned by the manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum VmState {
+    /// Being booted for the first time.
+    Creating,
+    /// Being booted again after a stop.
+    Starting,
+    /// Booted and its agent answered.
+    Running,
+    /// Being shut down.
+    Stopping,
+    /// Not running; `/workspace` kept.
+    Stopped,
+    /// A lifecycle step failed; see the reason. Only delete is allowed.
+    Error,
+    /// Tombstone: every trace removed, hidden from the API.
+    Deleted,
+}
+
+impl VmState {
+    /// Every state, for exhaustive tables.
+    pub const ALL: [VmState; 7] = [
+        VmState::Creating,
+        VmState::Starting,
+        VmState::Running,
+        VmState::Stopping,
+        VmState::Stopped,
+        VmState::Error,
+        VmState::Deleted,
+    ];
+
+    /// The stored and wire spelling, e.g. `RUNNING`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Creating => "CREATING",
+            VmState::Starting => "STARTING",
+            VmState::Running => "RUNNING",
+            VmState::Stopping => "STOPPING",
+            VmState::Stopped => "STOPPED",
+            VmState::Error => "ERROR",
+            VmState::Deleted => "DELETED",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Result<Self, StoreError> {
+        VmState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| StoreError::UnknownState(s.to_string()))
+    }
+}
+
+impl std::fmt::Display for VmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A persisted VM.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmRecord {
+    pub id: String,
+    pub state: VmState,
+    /// Why the VM is in its state (errors, reconciler decisions).
+    pub state_reason: Option<String>,
+    pub cpu: u32,
+    pub mem_mb: u32,
+    /// Runtime that owns the VM (`sandbox`, `qemu`, `firecracker`).
+    pub runtime: String,
+    pub image_id: Option<String>,
+    /// The runtime's handle (pid, start time, extras) as JSON; `None` when nothing runs.
+    pub handle_json: Option<String>,
+    pub outbound_internet: bool,
+    /// Egress allow-list as a JSON array of CIDRs.
+    pub allow_ips_json: Option<String>,
+    /// Encrypted `secretEnv` (peer providers); never logged or returned.
+    pub secret_env_ciphertext: Option<Vec<u8>>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// An activity event to append (no secrets in `meta`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// Dotted type such as `vm.created`.
+    pub kind: String,
+    pub entity_type: Option<String>,
+    pub entity_id: Option<String>,
+    pub message: String,
+    pub meta: Option<serde_json::Value>,
+}
+
+/// A stored activity event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    pub id: i64,
+    pub created_at: i64,
+    pub kind: String,
+    pub entity_type: Option<String>,
+    pub entity_id: Option<String>,
+    pub message: String,
+    pub meta: Option<serde_json::Value>,
+}
+
+/// One exec/run call, summarised (environment values are never recorded).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecLogRecord {
+    pub id: String,
+    pub vm_id: String,
+    /// `exec`, `run-ts`, `run-js` or `run-python`.
+    pub kind: String,
+    pub exec_id: Option<String>,
+    /// Input summary as JSON (command or code, env *keys* only, timeout).
+    pub input: serde_json::Value,
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+    /// First bytes of stdout/stderr.
+    pub output_preview: String,
+    pub created_at: i64,
+}
+
+/// A managed API key; the key itself is never stored, only its SHA-256.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub name: String,
+    /// First characters of the key, to recognise it in lists.
+    pub prefix: String,
+    /// Hex SHA-256 of the full key.
+    pub hash: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}

@@ -1,0 +1,382 @@
+//! [`Store`] on a SQLite file: WAL journal, busy timeout, one connection behind a mutex.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::{
+    migrations, now_ms, ApiKeyRecord, EventRecord, ExecLogRecord, NewEvent, Store, StoreError, StoreResult,
+    VmRecord, VmState,
+};
+
+/// SQLite implementation of [`Store`].
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+const VM_COLUMNS: &str = "id, state, state_reason, cpu, mem_mb, runtime, image_id, handle_json, \
+     outbound_internet, allow_ips_json, secret_env_ciphertext, created_at, updated_at";
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and migrates it to the latest schema.
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|source| StoreError::Dir { path: dir.display().to_string(), source })?;
+        }
+        Self::setup(Connection::open(path)?)
+    }
+
+    /// An in-memory database, for tests.
+    pub fn open_in_memory() -> StoreResult<Self> {
+        Self::setup(Connection::open_in_memory()?)
+    }
+
+    fn setup(mut conn: Connection) -> StoreResult<Self> {
+        conn.busy_timeout(Duration::from_secs(5))?;
+        // WAL lets readers (e.g. an admin tool) proceed while the manager writes.
+        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
+        migrations::migrate(&mut conn)?;
+        Ok(SqliteStore { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (statements are atomic).
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<(VmRecord, String)> {
+    let state: String = r.get(1)?;
+    Ok((
+        VmRecord {
+            id: r.get(0)?,
+            state: VmState::Deleted, // replaced by the caller after parsing `state`
+            state_reason: r.get(2)?,
+            cpu: r.get(3)?,
+            mem_mb: r.get(4)?,
+            runtime: r.get(5)?,
+            image_id: r.get(6)?,
+            handle_json: r.get(7)?,
+            outbound_internet: r.get(8)?,
+            allow_ips_json: r.get(9)?,
+            secret_env_ciphertext: r.get(10)?,
+            created_at: r.get(11)?,
+            updated_at: r.get(12)?,
+        },
+        state,
+    ))
+}
+
+fn finish_vm((mut vm, state): (VmRecord, String)) -> StoreResult<VmRecord> {
+    vm.state = VmState::parse(&state)?;
+    Ok(vm)
+}
+
+fn json_text(v: &Option<serde_json::Value>) -> Option<String> {
+    v.as_ref().map(|v| v.to_string())
+}
+
+fn parse_json_text(s: Option<String>) -> Option<serde_json::Value> {
+    s.and_then(|s| serde_json::from_str(&s).ok())
+}
+
+impl Store for SqliteStore {
+    fn insert_vm(&self, vm: &VmRecord) -> StoreResult<()> {
+        self.conn().execute(
+            &format!("INSERT INTO vms ({VM_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)"),
+            params![
+                vm.id,
+                vm.state.as_str(),
+                vm.state_reason,
+                vm.cpu,
+                vm.mem_mb,
+                vm.runtime,
+                vm.image_id,
+                vm.handle_json,
+                vm.outbound_internet,
+                vm.allow_ips_json,
+                vm.secret_env_ciphertext,
+                vm.created_at,
+                vm.updated_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn get_vm(&self, id: &str) -> StoreResult<Option<VmRecord>> {
+        let row = self
+            .conn()
+            .query_row(&format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1"), [id], vm_from_row)
+            .optional()?;
+        row.map(finish_vm).transpose()
+    }
+
+    fn list_vms(&self) -> StoreResult<Vec<VmRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {VM_COLUMNS} FROM vms WHERE state <> 'DELETED' ORDER BY created_at, id"
+        ))?;
+        let rows = stmt.query_map([], vm_from_row)?.collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter().map(finish_vm).collect()
+    }
+
+    fn count_live_vms(&self) -> StoreResult<u64> {
+        let n: i64 = self.conn().query_row("SELECT COUNT(*) FROM vms WHERE state <> 'DELETED'", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
+    fn set_vm_state(&self, id: &str, state: VmState, reason: Option<&str>) -> StoreResult<()> {
+        let n = self.conn().execute(
+            "UPDATE vms SET state = ?2, state_reason = ?3, updated_at = ?4 WHERE id = ?1",
+            params![id, state.as_str(), reason, now_ms()],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("vm {id}")));
+        }
+        Ok(())
+    }
+
+    fn set_vm_handle(&self, id: &str, handle_json: Option<&str>) -> StoreResult<()> {
+        let n = self.conn().execute(
+            "UPDATE vms SET handle_json = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id, handle_json, now_ms()],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("vm {id}")));
+        }
+        Ok(())
+    }
+
+    fn insert_event(&self, e: &NewEvent) -> StoreResult<()> {
+        self.conn().execute(
+            "INSERT INTO events (created_at, kind, entity_type, entity_id, message, meta_json) VALUES (?1,?2,?3,?4,?5,?6)",
+            params![now_ms(), e.kind, e.entity_type, e.entity_id, e.message, json_text(&e.meta)],
+        )?;
+        Ok(())
+    }
+
+    fn list_events(&self, limit: u32) -> StoreResult<Vec<EventRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, created_at, kind, entity_type, entity_id, message, meta_json FROM events ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = stmt
+            .query_map([limit], |r| {
+                Ok(EventRecord {
+                    id: r.get(0)?,
+                    created_at: r.get(1)?,
+                    kind: r.get(2)?,
+                    entity_type: r.get(3)?,
+                    entity_id: r.get(4)?,
+                    message: r.get(5)?,
+                    meta: parse_json_text(r.get(6)?),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    fn insert_exec_log(&self, e: &ExecLogRecord) -> StoreResult<()> {
+        self.conn().execute(
+            "INSERT INTO exec_logs (id, vm_id, kind, exec_id, input_json, exit_code, duration_ms, output_preview, created_at) \
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
+            params![
+                e.id,
+                e.vm_id,
+                e.kind,
+                e.exec_id,
+                e.input.to_string(),
+                e.exit_code,
+                e.duration_ms as i64,
+                e.output_preview,
+                e.created_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn list_exec_logs(&self, vm_id: &str, limit: u32) -> StoreResult<(Vec<ExecLogRecord>, bool)> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, vm_id, kind, exec_id, input_json, exit_code, duration_ms, output_preview, created_at \
+             FROM exec_logs WHERE vm_id = ?1 ORDER BY created_at DESC, rowid DESC LIMIT ?2",
+        )?;
+        let mut rows = stmt
+            .query_map(params![vm_id, limit as i64 + 1], |r| {
+                Ok(ExecLogRecord {
+                    id: r.get(0)?,
+                    vm_id: r.get(1)?,
+                    kind: r.get(2)?,
+                    exec_id: r.get(3)?,
+                    input: parse_json_text(r.get(4)?).unwrap_or(serde_json::Value::Null),
+                    exit_code: r.get(5)?,
+                    duration_ms: r.get::<_, i64>(6)? as u64,
+                    output_preview: r.get(7)?,
+                    created_at: r.get(8)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let has_more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        Ok((rows, has_more))
+    }
+
+    fn insert_api_key(&self, k: &ApiKeyRecord) -> StoreResult<()> {
+        self.conn().execute(
+            "INSERT INTO api_keys (id, name, prefix, hash, created_at, expires_at, revoked_at) VALUES (?1,?2,?3,?4,?5,?6,?7)",
+            params![k.id, k.name, k.prefix, k.hash, k.created_at, k.expires_at, k.revoked_at],
+        )?;
+        Ok(())
+    }
+
+    fn active_api_keys(&self, now: i64) -> StoreResult<Vec<ApiKeyRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, name, prefix, hash, created_at, expires_at, revoked_at FROM api_keys \
+             WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?1) ORDER BY created_at",
+        )?;
+        let rows = stmt
+            .query_map([now], |r| {
+                Ok(ApiKeyRecord {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    prefix: r.get(2)?,
+                    hash: r.get(3)?,
+                    created_at: r.get(4)?,
+                    expires_at: r.get(5)?,
+                    revoked_at: r.get(6)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    fn revoke_all_api_keys(&self, now: i64) -> StoreResult<u64> {
+        let n = self.conn().execute("UPDATE api_keys SET revoked_at = ?1 WHERE revoked_at IS NULL", [now])?;
+        Ok(n as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(id: &str, state: VmState) -> VmRecord {
+        VmRecord {
+            id: id.into(),
+            state,
+            state_reason: None,
+            cpu: 1,
+            mem_mb: 256,
+            runtime: "sandbox".into(),
+            image_id: None,
+            handle_json: None,
+            outbound_internet: false,
+            allow_ips_json: Some("[]".into()),
+            secret_env_ciphertext: None,
+            created_at: now_ms(),
+            updated_at: now_ms(),
+        }
+    }
+
+    #[test]
+    fn vm_round_trips_and_tombstones_are_hidden_from_list_and_count() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        s.insert_vm(&vm("a", VmState::Creating)).unwrap();
+        s.insert_vm(&vm("b", VmState::Running)).unwrap();
+        s.set_vm_state("a", VmState::Error, Some("boot failed")).unwrap();
+        s.set_vm_handle("b", Some(r#"{"pid":1}"#)).unwrap();
+        let a = s.get_vm("a").unwrap().unwrap();
+        assert_eq!(a.state, VmState::Error);
+        assert_eq!(a.state_reason.as_deref(), Some("boot failed"));
+        assert_eq!(s.get_vm("b").unwrap().unwrap().handle_json.as_deref(), Some(r#"{"pid":1}"#));
+        assert_eq!(s.count_live_vms().unwrap(), 2);
+        s.set_vm_state("a", VmState::Deleted, None).unwrap();
+        assert_eq!(s.count_live_vms().unwrap(), 1);
+        assert_eq!(s.list_vms().unwrap().iter().map(|v| v.id.as_str()).collect::<Vec<_>>(), ["b"]);
+        assert_eq!(s.get_vm("a").unwrap().unwrap().state, VmState::Deleted);
+        assert!(matches!(s.set_vm_state("zz", VmState::Running, None), Err(StoreError::NotFound(_))));
+    }
+
+    #[test]
+    fn reopening_a_file_keeps_data_and_does_not_rerun_migrations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/rds.db");
+        SqliteStore::open(&path).unwrap().insert_vm(&vm("a", VmState::Running)).unwrap();
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.get_vm("a").unwrap().unwrap().state, VmState::Running);
+        let v: i64 = s.conn().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, migrations::LATEST);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rds.db");
+        Connection::open(&path).unwrap().execute_batch("PRAGMA user_version = 999").unwrap();
+        assert!(matches!(SqliteStore::open(&path), Err(StoreError::TooNew { found: 999, .. })));
+    }
+
+    #[test]
+    fn exec_logs_are_newest_first_with_has_more() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        for i in 0..3 {
+            s.insert_exec_log(&ExecLogRecord {
+                id: format!("e{i}"),
+                vm_id: "v".into(),
+                kind: "exec".into(),
+                exec_id: None,
+                input: serde_json::json!({"cmd": "true", "envKeys": ["A"]}),
+                exit_code: Some(0),
+                duration_ms: 3,
+                output_preview: String::new(),
+                created_at: 1000 + i,
+            })
+            .unwrap();
+        }
+        let (rows, more) = s.list_exec_logs("v", 2).unwrap();
+        assert_eq!(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["e2", "e1"]);
+        assert!(more);
+        let (rows, more) = s.list_exec_logs("v", 5).unwrap();
+        assert_eq!(rows.len(), 3);
+        assert!(!more);
+    }
+
+    #[test]
+    fn revoked_and_expired_keys_are_not_active() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let key = |id: &str, expires_at| ApiKeyRecord {
+            id: id.into(),
+            name: id.into(),
+            prefix: "rds_x".into(),
+            hash: format!("h{id}"),
+            created_at: 1,
+            expires_at,
+            revoked_at: None,
+        };
+        s.insert_api_key(&key("live", None)).unwrap();
+        s.insert_api_key(&key("old", Some(50))).unwrap();
+        assert_eq!(s.active_api_keys(100).unwrap().len(), 1);
+        assert_eq!(s.revoke_all_api_keys(100).unwrap(), 2);
+        assert!(s.active_api_keys(100).unwrap().is_empty());
+    }
+
+    #[test]
+    fn events_keep_meta_json() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        s.insert_event(&NewEvent {
+            kind: "vm.created".into(),
+            entity_type: Some("vm".into()),
+            entity_id: Some("a".into()),
+            message: "VM created".into(),
+            meta: Some(serde_json::json!({"cpu": 1})),
+        })
+        .unwrap();
+        let ev = s.list_events(10).unwrap();
+        assert_eq!(ev[0].meta, Some(serde_json::json!({"cpu": 1})));
+    }
+}
