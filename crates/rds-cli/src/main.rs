@@ -1,1 +1,33 @@
-fn main() {}
+//! `rds`: the run-dat-sheesh binary. It only wires flags to the libraries.
+
+mod bench;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "rds", version, about = "run-dat-sheesh: run untrusted code in VMs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the manager API (configured by environment variables: PORT, BIND, STORAGE_ROOT, ...).
+    Serve(serve::ServeArgs),
+    /// Measure the manager's latency; prints JSON.
+    Bench(bench::BenchArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Bench(args) => bench::run(args),
+    };
+    if let Err(e) = result {
+        eprintln!("rds: {e:#}");
+        std::process::exit(1);
+    }
+}

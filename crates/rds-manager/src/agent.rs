@@ -68,12 +68,18 @@ pub struct AgentClient {
 impl AgentClient {
     /// A client that finds each VM's socket through `runtime`.
     pub fn new(runtime: Arc<dyn Runtime>) -> Self {
-        AgentClient { runtime, idle: Mutex::new(HashMap::new()) }
+        AgentClient {
+            runtime,
+            idle: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Drops pooled connections to `vm_id` (after stop or delete).
     pub fn forget(&self, vm_id: &str) {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).remove(vm_id);
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(vm_id);
     }
 
     /// `GET`/`POST` with a JSON body (or none), decoding a JSON response.
@@ -98,15 +104,22 @@ impl AgentClient {
         body: Option<&B>,
         limit: Duration,
     ) -> Result<Bytes, AgentError> {
-        let mut builder = Request::builder().method(method).uri(path).header(header::HOST, "agent");
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, "agent");
         let body = match body {
             Some(b) => {
                 builder = builder.header(header::CONTENT_TYPE, "application/json");
-                Body::from(serde_json::to_vec(b).map_err(|e| AgentError::BadResponse(e.to_string()))?)
+                Body::from(
+                    serde_json::to_vec(b).map_err(|e| AgentError::BadResponse(e.to_string()))?,
+                )
             }
             None => Body::empty(),
         };
-        let req = builder.body(body).map_err(|e| AgentError::BadResponse(e.to_string()))?;
+        let req = builder
+            .body(body)
+            .map_err(|e| AgentError::BadResponse(e.to_string()))?;
         let deadline = Instant::now() + limit;
         let work = async {
             let (resp, sender) = self.send(vm_id, req, deadline).await?;
@@ -123,7 +136,9 @@ impl AgentClient {
                 Err(status_error(status, &bytes))
             }
         };
-        tokio::time::timeout_at(deadline, work).await.map_err(|_| AgentError::Timeout(limit))?
+        tokio::time::timeout_at(deadline, work)
+            .await
+            .map_err(|_| AgentError::Timeout(limit))?
     }
 
     /// Sends `req` and returns the response head with its body still streaming. Error statuses
@@ -148,7 +163,9 @@ impl AgentClient {
                 .unwrap_or_default();
             Err(status_error(status, &bytes))
         };
-        tokio::time::timeout_at(deadline, work).await.map_err(|_| AgentError::Timeout(limit))?
+        tokio::time::timeout_at(deadline, work)
+            .await
+            .map_err(|_| AgentError::Timeout(limit))?
     }
 
     /// Sends on a pooled or fresh connection, retrying only requests that were never written.
@@ -182,7 +199,9 @@ impl AgentClient {
 
     async fn connect(&self, vm_id: &str, deadline: Instant) -> Result<Sender, AgentError> {
         let path = self.runtime.agent_socket(vm_id);
-        let window = deadline.saturating_duration_since(Instant::now()).min(CONNECT_WINDOW);
+        let window = deadline
+            .saturating_duration_since(Instant::now())
+            .min(CONNECT_WINDOW);
         let stream = rds_vsock::connect_retry(&path, AGENT_VSOCK_PORT, window).await?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -220,7 +239,11 @@ impl AgentClient {
 /// Turns an agent error response (`{"error":{"code","message"}}`) into [`AgentError::Status`].
 fn status_error(status: StatusCode, body: &[u8]) -> AgentError {
     match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(e) => AgentError::Status { status, code: e.error.code, message: e.error.message },
+        Ok(e) => AgentError::Status {
+            status,
+            code: e.error.code,
+            message: e.error.message,
+        },
         Err(_) => AgentError::Status {
             status,
             code: "agent_error".into(),

@@ -44,7 +44,11 @@ impl ApiKeyRing {
 }
 
 /// Middleware: 401 without a valid key, 429 when the key's rate is exhausted.
-pub async fn require_api_key(State(state): State<AppState>, req: Request, next: Next) -> Result<Response, ApiError> {
+pub async fn require_api_key(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let key = req
         .headers()
         .get(API_KEY_HEADER)

@@ -41,6 +41,9 @@ pub struct Config {
     pub runtime: RuntimeChoice,
     /// `RDS_AGENT_BIN`: the agent binary the sandbox runtime launches.
     pub agent_bin: PathBuf,
+    /// `RDS_CGROUP_GROUP`: parent cgroup name of this manager's sandboxes (default `rds`). Two
+    /// managers on one host need different names, or each treats the other's VMs as orphans.
+    pub cgroup_group: String,
     /// `MAX_VMS`: quota of non-deleted VMs.
     pub max_vms: u64,
     /// `MAX_CPU`: per-VM vCPU limit.
@@ -68,9 +71,13 @@ impl Config {
     /// Reads and validates variables from `get` (testable without touching the process env).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
-        let storage_root = PathBuf::from(get("STORAGE_ROOT").unwrap_or_else(|| "/var/lib/rds".into()));
+        let storage_root =
+            PathBuf::from(get("STORAGE_ROOT").unwrap_or_else(|| "/var/lib/rds".into()));
         if !storage_root.is_absolute() {
-            return Err(ConfigError { var: "STORAGE_ROOT", message: "must be an absolute path".into() });
+            return Err(ConfigError {
+                var: "STORAGE_ROOT",
+                message: "must be an absolute path".into(),
+            });
         }
         let agent_bin = match get("RDS_AGENT_BIN") {
             Some(p) => PathBuf::from(p),
@@ -79,15 +86,39 @@ impl Config {
         let api_key = get("API_KEY");
         if let Some(k) = &api_key {
             if k.len() < 16 {
-                return Err(ConfigError { var: "API_KEY", message: "must be at least 16 characters".into() });
+                return Err(ConfigError {
+                    var: "API_KEY",
+                    message: "must be at least 16 characters".into(),
+                });
             }
         }
+        let cgroup_group = get("RDS_CGROUP_GROUP").unwrap_or_else(|| "rds".into());
+        if cgroup_group.is_empty()
+            || cgroup_group.len() > 64
+            || !cgroup_group
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(ConfigError {
+                var: "RDS_CGROUP_GROUP",
+                message: "must match [A-Za-z0-9-]{1,64}".into(),
+            });
+        }
         Ok(Config {
-            bind: parse(&get, "BIND", "127.0.0.1".parse().expect("literal"), "an IP address such as 127.0.0.1")?,
+            bind: parse(
+                &get,
+                "BIND",
+                "127.0.0.1".parse().expect("literal"),
+                "an IP address such as 127.0.0.1",
+            )?,
             port: parse(&get, "PORT", 3000, "a port number 1-65535")?,
             api_key,
             storage_root,
-            runtime: match get("RDS_RUNTIME").as_deref().map(str::to_ascii_lowercase).as_deref() {
+            runtime: match get("RDS_RUNTIME")
+                .as_deref()
+                .map(str::to_ascii_lowercase)
+                .as_deref()
+            {
                 None | Some("auto") => RuntimeChoice::Auto,
                 Some("sandbox") => RuntimeChoice::Sandbox,
                 Some("qemu") => RuntimeChoice::Qemu,
@@ -95,18 +126,26 @@ impl Config {
                 Some(other) => {
                     return Err(ConfigError {
                         var: "RDS_RUNTIME",
-                        message: format!("{other:?} is not one of auto, sandbox, qemu, firecracker"),
+                        message: format!(
+                            "{other:?} is not one of auto, sandbox, qemu, firecracker"
+                        ),
                     })
                 }
             },
             agent_bin,
+            cgroup_group,
             max_vms: positive(&get, "MAX_VMS", 20)?,
             max_cpu: positive(&get, "MAX_CPU", 4)?,
             max_mem_mb: positive(&get, "MAX_MEM_MB", 2048)?,
             max_exec_timeout_ms: positive(&get, "MAX_EXEC_TIMEOUT_MS", 120_000)?,
             max_json_body_bytes: positive(&get, "MAX_JSON_BODY_BYTES", 1 << 20)?,
             max_upload_bytes: positive(&get, "MAX_UPLOAD_BYTES", 256 << 20)?,
-            rate_limit_per_min: parse(&get, "RATE_LIMIT_PER_MIN", 600, "a non-negative integer (0 disables)")?,
+            rate_limit_per_min: parse(
+                &get,
+                "RATE_LIMIT_PER_MIN",
+                600,
+                "a non-negative integer (0 disables)",
+            )?,
             expose_internal_errors: parse(&get, "EXPOSE_INTERNAL_ERRORS", false, "true or false")?,
         })
     }
@@ -133,10 +172,10 @@ fn parse<T: std::str::FromStr>(
 ) -> Result<T, ConfigError> {
     match get(var) {
         None => Ok(default),
-        Some(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| ConfigError { var, message: format!("{v:?} is not {expected}") }),
+        Some(v) => v.trim().parse().map_err(|_| ConfigError {
+            var,
+            message: format!("{v:?} is not {expected}"),
+        }),
     }
 }
 
@@ -147,7 +186,10 @@ fn positive<T: std::str::FromStr + PartialOrd + Default>(
 ) -> Result<T, ConfigError> {
     let v = parse(get, var, default, "a positive integer")?;
     if v <= T::default() {
-        return Err(ConfigError { var, message: "must be greater than zero".into() });
+        return Err(ConfigError {
+            var,
+            message: "must be greater than zero".into(),
+        });
     }
     Ok(v)
 }
@@ -158,7 +200,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn cfg(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -175,7 +220,15 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_variable() {
-        for (var, val) in [("PORT", "x"), ("MAX_VMS", "0"), ("RDS_RUNTIME", "docker"), ("BIND", "nope"), ("STORAGE_ROOT", "rel"), ("API_KEY", "short")] {
+        for (var, val) in [
+            ("PORT", "x"),
+            ("MAX_VMS", "0"),
+            ("RDS_RUNTIME", "docker"),
+            ("BIND", "nope"),
+            ("STORAGE_ROOT", "rel"),
+            ("API_KEY", "short"),
+            ("RDS_CGROUP_GROUP", "../x"),
+        ] {
             let err = cfg(&[(var, val)]).unwrap_err();
             assert_eq!(err.var, var);
             assert!(err.to_string().contains(var), "{err}");

@@ -104,7 +104,8 @@ impl IntoResponse for ApiError {
         };
         let mut resp = (status, axum::Json(ErrorBody::new(code, message))).into_response();
         if let ApiError::RateLimited { retry_after_secs } = self {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }
         resp
     }

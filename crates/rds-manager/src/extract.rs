@@ -2,8 +2,8 @@
 
 use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::request::Parts;
 use axum::http::header;
+use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use crate::{ApiError, AppState};
@@ -16,7 +16,8 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let limit = state.config.max_json_body_bytes;
-        let too_large = || ApiError::TooLarge(format!("JSON body exceeds MAX_JSON_BODY_BYTES={limit}"));
+        let too_large =
+            || ApiError::TooLarge(format!("JSON body exceeds MAX_JSON_BODY_BYTES={limit}"));
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -25,17 +26,23 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(too_large());
         }
-        let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
-            if is_length_limit(&e) {
-                too_large()
-            } else {
-                ApiError::BadRequest(format!("could not read the request body: {e}"))
-            }
-        })?;
+        let bytes = axum::body::to_bytes(req.into_body(), limit)
+            .await
+            .map_err(|e| {
+                if is_length_limit(&e) {
+                    too_large()
+                } else {
+                    ApiError::BadRequest(format!("could not read the request body: {e}"))
+                }
+            })?;
         if bytes.is_empty() {
-            return Err(ApiError::BadRequest("request body is empty; expected a JSON object".into()));
+            return Err(ApiError::BadRequest(
+                "request body is empty; expected a JSON object".into(),
+            ));
         }
-        rds_proto::parse_json(&bytes).map(JsonBody).map_err(ApiError::BadRequest)
+        rds_proto::parse_json(&bytes)
+            .map(JsonBody)
+            .map_err(ApiError::BadRequest)
     }
 }
 

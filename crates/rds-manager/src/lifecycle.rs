@@ -67,7 +67,11 @@ mod tests {
         ];
         for from in VmState::ALL {
             for to in VmState::ALL {
-                assert_eq!(check(from, to).is_ok(), legal.contains(&(from, to)), "{from} -> {to}");
+                assert_eq!(
+                    check(from, to).is_ok(),
+                    legal.contains(&(from, to)),
+                    "{from} -> {to}"
+                );
             }
         }
     }
@@ -76,6 +80,9 @@ mod tests {
     fn deleted_is_terminal_and_running_cannot_restart() {
         assert!(check(Deleted, Running).is_err());
         assert!(check(Running, Starting).is_err());
-        assert_eq!(check(Stopped, Stopping).unwrap_err().to_string(), "VM is STOPPED; it cannot become STOPPING");
+        assert_eq!(
+            check(Stopped, Stopping).unwrap_err().to_string(),
+            "VM is STOPPED; it cannot become STOPPING"
+        );
     }
 }

@@ -52,7 +52,13 @@ pub async fn reconcile(state: &AppState) -> Result<Reconciled, ApiError> {
                 // A half-made VM has nothing worth keeping.
                 let _ = state.runtime.destroy(&vm.id, handle.as_ref()).await;
                 state.store.set_vm_handle(&vm.id, None)?;
-                transition(state, &vm.id, vm.state, VmState::Error, Some("manager restarted while the VM was being created"))?;
+                transition(
+                    state,
+                    &vm.id,
+                    vm.state,
+                    VmState::Error,
+                    Some("manager restarted while the VM was being created"),
+                )?;
                 out.settled.push(vm.id.clone());
             }
             VmState::Starting | VmState::Stopping => {

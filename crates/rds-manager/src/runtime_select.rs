@@ -18,7 +18,8 @@ pub fn select(config: &Config) -> Result<Arc<dyn Runtime>, ConfigError> {
         RuntimeChoice::Auto | RuntimeChoice::Sandbox => sandbox(config),
         RuntimeChoice::Qemu | RuntimeChoice::Firecracker => Err(ConfigError {
             var: "RDS_RUNTIME",
-            message: "this build has no qemu or firecracker runtime yet; use auto or sandbox".into(),
+            message: "this build has no qemu or firecracker runtime yet; use auto or sandbox"
+                .into(),
         }),
     }
 }
@@ -27,16 +28,25 @@ fn sandbox(config: &Config) -> Result<Arc<dyn Runtime>, ConfigError> {
     if !config.agent_bin.is_file() {
         return Err(ConfigError {
             var: "RDS_AGENT_BIN",
-            message: format!("{} is not a file; build rds-agent or point RDS_AGENT_BIN at it", config.agent_bin.display()),
+            message: format!(
+                "{} is not a file; build rds-agent or point RDS_AGENT_BIN at it",
+                config.agent_bin.display()
+            ),
         });
     }
-    let runtime = SandboxRuntime::new(SandboxConfig {
-        storage_root: config.storage_root.clone(),
-        agent_bin: config.agent_bin.clone(),
-        pids_max: SANDBOX_PIDS_MAX,
-        // The database and every VM directory live here; no sandbox may see them.
-        hide_paths: vec![config.storage_root.clone()],
-    })
-    .map_err(|e| ConfigError { var: "RDS_RUNTIME", message: format!("the sandbox runtime is unavailable: {e}") })?;
+    let runtime = SandboxRuntime::with_cgroup_group(
+        SandboxConfig {
+            storage_root: config.storage_root.clone(),
+            agent_bin: config.agent_bin.clone(),
+            pids_max: SANDBOX_PIDS_MAX,
+            // The database and every VM directory live here; no sandbox may see them.
+            hide_paths: vec![config.storage_root.clone()],
+        },
+        &config.cgroup_group,
+    )
+    .map_err(|e| ConfigError {
+        var: "RDS_RUNTIME",
+        message: format!("the sandbox runtime is unavailable: {e}"),
+    })?;
     Ok(Arc::new(runtime))
 }

@@ -22,7 +22,10 @@ pub enum StartError {
     #[error("reconciling VMs at start-up failed: {0}")]
     Reconcile(String),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A manager ready to serve.
@@ -44,15 +47,28 @@ pub async fn prepare(config: Config, rotate_key: bool) -> Result<Prepared, Start
 }
 
 /// Opens everything with a given runtime (tests use a fake behind the same seam).
-pub async fn prepare_with_runtime(config: Config, runtime: Arc<dyn Runtime>, rotate_key: bool) -> Result<Prepared, StartError> {
+pub async fn prepare_with_runtime(
+    config: Config,
+    runtime: Arc<dyn Runtime>,
+    rotate_key: bool,
+) -> Result<Prepared, StartError> {
     error::expose_internal_errors(config.expose_internal_errors);
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.database_path())?);
     let (keys, key_notice) = ensure_keys(store.as_ref(), config.api_key.as_deref(), rotate_key)?;
     let addr = SocketAddr::new(config.bind, config.port);
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })?;
     let state = AppState::new(config, store, runtime, keys, host_capabilities());
-    let reconciled = reconcile(&state).await.map_err(|e| StartError::Reconcile(e.to_string()))?;
-    Ok(Prepared { state, key_notice, reconciled, listener })
+    let reconciled = reconcile(&state)
+        .await
+        .map_err(|e| StartError::Reconcile(e.to_string()))?;
+    Ok(Prepared {
+        state,
+        key_notice,
+        reconciled,
+        listener,
+    })
 }
 
 /// Serves until the process ends.
@@ -69,5 +85,9 @@ pub fn host_capabilities() -> HostCapabilities {
             .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
             .unwrap_or(false)
     };
-    HostCapabilities { deno: on_path("deno"), node: on_path("node"), python3: on_path("python3") }
+    HostCapabilities {
+        deno: on_path("deno"),
+        node: on_path("node"),
+        python3: on_path("python3"),
+    }
 }

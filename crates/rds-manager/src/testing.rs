@@ -20,7 +20,11 @@ pub struct HostAgentRuntime {
 impl HostAgentRuntime {
     /// VMs live under `root`; `agent_bin` is the `rds-agent` binary.
     pub fn new(root: PathBuf, agent_bin: PathBuf) -> Self {
-        HostAgentRuntime { root, agent_bin, children: Mutex::new(HashMap::new()) }
+        HostAgentRuntime {
+            root,
+            agent_bin,
+            children: Mutex::new(HashMap::new()),
+        }
     }
 
     fn dir(&self, id: &str) -> PathBuf {
@@ -48,8 +52,10 @@ impl Runtime for HostAgentRuntime {
     async fn start(&self, spec: &VmSpec) -> Result<VmHandle, RuntimeError> {
         let dir = self.dir(&spec.id);
         let workspace = dir.join("workspace");
-        std::fs::create_dir_all(&workspace).map_err(|e| RuntimeError::io(format!("creating {}", workspace.display()), e))?;
-        let log = std::fs::File::create(self.console_log(&spec.id)).map_err(|e| RuntimeError::io("console log", e))?;
+        std::fs::create_dir_all(&workspace)
+            .map_err(|e| RuntimeError::io(format!("creating {}", workspace.display()), e))?;
+        let log = std::fs::File::create(self.console_log(&spec.id))
+            .map_err(|e| RuntimeError::io("console log", e))?;
         let child = Command::new(&self.agent_bin)
             .arg("serve")
             .arg("--listen-uds")
@@ -57,17 +63,30 @@ impl Runtime for HostAgentRuntime {
             .arg("--workspace")
             .arg(&workspace)
             .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| RuntimeError::io("console log", e))?)
+            .stdout(
+                log.try_clone()
+                    .map_err(|e| RuntimeError::io("console log", e))?,
+            )
             .stderr(log)
             .spawn()
             .map_err(|e| RuntimeError::io(format!("spawning {}", self.agent_bin.display()), e))?;
         let pid = child.id() as i32;
         self.children.lock().unwrap().insert(spec.id.clone(), child);
-        if let Err(e) = rds_vsock::connect_retry(&self.agent_socket(&spec.id), AGENT_VSOCK_PORT, Duration::from_secs(10)).await {
+        if let Err(e) = rds_vsock::connect_retry(
+            &self.agent_socket(&spec.id),
+            AGENT_VSOCK_PORT,
+            Duration::from_secs(10),
+        )
+        .await
+        {
             self.kill(&spec.id);
             return Err(RuntimeError::Boot(e.to_string()));
         }
-        Ok(VmHandle { pid, start_time: rds_runtime::process_start_time(pid).unwrap_or(0), extra: serde_json::Value::Null })
+        Ok(VmHandle {
+            pid,
+            start_time: rds_runtime::process_start_time(pid).unwrap_or(0),
+            extra: serde_json::Value::Null,
+        })
     }
 
     async fn stop(&self, id: &str, _h: &VmHandle) -> Result<(), RuntimeError> {
@@ -79,13 +98,21 @@ impl Runtime for HostAgentRuntime {
     async fn destroy(&self, id: &str, _h: Option<&VmHandle>) -> Result<(), RuntimeError> {
         self.kill(id);
         match std::fs::remove_dir_all(self.dir(id)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RuntimeError::io("removing VM dir", e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(RuntimeError::io("removing VM dir", e))
+            }
             _ => Ok(()),
         }
     }
 
     async fn probe(&self, id: &str, _h: &VmHandle) -> Liveness {
-        match self.children.lock().unwrap().get_mut(id).map(|c| c.try_wait()) {
+        match self
+            .children
+            .lock()
+            .unwrap()
+            .get_mut(id)
+            .map(|c| c.try_wait())
+        {
             Some(Ok(None)) => Liveness::Alive,
             _ => Liveness::Dead("agent process is gone".into()),
         }

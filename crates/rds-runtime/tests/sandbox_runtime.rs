@@ -35,7 +35,7 @@ fn agent_bin() -> Result<PathBuf, String> {
                 return Err("rds-agent does not build yet".into());
             }
         }
-        Ok(bin.canonicalize().map_err(|e| format!("{}: {e}", bin.display()))?)
+        bin.canonicalize().map_err(|e| format!("{}: {e}", bin.display()))
     })
     .clone()
 }
@@ -164,11 +164,11 @@ fn assert_no_trace(rt: &SandboxRuntime, id: &str, handle: &VmHandle) {
 fn mount_options<'a>(mountinfo: &'a str, mount_point: &str) -> &'a str {
     mountinfo
         .lines()
-        .filter_map(|l| {
+        .rev()
+        .find_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             (f.get(4) == Some(&mount_point)).then(|| f[5])
         })
-        .last()
         .unwrap_or_else(|| panic!("no mount at {mount_point} in:\n{mountinfo}"))
 }
 

@@ -15,7 +15,12 @@ use crate::{ApiError, AppState};
 #[utoipa::path(post, path = "/v1/vms/{id}/exec", tag = "exec", request_body = ExecRequest,
     responses((status = 200, body = ExecResult), (status = 200, content_type = "application/x-ndjson", body = ExecEvent),
         (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn exec(State(s): State<AppState>, Path(id): Path<String>, headers: HeaderMap, JsonBody(req): JsonBody<ExecRequest>) -> Result<Response, ApiError> {
+pub async fn exec(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<ExecRequest>,
+) -> Result<Response, ApiError> {
     let wants_stream = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -30,20 +35,32 @@ pub async fn exec(State(s): State<AppState>, Path(id): Path<String>, headers: He
 /// Run TypeScript with Deno; `result` is any JSON value.
 #[utoipa::path(post, path = "/v1/vms/{id}/run-ts", tag = "exec", request_body = RunRequest,
     responses((status = 200, body = RunResult), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn run_ts(State(s): State<AppState>, Path(id): Path<String>, JsonBody(req): JsonBody<RunRequest>) -> Result<Json<RunResult>, ApiError> {
+pub async fn run_ts(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<RunRequest>,
+) -> Result<Json<RunResult>, ApiError> {
     Ok(Json(service::run(&s, &id, Language::Ts, req).await?))
 }
 
 /// Run JavaScript with Node.js; `result` is any JSON value.
 #[utoipa::path(post, path = "/v1/vms/{id}/run-js", tag = "exec", request_body = RunRequest,
     responses((status = 200, body = RunResult), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn run_js(State(s): State<AppState>, Path(id): Path<String>, JsonBody(req): JsonBody<RunRequest>) -> Result<Json<RunResult>, ApiError> {
+pub async fn run_js(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<RunRequest>,
+) -> Result<Json<RunResult>, ApiError> {
     Ok(Json(service::run(&s, &id, Language::Js, req).await?))
 }
 
 /// Run Python 3; `result` is any JSON value.
 #[utoipa::path(post, path = "/v1/vms/{id}/run-python", tag = "exec", request_body = RunRequest,
     responses((status = 200, body = RunResult), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn run_python(State(s): State<AppState>, Path(id): Path<String>, JsonBody(req): JsonBody<RunRequest>) -> Result<Json<RunResult>, ApiError> {
+pub async fn run_python(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<RunRequest>,
+) -> Result<Json<RunResult>, ApiError> {
     Ok(Json(service::run(&s, &id, Language::Python, req).await?))
 }

@@ -14,13 +14,22 @@ use crate::{ApiError, AppState};
 #[utoipa::path(post, path = "/v1/vms/{id}/files/upload", tag = "files", params(UploadQuery),
     request_body(content = Vec<u8>, content_type = "application/gzip"),
     responses((status = 200, body = UploadResult), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
-pub async fn upload(State(s): State<AppState>, Path(id): Path<String>, ApiQuery(q): ApiQuery<UploadQuery>, RawBody(body, len): RawBody) -> Result<Json<UploadResult>, ApiError> {
+pub async fn upload(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<UploadQuery>,
+    RawBody(body, len): RawBody,
+) -> Result<Json<UploadResult>, ApiError> {
     Ok(Json(files::upload(&s, &id, q.dest, body, len).await?))
 }
 
 /// Download a file or directory under /workspace as tar.gz.
 #[utoipa::path(get, path = "/v1/vms/{id}/files/download", tag = "files", params(DownloadQuery),
     responses((status = 200, content_type = "application/gzip", body = Vec<u8>), (status = 400, body = ErrorBody)))]
-pub async fn download(State(s): State<AppState>, Path(id): Path<String>, ApiQuery(q): ApiQuery<DownloadQuery>) -> Result<Response, ApiError> {
+pub async fn download(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<DownloadQuery>,
+) -> Result<Response, ApiError> {
     files::download(&s, &id, q.path).await
 }

@@ -28,7 +28,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/vms/{id}/run-python", post(exec::run_python))
         .route("/v1/vms/{id}/files/upload", post(files::upload))
         .route("/v1/vms/{id}/files/download", get(files::download))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_api_key));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_api_key,
+        ));
     Router::new()
         .merge(protected)
         .route("/v1/health", get(health::health))

@@ -13,7 +13,10 @@ use rds_proto::ErrorBody;
 /// Create a VM and boot it; returns when it is RUNNING and ready to exec.
 #[utoipa::path(post, path = "/v1/vms", tag = "vms", request_body = CreateVmRequest,
     responses((status = 201, body = VmView), (status = 400, body = ErrorBody), (status = 429, body = ErrorBody)))]
-pub async fn create(State(s): State<AppState>, JsonBody(req): JsonBody<CreateVmRequest>) -> Result<(StatusCode, Json<VmView>), ApiError> {
+pub async fn create(
+    State(s): State<AppState>,
+    JsonBody(req): JsonBody<CreateVmRequest>,
+) -> Result<(StatusCode, Json<VmView>), ApiError> {
     Ok((StatusCode::CREATED, Json(vms::create(&s, req).await?)))
 }
 
@@ -26,7 +29,10 @@ pub async fn list(State(s): State<AppState>) -> Result<Json<Vec<VmView>>, ApiErr
 /// Get one VM.
 #[utoipa::path(get, path = "/v1/vms/{id}", tag = "vms",
     responses((status = 200, body = VmView), (status = 404, body = ErrorBody)))]
-pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<VmView>, ApiError> {
+pub async fn get(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<VmView>, ApiError> {
     let vm = vms::find(&s, &id)?;
     Ok(Json(vms::view(&s, &vm)))
 }
@@ -34,7 +40,10 @@ pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> Result<Js
 /// Delete a VM and every trace of it.
 #[utoipa::path(delete, path = "/v1/vms/{id}", tag = "vms",
     responses((status = 204), (status = 404, body = ErrorBody)))]
-pub async fn delete(State(s): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     vms::delete(&s, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -42,7 +51,10 @@ pub async fn delete(State(s): State<AppState>, Path(id): Path<String>) -> Result
 /// Start a STOPPED VM (its /workspace is kept).
 #[utoipa::path(post, path = "/v1/vms/{id}/start", tag = "vms",
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn start(State(s): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn start(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     vms::start(&s, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -50,7 +62,10 @@ pub async fn start(State(s): State<AppState>, Path(id): Path<String>) -> Result<
 /// Stop a RUNNING VM.
 #[utoipa::path(post, path = "/v1/vms/{id}/stop", tag = "vms",
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn stop(State(s): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn stop(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     vms::stop(&s, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -58,13 +73,21 @@ pub async fn stop(State(s): State<AppState>, Path(id): Path<String>) -> Result<S
 /// Tail of the VM's console log.
 #[utoipa::path(get, path = "/v1/vms/{id}/logs", tag = "vms", params(TailQuery),
     responses((status = 200, body = ConsoleLogView), (status = 404, body = ErrorBody)))]
-pub async fn console_log(State(s): State<AppState>, Path(id): Path<String>, ApiQuery(q): ApiQuery<TailQuery>) -> Result<Json<ConsoleLogView>, ApiError> {
+pub async fn console_log(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<TailQuery>,
+) -> Result<Json<ConsoleLogView>, ApiError> {
     Ok(Json(logs::console_tail(&s, &id, q.tail)?))
 }
 
 /// Recent exec/run calls of the VM, newest first.
 #[utoipa::path(get, path = "/v1/vms/{id}/exec-logs", tag = "exec", params(LimitQuery),
     responses((status = 200, body = ExecLogPage), (status = 404, body = ErrorBody)))]
-pub async fn exec_logs(State(s): State<AppState>, Path(id): Path<String>, ApiQuery(q): ApiQuery<LimitQuery>) -> Result<Json<ExecLogPage>, ApiError> {
+pub async fn exec_logs(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<LimitQuery>,
+) -> Result<Json<ExecLogPage>, ApiError> {
     Ok(Json(logs::exec_logs(&s, &id, q.limit)?))
 }

@@ -19,7 +19,11 @@ pub enum KeyNotice {
 
 /// Makes sure at least one key is accepted and returns the ring of accepted hashes.
 /// `rotate` revokes every stored key and generates a fresh one.
-pub fn ensure_keys(store: &dyn Store, env_key: Option<&str>, rotate: bool) -> StoreResult<(ApiKeyRing, KeyNotice)> {
+pub fn ensure_keys(
+    store: &dyn Store,
+    env_key: Option<&str>,
+    rotate: bool,
+) -> StoreResult<(ApiKeyRing, KeyNotice)> {
     let now = now_ms();
     if rotate {
         store.revoke_all_api_keys(now)?;
@@ -57,7 +61,10 @@ pub fn generate_key() -> String {
     use base64::Engine;
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    format!("rds_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    format!(
+        "rds_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
 }
 
 #[cfg(test)]
@@ -69,18 +76,26 @@ mod tests {
     fn first_start_generates_then_later_starts_reuse_and_rotation_replaces() {
         let store = SqliteStore::open_in_memory().unwrap();
         let (ring, notice) = ensure_keys(&store, None, false).unwrap();
-        let KeyNotice::Generated(key) = notice else { panic!("expected a generated key") };
+        let KeyNotice::Generated(key) = notice else {
+            panic!("expected a generated key")
+        };
         assert!(key.starts_with("rds_"));
         assert!(ring.verify(&key).is_some());
         // Only the hash is stored.
-        assert!(store.active_api_keys(now_ms()).unwrap().iter().all(|k| k.hash != key && !k.hash.contains(&key)));
+        assert!(store
+            .active_api_keys(now_ms())
+            .unwrap()
+            .iter()
+            .all(|k| k.hash != key && !k.hash.contains(&key)));
 
         let (ring, notice) = ensure_keys(&store, None, false).unwrap();
         assert_eq!(notice, KeyNotice::Existing);
         assert!(ring.verify(&key).is_some());
 
         let (ring, notice) = ensure_keys(&store, None, true).unwrap();
-        let KeyNotice::Generated(fresh) = notice else { panic!("expected a rotated key") };
+        let KeyNotice::Generated(fresh) = notice else {
+            panic!("expected a rotated key")
+        };
         assert!(ring.verify(&fresh).is_some());
         assert!(ring.verify(&key).is_none());
     }

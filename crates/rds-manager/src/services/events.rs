@@ -5,7 +5,13 @@ use rds_store::NewEvent;
 use crate::AppState;
 
 /// Records that something happened to a VM. A failure to record is logged, not fatal.
-pub fn vm_event(state: &AppState, vm_id: &str, kind: &str, message: impl Into<String>, meta: Option<serde_json::Value>) {
+pub fn vm_event(
+    state: &AppState,
+    vm_id: &str,
+    kind: &str,
+    message: impl Into<String>,
+    meta: Option<serde_json::Value>,
+) {
     let event = NewEvent {
         kind: kind.to_string(),
         entity_type: Some("vm".into()),

@@ -24,7 +24,9 @@ pub const NDJSON: &str = "application/x-ndjson";
 fn call_limit(state: &AppState, timeout_ms: Option<u64>) -> Result<Duration, ApiError> {
     let max = state.config.max_exec_timeout_ms;
     match timeout_ms {
-        Some(0) => Err(ApiError::BadRequest("invalid field `timeoutMs`: must be greater than 0".into())),
+        Some(0) => Err(ApiError::BadRequest(
+            "invalid field `timeoutMs`: must be greater than 0".into(),
+        )),
         Some(t) if t > max => Err(ApiError::BadRequest(format!(
             "invalid field `timeoutMs`: {t} exceeds MAX_EXEC_TIMEOUT_MS={max}"
         ))),
@@ -51,12 +53,26 @@ pub async fn exec(state: &AppState, vm_id: &str, req: ExecRequest) -> Result<Exe
         "hasStdin": req.stdin.is_some(),
         "timeoutMs": req.timeout_ms,
     });
-    log_exec(state, vm_id, "exec", req.exec_id, input, result.exit_code, started, &result.stdout, &result.stderr);
+    log_exec(
+        state,
+        vm_id,
+        "exec",
+        req.exec_id,
+        input,
+        result.exit_code,
+        started,
+        &result.stdout,
+        &result.stderr,
+    );
     Ok(result)
 }
 
 /// Runs a shell command, proxying the agent's NDJSON event stream as it comes.
-pub async fn exec_stream(state: &AppState, vm_id: &str, req: ExecRequest) -> Result<Response, ApiError> {
+pub async fn exec_stream(
+    state: &AppState,
+    vm_id: &str,
+    req: ExecRequest,
+) -> Result<Response, ApiError> {
     let limit = call_limit(state, req.timeout_ms)?;
     find_running(state, vm_id)?;
     let body = serde_json::to_vec(&req).map_err(ApiError::internal)?;
@@ -72,8 +88,19 @@ pub async fn exec_stream(state: &AppState, vm_id: &str, req: ExecRequest) -> Res
         .call_streaming(vm_id, request, limit)
         .await
         .map_err(|e| agent_error(state, vm_id, e))?;
-    let input = json!({"cmd": req.cmd, "cwd": req.cwd, "streamed": true, "timeoutMs": req.timeout_ms});
-    log_exec(state, vm_id, "exec", req.exec_id, input, None, Instant::now(), "", "");
+    let input =
+        json!({"cmd": req.cmd, "cwd": req.cwd, "streamed": true, "timeoutMs": req.timeout_ms});
+    log_exec(
+        state,
+        vm_id,
+        "exec",
+        req.exec_id,
+        input,
+        None,
+        Instant::now(),
+        "",
+        "",
+    );
     Response::builder()
         .header(header::CONTENT_TYPE, NDJSON)
         .body(Body::new(resp.into_body()))
@@ -81,10 +108,17 @@ pub async fn exec_stream(state: &AppState, vm_id: &str, req: ExecRequest) -> Res
 }
 
 /// Runs TypeScript, JavaScript or Python; the `result` is passed through untouched.
-pub async fn run(state: &AppState, vm_id: &str, lang: Language, req: RunRequest) -> Result<RunResult, ApiError> {
+pub async fn run(
+    state: &AppState,
+    vm_id: &str,
+    lang: Language,
+    req: RunRequest,
+) -> Result<RunResult, ApiError> {
     let limit = call_limit(state, req.timeout_ms)?;
     if req.code.is_none() && req.path.is_none() {
-        return Err(ApiError::BadRequest("one of `code` or `path` is required".into()));
+        return Err(ApiError::BadRequest(
+            "one of `code` or `path` is required".into(),
+        ));
     }
     find_running(state, vm_id)?;
     let oom_before = state.runtime.oom_kills(vm_id).await;
@@ -103,22 +137,36 @@ pub async fn run(state: &AppState, vm_id: &str, lang: Language, req: RunRequest)
         "envKeys": req.env.as_ref().map(|e| e.0.keys().cloned().collect::<Vec<_>>()),
         "timeoutMs": req.timeout_ms,
     });
-    log_exec(state, vm_id, lang.route(), req.exec_id, input, result.exit_code, started, &result.stdout, &result.stderr);
+    log_exec(
+        state,
+        vm_id,
+        lang.route(),
+        req.exec_id,
+        input,
+        result.exit_code,
+        started,
+        &result.stdout,
+        &result.stderr,
+    );
     Ok(result)
 }
 
 fn oom_rose(before: Option<u64>, after: Option<u64>) -> bool {
-    matches!((before, after), (Some(b), Some(a)) if a > b) || matches!((before, after), (None, Some(a)) if a > 0)
+    matches!((before, after), (Some(b), Some(a)) if a > b)
+        || matches!((before, after), (None, Some(a)) if a > 0)
 }
 
 /// Maps an agent failure: a VM that stopped meanwhile is a 409, agent 4xx keep their status.
 pub fn agent_error(state: &AppState, vm_id: &str, e: AgentError) -> ApiError {
-    let still_running = matches!(state.store.get_vm(vm_id), Ok(Some(vm)) if vm.state == VmState::Running);
+    let still_running =
+        matches!(state.store.get_vm(vm_id), Ok(Some(vm)) if vm.state == VmState::Running);
     match e {
         AgentError::Unreachable(_) | AgentError::Transport(_) if !still_running => {
             ApiError::Conflict(format!("VM {vm_id} is no longer RUNNING"))
         }
-        AgentError::Status { status, message, .. } => match status.as_u16() {
+        AgentError::Status {
+            status, message, ..
+        } => match status.as_u16() {
             400 | 422 => ApiError::BadRequest(message),
             404 => ApiError::NotFound(message),
             409 => ApiError::Conflict(message),

@@ -27,7 +27,9 @@ pub async fn upload(
     body: Body,
     declared_len: Option<u64>,
 ) -> Result<UploadResult, ApiError> {
-    let dest = dest.filter(|d| !d.is_empty()).ok_or_else(|| ApiError::BadRequest("query parameter `dest` is required".into()))?;
+    let dest = dest
+        .filter(|d| !d.is_empty())
+        .ok_or_else(|| ApiError::BadRequest("query parameter `dest` is required".into()))?;
     let max = state.config.max_upload_bytes;
     let too_large = || ApiError::TooLarge(format!("upload exceeds MAX_UPLOAD_BYTES={max}"));
     if declared_len.is_some_and(|n| n > max) {
@@ -46,13 +48,17 @@ pub async fn upload(
         }
         Ok(chunk)
     });
-    let query = serde_urlencoded::to_string([("dest", dest.as_str())]).map_err(ApiError::internal)?;
+    let query =
+        serde_urlencoded::to_string([("dest", dest.as_str())]).map_err(ApiError::internal)?;
     let request = Request::post(format!("/files/upload?{query}"))
         .header(header::HOST, "agent")
         .header(header::CONTENT_TYPE, "application/gzip")
         .body(Body::from_stream(counted))
         .map_err(ApiError::internal)?;
-    let result = state.agent.call_streaming(vm_id, request, TRANSFER_TIMEOUT).await;
+    let result = state
+        .agent
+        .call_streaming(vm_id, request, TRANSFER_TIMEOUT)
+        .await;
     if exceeded.load(Ordering::Relaxed) {
         return Err(too_large());
     }
@@ -63,14 +69,22 @@ pub async fn upload(
         .await
         .map_err(|e| ApiError::Agent(format!("upload response from the agent failed: {e}")))?
         .to_bytes();
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::Agent(format!("unexpected upload response from the agent: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::Agent(format!("unexpected upload response from the agent: {e}")))
 }
 
 /// Streams `path` back as tar.gz.
-pub async fn download(state: &AppState, vm_id: &str, path: Option<String>) -> Result<Response, ApiError> {
-    let path = path.filter(|p| !p.is_empty()).ok_or_else(|| ApiError::BadRequest("query parameter `path` is required".into()))?;
+pub async fn download(
+    state: &AppState,
+    vm_id: &str,
+    path: Option<String>,
+) -> Result<Response, ApiError> {
+    let path = path
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| ApiError::BadRequest("query parameter `path` is required".into()))?;
     find_running(state, vm_id)?;
-    let query = serde_urlencoded::to_string([("path", path.as_str())]).map_err(ApiError::internal)?;
+    let query =
+        serde_urlencoded::to_string([("path", path.as_str())]).map_err(ApiError::internal)?;
     let request = Request::get(format!("/files/download?{query}"))
         .header(header::HOST, "agent")
         .body(Body::empty())

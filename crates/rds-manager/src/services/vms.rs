@@ -53,34 +53,54 @@ pub fn find(state: &AppState, id: &str) -> Result<VmRecord, ApiError> {
 pub fn find_running(state: &AppState, id: &str) -> Result<VmRecord, ApiError> {
     let vm = find(state, id)?;
     if vm.state != VmState::Running {
-        return Err(ApiError::Conflict(format!("VM {id} is {}; it must be RUNNING", vm.state)));
+        return Err(ApiError::Conflict(format!(
+            "VM {id} is {}; it must be RUNNING",
+            vm.state
+        )));
     }
     Ok(vm)
 }
 
 /// Lists VMs that are not deleted.
 pub fn list(state: &AppState) -> Result<Vec<VmView>, ApiError> {
-    Ok(state.store.list_vms()?.iter().map(|vm| view(state, vm)).collect())
+    Ok(state
+        .store
+        .list_vms()?
+        .iter()
+        .map(|vm| view(state, vm))
+        .collect())
 }
 
 /// Validates the request against the limits; quotas answer 429 naming the field and limit.
 fn validate(state: &AppState, req: &CreateVmRequest) -> Result<(), ApiError> {
     let c = &state.config;
     if req.cpu == 0 {
-        return Err(ApiError::BadRequest("invalid field `cpu`: must be at least 1".into()));
+        return Err(ApiError::BadRequest(
+            "invalid field `cpu`: must be at least 1".into(),
+        ));
     }
     if req.cpu > c.max_cpu {
-        return Err(ApiError::Quota(format!("cpu {} exceeds MAX_CPU={}", req.cpu, c.max_cpu)));
+        return Err(ApiError::Quota(format!(
+            "cpu {} exceeds MAX_CPU={}",
+            req.cpu, c.max_cpu
+        )));
     }
     if req.mem_mb < MIN_MEM_MB {
-        return Err(ApiError::BadRequest(format!("invalid field `memMb`: must be at least {MIN_MEM_MB}")));
+        return Err(ApiError::BadRequest(format!(
+            "invalid field `memMb`: must be at least {MIN_MEM_MB}"
+        )));
     }
     if req.mem_mb > c.max_mem_mb {
-        return Err(ApiError::Quota(format!("memMb {} exceeds MAX_MEM_MB={}", req.mem_mb, c.max_mem_mb)));
+        return Err(ApiError::Quota(format!(
+            "memMb {} exceeds MAX_MEM_MB={}",
+            req.mem_mb, c.max_mem_mb
+        )));
     }
     let ips = req.allow_ips.as_deref().unwrap_or_default();
     if ips.len() > MAX_ALLOW_IPS {
-        return Err(ApiError::BadRequest(format!("invalid field `allowIps`: at most {MAX_ALLOW_IPS} entries")));
+        return Err(ApiError::BadRequest(format!(
+            "invalid field `allowIps`: at most {MAX_ALLOW_IPS} entries"
+        )));
     }
     for (i, cidr) in ips.iter().enumerate() {
         if !is_cidr(cidr) {
@@ -102,7 +122,9 @@ fn is_cidr(s: &str) -> bool {
         Some((a, p)) => (a, Some(p)),
         None => (s, None),
     };
-    let Ok(ip) = addr.parse::<IpAddr>() else { return false };
+    let Ok(ip) = addr.parse::<IpAddr>() else {
+        return false;
+    };
     let max = if ip.is_ipv4() { 32 } else { 128 };
     prefix.map_or(true, |p| p.parse::<u8>().is_ok_and(|p| p <= max))
 }
@@ -123,7 +145,10 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
         image_id: None,
         handle_json: None,
         outbound_internet: req.outbound_internet.unwrap_or(false),
-        allow_ips_json: Some(serde_json::to_string(&req.allow_ips.unwrap_or_default()).map_err(ApiError::internal)?),
+        allow_ips_json: Some(
+            serde_json::to_string(&req.allow_ips.unwrap_or_default())
+                .map_err(ApiError::internal)?,
+        ),
         secret_env_ciphertext: None,
         created_at: now,
         updated_at: now,
@@ -133,7 +158,10 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
         let _gate = state.create_gate.lock().await;
         let live = state.store.count_live_vms()?;
         if live >= state.config.max_vms {
-            return Err(ApiError::Quota(format!("VM quota exceeded: MAX_VMS={}", state.config.max_vms)));
+            return Err(ApiError::Quota(format!(
+                "VM quota exceeded: MAX_VMS={}",
+                state.config.max_vms
+            )));
         }
         state.store.insert_vm(&record)?;
     }
@@ -142,7 +170,9 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
         &id,
         "vm.created",
         format!("VM created ({} vCPU, {} MiB)", record.cpu, record.mem_mb),
-        Some(json!({"cpu": record.cpu, "memMb": record.mem_mb, "outboundInternet": record.outbound_internet})),
+        Some(
+            json!({"cpu": record.cpu, "memMb": record.mem_mb, "outboundInternet": record.outbound_internet}),
+        ),
     );
     if let Err(e) = boot(state, &record).await {
         let reason = format!("create failed: {e}");
@@ -182,8 +212,12 @@ async fn boot(state: &AppState, vm: &VmRecord) -> Result<VmHandle, ApiError> {
 pub async fn start(state: &AppState, id: &str) -> Result<(), ApiError> {
     let _lock = state.vm_locks.lock(id).await;
     let vm = find(state, id)?;
-    lifecycle::check(vm.state, VmState::Starting)
-        .map_err(|_| ApiError::Conflict(format!("VM {id} is {}; only a STOPPED VM can be started", vm.state)))?;
+    lifecycle::check(vm.state, VmState::Starting).map_err(|_| {
+        ApiError::Conflict(format!(
+            "VM {id} is {}; only a STOPPED VM can be started",
+            vm.state
+        ))
+    })?;
     transition(state, id, vm.state, VmState::Starting, None)?;
     match boot(state, &vm).await {
         Ok(_) => {
@@ -196,7 +230,13 @@ pub async fn start(state: &AppState, id: &str) -> Result<(), ApiError> {
                 let _ = state.runtime.stop(id, &h).await;
             }
             state.store.set_vm_handle(id, None)?;
-            transition(state, id, VmState::Starting, VmState::Stopped, Some(&format!("start failed: {e}")))?;
+            transition(
+                state,
+                id,
+                VmState::Starting,
+                VmState::Stopped,
+                Some(&format!("start failed: {e}")),
+            )?;
             Err(e)
         }
     }
@@ -206,8 +246,12 @@ pub async fn start(state: &AppState, id: &str) -> Result<(), ApiError> {
 pub async fn stop(state: &AppState, id: &str) -> Result<(), ApiError> {
     let _lock = state.vm_locks.lock(id).await;
     let vm = find(state, id)?;
-    lifecycle::check(vm.state, VmState::Stopping)
-        .map_err(|_| ApiError::Conflict(format!("VM {id} is {}; only a RUNNING VM can be stopped", vm.state)))?;
+    lifecycle::check(vm.state, VmState::Stopping).map_err(|_| {
+        ApiError::Conflict(format!(
+            "VM {id} is {}; only a RUNNING VM can be stopped",
+            vm.state
+        ))
+    })?;
     transition(state, id, vm.state, VmState::Stopping, None)?;
     // Best effort: lets the guest sync and exit cleanly; the runtime forces what is left.
     let _ = state
@@ -254,20 +298,34 @@ pub async fn delete(state: &AppState, id: &str) -> Result<(), ApiError> {
 }
 
 /// Moves a VM from `from` to `to` if the state machine allows it, and records it.
-pub fn transition(state: &AppState, id: &str, from: VmState, to: VmState, reason: Option<&str>) -> Result<(), ApiError> {
+pub fn transition(
+    state: &AppState,
+    id: &str,
+    from: VmState,
+    to: VmState,
+    reason: Option<&str>,
+) -> Result<(), ApiError> {
     if from != to {
         lifecycle::check(from, to).map_err(|e| ApiError::Conflict(e.to_string()))?;
     }
     state.store.set_vm_state(id, to, reason)?;
     if to == VmState::Error {
-        vm_event(state, id, "vm.error", reason.unwrap_or("VM failed").to_string(), None);
+        vm_event(
+            state,
+            id,
+            "vm.error",
+            reason.unwrap_or("VM failed").to_string(),
+            None,
+        );
     }
     Ok(())
 }
 
 /// The runtime handle persisted for a VM, if it parses.
 pub fn parse_handle(vm: &VmRecord) -> Option<VmHandle> {
-    vm.handle_json.as_deref().and_then(|j| serde_json::from_str(j).ok())
+    vm.handle_json
+        .as_deref()
+        .and_then(|j| serde_json::from_str(j).ok())
 }
 
 fn current_handle(state: &AppState, id: &str) -> Result<Option<VmHandle>, ApiError> {
@@ -277,7 +335,9 @@ fn current_handle(state: &AppState, id: &str) -> Result<Option<VmHandle>, ApiErr
 /// Maps runtime failures onto API errors (501 for unsupported, 400 for bad specs).
 pub fn runtime_error(e: RuntimeError) -> ApiError {
     match e {
-        RuntimeError::Unsupported(what) => ApiError::NotImplemented(format!("not supported by this runtime: {what}")),
+        RuntimeError::Unsupported(what) => {
+            ApiError::NotImplemented(format!("not supported by this runtime: {what}"))
+        }
         RuntimeError::InvalidSpec(m) => ApiError::BadRequest(m),
         other => ApiError::Internal(other.to_string()),
     }
@@ -292,7 +352,14 @@ mod tests {
         for ok in ["1.2.3.4", "10.0.0.0/8", "0.0.0.0/0", "2001:db8::/32", "::1"] {
             assert!(is_cidr(ok), "{ok}");
         }
-        for bad in ["", "example.com", "1.2.3.4/33", "::/129", "1.2.3.4/", "1.2.3.4/x"] {
+        for bad in [
+            "",
+            "example.com",
+            "1.2.3.4/33",
+            "::/129",
+            "1.2.3.4/",
+            "1.2.3.4/x",
+        ] {
             assert!(!is_cidr(bad), "{bad}");
         }
     }

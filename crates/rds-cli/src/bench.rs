@@ -1,0 +1,237 @@
+//! `rds bench create`: create → first exec latency, and exec round-trips through the manager
+//! versus straight to the agent's socket, measured in the same run. Prints one JSON line last.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use serde_json::{json, Value};
+
+/// Flags of `rds bench`.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// What to measure (only `create`).
+    #[arg(value_parser = ["create"])]
+    what: String,
+    /// Use a running manager instead of starting one.
+    #[arg(long, requires = "api_key")]
+    url: Option<String>,
+    /// API key for `--url`.
+    #[arg(long, env = "RDS_API_KEY")]
+    api_key: Option<String>,
+    /// The manager's STORAGE_ROOT (to reach agent sockets directly) when using `--url`.
+    #[arg(long, default_value = "/var/lib/rds")]
+    storage_root: PathBuf,
+    /// VMs to create for the create → first exec figure.
+    #[arg(long, default_value_t = 20)]
+    vms: usize,
+    /// Exec calls per path for the round-trip comparison.
+    #[arg(long, default_value_t = 300)]
+    execs: usize,
+}
+
+/// A manager started for the bench; killed on drop.
+struct OwnManager {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for OwnManager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the benchmark.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let (url, key, storage_root, _own) = match &args.url {
+        Some(url) => (url.clone(), args.api_key.clone().unwrap_or_default(), args.storage_root.clone(), None),
+        None => {
+            let (own, url, key, root) = start_manager()?;
+            (url, key, root, Some(own))
+        }
+    };
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
+    let api = Api { agent, url, key };
+
+    let mut create_ms = Vec::with_capacity(args.vms);
+    for _ in 0..args.vms {
+        let t0 = Instant::now();
+        let id = api.create_vm()?;
+        api.exec(&id, "true")?;
+        create_ms.push(ms(t0.elapsed()));
+        api.delete_vm(&id)?;
+    }
+
+    let id = api.create_vm()?;
+    let result = (|| {
+        api.exec(&id, "true")?; // warm the pooled connection
+        let mut via_manager = Vec::with_capacity(args.execs);
+        for _ in 0..args.execs {
+            let t0 = Instant::now();
+            api.exec(&id, "true")?;
+            via_manager.push(ms(t0.elapsed()));
+        }
+        let socket = storage_root.join("vms").join(&id).join("agent.sock");
+        let direct = direct_execs(&socket, args.execs)?;
+        Ok::<_, anyhow::Error>((via_manager, direct))
+    })();
+    api.delete_vm(&id)?;
+    let (mut via_manager, mut direct) = result?;
+
+    let create = percentiles(&mut create_ms);
+    let manager = percentiles(&mut via_manager);
+    let agent_direct = percentiles(&mut direct);
+    let report = json!({
+        "bench": "create",
+        "vms": args.vms,
+        "execs": args.execs,
+        "createToFirstExecMs": create,
+        "execViaManagerMs": manager,
+        "execDirectMs": agent_direct,
+        "managerOverheadMsP50": round(manager["p50"].as_f64().unwrap_or(0.0) - agent_direct["p50"].as_f64().unwrap_or(0.0)),
+        "ratioP50": round(manager["p50"].as_f64().unwrap_or(0.0) / agent_direct["p50"].as_f64().unwrap_or(1.0).max(1e-9)),
+    });
+    println!("{report}");
+    Ok(())
+}
+
+struct Api {
+    agent: ureq::Agent,
+    url: String,
+    key: String,
+}
+
+impl Api {
+    fn create_vm(&self) -> anyhow::Result<String> {
+        let resp = self
+            .agent
+            .post(&format!("{}/v1/vms", self.url))
+            .set("X-API-Key", &self.key)
+            .send_json(json!({"cpu": 1, "memMb": 256}))
+            .map_err(describe)?;
+        let vm: Value = resp.into_json()?;
+        vm["id"].as_str().map(str::to_string).context("create returned no id")
+    }
+
+    fn exec(&self, id: &str, cmd: &str) -> anyhow::Result<()> {
+        let r: Value = self
+            .agent
+            .post(&format!("{}/v1/vms/{id}/exec", self.url))
+            .set("X-API-Key", &self.key)
+            .send_json(json!({"cmd": cmd}))
+            .map_err(describe)?
+            .into_json()?;
+        if r["exitCode"] != json!(0) {
+            bail!("exec failed: {r}");
+        }
+        Ok(())
+    }
+
+    fn delete_vm(&self, id: &str) -> anyhow::Result<()> {
+        self.agent
+            .delete(&format!("{}/v1/vms/{id}", self.url))
+            .set("X-API-Key", &self.key)
+            .call()
+            .map_err(describe)?;
+        Ok(())
+    }
+}
+
+fn describe(e: ureq::Error) -> anyhow::Error {
+    match e {
+        ureq::Error::Status(code, r) => anyhow::anyhow!("HTTP {code}: {}", r.into_string().unwrap_or_default()),
+        other => other.into(),
+    }
+}
+
+/// Exec round-trips over one kept-alive connection straight to the agent socket.
+fn direct_execs(socket: &Path, n: usize) -> anyhow::Result<Vec<f64>> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let stream = rds_vsock::connect(socket, rds_proto::AGENT_VSOCK_PORT, Duration::from_secs(5))
+            .await
+            .with_context(|| format!("connecting to {}", socket.display()))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let body = serde_json::to_vec(&json!({"cmd": "true"}))?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n + 1 {
+            let req = hyper::Request::post("/exec")
+                .header("host", "agent")
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body.clone())))?;
+            let t0 = Instant::now();
+            sender.ready().await?;
+            let resp = sender.send_request(req).await?;
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            if !status.is_success() {
+                bail!("agent answered {status}: {}", String::from_utf8_lossy(&bytes));
+            }
+            out.push(ms(t0.elapsed()));
+        }
+        out.remove(0); // first call warms the connection
+        Ok(out)
+    })
+}
+
+/// Starts `rds serve` from this executable on a free port with a temporary STORAGE_ROOT.
+fn start_manager() -> anyhow::Result<(OwnManager, String, String, PathBuf)> {
+    let dir = tempfile::Builder::new().prefix("rds-bench-").tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let key = format!("bench-{:032x}", rand::random::<u128>());
+    let child = Command::new(std::env::current_exe()?)
+        .arg("serve")
+        .env("PORT", port.to_string())
+        .env("STORAGE_ROOT", dir.path())
+        .env("API_KEY", &key)
+        .env("RATE_LIMIT_PER_MIN", "0")
+        .env("MAX_VMS", "100")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting rds serve")?;
+    let root = dir.path().to_path_buf();
+    let mut own = OwnManager { child, _dir: dir };
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if ureq::get(&format!("{url}/v1/health")).call().is_ok() {
+            break;
+        }
+        if let Some(status) = own.child.try_wait()? {
+            bail!("rds serve exited early: {status}");
+        }
+        if Instant::now() > deadline {
+            bail!("rds serve did not become healthy");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((own, url, key, root))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn round(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+/// p50 and p95 (nearest rank) of the samples.
+fn percentiles(samples: &mut [f64]) -> Value {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let at = |p: f64| {
+        if samples.is_empty() {
+            return 0.0;
+        }
+        let rank = ((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+        round(samples[rank - 1])
+    };
+    json!({"p50": at(0.50), "p95": at(0.95), "n": samples.len()})
+}

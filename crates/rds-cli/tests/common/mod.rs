@@ -1,0 +1,181 @@
+//! Harness for end-to-end tests: starts the real `rds serve` binary on its own port and
+//! STORAGE_ROOT, with the real sandbox runtime, and talks to it over HTTP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const KEY: &str = "e2e-test-key-0123456789";
+
+/// Why a test cannot run here, or `None` when it can.
+pub fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (the sandbox runtime creates namespaces and cgroups)".into());
+    }
+    if !agent_bin().is_file() {
+        return Some(format!("{} missing: run `cargo build -p rds-agent`", agent_bin().display()));
+    }
+    None
+}
+
+/// Returns early from a test with `SKIPPED: <reason>` when it cannot run.
+#[macro_export]
+macro_rules! require_sandbox {
+    () => {
+        if let Some(reason) = common::skip_reason() {
+            eprintln!("SKIPPED: {reason}");
+            return;
+        }
+    };
+}
+
+/// `target/debug/rds-agent`, next to the `rds` binary under test.
+pub fn agent_bin() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_rds")).with_file_name("rds-agent")
+}
+
+/// A running `rds serve`; killed on drop.
+pub struct Server {
+    pub url: String,
+    pub root: tempfile::TempDir,
+    pub port: u16,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+    /// Lines `rds serve` printed on stdout.
+    pub stdout: Vec<String>,
+    pub key: String,
+}
+
+impl Server {
+    /// Starts a server with `API_KEY` set plus `env`.
+    pub fn start(env: &[(&str, &str)]) -> Server {
+        let mut all = vec![("API_KEY", KEY)];
+        all.extend_from_slice(env);
+        Self::start_raw(&all)
+    }
+
+    /// Starts a server with exactly `env` (plus port, storage root, agent binary).
+    pub fn start_raw(env: &[(&str, &str)]) -> Server {
+        let root = tempfile::Builder::new().prefix("rds-e2e-").tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut s = Server {
+            url: format!("http://127.0.0.1:{port}"),
+            root,
+            port,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            child: None,
+            stdout: vec![],
+            key: env.iter().find(|(k, _)| *k == "API_KEY").map(|(_, v)| v.to_string()).unwrap_or_default(),
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rds"));
+        cmd.arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PORT", self.port.to_string())
+            .env("STORAGE_ROOT", self.root.path())
+            .env("RDS_AGENT_BIN", agent_bin())
+            .env("RUST_LOG", "warn")
+            // Each test server gets its own cgroup parent so servers never reap each other's VMs.
+            .env("RDS_CGROUP_GROUP", format!("rds-e2e-{}", self.port))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn rds serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        // `rds serve` prints its URL line and then its key line once it is listening.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut lines = vec![];
+        while lines.len() < 2 {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(l) => lines.push(l),
+                Err(_) => panic!("rds serve did not start; stdout so far: {lines:?}; status {:?}", child.try_wait()),
+            }
+        }
+        self.stdout = lines;
+        self.child = Some(child);
+    }
+
+    /// `kill -9` the manager (its VMs keep running).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// Starts the manager again on the same port and STORAGE_ROOT.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn req(&self, method: &str, path: &str) -> ureq::Request {
+        ureq::request(method, &format!("{}{path}", self.url)).set("X-API-Key", &self.key)
+    }
+
+    /// Sends and returns (status, JSON body or Null).
+    pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let r = self.req(method, path);
+        let res = match body {
+            Some(b) => r.send_json(b),
+            None => r.call(),
+        };
+        into_status_json(res)
+    }
+
+    pub fn create_vm(&self, mem_mb: u32) -> String {
+        let (st, vm) = self.call("POST", "/v1/vms", Some(json!({"cpu": 1, "memMb": mem_mb})));
+        assert_eq!(st, 201, "create: {vm}");
+        assert_eq!(vm["state"], "RUNNING");
+        vm["id"].as_str().unwrap().to_string()
+    }
+
+    pub fn exec(&self, id: &str, cmd: &str) -> Value {
+        let (st, r) = self.call("POST", &format!("/v1/vms/{id}/exec"), Some(json!({"cmd": cmd})));
+        assert_eq!(st, 200, "exec {cmd}: {r}");
+        r
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Delete every VM so no sandbox outlives the test, then stop the manager.
+        if self.child.is_some() {
+            if let (200, Value::Array(vms)) = self.call("GET", "/v1/vms", None) {
+                for vm in vms {
+                    let _ = self.req("DELETE", &format!("/v1/vms/{}", vm["id"].as_str().unwrap_or(""))).call();
+                }
+            }
+        }
+        self.kill9();
+    }
+}
+
+pub fn into_status_json(res: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
+    match res {
+        Ok(r) => {
+            let st = r.status();
+            (st, r.into_json().unwrap_or(Value::Null))
+        }
+        Err(ureq::Error::Status(st, r)) => (st, r.into_json().unwrap_or(Value::Null)),
+        Err(e) => panic!("transport error: {e}"),
+    }
+}
