@@ -377,10 +377,17 @@ pub fn sandbox_env(
     Ok(env)
 }
 
-/// The timeout a request asked for (default [`DEFAULT_TIMEOUT_MS`]); zero is rejected.
+/// Longest timeout a request may ask for (one day).
+pub const MAX_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// The timeout a request asked for (default [`DEFAULT_TIMEOUT_MS`]); zero or more than
+/// [`MAX_TIMEOUT_MS`] is rejected.
 pub fn timeout_of(timeout_ms: Option<u64>) -> Result<Duration, ExecError> {
     match timeout_ms {
         Some(0) => Err(ExecError::Invalid("invalid field `timeoutMs`: must be greater than 0".into())),
+        Some(ms) if ms > MAX_TIMEOUT_MS => Err(ExecError::Invalid(format!(
+            "invalid field `timeoutMs`: must be at most {MAX_TIMEOUT_MS} (one day)"
+        ))),
         Some(ms) => Ok(Duration::from_millis(ms)),
         None => Ok(Duration::from_millis(DEFAULT_TIMEOUT_MS)),
     }

@@ -192,6 +192,13 @@ async fn stdin_is_written_then_closed() {
 }
 
 #[tokio::test]
+async fn commands_inherit_no_descriptors_beyond_stdio() {
+    let Some(agent) = Agent::start().await else { return };
+    let result = agent.exec(json!({"cmd": "ls /proc/$$/fd | sort -n | tr '\\n' ' '"})).await;
+    assert_eq!(result["stdout"], "0 1 2 ", "{result}");
+}
+
+#[tokio::test]
 async fn non_utf8_output_is_converted_lossily() {
     let Some(agent) = Agent::start().await else { return };
     let result = agent.exec(json!({"cmd": "printf 'a\\377b'"})).await;
@@ -215,13 +222,14 @@ async fn sandbox_user_cannot_connect_to_the_agent_socket() {
 #[tokio::test]
 async fn bad_exec_requests_are_400_naming_the_field() {
     let Some(agent) = Agent::start().await else { return };
-    let cases: [(&[u8], &str); 6] = [
+    let cases: [(&[u8], &str); 7] = [
         (br#"{"cmd":"#, "malformed JSON"),
         (br#"{"cmd":"true","bogus":1}"#, "bogus"),
         (br#"{"cmd":42}"#, "cmd"),
         (br#"{"cwd":"x"}"#, "cmd"),
         (br#"{"cmd":"true","timeoutMs":-5}"#, "timeoutMs"),
         (br#"{"cmd":"true","env":{"1BAD":"x"}}"#, "env"),
+        (br#"{"cmd":"true","timeoutMs":0}"#, "timeoutMs"),
     ];
     for (body, field) in cases {
         let reply = agent.post_raw("/exec", body.to_vec()).await;

@@ -101,8 +101,8 @@ async fn run_js_ignores_a_user_package_json_module_type() {
         return;
     }
     std::fs::write(agent.workspace.join("package.json"), r#"{"type":"module"}"#).unwrap();
-    std::fs::write(agent.workspace.join("lib.mjs"), "export const x = 7;\nresult.set(x * 6);\n").unwrap();
-    let out = agent.run("/run-js", json!({"path": "lib.mjs"})).await;
+    std::fs::write(agent.workspace.join("lib.js"), "export const x = 7;\nresult.set(x * 6);\n").unwrap();
+    let out = agent.run("/run-js", json!({"path": "lib.js"})).await;
     assert_eq!(out["result"], 42, "{out}");
     let out = agent.run("/run-js", json!({"code": "result.set(process.argv.slice(2))", "args": ["a", "b"]})).await;
     assert_eq!(out["result"], json!(["a", "b"]), "{out}");

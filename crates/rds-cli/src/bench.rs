@@ -49,13 +49,20 @@ impl Drop for OwnManager {
 /// Runs the benchmark.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (url, key, storage_root, _own) = match &args.url {
-        Some(url) => (url.clone(), args.api_key.clone().unwrap_or_default(), args.storage_root.clone(), None),
+        Some(url) => (
+            url.clone(),
+            args.api_key.clone().unwrap_or_default(),
+            args.storage_root.clone(),
+            None,
+        ),
         None => {
             let (own, url, key, root) = start_manager()?;
             (url, key, root, Some(own))
         }
     };
-    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(60))
+        .build();
     let api = Api { agent, url, key };
 
     let mut create_ms = Vec::with_capacity(args.vms);
@@ -115,7 +122,10 @@ impl Api {
             .send_json(json!({"cpu": 1, "memMb": 256}))
             .map_err(describe)?;
         let vm: Value = resp.into_json()?;
-        vm["id"].as_str().map(str::to_string).context("create returned no id")
+        vm["id"]
+            .as_str()
+            .map(str::to_string)
+            .context("create returned no id")
     }
 
     fn exec(&self, id: &str, cmd: &str) -> anyhow::Result<()> {
@@ -144,19 +154,25 @@ impl Api {
 
 fn describe(e: ureq::Error) -> anyhow::Error {
     match e {
-        ureq::Error::Status(code, r) => anyhow::anyhow!("HTTP {code}: {}", r.into_string().unwrap_or_default()),
+        ureq::Error::Status(code, r) => {
+            anyhow::anyhow!("HTTP {code}: {}", r.into_string().unwrap_or_default())
+        }
         other => other.into(),
     }
 }
 
 /// Exec round-trips over one kept-alive connection straight to the agent socket.
 fn direct_execs(socket: &Path, n: usize) -> anyhow::Result<Vec<f64>> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
-        let stream = rds_vsock::connect(socket, rds_proto::AGENT_VSOCK_PORT, Duration::from_secs(5))
-            .await
-            .with_context(|| format!("connecting to {}", socket.display()))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        let stream =
+            rds_vsock::connect(socket, rds_proto::AGENT_VSOCK_PORT, Duration::from_secs(5))
+                .await
+                .with_context(|| format!("connecting to {}", socket.display()))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         let body = serde_json::to_vec(&json!({"cmd": "true"}))?;
         let mut out = Vec::with_capacity(n);
@@ -171,7 +187,10 @@ fn direct_execs(socket: &Path, n: usize) -> anyhow::Result<Vec<f64>> {
             let status = resp.status();
             let bytes = resp.into_body().collect().await?.to_bytes();
             if !status.is_success() {
-                bail!("agent answered {status}: {}", String::from_utf8_lossy(&bytes));
+                bail!(
+                    "agent answered {status}: {}",
+                    String::from_utf8_lossy(&bytes)
+                );
             }
             out.push(ms(t0.elapsed()));
         }
@@ -183,7 +202,9 @@ fn direct_execs(socket: &Path, n: usize) -> anyhow::Result<Vec<f64>> {
 /// Starts `rds serve` from this executable on a free port with a temporary STORAGE_ROOT.
 fn start_manager() -> anyhow::Result<(OwnManager, String, String, PathBuf)> {
     let dir = tempfile::Builder::new().prefix("rds-bench-").tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let key = format!("bench-{:032x}", rand::random::<u128>());
     let child = Command::new(std::env::current_exe()?)
         .arg("serve")
@@ -192,6 +213,8 @@ fn start_manager() -> anyhow::Result<(OwnManager, String, String, PathBuf)> {
         .env("API_KEY", &key)
         .env("RATE_LIMIT_PER_MIN", "0")
         .env("MAX_VMS", "100")
+        // Its own cgroup parent: a bench manager must never reap the VMs of a real one on this host.
+        .env("RDS_CGROUP_GROUP", format!("rds-bench-{port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

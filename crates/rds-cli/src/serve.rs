@@ -26,7 +26,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let prepared = rds_manager::server::prepare(config, args.new_api_key).await?;
         let addr = prepared.listener.local_addr()?;
         let r = &prepared.reconciled;
-        tracing::info!(adopted = r.adopted.len(), settled = r.settled.len(), orphans = r.orphans_removed.len(), "reconciled VMs");
+        tracing::info!(
+            adopted = r.adopted.len(),
+            settled = r.settled.len(),
+            orphans = r.orphans_removed.len(),
+            "reconciled VMs"
+        );
         println!(
             "rds listening on http://{addr} (runtime {}, isolation {})",
             prepared.state.runtime.kind().as_str(),
@@ -38,9 +43,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 println!("API key (shown only once; send it as X-API-Key): {key}")
             }
             KeyNotice::Existing => {
-                println!("API key: a stored key exists (run `rds serve --new-api-key` to replace it)")
+                println!(
+                    "API key: a stored key exists (run `rds serve --new-api-key` to replace it)"
+                )
             }
         }
-        rds_manager::server::serve(prepared).await.context("serving HTTP")
+        rds_manager::server::serve(prepared)
+            .await
+            .context("serving HTTP")
     })
 }

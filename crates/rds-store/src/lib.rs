@@ -17,7 +17,10 @@ pub enum StoreError {
     #[error("database error: {0}")]
     Db(#[from] rusqlite::Error),
     #[error("cannot create the database directory {path}: {source}")]
-    Dir { path: String, source: std::io::Error },
+    Dir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("database holds an unknown VM state {0:?} (written by a newer rds?)")]
     UnknownState(String),
     #[error("database schema version {found} is newer than this rds understands ({known})")]

@@ -64,7 +64,10 @@ pub const LATEST: i64 = MIGRATIONS.len() as i64;
 pub fn migrate(conn: &mut Connection) -> StoreResult<()> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if current > LATEST {
-        return Err(StoreError::TooNew { found: current, known: LATEST });
+        return Err(StoreError::TooNew {
+            found: current,
+            known: LATEST,
+        });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let tx = conn.transaction()?;

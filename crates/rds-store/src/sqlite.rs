@@ -7,8 +7,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::{
-    migrations, now_ms, ApiKeyRecord, EventRecord, ExecLogRecord, NewEvent, Store, StoreError, StoreResult,
-    VmRecord, VmState,
+    migrations, now_ms, ApiKeyRecord, EventRecord, ExecLogRecord, NewEvent, Store, StoreError,
+    StoreResult, VmRecord, VmState,
 };
 
 /// SQLite implementation of [`Store`].
@@ -23,8 +23,10 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and migrates it to the latest schema.
     pub fn open(path: &Path) -> StoreResult<Self> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|source| StoreError::Dir { path: dir.display().to_string(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+                path: dir.display().to_string(),
+                source,
+            })?;
         }
         Self::setup(Connection::open(path)?)
     }
@@ -40,7 +42,9 @@ impl SqliteStore {
         conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
         migrations::migrate(&mut conn)?;
-        Ok(SqliteStore { conn: Mutex::new(conn) })
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -110,7 +114,11 @@ impl Store for SqliteStore {
     fn get_vm(&self, id: &str) -> StoreResult<Option<VmRecord>> {
         let row = self
             .conn()
-            .query_row(&format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1"), [id], vm_from_row)
+            .query_row(
+                &format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1"),
+                [id],
+                vm_from_row,
+            )
             .optional()?;
         row.map(finish_vm).transpose()
     }
@@ -120,12 +128,18 @@ impl Store for SqliteStore {
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {VM_COLUMNS} FROM vms WHERE state <> 'DELETED' ORDER BY created_at, id"
         ))?;
-        let rows = stmt.query_map([], vm_from_row)?.collect::<Result<Vec<_>, _>>()?;
+        let rows = stmt
+            .query_map([], vm_from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter().map(finish_vm).collect()
     }
 
     fn count_live_vms(&self) -> StoreResult<u64> {
-        let n: i64 = self.conn().query_row("SELECT COUNT(*) FROM vms WHERE state <> 'DELETED'", [], |r| r.get(0))?;
+        let n: i64 = self.conn().query_row(
+            "SELECT COUNT(*) FROM vms WHERE state <> 'DELETED'",
+            [],
+            |r| r.get(0),
+        )?;
         Ok(n as u64)
     }
 
@@ -256,7 +270,10 @@ impl Store for SqliteStore {
     }
 
     fn revoke_all_api_keys(&self, now: i64) -> StoreResult<u64> {
-        let n = self.conn().execute("UPDATE api_keys SET revoked_at = ?1 WHERE revoked_at IS NULL", [now])?;
+        let n = self.conn().execute(
+            "UPDATE api_keys SET revoked_at = ?1 WHERE revoked_at IS NULL",
+            [now],
+        )?;
         Ok(n as u64)
     }
 }
@@ -288,28 +305,48 @@ mod tests {
         let s = SqliteStore::open_in_memory().unwrap();
         s.insert_vm(&vm("a", VmState::Creating)).unwrap();
         s.insert_vm(&vm("b", VmState::Running)).unwrap();
-        s.set_vm_state("a", VmState::Error, Some("boot failed")).unwrap();
+        s.set_vm_state("a", VmState::Error, Some("boot failed"))
+            .unwrap();
         s.set_vm_handle("b", Some(r#"{"pid":1}"#)).unwrap();
         let a = s.get_vm("a").unwrap().unwrap();
         assert_eq!(a.state, VmState::Error);
         assert_eq!(a.state_reason.as_deref(), Some("boot failed"));
-        assert_eq!(s.get_vm("b").unwrap().unwrap().handle_json.as_deref(), Some(r#"{"pid":1}"#));
+        assert_eq!(
+            s.get_vm("b").unwrap().unwrap().handle_json.as_deref(),
+            Some(r#"{"pid":1}"#)
+        );
         assert_eq!(s.count_live_vms().unwrap(), 2);
         s.set_vm_state("a", VmState::Deleted, None).unwrap();
         assert_eq!(s.count_live_vms().unwrap(), 1);
-        assert_eq!(s.list_vms().unwrap().iter().map(|v| v.id.as_str()).collect::<Vec<_>>(), ["b"]);
+        assert_eq!(
+            s.list_vms()
+                .unwrap()
+                .iter()
+                .map(|v| v.id.as_str())
+                .collect::<Vec<_>>(),
+            ["b"]
+        );
         assert_eq!(s.get_vm("a").unwrap().unwrap().state, VmState::Deleted);
-        assert!(matches!(s.set_vm_state("zz", VmState::Running, None), Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            s.set_vm_state("zz", VmState::Running, None),
+            Err(StoreError::NotFound(_))
+        ));
     }
 
     #[test]
     fn reopening_a_file_keeps_data_and_does_not_rerun_migrations() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/rds.db");
-        SqliteStore::open(&path).unwrap().insert_vm(&vm("a", VmState::Running)).unwrap();
+        SqliteStore::open(&path)
+            .unwrap()
+            .insert_vm(&vm("a", VmState::Running))
+            .unwrap();
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.get_vm("a").unwrap().unwrap().state, VmState::Running);
-        let v: i64 = s.conn().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let v: i64 = s
+            .conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(v, migrations::LATEST);
     }
 
@@ -317,8 +354,14 @@ mod tests {
     fn newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rds.db");
-        Connection::open(&path).unwrap().execute_batch("PRAGMA user_version = 999").unwrap();
-        assert!(matches!(SqliteStore::open(&path), Err(StoreError::TooNew { found: 999, .. })));
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 999")
+            .unwrap();
+        assert!(matches!(
+            SqliteStore::open(&path),
+            Err(StoreError::TooNew { found: 999, .. })
+        ));
     }
 
     #[test]
@@ -339,7 +382,10 @@ mod tests {
             .unwrap();
         }
         let (rows, more) = s.list_exec_logs("v", 2).unwrap();
-        assert_eq!(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["e2", "e1"]);
+        assert_eq!(
+            rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["e2", "e1"]
+        );
         assert!(more);
         let (rows, more) = s.list_exec_logs("v", 5).unwrap();
         assert_eq!(rows.len(), 3);

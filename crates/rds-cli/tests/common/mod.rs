@@ -18,7 +18,10 @@ pub fn skip_reason() -> Option<String> {
         return Some("needs root (the sandbox runtime creates namespaces and cgroups)".into());
     }
     if !agent_bin().is_file() {
-        return Some(format!("{} missing: run `cargo build -p rds-agent`", agent_bin().display()));
+        return Some(format!(
+            "{} missing: run `cargo build -p rds-agent`",
+            agent_bin().display()
+        ));
     }
     None
 }
@@ -61,16 +64,30 @@ impl Server {
 
     /// Starts a server with exactly `env` (plus port, storage root, agent binary).
     pub fn start_raw(env: &[(&str, &str)]) -> Server {
-        let root = tempfile::Builder::new().prefix("rds-e2e-").tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let root = tempfile::Builder::new()
+            .prefix("rds-e2e-")
+            .tempdir()
+            .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut s = Server {
             url: format!("http://127.0.0.1:{port}"),
             root,
             port,
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
             stdout: vec![],
-            key: env.iter().find(|(k, _)| *k == "API_KEY").map(|(_, v)| v.to_string()).unwrap_or_default(),
+            key: env
+                .iter()
+                .find(|(k, _)| *k == "API_KEY")
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_default(),
         };
         s.spawn();
         s
@@ -106,7 +123,10 @@ impl Server {
         while lines.len() < 2 {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(l) => lines.push(l),
-                Err(_) => panic!("rds serve did not start; stdout so far: {lines:?}; status {:?}", child.try_wait()),
+                Err(_) => panic!(
+                    "rds serve did not start; stdout so far: {lines:?}; status {:?}",
+                    child.try_wait()
+                ),
             }
         }
         self.stdout = lines;
@@ -149,7 +169,11 @@ impl Server {
     }
 
     pub fn exec(&self, id: &str, cmd: &str) -> Value {
-        let (st, r) = self.call("POST", &format!("/v1/vms/{id}/exec"), Some(json!({"cmd": cmd})));
+        let (st, r) = self.call(
+            "POST",
+            &format!("/v1/vms/{id}/exec"),
+            Some(json!({"cmd": cmd})),
+        );
         assert_eq!(st, 200, "exec {cmd}: {r}");
         r
     }
@@ -161,11 +185,36 @@ impl Drop for Server {
         if self.child.is_some() {
             if let (200, Value::Array(vms)) = self.call("GET", "/v1/vms", None) {
                 for vm in vms {
-                    let _ = self.req("DELETE", &format!("/v1/vms/{}", vm["id"].as_str().unwrap_or(""))).call();
+                    let _ = self
+                        .req(
+                            "DELETE",
+                            &format!("/v1/vms/{}", vm["id"].as_str().unwrap_or("")),
+                        )
+                        .call();
                 }
             }
         }
         self.kill9();
+        remove_empty_cgroup_group(&format!("rds-e2e-{}", self.port));
+    }
+}
+
+/// Removes this server's (now empty) cgroup parent directories; `rmdir` fails harmlessly if not empty.
+fn remove_empty_cgroup_group(name: &str) {
+    for ctrl in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        let mut stack = vec![(ctrl.path(), 0)];
+        while let Some((dir, depth)) = stack.pop() {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    continue;
+                }
+                if e.file_name() == name {
+                    let _ = std::fs::remove_dir(e.path());
+                } else if depth < 2 {
+                    stack.push((e.path(), depth + 1));
+                }
+            }
+        }
     }
 }
 

@@ -126,7 +126,10 @@ fn is_cidr(s: &str) -> bool {
         return false;
     };
     let max = if ip.is_ipv4() { 32 } else { 128 };
-    prefix.map_or(true, |p| p.parse::<u8>().is_ok_and(|p| p <= max))
+    match prefix {
+        None => true,
+        Some(p) => p.parse::<u8>().is_ok_and(|p| p <= max),
+    }
 }
 
 /// Creates and boots a VM; returns it RUNNING, ready for exec. Any failure leaves nothing behind

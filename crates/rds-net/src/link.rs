@@ -1,0 +1,182 @@
+//! Host-side interfaces: a veth into a sandbox's network namespace, or a TAP for a VMM.
+//!
+//! Every interface is named `rdsv<slot>` and carries the alias `rds-vm:<vm id>`, so the
+//! reconciler can tell whose it is from the interface alone.
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+
+use nix::sched::{setns, CloneFlags};
+
+use crate::cmd::{self, ToolError};
+use crate::pool::{index_from_iface, mac_string, Slot};
+
+/// Prefix of the interface alias that records the owning VM id.
+const ALIAS_PREFIX: &str = "rds-vm:";
+
+/// Interface name the sandbox sees.
+pub const GUEST_IFACE: &str = "eth0";
+
+/// A host interface of ours, as found on the system.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostLink {
+    /// Interface name (`rdsv<index>`).
+    pub name: String,
+    /// Slot index parsed from the name.
+    pub index: u32,
+    /// VM id from the alias, if the alias is present.
+    pub vm_id: Option<String>,
+}
+
+/// Why an interface could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// `ip` failed.
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    /// The sandbox process (and so its network namespace) is gone or unreadable.
+    #[error("cannot open the network namespace of pid {pid} (has the sandbox exited?): {source}")]
+    Namespace {
+        /// The pid given.
+        pid: i32,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Entering the sandbox's network namespace failed.
+    #[error("cannot enter the network namespace of pid {pid}: {source}")]
+    Setns {
+        /// The pid given.
+        pid: i32,
+        /// The OS error.
+        source: nix::Error,
+    },
+}
+
+/// Creates `rdsv<idx>` on the host and `eth0` inside the namespace of `pid`, addressed and routed.
+pub async fn create_veth(vm_id: &str, slot: &Slot, pid: i32, mac: [u8; 6]) -> Result<(), LinkError> {
+    let netns = File::open(format!("/proc/{pid}/ns/net")).map_err(|source| LinkError::Namespace { pid, source })?;
+    let host = slot.iface();
+    delete(&host).await?;
+    let mac = mac_string(mac);
+    let pid_text = pid.to_string();
+    cmd::ip(&[
+        "link", "add", &host, "type", "veth", "peer", "name", GUEST_IFACE, "address", &mac, "netns", &pid_text,
+    ])
+    .await?;
+    let configured = async {
+        configure_host_end(vm_id, slot).await?;
+        configure_guest_end(netns, pid, slot.guest_ip, slot.host_ip, slot.prefix).await
+    };
+    if let Err(err) = configured.await {
+        let _ = delete(&host).await;
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// Creates the TAP `rdsv<idx>` with the host address; the guest configures itself from its cmdline.
+pub async fn create_tap(vm_id: &str, slot: &Slot) -> Result<String, LinkError> {
+    let host = slot.iface();
+    delete(&host).await?;
+    cmd::ip(&["tuntap", "add", "dev", &host, "mode", "tap"]).await?;
+    if let Err(err) = configure_host_end(vm_id, slot).await {
+        let _ = delete(&host).await;
+        return Err(err);
+    }
+    Ok(host)
+}
+
+async fn configure_host_end(vm_id: &str, slot: &Slot) -> Result<(), LinkError> {
+    let host = slot.iface();
+    let addr = format!("{}/{}", slot.host_ip, slot.prefix);
+    let alias = format!("{ALIAS_PREFIX}{vm_id}");
+    cmd::ip(&["addr", "add", &addr, "dev", &host]).await?;
+    cmd::ip(&["link", "set", "dev", &host, "alias", &alias, "up"]).await?;
+    Ok(())
+}
+
+/// Configures `eth0`/`lo` inside another namespace from a throwaway thread, so no runtime
+/// thread ever changes namespace; the `ip` children inherit the thread's namespace.
+async fn configure_guest_end(
+    netns: File,
+    pid: i32,
+    guest_ip: Ipv4Addr,
+    gateway: Ipv4Addr,
+    prefix: u8,
+) -> Result<(), LinkError> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let result = (|| -> Result<(), LinkError> {
+            setns(&netns, CloneFlags::CLONE_NEWNET).map_err(|source| LinkError::Setns { pid, source })?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|source| LinkError::Namespace { pid, source })?;
+            runtime.block_on(async {
+                let addr = format!("{guest_ip}/{prefix}");
+                let gateway = gateway.to_string();
+                cmd::ip(&["link", "set", "dev", "lo", "up"]).await?;
+                cmd::ip(&["addr", "add", &addr, "dev", GUEST_IFACE]).await?;
+                cmd::ip(&["link", "set", "dev", GUEST_IFACE, "up"]).await?;
+                cmd::ip(&["route", "replace", "default", "via", &gateway, "dev", GUEST_IFACE]).await?;
+                Ok(())
+            })
+        })();
+        let _ = done_tx.send(result);
+    });
+    done_rx.await.unwrap_or_else(|_| {
+        Err(LinkError::Namespace { pid, source: std::io::Error::other("namespace worker thread panicked") })
+    })
+}
+
+/// Deletes a host interface (and a veth's peer with it); absent is fine.
+pub async fn delete(name: &str) -> Result<(), LinkError> {
+    match cmd::ip(&["link", "del", "dev", name]).await {
+        Ok(_) => Ok(()),
+        Err(err) if err.is_not_found() => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Lists the host interfaces named `rdsv<idx>`.
+pub async fn list() -> Result<Vec<HostLink>, LinkError> {
+    let json = cmd::ip(&["-j", "link", "show"]).await?;
+    Ok(parse_link_list(&json))
+}
+
+fn parse_link_list(json: &str) -> Vec<HostLink> {
+    let Ok(serde_json::Value::Array(links)) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Vec::new();
+    };
+    links
+        .iter()
+        .filter_map(|link| {
+            let name = link.get("ifname")?.as_str()?;
+            let index = index_from_iface(name)?;
+            let vm_id = link
+                .get("ifalias")
+                .and_then(|alias| alias.as_str())
+                .and_then(|alias| alias.strip_prefix(ALIAS_PREFIX))
+                .map(str::to_string);
+            Some(HostLink { name: name.to_string(), index, vm_id })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_listing_recovers_index_and_vm_id() {
+        let json = r#"[{"ifname":"lo"},{"ifname":"rdsv3","ifalias":"rds-vm:abc"},{"ifname":"rdsv4"},{"ifname":"rdsvx"}]"#;
+        let links = parse_link_list(json);
+        assert_eq!(
+            links,
+            vec![
+                HostLink { name: "rdsv3".into(), index: 3, vm_id: Some("abc".into()) },
+                HostLink { name: "rdsv4".into(), index: 4, vm_id: None },
+            ]
+        );
+    }
+}
