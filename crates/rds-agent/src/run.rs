@@ -104,10 +104,11 @@ impl Runner {
             .read_write(true)
             .open_receiver(&fifo)
             .map_err(|source| ExecError::Io { context: "opening the result FIFO".into(), source })?;
+        let env = sandbox_env(&self.workspace, &interpreter.env_for(&self.workspace), req.env.as_ref())?;
         let launch = Launch {
             program: interpreter.program,
             args,
-            env: sandbox_env(&self.workspace, &interpreter.env, req.env.as_ref())?,
+            env,
             cwd,
             cwd_label,
             stdin: None,
@@ -149,23 +150,33 @@ impl Interpreter {
         Ok(Interpreter { language, program, wrapper, wrapper_ext, snippet_ext, env })
     }
 
+    /// Extra environment for this interpreter. Python gets the workspace on its import path so
+    /// `from peers import <alias>` works from snippets too.
+    fn env_for(&self, workspace: &Path) -> BTreeMap<String, String> {
+        let mut env = self.env.clone();
+        if self.language == Language::Python {
+            env.insert("PYTHONPATH".into(), workspace.display().to_string());
+        }
+        env
+    }
+
     /// Interpreter arguments before the wrapper path. Deno's permissions are fixed here and never
     /// taken from the caller.
     fn leading_args(&self, workspace: &Path, allow_net: bool) -> Vec<String> {
         match self.language {
             Language::Ts => {
                 let ws = workspace.display();
+                // The peer bridge socket is the one extra path: proxies in /workspace/peers call it.
+                let bridge = rds_proto::GUEST_BRIDGE_SOCKET;
                 let mut args = vec![
                     "run".to_string(),
                     "--quiet".into(),
                     "--no-prompt".into(),
-                    format!("--allow-read={ws},/tmp"),
-                    format!("--allow-write={ws},/tmp"),
+                    format!("--allow-read={ws},/tmp,{bridge}"),
+                    format!("--allow-write={ws},/tmp,{bridge}"),
                     "--allow-env".into(),
                 ];
-                if allow_net {
-                    args.push("--allow-net".into());
-                }
+                args.push(if allow_net { "--allow-net".into() } else { format!("--allow-net=unix:{bridge}") });
                 args
             }
             Language::Js => Vec::new(),

@@ -328,8 +328,8 @@ fn mount_dev(dev: &Path) -> Result<()> {
     set_mount_attrs(dev, libc::MOUNT_ATTR_RDONLY, false)
 }
 
-/// `/run` (root-only writable tmpfs) with the VM's bridge directory at [`SANDBOX_BRIDGE_DIR`] and a
-/// `/run/rds/peer.sock` link to the manager's bridge socket inside it.
+/// `/run` (root-only writable tmpfs) with the VM's bridge directory at [`SANDBOX_BRIDGE_DIR`], where
+/// the manager binds this VM's peer-bridge socket.
 fn mount_run(run: &Path, bridge: &Path) -> Result<()> {
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount_at(Some(Path::new("tmpfs")), run, Some("tmpfs"), flags, Some("mode=0755"))?;
@@ -338,9 +338,7 @@ fn mount_run(run: &Path, bridge: &Path) -> Result<()> {
     let inside = run.join(SANDBOX_BRIDGE_DIR.trim_start_matches("/run/"));
     mkdir(&inside, 0o755)?;
     bind(bridge, &inside, false)?;
-    set_mount_attrs(&inside, libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC, false)?;
-    symlink("bridge/peer.sock", rds.join("peer.sock"))?;
-    Ok(())
+    set_mount_attrs(&inside, libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC, false)
 }
 
 /// Covers host path `path` (as seen inside `root`) with an empty read-only directory, or with

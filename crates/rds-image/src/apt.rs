@@ -38,7 +38,10 @@ impl Apt {
     pub fn update(root: &Path, suite: &str, mirror: Option<&str>) -> Result<Self, ImageError> {
         require_tool("apt-get", "apt")?;
         if !Path::new(KEYRING).is_file() {
-            return Err(ImageError::MissingTool { tool: KEYRING.into(), package: "debian-archive-keyring".into() });
+            return Err(ImageError::MissingTool {
+                tool: KEYRING.into(),
+                package: "debian-archive-keyring".into(),
+            });
         }
         for dir in ["lists/partial", "cache/archives/partial", "sources.list.d"] {
             let path = root.join(dir);
@@ -54,20 +57,28 @@ impl Apt {
         };
         write("sources.list", &sources)?;
         write("status", "")?;
-        let apt = Apt { root: root.to_path_buf() };
+        let apt = Apt {
+            root: root.to_path_buf(),
+        };
         run(apt.command("apt-get").args(["-q", "update"]))?;
         Ok(apt)
     }
 
     /// The package a metapackage like `linux-image-cloud-amd64` currently depends on.
-    pub fn resolve_metapackage(&self, metapackage: &str, prefix: &str) -> Result<String, ImageError> {
+    pub fn resolve_metapackage(
+        &self,
+        metapackage: &str,
+        prefix: &str,
+    ) -> Result<String, ImageError> {
         let out = run(self.command("apt-cache").args(["depends", metapackage]))?;
         out.lines()
             .filter_map(|l| l.trim().strip_prefix("Depends:"))
             .map(str::trim)
             .find(|dep| dep.starts_with(prefix))
             .map(str::to_string)
-            .ok_or_else(|| ImageError::Package(format!("{metapackage} depends on no {prefix}* package")))
+            .ok_or_else(|| {
+                ImageError::Package(format!("{metapackage} depends on no {prefix}* package"))
+            })
     }
 
     /// The candidate version of `package`.
@@ -83,7 +94,10 @@ impl Apt {
 
     /// Downloads `package`'s .deb into `dir` and returns its path.
     pub fn download(&self, package: &str, dir: &Path) -> Result<PathBuf, ImageError> {
-        run(self.command("apt-get").current_dir(dir).args(["-q", "download", package]))?;
+        run(self
+            .command("apt-get")
+            .current_dir(dir)
+            .args(["-q", "download", package]))?;
         let entries = std::fs::read_dir(dir).map_err(ImageError::io("listing", dir))?;
         entries
             .filter_map(Result::ok)
@@ -92,7 +106,12 @@ impl Apt {
                 let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
                 name.starts_with(&format!("{package}_")) && name.ends_with(".deb")
             })
-            .ok_or_else(|| ImageError::Package(format!("apt-get download {package} left no .deb in {}", dir.display())))
+            .ok_or_else(|| {
+                ImageError::Package(format!(
+                    "apt-get download {package} left no .deb in {}",
+                    dir.display()
+                ))
+            })
     }
 
     fn command(&self, program: &str) -> Command {
@@ -139,8 +158,14 @@ mod tests {
     fn custom_mirror_is_used_alone_and_sid_has_no_updates() {
         assert_eq!(
             source_lines("bookworm", Some("http://mirror.local/debian")),
-            vec!["deb http://mirror.local/debian bookworm main", "deb http://mirror.local/debian bookworm-updates main"]
+            vec![
+                "deb http://mirror.local/debian bookworm main",
+                "deb http://mirror.local/debian bookworm-updates main"
+            ]
         );
-        assert_eq!(source_lines("sid", None), vec!["deb http://deb.debian.org/debian sid main"]);
+        assert_eq!(
+            source_lines("sid", None),
+            vec!["deb http://deb.debian.org/debian sid main"]
+        );
     }
 }

@@ -13,7 +13,10 @@ pub(crate) fn require_tool(tool: &str, package: &str) -> Result<(), ImageError> 
     if found {
         Ok(())
     } else {
-        Err(ImageError::MissingTool { tool: tool.to_string(), package: package.to_string() })
+        Err(ImageError::MissingTool {
+            tool: tool.to_string(),
+            package: package.to_string(),
+        })
     }
 }
 
@@ -24,7 +27,11 @@ pub(crate) fn run(cmd: &mut Command) -> Result<String, ImageError> {
     let output = cmd
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| ImageError::CommandFailed { command: printable.clone(), status: "not started".into(), stderr: e.to_string() })?;
+        .map_err(|e| ImageError::CommandFailed {
+            command: printable.clone(),
+            status: "not started".into(),
+            stderr: e.to_string(),
+        })?;
     if output.status.success() {
         return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
     }
@@ -36,8 +43,16 @@ pub(crate) fn run(cmd: &mut Command) -> Result<String, ImageError> {
 }
 
 /// Runs `program args...` inside `root` via `chroot`.
-pub(crate) fn run_in_chroot(root: &Path, program: &str, args: &[&str]) -> Result<String, ImageError> {
-    run(Command::new("chroot").arg(root).arg(program).args(args).env("LC_ALL", "C.UTF-8"))
+pub(crate) fn run_in_chroot(
+    root: &Path,
+    program: &str,
+    args: &[&str],
+) -> Result<String, ImageError> {
+    run(Command::new("chroot")
+        .arg(root)
+        .arg(program)
+        .args(args)
+        .env("LC_ALL", "C.UTF-8"))
 }
 
 fn printable(cmd: &Command) -> String {

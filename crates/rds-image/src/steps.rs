@@ -11,7 +11,11 @@ pub(crate) struct Steps<'a> {
 
 impl<'a> Steps<'a> {
     pub(crate) fn new(report: &'a mut dyn FnMut(&str)) -> Self {
-        Steps { report, started: Instant::now(), current: None }
+        Steps {
+            report,
+            started: Instant::now(),
+            current: None,
+        }
     }
 
     /// Finishes the current step (if any) and announces `what`.
@@ -31,7 +35,11 @@ impl<'a> Steps<'a> {
     /// Reports the current step's duration.
     pub(crate) fn finish(&mut self) {
         if let Some((what, since)) = self.current.take() {
-            let line = format!("[{:>6.1}s]   done: {what} ({:.1}s)", self.started.elapsed().as_secs_f64(), since.elapsed().as_secs_f64());
+            let line = format!(
+                "[{:>6.1}s]   done: {what} ({:.1}s)",
+                self.started.elapsed().as_secs_f64(),
+                since.elapsed().as_secs_f64()
+            );
             (self.report)(&line);
         }
     }

@@ -60,6 +60,21 @@ pub struct Config {
     pub rate_limit_per_min: u32,
     /// `EXPOSE_INTERNAL_ERRORS`: put real messages in 500 responses.
     pub expose_internal_errors: bool,
+    /// `VM_SECRET_KEY`: key material for encrypting provider `secretEnv` at rest (≥ 16 chars).
+    /// Without it, creating a VM with `secretEnv` is refused.
+    pub vm_secret_key: Option<Secret>,
+    /// `PEER_CALLS_PER_MIN`: bridge calls per minute per consumer link (0 disables).
+    pub peer_calls_per_min: u32,
+}
+
+/// A configuration value that must never be printed: `Debug` shows `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 impl Config {
@@ -89,6 +104,18 @@ impl Config {
                 return Err(ConfigError {
                     var: "API_KEY",
                     message: "must be at least 16 characters".into(),
+                });
+            }
+        }
+        let vm_secret_key = get("VM_SECRET_KEY");
+        if let Some(k) = &vm_secret_key {
+            if k.len() < rds_peer::secrets::MIN_KEY_MATERIAL {
+                return Err(ConfigError {
+                    var: "VM_SECRET_KEY",
+                    message: format!(
+                        "must be at least {} characters",
+                        rds_peer::secrets::MIN_KEY_MATERIAL
+                    ),
                 });
             }
         }
@@ -147,6 +174,13 @@ impl Config {
                 "a non-negative integer (0 disables)",
             )?,
             expose_internal_errors: parse(&get, "EXPOSE_INTERNAL_ERRORS", false, "true or false")?,
+            vm_secret_key: vm_secret_key.map(Secret),
+            peer_calls_per_min: parse(
+                &get,
+                "PEER_CALLS_PER_MIN",
+                600,
+                "a non-negative integer (0 disables)",
+            )?,
         })
     }
 

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod bridge;
 pub mod config;
 pub mod error;
 pub mod extract;

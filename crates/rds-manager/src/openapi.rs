@@ -15,10 +15,12 @@ use crate::routes;
         routes::vms::start, routes::vms::stop, routes::vms::console_log, routes::vms::exec_logs,
         routes::exec::exec, routes::exec::run_ts, routes::exec::run_js, routes::exec::run_python,
         routes::files::upload, routes::files::download,
+        routes::peers::list, routes::peers::sync, routes::peers::set_link, routes::peers::delete_link,
+        routes::peers::set_secrets, routes::peers::calls,
     ),
     modifiers(&ApiKeyAuth),
     security(("ApiKeyAuth" = [])),
-    tags((name = "vms"), (name = "exec"), (name = "files"), (name = "health"))
+    tags((name = "vms"), (name = "exec"), (name = "files"), (name = "health"), (name = "peers"))
 )]
 pub struct ApiDoc;
 

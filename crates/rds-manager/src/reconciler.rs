@@ -35,7 +35,14 @@ pub async fn reconcile(state: &AppState) -> Result<Reconciled, ApiError> {
                     None => Liveness::Dead("no runtime handle recorded".into()),
                 };
                 match liveness {
-                    Liveness::Alive => out.adopted.push(vm.id.clone()),
+                    Liveness::Alive => {
+                        if !state.store.list_peer_links(&vm.id)?.is_empty() {
+                            if let Err(e) = state.bridges.open(state, &vm.id) {
+                                tracing::warn!(vm_id = %vm.id, error = %e, "cannot reopen the peer bridge");
+                            }
+                        }
+                        out.adopted.push(vm.id.clone());
+                    }
                     Liveness::Dead(why) => {
                         if let Some(h) = &handle {
                             let _ = state.runtime.stop(&vm.id, h).await;

@@ -7,7 +7,11 @@ use std::sync::{Arc, Mutex};
 use rds_runtime::Runtime;
 use rds_store::Store;
 
+use rds_peer::secrets::SecretBox;
+
 use crate::agent::AgentClient;
+use crate::bridge::Bridges;
+use crate::services::peers::ManifestCache;
 use crate::auth::ApiKeyRing;
 use crate::rate_limit::RateLimiter;
 use crate::views::HostCapabilities;
@@ -37,6 +41,14 @@ pub struct Inner {
     pub limiter: RateLimiter,
     /// Interpreters user code can run.
     pub capabilities: HostCapabilities,
+    /// Seals provider secrets at rest (`VM_SECRET_KEY`); `None` when unset.
+    pub secrets: Option<SecretBox>,
+    /// Per-link bridge call limiter (`PEER_CALLS_PER_MIN`).
+    pub peer_limiter: RateLimiter,
+    /// Running peer-bridge listeners, one per consumer VM.
+    pub bridges: Bridges,
+    /// Compiled provider manifests.
+    pub manifests: ManifestCache,
 }
 
 impl AppState {
@@ -49,6 +61,10 @@ impl AppState {
         capabilities: HostCapabilities,
     ) -> Self {
         let limiter = RateLimiter::new(config.rate_limit_per_min);
+        let peer_limiter = RateLimiter::new(config.peer_calls_per_min);
+        let secrets = config.vm_secret_key.as_ref().map(|k| {
+            SecretBox::new(&k.0).expect("VM_SECRET_KEY length is validated with the configuration")
+        });
         AppState(Arc::new(Inner {
             agent: AgentClient::new(runtime.clone()),
             config,
@@ -59,6 +75,10 @@ impl AppState {
             keys,
             limiter,
             capabilities,
+            secrets,
+            peer_limiter,
+            bridges: Bridges::default(),
+            manifests: ManifestCache::default(),
         }))
     }
 }

@@ -20,6 +20,101 @@ pub struct CreateVmRequest {
     /// Allow egress to `allowIps` (default false: no network).
     #[serde(default)]
     pub outbound_internet: Option<bool>,
+    /// Provider secrets, `["KEY=value"]`: encrypted at rest, never returned, injected only into
+    /// this VM's own processes. Needs `VM_SECRET_KEY`.
+    #[serde(default)]
+    pub secret_env: Option<Vec<String>>,
+    /// Providers this (consumer) VM may call through the bridge.
+    #[serde(default)]
+    pub peer_links: Option<Vec<PeerLinkRequest>>,
+}
+
+/// One entry of `peerLinks`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerLinkRequest {
+    /// Identifier (`[A-Za-z_][A-Za-z0-9_]*`) the consumer imports the provider by.
+    pub alias: String,
+    /// The provider VM.
+    pub vm_id: String,
+    /// `hidden` (default) or `mirror`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub source_mode: Option<rds_peer::files::SourceMode>,
+}
+
+/// `PATCH /v1/vms/{id}/peers/{alias}`: create or change a link.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PatchPeerLinkRequest {
+    /// The provider VM (required when the link is new).
+    #[serde(default)]
+    pub vm_id: Option<String>,
+    /// `hidden` or `mirror`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub source_mode: Option<rds_peer::files::SourceMode>,
+}
+
+/// `PATCH /v1/vms/{id}/secrets`: replace a provider's secrets.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretsRequest {
+    /// `["KEY=value"]`; an empty list removes every secret.
+    pub secret_env: Vec<String>,
+}
+
+/// A consumer's link as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerLinkView {
+    pub alias: String,
+    pub vm_id: String,
+    /// `hidden` or `mirror`.
+    pub source_mode: String,
+    /// `pending`, `synced`, `unavailable` (provider not running) or `invalid` (bad manifest).
+    pub sync_status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync_message: Option<String>,
+    /// Exports declared by the synced manifest.
+    pub exports: Vec<String>,
+}
+
+/// Outcome of a peer sync.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerSyncReport {
+    pub peers: Vec<PeerLinkView>,
+    /// Provider files left out of mirrors (dotenv files, files holding a secret value, links).
+    pub skipped: Vec<String>,
+}
+
+/// One audited bridge call.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerCallView {
+    pub id: String,
+    pub consumer_vm_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_vm_id: Option<String>,
+    pub alias: String,
+    pub export: String,
+    /// HTTP-style status answered to the consumer.
+    pub status: u16,
+    /// `ok` or the error code.
+    pub code: String,
+    pub duration_ms: u64,
+    pub created_at: i64,
+}
+
+/// `?vmId=&limit=` of the peer-call audit log.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerCallQuery {
+    /// Only calls where this VM is the consumer or the provider.
+    pub vm_id: Option<String>,
+    /// Entries to return (1..=500, default 100).
+    pub limit: Option<u32>,
 }
 
 /// A VM as the API shows it.
@@ -44,6 +139,12 @@ pub struct VmView {
     /// Milliseconds since the Unix epoch.
     pub created_at: i64,
     pub updated_at: i64,
+    /// Names of the provider secrets held (values are never shown).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_env_keys: Vec<String>,
+    /// Providers this VM is linked to.
+    #[serde(default)]
+    pub peer_links: Vec<PeerLinkView>,
 }
 
 /// `GET /v1/vms/{id}/exec-logs` entry.

@@ -188,6 +188,9 @@ impl DomainPattern {
         if text.len() > MAX_ENTRY_LEN {
             return Err("it is longer than 253 characters".into());
         }
+        if text == "*" || text == "*." {
+            return Err("a bare '*' would match every name; leave allowDomains empty to resolve everything".into());
+        }
         let (wildcard, rest) = match text.strip_prefix("*.") {
             Some(rest) => (true, rest),
             None => (false, text),
@@ -313,7 +316,7 @@ mod tests {
     #[test]
     fn bad_domains_errors_name_the_entry() {
         for (raw, needle) in [
-            ("*", "at least two labels"),
+            ("*", "bare '*'"),
             ("*.com", "at least two labels"),
             ("a.*.com", "'*' is only allowed"),
             ("exa mple.com", "only letters"),

@@ -14,7 +14,7 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// vsock port a guest dials on the host (CID 2) to reach the peer bridge.
 pub const BRIDGE_VSOCK_PORT: u32 = 1025;
 /// Unix socket inside the guest through which user code reaches the peer bridge.
-pub const GUEST_BRIDGE_SOCKET: &str = "/run/rds/peer.sock";
+pub const GUEST_BRIDGE_SOCKET: &str = "/run/rds/bridge/peer.sock";
 /// Default cap on each of stdout and stderr.
 pub const DEFAULT_OUTPUT_CAP: usize = 1024 * 1024;
 /// Default command timeout when the caller gives none.

@@ -64,6 +64,36 @@ pub trait Store: Send + Sync + 'static {
     fn active_api_keys(&self, now_ms: i64) -> StoreResult<Vec<ApiKeyRecord>>;
     /// Revokes every active key; returns how many were revoked.
     fn revoke_all_api_keys(&self, now_ms: i64) -> StoreResult<u64>;
+
+    /// Stores (or clears) a VM's sealed `secretEnv` and its key names.
+    fn set_vm_secrets(&self, id: &str, sealed: Option<&[u8]>, keys: &[String]) -> StoreResult<()>;
+    /// Key names of a VM's `secretEnv` (values are never stored in clear).
+    fn vm_secret_keys(&self, id: &str) -> StoreResult<Vec<String>>;
+
+    /// Inserts or replaces the link `(consumer, alias)`.
+    fn upsert_peer_link(&self, link: &PeerLinkRecord) -> StoreResult<()>;
+    /// Removes a link; returns whether it existed.
+    fn delete_peer_link(&self, consumer_vm_id: &str, alias: &str) -> StoreResult<bool>;
+    /// Removes every link of a consumer.
+    fn delete_peer_links_of(&self, consumer_vm_id: &str) -> StoreResult<()>;
+    /// A consumer's links, by alias.
+    fn list_peer_links(&self, consumer_vm_id: &str) -> StoreResult<Vec<PeerLinkRecord>>;
+    /// One link.
+    fn get_peer_link(&self, consumer_vm_id: &str, alias: &str) -> StoreResult<Option<PeerLinkRecord>>;
+    /// Records the outcome of syncing one link.
+    fn set_peer_sync(
+        &self,
+        consumer_vm_id: &str,
+        alias: &str,
+        status: &str,
+        message: Option<&str>,
+        manifest_json: Option<&str>,
+    ) -> StoreResult<()>;
+
+    /// Appends a bridge call to the audit log.
+    fn insert_peer_call(&self, call: &PeerCallRecord) -> StoreResult<()>;
+    /// Newest-first bridge calls where `vm_id` is the consumer or the provider.
+    fn list_peer_calls(&self, vm_id: Option<&str>, limit: u32) -> StoreResult<Vec<PeerCallRecord>>;
 }
 
 /// Milliseconds since the Unix epoch, the timestamp unit of every record.

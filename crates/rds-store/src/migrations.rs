@@ -55,6 +55,35 @@ const MIGRATIONS: &[&str] = &[
         meta_json TEXT
     );
     "#,
+    // 2: provider/consumer links, the bridge's audit log, secret key names.
+    r#"
+    ALTER TABLE vms ADD COLUMN secret_env_keys_json TEXT;
+    CREATE TABLE peer_links (
+        consumer_vm_id TEXT NOT NULL,
+        alias TEXT NOT NULL,
+        provider_vm_id TEXT NOT NULL,
+        source_mode TEXT NOT NULL,
+        manifest_json TEXT,
+        sync_status TEXT NOT NULL DEFAULT 'pending',
+        sync_message TEXT,
+        synced_at INTEGER,
+        PRIMARY KEY (consumer_vm_id, alias)
+    );
+    CREATE INDEX peer_links_provider_idx ON peer_links (provider_vm_id);
+    CREATE TABLE peer_calls (
+        id TEXT PRIMARY KEY,
+        consumer_vm_id TEXT NOT NULL,
+        provider_vm_id TEXT,
+        alias TEXT NOT NULL,
+        export_name TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        code TEXT NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX peer_calls_consumer_idx ON peer_calls (consumer_vm_id, created_at);
+    CREATE INDEX peer_calls_provider_idx ON peer_calls (provider_vm_id, created_at);
+    "#,
 ];
 
 /// The schema version this build writes.

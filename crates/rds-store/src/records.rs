@@ -138,3 +138,36 @@ pub struct ApiKeyRecord {
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
 }
+
+/// A consumer's link to a provider under an alias.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerLinkRecord {
+    pub consumer_vm_id: String,
+    /// Identifier the consumer imports the provider by.
+    pub alias: String,
+    pub provider_vm_id: String,
+    /// `hidden` or `mirror`.
+    pub source_mode: String,
+    /// The provider manifest as of the last successful sync; bridge calls are checked against it.
+    pub manifest_json: Option<String>,
+    /// `pending`, `synced`, `unavailable` (provider not running) or `invalid` (bad manifest).
+    pub sync_status: String,
+    pub sync_message: Option<String>,
+    pub synced_at: Option<i64>,
+}
+
+/// One audited bridge call (argument values are never recorded).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerCallRecord {
+    pub id: String,
+    pub consumer_vm_id: String,
+    pub provider_vm_id: Option<String>,
+    pub alias: String,
+    pub export_name: String,
+    /// HTTP-style status answered to the consumer.
+    pub status: u16,
+    /// `ok` or the error code.
+    pub code: String,
+    pub duration_ms: u64,
+    pub created_at: i64,
+}

@@ -7,8 +7,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::{
-    migrations, now_ms, ApiKeyRecord, EventRecord, ExecLogRecord, NewEvent, Store, StoreError,
-    StoreResult, VmRecord, VmState,
+    migrations, now_ms, ApiKeyRecord, EventRecord, ExecLogRecord, NewEvent, PeerCallRecord,
+    PeerLinkRecord, Store, StoreError, StoreResult, VmRecord, VmState,
 };
 
 /// SQLite implementation of [`Store`].
@@ -276,6 +276,132 @@ impl Store for SqliteStore {
         )?;
         Ok(n as u64)
     }
+
+    fn set_vm_secrets(&self, id: &str, sealed: Option<&[u8]>, keys: &[String]) -> StoreResult<()> {
+        let keys_json = serde_json::to_string(keys).expect("a string list serialises");
+        let n = self.conn().execute(
+            "UPDATE vms SET secret_env_ciphertext = ?2, secret_env_keys_json = ?3, updated_at = ?4 WHERE id = ?1",
+            params![id, sealed, keys_json, now_ms()],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("vm {id}")));
+        }
+        Ok(())
+    }
+
+    fn vm_secret_keys(&self, id: &str) -> StoreResult<Vec<String>> {
+        let json: Option<String> = self
+            .conn()
+            .query_row("SELECT secret_env_keys_json FROM vms WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?
+            .flatten();
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default())
+    }
+
+    fn upsert_peer_link(&self, l: &PeerLinkRecord) -> StoreResult<()> {
+        self.conn().execute(
+            "INSERT INTO peer_links (consumer_vm_id, alias, provider_vm_id, source_mode, manifest_json, sync_status, sync_message, synced_at)
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8)
+             ON CONFLICT (consumer_vm_id, alias) DO UPDATE SET provider_vm_id = ?3, source_mode = ?4,
+                 manifest_json = ?5, sync_status = ?6, sync_message = ?7, synced_at = ?8",
+            params![l.consumer_vm_id, l.alias, l.provider_vm_id, l.source_mode, l.manifest_json, l.sync_status, l.sync_message, l.synced_at],
+        )?;
+        Ok(())
+    }
+
+    fn delete_peer_link(&self, consumer: &str, alias: &str) -> StoreResult<bool> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM peer_links WHERE consumer_vm_id = ?1 AND alias = ?2", [consumer, alias])?;
+        Ok(n > 0)
+    }
+
+    fn delete_peer_links_of(&self, consumer: &str) -> StoreResult<()> {
+        self.conn().execute("DELETE FROM peer_links WHERE consumer_vm_id = ?1", [consumer])?;
+        Ok(())
+    }
+
+    fn list_peer_links(&self, consumer: &str) -> StoreResult<Vec<PeerLinkRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("SELECT {LINK_COLUMNS} FROM peer_links WHERE consumer_vm_id = ?1 ORDER BY alias"))?;
+        let rows = stmt.query_map([consumer], link_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn get_peer_link(&self, consumer: &str, alias: &str) -> StoreResult<Option<PeerLinkRecord>> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {LINK_COLUMNS} FROM peer_links WHERE consumer_vm_id = ?1 AND alias = ?2"),
+                [consumer, alias],
+                link_from_row,
+            )
+            .optional()?)
+    }
+
+    fn set_peer_sync(
+        &self,
+        consumer: &str,
+        alias: &str,
+        status: &str,
+        message: Option<&str>,
+        manifest_json: Option<&str>,
+    ) -> StoreResult<()> {
+        self.conn().execute(
+            "UPDATE peer_links SET sync_status = ?3, sync_message = ?4, manifest_json = ?5, synced_at = ?6
+             WHERE consumer_vm_id = ?1 AND alias = ?2",
+            params![consumer, alias, status, message, manifest_json, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    fn insert_peer_call(&self, c: &PeerCallRecord) -> StoreResult<()> {
+        self.conn().execute(
+            "INSERT INTO peer_calls (id, consumer_vm_id, provider_vm_id, alias, export_name, status, code, duration_ms, created_at)
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
+            params![c.id, c.consumer_vm_id, c.provider_vm_id, c.alias, c.export_name, c.status, c.code, c.duration_ms as i64, c.created_at],
+        )?;
+        Ok(())
+    }
+
+    fn list_peer_calls(&self, vm_id: Option<&str>, limit: u32) -> StoreResult<Vec<PeerCallRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, consumer_vm_id, provider_vm_id, alias, export_name, status, code, duration_ms, created_at
+             FROM peer_calls WHERE ?1 IS NULL OR consumer_vm_id = ?1 OR provider_vm_id = ?1
+             ORDER BY created_at DESC, rowid DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![vm_id, limit], |r| {
+            Ok(PeerCallRecord {
+                id: r.get(0)?,
+                consumer_vm_id: r.get(1)?,
+                provider_vm_id: r.get(2)?,
+                alias: r.get(3)?,
+                export_name: r.get(4)?,
+                status: r.get(5)?,
+                code: r.get(6)?,
+                duration_ms: r.get::<_, i64>(7)? as u64,
+                created_at: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+const LINK_COLUMNS: &str =
+    "consumer_vm_id, alias, provider_vm_id, source_mode, manifest_json, sync_status, sync_message, synced_at";
+
+fn link_from_row(r: &Row<'_>) -> rusqlite::Result<PeerLinkRecord> {
+    Ok(PeerLinkRecord {
+        consumer_vm_id: r.get(0)?,
+        alias: r.get(1)?,
+        provider_vm_id: r.get(2)?,
+        source_mode: r.get(3)?,
+        manifest_json: r.get(4)?,
+        sync_status: r.get(5)?,
+        sync_message: r.get(6)?,
+        synced_at: r.get(7)?,
+    })
 }
 
 #[cfg(test)]
@@ -409,6 +535,60 @@ mod tests {
         assert_eq!(s.active_api_keys(100).unwrap().len(), 1);
         assert_eq!(s.revoke_all_api_keys(100).unwrap(), 2);
         assert!(s.active_api_keys(100).unwrap().is_empty());
+    }
+
+    #[test]
+    fn peer_links_upsert_sync_and_delete() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let link = PeerLinkRecord {
+            consumer_vm_id: "c".into(),
+            alias: "weather".into(),
+            provider_vm_id: "p".into(),
+            source_mode: "hidden".into(),
+            manifest_json: None,
+            sync_status: "pending".into(),
+            sync_message: None,
+            synced_at: None,
+        };
+        s.upsert_peer_link(&link).unwrap();
+        s.upsert_peer_link(&PeerLinkRecord { source_mode: "mirror".into(), ..link.clone() }).unwrap();
+        s.set_peer_sync("c", "weather", "synced", None, Some("{}")).unwrap();
+        let got = s.get_peer_link("c", "weather").unwrap().unwrap();
+        assert_eq!((got.source_mode.as_str(), got.sync_status.as_str()), ("mirror", "synced"));
+        assert_eq!(s.list_peer_links("c").unwrap().len(), 1);
+        assert!(s.delete_peer_link("c", "weather").unwrap());
+        assert!(!s.delete_peer_link("c", "weather").unwrap());
+    }
+
+    #[test]
+    fn peer_calls_are_listed_for_consumer_and_provider() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        for (i, consumer) in ["c1", "c2"].iter().enumerate() {
+            s.insert_peer_call(&PeerCallRecord {
+                id: format!("call-{i}"),
+                consumer_vm_id: consumer.to_string(),
+                provider_vm_id: Some("p".into()),
+                alias: "a".into(),
+                export_name: "f".into(),
+                status: 200,
+                code: "ok".into(),
+                duration_ms: 3,
+                created_at: i as i64,
+            })
+            .unwrap();
+        }
+        assert_eq!(s.list_peer_calls(Some("c1"), 10).unwrap().len(), 1);
+        assert_eq!(s.list_peer_calls(Some("p"), 10).unwrap().len(), 2);
+        assert_eq!(s.list_peer_calls(None, 10).unwrap()[0].id, "call-1");
+    }
+
+    #[test]
+    fn secrets_keep_key_names_beside_the_sealed_blob() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        s.insert_vm(&vm("a", VmState::Running)).unwrap();
+        s.set_vm_secrets("a", Some(b"sealed"), &["TOKEN".into()]).unwrap();
+        assert_eq!(s.vm_secret_keys("a").unwrap(), ["TOKEN"]);
+        assert_eq!(s.get_vm("a").unwrap().unwrap().secret_env_ciphertext.as_deref(), Some(&b"sealed"[..]));
     }
 
     #[test]

@@ -90,7 +90,7 @@ impl<T> Entries<T> {
         let mut index = 0;
         while self.by_id.len() > keep && index < self.order.len() {
             let id = &self.order[index];
-            let finished = self.by_id.get(id).map_or(true, |e| e.outcome.borrow().is_some());
+            let finished = !matches!(self.by_id.get(id), Some(e) if e.outcome.borrow().is_none());
             if finished {
                 let id = self.order.remove(index).expect("index in range");
                 self.by_id.remove(&id);

@@ -3,9 +3,10 @@
 pub mod exec;
 pub mod files;
 pub mod health;
+pub mod peers;
 pub mod vms;
 
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{middleware, Router};
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
@@ -28,6 +29,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/vms/{id}/run-python", post(exec::run_python))
         .route("/v1/vms/{id}/files/upload", post(files::upload))
         .route("/v1/vms/{id}/files/download", get(files::download))
+        .route("/v1/vms/{id}/peers", get(peers::list))
+        .route("/v1/vms/{id}/peers/sync", post(peers::sync))
+        .route("/v1/vms/{id}/peers/{alias}", patch(peers::set_link).delete(peers::delete_link))
+        .route("/v1/vms/{id}/secrets", patch(peers::set_secrets))
+        .route("/v1/peer-calls", get(peers::calls))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_api_key,

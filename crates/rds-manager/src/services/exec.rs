@@ -10,6 +10,7 @@ use rds_store::{now_ms, ExecLogRecord, VmState};
 use serde_json::json;
 
 use crate::agent::AgentError;
+use crate::services::peers::with_secrets;
 use crate::services::vms::find_running;
 use crate::{ApiError, AppState};
 
@@ -37,12 +38,16 @@ fn call_limit(state: &AppState, timeout_ms: Option<u64>) -> Result<Duration, Api
 /// Runs a shell command and returns its buffered result.
 pub async fn exec(state: &AppState, vm_id: &str, req: ExecRequest) -> Result<ExecResult, ApiError> {
     let limit = call_limit(state, req.timeout_ms)?;
-    find_running(state, vm_id)?;
+    let vm = find_running(state, vm_id)?;
     let oom_before = state.runtime.oom_kills(vm_id).await;
     let started = Instant::now();
+    let to_agent = ExecRequest {
+        env: with_secrets(state, &vm, req.env.clone())?,
+        ..req.clone()
+    };
     let mut result: ExecResult = state
         .agent
-        .call_json(vm_id, Method::POST, "/exec", Some(&req), limit)
+        .call_json(vm_id, Method::POST, "/exec", Some(&to_agent), limit)
         .await
         .map_err(|e| agent_error(state, vm_id, e))?;
     result.oom_killed |= oom_rose(oom_before, state.runtime.oom_kills(vm_id).await);
@@ -74,8 +79,12 @@ pub async fn exec_stream(
     req: ExecRequest,
 ) -> Result<Response, ApiError> {
     let limit = call_limit(state, req.timeout_ms)?;
-    find_running(state, vm_id)?;
-    let body = serde_json::to_vec(&req).map_err(ApiError::internal)?;
+    let vm = find_running(state, vm_id)?;
+    let to_agent = ExecRequest {
+        env: with_secrets(state, &vm, req.env.clone())?,
+        ..req.clone()
+    };
+    let body = serde_json::to_vec(&to_agent).map_err(ApiError::internal)?;
     let request = Request::post("/exec")
         .header(header::HOST, "agent")
         .header(header::CONTENT_TYPE, "application/json")
@@ -120,13 +129,17 @@ pub async fn run(
             "one of `code` or `path` is required".into(),
         ));
     }
-    find_running(state, vm_id)?;
+    let vm = find_running(state, vm_id)?;
     let oom_before = state.runtime.oom_kills(vm_id).await;
     let started = Instant::now();
     let path = format!("/{}", lang.route());
+    let to_agent = RunRequest {
+        env: with_secrets(state, &vm, req.env.clone())?,
+        ..req.clone()
+    };
     let mut result: RunResult = state
         .agent
-        .call_json(vm_id, Method::POST, &path, Some(&req), limit)
+        .call_json(vm_id, Method::POST, &path, Some(&to_agent), limit)
         .await
         .map_err(|e| agent_error(state, vm_id, e))?;
     result.oom_killed |= oom_rose(oom_before, state.runtime.oom_kills(vm_id).await);

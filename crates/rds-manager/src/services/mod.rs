@@ -5,4 +5,5 @@ pub mod events;
 pub mod exec;
 pub mod files;
 pub mod logs;
+pub mod peers;
 pub mod vms;

@@ -11,6 +11,7 @@ use rds_store::{now_ms, VmRecord, VmState};
 use serde_json::json;
 
 use crate::lifecycle;
+use crate::services::peers;
 use crate::services::events::vm_event;
 use crate::views::{CreateVmRequest, VmView};
 use crate::{ApiError, AppState};
@@ -38,6 +39,8 @@ pub fn view(state: &AppState, vm: &VmRecord) -> VmView {
         isolation: state.runtime.isolation().to_string(),
         created_at: vm.created_at,
         updated_at: vm.updated_at,
+        secret_env_keys: state.store.vm_secret_keys(&vm.id).unwrap_or_default(),
+        peer_links: peers::link_views(state, &vm.id).unwrap_or_default(),
     }
 }
 
@@ -137,6 +140,11 @@ fn is_cidr(s: &str) -> bool {
 pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, ApiError> {
     validate(state, &req)?;
     let id = uuid::Uuid::new_v4().to_string();
+    let secrets = match req.secret_env.as_deref() {
+        Some(entries) if !entries.is_empty() => Some(peers::seal_secrets(state, entries)?),
+        _ => None,
+    };
+    let links = peers::validate_links(state, &id, req.peer_links.as_deref().unwrap_or_default())?;
     let now = now_ms();
     let record = VmRecord {
         id: id.clone(),
@@ -167,6 +175,12 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
             )));
         }
         state.store.insert_vm(&record)?;
+        if let Some((sealed, keys)) = &secrets {
+            state.store.set_vm_secrets(&id, Some(sealed), keys)?;
+        }
+        for link in &links {
+            state.store.upsert_peer_link(link)?;
+        }
     }
     vm_event(
         state,
@@ -188,7 +202,9 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
     }
     transition(state, &id, VmState::Creating, VmState::Running, None)?;
     vm_event(state, &id, "vm.started", "VM started", None);
-    Ok(view(state, &find(state, &id)?))
+    let vm = find(state, &id)?;
+    peers::on_running(state, &vm).await;
+    Ok(view(state, &vm))
 }
 
 /// Starts the runtime VM, persists its handle and waits for the agent's health.
@@ -226,6 +242,7 @@ pub async fn start(state: &AppState, id: &str) -> Result<(), ApiError> {
         Ok(_) => {
             transition(state, id, VmState::Starting, VmState::Running, None)?;
             vm_event(state, id, "vm.started", "VM started", None);
+            peers::on_running(state, &find(state, id)?).await;
             Ok(())
         }
         Err(e) => {
@@ -256,6 +273,7 @@ pub async fn stop(state: &AppState, id: &str) -> Result<(), ApiError> {
         ))
     })?;
     transition(state, id, vm.state, VmState::Stopping, None)?;
+    state.bridges.close(state, id);
     // Best effort: lets the guest sync and exit cleanly; the runtime forces what is left.
     let _ = state
         .agent
@@ -285,6 +303,7 @@ pub async fn stop(state: &AppState, id: &str) -> Result<(), ApiError> {
 pub async fn delete(state: &AppState, id: &str) -> Result<(), ApiError> {
     let lock = state.vm_locks.lock(id).await;
     let vm = find(state, id)?;
+    state.bridges.close(state, id);
     state.agent.forget(id);
     let handle = parse_handle(&vm);
     if let Err(e) = state.runtime.destroy(id, handle.as_ref()).await {
@@ -293,6 +312,8 @@ pub async fn delete(state: &AppState, id: &str) -> Result<(), ApiError> {
         return Err(runtime_error(e));
     }
     state.store.set_vm_handle(id, None)?;
+    state.store.delete_peer_links_of(id)?;
+    state.store.set_vm_secrets(id, None, &[])?;
     transition(state, id, vm.state, VmState::Deleted, None)?;
     vm_event(state, id, "vm.deleted", "VM deleted", None);
     drop(lock);
