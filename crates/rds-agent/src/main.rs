@@ -1,5 +1,7 @@
 //! `rds-agent`: guest agent, guest PID 1 and sandbox launcher in one small binary.
 
+use std::path::Path;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -21,7 +23,23 @@ enum Command {
     Bench(rds_agent::bench::BenchArgs),
 }
 
+/// True when the kernel started this binary as a guest's init: it then gets no subcommand
+/// (`/init` in the initramfs, `/sbin/init` in the rootfs) and may even get stray kernel
+/// command-line words as arguments.
+fn started_as_init() -> bool {
+    let mut args = std::env::args_os();
+    let named_init = args.next().is_some_and(|argv0| Path::new(&argv0).file_name().is_some_and(|n| n == "init"));
+    named_init || (std::process::id() == 1 && args.next().is_none())
+}
+
 fn main() {
+    if started_as_init() {
+        if let Err(e) = rds_agent::init::main() {
+            eprintln!("rds-agent init: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => rds_agent::server::main(args),

@@ -105,7 +105,7 @@ impl Server {
             // Each test server gets its own cgroup parent so servers never reap each other's VMs.
             .env("RDS_CGROUP_GROUP", format!("rds-e2e-{}", self.port))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::from(self.log_file()));
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -124,13 +124,32 @@ impl Server {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(l) => lines.push(l),
                 Err(_) => panic!(
-                    "rds serve did not start; stdout so far: {lines:?}; status {:?}",
-                    child.try_wait()
+                    "rds serve did not start; stdout so far: {lines:?}; status {:?}; log:\n{}",
+                    child.try_wait(),
+                    self.log()
                 ),
             }
         }
         self.stdout = lines;
         self.child = Some(child);
+    }
+
+    /// Where the manager's stderr (its tracing log) goes: appended across restarts.
+    pub fn log_path(&self) -> PathBuf {
+        self.root.path().join("manager.log")
+    }
+
+    fn log_file(&self) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open manager.log")
+    }
+
+    /// Everything the manager logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
     /// `kill -9` the manager (its VMs keep running).

@@ -67,7 +67,10 @@ impl ManifestCache {
 
 /// Parses and seals `secretEnv`; returns the sealed bytes and the key names.
 pub fn seal_secrets(state: &AppState, entries: &[String]) -> Result<(Vec<u8>, Vec<String>), ApiError> {
-    let env = SecretEnv::parse(entries).map_err(|m| ApiError::BadRequest(format!("invalid field `{m}")))?;
+    let env = SecretEnv::parse(entries).map_err(|m| match m.split_once(": ") {
+        Some((field, why)) => ApiError::BadRequest(format!("invalid field `{field}`: {why}")),
+        None => ApiError::BadRequest(format!("invalid field `secretEnv`: {m}")),
+    })?;
     let Some(sealer) = &state.secrets else {
         return Err(ApiError::BadRequest(
             "invalid field `secretEnv`: the manager has no VM_SECRET_KEY, so it cannot store secrets".into(),
@@ -579,6 +582,10 @@ async fn call_inner(
             });
         }
     };
+    let failed = result.timed_out || result.error.is_some() || result.exit_code != Some(0);
+    if failed && !matches!(state.store.get_vm(&provider_vm.id), Ok(Some(vm)) if vm.state == VmState::Running) {
+        return Err(ApiError::Conflict(format!("peer {:?}: provider VM stopped during the call", link.alias)));
+    }
     if result.timed_out {
         return Err(ApiError::Timeout(format!("export {} timed out after {} ms", export.name, export.timeout_ms())));
     }
