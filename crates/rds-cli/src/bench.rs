@@ -1,5 +1,6 @@
 //! `rds bench create`: create → first exec latency, and exec round-trips through the manager
-//! versus straight to the agent's socket, measured in the same run. Prints one JSON line last.
+//! versus straight to the agent's socket, measured in the same run. `rds bench peers`: see
+//! [`crate::bench_peers`]. Each prints one JSON line last.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,8 +14,8 @@ use serde_json::{json, Value};
 /// Flags of `rds bench`.
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// What to measure (only `create`).
-    #[arg(value_parser = ["create"])]
+    /// What to measure: `create` or `peers`.
+    #[arg(value_parser = ["create", "peers"])]
     what: String,
     /// Use a running manager instead of starting one.
     #[arg(long, requires = "api_key")]
@@ -64,6 +65,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .timeout(Duration::from_secs(60))
         .build();
     let api = Api { agent, url, key };
+    if args.what == "peers" {
+        return crate::bench_peers::run(&api, &storage_root, args.execs);
+    }
 
     let mut create_ms = Vec::with_capacity(args.vms);
     for _ in 0..args.vms {
@@ -107,14 +111,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct Api {
-    agent: ureq::Agent,
-    url: String,
-    key: String,
+/// A small blocking client for the manager API.
+pub struct Api {
+    pub agent: ureq::Agent,
+    pub url: String,
+    pub key: String,
 }
 
 impl Api {
-    fn create_vm(&self) -> anyhow::Result<String> {
+    pub fn create_vm(&self) -> anyhow::Result<String> {
         let resp = self
             .agent
             .post(&format!("{}/v1/vms", self.url))
@@ -128,7 +133,7 @@ impl Api {
             .context("create returned no id")
     }
 
-    fn exec(&self, id: &str, cmd: &str) -> anyhow::Result<()> {
+    pub fn exec(&self, id: &str, cmd: &str) -> anyhow::Result<()> {
         let r: Value = self
             .agent
             .post(&format!("{}/v1/vms/{id}/exec", self.url))
@@ -142,7 +147,7 @@ impl Api {
         Ok(())
     }
 
-    fn delete_vm(&self, id: &str) -> anyhow::Result<()> {
+    pub fn delete_vm(&self, id: &str) -> anyhow::Result<()> {
         self.agent
             .delete(&format!("{}/v1/vms/{id}", self.url))
             .set("X-API-Key", &self.key)
@@ -152,7 +157,8 @@ impl Api {
     }
 }
 
-fn describe(e: ureq::Error) -> anyhow::Error {
+/// Turns an HTTP error status into a readable error.
+pub fn describe(e: ureq::Error) -> anyhow::Error {
     match e {
         ureq::Error::Status(code, r) => {
             anyhow::anyhow!("HTTP {code}: {}", r.into_string().unwrap_or_default())
@@ -213,6 +219,8 @@ fn start_manager() -> anyhow::Result<(OwnManager, String, String, PathBuf)> {
         .env("API_KEY", &key)
         .env("RATE_LIMIT_PER_MIN", "0")
         .env("MAX_VMS", "100")
+        .env("VM_SECRET_KEY", format!("bench-{:032x}", rand::random::<u128>()))
+        .env("PEER_CALLS_PER_MIN", "0")
         // Its own cgroup parent: a bench manager must never reap the VMs of a real one on this host.
         .env("RDS_CGROUP_GROUP", format!("rds-bench-{port}"))
         .stdout(Stdio::null())
@@ -238,16 +246,18 @@ fn start_manager() -> anyhow::Result<(OwnManager, String, String, PathBuf)> {
     Ok((own, url, key, root))
 }
 
-fn ms(d: Duration) -> f64 {
+/// Milliseconds as a float.
+pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn round(v: f64) -> f64 {
+/// Rounds to microseconds.
+pub fn round(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
 /// p50 and p95 (nearest rank) of the samples.
-fn percentiles(samples: &mut [f64]) -> Value {
+pub fn percentiles(samples: &mut [f64]) -> Value {
     samples.sort_by(|a, b| a.total_cmp(b));
     let at = |p: f64| {
         if samples.is_empty() {

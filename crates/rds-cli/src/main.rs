@@ -1,6 +1,7 @@
 //! `rds`: the run-dat-sheesh binary. It only wires flags to the libraries.
 
 mod bench;
+mod bench_peers;
 mod serve;
 
 use clap::{Parser, Subcommand};

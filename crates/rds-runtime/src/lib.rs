@@ -1,5 +1,5 @@
 //! The [`Runtime`] trait — the seam between the manager and the things that run guests — and its
-//! implementations: [`sandbox`] (Linux namespaces) today; firecracker and qemu behind the same trait.
+//! implementations: [`sandbox`] (Linux namespaces) and [`qemu`] (QEMU microvm); firecracker behind the same trait.
 //!
 //! A runtime starts, stops, destroys and probes VMs. Whatever it is, it exposes the guest agent as a
 //! host Unix socket speaking the hybrid-vsock handshake ([`Runtime::agent_socket`]), so the manager
@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod cgroup;
 pub mod process;
+pub mod qemu;
 pub mod sandbox;
 
 pub use process::process_start_time;

@@ -1,0 +1,769 @@
+//! The qemu runtime: the real guest image (kernel, initramfs, ext4 rootfs, agent as PID 1) on
+//! QEMU's `microvm` machine, with KVM when it can run a guest and TCG emulation otherwise.
+//!
+//! Layout of one VM, `<storage_root>/vms/<id>/` (0700, root):
+//!
+//! | entry | what |
+//! |---|---|
+//! | `overlay.ext4` | sparse ext4 disk (label `rds-overlay`) holding the guest's writes, `/workspace` included; kept across stop/start |
+//! | `vsock.sock` | hybrid-vsock socket of `vhost-device-vsock`: the host end of the agent ([`Runtime::agent_socket`]) |
+//! | `vsock.sock_<port>` | guest→host connections to `<port>` arrive here; the manager binds `vsock.sock_1025` (bridge) |
+//! | `vhost-user.sock` | vhost-user control socket between QEMU and `vhost-device-vsock` |
+//! | `qmp.sock` | QEMU's QMP control socket |
+//! | `processes.json` | pids + start times of QEMU and the vsock backend (also in [`VmHandle::extra`]) |
+//! | `console.log` | serial console, QEMU's and the backend's stderr (rotated past 1 MiB at start) |
+//!
+//! Both processes run in their own session so a manager restart leaves them running; the
+//! [`VmHandle`] (QEMU's pid + start time, plus the backend's in `extra`) re-adopts them.
+//! Networking is not wired yet: the VM has no network device ([`network_args`] is the seam).
+
+mod accel;
+pub mod qmp;
+
+use std::collections::HashSet;
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use rds_proto::{AGENT_VSOCK_PORT, BRIDGE_VSOCK_PORT};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::OnceCell;
+
+pub use accel::{Accel, AccelChoice};
+
+use crate::process::{is_same_process_alive, process_start_time, signal_if_same, wait_gone};
+use crate::{check_vm_id, Liveness, Runtime, RuntimeError, RuntimeKind, VmHandle, VmSpec};
+
+/// The guest's vsock CID. Each VM has its own backend process, so CIDs never meet.
+pub const GUEST_CID: u32 = 3;
+/// ext4 label of the per-VM overlay disk; the initramfs finds it through `rds.overlay=`.
+pub const OVERLAY_LABEL: &str = "rds-overlay";
+/// Smallest memory size accepted (kernel + initramfs + agent).
+const MIN_MEM_MB: u32 = 128;
+/// How long the vsock backend gets to create its vhost-user socket.
+const BACKEND_READY: Duration = Duration::from_secs(5);
+/// How long the guest gets to power off after the agent was asked to shut down.
+const GRACEFUL_STOP: Duration = Duration::from_secs(15);
+/// How long QEMU gets to exit after QMP `quit` / SIGKILL.
+const FORCED_STOP: Duration = Duration::from_secs(3);
+/// Pause between agent handshake attempts while the guest boots.
+const AGENT_RETRY: Duration = Duration::from_millis(50);
+/// How long `probe` waits for the agent's handshake.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Console log size past which `start` rotates it.
+const CONSOLE_CAP: u64 = 1024 * 1024;
+/// How much of the console log a boot error quotes.
+const CONSOLE_TAIL: u64 = 3072;
+
+/// Settings of the qemu runtime.
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    /// The manager's storage root; VMs live in `<storage_root>/vms/<id>/`.
+    pub storage_root: PathBuf,
+    /// `qemu-system-x86_64`.
+    pub qemu_bin: PathBuf,
+    /// `vhost-device-vsock`.
+    pub vsock_backend_bin: PathBuf,
+    /// The guest kernel (bzImage, `vmlinuz` of the image).
+    pub kernel: PathBuf,
+    /// The image's initramfs (`initrd.img`).
+    pub initrd: PathBuf,
+    /// The read-only base root filesystem (`rootfs.ext4`), shared by all VMs.
+    pub base_rootfs: PathBuf,
+    /// Size of each VM's sparse overlay disk in MiB.
+    pub overlay_size_mb: u64,
+    /// KVM, TCG or probe.
+    pub accel: AccelChoice,
+    /// How long `start` waits for the agent (TCG boots take seconds).
+    pub boot_timeout: Duration,
+}
+
+impl QemuConfig {
+    /// Defaults for an image directory as `rds-image` writes it (`vmlinuz`, `initrd.img`, `rootfs.ext4`).
+    pub fn from_image_dir(storage_root: PathBuf, image_dir: &Path) -> Self {
+        QemuConfig {
+            storage_root,
+            qemu_bin: PathBuf::from("qemu-system-x86_64"),
+            vsock_backend_bin: PathBuf::from("vhost-device-vsock"),
+            kernel: image_dir.join("vmlinuz"),
+            initrd: image_dir.join("initrd.img"),
+            base_rootfs: image_dir.join("rootfs.ext4"),
+            overlay_size_mb: 4096,
+            accel: AccelChoice::Auto,
+            boot_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Host processes of one running VM, persisted in `processes.json` and in the handle's `extra`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VmProcesses {
+    /// QEMU's pid.
+    pub qemu_pid: i32,
+    /// QEMU's start time.
+    pub qemu_start_time: u64,
+    /// `vhost-device-vsock`'s pid.
+    pub backend_pid: i32,
+    /// Its start time.
+    pub backend_start_time: u64,
+    /// The accelerator QEMU runs with.
+    pub accel: Accel,
+    /// The guest's vsock CID.
+    pub cid: u32,
+}
+
+/// The QEMU `microvm` runtime.
+pub struct QemuRuntime {
+    cfg: QemuConfig,
+    accel: OnceCell<Accel>,
+}
+
+/// Paths of one VM.
+struct VmPaths {
+    dir: PathBuf,
+    overlay: PathBuf,
+    vsock: PathBuf,
+    vhost_user: PathBuf,
+    qmp: PathBuf,
+    processes: PathBuf,
+    console: PathBuf,
+}
+
+impl VmPaths {
+    /// Sockets that only live while the VM runs (the manager owns `vsock.sock_1025`).
+    fn runtime_sockets(&self) -> [&Path; 3] {
+        [&self.vsock, &self.vhost_user, &self.qmp]
+    }
+}
+
+/// Spawned-but-not-yet-adopted processes of a starting VM, killed if the start fails.
+#[derive(Default)]
+struct Starting {
+    backend: Option<tokio::process::Child>,
+    qemu: Option<tokio::process::Child>,
+}
+
+impl Starting {
+    async fn kill(&mut self) {
+        for child in [self.qemu.as_mut(), self.backend.as_mut()].into_iter().flatten() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+}
+
+impl QemuRuntime {
+    /// Creates the runtime after checking that its programs and image files exist.
+    pub fn new(cfg: QemuConfig) -> Result<Self, RuntimeError> {
+        for (what, path) in [("kernel", &cfg.kernel), ("initrd", &cfg.initrd), ("base rootfs", &cfg.base_rootfs)] {
+            if !path.is_file() {
+                return Err(RuntimeError::InvalidSpec(format!("the guest {what} {} is not a file", path.display())));
+            }
+        }
+        let mut cfg = cfg;
+        for (what, bin) in [("QEMU", &mut cfg.qemu_bin), ("vsock backend", &mut cfg.vsock_backend_bin)] {
+            // Resolved now: the processes are spawned with a minimal environment.
+            *bin = find_program(bin).ok_or_else(|| {
+                RuntimeError::InvalidSpec(format!(
+                    "the {what} {} was not found (install qemu-system-x86 / `cargo install --locked vhost-device-vsock`)",
+                    bin.display()
+                ))
+            })?;
+        }
+        Ok(QemuRuntime { cfg, accel: OnceCell::new() })
+    }
+
+    /// The directory holding everything of VM `id`.
+    pub fn vm_dir(&self, id: &str) -> PathBuf {
+        // Path getters cannot fail; an invalid id maps to a name no valid id can produce.
+        let name = if crate::is_valid_vm_id(id) { id } else { ".invalid-id" };
+        self.cfg.storage_root.join("vms").join(name)
+    }
+
+    /// The accelerator VMs of this runtime use (probed once when `Auto`).
+    pub async fn accel(&self) -> Accel {
+        *self
+            .accel
+            .get_or_init(|| async {
+                match self.cfg.accel {
+                    AccelChoice::Kvm => Accel::Kvm,
+                    AccelChoice::Tcg => Accel::Tcg,
+                    AccelChoice::Auto => {
+                        if accel::kvm_boots(&self.cfg.qemu_bin, &self.cfg.kernel).await {
+                            Accel::Kvm
+                        } else {
+                            tracing::info!("KVM cannot boot a guest here; QEMU VMs use TCG emulation");
+                            Accel::Tcg
+                        }
+                    }
+                }
+            })
+            .await
+    }
+
+    fn paths(&self, id: &str) -> VmPaths {
+        let dir = self.vm_dir(id);
+        VmPaths {
+            overlay: dir.join("overlay.ext4"),
+            vsock: dir.join("vsock.sock"),
+            vhost_user: dir.join("vhost-user.sock"),
+            qmp: dir.join("qmp.sock"),
+            processes: dir.join("processes.json"),
+            console: dir.join("console.log"),
+            dir,
+        }
+    }
+
+    /// Creates the VM directory and, on first start, its overlay disk.
+    async fn prepare(&self, p: &VmPaths) -> Result<(), RuntimeError> {
+        for (dir, mode) in [(self.cfg.storage_root.join("vms"), 0o700), (p.dir.clone(), 0o700)] {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(&dir)
+                .and_then(|_| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)))
+                .map_err(|e| RuntimeError::io(format!("cannot create {}", dir.display()), e))?;
+        }
+        if std::fs::metadata(&p.console).is_ok_and(|m| m.len() > CONSOLE_CAP) {
+            let _ = std::fs::rename(&p.console, p.dir.join("console.log.old"));
+        }
+        for sock in p.runtime_sockets() {
+            remove_if_present(sock)?;
+        }
+        if !p.overlay.exists() {
+            create_overlay(&p.overlay, self.cfg.overlay_size_mb).await?;
+        }
+        Ok(())
+    }
+
+    fn console_file(&self, p: &VmPaths) -> Result<(File, File), RuntimeError> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&p.console)
+            .map_err(|e| RuntimeError::io(format!("cannot open {}", p.console.display()), e))?;
+        let log2 = log.try_clone().map_err(|e| RuntimeError::io("cannot duplicate the console log fd", e))?;
+        Ok((log, log2))
+    }
+
+    /// Starts `vhost-device-vsock` for this VM and waits for its vhost-user socket.
+    async fn spawn_backend(&self, p: &VmPaths, starting: &mut Starting) -> Result<(), RuntimeError> {
+        let (out, err) = self.console_file(p)?;
+        let mut cmd = detached(&self.cfg.vsock_backend_bin);
+        cmd.arg("--guest-cid")
+            .arg(GUEST_CID.to_string())
+            .arg("--socket")
+            .arg(&p.vhost_user)
+            .arg("--uds-path")
+            .arg(&p.vsock)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err));
+        let child = starting.backend.insert(
+            cmd.spawn()
+                .map_err(|e| RuntimeError::Boot(format!("cannot run {}: {e}", self.cfg.vsock_backend_bin.display())))?,
+        );
+        let end = tokio::time::Instant::now() + BACKEND_READY;
+        while !p.vhost_user.exists() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(RuntimeError::Boot(format!("vhost-device-vsock exited at start ({status})")));
+            }
+            if tokio::time::Instant::now() >= end {
+                return Err(RuntimeError::Boot(format!("vhost-device-vsock did not create {}", p.vhost_user.display())));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    /// QEMU's command line for `spec`.
+    fn qemu_args(&self, spec: &VmSpec, p: &VmPaths, accel: Accel) -> Vec<String> {
+        let base = spec.rootfs.as_deref().unwrap_or(&self.cfg.base_rootfs);
+        let mut cmdline = vec![
+            "console=ttyS0".to_string(),
+            "reboot=t".into(),
+            "panic=-1".into(),
+            "quiet".into(),
+            format!("rds.hostname={}", spec.hostname),
+            format!("rds.overlay={OVERLAY_LABEL}"),
+        ];
+        if accel == Accel::Tcg {
+            // Without a preset delay loop, TCG guests hang calibrating it (no timer interrupts yet).
+            cmdline.extend(["lpj=4000000".into(), "no_timer_check".into()]);
+        }
+        let mem = spec.mem_mb;
+        let mut args: Vec<String> = vec![
+            "-name".into(),
+            format!("rds-{}", spec.id),
+            "-machine".into(),
+            "microvm,pit=on,pic=on,rtc=on,memory-backend=mem".into(),
+            "-accel".into(),
+            accel.as_str().into(),
+        ];
+        if accel == Accel::Kvm {
+            args.extend(["-cpu".into(), "host".into()]);
+        }
+        args.extend([
+            "-smp".into(),
+            spec.cpu.to_string(),
+            "-m".into(),
+            format!("{mem}M"),
+            // vhost-user needs guest memory the backend can map: a shared memfd.
+            "-object".into(),
+            format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-display".into(),
+            "none".into(),
+            "-no-reboot".into(),
+            "-kernel".into(),
+            path_arg(&self.cfg.kernel),
+            "-initrd".into(),
+            path_arg(&self.cfg.initrd),
+            "-append".into(),
+            cmdline.join(" "),
+            "-chardev".into(),
+            format!("file,id=console,path={},append=on", qemu_path(&p.console)),
+            "-serial".into(),
+            "chardev:console".into(),
+            "-drive".into(),
+            format!("if=none,id=base,format=raw,readonly=on,file={}", qemu_path(base)),
+            "-device".into(),
+            "virtio-blk-device,drive=base".into(),
+            "-drive".into(),
+            format!("if=none,id=overlay,format=raw,file={}", qemu_path(&p.overlay)),
+            "-device".into(),
+            "virtio-blk-device,drive=overlay".into(),
+            "-chardev".into(),
+            format!("socket,id=vsock,path={}", qemu_path(&p.vhost_user)),
+            "-device".into(),
+            "vhost-user-vsock-device,chardev=vsock".into(),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", qemu_path(&p.qmp)),
+        ]);
+        args.extend(network_args(spec));
+        args
+    }
+
+    async fn start_inner(&self, spec: &VmSpec, p: &VmPaths, starting: &mut Starting) -> Result<VmHandle, RuntimeError> {
+        self.prepare(p).await?;
+        let accel = self.accel().await;
+        self.spawn_backend(p, starting).await?;
+        let (out, err) = self.console_file(p)?;
+        let mut cmd = detached(&self.cfg.qemu_bin);
+        cmd.args(self.qemu_args(spec, p, accel)).stdout(Stdio::from(out)).stderr(Stdio::from(err));
+        let qemu = starting
+            .qemu
+            .insert(cmd.spawn().map_err(|e| RuntimeError::Boot(format!("cannot run {}: {e}", self.cfg.qemu_bin.display())))?);
+
+        let exited = || RuntimeError::Boot("QEMU exited immediately".into());
+        let qemu_pid = qemu.id().ok_or_else(exited)? as i32;
+        let qemu_start_time = process_start_time(qemu_pid).ok_or_else(exited)?;
+        let backend = starting.backend.as_ref().expect("backend spawned first");
+        let backend_pid = backend.id().ok_or_else(|| RuntimeError::Boot("vhost-device-vsock exited".into()))? as i32;
+        let backend_start_time =
+            process_start_time(backend_pid).ok_or_else(|| RuntimeError::Boot("vhost-device-vsock exited".into()))?;
+        let procs = VmProcesses { qemu_pid, qemu_start_time, backend_pid, backend_start_time, accel, cid: GUEST_CID };
+        // Written before waiting for the guest, so a manager crash mid-boot still leaves a record.
+        let json = serde_json::to_vec(&procs).expect("processes serialise");
+        std::fs::write(&p.processes, json).map_err(|e| RuntimeError::io(format!("cannot write {}", p.processes.display()), e))?;
+
+        let qemu = starting.qemu.as_mut().expect("just inserted");
+        tokio::select! {
+            ready = wait_for_agent(&p.vsock, self.cfg.boot_timeout) => {
+                ready.map_err(|e| RuntimeError::Boot(format!("agent did not come up within {:?} ({}): {e}", self.cfg.boot_timeout, accel.as_str())))?;
+            }
+            status = qemu.wait() => {
+                let status = status.map_err(|e| RuntimeError::io("cannot wait for QEMU", e))?;
+                return Err(RuntimeError::Boot(format!("QEMU exited during boot ({status})")));
+            }
+        }
+        Ok(VmHandle {
+            pid: qemu_pid,
+            start_time: qemu_start_time,
+            extra: serde_json::to_value(&procs).expect("processes serialise"),
+        })
+    }
+
+    /// The VM's processes: from the handle, else from `processes.json`.
+    fn processes(&self, id: &str, handle: Option<&VmHandle>) -> Option<VmProcesses> {
+        if let Some(procs) = handle.and_then(|h| serde_json::from_value::<VmProcesses>(h.extra.clone()).ok()) {
+            return Some(procs);
+        }
+        let text = std::fs::read(self.paths(id).processes).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// Asks the guest to shut down (agent `POST /shutdown`, then ACPI power button), waits, then
+    /// forces QEMU down (QMP `quit`, SIGKILL) and ends the vsock backend.
+    async fn stop_processes(&self, p: &VmPaths, procs: &VmProcesses) -> Result<(), RuntimeError> {
+        let (pid, st) = (procs.qemu_pid, procs.qemu_start_time);
+        if is_same_process_alive(pid, st) {
+            let asked = request_agent_shutdown(&p.vsock).await;
+            if !asked {
+                let _ = qmp::execute(&p.qmp, "system_powerdown", Duration::from_secs(2)).await;
+            }
+            if !wait_gone(pid, st, GRACEFUL_STOP).await {
+                tracing::warn!(pid, "guest did not power off; forcing QEMU down");
+                let _ = qmp::execute(&p.qmp, "quit", Duration::from_secs(2)).await;
+                if !wait_gone(pid, st, FORCED_STOP).await {
+                    signal_if_same(pid, st, Signal::SIGKILL);
+                    if !wait_gone(pid, st, FORCED_STOP).await {
+                        return Err(RuntimeError::Stop(format!("QEMU pid {pid} survived SIGKILL")));
+                    }
+                }
+            }
+        }
+        let (bpid, bst) = (procs.backend_pid, procs.backend_start_time);
+        if signal_if_same(bpid, bst, Signal::SIGTERM) && !wait_gone(bpid, bst, FORCED_STOP).await {
+            signal_if_same(bpid, bst, Signal::SIGKILL);
+            if !wait_gone(bpid, bst, FORCED_STOP).await {
+                return Err(RuntimeError::Stop(format!("vhost-device-vsock pid {bpid} survived SIGKILL")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A command that runs in its own session (survives the manager) with an empty environment.
+fn detached(program: &Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.env_clear()
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .kill_on_drop(false);
+    // SAFETY: setsid is async-signal-safe and the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// Network devices for the VM. None yet: TAP networking plugs in here.
+fn network_args(_spec: &VmSpec) -> Vec<String> {
+    Vec::new()
+}
+
+/// A path as one QEMU option value: commas are doubled, QEMU's escape inside option strings.
+fn qemu_path(path: &Path) -> String {
+    path.to_string_lossy().replace(',', ",,")
+}
+
+fn path_arg(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+/// `program` if it is a path to a file, else its location on `PATH`.
+fn find_program(program: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return program.is_file().then(|| program.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/local/bin"), dirs_home_cargo_bin()])
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// `$HOME/.cargo/bin`, where `cargo install` puts vhost-device-vsock.
+fn dirs_home_cargo_bin() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root")).join(".cargo/bin")
+}
+
+/// Creates a sparse overlay disk of `size_mb` MiB and formats it ext4 (labelled [`OVERLAY_LABEL`]).
+async fn create_overlay(path: &Path, size_mb: u64) -> Result<(), RuntimeError> {
+    let partial = path.with_extension("ext4.partial");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&partial)
+        .map_err(|e| RuntimeError::io(format!("cannot create {}", partial.display()), e))?;
+    file.set_len(size_mb * 1024 * 1024).map_err(|e| RuntimeError::io(format!("cannot size {}", partial.display()), e))?;
+    drop(file);
+    let out = tokio::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", OVERLAY_LABEL, "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
+        .arg(&partial)
+        .output()
+        .await
+        .map_err(|e| RuntimeError::io("cannot run mkfs.ext4 (install e2fsprogs)", e))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&partial);
+        return Err(RuntimeError::Boot(format!(
+            "mkfs.ext4 {} failed: {}",
+            partial.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    std::fs::rename(&partial, path).map_err(|e| RuntimeError::io(format!("cannot rename {}", partial.display()), e))
+}
+
+/// Retries the agent handshake until it succeeds or `limit` passes. Until the guest listens,
+/// vhost-device-vsock accepts and then closes, which shows up as any I/O error (EPIPE, EOF, reset),
+/// so every error counts as "not yet" here.
+async fn wait_for_agent(vsock: &Path, limit: Duration) -> Result<(), rds_vsock::ConnectError> {
+    let end = tokio::time::Instant::now() + limit;
+    loop {
+        let left = end.saturating_duration_since(tokio::time::Instant::now());
+        match rds_vsock::connect(vsock, AGENT_VSOCK_PORT, left.max(Duration::from_millis(1))).await {
+            Ok(_) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() + AGENT_RETRY >= end => return Err(e),
+            Err(_) => tokio::time::sleep(AGENT_RETRY).await,
+        }
+    }
+}
+
+/// `POST /shutdown` to the agent; true when it accepted.
+async fn request_agent_shutdown(vsock: &Path) -> bool {
+    let attempt = async {
+        let mut s = rds_vsock::connect(vsock, AGENT_VSOCK_PORT, Duration::from_secs(2)).await.ok()?;
+        let req = "POST /shutdown HTTP/1.1\r\nHost: agent\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.ok()?;
+        Some(head.starts_with(b"HTTP/1.1 2"))
+    };
+    matches!(tokio::time::timeout(Duration::from_secs(3), attempt).await, Ok(Some(true)))
+}
+
+fn remove_if_present(path: &Path) -> Result<(), RuntimeError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(RuntimeError::io(format!("cannot remove {}", path.display()), e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Reads the last `CONSOLE_TAIL` bytes of a console log for error messages.
+fn console_tail(path: &Path) -> String {
+    let Ok(mut f) = File::open(path) else { return String::new() };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(CONSOLE_TAIL)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).trim().to_string()
+}
+
+fn check_spec(spec: &VmSpec) -> Result<(), RuntimeError> {
+    check_vm_id(&spec.id)?;
+    if spec.cpu == 0 || spec.cpu > 64 {
+        return Err(RuntimeError::InvalidSpec("cpu must be between 1 and 64".into()));
+    }
+    if spec.mem_mb < MIN_MEM_MB {
+        return Err(RuntimeError::InvalidSpec(format!("memMb must be at least {MIN_MEM_MB} for a QEMU VM")));
+    }
+    let h = &spec.hostname;
+    if h.is_empty() || h.len() > 64 || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+        return Err(RuntimeError::InvalidSpec(format!("hostname {h:?} must match [A-Za-z0-9.-]{{1,64}}")));
+    }
+    if let Some(rootfs) = &spec.rootfs {
+        if !rootfs.is_absolute() || !rootfs.is_file() {
+            return Err(RuntimeError::InvalidSpec(format!("rootfs {} is not an ext4 image file", rootfs.display())));
+        }
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Runtime for QemuRuntime {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Qemu
+    }
+
+    fn isolation(&self) -> &'static str {
+        "microvm"
+    }
+
+    async fn start(&self, spec: &VmSpec) -> Result<VmHandle, RuntimeError> {
+        check_spec(spec)?;
+        let p = self.paths(&spec.id);
+        let dir_existed = p.dir.exists();
+        let mut starting = Starting::default();
+        match self.start_inner(spec, &p, &mut starting).await {
+            Ok(handle) => {
+                // Reap both when they exit; dropping the runtime leaves them running.
+                for mut child in [starting.qemu.take(), starting.backend.take()].into_iter().flatten() {
+                    tokio::spawn(async move {
+                        let _ = child.wait().await;
+                    });
+                }
+                Ok(handle)
+            }
+            Err(e) => {
+                let tail = console_tail(&p.console);
+                starting.kill().await;
+                for sock in p.runtime_sockets() {
+                    let _ = std::fs::remove_file(sock);
+                }
+                let _ = std::fs::remove_file(&p.processes);
+                if !dir_existed {
+                    let _ = std::fs::remove_dir_all(&p.dir);
+                }
+                Err(match e {
+                    RuntimeError::Boot(msg) if !tail.is_empty() => RuntimeError::Boot(format!("{msg}; console:\n{tail}")),
+                    other => other,
+                })
+            }
+        }
+    }
+
+    async fn stop(&self, id: &str, handle: &VmHandle) -> Result<(), RuntimeError> {
+        check_vm_id(id)?;
+        let p = self.paths(id);
+        if let Some(procs) = self.processes(id, Some(handle)) {
+            self.stop_processes(&p, &procs).await?;
+        } else if signal_if_same(handle.pid, handle.start_time, Signal::SIGKILL) {
+            // A handle without extras: at least QEMU goes.
+            wait_gone(handle.pid, handle.start_time, FORCED_STOP).await;
+        }
+        for sock in p.runtime_sockets() {
+            remove_if_present(sock)?;
+        }
+        remove_if_present(&p.processes)
+    }
+
+    async fn destroy(&self, id: &str, handle: Option<&VmHandle>) -> Result<(), RuntimeError> {
+        check_vm_id(id)?;
+        let p = self.paths(id);
+        if let Some(procs) = self.processes(id, handle) {
+            self.stop_processes(&p, &procs).await?;
+        }
+        match std::fs::remove_dir_all(&p.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(RuntimeError::io(format!("cannot remove {}", p.dir.display()), e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn probe(&self, id: &str, handle: &VmHandle) -> Liveness {
+        if !crate::is_valid_vm_id(id) {
+            return Liveness::Dead(format!("invalid VM id {id:?}"));
+        }
+        if !is_same_process_alive(handle.pid, handle.start_time) {
+            return Liveness::Dead(match process_start_time(handle.pid) {
+                Some(_) => format!("pid {} now belongs to another process (or exited)", handle.pid),
+                None => format!("QEMU pid {} is gone", handle.pid),
+            });
+        }
+        match rds_vsock::connect(&self.agent_socket(id), AGENT_VSOCK_PORT, PROBE_TIMEOUT).await {
+            Ok(_) => Liveness::Alive,
+            Err(e) => Liveness::Dead(format!("agent not answering: {e}")),
+        }
+    }
+
+    fn agent_socket(&self, id: &str) -> PathBuf {
+        self.paths(id).vsock
+    }
+
+    fn bridge_socket(&self, id: &str) -> PathBuf {
+        rds_vsock::host_side_path(&self.paths(id).vsock, BRIDGE_VSOCK_PORT)
+    }
+
+    fn console_log(&self, id: &str) -> PathBuf {
+        self.paths(id).console
+    }
+
+    async fn oom_kills(&self, _id: &str) -> Option<u64> {
+        // OOM kills happen inside the guest kernel; the host cannot count them.
+        None
+    }
+
+    async fn remove_orphans(&self, known: &HashSet<String>) -> Vec<String> {
+        let mut removed = Vec::new();
+        let Ok(entries) = std::fs::read_dir(self.cfg.storage_root.join("vms")) else { return removed };
+        let mut ids: Vec<String> = entries.flatten().filter_map(|e| e.file_name().to_str().map(String::from)).collect();
+        ids.sort();
+        for id in ids {
+            // Never touch names this runtime could not have created.
+            if known.contains(&id) || !crate::is_valid_vm_id(&id) {
+                continue;
+            }
+            match self.destroy(&id, None).await {
+                Ok(()) => removed.push(id),
+                Err(e) => tracing::warn!(vm = %id, error = %e, "could not remove orphaned QEMU VM"),
+            }
+        }
+        removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> QemuRuntime {
+        let cfg = QemuConfig::from_image_dir(PathBuf::from("/var/lib/rds"), Path::new("/img"));
+        QemuRuntime { cfg, accel: OnceCell::new() }
+    }
+
+    fn spec() -> VmSpec {
+        VmSpec { id: "vm-1".into(), cpu: 2, mem_mb: 512, rootfs: None, hostname: "box".into() }
+    }
+
+    #[test]
+    fn tcg_command_line_presets_the_delay_loop_and_kvm_does_not() {
+        let rt = runtime();
+        let p = rt.paths("vm-1");
+        let tcg = rt.qemu_args(&spec(), &p, Accel::Tcg).join(" ");
+        assert!(tcg.contains("-accel tcg") && tcg.contains("lpj=4000000 no_timer_check"), "{tcg}");
+        assert!(tcg.contains("memory-backend-memfd,id=mem,size=512M,share=on"), "{tcg}");
+        assert!(tcg.contains("rds.overlay=rds-overlay") && tcg.contains("rds.hostname=box"), "{tcg}");
+        assert!(tcg.contains("-no-reboot") && tcg.contains("reboot=t"), "{tcg}");
+        let kvm = rt.qemu_args(&spec(), &p, Accel::Kvm).join(" ");
+        assert!(kvm.contains("-accel kvm") && !kvm.contains("lpj="), "{kvm}");
+    }
+
+    #[test]
+    fn bridge_socket_is_the_guest_to_host_path_for_port_1025() {
+        let rt = runtime();
+        assert_eq!(rt.bridge_socket("vm-1"), PathBuf::from("/var/lib/rds/vms/vm-1/vsock.sock_1025"));
+        assert_eq!(rt.agent_socket("vm-1"), PathBuf::from("/var/lib/rds/vms/vm-1/vsock.sock"));
+    }
+
+    #[test]
+    fn qemu_option_values_escape_commas() {
+        assert_eq!(qemu_path(Path::new("/a,b/c")), "/a,,b/c");
+    }
+
+    #[test]
+    fn spec_checks_reject_tiny_memory_and_directory_rootfs() {
+        let mut s = spec();
+        s.mem_mb = 64;
+        assert!(matches!(check_spec(&s), Err(RuntimeError::InvalidSpec(_))));
+        let mut s = spec();
+        s.rootfs = Some(PathBuf::from("/"));
+        assert!(matches!(check_spec(&s), Err(RuntimeError::InvalidSpec(_))));
+        assert!(check_spec(&spec()).is_ok());
+    }
+
+    #[test]
+    fn processes_round_trip_through_the_handle_extra() {
+        let procs = VmProcesses {
+            qemu_pid: 10,
+            qemu_start_time: 20,
+            backend_pid: 11,
+            backend_start_time: 21,
+            accel: Accel::Tcg,
+            cid: GUEST_CID,
+        };
+        let value = serde_json::to_value(&procs).unwrap();
+        assert_eq!(value["accel"], "tcg");
+        let handle = VmHandle { pid: 10, start_time: 20, extra: value };
+        assert_eq!(runtime().processes("vm-1", Some(&handle)), Some(procs));
+    }
+}
