@@ -84,6 +84,29 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX peer_calls_consumer_idx ON peer_calls (consumer_vm_id, created_at);
     CREATE INDEX peer_calls_provider_idx ON peer_calls (provider_vm_id, created_at);
     "#,
+    // 3: per-VM network slot and egress policy; guest images and manager settings.
+    r#"
+    ALTER TABLE vms ADD COLUMN net_slot INTEGER;
+    ALTER TABLE vms ADD COLUMN egress_policy_json TEXT;
+    CREATE UNIQUE INDEX vms_net_slot_idx ON vms (net_slot) WHERE net_slot IS NOT NULL;
+    CREATE TABLE images (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        kernel_bytes INTEGER,
+        initrd_bytes INTEGER,
+        rootfs_bytes INTEGER,
+        kernel_uploaded_at INTEGER,
+        initrd_uploaded_at INTEGER,
+        rootfs_uploaded_at INTEGER,
+        manifest_json TEXT
+    );
+    CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.
