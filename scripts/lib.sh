@@ -46,3 +46,10 @@ ensure_interpreters() {
     deno --version >/dev/null || die "deno did not install"
   fi
 }
+
+# The qemu runtime's vsock backend (rust-vmm's vhost-device-vsock, from crates.io).
+ensure_vhost_device_vsock() {
+  command -v vhost-device-vsock >/dev/null && return 0
+  step "installing vhost-device-vsock"
+  cargo install --locked vhost-device-vsock
+}

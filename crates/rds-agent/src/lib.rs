@@ -8,6 +8,7 @@ pub mod bench;
 pub mod exec;
 pub mod files;
 pub mod init;
+pub mod loop_device;
 pub mod run;
 pub mod sandbox;
 pub mod server;

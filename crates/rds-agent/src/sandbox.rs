@@ -21,7 +21,7 @@ use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, pivot_root, sethostname, ForkResult, Pid};
-use rds_proto::sandbox::{SandboxSpec, SANDBOX_BRIDGE_DIR, SANDBOX_SPEC_ENV};
+use rds_proto::sandbox::{SandboxSpec, MAX_RESOLV_CONF_BYTES, SANDBOX_BRIDGE_DIR, SANDBOX_SPEC_ENV};
 
 use crate::init::{supervise, ExitAction};
 use crate::server::{AgentConfig, ListenOn};
@@ -111,6 +111,11 @@ fn check_spec(spec: &SandboxSpec) -> Result<()> {
     }
     if spec.listen_fd < 3 {
         bail!("listen fd {} is not an inherited socket", spec.listen_fd);
+    }
+    if let Some(text) = &spec.resolv_conf {
+        if text.len() > MAX_RESOLV_CONF_BYTES || text.contains('\0') {
+            bail!("resolv.conf must be at most {MAX_RESOLV_CONF_BYTES} bytes of text");
+        }
     }
     Ok(())
 }
@@ -228,10 +233,20 @@ fn build_root(spec: &SandboxSpec) -> Result<()> {
     let workspace = canonical(&spec.workspace)?;
     let bridge = canonical(&spec.bridge_dir)?;
 
-    mount_at(Some(Path::new("tmpfs")), &root, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755,size=1m"))?;
-    mirror_top_level(&source, &root)?;
-    for name in OWN_MOUNTS {
-        mkdir(&root.join(name), 0o755)?;
+    if source.is_file() {
+        // An image: its ext4 file, read-only, is the whole root; the mount points must be in it.
+        crate::loop_device::mount_image_read_only(&source, &root)?;
+        for name in OWN_MOUNTS {
+            if !root.join(name).is_dir() {
+                bail!("image {} has no /{name} directory to mount on", source.display());
+            }
+        }
+    } else {
+        mount_at(Some(Path::new("tmpfs")), &root, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755,size=1m"))?;
+        mirror_top_level(&source, &root)?;
+        for name in OWN_MOUNTS {
+            mkdir(&root.join(name), 0o755)?;
+        }
     }
     // Everything so far (the new root and every bind below it) becomes read-only, nosuid, nodev.
     set_mount_attrs(&root, RO_NOSUID_NODEV, true)?;
@@ -261,7 +276,44 @@ fn build_root(spec: &SandboxSpec) -> Result<()> {
     pivot_root(".", ".").context("pivot_root")?;
     umount2(".", MntFlags::MNT_DETACH).context("cannot detach the old root")?;
     std::env::set_current_dir("/")?;
+    if let Some(text) = &spec.resolv_conf {
+        install_resolv_conf(text).context("cannot install /etc/resolv.conf")?;
+    }
     Ok(())
+}
+
+/// Where the sandbox's own resolv.conf is written (root-only `/run` tmpfs of the sandbox).
+const OWN_RESOLV_CONF: &str = "/run/rds/resolv.conf";
+
+/// Makes `/etc/resolv.conf` show `text`. Runs after `pivot_root`, so every path (and symlink)
+/// resolves inside the sandbox and nothing on the host can be touched.
+fn install_resolv_conf(text: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let ours = Path::new(OWN_RESOLV_CONF);
+    std::fs::write(ours, text).with_context(|| format!("write {OWN_RESOLV_CONF}"))?;
+    std::fs::set_permissions(ours, std::fs::Permissions::from_mode(0o644))?;
+    let etc = Path::new("/etc/resolv.conf");
+    match std::fs::canonicalize(etc) {
+        // A file (or a symlink to one): cover it with ours, read-only.
+        Ok(real) => {
+            bind(ours, &real, false)?;
+            set_mount_attrs(&real, RO_NOSUID_NODEV, false)
+        }
+        // A symlink into the sandbox's own (empty) `/run`, as with systemd-resolved: create its target.
+        Err(_) => match std::fs::read_link(etc) {
+            Ok(target) if target.starts_with("/run/") => {
+                if let Some(dir) = target.parent() {
+                    std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
+                }
+                std::fs::write(&target, text).with_context(|| format!("write {}", target.display()))
+            }
+            // No resolv.conf in this root at all: names will not resolve; say so in the console.
+            _ => {
+                eprintln!("rds-agent sandbox: the root has no /etc/resolv.conf; DNS is unconfigured");
+                Ok(())
+            }
+        },
+    }
 }
 
 /// Recreates `source`'s top-level entries in `root`: directories and files as recursive binds,

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_peers;
+mod image;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Measure the manager's latency; prints JSON.
     Bench(bench::BenchArgs),
+    /// Build guest images (and register them with a manager).
+    Image(image::ImageArgs),
 }
 
 fn main() {
@@ -30,6 +33,7 @@ fn main() {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Image(args) => image::run(args),
     };
     if let Err(e) = result {
         eprintln!("rds: {e:#}");

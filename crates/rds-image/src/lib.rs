@@ -124,6 +124,9 @@ pub fn build(
     let started = Instant::now();
     let mut steps = Steps::new(progress);
     validate(opts)?;
+    // One build per cache at a time: stages are shared, and two builders renaming the same
+    // `.partial` directories into place would race. The lock is released when `_lock` drops.
+    let _lock = lock_cache(&opts.cache_dir, &mut steps)?;
 
     steps.begin("hashing inputs");
     let packages = list_file(PACKAGES);
@@ -536,4 +539,21 @@ mod tests {
         };
         assert!(matches!(validate(&opts), Err(ImageError::Agent { .. })));
     }
+}
+
+/// Takes the cache's exclusive build lock, saying so when another build holds it.
+fn lock_cache(cache_dir: &Path, steps: &mut Steps<'_>) -> Result<std::fs::File, ImageError> {
+    std::fs::create_dir_all(cache_dir).map_err(ImageError::io("creating", cache_dir))?;
+    let path = cache_dir.join(".build.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(ImageError::io("opening", &path))?;
+    if file.try_lock().is_err() {
+        steps.begin("waiting for another build using the same cache");
+        file.lock().map_err(ImageError::io("locking", &path))?;
+    }
+    Ok(file)
 }

@@ -20,7 +20,7 @@ pub enum RuntimeChoice {
     Auto,
     /// Linux-namespaces sandbox.
     Sandbox,
-    /// QEMU microvm (not available yet).
+    /// QEMU microvm (needs QEMU, vhost-device-vsock and a guest image).
     Qemu,
     /// Firecracker (not available yet).
     Firecracker,
@@ -44,6 +44,9 @@ pub struct Config {
     /// `RDS_CGROUP_GROUP`: parent cgroup name of this manager's sandboxes (default `rds`). Two
     /// managers on one host need different names, or each treats the other's VMs as orphans.
     pub cgroup_group: String,
+    /// The guest image for VM runtimes (`RDS_IMAGE_DIR`, `KERNEL_PATH`, `INITRD_PATH`,
+    /// `BASE_ROOTFS_PATH`); `None` when none is configured.
+    pub guest_image: Option<GuestImage>,
     /// `MAX_VMS`: quota of non-deleted VMs.
     pub max_vms: u64,
     /// `MAX_CPU`: per-VM vCPU limit.
@@ -56,6 +59,8 @@ pub struct Config {
     pub max_json_body_bytes: usize,
     /// `MAX_UPLOAD_BYTES`.
     pub max_upload_bytes: u64,
+    /// `MAX_IMAGE_BYTES`: largest guest image upload (one part, or a whole bundle); default 4 GiB.
+    pub max_image_bytes: u64,
     /// `RATE_LIMIT_PER_MIN`: requests per minute per API key (0 disables).
     pub rate_limit_per_min: u32,
     /// `EXPOSE_INTERNAL_ERRORS`: put real messages in 500 responses.
@@ -65,6 +70,68 @@ pub struct Config {
     pub vm_secret_key: Option<Secret>,
     /// `PEER_CALLS_PER_MIN`: bridge calls per minute per consumer link (0 disables).
     pub peer_calls_per_min: u32,
+    /// `RDS_NETWORK`, `RDS_VM_CIDR`, `RDS_DNS_UPSTREAMS`: VM networking.
+    pub network: crate::network::NetworkSettings,
+}
+
+/// The files a VM boots from, as `rds image build` writes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestImage {
+    /// Kernel (`KERNEL_PATH`, else `<RDS_IMAGE_DIR>/vmlinuz`).
+    pub kernel: PathBuf,
+    /// Initramfs (`INITRD_PATH`, else `<RDS_IMAGE_DIR>/initrd.img`).
+    pub initrd: PathBuf,
+    /// Read-only base root filesystem (`BASE_ROOTFS_PATH`, else `<RDS_IMAGE_DIR>/rootfs.ext4`).
+    pub base_rootfs: PathBuf,
+}
+
+/// Resolves the guest image variables; every named file must exist.
+fn guest_image(get: &impl Fn(&str) -> Option<String>) -> Result<Option<GuestImage>, ConfigError> {
+    let dir = get("RDS_IMAGE_DIR").map(PathBuf::from);
+    if let Some(d) = &dir {
+        if !d.is_dir() {
+            return Err(ConfigError {
+                var: "RDS_IMAGE_DIR",
+                message: format!("{} is not a directory (build one with `rds image build`)", d.display()),
+            });
+        }
+    }
+    let mut files = Vec::new();
+    for (var, default_name) in [
+        ("KERNEL_PATH", "vmlinuz"),
+        ("INITRD_PATH", "initrd.img"),
+        ("BASE_ROOTFS_PATH", "rootfs.ext4"),
+    ] {
+        let (source, path) = match (get(var), &dir) {
+            (Some(p), _) => (var, Some(PathBuf::from(p))),
+            (None, Some(d)) => ("RDS_IMAGE_DIR", Some(d.join(default_name))),
+            (None, None) => (var, None),
+        };
+        if let Some(p) = &path {
+            if !p.is_file() {
+                return Err(ConfigError {
+                    var: source,
+                    message: format!("{} is not a file", p.display()),
+                });
+            }
+        }
+        files.push((var, path));
+    }
+    if files.iter().all(|(_, p)| p.is_none()) {
+        return Ok(None);
+    }
+    if let Some((var, _)) = files.iter().find(|(_, p)| p.is_none()) {
+        return Err(ConfigError {
+            var,
+            message: "the guest image is incomplete: set RDS_IMAGE_DIR, or all of KERNEL_PATH, INITRD_PATH and BASE_ROOTFS_PATH".into(),
+        });
+    }
+    let mut paths = files.into_iter().map(|(_, p)| p.expect("checked above"));
+    Ok(Some(GuestImage {
+        kernel: paths.next().expect("three files"),
+        initrd: paths.next().expect("three files"),
+        base_rootfs: paths.next().expect("three files"),
+    }))
 }
 
 /// A configuration value that must never be printed: `Debug` shows `<redacted>`.
@@ -161,12 +228,14 @@ impl Config {
             },
             agent_bin,
             cgroup_group,
+            guest_image: guest_image(&get)?,
             max_vms: positive(&get, "MAX_VMS", 20)?,
             max_cpu: positive(&get, "MAX_CPU", 4)?,
             max_mem_mb: positive(&get, "MAX_MEM_MB", 2048)?,
             max_exec_timeout_ms: positive(&get, "MAX_EXEC_TIMEOUT_MS", 120_000)?,
             max_json_body_bytes: positive(&get, "MAX_JSON_BODY_BYTES", 1 << 20)?,
             max_upload_bytes: positive(&get, "MAX_UPLOAD_BYTES", 256 << 20)?,
+            max_image_bytes: positive(&get, "MAX_IMAGE_BYTES", 4 << 30)?,
             rate_limit_per_min: parse(
                 &get,
                 "RATE_LIMIT_PER_MIN",
@@ -175,6 +244,7 @@ impl Config {
             )?,
             expose_internal_errors: parse(&get, "EXPOSE_INTERNAL_ERRORS", false, "true or false")?,
             vm_secret_key: vm_secret_key.map(Secret),
+            network: crate::network::NetworkSettings::from_lookup(&get)?,
             peer_calls_per_min: parse(
                 &get,
                 "PEER_CALLS_PER_MIN",
@@ -250,6 +320,26 @@ mod tests {
         assert_eq!(c.max_json_body_bytes, 1 << 20);
         assert_eq!(c.runtime, RuntimeChoice::Auto);
         assert!(!c.expose_internal_errors);
+    }
+
+    #[test]
+    fn guest_image_comes_from_the_image_dir_and_names_missing_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        assert_eq!(cfg(&[]).unwrap().guest_image, None);
+        let err = cfg(&[("RDS_IMAGE_DIR", d)]).unwrap_err();
+        assert_eq!(err.var, "RDS_IMAGE_DIR");
+        assert!(err.message.contains("vmlinuz"), "{err}");
+        for f in ["vmlinuz", "initrd.img", "rootfs.ext4"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let image = cfg(&[("RDS_IMAGE_DIR", d)]).unwrap().guest_image.unwrap();
+        assert_eq!(image.base_rootfs, dir.path().join("rootfs.ext4"));
+        let err = cfg(&[("KERNEL_PATH", "/nonexistent/vmlinuz")]).unwrap_err();
+        assert_eq!(err.var, "KERNEL_PATH");
+        let kernel = dir.path().join("vmlinuz");
+        let err = cfg(&[("KERNEL_PATH", kernel.to_str().unwrap())]).unwrap_err();
+        assert_eq!(err.var, "INITRD_PATH", "{err}");
     }
 
     #[test]

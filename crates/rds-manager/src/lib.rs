@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod lifecycle;
+pub mod network;
 pub mod openapi;
 pub mod rate_limit;
 pub mod reconciler;

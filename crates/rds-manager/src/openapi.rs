@@ -17,10 +17,14 @@ use crate::routes;
         routes::files::upload, routes::files::download,
         routes::peers::list, routes::peers::sync, routes::peers::set_link, routes::peers::delete_link,
         routes::peers::set_secrets, routes::peers::calls,
+        routes::network::patch,
+        routes::images::list, routes::images::create, routes::images::get, routes::images::delete,
+        routes::images::set_default, routes::images::put_kernel, routes::images::put_initrd,
+        routes::images::put_rootfs, routes::images::put_bundle,
     ),
     modifiers(&ApiKeyAuth),
     security(("ApiKeyAuth" = [])),
-    tags((name = "vms"), (name = "exec"), (name = "files"), (name = "health"), (name = "peers"))
+    tags((name = "vms"), (name = "exec"), (name = "files"), (name = "health"), (name = "peers"), (name = "images"))
 )]
 pub struct ApiDoc;
 

@@ -25,6 +25,7 @@ pub struct Reconciled {
 pub async fn reconcile(state: &AppState) -> Result<Reconciled, ApiError> {
     let mut out = Reconciled::default();
     let vms = state.store.list_vms()?;
+    let mut adopted = Vec::new();
     for vm in &vms {
         let _lock = state.vm_locks.lock(&vm.id).await;
         let handle = parse_handle(vm);
@@ -42,6 +43,9 @@ pub async fn reconcile(state: &AppState) -> Result<Reconciled, ApiError> {
                             }
                         }
                         out.adopted.push(vm.id.clone());
+                        if let Some(h) = &handle {
+                            adopted.push((vm.clone(), h.clone()));
+                        }
                     }
                     Liveness::Dead(why) => {
                         if let Some(h) = &handle {
@@ -81,6 +85,7 @@ pub async fn reconcile(state: &AppState) -> Result<Reconciled, ApiError> {
             VmState::Stopped | VmState::Error | VmState::Deleted => {}
         }
     }
+    crate::services::network::reconcile(state, &adopted).await;
     let known: HashSet<String> = vms.into_iter().map(|v| v.id).collect();
     out.orphans_removed = state.runtime.remove_orphans(&known).await;
     Ok(out)

@@ -1,27 +1,73 @@
-//! Choosing the runtime at start-up. Firecracker and QEMU plug in here when they exist.
+//! Choosing the runtime at start-up. Firecracker plugs in here when it exists.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use rds_runtime::qemu::{AccelChoice, QemuConfig, QemuRuntime};
 use rds_runtime::sandbox::{SandboxConfig, SandboxRuntime};
 use rds_runtime::Runtime;
 
-use crate::config::{ConfigError, RuntimeChoice};
+use crate::config::{ConfigError, GuestImage, RuntimeChoice};
 use crate::Config;
 
 /// Tasks allowed per sandbox VM.
 const SANDBOX_PIDS_MAX: u64 = 512;
 
-/// Builds the runtime `RDS_RUNTIME` asks for; `auto` picks the best available (sandbox for now).
-/// Asking explicitly for an unavailable runtime is an error.
+/// Size of each QEMU VM's sparse overlay disk (its writable layer, `/workspace` included).
+const QEMU_OVERLAY_MB: u64 = 4096;
+/// How long a QEMU VM may take to boot (TCG emulation is slow).
+const QEMU_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Builds the runtime `RDS_RUNTIME` asks for; `auto` picks qemu when a guest image is configured
+/// and QEMU + vhost-device-vsock are installed, else sandbox. Asking explicitly for an
+/// unavailable runtime is an error.
 pub fn select(config: &Config) -> Result<Arc<dyn Runtime>, ConfigError> {
     match config.runtime {
-        RuntimeChoice::Auto | RuntimeChoice::Sandbox => sandbox(config),
-        RuntimeChoice::Qemu | RuntimeChoice::Firecracker => Err(ConfigError {
+        RuntimeChoice::Sandbox => sandbox(config),
+        RuntimeChoice::Qemu => {
+            let Some(image) = &config.guest_image else {
+                return Err(ConfigError {
+                    var: "RDS_IMAGE_DIR",
+                    message: "RDS_RUNTIME=qemu needs a guest image: set RDS_IMAGE_DIR (from `rds image build`) \
+                              or KERNEL_PATH, INITRD_PATH and BASE_ROOTFS_PATH"
+                        .into(),
+                });
+            };
+            qemu(config, image)
+        }
+        RuntimeChoice::Auto => match &config.guest_image {
+            // Without an image there is nothing for a VM to boot: the sandbox is the default.
+            None => sandbox(config),
+            Some(image) => qemu(config, image).or_else(|e| {
+                tracing::info!("not using qemu ({e}); falling back to the sandbox runtime");
+                sandbox(config)
+            }),
+        },
+        RuntimeChoice::Firecracker => Err(ConfigError {
             var: "RDS_RUNTIME",
-            message: "this build has no qemu or firecracker runtime yet; use auto or sandbox"
-                .into(),
+            message: "this build has no firecracker runtime yet; use auto, qemu or sandbox".into(),
         }),
     }
+}
+
+fn qemu(config: &Config, image: &GuestImage) -> Result<Arc<dyn Runtime>, ConfigError> {
+    let runtime = QemuRuntime::new(QemuConfig {
+        storage_root: config.storage_root.clone(),
+        qemu_bin: PathBuf::from("qemu-system-x86_64"),
+        vsock_backend_bin: PathBuf::from("vhost-device-vsock"),
+        kernel: image.kernel.clone(),
+        initrd: image.initrd.clone(),
+        base_rootfs: image.base_rootfs.clone(),
+        overlay_size_mb: QEMU_OVERLAY_MB,
+        accel: AccelChoice::Auto,
+        boot_timeout: QEMU_BOOT_TIMEOUT,
+    })
+    .map_err(|e| ConfigError {
+        var: "RDS_RUNTIME",
+        message: format!("the qemu runtime is unavailable: {e}"),
+    })?;
+    Ok(Arc::new(runtime))
 }
 
 fn sandbox(config: &Config) -> Result<Arc<dyn Runtime>, ConfigError> {

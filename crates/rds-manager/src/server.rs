@@ -19,6 +19,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error("cannot open the database: {0}")]
     Store(#[from] rds_store::StoreError),
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkUnavailable),
     #[error("reconciling VMs at start-up failed: {0}")]
     Reconcile(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -59,7 +61,8 @@ pub async fn prepare_with_runtime(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Listen { addr, source })?;
-    let state = AppState::new(config, store, runtime, keys, host_capabilities());
+    let networking = crate::network::VmNetworking::start(&config.network, runtime.kind()).await?;
+    let state = AppState::new(config, store, runtime, keys, host_capabilities()).with_network(networking);
     let reconciled = reconcile(&state)
         .await
         .map_err(|e| StartError::Reconcile(e.to_string()))?;

@@ -49,6 +49,8 @@ pub struct Inner {
     pub bridges: Bridges,
     /// Compiled provider manifests.
     pub manifests: ManifestCache,
+    /// VM networking (links, egress policies, resolvers), or why there is none.
+    pub network: crate::network::VmNetworking,
 }
 
 impl AppState {
@@ -79,7 +81,16 @@ impl AppState {
             peer_limiter,
             bridges: Bridges::default(),
             manifests: ManifestCache::default(),
+            network: crate::network::VmNetworking::disabled("VM networking was not set up on this manager"),
         }))
+    }
+}
+
+impl AppState {
+    /// Installs the VM networking; only while building the state, before it is shared.
+    pub fn with_network(mut self, network: crate::network::VmNetworking) -> Self {
+        Arc::get_mut(&mut self.0).expect("with_network is called before the state is shared").network = network;
+        self
     }
 }
 

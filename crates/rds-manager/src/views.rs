@@ -20,6 +20,10 @@ pub struct CreateVmRequest {
     /// Allow egress to `allowIps` (default false: no network).
     #[serde(default)]
     pub outbound_internet: Option<bool>,
+    /// Names (`example.com`, `*.example.com`) the VM may resolve and then reach; only used with
+    /// `outboundInternet`. Empty = every name resolves, only `allowIps` are reachable.
+    #[serde(default)]
+    pub allow_domains: Option<Vec<String>>,
     /// Provider secrets, `["KEY=value"]`: encrypted at rest, never returned, injected only into
     /// this VM's own processes. Needs `VM_SECRET_KEY`.
     #[serde(default)]
@@ -145,6 +149,37 @@ pub struct VmView {
     /// Providers this VM is linked to.
     #[serde(default)]
     pub peer_links: Vec<PeerLinkView>,
+    /// The VM's address and effective egress policy.
+    #[serde(default)]
+    pub network: NetworkView,
+}
+
+/// A VM's network as the API shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkView {
+    /// The VM's IPv4 address; `null` when it has loopback only.
+    pub guest_ip: Option<String>,
+    /// Whether egress is open (to exactly `allowIps` and the addresses of `allowDomains`).
+    pub outbound_internet: bool,
+    /// Reachable networks, normalised (`1.2.3.4` is shown as `1.2.3.4/32`).
+    pub allow_ips: Vec<String>,
+    /// Names the VM's resolver answers (empty = all names, when egress is open).
+    pub allow_domains: Vec<String>,
+}
+
+/// `PATCH /v1/vms/{id}/network`: change the egress policy; omitted fields keep their value.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PatchNetworkRequest {
+    #[serde(default)]
+    pub outbound_internet: Option<bool>,
+    /// Replaces the whole list.
+    #[serde(default)]
+    pub allow_ips: Option<Vec<String>>,
+    /// Replaces the whole list.
+    #[serde(default)]
+    pub allow_domains: Option<Vec<String>>,
 }
 
 /// `GET /v1/vms/{id}/exec-logs` entry.
@@ -241,4 +276,54 @@ pub struct TailQuery {
 pub struct LimitQuery {
     /// Entries to return (1..=200, default 50).
     pub limit: Option<u32>,
+}
+
+/// `POST /v1/images` body.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateImageRequest {
+    /// Display name (1..=128 characters).
+    pub name: String,
+    /// Free text (at most 1024 characters).
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A guest image as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageView {
+    /// `img-<uuid>`.
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+    /// VMs created without `imageId` use this image.
+    pub is_default: bool,
+    pub has_kernel: bool,
+    pub has_initrd: bool,
+    pub has_rootfs: bool,
+    /// `bzimage` (QEMU) when present, else `elf` (Firecracker); `null` without a kernel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_format: Option<String>,
+    /// Every kernel format the image holds (a builder bundle carries both).
+    pub kernel_formats: Vec<String>,
+    /// Size of the last kernel uploaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initrd_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rootfs_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_uploaded_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initrd_uploaded_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rootfs_uploaded_at: Option<i64>,
+    /// The builder's manifest (kernel, packages, artifact hashes), when a bundle carried one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub manifest: Option<serde_json::Value>,
 }

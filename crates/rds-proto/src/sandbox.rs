@@ -35,4 +35,11 @@ pub struct SandboxSpec {
     pub hide_paths: Vec<PathBuf>,
     /// Inherited file descriptor of the agent's listening Unix socket (bound by the runtime on the host).
     pub listen_fd: i32,
+    /// Contents shown at `/etc/resolv.conf` inside the sandbox (its network's resolver); `None`
+    /// leaves the root's own file.
+    #[serde(default)]
+    pub resolv_conf: Option<String>,
 }
+
+/// Longest `resolv_conf` the launcher accepts.
+pub const MAX_RESOLV_CONF_BYTES: usize = 4096;

@@ -48,7 +48,7 @@ impl std::fmt::Display for RuntimeKind {
 }
 
 /// What to boot: sizes, root filesystem and identity of one VM.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct VmSpec {
     /// VM id (`[A-Za-z0-9-]{1,64}`); used in paths and cgroup names.
     pub id: String,
@@ -56,10 +56,40 @@ pub struct VmSpec {
     pub cpu: u32,
     /// Memory limit in MiB.
     pub mem_mb: u32,
-    /// Image root filesystem; `None` = the host root, read-only (sandbox only).
+    /// Image root filesystem (an ext4 file, or a directory for the sandbox); `None` = the runtime's
+    /// default (sandbox: the host root, read-only).
     pub rootfs: Option<PathBuf>,
+    /// Image kernel (bzImage for QEMU, ELF for Firecracker); `None` = the runtime's default.
+    pub kernel: Option<PathBuf>,
+    /// Image initramfs; `None` = the runtime's default (or none, for a kernel that needs none).
+    pub initrd: Option<PathBuf>,
     /// Hostname inside the guest.
     pub hostname: String,
+    /// The VM's network link; `None` = no network (loopback only).
+    pub network: Option<VmNetwork>,
+}
+
+/// Addresses of a VM's one network interface (a /30 shared with the host end).
+///
+/// The host side (veth or TAP) is created by the manager; a runtime only has to configure what the
+/// guest sees. The guest's DNS resolver is `host_ip`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmNetwork {
+    /// The guest's address.
+    pub guest_ip: std::net::Ipv4Addr,
+    /// The host end: the guest's default gateway and DNS resolver.
+    pub host_ip: std::net::Ipv4Addr,
+    /// Prefix length of the link (30).
+    pub prefix: u8,
+    /// The guest interface's MAC address.
+    pub mac: [u8; 6],
+}
+
+impl VmNetwork {
+    /// The `/etc/resolv.conf` a guest on this link should use: only its own resolver.
+    pub fn resolv_conf(&self) -> String {
+        format!("# Written by rds: this VM's resolver answers only names its egress policy allows.\nnameserver {}\noptions timeout:2 attempts:2\n", self.host_ip)
+    }
 }
 
 /// Identifies a running VM's host process across manager restarts (persisted as JSON).

@@ -135,7 +135,7 @@ impl Drop for Env {
 }
 
 fn spec(id: &str) -> VmSpec {
-    VmSpec { id: id.into(), cpu: 1, mem_mb: 512, rootfs: None, hostname: format!("vm-{}", &id[..8]) }
+    VmSpec { id: id.into(), cpu: 1, mem_mb: 512, rootfs: None, kernel: None, initrd: None, hostname: format!("vm-{}", &id[..8]), network: None }
 }
 
 fn new_id() -> String {

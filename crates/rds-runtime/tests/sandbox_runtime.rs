@@ -110,7 +110,7 @@ impl Drop for Env {
 }
 
 fn spec(id: &str, mem_mb: u32) -> VmSpec {
-    VmSpec { id: id.into(), cpu: 1, mem_mb, rootfs: None, hostname: format!("vm-{}", &id[..8]) }
+    VmSpec { id: id.into(), cpu: 1, mem_mb, rootfs: None, kernel: None, initrd: None, hostname: format!("vm-{}", &id[..8]), network: None }
 }
 
 fn new_id() -> String {

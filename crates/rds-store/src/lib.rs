@@ -48,6 +48,15 @@ pub trait Store: Send + Sync + 'static {
     /// Stores (or clears) the runtime's handle for a VM, as JSON.
     fn set_vm_handle(&self, id: &str, handle_json: Option<&str>) -> StoreResult<()>;
 
+    /// A VM's network slot and egress policy JSON (`None` when the VM does not exist).
+    fn vm_network(&self, id: &str) -> StoreResult<Option<VmNetworkRecord>>;
+    /// Sets (or frees, with `None`) a VM's network slot; a slot held by another VM is an error.
+    fn set_vm_net_slot(&self, id: &str, slot: Option<u32>) -> StoreResult<()>;
+    /// Slots held by VMs that are not DELETED, ascending.
+    fn used_net_slots(&self) -> StoreResult<Vec<u32>>;
+    /// Stores a VM's egress policy (JSON) and mirrors its `outbound_internet` flag.
+    fn set_vm_egress_policy(&self, id: &str, outbound_internet: bool, policy_json: &str) -> StoreResult<()>;
+
     /// Appends an activity event.
     fn insert_event(&self, event: &NewEvent) -> StoreResult<()>;
     /// Newest-first activity events.
@@ -94,6 +103,26 @@ pub trait Store: Send + Sync + 'static {
     fn insert_peer_call(&self, call: &PeerCallRecord) -> StoreResult<()>;
     /// Newest-first bridge calls where `vm_id` is the consumer or the provider.
     fn list_peer_calls(&self, vm_id: Option<&str>, limit: u32) -> StoreResult<Vec<PeerCallRecord>>;
+
+    /// Inserts a new guest image.
+    fn insert_image(&self, image: &ImageRecord) -> StoreResult<()>;
+    /// Reads one image.
+    fn get_image(&self, id: &str) -> StoreResult<Option<ImageRecord>>;
+    /// Every image, oldest first.
+    fn list_images(&self) -> StoreResult<Vec<ImageRecord>>;
+    /// Records that `part` was uploaded with `bytes` bytes at `at_ms` (`NotFound` if the image is gone).
+    fn set_image_part(&self, id: &str, part: ImagePart, bytes: u64, at_ms: i64) -> StoreResult<()>;
+    /// Stores (or clears) the builder manifest of an image.
+    fn set_image_manifest(&self, id: &str, manifest_json: Option<&str>) -> StoreResult<()>;
+    /// Removes an image row; returns whether it existed.
+    fn delete_image(&self, id: &str) -> StoreResult<bool>;
+    /// Counts VMs that are not DELETED and use `image_id`.
+    fn count_live_vms_with_image(&self, image_id: &str) -> StoreResult<u64>;
+
+    /// Reads a manager setting.
+    fn get_setting(&self, key: &str) -> StoreResult<Option<String>>;
+    /// Writes (or, with `None`, removes) a manager setting.
+    fn set_setting(&self, key: &str, value: Option<&str>) -> StoreResult<()>;
 }
 
 /// Milliseconds since the Unix epoch, the timestamp unit of every record.

@@ -85,6 +85,15 @@ pub struct VmRecord {
     pub updated_at: i64,
 }
 
+/// A VM's network allocation and egress policy, as persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VmNetworkRecord {
+    /// Index of the VM's /30 in the address pool; unique among VMs holding one.
+    pub net_slot: Option<u32>,
+    /// The validated egress policy as JSON (`None` for VMs created before networking existed).
+    pub egress_policy_json: Option<String>,
+}
+
 /// An activity event to append (no secrets in `meta`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
@@ -170,4 +179,81 @@ pub struct PeerCallRecord {
     pub code: String,
     pub duration_ms: u64,
     pub created_at: i64,
+}
+
+/// Which file of a guest image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ImagePart {
+    /// The guest kernel (ELF `vmlinux` or bzImage `vmlinuz`).
+    Kernel,
+    /// The initramfs.
+    Initrd,
+    /// The ext4 root filesystem.
+    Rootfs,
+}
+
+impl ImagePart {
+    /// Every part, in upload order.
+    pub const ALL: [ImagePart; 3] = [ImagePart::Kernel, ImagePart::Initrd, ImagePart::Rootfs];
+
+    /// The API spelling: `kernel`, `initrd`, `rootfs`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImagePart::Kernel => "kernel",
+            ImagePart::Initrd => "initrd",
+            ImagePart::Rootfs => "rootfs",
+        }
+    }
+}
+
+impl std::fmt::Display for ImagePart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A guest image: its files live in `STORAGE_ROOT/images/<id>/`; the row records what was uploaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageRecord {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub created_at: i64,
+    /// Size of the last kernel uploaded; `None` until one is.
+    pub kernel_bytes: Option<u64>,
+    pub initrd_bytes: Option<u64>,
+    pub rootfs_bytes: Option<u64>,
+    pub kernel_uploaded_at: Option<i64>,
+    pub initrd_uploaded_at: Option<i64>,
+    pub rootfs_uploaded_at: Option<i64>,
+    /// The builder's `manifest.json`, when a bundle carried one.
+    pub manifest_json: Option<String>,
+}
+
+impl ImageRecord {
+    /// A new image with no files yet.
+    pub fn new(id: String, name: String, description: String, created_at: i64) -> Self {
+        ImageRecord {
+            id,
+            name,
+            description,
+            created_at,
+            kernel_bytes: None,
+            initrd_bytes: None,
+            rootfs_bytes: None,
+            kernel_uploaded_at: None,
+            initrd_uploaded_at: None,
+            rootfs_uploaded_at: None,
+            manifest_json: None,
+        }
+    }
+
+    /// Size of `part`, if uploaded.
+    pub fn part_bytes(&self, part: ImagePart) -> Option<u64> {
+        match part {
+            ImagePart::Kernel => self.kernel_bytes,
+            ImagePart::Initrd => self.initrd_bytes,
+            ImagePart::Rootfs => self.rootfs_bytes,
+        }
+    }
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::{
-    migrations, now_ms, ApiKeyRecord, EventRecord, ExecLogRecord, NewEvent, PeerCallRecord,
-    PeerLinkRecord, Store, StoreError, StoreResult, VmRecord, VmState,
+    migrations, now_ms, ApiKeyRecord, EventRecord, ExecLogRecord, ImagePart, ImageRecord,
+    NewEvent, PeerCallRecord, PeerLinkRecord, Store, StoreError, StoreResult, VmNetworkRecord, VmRecord, VmState,
 };
 
 /// SQLite implementation of [`Store`].
@@ -158,6 +158,56 @@ impl Store for SqliteStore {
         let n = self.conn().execute(
             "UPDATE vms SET handle_json = ?2, updated_at = ?3 WHERE id = ?1",
             params![id, handle_json, now_ms()],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("vm {id}")));
+        }
+        Ok(())
+    }
+
+    fn vm_network(&self, id: &str) -> StoreResult<Option<VmNetworkRecord>> {
+        let row = self
+            .conn()
+            .query_row(
+                "SELECT net_slot, egress_policy_json FROM vms WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(VmNetworkRecord {
+                        net_slot: r.get(0)?,
+                        egress_policy_json: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?;
+        Ok(row)
+    }
+
+    fn set_vm_net_slot(&self, id: &str, slot: Option<u32>) -> StoreResult<()> {
+        let n = self.conn().execute(
+            "UPDATE vms SET net_slot = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id, slot, now_ms()],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("vm {id}")));
+        }
+        Ok(())
+    }
+
+    fn used_net_slots(&self) -> StoreResult<Vec<u32>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT net_slot FROM vms WHERE net_slot IS NOT NULL AND state <> 'DELETED' ORDER BY net_slot",
+        )?;
+        let slots = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<Vec<u32>, _>>()?;
+        Ok(slots)
+    }
+
+    fn set_vm_egress_policy(&self, id: &str, outbound_internet: bool, policy_json: &str) -> StoreResult<()> {
+        let n = self.conn().execute(
+            "UPDATE vms SET outbound_internet = ?2, egress_policy_json = ?3, updated_at = ?4 WHERE id = ?1",
+            params![id, outbound_internet, policy_json, now_ms()],
         )?;
         if n == 0 {
             return Err(StoreError::NotFound(format!("vm {id}")));
@@ -386,6 +436,126 @@ impl Store for SqliteStore {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+
+    fn insert_image(&self, i: &ImageRecord) -> StoreResult<()> {
+        self.conn().execute(
+            &format!("INSERT INTO images ({IMAGE_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)"),
+            params![
+                i.id,
+                i.name,
+                i.description,
+                i.created_at,
+                i.kernel_bytes.map(|n| n as i64),
+                i.initrd_bytes.map(|n| n as i64),
+                i.rootfs_bytes.map(|n| n as i64),
+                i.kernel_uploaded_at,
+                i.initrd_uploaded_at,
+                i.rootfs_uploaded_at,
+                i.manifest_json
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn get_image(&self, id: &str) -> StoreResult<Option<ImageRecord>> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {IMAGE_COLUMNS} FROM images WHERE id = ?1"),
+                [id],
+                image_from_row,
+            )
+            .optional()?)
+    }
+
+    fn list_images(&self) -> StoreResult<Vec<ImageRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {IMAGE_COLUMNS} FROM images ORDER BY created_at, id"
+        ))?;
+        let rows = stmt.query_map([], image_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn set_image_part(&self, id: &str, part: ImagePart, bytes: u64, at_ms: i64) -> StoreResult<()> {
+        // Column names come from a closed enum, never from input.
+        let (size_col, at_col) = match part {
+            ImagePart::Kernel => ("kernel_bytes", "kernel_uploaded_at"),
+            ImagePart::Initrd => ("initrd_bytes", "initrd_uploaded_at"),
+            ImagePart::Rootfs => ("rootfs_bytes", "rootfs_uploaded_at"),
+        };
+        let n = self.conn().execute(
+            &format!("UPDATE images SET {size_col} = ?2, {at_col} = ?3 WHERE id = ?1"),
+            params![id, bytes as i64, at_ms],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("image {id}")));
+        }
+        Ok(())
+    }
+
+    fn set_image_manifest(&self, id: &str, manifest_json: Option<&str>) -> StoreResult<()> {
+        let n = self.conn().execute(
+            "UPDATE images SET manifest_json = ?2 WHERE id = ?1",
+            params![id, manifest_json],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("image {id}")));
+        }
+        Ok(())
+    }
+
+    fn delete_image(&self, id: &str) -> StoreResult<bool> {
+        Ok(self.conn().execute("DELETE FROM images WHERE id = ?1", [id])? > 0)
+    }
+
+    fn count_live_vms_with_image(&self, image_id: &str) -> StoreResult<u64> {
+        let n: i64 = self.conn().query_row(
+            "SELECT COUNT(*) FROM vms WHERE image_id = ?1 AND state <> 'DELETED'",
+            [image_id],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
+    fn get_setting(&self, key: &str) -> StoreResult<Option<String>> {
+        Ok(self
+            .conn()
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn set_setting(&self, key: &str, value: Option<&str>) -> StoreResult<()> {
+        match value {
+            Some(v) => self.conn().execute(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, v],
+            )?,
+            None => self.conn().execute("DELETE FROM settings WHERE key = ?1", [key])?,
+        };
+        Ok(())
+    }
+}
+
+const IMAGE_COLUMNS: &str = "id, name, description, created_at, kernel_bytes, initrd_bytes, rootfs_bytes, \
+     kernel_uploaded_at, initrd_uploaded_at, rootfs_uploaded_at, manifest_json";
+
+fn image_from_row(r: &Row<'_>) -> rusqlite::Result<ImageRecord> {
+    let size = |i: usize| r.get::<_, Option<i64>>(i).map(|v| v.map(|n| n as u64));
+    Ok(ImageRecord {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        description: r.get(2)?,
+        created_at: r.get(3)?,
+        kernel_bytes: size(4)?,
+        initrd_bytes: size(5)?,
+        rootfs_bytes: size(6)?,
+        kernel_uploaded_at: r.get(7)?,
+        initrd_uploaded_at: r.get(8)?,
+        rootfs_uploaded_at: r.get(9)?,
+        manifest_json: r.get(10)?,
+    })
 }
 
 const LINK_COLUMNS: &str =
@@ -455,6 +625,38 @@ mod tests {
         assert_eq!(s.get_vm("a").unwrap().unwrap().state, VmState::Deleted);
         assert!(matches!(
             s.set_vm_state("zz", VmState::Running, None),
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn net_slots_are_unique_freed_and_hidden_for_deleted_vms() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        s.insert_vm(&vm("a", VmState::Running)).unwrap();
+        s.insert_vm(&vm("b", VmState::Running)).unwrap();
+        assert_eq!(s.vm_network("a").unwrap(), Some(VmNetworkRecord::default()));
+        assert_eq!(s.vm_network("zz").unwrap(), None);
+        s.set_vm_net_slot("a", Some(3)).unwrap();
+        s.set_vm_net_slot("b", Some(0)).unwrap();
+        assert_eq!(s.used_net_slots().unwrap(), [0, 3]);
+        assert!(
+            s.set_vm_net_slot("b", Some(3)).is_err(),
+            "a slot held by another VM must be refused"
+        );
+        s.set_vm_egress_policy("a", true, r#"{"outboundInternet":true}"#)
+            .unwrap();
+        let a = s.vm_network("a").unwrap().unwrap();
+        assert_eq!(a.net_slot, Some(3));
+        assert_eq!(a.egress_policy_json.as_deref(), Some(r#"{"outboundInternet":true}"#));
+        assert!(s.get_vm("a").unwrap().unwrap().outbound_internet);
+        // A deleted VM's slot no longer counts, and freeing it lets another VM take it.
+        s.set_vm_state("a", VmState::Deleted, None).unwrap();
+        assert_eq!(s.used_net_slots().unwrap(), [0]);
+        s.set_vm_net_slot("a", None).unwrap();
+        s.set_vm_net_slot("b", Some(3)).unwrap();
+        assert_eq!(s.used_net_slots().unwrap(), [3]);
+        assert!(matches!(
+            s.set_vm_net_slot("zz", Some(1)),
             Err(StoreError::NotFound(_))
         ));
     }
@@ -589,6 +791,56 @@ mod tests {
         s.set_vm_secrets("a", Some(b"sealed"), &["TOKEN".into()]).unwrap();
         assert_eq!(s.vm_secret_keys("a").unwrap(), ["TOKEN"]);
         assert_eq!(s.get_vm("a").unwrap().unwrap().secret_env_ciphertext.as_deref(), Some(&b"sealed"[..]));
+    }
+
+    #[test]
+    fn images_record_parts_and_manifest_and_delete() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        s.insert_image(&ImageRecord::new("img-a".into(), "a".into(), "".into(), 1)).unwrap();
+        s.insert_image(&ImageRecord::new("img-b".into(), "b".into(), "d".into(), 2)).unwrap();
+        s.set_image_part("img-a", ImagePart::Rootfs, 4096, 10).unwrap();
+        s.set_image_part("img-a", ImagePart::Kernel, 64, 11).unwrap();
+        s.set_image_manifest("img-a", Some("{}")).unwrap();
+        let a = s.get_image("img-a").unwrap().unwrap();
+        assert_eq!((a.rootfs_bytes, a.rootfs_uploaded_at), (Some(4096), Some(10)));
+        assert_eq!((a.kernel_bytes, a.initrd_bytes), (Some(64), None));
+        assert_eq!(a.manifest_json.as_deref(), Some("{}"));
+        let ids: Vec<_> = s.list_images().unwrap().into_iter().map(|i| i.id).collect();
+        assert_eq!(ids, ["img-a", "img-b"]);
+        assert!(matches!(
+            s.set_image_part("img-x", ImagePart::Initrd, 1, 1),
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(s.delete_image("img-a").unwrap());
+        assert!(!s.delete_image("img-a").unwrap());
+        assert!(s.get_image("img-a").unwrap().is_none());
+    }
+
+    #[test]
+    fn vms_using_an_image_are_counted_until_deleted() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let mut a = vm("a", VmState::Stopped);
+        a.image_id = Some("img-1".into());
+        let mut b = vm("b", VmState::Running);
+        b.image_id = Some("img-1".into());
+        s.insert_vm(&a).unwrap();
+        s.insert_vm(&b).unwrap();
+        s.insert_vm(&vm("c", VmState::Running)).unwrap();
+        assert_eq!(s.count_live_vms_with_image("img-1").unwrap(), 2);
+        s.set_vm_state("a", VmState::Deleted, None).unwrap();
+        assert_eq!(s.count_live_vms_with_image("img-1").unwrap(), 1);
+        assert_eq!(s.count_live_vms_with_image("img-2").unwrap(), 0);
+    }
+
+    #[test]
+    fn settings_upsert_and_remove() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        assert_eq!(s.get_setting("k").unwrap(), None);
+        s.set_setting("k", Some("1")).unwrap();
+        s.set_setting("k", Some("2")).unwrap();
+        assert_eq!(s.get_setting("k").unwrap().as_deref(), Some("2"));
+        s.set_setting("k", None).unwrap();
+        assert_eq!(s.get_setting("k").unwrap(), None);
     }
 
     #[test]

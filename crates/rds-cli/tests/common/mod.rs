@@ -48,6 +48,8 @@ pub struct Server {
     pub root: tempfile::TempDir,
     pub port: u16,
     env: Vec<(String, String)>,
+    /// Command run in front of `rds serve` (e.g. to enter a network namespace); empty = none.
+    prefix: Vec<String>,
     child: Option<Child>,
     /// Lines `rds serve` printed on stdout.
     pub stdout: Vec<String>,
@@ -62,8 +64,23 @@ impl Server {
         Self::start_raw(&all)
     }
 
+    /// Starts a server inside the network namespace `ns` (`/run/netns/<ns>`), listening on
+    /// `bind` there, with `API_KEY` set plus `env`. The calling thread must already be in `ns`
+    /// (to pick a free port there and to reach the API). `nsenter --net` is used rather than
+    /// `ip netns exec`, which remounts `/sys` and so hides the cgroup hierarchy from the runtime.
+    pub fn start_in_netns(ns: &str, bind: &str, env: &[(&str, &str)]) -> Server {
+        let mut all = vec![("API_KEY", KEY), ("BIND", bind)];
+        all.extend_from_slice(env);
+        let prefix = vec!["nsenter".to_string(), format!("--net=/run/netns/{ns}"), "--".to_string()];
+        Self::start_with(&all, prefix, bind)
+    }
+
     /// Starts a server with exactly `env` (plus port, storage root, agent binary).
     pub fn start_raw(env: &[(&str, &str)]) -> Server {
+        Self::start_with(env, Vec::new(), "127.0.0.1")
+    }
+
+    fn start_with(env: &[(&str, &str)], prefix: Vec<String>, bind: &str) -> Server {
         let root = tempfile::Builder::new()
             .prefix("rds-e2e-")
             .tempdir()
@@ -73,14 +90,16 @@ impl Server {
             .local_addr()
             .unwrap()
             .port();
+        let host = if bind == "0.0.0.0" { "127.0.0.1" } else { bind };
         let mut s = Server {
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("http://{host}:{port}"),
             root,
             port,
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            prefix,
             child: None,
             stdout: vec![],
             key: env
@@ -94,7 +113,14 @@ impl Server {
     }
 
     fn spawn(&mut self) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rds"));
+        let mut cmd = match self.prefix.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(env!("CARGO_BIN_EXE_rds"));
+                cmd
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_rds")),
+        };
         cmd.arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -104,6 +130,9 @@ impl Server {
             .env("RUST_LOG", "warn")
             // Each test server gets its own cgroup parent so servers never reap each other's VMs.
             .env("RDS_CGROUP_GROUP", format!("rds-e2e-{}", self.port))
+            // Networking would share the host's `table inet rds` between parallel test servers;
+            // only tests that run the manager in their own network namespace switch it on.
+            .env("RDS_NETWORK", "off")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(self.log_file()));
         for (k, v) in &self.env {

@@ -3,10 +3,12 @@
 pub mod exec;
 pub mod files;
 pub mod health;
+pub mod network;
+pub mod images;
 pub mod peers;
 pub mod vms;
 
-use axum::routing::{get, patch, post};
+use axum::routing::{get, patch, post, put};
 use axum::{middleware, Router};
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
@@ -33,7 +35,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/vms/{id}/peers/sync", post(peers::sync))
         .route("/v1/vms/{id}/peers/{alias}", patch(peers::set_link).delete(peers::delete_link))
         .route("/v1/vms/{id}/secrets", patch(peers::set_secrets))
+        .route("/v1/vms/{id}/network", patch(network::patch))
         .route("/v1/peer-calls", get(peers::calls))
+        .route("/v1/images", get(images::list).post(images::create))
+        .route("/v1/images/{id}", get(images::get).delete(images::delete))
+        .route("/v1/images/{id}/set-default", post(images::set_default))
+        .route("/v1/images/{id}/kernel", put(images::put_kernel))
+        .route("/v1/images/{id}/initrd", put(images::put_initrd))
+        .route("/v1/images/{id}/rootfs", put(images::put_rootfs))
+        .route("/v1/images/{id}/bundle", put(images::put_bundle))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_api_key,

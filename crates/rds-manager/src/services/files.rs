@@ -83,19 +83,28 @@ pub async fn download(
         .filter(|p| !p.is_empty())
         .ok_or_else(|| ApiError::BadRequest("query parameter `path` is required".into()))?;
     find_running(state, vm_id)?;
-    let query =
-        serde_urlencoded::to_string([("path", path.as_str())]).map_err(ApiError::internal)?;
-    let request = Request::get(format!("/files/download?{query}"))
-        .header(header::HOST, "agent")
-        .body(Body::empty())
-        .map_err(ApiError::internal)?;
-    let resp = state
-        .agent
-        .call_streaming(vm_id, request, TRANSFER_TIMEOUT)
-        .await
-        .map_err(|e| agent_error(state, vm_id, e))?;
+    let resp = agent_download(state, vm_id, &path, TRANSFER_TIMEOUT).await?;
     Response::builder()
         .header(header::CONTENT_TYPE, "application/gzip")
         .body(Body::new(resp.into_body()))
         .map_err(ApiError::internal)
+}
+
+/// Asks a VM's agent for `path` as a tar.gz stream; errors (400/404) arrive before any byte.
+pub async fn agent_download(
+    state: &AppState,
+    vm_id: &str,
+    path: &str,
+    limit: Duration,
+) -> Result<http::Response<hyper::body::Incoming>, ApiError> {
+    let query = serde_urlencoded::to_string([("path", path)]).map_err(ApiError::internal)?;
+    let request = Request::get(format!("/files/download?{query}"))
+        .header(header::HOST, "agent")
+        .body(Body::empty())
+        .map_err(ApiError::internal)?;
+    state
+        .agent
+        .call_streaming(vm_id, request, limit)
+        .await
+        .map_err(|e| agent_error(state, vm_id, e))
 }

@@ -404,16 +404,7 @@ async fn fetch_provider(
 
 /// Downloads `path` from a VM as tar.gz, at most `max` bytes.
 async fn download(state: &AppState, vm_id: &str, path: &str, max: usize) -> Result<Bytes, ApiError> {
-    let query = serde_urlencoded::to_string([("path", path)]).map_err(ApiError::internal)?;
-    let request = Request::get(format!("/files/download?{query}"))
-        .header(header::HOST, "agent")
-        .body(Body::empty())
-        .map_err(ApiError::internal)?;
-    let resp = state
-        .agent
-        .call_streaming(vm_id, request, SYNC_TIMEOUT)
-        .await
-        .map_err(|e| agent_error(state, vm_id, e))?;
+    let resp = crate::services::files::agent_download(state, vm_id, path, SYNC_TIMEOUT).await?;
     let body = tokio::time::timeout(SYNC_TIMEOUT, http_body_util::Limited::new(resp.into_body(), max).collect())
         .await
         .map_err(|_| ApiError::Timeout(format!("downloading {path} from VM {vm_id} timed out")))?

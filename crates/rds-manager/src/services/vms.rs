@@ -1,7 +1,6 @@
 //! VM lifecycle: create, start, stop, delete, list — every state change goes through
 //! [`crate::lifecycle::check`] under the VM's lock.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use http::Method;
@@ -11,13 +10,12 @@ use rds_store::{now_ms, VmRecord, VmState};
 use serde_json::json;
 
 use crate::lifecycle;
-use crate::services::peers;
+use crate::services::{network, peers};
 use crate::services::events::vm_event;
+use crate::services::images;
 use crate::views::{CreateVmRequest, VmView};
 use crate::{ApiError, AppState};
 
-/// Largest egress allow-list accepted.
-const MAX_ALLOW_IPS: usize = 64;
 /// Smallest memory a VM can boot with.
 const MIN_MEM_MB: u32 = 32;
 /// How long a freshly booted agent has to answer `/health`.
@@ -41,6 +39,7 @@ pub fn view(state: &AppState, vm: &VmRecord) -> VmView {
         updated_at: vm.updated_at,
         secret_env_keys: state.store.vm_secret_keys(&vm.id).unwrap_or_default(),
         peer_links: peers::link_views(state, &vm.id).unwrap_or_default(),
+        network: network::view(state, vm),
     }
 }
 
@@ -99,46 +98,19 @@ fn validate(state: &AppState, req: &CreateVmRequest) -> Result<(), ApiError> {
             req.mem_mb, c.max_mem_mb
         )));
     }
-    let ips = req.allow_ips.as_deref().unwrap_or_default();
-    if ips.len() > MAX_ALLOW_IPS {
-        return Err(ApiError::BadRequest(format!(
-            "invalid field `allowIps`: at most {MAX_ALLOW_IPS} entries"
-        )));
-    }
-    for (i, cidr) in ips.iter().enumerate() {
-        if !is_cidr(cidr) {
-            return Err(ApiError::BadRequest(format!(
-                "invalid field `allowIps[{i}]`: {cidr:?} is not an IP address or CIDR"
-            )));
-        }
-    }
-    if let Some(image) = &req.image_id {
-        // No image service yet: every image id is unknown.
-        return Err(ApiError::NotFound(format!("image {image:?} not found")));
-    }
     Ok(())
-}
-
-/// True for `1.2.3.4`, `1.2.3.0/24`, `2001:db8::/32`.
-fn is_cidr(s: &str) -> bool {
-    let (addr, prefix) = match s.split_once('/') {
-        Some((a, p)) => (a, Some(p)),
-        None => (s, None),
-    };
-    let Ok(ip) = addr.parse::<IpAddr>() else {
-        return false;
-    };
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    match prefix {
-        None => true,
-        Some(p) => p.parse::<u8>().is_ok_and(|p| p <= max),
-    }
 }
 
 /// Creates and boots a VM; returns it RUNNING, ready for exec. Any failure leaves nothing behind
 /// but an ERROR record with the reason.
 pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, ApiError> {
     validate(state, &req)?;
+    let policy = network::policy_from_request(
+        state,
+        req.outbound_internet,
+        req.allow_ips.as_deref().unwrap_or_default(),
+        req.allow_domains.as_deref().unwrap_or_default(),
+    )?;
     let id = uuid::Uuid::new_v4().to_string();
     let secrets = match req.secret_env.as_deref() {
         Some(entries) if !entries.is_empty() => Some(peers::seal_secrets(state, entries)?),
@@ -146,7 +118,7 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
     };
     let links = peers::validate_links(state, &id, req.peer_links.as_deref().unwrap_or_default())?;
     let now = now_ms();
-    let record = VmRecord {
+    let mut record = VmRecord {
         id: id.clone(),
         state: VmState::Creating,
         state_reason: None,
@@ -155,10 +127,9 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
         runtime: state.runtime.kind().as_str().to_string(),
         image_id: None,
         handle_json: None,
-        outbound_internet: req.outbound_internet.unwrap_or(false),
+        outbound_internet: policy.outbound_internet,
         allow_ips_json: Some(
-            serde_json::to_string(&req.allow_ips.unwrap_or_default())
-                .map_err(ApiError::internal)?,
+            serde_json::to_string(&policy.allow_ips).map_err(ApiError::internal)?,
         ),
         secret_env_ciphertext: None,
         created_at: now,
@@ -174,7 +145,12 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
                 state.config.max_vms
             )));
         }
+        // Resolved under the gate: image deletion takes it too, so the image cannot vanish
+        // between this check and the VM row that pins it.
+        record.image_id = images::image_for_new_vm(state, req.image_id.as_deref())?;
         state.store.insert_vm(&record)?;
+        network::save_policy(state, &id, &policy)?;
+        network::allocate_slot(state, &id)?;
         if let Some((sealed, keys)) = &secrets {
             state.store.set_vm_secrets(&id, Some(sealed), keys)?;
         }
@@ -196,6 +172,7 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
         if let Err(d) = state.runtime.destroy(&id, None).await {
             tracing::warn!(vm_id = %id, error = %d, "cleanup after a failed create failed");
         }
+        network::detach(state, &id).await;
         state.store.set_vm_handle(&id, None)?;
         transition(state, &id, VmState::Creating, VmState::Error, Some(&reason))?;
         return Err(e);
@@ -209,16 +186,22 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
 
 /// Starts the runtime VM, persists its handle and waits for the agent's health.
 async fn boot(state: &AppState, vm: &VmRecord) -> Result<VmHandle, ApiError> {
+    let files = images::boot_files(state, vm.image_id.as_deref())?;
     let spec = VmSpec {
         id: vm.id.clone(),
         cpu: vm.cpu,
         mem_mb: vm.mem_mb,
-        rootfs: None,
+        rootfs: files.rootfs,
+        kernel: files.kernel,
+        initrd: files.initrd,
         hostname: format!("rds-{}", &vm.id[..8.min(vm.id.len())]),
+        network: network::spec_network(state, &vm.id)?,
+        ..VmSpec::default()
     };
     let handle = state.runtime.start(&spec).await.map_err(runtime_error)?;
     let json = serde_json::to_string(&handle).map_err(ApiError::internal)?;
     state.store.set_vm_handle(&vm.id, Some(&json))?;
+    network::attach(state, vm, &handle).await?;
     state
         .agent
         .call_json::<(), AgentHealth>(&vm.id, Method::GET, "/health", None, HEALTH_TIMEOUT)
@@ -238,7 +221,12 @@ pub async fn start(state: &AppState, id: &str) -> Result<(), ApiError> {
         ))
     })?;
     transition(state, id, vm.state, VmState::Starting, None)?;
-    match boot(state, &vm).await {
+    // A VM created while networking was off gets its addresses now.
+    let slot = {
+        let _gate = state.create_gate.lock().await;
+        network::allocate_slot(state, id)
+    };
+    match async { slot?; boot(state, &vm).await }.await {
         Ok(_) => {
             transition(state, id, VmState::Starting, VmState::Running, None)?;
             vm_event(state, id, "vm.started", "VM started", None);
@@ -249,6 +237,7 @@ pub async fn start(state: &AppState, id: &str) -> Result<(), ApiError> {
             if let Some(h) = current_handle(state, id)? {
                 let _ = state.runtime.stop(id, &h).await;
             }
+            network::detach(state, id).await;
             state.store.set_vm_handle(id, None)?;
             transition(
                 state,
@@ -284,6 +273,7 @@ pub async fn stop(state: &AppState, id: &str) -> Result<(), ApiError> {
         Some(h) => state.runtime.stop(id, &h).await,
         None => Ok(()),
     };
+    network::detach(state, id).await;
     state.store.set_vm_handle(id, None)?;
     match result {
         Ok(()) => {
@@ -311,6 +301,8 @@ pub async fn delete(state: &AppState, id: &str) -> Result<(), ApiError> {
         transition(state, id, vm.state, VmState::Error, Some(&reason))?;
         return Err(runtime_error(e));
     }
+    network::detach(state, id).await;
+    network::free_slot(state, id)?;
     state.store.set_vm_handle(id, None)?;
     state.store.delete_peer_links_of(id)?;
     state.store.set_vm_secrets(id, None, &[])?;
@@ -364,27 +356,5 @@ pub fn runtime_error(e: RuntimeError) -> ApiError {
         }
         RuntimeError::InvalidSpec(m) => ApiError::BadRequest(m),
         other => ApiError::Internal(other.to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_cidr;
-
-    #[test]
-    fn cidr_validation_accepts_addresses_and_prefixes_only() {
-        for ok in ["1.2.3.4", "10.0.0.0/8", "0.0.0.0/0", "2001:db8::/32", "::1"] {
-            assert!(is_cidr(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "example.com",
-            "1.2.3.4/33",
-            "::/129",
-            "1.2.3.4/",
-            "1.2.3.4/x",
-        ] {
-            assert!(!is_cidr(bad), "{bad}");
-        }
     }
 }

@@ -262,7 +262,8 @@ impl QemuRuntime {
             .arg(&p.vhost_user)
             .arg("--uds-path")
             .arg(&p.vsock)
-            .env("RUST_LOG", "warn")
+            // Its warnings fire on every handshake attempt while the guest boots.
+            .env("RUST_LOG", "error")
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err));
         let child = starting.backend.insert(
@@ -285,6 +286,8 @@ impl QemuRuntime {
     /// QEMU's command line for `spec`.
     fn qemu_args(&self, spec: &VmSpec, p: &VmPaths, accel: Accel) -> Vec<String> {
         let base = spec.rootfs.as_deref().unwrap_or(&self.cfg.base_rootfs);
+        let kernel = spec.kernel.as_deref().unwrap_or(&self.cfg.kernel);
+        let initrd = spec.initrd.as_deref().unwrap_or(&self.cfg.initrd);
         let mut cmdline = vec![
             "console=ttyS0".to_string(),
             "reboot=t".into(),
@@ -294,8 +297,12 @@ impl QemuRuntime {
             format!("rds.overlay={OVERLAY_LABEL}"),
         ];
         if accel == Accel::Tcg {
-            // Without a preset delay loop, TCG guests hang calibrating it (no timer interrupts yet).
-            cmdline.extend(["lpj=4000000".into(), "no_timer_check".into()]);
+            // TCG guests cannot calibrate against the PIT (no timer interrupts that early): the
+            // delay loop hangs without `lpj`, and the APIC timer calibration without a known TSC
+            // rate. TCG's TSC follows the host clock, so it is reliable once its rate is given.
+            cmdline.extend(
+                ["lpj=4000000", "no_timer_check", "tsc_early_khz=2000000", "tsc=reliable"].map(String::from),
+            );
         }
         let mem = spec.mem_mb;
         let mut args: Vec<String> = vec![
@@ -323,9 +330,9 @@ impl QemuRuntime {
             "none".into(),
             "-no-reboot".into(),
             "-kernel".into(),
-            path_arg(&self.cfg.kernel),
+            path_arg(kernel),
             "-initrd".into(),
-            path_arg(&self.cfg.initrd),
+            path_arg(initrd),
             "-append".into(),
             cmdline.join(" "),
             "-chardev".into(),
@@ -451,8 +458,12 @@ fn detached(program: &Path) -> tokio::process::Command {
     cmd
 }
 
-/// Network devices for the VM. None yet: TAP networking plugs in here.
-fn network_args(_spec: &VmSpec) -> Vec<String> {
+/// Network devices for the VM. None yet (`spec.network` is not honoured): a TAP device and its
+/// `virtio-net-device` plug in here.
+fn network_args(spec: &VmSpec) -> Vec<String> {
+    if spec.network.is_some() {
+        tracing::warn!(vm = %spec.id, "the qemu runtime does not attach networks yet; the VM has loopback only");
+    }
     Vec::new()
 }
 
@@ -570,9 +581,11 @@ fn check_spec(spec: &VmSpec) -> Result<(), RuntimeError> {
     if h.is_empty() || h.len() > 64 || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
         return Err(RuntimeError::InvalidSpec(format!("hostname {h:?} must match [A-Za-z0-9.-]{{1,64}}")));
     }
-    if let Some(rootfs) = &spec.rootfs {
-        if !rootfs.is_absolute() || !rootfs.is_file() {
-            return Err(RuntimeError::InvalidSpec(format!("rootfs {} is not an ext4 image file", rootfs.display())));
+    for (what, file) in [("rootfs", &spec.rootfs), ("kernel", &spec.kernel), ("initrd", &spec.initrd)] {
+        if let Some(path) = file {
+            if !path.is_absolute() || !path.is_file() {
+                return Err(RuntimeError::InvalidSpec(format!("{what} {} is not a file", path.display())));
+            }
         }
     }
     Ok(())
@@ -712,7 +725,7 @@ mod tests {
     }
 
     fn spec() -> VmSpec {
-        VmSpec { id: "vm-1".into(), cpu: 2, mem_mb: 512, rootfs: None, hostname: "box".into() }
+        VmSpec { id: "vm-1".into(), cpu: 2, mem_mb: 512, rootfs: None, kernel: None, initrd: None, hostname: "box".into(), network: None }
     }
 
     #[test]
@@ -720,7 +733,7 @@ mod tests {
         let rt = runtime();
         let p = rt.paths("vm-1");
         let tcg = rt.qemu_args(&spec(), &p, Accel::Tcg).join(" ");
-        assert!(tcg.contains("-accel tcg") && tcg.contains("lpj=4000000 no_timer_check"), "{tcg}");
+        assert!(tcg.contains("-accel tcg") && tcg.contains("lpj=4000000 no_timer_check tsc_early_khz="), "{tcg}");
         assert!(tcg.contains("memory-backend-memfd,id=mem,size=512M,share=on"), "{tcg}");
         assert!(tcg.contains("rds.overlay=rds-overlay") && tcg.contains("rds.hostname=box"), "{tcg}");
         assert!(tcg.contains("-no-reboot") && tcg.contains("reboot=t"), "{tcg}");

@@ -262,6 +262,7 @@ impl SandboxRuntime {
             bridge_dir: p.bridge.clone(),
             hide_paths: self.hide_paths(),
             listen_fd: listener.as_raw_fd(),
+            resolv_conf: spec.network.as_ref().map(crate::VmNetwork::resolv_conf),
         };
         let child = child_slot.insert(self.spawn_launcher(&launch, listener.as_raw_fd(), &spec.id, &p.console)?);
         // Only the sandbox may hold the listener now: if it dies, connections are refused, not queued.
@@ -306,8 +307,12 @@ fn check_spec(spec: &VmSpec) -> Result<(), RuntimeError> {
         return Err(RuntimeError::InvalidSpec(format!("hostname {h:?} must match [A-Za-z0-9.-]{{1,64}}")));
     }
     if let Some(rootfs) = &spec.rootfs {
-        if !rootfs.is_absolute() || !rootfs.is_dir() {
-            return Err(RuntimeError::InvalidSpec(format!("rootfs {} is not a directory", rootfs.display())));
+        // An ext4 image file is loop-mounted read-only by the launcher; a directory is bound.
+        if !rootfs.is_absolute() || !(rootfs.is_dir() || rootfs.is_file()) {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "rootfs {} is neither an ext4 image file nor a directory",
+                rootfs.display()
+            )));
         }
     }
     Ok(())

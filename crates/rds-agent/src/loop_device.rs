@@ -1,0 +1,112 @@
+//! Read-only loop devices for image root filesystems (used by the sandbox launcher).
+//!
+//! [`mount_image_read_only`] attaches an ext4 image file to a free loop device with
+//! `LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR` in one `LOOP_CONFIGURE` call and mounts it read-only.
+//! The only long-lived reference to the device is then the mount: when the mount namespace that
+//! holds it dies, the kernel detaches the device by itself, so nothing is left to clean up even
+//! if the launcher is killed.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use linux_raw_sys::loop_device::{
+    loop_config, loop_info64, LOOP_CONFIGURE, LOOP_CTL_GET_FREE, LO_FLAGS_AUTOCLEAR,
+    LO_FLAGS_READ_ONLY,
+};
+use nix::mount::{mount, MsFlags};
+
+/// How often a free device is claimed again when another process takes it first.
+const CLAIM_ATTEMPTS: usize = 16;
+
+/// A configured loop device; closing it (drop) detaches it unless something (a mount) still uses it.
+pub struct LoopDevice {
+    file: File,
+    path: PathBuf,
+}
+
+impl LoopDevice {
+    /// `/dev/loopN`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Attaches `image` read-only to a free loop device that detaches itself when its last user goes.
+pub fn attach_read_only(image: &Path) -> Result<LoopDevice> {
+    let backing = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(image)
+        .with_context(|| format!("cannot open image {}", image.display()))?;
+    let control = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/loop-control")
+        .context("cannot open /dev/loop-control (is the loop module loaded?)")?;
+    let config = read_only_config(&backing, image);
+    for _ in 0..CLAIM_ATTEMPTS {
+        // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number or -1.
+        let n = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE as _) };
+        if n < 0 {
+            bail!("LOOP_CTL_GET_FREE: {}", std::io::Error::last_os_error());
+        }
+        let path = PathBuf::from(format!("/dev/loop{n}"));
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        // SAFETY: `config` is a fully initialised loop_config that outlives the call; the kernel
+        // only reads it.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), LOOP_CONFIGURE as _, &config as *const loop_config) };
+        if rc == 0 {
+            return Ok(LoopDevice { file, path });
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EBUSY) {
+            bail!("LOOP_CONFIGURE {} with {}: {err}", path.display(), image.display());
+        }
+        // Another process configured this device between GET_FREE and CONFIGURE: take the next.
+    }
+    bail!("no free loop device after {CLAIM_ATTEMPTS} attempts")
+}
+
+fn read_only_config(backing: &File, image: &Path) -> loop_config {
+    // SAFETY: loop_info64 is plain old data; all-zero is its documented "unset" value.
+    let mut info: loop_info64 = unsafe { std::mem::zeroed() };
+    info.lo_flags = LO_FLAGS_READ_ONLY as u32 | LO_FLAGS_AUTOCLEAR as u32;
+    // Shown by `losetup -a`; truncated, informational only (the kernel keeps the real path).
+    let name = image.as_os_str().as_bytes();
+    let len = name.len().min(info.lo_file_name.len() - 1);
+    info.lo_file_name[..len].copy_from_slice(&name[..len]);
+    // SAFETY: as above, all-zero loop_config means "default block size, no extra flags".
+    let mut config: loop_config = unsafe { std::mem::zeroed() };
+    config.fd = backing.as_raw_fd() as u32;
+    config.info = info;
+    config
+}
+
+/// Mounts the ext4 image `image` read-only, nosuid, nodev on `target` through an auto-clearing
+/// read-only loop device. Returns the device path (for messages).
+pub fn mount_image_read_only(image: &Path, target: &Path) -> Result<PathBuf> {
+    let device = attach_read_only(image)?;
+    mount(
+        Some(device.path()),
+        target,
+        Some("ext4"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .with_context(|| {
+        format!("cannot mount {} ({}) as ext4 on {}", image.display(), device.path().display(), target.display())
+    })?;
+    let path = device.path.clone();
+    // The mount now holds the device; closing our fd leaves AUTOCLEAR to the kernel.
+    drop(device.file);
+    Ok(path)
+}

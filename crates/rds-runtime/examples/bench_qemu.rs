@@ -1,0 +1,136 @@
+//! Benchmark: create → first exec and exec round-trip, qemu beside sandbox, in one run. As root:
+//!
+//! ```text
+//! cargo run -p rds-runtime --example bench_qemu [image-dir]
+//! ```
+//!
+//! `image-dir` holds `vmlinuz`, `initrd.img`, `rootfs.ext4` (default: the newest `image-*` in
+//! `/var/cache/rds-image`). The agent binary for the sandbox is `$RDS_AGENT_BIN`, else
+//! `target/debug/rds-agent`. Prints one JSON line.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rds_proto::AGENT_VSOCK_PORT;
+use rds_runtime::qemu::{QemuConfig, QemuRuntime};
+use rds_runtime::sandbox::{SandboxConfig, SandboxRuntime};
+use rds_runtime::{Runtime, VmSpec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const VMS: usize = 5;
+const ROUND_TRIPS: usize = 20;
+
+/// Runs `cmd` through the agent and returns its stdout.
+async fn exec(rt: &dyn Runtime, id: &str, cmd: &str) -> anyhow::Result<String> {
+    let mut s = rds_vsock::connect(&rt.agent_socket(id), AGENT_VSOCK_PORT, Duration::from_secs(10)).await?;
+    let body = serde_json::json!({ "cmd": cmd }).to_string();
+    let req = format!(
+        "POST /exec HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw);
+    anyhow::ensure!(text.starts_with("HTTP/1.1 200"), "exec failed: {text}");
+    Ok(text.into_owned())
+}
+
+fn percentile(samples: &mut [f64], p: f64) -> f64 {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    (samples[rank] * 10.0).round() / 10.0
+}
+
+/// Boots `VMS` VMs one after another (create → first exec), then times exec round-trips on one.
+async fn measure(rt: &dyn Runtime) -> anyhow::Result<serde_json::Value> {
+    let mut first_exec = Vec::new();
+    let mut round_trip = Vec::new();
+    for n in 0..VMS {
+        let id = uuid::Uuid::new_v4().to_string();
+        let spec = VmSpec {
+            id: id.clone(),
+            cpu: 1,
+            mem_mb: 512,
+            rootfs: None,
+            kernel: None,
+            initrd: None,
+            hostname: "bench".into(),
+            network: None,
+        };
+        let started = Instant::now();
+        let handle = rt.start(&spec).await?;
+        exec(rt, &id, "true").await?;
+        first_exec.push(started.elapsed().as_secs_f64() * 1000.0);
+        if n == 0 {
+            for _ in 0..ROUND_TRIPS {
+                let t = Instant::now();
+                exec(rt, &id, "true").await?;
+                round_trip.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        let accel = handle.extra.get("accel").cloned();
+        rt.destroy(&id, Some(&handle)).await?;
+        if n == 0 {
+            if let Some(a) = accel {
+                eprintln!("{}: accel {a}", rt.kind());
+            }
+        }
+    }
+    Ok(serde_json::json!({
+        "create_to_first_exec_ms": { "p50": percentile(&mut first_exec, 0.5), "p95": percentile(&mut first_exec, 0.95) },
+        "exec_round_trip_ms": { "p50": percentile(&mut round_trip, 0.5), "p95": percentile(&mut round_trip, 0.95) },
+    }))
+}
+
+fn default_image_dir() -> Option<PathBuf> {
+    let mut dirs: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir("/var/cache/rds-image")
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("image-") && e.path().join("rootfs.ext4").is_file())
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    dirs.sort();
+    dirs.pop().map(|(_, p)| p)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let image = match std::env::args().nth(1) {
+        Some(dir) => PathBuf::from(dir),
+        None => default_image_dir().ok_or_else(|| anyhow::anyhow!("no image dir given and none cached"))?,
+    };
+    let agent = std::env::var("RDS_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/rds-agent"));
+    std::fs::create_dir_all("/var/tmp")?;
+    let storage = tempfile::Builder::new().prefix("rds-bench-qemu-").tempdir_in("/var/tmp")?;
+
+    let mut cfg = QemuConfig::from_image_dir(storage.path().join("qemu"), &image);
+    cfg.overlay_size_mb = 1024;
+    let qemu = QemuRuntime::new(cfg)?;
+    let accel = qemu.accel().await;
+    let qemu_figures = measure(&qemu).await?;
+
+    let sandbox = SandboxRuntime::with_cgroup_group(
+        SandboxConfig {
+            storage_root: storage.path().join("sandbox"),
+            agent_bin: agent.canonicalize()?,
+            pids_max: 512,
+            hide_paths: vec![],
+        },
+        "rds-bench-qemu",
+    )?;
+    let sandbox_figures = measure(&sandbox).await?;
+
+    println!(
+        "{}",
+        serde_json::json!({
+            "vms": VMS,
+            "round_trips": ROUND_TRIPS,
+            "qemu": { "accel": accel.as_str(), "figures": qemu_figures },
+            "sandbox": sandbox_figures,
+        })
+    );
+    Ok(())
+}
