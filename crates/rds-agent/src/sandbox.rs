@@ -237,8 +237,10 @@ fn build_root(spec: &SandboxSpec) -> Result<()> {
         // An image: its ext4 file, read-only, is the whole root; the mount points must be in it.
         crate::loop_device::mount_image_read_only(&source, &root)?;
         for name in OWN_MOUNTS {
-            if !root.join(name).is_dir() {
-                bail!("image {} has no /{name} directory to mount on", source.display());
+            // A symlink here (an uploaded image is hostile) would aim our mounts elsewhere.
+            let real_dir = std::fs::symlink_metadata(root.join(name)).is_ok_and(|m| m.is_dir());
+            if !real_dir {
+                bail!("image {} has no /{name} directory to mount on (symlinks are refused)", source.display());
             }
         }
     } else {

@@ -4,6 +4,7 @@
 //! small; one task per connection; keep-alive. The agent never listens on TCP and marks itself
 //! non-dumpable, so code in the guest can neither reach it nor inspect it.
 
+mod bridge_relay;
 mod http;
 mod routes;
 
@@ -184,6 +185,9 @@ fn bind(listen: ListenOn) -> anyhow::Result<Listener> {
 }
 
 async fn serve(listen: ListenOn, cfg: AgentConfig) -> anyhow::Result<()> {
+    if matches!(listen, ListenOn::Vsock(_)) {
+        tokio::spawn(bridge_relay::run());
+    }
     let listener = bind(listen)?;
     let (stop, stopped) = watch::channel(false);
     let mut stop_requested = stopped.clone();

@@ -14,8 +14,8 @@ use serde_json::{json, Value};
 /// Flags of `rds bench`.
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// What to measure: `create` or `peers`.
-    #[arg(value_parser = ["create", "peers"])]
+    /// What to measure: `create`, `peers` or `network` (see [`crate::bench_network`]).
+    #[arg(value_parser = ["create", "peers", "network"])]
     what: String,
     /// Use a running manager instead of starting one.
     #[arg(long, requires = "api_key")]
@@ -35,8 +35,8 @@ pub struct BenchArgs {
 }
 
 /// A manager started for the bench; killed on drop.
-struct OwnManager {
-    child: Child,
+pub(crate) struct OwnManager {
+    pub(crate) child: Child,
     _dir: tempfile::TempDir,
 }
 
@@ -49,6 +49,9 @@ impl Drop for OwnManager {
 
 /// Runs the benchmark.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.what == "network" {
+        return crate::bench_network::run(args.vms, args.execs);
+    }
     let (url, key, storage_root, _own) = match &args.url {
         Some(url) => (
             url.clone(),
@@ -57,7 +60,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             None,
         ),
         None => {
-            let (own, url, key, root) = start_manager()?;
+            let (own, url, key, root) = start_manager(&[("RDS_NETWORK", "off")])?;
             (url, key, root, Some(own))
         }
     };
@@ -206,7 +209,7 @@ fn direct_execs(socket: &Path, n: usize) -> anyhow::Result<Vec<f64>> {
 }
 
 /// Starts `rds serve` from this executable on a free port with a temporary STORAGE_ROOT.
-fn start_manager() -> anyhow::Result<(OwnManager, String, String, PathBuf)> {
+pub(crate) fn start_manager(env: &[(&str, &str)]) -> anyhow::Result<(OwnManager, String, String, PathBuf)> {
     let dir = tempfile::Builder::new().prefix("rds-bench-").tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -223,6 +226,7 @@ fn start_manager() -> anyhow::Result<(OwnManager, String, String, PathBuf)> {
         .env("PEER_CALLS_PER_MIN", "0")
         // Its own cgroup parent: a bench manager must never reap the VMs of a real one on this host.
         .env("RDS_CGROUP_GROUP", format!("rds-bench-{port}"))
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

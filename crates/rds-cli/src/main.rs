@@ -1,6 +1,7 @@
 //! `rds`: the run-dat-sheesh binary. It only wires flags to the libraries.
 
 mod bench;
+mod bench_network;
 mod bench_peers;
 mod image;
 mod serve;

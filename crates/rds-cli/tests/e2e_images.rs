@@ -109,6 +109,7 @@ fn tiny_ext4_rootfs(dir: &Path) -> Option<Vec<u8>> {
         .arg(&tree)
         .arg(&image)
         .arg("4M")
+        .stdout(std::process::Stdio::null())
         .status()
         .map(|s| s.success())
         .unwrap_or(false);

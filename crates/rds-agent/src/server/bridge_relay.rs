@@ -1,0 +1,47 @@
+//! Inside a microVM, user code reaches the peer bridge at [`GUEST_BRIDGE_SOCKET`]; this relay
+//! carries each connection to the host over vsock (CID 2, [`BRIDGE_VSOCK_PORT`]). The host side
+//! is a per-VM socket, so the manager knows which VM is calling without trusting anything sent.
+//! (The sandbox runtime mounts the host socket directly and needs no relay.)
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use rds_proto::{BRIDGE_VSOCK_PORT, GUEST_BRIDGE_SOCKET};
+use tokio::net::UnixListener;
+
+/// Binds the guest-side bridge socket and relays connections until the agent stops.
+pub(crate) async fn run() {
+    let path = Path::new(GUEST_BRIDGE_SOCKET);
+    let listener = match bind(path) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!("peer bridge relay unavailable: cannot bind {}: {e}", path.display());
+            return;
+        }
+    };
+    loop {
+        let Ok((mut guest, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        tokio::spawn(async move {
+            match rds_vsock::dial_host(BRIDGE_VSOCK_PORT).await {
+                Ok(mut host) => {
+                    let _ = tokio::io::copy_bidirectional(&mut guest, &mut host).await;
+                }
+                Err(e) => tracing::warn!("peer bridge: cannot reach the host: {e}"),
+            }
+        });
+    }
+}
+
+fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    let dir = path.parent().expect("the bridge socket path has a parent");
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    // User code (uid 1000) connects; what it may call is decided by the manager.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
