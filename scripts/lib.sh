@@ -51,5 +51,6 @@ ensure_interpreters() {
 ensure_vhost_device_vsock() {
   command -v vhost-device-vsock >/dev/null && return 0
   step "installing vhost-device-vsock"
-  cargo install --locked vhost-device-vsock
+  # Pinned: the qemu runtime depends on this version's command-line syntax.
+  cargo install --locked --version 0.3.0 vhost-device-vsock
 }

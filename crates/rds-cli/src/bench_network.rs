@@ -120,8 +120,7 @@ fn apply_bench() -> anyhow::Result<Value> {
 /// Create → first exec latency with networking `on` or off, and (when on) PATCH latency.
 fn manager_bench(on: bool, vms: usize, patches: usize) -> anyhow::Result<(Value, Value)> {
     let mode = if on { "on" } else { "off" };
-    // No upstream resolver exists in the bench namespace; none is needed.
-    let (own, url, key, _root) = start_manager(&[("RDS_NETWORK", mode), ("RDS_DNS_UPSTREAMS", "")])?;
+    let (own, url, key, _root) = start_manager(&[("RDS_NETWORK", mode)])?;
     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
     let api = Api { agent, url, key };
     let mut create_ms = Vec::with_capacity(vms);

@@ -191,7 +191,7 @@ pub fn build(
             )?;
             let work = image_stage.begin()?.to_path_buf();
             let kernel = kernel::load(&kernel_dir)?;
-            assemble(
+            let installed_agent_sha256 = assemble(
                 opts,
                 &kernel_dir,
                 &kernel,
@@ -219,7 +219,7 @@ pub fn build(
                 suite: suite.to_string(),
                 kernel,
                 deno_version: deno_version.to_string(),
-                agent_sha256,
+                agent_sha256: installed_agent_sha256,
                 packages,
                 artifacts,
             };
@@ -400,14 +400,15 @@ fn assemble(
     work: &Path,
     scratch: &Path,
     steps: &mut Steps,
-) -> Result<(), ImageError> {
+) -> Result<String, ImageError> {
+    let agent = installable_agent(&opts.agent_bin, scratch)?;
     for name in [VMLINUZ, VMLINUX] {
         let to = work.join(name);
         std::fs::copy(kernel_dir.join(name), &to).map_err(ImageError::io("copying to", &to))?;
     }
     if kernel.choice == "debian" {
         steps.begin("initramfs: agent, its libraries, kernel modules");
-        let initramfs = initramfs_for(&opts.agent_bin, kernel_dir, kernel)?;
+        let initramfs = initramfs_for(&agent, kernel_dir, kernel)?;
         let path = work.join(INITRD);
         let file = std::fs::File::create(&path).map_err(ImageError::io("creating", &path))?;
         initramfs
@@ -418,11 +419,28 @@ fn assemble(
     steps.begin("rootfs: copying tree and installing the agent");
     let tree = scratch.join("rootfs");
     rootfs::copy_tree(&rootfs_dir.join("tree"), &tree)?;
-    rootfs::install_agent(&tree, &opts.agent_bin)?;
+    rootfs::install_agent(&tree, &agent)?;
     steps.begin("rootfs: mkfs.ext4 -d");
     let size = rootfs::make_ext4(&tree, &work.join(ROOTFS))?;
     steps.note(&format!("rootfs.ext4 is {}", human_size(size)));
-    Ok(())
+    sha256_file(&agent)
+}
+
+/// The agent as installed in the guest: without debug sections (a debug build is ~40 MB, most of
+/// it DWARF, which the initramfs would otherwise carry and a TCG guest decompress at every boot).
+/// Falls back to an exact copy when `objcopy` is unavailable.
+fn installable_agent(agent: &Path, scratch: &Path) -> Result<PathBuf, ImageError> {
+    let to = scratch.join("rds-agent");
+    let stripped = std::process::Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(agent)
+        .arg(&to)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !stripped {
+        std::fs::copy(agent, &to).map_err(ImageError::io("copying the agent to", &to))?;
+    }
+    Ok(to)
 }
 
 fn initramfs_for(

@@ -196,7 +196,6 @@ async fn boot(state: &AppState, vm: &VmRecord) -> Result<VmHandle, ApiError> {
         initrd: files.initrd,
         hostname: format!("rds-{}", &vm.id[..8.min(vm.id.len())]),
         network: network::spec_network(state, &vm.id)?,
-        ..VmSpec::default()
     };
     let handle = state.runtime.start(&spec).await.map_err(runtime_error)?;
     let json = serde_json::to_string(&handle).map_err(ApiError::internal)?;
