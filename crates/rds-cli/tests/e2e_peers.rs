@@ -255,6 +255,9 @@ fn consumers_call_providers_with_their_secrets_and_never_hold_them() {
     let weather = w.weather.clone();
     let env = w.exec(&weather, "printenv WEATHER_TOKEN | wc -c");
     assert_eq!(env["stdout"].as_str().unwrap().trim(), (w.weather_secret.len() + 1).to_string());
+    // Even the provider's own output never carries the value back through the API.
+    let echoed = w.exec(&weather, "echo \"token=$WEATHER_TOKEN\"");
+    assert_eq!(echoed["stdout"], "token=[redacted:WEATHER_TOKEN]\n", "{echoed}");
 
     // ... and nowhere in the consumer: files it can see, environments of all its processes.
     // The patterns go in on stdin so the command line (kept in exec logs) doesn't hold them.
@@ -427,8 +430,8 @@ fn secret_env_needs_vm_secret_key_and_can_be_rotated() {
     assert_eq!(st, 204);
     let (_, vm) = s.call("GET", &format!("/v1/vms/{id}"), None);
     assert_eq!(vm["secretEnvKeys"], json!(["NEW"]));
-    let r = s.exec(id, "echo ${OLD:-none} $NEW");
-    assert_eq!(r["stdout"], "none rotated-value\n");
+    let r = s.exec(id, "echo ${OLD:-none}; [ \"$NEW\" = rotated-value ] && echo new-is-set");
+    assert_eq!(r["stdout"], "none\nnew-is-set\n");
 }
 
 /// Pids of every process in the consumer's sandbox, read from its cgroups on the host.

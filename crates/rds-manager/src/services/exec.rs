@@ -10,7 +10,7 @@ use rds_store::{now_ms, ExecLogRecord, VmState};
 use serde_json::json;
 
 use crate::agent::AgentError;
-use crate::services::peers::with_secrets;
+use crate::services::peers::{redact_value, secrets_of, with_secrets};
 use crate::services::vms::find_running;
 use crate::{ApiError, AppState};
 
@@ -39,10 +39,11 @@ fn call_limit(state: &AppState, timeout_ms: Option<u64>) -> Result<Duration, Api
 pub async fn exec(state: &AppState, vm_id: &str, req: ExecRequest) -> Result<ExecResult, ApiError> {
     let limit = call_limit(state, req.timeout_ms)?;
     let vm = find_running(state, vm_id)?;
+    let secrets = secrets_of(state, &vm)?;
     let oom_before = state.runtime.oom_kills(vm_id).await;
     let started = Instant::now();
     let to_agent = ExecRequest {
-        env: with_secrets(state, &vm, req.env.clone())?,
+        env: with_secrets(req.env.clone(), &secrets),
         ..req.clone()
     };
     let mut result: ExecResult = state
@@ -51,6 +52,9 @@ pub async fn exec(state: &AppState, vm_id: &str, req: ExecRequest) -> Result<Exe
         .await
         .map_err(|e| agent_error(state, vm_id, e))?;
     result.oom_killed |= oom_rose(oom_before, state.runtime.oom_kills(vm_id).await);
+    // A provider's secrets are never returned, even if its own code prints them.
+    result.stdout = secrets.redact(&result.stdout);
+    result.stderr = secrets.redact(&result.stderr);
     let input = json!({
         "cmd": req.cmd,
         "cwd": req.cwd,
@@ -81,7 +85,7 @@ pub async fn exec_stream(
     let limit = call_limit(state, req.timeout_ms)?;
     let vm = find_running(state, vm_id)?;
     let to_agent = ExecRequest {
-        env: with_secrets(state, &vm, req.env.clone())?,
+        env: with_secrets(req.env.clone(), &secrets_of(state, &vm)?),
         ..req.clone()
     };
     let body = serde_json::to_vec(&to_agent).map_err(ApiError::internal)?;
@@ -130,11 +134,12 @@ pub async fn run(
         ));
     }
     let vm = find_running(state, vm_id)?;
+    let secrets = secrets_of(state, &vm)?;
     let oom_before = state.runtime.oom_kills(vm_id).await;
     let started = Instant::now();
     let path = format!("/{}", lang.route());
     let to_agent = RunRequest {
-        env: with_secrets(state, &vm, req.env.clone())?,
+        env: with_secrets(req.env.clone(), &secrets),
         ..req.clone()
     };
     let mut result: RunResult = state
@@ -143,6 +148,11 @@ pub async fn run(
         .await
         .map_err(|e| agent_error(state, vm_id, e))?;
     result.oom_killed |= oom_rose(oom_before, state.runtime.oom_kills(vm_id).await);
+    result.stdout = secrets.redact(&result.stdout);
+    result.stderr = secrets.redact(&result.stderr);
+    for value in [&mut result.result, &mut result.error].into_iter().flatten() {
+        redact_value(&secrets, value);
+    }
     let input = json!({
         "path": req.path,
         "code": req.code.as_deref().map(|c| preview(c, PREVIEW_BYTES)),

@@ -92,16 +92,25 @@ pub fn secrets_of(state: &AppState, vm: &VmRecord) -> Result<SecretEnv, ApiError
 }
 
 /// The caller's environment with the VM's own secrets laid over it (secrets win).
-pub fn with_secrets(state: &AppState, vm: &VmRecord, env: Option<EnvMap>) -> Result<Option<EnvMap>, ApiError> {
-    let secrets = secrets_of(state, vm)?;
+pub fn with_secrets(env: Option<EnvMap>, secrets: &SecretEnv) -> Option<EnvMap> {
     if secrets.is_empty() {
-        return Ok(env);
+        return env;
     }
     let mut merged = env.unwrap_or_default();
     for (k, v) in secrets.vars() {
         merged.0.insert(k.clone(), v.clone());
     }
-    Ok(Some(merged))
+    Some(merged)
+}
+
+/// Replaces secret values inside every string of a JSON value.
+pub fn redact_value(secrets: &SecretEnv, value: &mut Value) {
+    match value {
+        Value::String(s) => *s = secrets.redact(s),
+        Value::Array(items) => items.iter_mut().for_each(|v| redact_value(secrets, v)),
+        Value::Object(map) => map.values_mut().for_each(|v| redact_value(secrets, v)),
+        _ => {}
+    }
 }
 
 /// `PATCH /v1/vms/{id}/secrets`: replaces a VM's secrets.
@@ -548,7 +557,7 @@ async fn call_inner(
     let secrets = secrets_of(state, &provider_vm)?;
     let run = RunRequest {
         code: Some(rds_peer::invoke::invocation_source(export, &req.args)),
-        env: Some(EnvMap(secrets.vars().clone())),
+        env: with_secrets(None, &secrets),
         timeout_ms: Some(export.timeout_ms()),
         allow_net: Some(provider_vm.outbound_internet),
         ..Default::default()
@@ -587,7 +596,9 @@ async fn call_inner(
             sanitize(&secrets, &failure_message(&result))
         )));
     }
-    let value = result.result.unwrap_or(Value::Null);
+    let mut value = result.result.unwrap_or(Value::Null);
+    // Secrets never leave the provider, even inside a value its code returns.
+    redact_value(&secrets, &mut value);
     provider.check_result(&export.name, &value).map_err(|v| {
         ApiError::Agent(format!(
             "export {} returned a value that does not match its `returns` schema at `{}`: {}",

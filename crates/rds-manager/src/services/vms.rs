@@ -149,13 +149,21 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
         // between this check and the VM row that pins it.
         record.image_id = images::image_for_new_vm(state, req.image_id.as_deref())?;
         state.store.insert_vm(&record)?;
-        network::save_policy(state, &id, &policy)?;
-        network::allocate_slot(state, &id)?;
-        if let Some((sealed, keys)) = &secrets {
-            state.store.set_vm_secrets(&id, Some(sealed), keys)?;
-        }
-        for link in &links {
-            state.store.upsert_peer_link(link)?;
+        let attached = (|| {
+            network::save_policy(state, &id, &policy)?;
+            network::allocate_slot(state, &id)?;
+            if let Some((sealed, keys)) = &secrets {
+                state.store.set_vm_secrets(&id, Some(sealed), keys)?;
+            }
+            for link in &links {
+                state.store.upsert_peer_link(link)?;
+            }
+            Ok::<_, ApiError>(())
+        })();
+        if let Err(e) = attached {
+            // The record exists: leave it in ERROR with the reason rather than CREATING forever.
+            transition(state, &id, VmState::Creating, VmState::Error, Some(&format!("create failed: {e}")))?;
+            return Err(e);
         }
     }
     vm_event(
