@@ -15,7 +15,6 @@ pub mod rootfs;
 mod steps;
 pub mod vmlinux;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -412,11 +411,8 @@ fn assemble(
         let initramfs = initramfs_for(&agent, kernel_dir, kernel)?;
         let path = work.join(INITRD);
         let file = std::fs::File::create(&path).map_err(ImageError::io("creating", &path))?;
-        // Uncompressed on purpose: under TCG emulation the kernel spends seconds gunzipping an
-        // initramfs, while copying a few more megabytes of plain cpio is nearly free.
         initramfs
-            .write_cpio(std::io::BufWriter::new(file))
-            .and_then(|mut w| w.flush())
+            .write_gzip(std::io::BufWriter::new(file))
             .map_err(ImageError::io("writing", &path))?;
     }
 
