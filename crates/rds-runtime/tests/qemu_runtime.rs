@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use rds_proto::{ExecResult, RunResult, AGENT_VSOCK_PORT, BRIDGE_VSOCK_PORT};
 use rds_runtime::qemu::{QemuConfig, QemuRuntime, GUEST_CID};
+use rds_runtime::process::is_same_process_alive;
 use rds_runtime::{process_start_time, Liveness, Runtime, VmHandle, VmSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -220,9 +221,10 @@ fn untar_gz(data: &[u8]) -> Vec<(String, Vec<u8>)> {
 /// Asserts VM `id` left nothing behind: no directory (sockets, overlay, logs) and no process.
 fn assert_no_trace(rt: &QemuRuntime, id: &str, handle: &VmHandle) {
     assert!(!rt.vm_dir(id).exists(), "VM dir {} still exists", rt.vm_dir(id).display());
-    assert_ne!(process_start_time(handle.pid), Some(handle.start_time), "QEMU {} still runs", handle.pid);
+    // A zombie awaiting its reaper is gone for our purposes: it holds no resources.
+    assert!(!is_same_process_alive(handle.pid, handle.start_time), "QEMU {} still runs", handle.pid);
     let backend = (handle.extra["backend_pid"].as_i64().unwrap() as i32, handle.extra["backend_start_time"].as_u64().unwrap());
-    assert_ne!(process_start_time(backend.0), Some(backend.1), "vhost-device-vsock {} still runs", backend.0);
+    assert!(!is_same_process_alive(backend.0, backend.1), "vhost-device-vsock {} still runs", backend.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
