@@ -17,7 +17,7 @@ use std::time::Duration;
 use rds_proto::{ExecResult, RunResult, AGENT_VSOCK_PORT, BRIDGE_VSOCK_PORT};
 use rds_runtime::qemu::{QemuConfig, QemuRuntime, GUEST_CID};
 use rds_runtime::process::is_same_process_alive;
-use rds_runtime::{process_start_time, Liveness, Runtime, VmHandle, VmSpec};
+use rds_runtime::{Liveness, Runtime, VmHandle, VmSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The image directory (vmlinuz, initrd.img, rootfs.ext4), or why these tests cannot run.
