@@ -35,7 +35,12 @@ ensure_rust() {
 # What run-ts / run-js / run-python need when no guest image is configured: the sandbox runtime
 # runs them from the host's root filesystem (read-only).
 ensure_interpreters() {
-  apt_install python3 nodejs npm ca-certificates
+  # By command, not by package: a host may already have them from elsewhere (NodeSource's
+  # nodejs bundles npm, and Debian's npm package then conflicts with it).
+  command -v python3 >/dev/null || apt_install python3
+  command -v node >/dev/null || apt_install nodejs
+  command -v npm >/dev/null || apt_install npm
+  apt_install ca-certificates
   if ! command -v deno >/dev/null || ! deno --version >/dev/null 2>&1; then
     step "installing Deno from its npm package"
     npm install -g --no-fund --no-audit --allow-scripts=deno deno@2 >/dev/null 2>&1 \

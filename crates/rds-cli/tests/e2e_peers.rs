@@ -128,7 +128,13 @@ struct World {
 }
 
 fn world() -> World {
-    let s = Server::start(&[("VM_SECRET_KEY", SECRET_KEY), ("RUST_LOG", "debug")]);
+    world_with(&[])
+}
+
+fn world_with(extra_env: &[(&str, &str)]) -> World {
+    let mut env = vec![("VM_SECRET_KEY", SECRET_KEY), ("RUST_LOG", "debug")];
+    env.extend_from_slice(extra_env);
+    let s = Server::start(&env);
     let mut seen = Seen::default();
     let weather_secret = fresh_secret();
     let calc_secret = fresh_secret();
@@ -410,6 +416,26 @@ fn the_bridge_refuses_what_the_link_and_manifest_do_not_allow() {
         assert_eq!(st, 400, "{e}");
         assert!(e["error"]["message"].as_str().unwrap().contains(field), "{e}");
     }
+}
+
+#[test]
+fn each_link_is_rate_limited() {
+    require_peers!();
+    let mut w = world_with(&[("PEER_CALLS_PER_MIN", "2")]);
+    let r = w.run(
+        "ts",
+        r#"import * as weather from "/workspace/peers/weather/index.ts";
+           import * as calc from "/workspace/peers/calc/index.ts";
+           const statuses: unknown[] = [];
+           for (let i = 0; i < 3; i++) {
+             try { await weather.forecast({ city: "x" }); statuses.push(200); } catch (e) { statuses.push(e.status); }
+           }
+           // Another link has its own budget.
+           const other = await calc.add({ a: 1, b: 2 });
+           result.set({ statuses, other: other.sum });"#,
+    );
+    assert_eq!(r["statuses"], json!([200, 200, 429]), "{r}");
+    assert_eq!(r["other"], 3, "{r}");
 }
 
 #[test]
