@@ -172,6 +172,9 @@ fn run_pid1(spec: &SandboxSpec, listener: OwnedFd, signals: &SigSet) -> Result<s
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         bail!("PR_SET_NO_NEW_PRIVS: {}", std::io::Error::last_os_error());
     }
+    // The root is built; from here on PID 1 and the agent only run code as uid 1000, move files
+    // in /workspace and signal their own processes. Nothing needs mounts, devices or the network.
+    keep_only_capabilities(AGENT_CAPABILITIES).context("cannot drop capabilities")?;
     supervise(
         move || match crate::server::run(ListenOn::Fd(listener), AgentConfig::default()) {
             Ok(()) => 0,
@@ -182,6 +185,62 @@ fn run_pid1(spec: &SandboxSpec, listener: OwnedFd, signals: &SigSet) -> Result<s
         },
         ExitAction::Exit,
     )
+}
+
+/// What the sandbox's PID 1 and agent keep: switching to uid 1000 (SETUID, SETGID, and SETPCAP to
+/// empty the children's bounding set), signalling user processes (KILL), and working on user-owned
+/// files in /workspace (CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID). Notably gone:
+/// SYS_ADMIN, NET_ADMIN, SYS_PTRACE, SYS_MODULE, MKNOD, SYS_CHROOT.
+const AGENT_CAPABILITIES: &[u32] = &[
+    0, // CAP_CHOWN
+    1, // CAP_DAC_OVERRIDE
+    2, // CAP_DAC_READ_SEARCH
+    3, // CAP_FOWNER
+    4, // CAP_FSETID
+    5, // CAP_KILL
+    6, // CAP_SETGID
+    7, // CAP_SETUID
+    8, // CAP_SETPCAP
+];
+
+/// Reduces this process's bounding, ambient, effective, permitted and inheritable capability sets
+/// to `keep` (children forked afterwards inherit the reduced sets).
+fn keep_only_capabilities(keep: &[u32]) -> Result<()> {
+    const LAST_CAP: u32 = 63;
+    for cap in 0..=LAST_CAP {
+        if !keep.contains(&cap) {
+            // SAFETY: prctl with integer arguments only; EINVAL past the kernel's last cap is fine.
+            unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        }
+    }
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0) };
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut sets = [Data::default(); 2];
+    for &cap in keep {
+        let slot = &mut sets[(cap / 32) as usize];
+        slot.effective |= 1 << (cap % 32);
+        slot.permitted |= 1 << (cap % 32);
+    }
+    let header = Header { version: VERSION_3, pid: 0 };
+    // SAFETY: capset reads one header and two data structs laid out as the kernel's v3 ABI expects;
+    // both live on this stack frame for the duration of the call.
+    if unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, sets.as_ptr()) } != 0 {
+        bail!("capset: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn mount_at(src: Option<&Path>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) -> Result<()> {

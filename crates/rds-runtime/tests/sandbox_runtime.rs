@@ -338,3 +338,53 @@ async fn start_rejects_ids_that_are_unsafe_in_paths() {
     let err = env.rt().start(&bad).await.unwrap_err();
     assert!(matches!(err, RuntimeError::InvalidSpec(_)), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_init_and_agent_hold_only_the_capabilities_they_need() {
+    let bin = require_env!();
+    let env = Env::new(bin);
+    let rt = env.rt();
+    let id = new_id();
+    let handle = rt.start(&spec(&id, 128)).await.unwrap();
+    // Every process of the sandbox, seen from the host through its cgroups.
+    let mut pids: Vec<u32> = rt
+        .cgroup_dirs(&id)
+        .iter()
+        .flat_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines().map(str::to_string).collect::<Vec<_>>())
+        .filter_map(|l| l.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    let cap = |pid: u32, field: &str| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+    };
+    let agents: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default().starts_with(bin_name().as_bytes()))
+        .collect();
+    assert!(agents.len() >= 2, "expected the launcher, PID 1 and the agent among {pids:?}");
+    let inside: Vec<u32> = agents.iter().copied().filter(|&p| p != handle.pid as u32).collect();
+    for pid in inside {
+        let eff = cap(pid, "CapEff:").unwrap();
+        let bnd = cap(pid, "CapBnd:").unwrap();
+        assert_eq!(eff & (1 << 21), 0, "pid {pid} holds CAP_SYS_ADMIN (CapEff {eff:x})");
+        assert_eq!(eff & (1 << 12), 0, "pid {pid} holds CAP_NET_ADMIN (CapEff {eff:x})");
+        assert_eq!(eff, 0x1ff, "pid {pid}: CapEff {eff:x}");
+        assert_eq!(bnd, 0x1ff, "pid {pid}: CapBnd {bnd:x}");
+    }
+    // The agent still does its job with what it kept.
+    let r = exec(rt, &id, "echo ok > /workspace/f && id -u && cat /workspace/f").await;
+    assert_eq!(r.stdout, "1000\nok\n");
+    rt.destroy(&id, Some(&handle)).await.unwrap();
+    assert_no_trace(rt, &id, &handle);
+}
+
+/// The agent binary's path as its processes show it in `cmdline`.
+fn bin_name() -> String {
+    agent_bin().unwrap().to_string_lossy().into_owned()
+}
