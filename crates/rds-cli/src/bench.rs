@@ -37,6 +37,7 @@ pub struct BenchArgs {
 /// A manager started for the bench; killed on drop.
 pub(crate) struct OwnManager {
     pub(crate) child: Child,
+    cgroup_group: String,
     _dir: tempfile::TempDir,
 }
 
@@ -44,6 +45,8 @@ impl Drop for OwnManager {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The bench's VMs are deleted; its cgroup parent group is now empty.
+        rds_runtime::cgroup::CgroupLayout::remove_empty_group(&self.cgroup_group);
     }
 }
 
@@ -215,6 +218,7 @@ pub(crate) fn start_manager(env: &[(&str, &str)]) -> anyhow::Result<(OwnManager,
         .local_addr()?
         .port();
     let key = format!("bench-{:032x}", rand::random::<u128>());
+    let cgroup_group = format!("rds-bench-{port}");
     let child = Command::new(std::env::current_exe()?)
         .arg("serve")
         .env("PORT", port.to_string())
@@ -225,14 +229,14 @@ pub(crate) fn start_manager(env: &[(&str, &str)]) -> anyhow::Result<(OwnManager,
         .env("VM_SECRET_KEY", format!("bench-{:032x}", rand::random::<u128>()))
         .env("PEER_CALLS_PER_MIN", "0")
         // Its own cgroup parent: a bench manager must never reap the VMs of a real one on this host.
-        .env("RDS_CGROUP_GROUP", format!("rds-bench-{port}"))
+        .env("RDS_CGROUP_GROUP", &cgroup_group)
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
         .context("starting rds serve")?;
     let root = dir.path().to_path_buf();
-    let mut own = OwnManager { child, _dir: dir };
+    let mut own = OwnManager { child, cgroup_group, _dir: dir };
     let url = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -156,6 +156,26 @@ impl CgroupLayout {
         Ok(CgroupLayout::V2 { parent })
     }
 
+    /// Removes this process's parent group `group` where it is empty (VM groups gone), without
+    /// creating or moving anything; used when a manager with its own group name goes away for good.
+    pub fn remove_empty_group(group: &str) {
+        let Ok(text) = std::fs::read_to_string("/proc/self/cgroup") else { return };
+        let root = Path::new(CGROUP_ROOT);
+        for (controllers, path) in own_cgroups(&text) {
+            let mount = match controllers.iter().find(|c| V1_CONTROLLERS.contains(&c.as_str())) {
+                Some(c) => root.join(c),
+                None if controllers.is_empty() => root.to_path_buf(),
+                None => continue,
+            };
+            let mut base = under(&mount, &path);
+            if base.file_name().is_some_and(|n| n == MANAGER_LEAF) {
+                base.pop();
+            }
+            // rmdir refuses non-empty groups, which is exactly the guard wanted here.
+            let _ = std::fs::remove_dir(base.join(group));
+        }
+    }
+
     /// The parent directories VM groups are created in (one on v2, one per controller on v1).
     pub fn parents(&self) -> Vec<PathBuf> {
         match self {

@@ -247,23 +247,9 @@ impl Drop for Server {
     }
 }
 
-/// Removes this server's (now empty) cgroup parent directories; `rmdir` fails harmlessly if not empty.
+/// Removes this server's (now empty) cgroup parent group.
 fn remove_empty_cgroup_group(name: &str) {
-    for ctrl in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
-        let mut stack = vec![(ctrl.path(), 0)];
-        while let Some((dir, depth)) = stack.pop() {
-            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                if !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                    continue;
-                }
-                if e.file_name() == name {
-                    let _ = std::fs::remove_dir(e.path());
-                } else if depth < 2 {
-                    stack.push((e.path(), depth + 1));
-                }
-            }
-        }
-    }
+    rds_runtime::cgroup::CgroupLayout::remove_empty_group(name);
 }
 
 pub fn into_status_json(res: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
