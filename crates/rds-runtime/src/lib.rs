@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod cgroup;
 pub mod process;
+mod vm_common;
 pub mod qemu;
 pub mod sandbox;
 

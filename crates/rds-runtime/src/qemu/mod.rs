@@ -22,7 +22,6 @@ pub mod qmp;
 
 use std::collections::HashSet;
 use std::fs::{DirBuilder, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -36,6 +35,7 @@ use tokio::sync::OnceCell;
 
 pub use accel::{Accel, AccelChoice};
 
+use crate::vm_common;
 use crate::process::{is_same_process_alive, process_start_time, signal_if_same, wait_gone};
 use crate::{check_vm_id, Liveness, Runtime, RuntimeError, RuntimeKind, VmHandle, VmSpec};
 
@@ -53,8 +53,6 @@ const GRACEFUL_STOP: Duration = Duration::from_secs(15);
 const FORCED_STOP: Duration = Duration::from_secs(3);
 /// Pause between agent handshake attempts while the guest boots.
 const AGENT_RETRY: Duration = Duration::from_millis(50);
-/// How long `probe` waits for the agent's handshake.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Console log size past which `start` rotates it.
 const CONSOLE_CAP: u64 = 1024 * 1024;
 /// How much of the console log a boot error quotes.
@@ -559,28 +557,8 @@ fn remove_if_present(path: &Path) -> Result<(), RuntimeError> {
     }
 }
 
-/// Reads the last `CONSOLE_TAIL` bytes of a console log for error messages.
-fn console_tail(path: &Path) -> String {
-    let Ok(mut f) = File::open(path) else { return String::new() };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(CONSOLE_TAIL)));
-    let mut buf = Vec::new();
-    let _ = f.read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf).trim().to_string()
-}
-
 fn check_spec(spec: &VmSpec) -> Result<(), RuntimeError> {
-    check_vm_id(&spec.id)?;
-    if spec.cpu == 0 || spec.cpu > 64 {
-        return Err(RuntimeError::InvalidSpec("cpu must be between 1 and 64".into()));
-    }
-    if spec.mem_mb < MIN_MEM_MB {
-        return Err(RuntimeError::InvalidSpec(format!("memMb must be at least {MIN_MEM_MB} for a QEMU VM")));
-    }
-    let h = &spec.hostname;
-    if h.is_empty() || h.len() > 64 || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
-        return Err(RuntimeError::InvalidSpec(format!("hostname {h:?} must match [A-Za-z0-9.-]{{1,64}}")));
-    }
+    vm_common::check_spec_basics(spec, 64, MIN_MEM_MB)?;
     for (what, file) in [("rootfs", &spec.rootfs), ("kernel", &spec.kernel), ("initrd", &spec.initrd)] {
         if let Some(path) = file {
             if !path.is_absolute() || !path.is_file() {
@@ -617,7 +595,7 @@ impl Runtime for QemuRuntime {
                 Ok(handle)
             }
             Err(e) => {
-                let tail = console_tail(&p.console);
+                let tail = vm_common::console_tail(&p.console, CONSOLE_TAIL);
                 starting.kill().await;
                 for sock in p.runtime_sockets() {
                     let _ = std::fs::remove_file(sock);
@@ -655,28 +633,11 @@ impl Runtime for QemuRuntime {
         if let Some(procs) = self.processes(id, handle) {
             self.stop_processes(&p, &procs).await?;
         }
-        match std::fs::remove_dir_all(&p.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(RuntimeError::io(format!("cannot remove {}", p.dir.display()), e))
-            }
-            _ => Ok(()),
-        }
+        vm_common::remove_vm_dir(&p.dir)
     }
 
     async fn probe(&self, id: &str, handle: &VmHandle) -> Liveness {
-        if !crate::is_valid_vm_id(id) {
-            return Liveness::Dead(format!("invalid VM id {id:?}"));
-        }
-        if !is_same_process_alive(handle.pid, handle.start_time) {
-            return Liveness::Dead(match process_start_time(handle.pid) {
-                Some(_) => format!("pid {} now belongs to another process (or exited)", handle.pid),
-                None => format!("QEMU pid {} is gone", handle.pid),
-            });
-        }
-        match rds_vsock::connect(&self.agent_socket(id), AGENT_VSOCK_PORT, PROBE_TIMEOUT).await {
-            Ok(_) => Liveness::Alive,
-            Err(e) => Liveness::Dead(format!("agent not answering: {e}")),
-        }
+        vm_common::probe(id, handle, "QEMU", &self.agent_socket(id)).await
     }
 
     fn agent_socket(&self, id: &str) -> PathBuf {

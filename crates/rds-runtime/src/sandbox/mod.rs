@@ -16,7 +16,6 @@
 
 use std::collections::HashSet;
 use std::fs::{DirBuilder, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -28,21 +27,22 @@ use rds_proto::sandbox::{SandboxSpec, SANDBOX_SPEC_ENV};
 use rds_proto::{AGENT_VSOCK_PORT, SANDBOX_UID};
 
 use crate::cgroup::{CgroupLayout, Limits};
-use crate::process::{is_same_process_alive, process_start_time, signal_if_same, wait_gone};
+use crate::vm_common;
+use crate::process::{process_start_time, signal_if_same, wait_gone};
 use crate::{check_vm_id, Liveness, Runtime, RuntimeError, RuntimeKind, VmHandle, VmSpec};
 
 /// How long `start` waits for the agent to accept connections.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `stop` waits after SIGTERM before SIGKILL.
 const GRACEFUL_STOP: Duration = Duration::from_secs(3);
-/// How long `probe` waits for the agent's handshake.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Console log size past which `start` rotates it.
 const CONSOLE_CAP: u64 = 1024 * 1024;
 /// How much of the console log a boot error quotes.
 const CONSOLE_TAIL: u64 = 2048;
 /// Smallest memory limit accepted (the agent itself needs some).
 const MIN_MEM_MB: u32 = 32;
+/// Most vCPUs a sandbox may be given (its cgroup CPU quota).
+const MAX_CPU: u32 = 64;
 /// Default cgroup group name under the manager's own cgroup.
 const DEFAULT_CGROUP_GROUP: &str = "rds";
 /// PATH of the launcher (its environment is otherwise empty so no manager secret leaks inside).
@@ -284,28 +284,8 @@ impl SandboxRuntime {
     }
 }
 
-/// Reads the last `CONSOLE_TAIL` bytes of a console log for error messages.
-fn console_tail(path: &Path) -> String {
-    let Ok(mut f) = File::open(path) else { return String::new() };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(CONSOLE_TAIL)));
-    let mut buf = Vec::new();
-    let _ = f.read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf).trim().to_string()
-}
-
 fn check_spec(spec: &VmSpec) -> Result<(), RuntimeError> {
-    check_vm_id(&spec.id)?;
-    if spec.cpu == 0 {
-        return Err(RuntimeError::InvalidSpec("cpu must be at least 1".into()));
-    }
-    if spec.mem_mb < MIN_MEM_MB {
-        return Err(RuntimeError::InvalidSpec(format!("memMb must be at least {MIN_MEM_MB}")));
-    }
-    let h = &spec.hostname;
-    if h.is_empty() || h.len() > 64 || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
-        return Err(RuntimeError::InvalidSpec(format!("hostname {h:?} must match [A-Za-z0-9.-]{{1,64}}")));
-    }
+    vm_common::check_spec_basics(spec, MAX_CPU, MIN_MEM_MB)?;
     if let Some(rootfs) = &spec.rootfs {
         // An ext4 image file is loop-mounted read-only by the launcher; a directory is bound.
         if !rootfs.is_absolute() || !(rootfs.is_dir() || rootfs.is_file()) {
@@ -352,7 +332,7 @@ impl Runtime for SandboxRuntime {
                 Ok(handle)
             }
             Err(e) => {
-                let tail = console_tail(&p.console);
+                let tail = vm_common::console_tail(&p.console, CONSOLE_TAIL);
                 self.undo_start(&spec.id, &p, child.as_mut(), workspace_existed || dir_existed).await;
                 Err(match e {
                     RuntimeError::Boot(msg) if !tail.is_empty() => RuntimeError::Boot(format!("{msg}; console:\n{tail}")),
@@ -388,29 +368,11 @@ impl Runtime for SandboxRuntime {
             Some(h) => self.stop(id, h).await?,
             None => self.remove_cgroups(id).await?,
         }
-        let dir = self.vm_dir(id);
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(RuntimeError::io(format!("cannot remove {}", dir.display()), e))
-            }
-            _ => Ok(()),
-        }
+        vm_common::remove_vm_dir(&self.vm_dir(id))
     }
 
     async fn probe(&self, id: &str, handle: &VmHandle) -> Liveness {
-        if !crate::is_valid_vm_id(id) {
-            return Liveness::Dead(format!("invalid VM id {id:?}"));
-        }
-        if !is_same_process_alive(handle.pid, handle.start_time) {
-            return Liveness::Dead(match process_start_time(handle.pid) {
-                Some(_) => format!("pid {} now belongs to another process (or exited)", handle.pid),
-                None => format!("launcher pid {} is gone", handle.pid),
-            });
-        }
-        match rds_vsock::connect(&self.agent_socket(id), AGENT_VSOCK_PORT, PROBE_TIMEOUT).await {
-            Ok(_) => Liveness::Alive,
-            Err(e) => Liveness::Dead(format!("agent not answering: {e}")),
-        }
+        vm_common::probe(id, handle, "launcher", &self.agent_socket(id)).await
     }
 
     fn agent_socket(&self, id: &str) -> PathBuf {
