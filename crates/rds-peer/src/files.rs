@@ -395,12 +395,8 @@ mod tests {
         assert!(!ts.contains("Forecast */"), "doc comment must not be closable: {ts}");
     }
 
-    #[test]
-    fn python_proxy_is_valid_python() {
-        if std::process::Command::new("python3").arg("--version").output().is_err() {
-            println!("SKIPPED: python3 not installed");
-            return;
-        }
+    /// The `weather` peer's generated tree, written under `<tempdir>/peers/`.
+    fn written_weather_tree() -> tempfile::TempDir {
         let p = provider();
         let tree = peers_tree(&[LinkedPeer { alias: "weather", provider_vm_id: "v", source_mode: SourceMode::Hidden, provider: &p, source: &[] }]);
         let dir = tempfile::tempdir().unwrap();
@@ -409,6 +405,16 @@ mod tests {
             std::fs::create_dir_all(full.parent().unwrap()).unwrap();
             std::fs::write(full, data).unwrap();
         }
+        dir
+    }
+
+    #[test]
+    fn python_proxy_is_valid_python() {
+        if std::process::Command::new("python3").arg("--version").output().is_err() {
+            println!("SKIPPED: python3 not installed");
+            return;
+        }
+        let dir = written_weather_tree();
         let out = std::process::Command::new("python3")
             .current_dir(dir.path())
             .args(["-c", "from peers import weather; print(weather.__all__); print(weather.forecast.__doc__ is not None)"])
@@ -424,14 +430,7 @@ mod tests {
             println!("SKIPPED: deno not installed");
             return;
         }
-        let p = provider();
-        let tree = peers_tree(&[LinkedPeer { alias: "weather", provider_vm_id: "v", source_mode: SourceMode::Hidden, provider: &p, source: &[] }]);
-        let dir = tempfile::tempdir().unwrap();
-        for (path, data) in &tree {
-            let full = dir.path().join("peers").join(path);
-            std::fs::create_dir_all(full.parent().unwrap()).unwrap();
-            std::fs::write(full, data).unwrap();
-        }
+        let dir = written_weather_tree();
         let out = std::process::Command::new("deno")
             .current_dir(dir.path())
             .env("DENO_DIR", dir.path().join(".deno"))

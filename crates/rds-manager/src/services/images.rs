@@ -221,6 +221,17 @@ where
     }
 }
 
+/// Checks an upload can start: the image exists and a declared length is within
+/// `MAX_IMAGE_BYTES`. Returns the image directory and the byte limit.
+fn begin_upload(state: &AppState, id: &str, declared_len: Option<u64>) -> Result<(PathBuf, u64), ApiError> {
+    find(state, id)?;
+    let max = state.config.max_image_bytes;
+    if declared_len.is_some_and(|n| n > max.saturating_add(DRAIN_LIMIT)) {
+        return Err(too_large(max));
+    }
+    Ok((image_dir(state, id), max))
+}
+
 /// Streams `body` into the image as `part`; returns the updated image.
 pub async fn upload_part(
     state: &AppState,
@@ -229,12 +240,7 @@ pub async fn upload_part(
     body: Body,
     declared_len: Option<u64>,
 ) -> Result<ImageView, ApiError> {
-    find(state, id)?;
-    let max = state.config.max_image_bytes;
-    if declared_len.is_some_and(|n| n > max.saturating_add(DRAIN_LIMIT)) {
-        return Err(too_large(max));
-    }
-    let dir = image_dir(state, id);
+    let (dir, max) = begin_upload(state, id, declared_len)?;
     let mut stream = body.into_data_stream();
     let staged = match stream_part(&mut stream, &dir, part, max).await {
         Ok(s) => s,
@@ -347,12 +353,7 @@ pub async fn upload_bundle(
     body: Body,
     declared_len: Option<u64>,
 ) -> Result<ImageView, ApiError> {
-    find(state, id)?;
-    let max = state.config.max_image_bytes;
-    if declared_len.is_some_and(|n| n > max.saturating_add(DRAIN_LIMIT)) {
-        return Err(too_large(max));
-    }
-    let dir = image_dir(state, id);
+    let (dir, max) = begin_upload(state, id, declared_len)?;
     let stream = body.into_data_stream().map(|r| r.map_err(std::io::Error::other));
     let bridge = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
     let stage_dir = dir.clone();
