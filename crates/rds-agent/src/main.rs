@@ -23,9 +23,8 @@ enum Command {
     Bench(rds_agent::bench::BenchArgs),
 }
 
-/// True when the kernel started this binary as a guest's init: it then gets no subcommand
-/// (`/init` in the initramfs, `/sbin/init` in the rootfs) and may even get stray kernel
-/// command-line words as arguments.
+/// True when the guest started this binary as its `/sbin/init`: it then gets no subcommand and
+/// may even get stray kernel command-line words as arguments.
 fn started_as_init() -> bool {
     let mut args = std::env::args_os();
     let named_init = args.next().is_some_and(|argv0| Path::new(&argv0).file_name().is_some_and(|n| n == "init"));

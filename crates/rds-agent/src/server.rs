@@ -17,8 +17,9 @@ use anyhow::Context;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use rds_proto::{AGENT_VSOCK_PORT, DEFAULT_OUTPUT_CAP, SANDBOX_UID, WORKSPACE};
+use rds_proto::{AGENT_VSOCK_PORT, DEFAULT_OUTPUT_CAP, READY_VSOCK_PORT, SANDBOX_UID, WORKSPACE};
 use rds_vsock::Listener;
+use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
@@ -28,6 +29,8 @@ use crate::run::Runner;
 
 /// How long in-flight requests may finish after a shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the readiness announcement may take.
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the agent serves and as whom user code runs.
 #[derive(Debug, Clone)]
@@ -185,10 +188,14 @@ fn bind(listen: ListenOn) -> anyhow::Result<Listener> {
 }
 
 async fn serve(listen: ListenOn, cfg: AgentConfig) -> anyhow::Result<()> {
-    if matches!(listen, ListenOn::Vsock(_)) {
+    let microvm = matches!(listen, ListenOn::Vsock(_));
+    if microvm {
         tokio::spawn(bridge_relay::run());
     }
     let listener = bind(listen)?;
+    if microvm {
+        tokio::spawn(announce_ready());
+    }
     let (stop, stopped) = watch::channel(false);
     let mut stop_requested = stopped.clone();
     let agent = Arc::new(Agent {
@@ -222,6 +229,21 @@ async fn serve(listen: ListenOn, cfg: AgentConfig) -> anyhow::Result<()> {
     connections.close();
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, connections.wait()).await;
     Ok(())
+}
+
+/// Tells the host that the agent listens (see [`READY_VSOCK_PORT`]). Nobody listening (an agent
+/// restarted in a running VM) is fine.
+async fn announce_ready() {
+    let dial = async {
+        let mut stream = rds_vsock::dial_host(READY_VSOCK_PORT).await?;
+        stream.write_all(b"ready\n").await?;
+        stream.shutdown().await
+    };
+    match tokio::time::timeout(READY_TIMEOUT, dial).await {
+        Ok(Ok(())) => tracing::debug!("announced readiness to the host"),
+        Ok(Err(e)) => tracing::debug!("no readiness listener on the host: {e}"),
+        Err(_) => tracing::debug!("announcing readiness timed out"),
+    }
 }
 
 async fn connection(pending: rds_vsock::Pending, agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {

@@ -369,6 +369,28 @@ fn vm_egress_follows_policy_through_the_api_and_survives_a_manager_crash() {
         eprintln!("SKIPPED: {reason}");
         return;
     }
+    egress_follows_policy(Vec::new());
+}
+
+/// The same, with microVMs on the qemu runtime: a TAP per VM instead of a veth, and a guest that
+/// addresses itself from its kernel command line.
+#[test]
+fn qemu_vm_egress_follows_policy_through_the_api_and_survives_a_manager_crash() {
+    let image = match skip_reason().map_or_else(common::qemu_image_dir, Err) {
+        Ok(image) => image,
+        Err(reason) => {
+            eprintln!("SKIPPED: {reason}");
+            return;
+        }
+    };
+    egress_follows_policy(vec![
+        ("RDS_RUNTIME".into(), "qemu".into()),
+        ("RDS_IMAGE_DIR".into(), image.to_string_lossy().into_owned()),
+    ]);
+}
+
+/// Builds the fake internet, then runs [`scenario`] against a manager started with `env`.
+fn egress_follows_policy(env: Vec<(String, String)>) {
     let mut topo = Topology::new();
     let mgr = topo.add_ns("mgr");
     let inet = topo.add_ns("inet");
@@ -392,23 +414,23 @@ fn vm_egress_follows_policy_through_the_api_and_survives_a_manager_crash() {
     dns_server(&inet, at(UPSTREAM_DNS, 53), records, stop.clone());
 
     let mgr_ns = mgr.clone();
-    in_ns(&mgr, move || scenario(&mgr_ns));
+    in_ns(&mgr, move || scenario(&mgr_ns, &env));
     drop(topo);
 }
 
 /// Everything that talks to the manager, on a thread inside the manager's namespace.
-fn scenario(mgr: &str) {
-    let mut s = Server::start_in_netns(
-        mgr,
-        "0.0.0.0",
-        &[("RDS_NETWORK", "on"), ("RDS_DNS_UPSTREAMS", UPSTREAM_DNS), ("RATE_LIMIT_PER_MIN", "0")],
-    );
+fn scenario(mgr: &str, env: &[(String, String)]) {
+    let mut all = vec![("RDS_NETWORK", "on"), ("RDS_DNS_UPSTREAMS", UPSTREAM_DNS), ("RATE_LIMIT_PER_MIN", "0")];
+    all.extend(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let mut s = Server::start_in_netns(mgr, "0.0.0.0", &all);
     let (x_port, y_port) = (WEB_PORT.to_string(), WEB_PORT.to_string());
     let (x_echo, y_echo) = (ECHO_PORT.to_string(), ECHO_PORT.to_string());
 
     // Two VMs: vm1 without egress, vm2 allowed to reach X from creation.
     let (vm1, v1) = create(&s, json!({"cpu": 1, "memMb": 256}));
     let (vm2, v2) = create(&s, json!({"cpu": 1, "memMb": 256, "outboundInternet": true, "allowIps": [X]}));
+    let runtime = env.iter().find(|(k, _)| k == "RDS_RUNTIME").map_or("sandbox", |(_, v)| v.as_str());
+    assert_eq!((v1["runtime"].as_str(), v2["runtime"].as_str()), (Some(runtime), Some(runtime)), "{v1}");
     let ip1 = v1["network"]["guestIp"].as_str().expect("vm1 has an address").to_string();
     let ip2 = v2["network"]["guestIp"].as_str().expect("vm2 has an address").to_string();
     assert_ne!(ip1, ip2);

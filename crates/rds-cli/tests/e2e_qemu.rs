@@ -6,42 +6,9 @@
 mod common;
 
 use std::io::Read;
-use std::path::PathBuf;
 
 use common::Server;
 use serde_json::json;
-
-/// The cached image directory, or why this test cannot run.
-fn image_dir() -> Result<PathBuf, String> {
-    if let Some(reason) = common::skip_reason() {
-        return Err(reason);
-    }
-    for program in ["qemu-system-x86_64", "vhost-device-vsock"] {
-        let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-            .any(|d| d.join(program).is_file());
-        if !found {
-            return Err(format!("{program} is not on PATH"));
-        }
-    }
-    if std::env::var("RDS_SKIP_IMAGE_BUILD").as_deref() == Ok("1") {
-        return Err("RDS_SKIP_IMAGE_BUILD=1".into());
-    }
-    let cache = PathBuf::from(std::env::var("RDS_IMAGE_CACHE").unwrap_or_else(|_| "/var/cache/rds-image".into()));
-    let out = tempfile::Builder::new().prefix("rds-e2e-image-").tempdir_in("/var/tmp").map_err(|e| e.to_string())?;
-    let built = rds_image::build(
-        &rds_image::BuildOptions {
-            out_dir: out.path().to_path_buf(),
-            kernel: rds_image::KernelChoice::Debian,
-            agent_bin: common::agent_bin(),
-            cache_dir: cache.clone(),
-            debian_suite: "bookworm".into(),
-            mirror: None,
-        },
-        &mut |line| eprintln!("image: {line}"),
-    )
-    .map_err(|e| format!("image build failed: {e}"))?;
-    Ok(cache.join(format!("image-{}", built.manifest.cache_key)))
-}
 
 fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
     let mut b = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
@@ -71,7 +38,7 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
 
 #[test]
 fn core_flow_runs_on_the_real_guest_under_qemu() {
-    let image = match image_dir() {
+    let image = match common::qemu_image_dir() {
         Ok(d) => d,
         Err(reason) => {
             eprintln!("SKIPPED: {reason}");

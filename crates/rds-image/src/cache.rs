@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::ImageError;
 
 /// Bump when the builder's output changes for the same inputs, to invalidate old caches.
-pub const BUILDER_VERSION: &str = concat!("rds-image/", env!("CARGO_PKG_VERSION"), "/2");
+pub const BUILDER_VERSION: &str = concat!("rds-image/", env!("CARGO_PKG_VERSION"), "/3");
 
 /// A stable key for `inputs`: the first 16 hex digits of the SHA-256 of `stage` and the inputs' JSON.
 ///

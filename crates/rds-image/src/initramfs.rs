@@ -1,4 +1,4 @@
-//! The initramfs: a gzip-compressed newc cpio archive whose `/init` is `rds-agent`.
+//! The initramfs: a gzip-compressed newc cpio archive whose `/init` is `rds-initramfs`.
 //!
 //! Entries are collected first (parents created implicitly) and written sorted with mtime 0, so
 //! the same inputs give the same bytes.
@@ -13,7 +13,7 @@ use cpio::newc::{Builder, ModeFileType};
 use crate::command::run;
 use crate::ImageError;
 
-/// Where `rds-agent init` finds the modules to load, inside the initramfs.
+/// Where `rds-initramfs` finds the modules to load, inside the initramfs.
 pub const MODULES_LOAD_PATH: &str = "lib/rds/modules.load";
 
 enum Node {

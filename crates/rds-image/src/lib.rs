@@ -1,5 +1,5 @@
 //! Builds the rds guest image without Docker: a Debian kernel (`vmlinuz` + extracted ELF
-//! `vmlinux`), an initramfs whose `/init` is `rds-agent`, an ext4 rootfs from `mmdebstrap`, and a
+//! `vmlinux`), an initramfs whose `/init` is `rds-initramfs`, an ext4 rootfs from `mmdebstrap`, and a
 //! `manifest.json`. Each stage is cached by a hash of its inputs (see [`cache`]), so rebuilding
 //! unchanged inputs only copies files. See `docs/guest-image.md`.
 
@@ -53,7 +53,9 @@ pub struct BuildOptions {
     pub out_dir: PathBuf,
     /// Guest kernel flavour.
     pub kernel: KernelChoice,
-    /// The `rds-agent` binary to install as PID 1.
+    /// The `rds-agent` binary to install as the rootfs's `/sbin/init`. The initramfs's `/init`,
+    /// `rds-initramfs`, is taken from the same directory (cargo builds both; see
+    /// [`initramfs_init_bin`]).
     pub agent_bin: PathBuf,
     /// Where stage products are kept between builds (e.g. `/var/cache/rds-image`).
     pub cache_dir: PathBuf,
@@ -91,6 +93,11 @@ const INITRD: &str = "initrd.img";
 const ROOTFS: &str = "rootfs.ext4";
 const MANIFEST: &str = "manifest.json";
 
+/// The initramfs's `/init` that goes with `agent_bin`: `rds-initramfs` beside it.
+pub fn initramfs_init_bin(agent_bin: &Path) -> PathBuf {
+    agent_bin.with_file_name("rds-initramfs")
+}
+
 #[derive(Serialize)]
 struct KernelInputs<'a> {
     builder: &'a str,
@@ -113,6 +120,7 @@ struct ImageInputs<'a> {
     kernel_key: &'a str,
     rootfs_key: &'a str,
     agent_sha256: &'a str,
+    initramfs_init_sha256: Option<&'a str>,
 }
 
 /// Builds (or fetches from the cache) the guest image described by `opts`, reporting each step
@@ -133,6 +141,10 @@ pub fn build(
     let module_roots = list_file(INITRAMFS_MODULES);
     let deno_version = DENO_VERSION.trim();
     let agent_sha256 = sha256_file(&opts.agent_bin)?;
+    let initramfs_init_sha256 = match opts.kernel {
+        KernelChoice::Debian => Some(sha256_file(&initramfs_init_bin(&opts.agent_bin))?),
+        KernelChoice::Minimal => None,
+    };
     let suite = opts.debian_suite.as_str();
     let kernel_key = key(
         "kernel",
@@ -159,6 +171,7 @@ pub fn build(
             kernel_key: &kernel_key,
             rootfs_key: &rootfs_key,
             agent_sha256: &agent_sha256,
+            initramfs_init_sha256: initramfs_init_sha256.as_deref(),
         },
     );
     steps.note(&format!(
@@ -283,6 +296,13 @@ fn validate(opts: &BuildOptions) -> Result<(), ImageError> {
             reason: "does not exist (build it with `cargo build -p rds-agent`)".into(),
         });
     }
+    let init = initramfs_init_bin(&opts.agent_bin);
+    if opts.kernel == KernelChoice::Debian && !init.is_file() {
+        return Err(ImageError::Agent {
+            path: init,
+            reason: "does not exist: the initramfs's /init is built beside rds-agent by `cargo build -p rds-agent`".into(),
+        });
+    }
     let suite_ok = !opts.debian_suite.is_empty()
         && opts
             .debian_suite
@@ -401,14 +421,15 @@ fn assemble(
     scratch: &Path,
     steps: &mut Steps,
 ) -> Result<String, ImageError> {
-    let agent = installable_agent(&opts.agent_bin, scratch)?;
+    let agent = installable(&opts.agent_bin, scratch)?;
     for name in [VMLINUZ, VMLINUX] {
         let to = work.join(name);
         std::fs::copy(kernel_dir.join(name), &to).map_err(ImageError::io("copying to", &to))?;
     }
     if kernel.choice == "debian" {
-        steps.begin("initramfs: agent, its libraries, kernel modules");
-        let initramfs = initramfs_for(&agent, kernel_dir, kernel)?;
+        steps.begin("initramfs: rds-initramfs, its libraries, kernel modules");
+        let init = installable(&initramfs_init_bin(&opts.agent_bin), scratch)?;
+        let initramfs = initramfs_for(&init, kernel_dir, kernel)?;
         let path = work.join(INITRD);
         let file = std::fs::File::create(&path).map_err(ImageError::io("creating", &path))?;
         initramfs
@@ -426,25 +447,29 @@ fn assemble(
     sha256_file(&agent)
 }
 
-/// The agent as installed in the guest: without debug sections (a debug build is ~40 MB, most of
-/// it DWARF, which the initramfs would otherwise carry and a TCG guest decompress at every boot).
+/// A guest binary as installed: without debug sections (a debug build is tens of MB, most of it
+/// DWARF, which the guest would otherwise read from disk and a TCG guest unpack at every boot).
 /// Falls back to an exact copy when `objcopy` is unavailable.
-fn installable_agent(agent: &Path, scratch: &Path) -> Result<PathBuf, ImageError> {
-    let to = scratch.join("rds-agent");
+fn installable(bin: &Path, scratch: &Path) -> Result<PathBuf, ImageError> {
+    let name = bin.file_name().ok_or_else(|| ImageError::Agent {
+        path: bin.to_path_buf(),
+        reason: "has no file name".into(),
+    })?;
+    let to = scratch.join(name);
     let stripped = std::process::Command::new("objcopy")
         .arg("--strip-debug")
-        .arg(agent)
+        .arg(bin)
         .arg(&to)
         .status()
         .is_ok_and(|s| s.success());
     if !stripped {
-        std::fs::copy(agent, &to).map_err(ImageError::io("copying the agent to", &to))?;
+        std::fs::copy(bin, &to).map_err(ImageError::io("copying to", &to))?;
     }
     Ok(to)
 }
 
 fn initramfs_for(
-    agent: &Path,
+    init: &Path,
     kernel_dir: &Path,
     kernel: &kernel::KernelInfo,
 ) -> Result<Initramfs, ImageError> {
@@ -455,8 +480,8 @@ fn initramfs_for(
     // The kernel opens /dev/console for init's stdio before /init runs, so it must exist here.
     initramfs.char_device("dev/console", 5, 1, 0o600);
     initramfs.char_device("dev/null", 1, 3, 0o666);
-    initramfs.copy_from_host(agent, "init", 0o755)?;
-    for lib in initramfs::shared_libraries(agent)? {
+    initramfs.copy_from_host(init, "init", 0o755)?;
+    for lib in initramfs::shared_libraries(init)? {
         initramfs.copy_from_host(&lib, &lib.to_string_lossy(), 0o755)?;
     }
     for module in &kernel.modules {
@@ -531,7 +556,8 @@ mod tests {
         let agent = tempfile::NamedTempFile::new().unwrap();
         let opts = BuildOptions {
             out_dir: "/nonexistent/out".into(),
-            kernel: KernelChoice::Debian,
+            // No initramfs, so no `rds-initramfs` beside the agent is needed.
+            kernel: KernelChoice::Minimal,
             agent_bin: agent.path().to_path_buf(),
             cache_dir: "/nonexistent/cache".into(),
             debian_suite: "bookworm; rm -rf /".into(),
@@ -556,6 +582,16 @@ mod tests {
             ..opts
         };
         assert!(matches!(validate(&opts), Err(ImageError::Agent { .. })));
+        // The Debian kernel's initramfs needs `rds-initramfs` beside the agent.
+        let opts = BuildOptions {
+            agent_bin: agent.path().to_path_buf(),
+            kernel: KernelChoice::Debian,
+            ..opts
+        };
+        match validate(&opts) {
+            Err(ImageError::Agent { path, .. }) => assert_eq!(path, initramfs_init_bin(agent.path())),
+            other => panic!("expected a missing rds-initramfs, got {other:?}"),
+        }
     }
 }
 

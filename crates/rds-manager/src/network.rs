@@ -123,7 +123,7 @@ impl VmNetworking {
     }
 
     async fn try_start(settings: &NetworkSettings, runtime: RuntimeKind) -> Result<Network, String> {
-        if runtime != RuntimeKind::Sandbox {
+        if !matches!(runtime, RuntimeKind::Sandbox | RuntimeKind::Qemu) {
             return Err(format!("the {runtime} runtime has no network integration yet"));
         }
         if !is_root() {

@@ -49,6 +49,10 @@ impl Runtime for HostAgentRuntime {
         "none (test runtime)"
     }
 
+    fn link_kind(&self) -> rds_runtime::LinkKind {
+        rds_runtime::LinkKind::Veth
+    }
+
     async fn start(&self, spec: &VmSpec) -> Result<VmHandle, RuntimeError> {
         let dir = self.dir(&spec.id);
         let workspace = dir.join("workspace");

@@ -13,6 +13,10 @@ use utoipa::ToSchema;
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// vsock port a guest dials on the host (CID 2) to reach the peer bridge.
 pub const BRIDGE_VSOCK_PORT: u32 = 1025;
+/// vsock port the guest agent dials on the host (CID 2) once it listens: a microVM's boot
+/// readiness signal. The host listens there only while the VM boots, so it never probes a guest
+/// whose vsock device is still being set up.
+pub const READY_VSOCK_PORT: u32 = 1026;
 /// Unix socket inside the guest through which user code reaches the peer bridge.
 pub const GUEST_BRIDGE_SOCKET: &str = "/run/rds/bridge/peer.sock";
 /// Default cap on each of stdout and stderr.
@@ -330,4 +334,5 @@ mod tests {
         assert!(serde_json::to_string(&with_null).unwrap().contains("\"result\":null"));
     }
 }
+pub mod guest_net;
 pub mod sandbox;

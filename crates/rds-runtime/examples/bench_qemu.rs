@@ -123,6 +123,11 @@ async fn main() -> anyhow::Result<()> {
     )?;
     let sandbox_figures = measure(&sandbox).await?;
 
+    let ratio = |key: &str| {
+        let q = qemu_figures[key]["p50"].as_f64().unwrap_or(0.0);
+        let s = sandbox_figures[key]["p50"].as_f64().unwrap_or(0.0);
+        if s > 0.0 { ((q / s) * 10.0).round() / 10.0 } else { 0.0 }
+    };
     println!(
         "{}",
         serde_json::json!({
@@ -130,6 +135,11 @@ async fn main() -> anyhow::Result<()> {
             "round_trips": ROUND_TRIPS,
             "qemu": { "accel": accel.as_str(), "figures": qemu_figures },
             "sandbox": sandbox_figures,
+            "qemu_over_sandbox_p50": {
+                "create_to_first_exec": ratio("create_to_first_exec_ms"),
+                "exec_round_trip": ratio("exec_round_trip_ms"),
+            },
+            "target": { "qemu_tcg_create_to_first_exec_p50_ms": 3000 },
         })
     );
     Ok(())

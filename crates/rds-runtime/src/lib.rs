@@ -74,7 +74,7 @@ pub struct VmSpec {
 ///
 /// The host side (veth or TAP) is created by the manager; a runtime only has to configure what the
 /// guest sees. The guest's DNS resolver is `host_ip`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmNetwork {
     /// The guest's address.
     pub guest_ip: std::net::Ipv4Addr,
@@ -84,12 +84,30 @@ pub struct VmNetwork {
     pub prefix: u8,
     /// The guest interface's MAC address.
     pub mac: [u8; 6],
+    /// The TAP device the manager created for the VM, for runtimes whose link is a
+    /// [`LinkKind::Tap`]; `None` for [`LinkKind::Veth`].
+    pub tap: Option<String>,
+}
+
+/// How a runtime's VMs are linked to the host network (the manager creates the link).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    /// A veth pair into the network namespace of the VM's process, made after `start` (sandbox).
+    Veth,
+    /// A TAP device made before `start` and named in [`VmNetwork::tap`]; the VMM attaches it and
+    /// the guest configures itself from [`VmNetwork::guest`] (microVMs).
+    Tap,
 }
 
 impl VmNetwork {
+    /// What the guest is told about its link (a microVM reads it from its kernel command line).
+    pub fn guest(&self) -> rds_proto::guest_net::GuestNet {
+        rds_proto::guest_net::GuestNet { addr: self.guest_ip, prefix: self.prefix, gateway: self.host_ip }
+    }
+
     /// The `/etc/resolv.conf` a guest on this link should use: only its own resolver.
     pub fn resolv_conf(&self) -> String {
-        format!("# Written by rds: this VM's resolver answers only names its egress policy allows.\nnameserver {}\noptions timeout:2 attempts:2\n", self.host_ip)
+        self.guest().resolv_conf()
     }
 }
 
@@ -160,6 +178,9 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// The isolation level reported to users: `"namespaces"` for sandbox, `"microvm"` for VMs.
     fn isolation(&self) -> &'static str;
+
+    /// How the manager links this runtime's VMs to the host network.
+    fn link_kind(&self) -> LinkKind;
 
     /// Boots the VM (fresh, or restarting a stopped one — its workspace/disk is kept) and returns once
     /// the agent accepts hybrid-vsock connections on [`Runtime::agent_socket`]. On failure it removes

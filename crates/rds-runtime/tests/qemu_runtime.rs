@@ -314,8 +314,8 @@ EOF"#
     assert_eq!(r.stdout.lines().count(), 3, "{r:?}");
     assert!(!r.stdout.contains("CONNECTED"), "guest user code reached the agent port: {r:?}");
 
-    // Guest → host: port 1025 reaches the VM's own `<uds>_1025` (the bridge socket); another
-    // port with nobody listening is refused.
+    // Guest → host: port 1025 reaches the VM's own `<uds>_1025` (the bridge socket); the boot
+    // readiness port (1026) listens no more once the VM runs; any other port is refused.
     let bridge = rt.bridge_socket(&id);
     assert_eq!(bridge, rds_vsock::host_side_path(&rt.agent_socket(&id), BRIDGE_VSOCK_PORT));
     let listener = tokio::net::UnixListener::bind(&bridge).unwrap();
@@ -330,7 +330,7 @@ EOF"#
     });
     let dial = r#"python3 - <<'EOF'
 import socket
-for port in (1025, 1999):
+for port in (1025, 1026, 1999):
     s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
     s.settimeout(10)
     try:
@@ -346,9 +346,10 @@ EOF"#;
     let got = tokio::time::timeout(Duration::from_secs(30), accept).await.expect("bridge connection arrived").unwrap();
     assert_eq!(got, "hello from the guest");
     let lines: Vec<&str> = r.stdout.lines().collect();
-    assert_eq!(lines.len(), 2, "{r:?}");
+    assert_eq!(lines.len(), 3, "{r:?}");
     assert_eq!(lines[0], "1025 CONNECTED", "{r:?}");
-    assert!(lines[1].starts_with("1999 refused"), "{r:?}");
+    assert!(lines[1].starts_with("1026 refused"), "{r:?}");
+    assert!(lines[2].starts_with("1999 refused"), "{r:?}");
 
     // The per-VM files are root-only.
     let mode = std::fs::metadata(rt.vm_dir(&id)).unwrap().mode() & 0o777;

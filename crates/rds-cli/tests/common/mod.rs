@@ -262,3 +262,36 @@ pub fn into_status_json(res: Result<ureq::Response, ureq::Error>) -> (u16, Value
         Err(e) => panic!("transport error: {e}"),
     }
 }
+
+/// The guest image for qemu tests (built into, or found in, the image cache), or why a qemu test
+/// cannot run here: not root, no QEMU or `vhost-device-vsock`, or `RDS_SKIP_IMAGE_BUILD=1`.
+pub fn qemu_image_dir() -> Result<PathBuf, String> {
+    if let Some(reason) = skip_reason() {
+        return Err(reason);
+    }
+    for program in ["qemu-system-x86_64", "vhost-device-vsock"] {
+        let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .any(|d| d.join(program).is_file());
+        if !found {
+            return Err(format!("{program} is not on PATH"));
+        }
+    }
+    if std::env::var("RDS_SKIP_IMAGE_BUILD").as_deref() == Ok("1") {
+        return Err("RDS_SKIP_IMAGE_BUILD=1".into());
+    }
+    let cache = PathBuf::from(std::env::var("RDS_IMAGE_CACHE").unwrap_or_else(|_| "/var/cache/rds-image".into()));
+    let out = tempfile::Builder::new().prefix("rds-e2e-image-").tempdir_in("/var/tmp").map_err(|e| e.to_string())?;
+    let built = rds_image::build(
+        &rds_image::BuildOptions {
+            out_dir: out.path().to_path_buf(),
+            kernel: rds_image::KernelChoice::Debian,
+            agent_bin: agent_bin(),
+            cache_dir: cache.clone(),
+            debian_suite: "bookworm".into(),
+            mirror: None,
+        },
+        &mut |line| eprintln!("image: {line}"),
+    )
+    .map_err(|e| format!("image build failed: {e}"))?;
+    Ok(cache.join(format!("image-{}", built.manifest.cache_key)))
+}

@@ -8,8 +8,8 @@
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 
-use rds_net::{mac_for, EgressPolicy, Slot};
-use rds_runtime::{VmHandle, VmNetwork};
+use rds_net::{mac_for, EgressPolicy, Network, Slot};
+use rds_runtime::{LinkKind, VmHandle, VmNetwork};
 use rds_store::{VmRecord, VmState};
 use serde_json::json;
 
@@ -83,33 +83,54 @@ pub fn allocate_slot(state: &AppState, id: &str) -> Result<Option<Slot>, ApiErro
     Ok(Some(pool.slot(index).map_err(ApiError::internal)?))
 }
 
-/// What the runtime needs to configure the guest side of the VM's link.
-pub fn spec_network(state: &AppState, id: &str) -> Result<Option<VmNetwork>, ApiError> {
-    Ok(slot_of(state, id)?.map(|slot| VmNetwork {
+/// Before the runtime starts the VM: what it needs to know of the VM's link. For a TAP runtime
+/// the TAP is made and the persisted policy enforced first, so the guest's very first packet is
+/// already filtered. Without networking (or a slot) the VM keeps loopback only.
+pub async fn before_start(state: &AppState, vm: &VmRecord) -> Result<Option<VmNetwork>, ApiError> {
+    let (Some(network), Some(slot)) = (state.network.get(), slot_of(state, &vm.id)?) else {
+        return Ok(None);
+    };
+    let mut link = VmNetwork {
         guest_ip: slot.guest_ip,
         host_ip: slot.host_ip,
         prefix: slot.prefix,
-        mac: mac_for(id),
-    }))
+        mac: mac_for(&vm.id),
+        tap: None,
+    };
+    if state.runtime.link_kind() == LinkKind::Tap {
+        let tap = network
+            .attach_tap(&vm.id, &slot)
+            .await
+            .map_err(|e| ApiError::Internal(format!("cannot create the VM's TAP device: {e}")))?;
+        enforce(state, network, vm, &slot).await?;
+        link.tap = Some(tap);
+    }
+    Ok(Some(link))
 }
 
-/// After the runtime started the VM: links its network namespace to the host and enforces its
-/// persisted policy. Without networking (or a slot) the VM keeps loopback only.
-pub async fn attach(state: &AppState, vm: &VmRecord, handle: &VmHandle) -> Result<(), ApiError> {
+/// After the runtime started the VM: for a veth runtime, links the VM's network namespace to the
+/// host and enforces its persisted policy.
+pub async fn after_start(state: &AppState, vm: &VmRecord, handle: &VmHandle) -> Result<(), ApiError> {
+    if state.runtime.link_kind() != LinkKind::Veth {
+        return Ok(());
+    }
     let (Some(network), Some(slot)) = (state.network.get(), slot_of(state, &vm.id)?) else {
         return Ok(());
     };
     ensure_own_netns(handle.pid)?;
-    let policy = policy_of(state, vm)?;
     network
         .attach_veth(&vm.id, &slot, handle.pid)
         .await
         .map_err(|e| ApiError::Internal(format!("cannot attach the VM's network: {e}")))?;
+    enforce(state, network, vm, &slot).await
+}
+
+async fn enforce(state: &AppState, network: &Network, vm: &VmRecord, slot: &Slot) -> Result<(), ApiError> {
+    let policy = policy_of(state, vm)?;
     network
-        .apply_policy(&vm.id, &slot, &policy)
+        .apply_policy(&vm.id, slot, &policy)
         .await
-        .map_err(|e| ApiError::Internal(format!("cannot apply the VM's egress policy: {e}")))?;
-    Ok(())
+        .map_err(|e| ApiError::Internal(format!("cannot apply the VM's egress policy: {e}")))
 }
 
 /// Refuses to put a link into the manager's own network namespace (a runtime that does not
@@ -229,8 +250,11 @@ pub async fn reconcile(state: &AppState, adopted: &[(VmRecord, VmHandle)]) {
                 Ok(policy) => network.apply_policy(&vm.id, &slot, &policy).await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             }
+        } else if state.runtime.link_kind() == LinkKind::Veth {
+            after_start(state, vm, handle).await.map_err(|e| e.to_string())
         } else {
-            attach(state, vm, handle).await.map_err(|e| e.to_string())
+            // The VMM holds the TAP it was started with; a new one would stay unplugged.
+            Err(format!("its TAP device {} is gone; stop and start the VM to restore it", slot.iface()))
         };
         if let Err(e) = result {
             tracing::error!(vm_id = %vm.id, error = %e, "cannot restore the VM's network after restart");

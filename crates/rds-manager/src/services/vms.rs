@@ -203,12 +203,12 @@ async fn boot(state: &AppState, vm: &VmRecord) -> Result<VmHandle, ApiError> {
         kernel: files.kernel,
         initrd: files.initrd,
         hostname: format!("rds-{}", &vm.id[..8.min(vm.id.len())]),
-        network: network::spec_network(state, &vm.id)?,
+        network: network::before_start(state, vm).await?,
     };
     let handle = state.runtime.start(&spec).await.map_err(runtime_error)?;
     let json = serde_json::to_string(&handle).map_err(ApiError::internal)?;
     state.store.set_vm_handle(&vm.id, Some(&json))?;
-    network::attach(state, vm, &handle).await?;
+    network::after_start(state, vm, &handle).await?;
     state
         .agent
         .call_json::<(), AgentHealth>(&vm.id, Method::GET, "/health", None, HEALTH_TIMEOUT)

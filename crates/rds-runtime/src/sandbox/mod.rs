@@ -308,6 +308,10 @@ impl Runtime for SandboxRuntime {
         "namespaces"
     }
 
+    fn link_kind(&self) -> crate::LinkKind {
+        crate::LinkKind::Veth
+    }
+
     async fn start(&self, spec: &VmSpec) -> Result<VmHandle, RuntimeError> {
         check_spec(spec)?;
         let p = self.paths(&spec.id);
