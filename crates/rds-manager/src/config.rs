@@ -97,8 +97,14 @@ fn guest_image(get: &impl Fn(&str) -> Option<String>) -> Result<Option<GuestImag
         }
     }
     let mut files = Vec::new();
+    // QEMU boots the ELF `vmlinux` straight through its PVH entry; a bzImage first decompresses
+    // itself, which costs ~0.3 s per boot under TCG.
+    let kernel_name = match &dir {
+        Some(d) if d.join("vmlinux").is_file() => "vmlinux",
+        _ => "vmlinuz",
+    };
     for (var, default_name) in [
-        ("KERNEL_PATH", "vmlinuz"),
+        ("KERNEL_PATH", kernel_name),
         ("INITRD_PATH", "initrd.img"),
         ("BASE_ROOTFS_PATH", "rootfs.ext4"),
     ] {

@@ -67,7 +67,16 @@ fn qemu(config: &Config, image: &GuestImage) -> Result<Arc<dyn Runtime>, ConfigE
         var: "RDS_RUNTIME",
         message: format!("the qemu runtime is unavailable: {e}"),
     })?;
-    Ok(Arc::new(runtime))
+    let runtime = Arc::new(runtime);
+    // The KVM probe boots a kernel (up to seconds); run it now rather than in the first create.
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        let probing = runtime.clone();
+        handle.spawn(async move {
+            let accel = probing.accel().await;
+            tracing::info!(accel = accel.as_str(), "qemu accelerator chosen");
+        });
+    }
+    Ok(runtime)
 }
 
 fn sandbox(config: &Config) -> Result<Arc<dyn Runtime>, ConfigError> {

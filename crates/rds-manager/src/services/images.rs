@@ -73,7 +73,7 @@ fn default_image_id(state: &AppState) -> Result<Option<String>, ApiError> {
     Ok(state.store.get_setting(DEFAULT_IMAGE_SETTING)?)
 }
 
-/// Kernel formats present on disk, QEMU's bzImage first.
+/// Kernel formats present on disk.
 fn kernel_formats(dir: &Path) -> Vec<String> {
     [(KERNEL_BZIMAGE, FileFormat::BzImage), (KERNEL_ELF, FileFormat::Elf)]
         .into_iter()
@@ -607,7 +607,8 @@ fn boot_files_of(state: &AppState, image: &ImageRecord) -> Result<BootFiles, Api
     let kind = state.runtime.kind();
     let kernel = match kind {
         RuntimeKind::Sandbox => None,
-        RuntimeKind::Qemu => existing(KERNEL_BZIMAGE).or_else(|| existing(KERNEL_ELF)),
+        // The ELF boots faster (PVH entry, no self-decompression); QEMU takes either.
+        RuntimeKind::Qemu => existing(KERNEL_ELF).or_else(|| existing(KERNEL_BZIMAGE)),
         RuntimeKind::Firecracker => existing(KERNEL_ELF),
     };
     if kind != RuntimeKind::Sandbox && kernel.is_none() {

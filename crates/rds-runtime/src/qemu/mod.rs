@@ -68,7 +68,8 @@ pub struct QemuConfig {
     pub qemu_bin: PathBuf,
     /// `vhost-device-vsock`.
     pub vsock_backend_bin: PathBuf,
-    /// The guest kernel (bzImage, `vmlinuz` of the image).
+    /// The guest kernel: the image's ELF `vmlinux` (PVH entry, boots ~0.3 s faster under TCG than
+    /// the self-decompressing bzImage `vmlinuz`, which also works).
     pub kernel: PathBuf,
     /// The image's initramfs (`initrd.img`).
     pub initrd: PathBuf,
@@ -83,13 +84,18 @@ pub struct QemuConfig {
 }
 
 impl QemuConfig {
-    /// Defaults for an image directory as `rds-image` writes it (`vmlinuz`, `initrd.img`, `rootfs.ext4`).
+    /// Defaults for an image directory as `rds-image` writes it (`vmlinux` or else `vmlinuz`,
+    /// `initrd.img`, `rootfs.ext4`).
     pub fn from_image_dir(storage_root: PathBuf, image_dir: &Path) -> Self {
         QemuConfig {
             storage_root,
             qemu_bin: PathBuf::from("qemu-system-x86_64"),
             vsock_backend_bin: PathBuf::from("vhost-device-vsock"),
-            kernel: image_dir.join("vmlinuz"),
+            kernel: ["vmlinux", "vmlinuz"]
+                .map(|name| image_dir.join(name))
+                .into_iter()
+                .find(|p| p.is_file())
+                .unwrap_or_else(|| image_dir.join("vmlinux")),
             initrd: image_dir.join("initrd.img"),
             base_rootfs: image_dir.join("rootfs.ext4"),
             overlay_size_mb: 4096,
