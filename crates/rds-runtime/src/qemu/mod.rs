@@ -406,20 +406,20 @@ impl QemuRuntime {
 
         let qemu = starting.qemu.as_mut().expect("just inserted");
         let booted = tokio::time::timeout(self.cfg.boot_timeout, wait_for_agent(&ready, &p.vsock));
-        tokio::select! {
-            booted = booted => {
-                drop(ready);
-                let _ = std::fs::remove_file(&p.ready);
-                let timeout = || format!("no readiness call within {:?}", self.cfg.boot_timeout);
-                booted.map_err(|_| timeout()).and_then(|r| r).map_err(|e| {
-                    RuntimeError::Boot(format!("the agent did not come up ({}): {e}", accel.as_str()))
-                })?;
-            }
-            status = qemu.wait() => {
-                let status = status.map_err(|e| RuntimeError::io("cannot wait for QEMU", e))?;
-                return Err(RuntimeError::Boot(format!("QEMU exited during boot ({status})")));
-            }
-        }
+        let outcome = tokio::select! {
+            booted = booted => booted
+                .map_err(|_| format!("no readiness call within {:?}", self.cfg.boot_timeout))
+                .and_then(|r| r)
+                .map_err(|e| RuntimeError::Boot(format!("the agent did not come up ({}): {e}", accel.as_str()))),
+            status = qemu.wait() => match status {
+                Ok(status) => Err(RuntimeError::Boot(format!("QEMU exited during boot ({status})"))),
+                Err(e) => Err(RuntimeError::io("cannot wait for QEMU", e)),
+            },
+        };
+        // Booted or not, nobody listens on the readiness port from here on.
+        drop(ready);
+        let _ = std::fs::remove_file(&p.ready);
+        outcome?;
         Ok(VmHandle {
             pid: qemu_pid,
             start_time: qemu_start_time,
