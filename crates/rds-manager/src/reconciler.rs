@@ -90,3 +90,25 @@ pub async fn reconcile(state: &AppState) -> Result<Reconciled, ApiError> {
     out.orphans_removed = state.runtime.remove_orphans(&known).await;
     Ok(out)
 }
+
+/// How often running VMs' console logs are checked against [`rds_runtime::CONSOLE_CAP`].
+const CONSOLE_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Keeps the console logs of running VMs capped while they run (a runtime caps them at start;
+/// a guest that prints for days would otherwise fill the disk). Runs until the process ends.
+pub async fn cap_consoles(state: AppState) {
+    let mut tick = tokio::time::interval(CONSOLE_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Ok(vms) = state.store.list_vms() else { continue };
+        for vm in vms.iter().filter(|vm| vm.state == VmState::Running) {
+            let log = state.runtime.console_log(&vm.id);
+            match rds_runtime::cap_console_log(&log) {
+                Ok(true) => tracing::info!(vm_id = %vm.id, "console log reached its cap; kept its newest half"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(vm_id = %vm.id, error = %e, "cannot cap the console log"),
+            }
+        }
+    }
+}

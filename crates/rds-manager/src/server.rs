@@ -76,6 +76,7 @@ pub async fn prepare_with_runtime(
 
 /// Serves until the process ends.
 pub async fn serve(prepared: Prepared) -> std::io::Result<()> {
+    tokio::spawn(crate::reconciler::cap_consoles(prepared.state.clone()));
     let app = routes::router(prepared.state);
     axum::serve(prepared.listener, app).await
 }

@@ -18,6 +18,7 @@ pub mod qemu;
 pub mod sandbox;
 
 pub use process::process_start_time;
+pub use vm_common::{cap_console_log, CONSOLE_CAP};
 
 /// Which kind of runtime runs a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

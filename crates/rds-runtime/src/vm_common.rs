@@ -1,8 +1,9 @@
-//! What every runtime does the same way: spec checks, reading a console's tail for errors,
+//! What every runtime does the same way: spec checks, capping and reading a console log,
 //! probing a VM's process and agent, removing a VM directory.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -28,6 +29,33 @@ pub(crate) fn check_spec_basics(spec: &VmSpec, max_cpu: u32, min_mem_mb: u32) ->
         return Err(RuntimeError::InvalidSpec(format!("hostname {h:?} must match [A-Za-z0-9.-]{{1,64}}")));
     }
     Ok(())
+}
+
+/// Size past which a console log is cut (see [`cap_console_log`]).
+pub const CONSOLE_CAP: u64 = 1024 * 1024;
+
+/// Keeps the console log at `path` under [`CONSOLE_CAP`]: past it, its newest half replaces
+/// `<path>.old` and the log starts over. Every writer (QEMU, the vsock backend, the sandbox
+/// launcher) appends (`O_APPEND`), so cutting the file under a running VM is safe. True when cut.
+pub fn cap_console_log(path: &Path) -> std::io::Result<bool> {
+    let mut file = match std::fs::OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    if len <= CONSOLE_CAP {
+        return Ok(false);
+    }
+    file.seek(SeekFrom::Start(len - CONSOLE_CAP / 2))?;
+    let mut tail = Vec::with_capacity((CONSOLE_CAP / 2) as usize);
+    file.read_to_end(&mut tail)?;
+    let mut old = path.as_os_str().to_owned();
+    old.push(".old");
+    std::fs::write(&old, &tail)?;
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o600))?;
+    file.set_len(0)?;
+    Ok(true)
 }
 
 /// The last `bytes` of a console log, for error messages.
@@ -65,5 +93,30 @@ pub(crate) fn remove_vm_dir(dir: &Path) -> Result<(), RuntimeError> {
             Err(RuntimeError::io(format!("cannot remove {}", dir.display()), e))
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_log_is_cut_to_its_newest_half_past_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        assert!(!cap_console_log(&log).unwrap(), "absent is fine");
+        std::fs::write(&log, vec![b'a'; CONSOLE_CAP as usize]).unwrap();
+        assert!(!cap_console_log(&log).unwrap(), "at the cap it stays");
+
+        // A writer that appends, as QEMU does, keeps its descriptor across the cut.
+        let mut writer = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        std::io::Write::write_all(&mut writer, b"newest line\n").unwrap();
+        assert!(cap_console_log(&log).unwrap());
+        let old = std::fs::read(dir.path().join("console.log.old")).unwrap();
+        assert_eq!(old.len() as u64, CONSOLE_CAP / 2);
+        assert!(old.ends_with(b"newest line\n"));
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), 0);
+        std::io::Write::write_all(&mut writer, b"after\n").unwrap();
+        assert_eq!(std::fs::read(&log).unwrap(), b"after\n", "appends land at the new start");
     }
 }

@@ -11,7 +11,7 @@
 //! | `vhost-user.sock` | vhost-user control socket between QEMU and `vhost-device-vsock` |
 //! | `qmp.sock` | QEMU's QMP control socket |
 //! | `processes.json` | pids + start times of QEMU and the vsock backend (also in [`VmHandle::extra`]) |
-//! | `console.log` | serial console, QEMU's and the backend's stderr (rotated past 1 MiB at start) |
+//! | `console.log` | serial console, QEMU's and the backend's stderr (capped at 1 MiB, see [`crate::cap_console_log`]) |
 //!
 //! Both processes run in their own session so a manager restart leaves them running; the
 //! [`VmHandle`] (QEMU's pid + start time, plus the backend's in `extra`) re-adopts them.
@@ -54,8 +54,6 @@ const GRACEFUL_STOP: Duration = Duration::from_secs(15);
 const FORCED_STOP: Duration = Duration::from_secs(3);
 /// How long the first handshake with a guest that announced itself may take.
 const AGENT_CONNECT: Duration = Duration::from_secs(10);
-/// Console log size past which `start` rotates it.
-const CONSOLE_CAP: u64 = 1024 * 1024;
 /// How much of the console log a boot error quotes.
 const CONSOLE_TAIL: u64 = 3072;
 
@@ -238,8 +236,8 @@ impl QemuRuntime {
                 .and_then(|_| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)))
                 .map_err(|e| RuntimeError::io(format!("cannot create {}", dir.display()), e))?;
         }
-        if std::fs::metadata(&p.console).is_ok_and(|m| m.len() > CONSOLE_CAP) {
-            let _ = std::fs::rename(&p.console, p.dir.join("console.log.old"));
+        if let Err(e) = vm_common::cap_console_log(&p.console) {
+            tracing::warn!(path = %p.console.display(), error = %e, "cannot cap the console log");
         }
         for sock in p.runtime_sockets() {
             remove_if_present(sock)?;

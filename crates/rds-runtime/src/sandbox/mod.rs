@@ -8,7 +8,7 @@
 //! | `agent.sock` | host end of the agent: bound here (0600), its listening fd is passed into the sandbox |
 //! | `workspace/` | persistent user data (1000:1000, 0755), `/workspace` inside |
 //! | `bridge/` | (0755) appears at `/run/rds/bridge` inside; the manager binds `bridge/peer.sock` |
-//! | `console.log` | launcher/agent stdout+stderr (rotated to `console.log.old` past 1 MiB at start) |
+//! | `console.log` | launcher/agent stdout+stderr (capped at 1 MiB, see [`crate::cap_console_log`]) |
 //! | `root/` | empty mount point where the launcher assembles the new root in its own mount namespace |
 //!
 //! The launcher is `<agent_bin> sandbox` (see `rds-agent`'s `sandbox` module), spawned detached so a
@@ -35,8 +35,6 @@ use crate::{check_vm_id, Liveness, Runtime, RuntimeError, RuntimeKind, VmHandle,
 const BOOT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `stop` waits after SIGTERM before SIGKILL.
 const GRACEFUL_STOP: Duration = Duration::from_secs(3);
-/// Console log size past which `start` rotates it.
-const CONSOLE_CAP: u64 = 1024 * 1024;
 /// How much of the console log a boot error quotes.
 const CONSOLE_TAIL: u64 = 2048;
 /// Smallest memory limit accepted (the agent itself needs some).
@@ -147,8 +145,8 @@ impl SandboxRuntime {
         }
         private(&p.bridge, 0o755)?;
         private(&p.root, 0o700)?;
-        if std::fs::metadata(&p.console).is_ok_and(|m| m.len() > CONSOLE_CAP) {
-            let _ = std::fs::rename(&p.console, p.dir.join("console.log.old"));
+        if let Err(e) = vm_common::cap_console_log(&p.console) {
+            tracing::warn!(path = %p.console.display(), error = %e, "cannot cap the console log");
         }
         Ok(existed)
     }
