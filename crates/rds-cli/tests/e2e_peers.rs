@@ -264,6 +264,19 @@ fn consumers_call_providers_with_their_secrets_and_never_hold_them() {
     // Even the provider's own output never carries the value back through the API.
     let echoed = w.exec(&weather, "echo \"token=$WEATHER_TOKEN\"");
     assert_eq!(echoed["stdout"], "token=[redacted:WEATHER_TOKEN]\n", "{echoed}");
+    // Streamed too: a provider's NDJSON stream is its redacted result, as events.
+    let streamed = w
+        .s
+        .req("POST", &format!("/v1/vms/{weather}/exec"))
+        .set("Accept", "application/x-ndjson")
+        .send_json(json!({"cmd": "echo \"token=$WEATHER_TOKEN\"; echo \"$WEATHER_TOKEN\" >&2; exit 3"}))
+        .unwrap();
+    assert_eq!(streamed.header("content-type"), Some("application/x-ndjson"));
+    let events: Vec<Value> = streamed.into_string().unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events[0], json!({"type": "stdout", "data": "token=[redacted:WEATHER_TOKEN]\n"}), "{events:?}");
+    assert_eq!(events[1], json!({"type": "stderr", "data": "[redacted:WEATHER_TOKEN]\n"}), "{events:?}");
+    assert_eq!((events[2]["type"].as_str(), events[2]["exitCode"].as_i64()), (Some("exit"), Some(3)), "{events:?}");
+    w.seen.0.push(format!("{events:?}"));
 
     // ... and nowhere in the consumer: files it can see, environments of all its processes.
     // The patterns go in on stdin so the command line (kept in exec logs) doesn't hold them.

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::response::Response;
 use http::{header, Method, Request};
-use rds_proto::{ExecRequest, ExecResult, Language, RunRequest, RunResult, DEFAULT_TIMEOUT_MS};
+use rds_proto::{ExecEvent, ExecExit, ExecRequest, ExecResult, Language, RunRequest, RunResult, DEFAULT_TIMEOUT_MS};
 use rds_store::{now_ms, ExecLogRecord, VmState};
 use serde_json::json;
 
@@ -76,7 +76,34 @@ pub async fn exec(state: &AppState, vm_id: &str, req: ExecRequest) -> Result<Exe
     Ok(result)
 }
 
-/// Runs a shell command, proxying the agent's NDJSON event stream as it comes.
+/// A finished result as the NDJSON events a streamed exec sends: output, then the exit event.
+fn ndjson_response(result: &ExecResult) -> Result<Response, ApiError> {
+    let mut events = Vec::new();
+    for (data, stdout) in [(&result.stdout, true), (&result.stderr, false)] {
+        if !data.is_empty() {
+            let data = data.clone();
+            events.push(if stdout { ExecEvent::Stdout { data } } else { ExecEvent::Stderr { data } });
+        }
+    }
+    events.push(ExecEvent::Exit(ExecExit {
+        exit_code: result.exit_code,
+        stdout_truncated: result.stdout_truncated,
+        stderr_truncated: result.stderr_truncated,
+        timed_out: result.timed_out,
+        signal: result.signal,
+        duration_ms: result.duration_ms,
+        oom_killed: result.oom_killed,
+    }));
+    let mut body = Vec::new();
+    for event in &events {
+        serde_json::to_writer(&mut body, event).map_err(ApiError::internal)?;
+        body.push(b'\n');
+    }
+    Response::builder().header(header::CONTENT_TYPE, NDJSON).body(Body::from(body)).map_err(ApiError::internal)
+}
+
+/// Runs a shell command, proxying the agent's NDJSON event stream as it comes (for a provider
+/// with secrets: its redacted result once it finishes).
 pub async fn exec_stream(
     state: &AppState,
     vm_id: &str,
@@ -84,10 +111,13 @@ pub async fn exec_stream(
 ) -> Result<Response, ApiError> {
     let limit = call_limit(state, req.timeout_ms)?;
     let vm = find_running(state, vm_id)?;
-    let to_agent = ExecRequest {
-        env: with_secrets(req.env.clone(), &secrets_of(state, &vm)?),
-        ..req.clone()
-    };
+    let secrets = secrets_of(state, &vm)?;
+    if !secrets.is_empty() {
+        // A secret split across two chunks of a live stream would slip past redaction, so a
+        // provider's stream is its redacted buffered result, sent as events when it finishes.
+        return ndjson_response(&exec(state, vm_id, req).await?);
+    }
+    let to_agent = ExecRequest { env: with_secrets(req.env.clone(), &secrets), ..req.clone() };
     let body = serde_json::to_vec(&to_agent).map_err(ApiError::internal)?;
     let request = Request::post("/exec")
         .header(header::HOST, "agent")
