@@ -191,6 +191,20 @@ pub struct ExecExit {
     pub oom_killed: bool,
 }
 
+impl From<&ExecResult> for ExecExit {
+    fn from(result: &ExecResult) -> Self {
+        ExecExit {
+            exit_code: result.exit_code,
+            stdout_truncated: result.stdout_truncated,
+            stderr_truncated: result.stderr_truncated,
+            timed_out: result.timed_out,
+            signal: result.signal,
+            duration_ms: result.duration_ms,
+            oom_killed: result.oom_killed,
+        }
+    }
+}
+
 /// Language of a `run-*` call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]

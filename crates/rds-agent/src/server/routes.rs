@@ -9,7 +9,7 @@ use futures_util::TryStreamExt;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::BodyStream;
 use hyper::body::Incoming;
-use rds_proto::{AgentHealth, Capabilities, ExecEvent, ExecExit, ExecRequest, ExecResult, Language, RunRequest};
+use rds_proto::{AgentHealth, Capabilities, ExecEvent, ExecExit, ExecRequest, Language, RunRequest};
 use tokio::sync::mpsc;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
@@ -99,7 +99,7 @@ async fn exec(req: Request<Incoming>, agent: &Agent) -> Result<Response<Body>, A
                         }
                     }
                 }
-                send_event(&body_tx, &ExecEvent::Exit(exit_event(&result))).await;
+                send_event(&body_tx, &ExecEvent::Exit(ExecExit::from(&result))).await;
             }
             Err(e) => {
                 let _ = body_tx.send(Err(io::Error::other(e.to_string()))).await;
@@ -113,18 +113,6 @@ fn output_event(pipe: Pipe, data: String) -> ExecEvent {
     match pipe {
         Pipe::Stdout => ExecEvent::Stdout { data },
         Pipe::Stderr => ExecEvent::Stderr { data },
-    }
-}
-
-fn exit_event(result: &ExecResult) -> ExecExit {
-    ExecExit {
-        exit_code: result.exit_code,
-        stdout_truncated: result.stdout_truncated,
-        stderr_truncated: result.stderr_truncated,
-        timed_out: result.timed_out,
-        signal: result.signal,
-        duration_ms: result.duration_ms,
-        oom_killed: result.oom_killed,
     }
 }
 

@@ -85,15 +85,7 @@ fn ndjson_response(result: &ExecResult) -> Result<Response, ApiError> {
             events.push(if stdout { ExecEvent::Stdout { data } } else { ExecEvent::Stderr { data } });
         }
     }
-    events.push(ExecEvent::Exit(ExecExit {
-        exit_code: result.exit_code,
-        stdout_truncated: result.stdout_truncated,
-        stderr_truncated: result.stderr_truncated,
-        timed_out: result.timed_out,
-        signal: result.signal,
-        duration_ms: result.duration_ms,
-        oom_killed: result.oom_killed,
-    }));
+    events.push(ExecEvent::Exit(ExecExit::from(result)));
     let mut body = Vec::new();
     for event in &events {
         serde_json::to_writer(&mut body, event).map_err(ApiError::internal)?;
