@@ -194,7 +194,9 @@ async fn stdin_is_written_then_closed() {
 #[tokio::test]
 async fn commands_inherit_no_descriptors_beyond_stdio() {
     let Some(agent) = Agent::start().await else { return };
-    let result = agent.exec(json!({"cmd": "ls /proc/$$/fd | sort -n | tr '\\n' ' '"})).await;
+    // Looked at in a background child started before the pipeline: the shell itself holds the
+    // pipeline's pipes for a moment, which `ls` could catch under load.
+    let result = agent.exec(json!({"cmd": "sleep 30 & ls /proc/$!/fd | sort -n | tr '\\n' ' '; kill $!"})).await;
     assert_eq!(result["stdout"], "0 1 2 ", "{result}");
 }
 
