@@ -7,18 +7,22 @@
 //! from `$RDS_AGENT_BIN`, else `<workspace>/target/debug/rds-agent`. QEMU boots are slow under
 //! TCG, so each test shares one VM across its assertions.
 
+mod common;
+
 use std::collections::HashSet;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use rds_proto::{ExecResult, RunResult, AGENT_VSOCK_PORT, BRIDGE_VSOCK_PORT};
+use rds_proto::{RunResult, AGENT_VSOCK_PORT, BRIDGE_VSOCK_PORT};
 use rds_runtime::qemu::{QemuConfig, QemuRuntime, GUEST_CID};
 use rds_runtime::process::is_same_process_alive;
-use rds_runtime::{Liveness, Runtime, VmHandle, VmSpec};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rds_runtime::{Liveness, Runtime, VmHandle};
+use tokio::io::AsyncReadExt;
+
+use common::{exec, new_id, request, spec};
 
 /// The image directory (vmlinuz, initrd.img, rootfs.ext4), or why these tests cannot run.
 fn image_dir() -> Result<PathBuf, String> {
@@ -35,7 +39,7 @@ fn image_dir() -> Result<PathBuf, String> {
         if std::env::var("RDS_SKIP_IMAGE_BUILD").as_deref() == Ok("1") {
             return Err("RDS_SKIP_IMAGE_BUILD=1".into());
         }
-        let agent = agent_bin()?;
+        let agent = common::agent_bin()?;
         let cache = PathBuf::from(std::env::var("RDS_IMAGE_CACHE").unwrap_or_else(|_| "/var/cache/rds-image".into()));
         let out = tempfile::Builder::new().prefix("rds-qemu-image-").tempdir_in("/var/tmp").map_err(|e| e.to_string())?;
         let opts = rds_image::BuildOptions {
@@ -61,25 +65,6 @@ fn on_path(program: &str) -> bool {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let home_bin = PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo/bin");
     std::env::split_paths(&path).chain([home_bin]).any(|d| d.join(program).is_file())
-}
-
-fn agent_bin() -> Result<PathBuf, String> {
-    if let Ok(p) = std::env::var("RDS_AGENT_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let bin = workspace.join("target/debug/rds-agent");
-    if !bin.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", "rds-agent"])
-            .current_dir(&workspace)
-            .status()
-            .map_err(|e| format!("cannot run cargo: {e}"))?;
-        if !status.success() {
-            return Err("rds-agent does not build".into());
-        }
-    }
-    bin.canonicalize().map_err(|e| format!("{}: {e}", bin.display()))
 }
 
 macro_rules! require_env {
@@ -135,55 +120,6 @@ impl Drop for Env {
     }
 }
 
-fn spec(id: &str) -> VmSpec {
-    VmSpec { id: id.into(), cpu: 1, mem_mb: 512, rootfs: None, kernel: None, initrd: None, hostname: format!("vm-{}", &id[..8]), network: None }
-}
-
-fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-/// One HTTP/1.1 request to the agent over the hybrid-vsock socket; returns status and body.
-async fn request(rt: &QemuRuntime, id: &str, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-    let mut s = rds_vsock::connect(&rt.agent_socket(id), AGENT_VSOCK_PORT, Duration::from_secs(10)).await.unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(120), s.read_to_end(&mut raw)).await.expect("agent answered").unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP header end");
-    let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
-    let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status code");
-    let mut body = raw[split + 4..].to_vec();
-    if head.contains("transfer-encoding: chunked") {
-        body = dechunk(&body);
-    }
-    (status, body)
-}
-
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().split(';').next().unwrap().trim(), 16).unwrap();
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&data[line_end + 2..line_end + 2 + size]);
-        data = &data[line_end + 4 + size..];
-    }
-}
-
-async fn exec(rt: &QemuRuntime, id: &str, cmd: &str) -> ExecResult {
-    let body = serde_json::json!({ "cmd": cmd }).to_string();
-    let (status, out) = request(rt, id, "POST", "/exec", body.as_bytes()).await;
-    assert_eq!(status, 200, "exec {cmd:?}: {}", String::from_utf8_lossy(&out));
-    serde_json::from_slice(&out).unwrap_or_else(|e| panic!("bad ExecResult ({e}): {}", String::from_utf8_lossy(&out)))
-}
-
 async fn run(rt: &QemuRuntime, id: &str, language: &str, code: &str) -> RunResult {
     let body = serde_json::json!({ "code": code }).to_string();
     let (status, out) = request(rt, id, "POST", &format!("/run-{language}"), body.as_bytes()).await;
@@ -232,7 +168,7 @@ async fn qemu_vm_boots_the_image_runs_code_keeps_workspace_and_is_readopted() {
     let image = require_env!();
     let mut env = Env::new(image);
     let id = new_id();
-    let handle = env.rt().start(&spec(&id)).await.unwrap_or_else(|e| panic!("boot failed: {e}"));
+    let handle = env.rt().start(&spec(&id, 512)).await.unwrap_or_else(|e| panic!("boot failed: {e}"));
     let accel = handle.extra["accel"].as_str().unwrap().to_string();
     assert!(accel == "kvm" || accel == "tcg", "{:?}", handle.extra);
     println!("booted under {accel}");
@@ -267,7 +203,7 @@ async fn qemu_vm_boots_the_image_runs_code_keeps_workspace_and_is_readopted() {
     assert!(matches!(rt.probe(&id, &handle).await, Liveness::Dead(_)), "a stopped VM must probe Dead");
     assert!(!rt.agent_socket(&id).exists(), "stop left the agent socket");
     assert!(rt.vm_dir(&id).join("overlay.ext4").is_file(), "stop removed the overlay disk");
-    let handle = rt.start(&spec(&id)).await.unwrap();
+    let handle = rt.start(&spec(&id, 512)).await.unwrap();
     let r = exec(rt, &id, "cat /workspace/note /workspace/up/hello.txt").await;
     assert_eq!(r.stdout, "kept\nuploaded bytes\n", "{r:?}");
 
@@ -292,7 +228,7 @@ async fn guest_user_code_cannot_reach_the_agent_and_reaches_the_host_only_throug
     let env = Env::new(image);
     let rt = env.rt();
     let id = new_id();
-    let handle = rt.start(&spec(&id)).await.unwrap_or_else(|e| panic!("boot failed: {e}"));
+    let handle = rt.start(&spec(&id, 512)).await.unwrap_or_else(|e| panic!("boot failed: {e}"));
 
     // From uid 1000: the agent port on the guest's own CID, on CID 1 (local) and on CID 2 (host).
     let probe = format!(

@@ -3,15 +3,16 @@
 //! The agent binary is `$RDS_AGENT_BIN`, else `<workspace>/target/debug/rds-agent` (built with
 //! `cargo build -p rds-agent` if missing).
 
+mod common;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::Duration;
 
-use rds_proto::{ExecResult, AGENT_VSOCK_PORT};
 use rds_runtime::sandbox::{SandboxConfig, SandboxRuntime};
-use rds_runtime::{process_start_time, Liveness, Runtime, RuntimeError, VmHandle, VmSpec};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rds_runtime::{process_start_time, Liveness, Runtime, RuntimeError, VmHandle};
+
+use common::{exec, new_id, spec};
 
 /// The agent binary, or why these tests cannot run.
 fn agent_bin() -> Result<PathBuf, String> {
@@ -20,22 +21,7 @@ fn agent_bin() -> Result<PathBuf, String> {
         if !nix::unistd::geteuid().is_root() {
             return Err("sandbox runtime tests need root".into());
         }
-        if let Ok(p) = std::env::var("RDS_AGENT_BIN") {
-            return Ok(PathBuf::from(p));
-        }
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let bin = workspace.join("target/debug/rds-agent");
-        if !bin.exists() {
-            let status = std::process::Command::new(env!("CARGO"))
-                .args(["build", "-p", "rds-agent"])
-                .current_dir(&workspace)
-                .status()
-                .map_err(|e| format!("cannot run cargo: {e}"))?;
-            if !status.success() {
-                return Err("rds-agent does not build yet".into());
-            }
-        }
-        bin.canonicalize().map_err(|e| format!("{}: {e}", bin.display()))
+        common::agent_bin()
     })
     .clone()
 }
@@ -106,48 +92,6 @@ impl Drop for Env {
         for p in parents {
             let _ = std::fs::remove_dir(p);
         }
-    }
-}
-
-fn spec(id: &str, mem_mb: u32) -> VmSpec {
-    VmSpec { id: id.into(), cpu: 1, mem_mb, rootfs: None, kernel: None, initrd: None, hostname: format!("vm-{}", &id[..8]), network: None }
-}
-
-fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-/// `POST /exec` over the hybrid-vsock socket with a hand-written HTTP/1.1 request.
-async fn exec(rt: &SandboxRuntime, id: &str, cmd: &str) -> ExecResult {
-    let mut s = rds_vsock::connect(&rt.agent_socket(id), AGENT_VSOCK_PORT, Duration::from_secs(5)).await.unwrap();
-    let body = serde_json::json!({ "cmd": cmd }).to_string();
-    let req = format!(
-        "POST /exec HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut raw)).await.expect("exec answered").unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP header end");
-    let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
-    assert!(head.starts_with("http/1.1 200"), "exec {cmd:?} failed: {}", String::from_utf8_lossy(&raw));
-    let mut body = raw[split + 4..].to_vec();
-    if head.contains("transfer-encoding: chunked") {
-        body = dechunk(&body);
-    }
-    serde_json::from_slice(&body).unwrap_or_else(|e| panic!("bad ExecResult ({e}): {}", String::from_utf8_lossy(&body)))
-}
-
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().split(';').next().unwrap().trim(), 16).unwrap();
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&data[line_end + 2..line_end + 2 + size]);
-        data = &data[line_end + 4 + size..];
     }
 }
 
