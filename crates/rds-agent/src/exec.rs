@@ -3,6 +3,7 @@
 //! `execId` idempotency).
 
 pub mod capture;
+pub mod cgroup;
 pub mod idempotency;
 pub mod process;
 pub mod session;
@@ -10,6 +11,7 @@ pub mod session;
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rds_proto::{EnvMap, ExecRequest, ExecResult, DEFAULT_TIMEOUT_MS};
@@ -20,6 +22,7 @@ use tokio::task::JoinHandle;
 use crate::files;
 use crate::server::AgentConfig;
 use capture::{capture, Captured, Chunk, LiveOutput, Pipe};
+use cgroup::{ExecCgroups, ExecGroup};
 use idempotency::{Claim, IdempotencyCache, Outcome};
 pub use process::Identity;
 use process::{base_env, find_program, sandboxed_command, CommandSpec};
@@ -72,6 +75,8 @@ pub struct Launch {
     pub identity: Identity,
     /// An extra channel read like stdout (run-*: the result FIFO) and its cap.
     pub side_channel: Option<(tokio::net::unix::pipe::Receiver, usize)>,
+    /// Where the command gets a cgroup of its own, if anywhere.
+    pub cgroups: Option<Arc<ExecCgroups>>,
 }
 
 /// How a command ended.
@@ -100,11 +105,19 @@ pub struct Running {
     timeout: Duration,
     output_cap: usize,
     side_channel: Option<(tokio::net::unix::pipe::Receiver, usize)>,
+    /// The command's own cgroup (killed whole on timeout).
+    group: Option<ExecGroup>,
 }
 
 /// Starts `launch` as the sandbox user.
 pub fn spawn(launch: Launch) -> Result<Running, ExecError> {
+    let group = match &launch.cgroups {
+        Some(cgroups) => Some(cgroups.create().map_err(|source| ExecError::Io { context: "cannot create the command's cgroup".into(), source })?),
+        None => None,
+    };
+    let cgroup_procs = group.as_ref().map(ExecGroup::procs_fds).unwrap_or_default();
     let spec = CommandSpec {
+        cgroup_procs: &cgroup_procs,
         program: &launch.program,
         args: &launch.args,
         env: &launch.env,
@@ -129,10 +142,19 @@ pub fn spawn(launch: Launch) -> Result<Running, ExecError> {
         timeout: launch.timeout,
         output_cap: launch.output_cap,
         side_channel: launch.side_channel,
+        group,
     })
 }
 
 impl Running {
+    /// Kills everything the command started: its cgroup, or else its session.
+    async fn kill_all(&self) {
+        match &self.group {
+            Some(group) => group.kill().await,
+            None => session::kill_session(self.pid).await,
+        }
+    }
+
     /// Feeds stdin, captures output (forwarding it to `live` as it arrives), enforces the timeout
     /// and returns once the command and its pipes are done.
     pub async fn finish(mut self, live: Option<mpsc::UnboundedSender<Chunk>>) -> Finished {
@@ -161,11 +183,11 @@ impl Running {
             },
             Ok(Err(e)) => {
                 tracing::error!(pid = self.pid, "waiting for a command failed: {e}");
-                session::kill_session(self.pid).await;
+                self.kill_all().await;
                 Termination::Signalled(libc::SIGKILL)
             }
             Err(_) => {
-                session::kill_session(self.pid).await;
+                self.kill_all().await;
                 let _ = self.child.wait().await;
                 Termination::TimedOut
             }
@@ -294,12 +316,14 @@ pub struct Executor {
     output_cap: usize,
     shell: Option<PathBuf>,
     cache: IdempotencyCache<ExecResult>,
+    cgroups: Option<Arc<ExecCgroups>>,
 }
 
 impl Executor {
     /// An executor for the agent configured by `cfg` (bash if installed, else sh).
-    pub fn new(cfg: &AgentConfig) -> Self {
+    pub fn new(cfg: &AgentConfig, cgroups: Option<Arc<ExecCgroups>>) -> Self {
         Executor {
+            cgroups,
             workspace: cfg.workspace.clone(),
             identity: Identity { uid: cfg.uid, gid: cfg.gid },
             output_cap: cfg.output_cap,
@@ -343,6 +367,7 @@ impl Executor {
             output_cap: self.output_cap,
             identity: self.identity,
             side_channel: None,
+            cgroups: self.cgroups.clone(),
         })
     }
 }

@@ -56,7 +56,7 @@ pub fn main() -> anyhow::Result<()> {
     ensure_console();
     prepare_guest();
     supervise(
-        || match server::run(ListenOn::Vsock(AGENT_VSOCK_PORT), AgentConfig::default()) {
+        || match server::run(ListenOn::Vsock(AGENT_VSOCK_PORT), AgentConfig { exec_cgroups: true, ..AgentConfig::default() }) {
             Ok(()) => 0,
             Err(e) => {
                 console(&format!("agent failed: {e:#}"));

@@ -1,7 +1,8 @@
-//! Read-only loop devices for image root filesystems (used by the sandbox launcher).
+//! Loop devices for ext4 image files: image root filesystems (read-only) and per-VM workspace
+//! disks (read-write), used by the sandbox launcher.
 //!
-//! [`mount_image_read_only`] attaches an ext4 image file to a free loop device with
-//! `LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR` in one `LOOP_CONFIGURE` call and mounts it read-only.
+//! [`mount_image`] attaches an ext4 image file to a free loop device with `LO_FLAGS_AUTOCLEAR`
+//! (and `LO_FLAGS_READ_ONLY` for a read-only mount) in one `LOOP_CONFIGURE` call and mounts it.
 //! The only long-lived reference to the device is then the mount: when the mount namespace that
 //! holds it dies, the kernel detaches the device by itself, so nothing is left to clean up even
 //! if the launcher is killed.
@@ -35,10 +36,11 @@ impl LoopDevice {
     }
 }
 
-/// Attaches `image` read-only to a free loop device that detaches itself when its last user goes.
-pub fn attach_read_only(image: &Path) -> Result<LoopDevice> {
+/// Attaches `image` to a free loop device that detaches itself when its last user goes.
+pub fn attach(image: &Path, read_only: bool) -> Result<LoopDevice> {
     let backing = OpenOptions::new()
         .read(true)
+        .write(!read_only)
         .custom_flags(libc::O_CLOEXEC)
         .open(image)
         .with_context(|| format!("cannot open image {}", image.display()))?;
@@ -48,7 +50,7 @@ pub fn attach_read_only(image: &Path) -> Result<LoopDevice> {
         .custom_flags(libc::O_CLOEXEC)
         .open("/dev/loop-control")
         .context("cannot open /dev/loop-control (is the loop module loaded?)")?;
-    let config = read_only_config(&backing, image);
+    let config = loop_config_for(&backing, image, read_only);
     for _ in 0..CLAIM_ATTEMPTS {
         // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number or -1.
         let n = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE as _) };
@@ -58,6 +60,7 @@ pub fn attach_read_only(image: &Path) -> Result<LoopDevice> {
         let path = PathBuf::from(format!("/dev/loop{n}"));
         let file = OpenOptions::new()
             .read(true)
+            .write(!read_only)
             .custom_flags(libc::O_CLOEXEC)
             .open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
@@ -76,10 +79,10 @@ pub fn attach_read_only(image: &Path) -> Result<LoopDevice> {
     bail!("no free loop device after {CLAIM_ATTEMPTS} attempts")
 }
 
-fn read_only_config(backing: &File, image: &Path) -> loop_config {
+fn loop_config_for(backing: &File, image: &Path, read_only: bool) -> loop_config {
     // SAFETY: loop_info64 is plain old data; all-zero is its documented "unset" value.
     let mut info: loop_info64 = unsafe { std::mem::zeroed() };
-    info.lo_flags = LO_FLAGS_READ_ONLY as u32 | LO_FLAGS_AUTOCLEAR as u32;
+    info.lo_flags = LO_FLAGS_AUTOCLEAR as u32 | if read_only { LO_FLAGS_READ_ONLY as u32 } else { 0 };
     // Shown by `losetup -a`; truncated, informational only (the kernel keeps the real path).
     let name = image.as_os_str().as_bytes();
     let len = name.len().min(info.lo_file_name.len() - 1);
@@ -91,17 +94,15 @@ fn read_only_config(backing: &File, image: &Path) -> loop_config {
     config
 }
 
-/// Mounts the ext4 image `image` read-only, nosuid, nodev on `target` through an auto-clearing
-/// read-only loop device. Returns the device path (for messages).
-pub fn mount_image_read_only(image: &Path, target: &Path) -> Result<PathBuf> {
-    let device = attach_read_only(image)?;
-    mount(
-        Some(device.path()),
-        target,
-        Some("ext4"),
-        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        None::<&str>,
-    )
+/// Mounts the ext4 image `image` nosuid, nodev (and read-only when `read_only`) on `target`
+/// through an auto-clearing loop device. Returns the device path (for messages).
+pub fn mount_image(image: &Path, target: &Path, read_only: bool) -> Result<PathBuf> {
+    let device = attach(image, read_only)?;
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    mount(Some(device.path()), target, Some("ext4"), flags, None::<&str>)
     .with_context(|| {
         format!("cannot mount {} ({}) as ext4 on {}", image.display(), device.path().display(), target.display())
     })?;

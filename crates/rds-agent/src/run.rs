@@ -12,10 +12,12 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rds_proto::{Language, RunRequest, RunResult};
 use serde_json::Value;
 
+use crate::exec::cgroup::ExecCgroups;
 use crate::exec::idempotency::{self, IdempotencyCache};
 use crate::exec::process::find_program;
 use crate::exec::{self, reject_nul, sandbox_env, timeout_of, ExecError, Finished, Handle, Identity, Launch};
@@ -36,12 +38,14 @@ pub struct Runner {
     identity: Identity,
     output_cap: usize,
     cache: IdempotencyCache<RunResult>,
+    cgroups: Option<Arc<ExecCgroups>>,
 }
 
 impl Runner {
     /// A runner for the agent configured by `cfg`.
-    pub fn new(cfg: &AgentConfig) -> Self {
+    pub fn new(cfg: &AgentConfig, cgroups: Option<Arc<ExecCgroups>>) -> Self {
         Runner {
+            cgroups,
             workspace: cfg.workspace.clone(),
             identity: Identity { uid: cfg.uid, gid: cfg.gid },
             output_cap: cfg.output_cap,
@@ -116,6 +120,7 @@ impl Runner {
             output_cap: self.output_cap,
             identity: self.identity,
             side_channel: Some((receiver, RESULT_CAP)),
+            cgroups: self.cgroups.clone(),
         };
         let running = exec::spawn(launch)?;
         Ok((dir, running))

@@ -1,17 +1,23 @@
 //! `rds-agent sandbox`: the launcher of the sandbox runtime.
 //!
-//! Started (detached, already inside the VM's cgroups) by the runtime with a [`SandboxSpec`] and the
-//! agent's listening socket as an inherited fd. It enters fresh mount/pid/net/ipc/uts/cgroup
-//! namespaces and forks: the child becomes PID 1 of the new pid namespace, assembles a read-only
-//! root with private `/proc`, `/dev`, `/tmp`, `/run` and a read-write `/workspace`, hides the
-//! manager's storage and secrets, `pivot_root`s into it and supervises the agent. The parent stays
-//! outside the pid namespace, forwards SIGTERM/SIGINT to PID 1 and exits with its status; PID 1 dies
-//! with it (`PR_SET_PDEATHSIG`), and with PID 1 the whole namespace.
+//! Started (detached, already inside the VM's cgroup) by the runtime with a [`SandboxSpec`] and the
+//! agent's listening socket as an inherited fd. It makes the VM's own user namespace (uid 0..65535
+//! inside = a host uid range no other VM has), enters fresh mount/pid/net/ipc/uts/cgroup namespaces,
+//! moves into the VM's `agent` cgroup and forks: the child becomes PID 1 of the new pid namespace,
+//! assembles the root — the image's ext4 root read-only, private `/proc`, `/dev`, sized `/tmp`,
+//! `/dev/shm` and `/run`, the VM's workspace disk at `/workspace`, its `user` cgroups — with the
+//! image and workspace idmapped into the user namespace, `pivot_root`s into it, enters the user
+//! namespace, drops capabilities, installs the seccomp filter and supervises the agent. The parent
+//! stays outside the pid namespace, forwards SIGTERM/SIGINT to PID 1 and exits with its status;
+//! PID 1 dies with it (`PR_SET_PDEATHSIG`), and with PID 1 the whole namespace.
 //!
 //! Everything before the fork stays single-threaded (no tokio): the agent builds its own runtime.
 
+use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, DirBuilderExt};
 use std::path::{Path, PathBuf};
 
@@ -21,7 +27,7 @@ use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, pivot_root, sethostname, ForkResult, Pid};
-use rds_proto::sandbox::{SandboxSpec, MAX_RESOLV_CONF_BYTES, SANDBOX_BRIDGE_DIR, SANDBOX_SPEC_ENV};
+use rds_proto::sandbox::{SandboxSpec, MAX_RESOLV_CONF_BYTES, SANDBOX_BRIDGE_DIR, SANDBOX_SPEC_ENV, USERNS_RANGE};
 
 use crate::init::{supervise, ExitAction};
 use crate::server::{AgentConfig, ListenOn};
@@ -50,7 +56,10 @@ pub fn main(args: SandboxArgs) -> Result<()> {
     check_spec(&spec)?;
     // The spec must not reach the agent's (or user code's) environment.
     std::env::remove_var(SANDBOX_SPEC_ENV);
-    let listener = take_listener(spec.listen_fd)?;
+    let listener = take_fd(spec.listen_fd, "listen", Some(libc::S_IFSOCK))?;
+    // Held (never read) for as long as the VM lives: the host-wide claim on its uid range.
+    let uid_lock = spec.uid_lock_fd.map(|fd| take_fd(fd, "uid lock", Some(libc::S_IFREG))).transpose()?;
+    let userns = make_user_namespace(spec.uid_base).context("cannot create the VM's user namespace")?;
 
     unshare(
         CloneFlags::CLONE_NEWNS
@@ -61,6 +70,12 @@ pub fn main(args: SandboxArgs) -> Result<()> {
             | CloneFlags::CLONE_NEWCGROUP,
     )
     .context("cannot create namespaces (the sandbox runtime needs root)")?;
+    // After the cgroup namespace exists, so its root is the VM's group and the agent can still
+    // reach the `user` group beside its own (cgroup v2 only lets a process move others between
+    // groups its namespace can see).
+    for procs in &spec.agent_cgroup_procs {
+        std::fs::write(procs, "0").with_context(|| format!("cannot join {}", procs.display()))?;
+    }
 
     // Block the signals the parent handles synchronously, before the child can exist.
     let mut forwarded = SigSet::empty();
@@ -73,12 +88,14 @@ pub fn main(args: SandboxArgs) -> Result<()> {
     // arbitrary code after fork.
     match unsafe { fork() }.context("fork")? {
         ForkResult::Child => {
-            let err = run_pid1(&spec, listener, &forwarded).unwrap_err();
+            drop(uid_lock);
+            let err = run_pid1(&spec, listener, userns, &forwarded).unwrap_err();
             eprintln!("rds-agent sandbox: {err:#}");
             std::process::exit(1);
         }
         ForkResult::Parent { child } => {
             drop(listener);
+            drop(userns);
             let code = forward_and_wait(child, &forwarded)?;
             std::process::exit(code);
         }
@@ -104,10 +121,22 @@ fn check_spec(spec: &SandboxSpec) -> Result<()> {
         bail!("invalid hostname {h:?}");
     }
     let paths = [Some(&spec.root_dir), Some(&spec.workspace), Some(&spec.bridge_dir), spec.rootfs.as_ref()];
-    for p in paths.into_iter().flatten().chain(&spec.hide_paths) {
+    let cgroup_dirs = spec.user_cgroups.iter().map(|c| &c.dir);
+    for p in paths.into_iter().flatten().chain(&spec.hide_paths).chain(&spec.agent_cgroup_procs).chain(cgroup_dirs) {
         if !p.is_absolute() {
             bail!("sandbox spec path {} is not absolute", p.display());
         }
+    }
+    for c in &spec.user_cgroups {
+        if !c.at.is_empty() && !c.at.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            bail!("invalid cgroup controller name {:?}", c.at);
+        }
+    }
+    if spec.uid_base == 0 || spec.uid_base.checked_add(USERNS_RANGE).is_none() {
+        bail!("uid base {} leaves no room for a {USERNS_RANGE}-id range", spec.uid_base);
+    }
+    if spec.tmp_mb == 0 || spec.shm_mb == 0 {
+        bail!("tmp and shm sizes must be at least 1 MiB");
     }
     if spec.listen_fd < 3 {
         bail!("listen fd {} is not an inherited socket", spec.listen_fd);
@@ -120,11 +149,14 @@ fn check_spec(spec: &SandboxSpec) -> Result<()> {
     Ok(())
 }
 
-/// Takes ownership of the inherited listening socket after checking it is one.
-fn take_listener(fd: i32) -> Result<OwnedFd> {
-    let stat = nix::sys::stat::fstat(fd).with_context(|| format!("listen fd {fd} is not open"))?;
-    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-        bail!("listen fd {fd} is not a socket");
+/// Takes ownership of an inherited fd after checking it is open (and of file type `kind`).
+fn take_fd(fd: i32, what: &str, kind: Option<libc::mode_t>) -> Result<OwnedFd> {
+    if fd < 3 {
+        bail!("{what} fd {fd} is not an inherited descriptor");
+    }
+    let stat = nix::sys::stat::fstat(fd).with_context(|| format!("{what} fd {fd} is not open"))?;
+    if kind.is_some_and(|k| stat.st_mode & libc::S_IFMT != k) {
+        bail!("{what} fd {fd} has the wrong file type");
     }
     // SAFETY: the runtime passed this fd to us alone; it is open (fstat succeeded) and nothing else
     // in this process owns it.
@@ -132,6 +164,81 @@ fn take_listener(fd: i32) -> Result<OwnedFd> {
     // Children of the agent (user code) must not inherit it.
     nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)).context("fcntl")?;
     Ok(owned)
+}
+
+/// Creates the VM's user namespace: ids 0..[`USERNS_RANGE`] inside are `base..` on the host, and
+/// the namespace is owned by host uid `base`, so per-user kernel accounting (inotify instances,
+/// keys, process counts) is charged per VM, never to the host's root. Returns an fd of it.
+///
+/// A helper child switches to `base`, unshares, and waits while this process (root outside)
+/// writes its id maps; the namespace outlives the helper through the returned fd.
+fn make_user_namespace(base: u32) -> Result<OwnedFd> {
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+    let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+    // SAFETY: this process is single-threaded; the child makes only raw system calls and _exits.
+    match unsafe { fork() }.context("fork")? {
+        ForkResult::Child => {
+            // Our copies of the parent's ends: `go_w` must close here or the read below never ends.
+            drop(ready_r);
+            drop(go_w);
+            // SAFETY: plain system calls on integers and fds owned by this process; no allocation.
+            unsafe {
+                let ok = libc::setgroups(0, std::ptr::null()) == 0
+                    && libc::setresgid(base, base, base) == 0
+                    && libc::setresuid(base, base, base) == 0
+                    && libc::unshare(libc::CLONE_NEWUSER) == 0;
+                let errno: i32 = if ok { 0 } else { *libc::__errno_location() };
+                libc::write(ready_w.as_raw_fd(), (&errno as *const i32).cast(), 4);
+                let mut byte = 0u8;
+                libc::read(go_r.as_raw_fd(), (&mut byte as *mut u8).cast(), 1);
+                libc::_exit(0)
+            }
+        }
+        ForkResult::Parent { child } => {
+            drop(ready_w);
+            drop(go_r);
+            let result = (|| {
+                let mut errno = [0u8; 4];
+                File::from(ready_r).read_exact(&mut errno).context("the user namespace helper died")?;
+                let errno = i32::from_ne_bytes(errno);
+                if errno != 0 {
+                    bail!("unshare(CLONE_NEWUSER) as uid {base}: {}", std::io::Error::from_raw_os_error(errno));
+                }
+                let map = format!("0 {base} {USERNS_RANGE}\n");
+                for file in ["uid_map", "gid_map"] {
+                    let path = format!("/proc/{child}/{file}");
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .and_then(|mut f| f.write_all(map.as_bytes()))
+                        .with_context(|| format!("cannot write {path}"))?;
+                }
+                let ns = File::open(format!("/proc/{child}/ns/user")).context("cannot open the user namespace")?;
+                Ok(OwnedFd::from(ns))
+            })();
+            drop(go_w);
+            let _ = waitpid(child, None);
+            result
+        }
+    }
+}
+
+/// Enters the VM's user namespace as its root (host uid `uid_base`), with every capability in it
+/// and none outside it. Everything mounted before stays owned by the host's root.
+fn enter_user_namespace(userns: OwnedFd) -> Result<()> {
+    nix::sched::setns(&userns, CloneFlags::CLONE_NEWUSER).context("setns(user)")?;
+    drop(userns);
+    // SAFETY: plain system calls with integer arguments.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0 || libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 {
+            bail!("cannot become root of the user namespace: {}", std::io::Error::last_os_error());
+        }
+        // A credential change clears the parent-death signal: set it again.
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+            bail!("PR_SET_PDEATHSIG: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Parent side: forwards SIGTERM/SIGINT to PID 1 and returns its exit status as a shell would.
@@ -158,15 +265,17 @@ fn forward_and_wait(child: Pid, signals: &SigSet) -> Result<i32> {
 }
 
 /// Child side: becomes the sandbox's PID 1. Returns only on error.
-fn run_pid1(spec: &SandboxSpec, listener: OwnedFd, signals: &SigSet) -> Result<std::convert::Infallible> {
+fn run_pid1(spec: &SandboxSpec, listener: OwnedFd, userns: OwnedFd, signals: &SigSet) -> Result<std::convert::Infallible> {
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(signals), None).context("sigprocmask")?;
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
         bail!("PR_SET_PDEATHSIG: {}", std::io::Error::last_os_error());
     }
-    build_root(spec).context("cannot build the sandbox root")?;
+    build_root(spec, &userns).context("cannot build the sandbox root")?;
     sethostname(&spec.hostname).context("sethostname")?;
     loopback_up().context("cannot bring up lo")?;
+    // From here on nothing in the sandbox holds a capability over the host's namespaces.
+    enter_user_namespace(userns).context("cannot enter the VM's user namespace")?;
     // No process in the sandbox may gain privileges through execve (setuid binaries, file caps).
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
@@ -176,7 +285,7 @@ fn run_pid1(spec: &SandboxSpec, listener: OwnedFd, signals: &SigSet) -> Result<s
     // in /workspace and signal their own processes. Nothing needs mounts, devices or the network.
     keep_only_capabilities(AGENT_CAPABILITIES).context("cannot drop capabilities")?;
     supervise(
-        move || match crate::server::run(ListenOn::Fd(listener), AgentConfig::default()) {
+        move || match crate::server::run(ListenOn::Fd(listener), AgentConfig { exec_cgroups: true, ..AgentConfig::default() }) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("rds-agent: {e:#}");
@@ -282,8 +391,9 @@ fn mkdir(path: &Path, mode: u32) -> Result<()> {
     std::fs::DirBuilder::new().mode(mode).create(path).with_context(|| format!("mkdir {}", path.display()))
 }
 
-/// Assembles the sandbox root at `spec.root_dir` and pivots into it.
-fn build_root(spec: &SandboxSpec) -> Result<()> {
+/// Assembles the sandbox root at `spec.root_dir` and pivots into it. The image root and the
+/// workspace are idmapped through `userns`: a file owned by uid 1000 on disk is uid 1000 inside.
+fn build_root(spec: &SandboxSpec, userns: &OwnedFd) -> Result<()> {
     // Nothing done below may propagate back to the host's mount namespace.
     mount_at(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
     let canonical = |p: &Path| std::fs::canonicalize(p).with_context(|| format!("cannot resolve {}", p.display()));
@@ -292,9 +402,15 @@ fn build_root(spec: &SandboxSpec) -> Result<()> {
     let workspace = canonical(&spec.workspace)?;
     let bridge = canonical(&spec.bridge_dir)?;
 
-    if source.is_file() {
-        // An image: its ext4 file, read-only, is the whole root; the mount points must be in it.
-        crate::loop_device::mount_image_read_only(&source, &root)?;
+    if spec.rootfs.is_some() {
+        // An image: its ext4 file (or a directory), read-only, is the whole root; the mount points
+        // must be in it.
+        if source.is_file() {
+            crate::loop_device::mount_image(&source, &root, true)?;
+        } else {
+            bind(&source, &root, false)?;
+        }
+        idmap_mount(&root, userns)?;
         for name in OWN_MOUNTS {
             // A symlink here (an uploaded image is hostile) would aim our mounts elsewhere.
             let real_dir = std::fs::symlink_metadata(root.join(name)).is_ok_and(|m| m.is_dir());
@@ -320,11 +436,24 @@ fn build_root(spec: &SandboxSpec) -> Result<()> {
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
     )?;
-    mount_dev(&root.join("dev"))?;
-    mount_at(Some(Path::new("tmpfs")), &root.join("tmp"), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
-    mount_run(&root.join("run"), &bridge)?;
-    bind(&workspace, &root.join("workspace"), false)?;
-    set_mount_attrs(&root.join("workspace"), libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV, false)?;
+    // tmpfs pages are charged to the memory cgroup of whoever writes them; the sizes make a full
+    // /tmp an ENOSPC for the writer long before it is an OOM for the VM.
+    let owner = format!("uid={0},gid={0}", spec.uid_base);
+    mount_dev(&root.join("dev"), &format!("mode=1777,size={}m,{owner}", spec.shm_mb))?;
+    let tmp_opts = format!("mode=1777,size={}m,{owner}", spec.tmp_mb);
+    mount_at(Some(Path::new("tmpfs")), &root.join("tmp"), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(&tmp_opts))?;
+    mount_run(&root.join("run"), &bridge, &owner)?;
+    let ws_target = root.join("workspace");
+    if workspace.is_file() {
+        crate::loop_device::mount_image(&workspace, &ws_target, false)?;
+        // mkfs's lost+found would be the one entry of a fresh workspace; e2fsck remakes it if needed.
+        let _ = std::fs::remove_dir(ws_target.join("lost+found"));
+    } else {
+        bind(&workspace, &ws_target, false)?;
+    }
+    idmap_mount(&ws_target, userns)?;
+    set_mount_attrs(&ws_target, libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV, false)?;
+    mount_cgroups(&root.join("sys/fs/cgroup"), &spec.user_cgroups)?;
     if spec.rootfs.is_none() {
         let always = ALWAYS_HIDDEN.iter().map(PathBuf::from);
         for path in spec.hide_paths.iter().cloned().chain(always) {
@@ -415,8 +544,9 @@ fn mount_proc(target: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A minimal `/dev`: a few host nodes, a private devpts, `/dev/shm`, and the usual links.
-fn mount_dev(dev: &Path) -> Result<()> {
+/// A minimal `/dev`: a few host nodes, a private devpts, `/dev/shm` (tmpfs with `shm_opts`), and
+/// the usual links.
+fn mount_dev(dev: &Path, shm_opts: &str) -> Result<()> {
     mount_at(Some(Path::new("tmpfs")), dev, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=0755,size=64k"))?;
     for name in DEVICES {
         let target = dev.join(name);
@@ -429,11 +559,12 @@ fn mount_dev(dev: &Path) -> Result<()> {
         &dev.join("pts"),
         Some("devpts"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        // No gid=: host gid 5 means nothing in the VM's user namespace; ptys get the opener's gid.
+        Some("newinstance,ptmxmode=0666,mode=0620"),
     )?;
     symlink("pts/ptmx", dev.join("ptmx"))?;
     mkdir(&dev.join("shm"), 0o1777)?;
-    mount_at(Some(Path::new("tmpfs")), &dev.join("shm"), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    mount_at(Some(Path::new("tmpfs")), &dev.join("shm"), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(shm_opts))?;
     for (name, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
         symlink(target, dev.join(name))?;
     }
@@ -443,15 +574,92 @@ fn mount_dev(dev: &Path) -> Result<()> {
 
 /// `/run` (root-only writable tmpfs) with the VM's bridge directory at [`SANDBOX_BRIDGE_DIR`], where
 /// the manager binds this VM's peer-bridge socket.
-fn mount_run(run: &Path, bridge: &Path) -> Result<()> {
+fn mount_run(run: &Path, bridge: &Path, owner: &str) -> Result<()> {
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount_at(Some(Path::new("tmpfs")), run, Some("tmpfs"), flags, Some("mode=0755"))?;
+    mount_at(Some(Path::new("tmpfs")), run, Some("tmpfs"), flags, Some(&format!("mode=0755,size={RUN_MB}m,{owner}")))?;
     let rds = run.join("rds");
     mkdir(&rds, 0o755)?;
     let inside = run.join(SANDBOX_BRIDGE_DIR.trim_start_matches("/run/"));
     mkdir(&inside, 0o755)?;
     bind(bridge, &inside, false)?;
     set_mount_attrs(&inside, libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC, false)
+}
+
+/// Size of the sandbox's `/run` tmpfs (sockets and a few small files).
+const RUN_MB: u32 = 8;
+
+/// Shows the VM's `user` cgroups at `target` (`/sys/fs/cgroup`): the v2 group itself, or for v1 a
+/// small read-only tmpfs with one directory per controller bound to that controller's group.
+fn mount_cgroups(target: &Path, binds: &[rds_proto::sandbox::CgroupBind]) -> Result<()> {
+    if let [only] = binds {
+        if only.at.is_empty() {
+            return bind(&only.dir, target, false);
+        }
+    }
+    if binds.is_empty() {
+        return Ok(());
+    }
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount_at(Some(Path::new("tmpfs")), target, Some("tmpfs"), flags, Some("mode=0755,size=16k"))?;
+    for c in binds {
+        if c.at.is_empty() {
+            bail!("a cgroup v2 group cannot be shown beside v1 controllers");
+        }
+        let at = target.join(&c.at);
+        mkdir(&at, 0o755)?;
+        bind(&c.dir, &at, false)?;
+    }
+    set_mount_attrs(target, libc::MOUNT_ATTR_RDONLY, false)
+}
+
+/// `move_mount` flag: the source is the fd itself.
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+/// Replaces the mount at `target` with a clone whose ids go through `userns`'s mapping (on-disk
+/// uid N is uid N inside the VM's user namespace, host uid `uid_base + N` outside), so files keep
+/// the same owners whichever uid range the VM gets at its next start.
+fn idmap_mount(target: &Path, userns: &OwnedFd) -> Result<()> {
+    let path = CString::new(target.as_os_str().as_bytes())?;
+    let empty = c"";
+    // SAFETY: `path` is a valid C string; open_tree returns a new fd or -1.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), libc::OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint)
+    };
+    if fd < 0 {
+        bail!("open_tree {}: {}", target.display(), std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    // SAFETY: `tree` is a detached mount fd, `empty` a valid C string, `attr` a properly sized
+    // mount_attr living across the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if rc != 0 {
+        bail!("idmapping {}: {}", target.display(), std::io::Error::last_os_error());
+    }
+    umount2(target, MntFlags::MNT_DETACH).with_context(|| format!("umount {}", target.display()))?;
+    // SAFETY: valid fds and C strings; move_mount attaches the detached tree at `path`.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_move_mount, tree.as_raw_fd(), empty.as_ptr(), libc::AT_FDCWD, path.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH)
+    };
+    if rc != 0 {
+        bail!("move_mount {}: {}", target.display(), std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Covers host path `path` (as seen inside `root`) with an empty read-only directory, or with

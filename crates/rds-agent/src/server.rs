@@ -43,6 +43,9 @@ pub struct AgentConfig {
     pub gid: u32,
     /// Cap on each of stdout and stderr.
     pub output_cap: usize,
+    /// Run each command in a cgroup of its own (guests and sandboxes; never an agent on a host,
+    /// whose cgroups are not its to change). See [`crate::exec::cgroup`].
+    pub exec_cgroups: bool,
 }
 
 impl Default for AgentConfig {
@@ -52,6 +55,7 @@ impl Default for AgentConfig {
             uid: SANDBOX_UID,
             gid: SANDBOX_UID,
             output_cap: DEFAULT_OUTPUT_CAP,
+            exec_cgroups: false,
         }
     }
 }
@@ -109,7 +113,7 @@ pub fn main(args: ServeArgs) -> anyhow::Result<()> {
         ListenArgs { listen_vsock: Some(port), .. } => ListenOn::Vsock(port),
         _ => anyhow::bail!("one of --listen-uds, --listen-fd or --listen-vsock is required"),
     };
-    let cfg = AgentConfig { workspace: args.workspace, uid: args.uid, gid: args.gid, output_cap: args.output_cap };
+    let cfg = AgentConfig { workspace: args.workspace, uid: args.uid, gid: args.gid, output_cap: args.output_cap, exec_cgroups: false };
     run(listen, cfg)
 }
 
@@ -196,11 +200,12 @@ async fn serve(listen: ListenOn, cfg: AgentConfig) -> anyhow::Result<()> {
     if microvm {
         tokio::spawn(announce_ready());
     }
+    let cgroups = if cfg.exec_cgroups { crate::exec::cgroup::ExecCgroups::detect().map(Arc::new) } else { None };
     let (stop, stopped) = watch::channel(false);
     let mut stop_requested = stopped.clone();
     let agent = Arc::new(Agent {
-        executor: Executor::new(&cfg),
-        runner: Runner::new(&cfg),
+        executor: Executor::new(&cfg, cgroups.clone()),
+        runner: Runner::new(&cfg, cgroups),
         cfg,
         started: Instant::now(),
         stop,

@@ -253,11 +253,18 @@ pub fn build(
     if stale_initrd.exists() && !image_dir.join(INITRD).exists() {
         std::fs::remove_file(&stale_initrd).map_err(ImageError::io("removing", &stale_initrd))?;
     }
+    // The same image already there (a re-run): nothing to copy.
+    let unchanged = std::fs::read_to_string(opts.out_dir.join(MANIFEST)).is_ok_and(|t| t == manifest_text)
+        && [VMLINUZ, VMLINUX, INITRD, ROOTFS].iter().all(|n| image_dir.join(n).exists() == opts.out_dir.join(n).exists());
     for name in [VMLINUZ, VMLINUX, INITRD, ROOTFS, MANIFEST] {
         let from = image_dir.join(name);
-        if from.exists() {
+        if from.exists() && !unchanged {
+            // Copy beside, then rename: running VMs may have the old file mounted, and must keep
+            // reading the old contents (its inode) rather than a file rewritten under them.
             let to = opts.out_dir.join(name);
-            std::fs::copy(&from, &to).map_err(ImageError::io("copying to", &to))?;
+            let partial = opts.out_dir.join(format!(".{name}.partial"));
+            std::fs::copy(&from, &partial).map_err(ImageError::io("copying to", &partial))?;
+            std::fs::rename(&partial, &to).map_err(ImageError::io("renaming to", &to))?;
         }
     }
     for artifact in &manifest.artifacts {

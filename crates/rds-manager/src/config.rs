@@ -53,6 +53,13 @@ pub struct Config {
     pub max_cpu: u32,
     /// `MAX_MEM_MB`: per-VM memory limit.
     pub max_mem_mb: u32,
+    /// `MAX_DISK_MB`: largest `diskSizeMb` accepted.
+    pub max_disk_mb: u32,
+    /// `DEFAULT_DISK_MB`: disk size of a VM created without `diskSizeMb`.
+    pub default_disk_mb: u32,
+    /// `RDS_SANDBOX_ROOT=host`: sandbox VMs without an image get the host's root, read-only
+    /// (development only; the default, `image`, refuses them).
+    pub sandbox_host_root: bool,
     /// `MAX_EXEC_TIMEOUT_MS`: longest `timeoutMs` accepted.
     pub max_exec_timeout_ms: u64,
     /// `MAX_JSON_BODY_BYTES`.
@@ -204,6 +211,15 @@ impl Config {
                 message: "must match [A-Za-z0-9-]{1,64}".into(),
             });
         }
+        let max_disk_mb: u32 = positive(&get, "MAX_DISK_MB", 10_240)?;
+        let default_disk_mb: u32 = positive(&get, "DEFAULT_DISK_MB", rds_runtime::DEFAULT_DISK_MB)?;
+        let min_disk = rds_runtime::sandbox::MIN_DISK_MB;
+        if default_disk_mb < min_disk || default_disk_mb > max_disk_mb {
+            return Err(ConfigError {
+                var: "DEFAULT_DISK_MB",
+                message: format!("must be between {min_disk} and MAX_DISK_MB ({max_disk_mb})"),
+            });
+        }
         Ok(Config {
             bind: parse(
                 &get,
@@ -238,6 +254,15 @@ impl Config {
             max_vms: positive(&get, "MAX_VMS", 20)?,
             max_cpu: positive(&get, "MAX_CPU", 4)?,
             max_mem_mb: positive(&get, "MAX_MEM_MB", 2048)?,
+            max_disk_mb,
+            default_disk_mb,
+            sandbox_host_root: match get("RDS_SANDBOX_ROOT").as_deref() {
+                None | Some("image") => false,
+                Some("host") => true,
+                Some(other) => {
+                    return Err(ConfigError { var: "RDS_SANDBOX_ROOT", message: format!("{other:?} is not one of image, host") })
+                }
+            },
             max_exec_timeout_ms: positive(&get, "MAX_EXEC_TIMEOUT_MS", 120_000)?,
             max_json_body_bytes: positive(&get, "MAX_JSON_BODY_BYTES", 1 << 20)?,
             max_upload_bytes: positive(&get, "MAX_UPLOAD_BYTES", 256 << 20)?,

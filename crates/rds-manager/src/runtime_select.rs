@@ -96,6 +96,7 @@ fn sandbox(config: &Config) -> Result<Arc<dyn Runtime>, ConfigError> {
             pids_max: SANDBOX_PIDS_MAX,
             // The database and every VM directory live here; no sandbox may see them.
             hide_paths: vec![config.storage_root.clone()],
+            host_root: config.sandbox_host_root,
         },
         &config.cgroup_group,
     )
@@ -103,5 +104,11 @@ fn sandbox(config: &Config) -> Result<Arc<dyn Runtime>, ConfigError> {
         var: "RDS_RUNTIME",
         message: format!("the sandbox runtime is unavailable: {e}"),
     })?;
+    if config.sandbox_host_root {
+        tracing::warn!(
+            "RDS_SANDBOX_ROOT=host: sandbox VMs without an image see the HOST's root filesystem \
+             (read-only). For development only; never expose this manager to untrusted code"
+        );
+    }
     Ok(Arc::new(runtime))
 }

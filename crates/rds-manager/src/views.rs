@@ -11,6 +11,10 @@ pub struct CreateVmRequest {
     pub cpu: u32,
     /// Memory in MiB (32..=MAX_MEM_MB).
     pub mem_mb: u32,
+    /// Size of the VM's writable disk (`/workspace`) in MiB (16..=MAX_DISK_MB; default
+    /// DEFAULT_DISK_MB, 1024). Writes past it fail with ENOSPC inside the VM.
+    #[serde(default)]
+    pub disk_size_mb: Option<u32>,
     /// Guest image; omitted = the runtime's default root filesystem.
     #[serde(default)]
     pub image_id: Option<String>,
@@ -133,6 +137,8 @@ pub struct VmView {
     pub state_reason: Option<String>,
     pub cpu: u32,
     pub mem_mb: u32,
+    /// Size of the VM's writable disk in MiB.
+    pub disk_size_mb: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image_id: Option<String>,
     pub outbound_internet: bool,

@@ -21,12 +21,14 @@ pub struct SandboxSpec {
     pub vm_id: String,
     /// Hostname set in the sandbox's UTS namespace.
     pub hostname: String,
-    /// Image root filesystem to use as `/`; `None` means the host root, read-only.
+    /// Image root filesystem (an ext4 file, or a directory) to use as `/`; `None` means the host
+    /// root, read-only (development only: `RDS_SANDBOX_ROOT=host`).
     #[serde(default)]
     pub rootfs: Option<PathBuf>,
     /// Empty directory on the host where the launcher assembles the new root (in its own mount namespace).
     pub root_dir: PathBuf,
-    /// The VM's persistent workspace, bind-mounted read-write at `/workspace`.
+    /// The VM's persistent workspace at `/workspace`: an ext4 image file (its size is the VM's disk
+    /// quota), or a directory bound read-write (VMs created before workspace disks existed).
     pub workspace: PathBuf,
     /// The VM's bridge directory, bind-mounted at [`SANDBOX_BRIDGE_DIR`].
     pub bridge_dir: PathBuf,
@@ -39,6 +41,35 @@ pub struct SandboxSpec {
     /// leaves the root's own file.
     #[serde(default)]
     pub resolv_conf: Option<String>,
+    /// Host uid (and gid) that uid 0 of the VM's own user namespace maps to; the VM gets
+    /// [`USERNS_RANGE`] ids from there, and the namespace is owned by this uid.
+    pub uid_base: u32,
+    /// Host `cgroup.procs` files of the VM's `agent` groups: the launcher moves itself there once
+    /// its cgroup namespace (rooted at the VM's group) exists.
+    pub agent_cgroup_procs: Vec<PathBuf>,
+    /// The VM's `user` cgroups, shown under `/sys/fs/cgroup` for the agent's per-command groups.
+    pub user_cgroups: Vec<CgroupBind>,
+    /// Size of the `/tmp` tmpfs in MiB.
+    pub tmp_mb: u32,
+    /// Size of the `/dev/shm` tmpfs in MiB.
+    pub shm_mb: u32,
+    /// Inherited descriptor holding the host-wide lock on this VM's uid range, kept open for as
+    /// long as the sandbox lives.
+    #[serde(default)]
+    pub uid_lock_fd: Option<i32>,
+}
+
+/// How many uids and gids each VM's user namespace maps.
+pub const USERNS_RANGE: u32 = 65536;
+
+/// A host cgroup directory shown inside the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CgroupBind {
+    /// Where under `/sys/fs/cgroup`: `""` for the v2 hierarchy itself, else the v1 controller name.
+    pub at: String,
+    /// The host directory.
+    pub dir: PathBuf,
 }
 
 /// Longest `resolv_conf` the launcher accepts.

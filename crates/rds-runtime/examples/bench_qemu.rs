@@ -52,11 +52,8 @@ async fn measure(rt: &dyn Runtime) -> anyhow::Result<serde_json::Value> {
             id: id.clone(),
             cpu: 1,
             mem_mb: 512,
-            rootfs: None,
-            kernel: None,
-            initrd: None,
             hostname: "bench".into(),
-            network: None,
+            ..VmSpec::default()
         };
         let started = Instant::now();
         let handle = rt.start(&spec).await?;
@@ -118,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
             agent_bin: agent.canonicalize()?,
             pids_max: 512,
             hide_paths: vec![],
+            host_root: true,
         },
         "rds-bench-qemu",
     )?;

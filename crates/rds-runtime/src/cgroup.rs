@@ -9,6 +9,16 @@
 //!   cgroup fails with `EBUSY`, the manager moves itself into a leaf `<own>/rds-manager` first (the
 //!   layout systemd recommends for a delegated subtree) and groups are still created under `<own>`.
 //!   On the next start that leaf is recognised and its parent is used again.
+//!
+//! Inside a VM's group `<id>`, two children separate the agent from the code it runs:
+//!
+//! * `<id>/agent` holds the sandbox's PID 1 and agent. An OOM in `user` never picks them, so no
+//!   code a VM runs can kill its own agent.
+//! * `<id>/user` holds user code, limited to the VM's memory and to its pid limit less
+//!   [`AGENT_PIDS_RESERVE`] (a fork bomb leaves the agent room to work); it is owned by the VM's
+//!   user-namespace root (the agent), which makes one group per command inside it.
+//!
+//! `<id>` itself is limited to memory + [`AGENT_MEMORY_RESERVE`] and the full pid limit.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -26,16 +36,36 @@ const CPU_PERIOD_US: u64 = 100_000;
 const V1_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
 /// How long removal keeps killing processes that remain in a group.
 const KILL_DEADLINE: Duration = Duration::from_secs(5);
+/// Memory a VM's agent group may use on top of the VM's own limit.
+pub const AGENT_MEMORY_RESERVE: u64 = 32 * 1024 * 1024;
+/// Tasks of a VM's pid limit that user code can never take from the agent.
+pub const AGENT_PIDS_RESERVE: u64 = 32;
+/// The group of a VM's PID 1 and agent.
+const AGENT_GROUP: &str = "agent";
+/// The group of a VM's user code.
+const USER_GROUP: &str = "user";
 
 /// Resource limits of one VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Hard memory limit (no swap on top of it).
+    /// Hard memory limit of the VM's user code (no swap on top of it).
     pub memory_bytes: u64,
     /// CPU quota in whole cores.
     pub cpus: u32,
-    /// Maximum number of tasks.
+    /// Maximum number of tasks, agent included.
     pub pids_max: u64,
+    /// Host uid of the VM's user-namespace root: it gets the `user` group to manage.
+    pub owner_uid: u32,
+}
+
+impl Limits {
+    fn user_pids(&self) -> u64 {
+        self.pids_max.saturating_sub(AGENT_PIDS_RESERVE).max(1)
+    }
+
+    fn total_memory(&self) -> u64 {
+        self.memory_bytes.saturating_add(AGENT_MEMORY_RESERVE)
+    }
 }
 
 /// Where VM cgroups live on this host.
@@ -194,6 +224,26 @@ impl CgroupLayout {
         self.vm_dirs(id).into_iter().map(|d| d.join("cgroup.procs")).collect()
     }
 
+    /// The `cgroup.procs` files of VM `id`'s agent groups.
+    pub fn agent_procs_files(&self, id: &str) -> Vec<PathBuf> {
+        self.vm_dirs(id).into_iter().map(|d| d.join(AGENT_GROUP).join("cgroup.procs")).collect()
+    }
+
+    /// VM `id`'s user groups as the sandbox shows them under `/sys/fs/cgroup`: the v2 group
+    /// itself, or the v1 `memory` and `pids` groups (per-command groups live in `pids`).
+    pub fn user_binds(&self, id: &str) -> Vec<rds_proto::sandbox::CgroupBind> {
+        match self {
+            CgroupLayout::V2 { parent } => {
+                vec![rds_proto::sandbox::CgroupBind { at: String::new(), dir: parent.join(id).join(USER_GROUP) }]
+            }
+            CgroupLayout::V1 { parents } => parents
+                .iter()
+                .filter(|(c, _)| matches!(*c, "memory" | "pids"))
+                .map(|(c, p)| rds_proto::sandbox::CgroupBind { at: c.to_string(), dir: p.join(id).join(USER_GROUP) })
+                .collect(),
+        }
+    }
+
     fn memory_dir(&self, id: &str) -> PathBuf {
         match self {
             CgroupLayout::V2 { parent } => parent.join(id),
@@ -215,44 +265,72 @@ impl CgroupLayout {
     }
 
     fn create_inner(&self, id: &str, limits: Limits) -> Result<(), RuntimeError> {
+        let quota = (u64::from(limits.cpus.max(1)) * CPU_PERIOD_US).to_string();
+        let total_mem = limits.total_memory().to_string();
+        let pids = limits.pids_max.to_string();
         for dir in self.vm_dirs(id) {
             std::fs::create_dir(&dir).map_err(|e| cg_err("cannot create", &dir, e))?;
+            for child in [AGENT_GROUP, USER_GROUP] {
+                let sub = dir.join(child);
+                std::fs::create_dir(&sub).map_err(|e| cg_err("cannot create", &sub, e))?;
+            }
+            // The agent (the VM's user-namespace root) makes per-command groups in `user` and moves
+            // user code there; on v2 moving needs write access to the common ancestor's procs too.
+            let user = dir.join(USER_GROUP);
+            for path in [user.clone(), user.join("cgroup.procs"), dir.join("cgroup.procs")] {
+                std::os::unix::fs::chown(&path, Some(limits.owner_uid), Some(limits.owner_uid))
+                    .map_err(|e| cg_err("cannot chown", &path, e))?;
+            }
         }
-        let quota = (u64::from(limits.cpus.max(1)) * CPU_PERIOD_US).to_string();
-        let mem = limits.memory_bytes.to_string();
-        let pids = limits.pids_max.to_string();
         match self {
             CgroupLayout::V2 { parent } => {
                 let d = parent.join(id);
-                write_file(&d.join("memory.max"), &mem)?;
+                write_file(&d.join("memory.max"), &total_mem)?;
                 if d.join("memory.swap.max").exists() {
                     write_file(&d.join("memory.swap.max"), "0")?;
                 }
                 write_file(&d.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
                 write_file(&d.join("pids.max"), &pids)?;
+                // The `user` limits need controllers enabled in `<id>`, which v2 allows only once
+                // no process is left in `<id>` itself: see [`CgroupLayout::finish`].
             }
             CgroupLayout::V1 { parents } => {
                 for (ctrl, parent) in parents {
                     let d = parent.join(id);
+                    let user = d.join(USER_GROUP);
                     match *ctrl {
                         "memory" => {
-                            write_file(&d.join("memory.limit_in_bytes"), &mem)?;
-                            // memsw (memory + swap) must be >= the memory limit, so it is written second.
-                            if d.join("memory.memsw.limit_in_bytes").exists() {
-                                write_file(&d.join("memory.memsw.limit_in_bytes"), &mem)?;
-                            }
+                            write_v1_memory(&d, limits.total_memory())?;
+                            write_v1_memory(&user, limits.memory_bytes)?;
                         }
                         "cpu" => {
                             write_file(&d.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
                             write_file(&d.join("cpu.cfs_quota_us"), &quota)?;
                         }
-                        "pids" => write_file(&d.join("pids.max"), &pids)?,
+                        "pids" => {
+                            write_file(&d.join("pids.max"), &pids)?;
+                            write_file(&user.join("pids.max"), &limits.user_pids().to_string())?;
+                        }
                         _ => {}
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// Completes VM `id`'s groups once its launcher has moved from `<id>` into `<id>/agent`
+    /// (cgroup v2: enables memory and pids for the children and limits `user`).
+    pub fn finish(&self, id: &str, limits: Limits) -> Result<(), RuntimeError> {
+        let CgroupLayout::V2 { parent } = self else { return Ok(()) };
+        let d = parent.join(id);
+        write_file(&d.join("cgroup.subtree_control"), "+memory +pids")?;
+        let user = d.join(USER_GROUP);
+        write_file(&user.join("memory.max"), &limits.memory_bytes.to_string())?;
+        if user.join("memory.swap.max").exists() {
+            write_file(&user.join("memory.swap.max"), "0")?;
+        }
+        write_file(&user.join("pids.max"), &limits.user_pids().to_string())
     }
 
     /// Kills every process left in VM `id`'s groups and removes them. Absent groups are fine.
@@ -266,15 +344,22 @@ impl CgroupLayout {
         first_err.map_or(Ok(()), Err)
     }
 
-    /// OOM kills recorded in VM `id`'s memory group.
+    /// OOM kills recorded in VM `id`'s memory groups (v2 counts children in the parent; v1 does
+    /// not, so its three groups are added up).
     pub fn oom_kills(&self, id: &str) -> Option<u64> {
         let dir = self.memory_dir(id);
-        let file = match self {
-            CgroupLayout::V2 { .. } => "memory.events",
-            CgroupLayout::V1 { .. } => "memory.oom_control",
+        let read = |path: PathBuf| -> Option<u64> {
+            let text = std::fs::read_to_string(path).ok()?;
+            text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok())
         };
-        let text = std::fs::read_to_string(dir.join(file)).ok()?;
-        text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok())
+        match self {
+            CgroupLayout::V2 { .. } => read(dir.join("memory.events")),
+            CgroupLayout::V1 { .. } => {
+                let own = read(dir.join("memory.oom_control"))?;
+                let children = [AGENT_GROUP, USER_GROUP].map(|c| read(dir.join(c).join("memory.oom_control")).unwrap_or(0));
+                Some(own + children.iter().sum::<u64>())
+            }
+        }
     }
 
     /// Ids of all VM groups present under the parent(s).
@@ -294,6 +379,16 @@ impl CgroupLayout {
         }
         ids
     }
+}
+
+/// Sets a v1 memory limit without swap on top (memsw must stay >= the memory limit, so the order
+/// of the two writes depends on whether the limit grows or shrinks; groups here are fresh).
+fn write_v1_memory(dir: &Path, bytes: u64) -> Result<(), RuntimeError> {
+    write_file(&dir.join("memory.limit_in_bytes"), &bytes.to_string())?;
+    if dir.join("memory.memsw.limit_in_bytes").exists() {
+        write_file(&dir.join("memory.memsw.limit_in_bytes"), &bytes.to_string())?;
+    }
+    Ok(())
 }
 
 /// Kills everything in the group at `dir` (and its child groups), then removes them, deepest first.

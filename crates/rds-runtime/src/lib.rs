@@ -49,8 +49,11 @@ impl std::fmt::Display for RuntimeKind {
     }
 }
 
+/// Workspace disk size of a VM whose creator did not choose one.
+pub const DEFAULT_DISK_MB: u32 = 1024;
+
 /// What to boot: sizes, root filesystem and identity of one VM.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct VmSpec {
     /// VM id (`[A-Za-z0-9-]{1,64}`); used in paths and cgroup names.
     pub id: String,
@@ -58,6 +61,9 @@ pub struct VmSpec {
     pub cpu: u32,
     /// Memory limit in MiB.
     pub mem_mb: u32,
+    /// Size of the VM's writable disk (sandbox: the `/workspace` filesystem) in MiB, used when
+    /// the disk is first made; a restarted VM keeps its disk.
+    pub disk_mb: u32,
     /// Image root filesystem (an ext4 file, or a directory for the sandbox); `None` = the runtime's
     /// default (sandbox: the host root, read-only).
     pub rootfs: Option<PathBuf>,
@@ -69,6 +75,22 @@ pub struct VmSpec {
     pub hostname: String,
     /// The VM's network link; `None` = no network (loopback only).
     pub network: Option<VmNetwork>,
+}
+
+impl Default for VmSpec {
+    fn default() -> Self {
+        VmSpec {
+            id: String::new(),
+            cpu: 1,
+            mem_mb: 256,
+            disk_mb: DEFAULT_DISK_MB,
+            rootfs: None,
+            kernel: None,
+            initrd: None,
+            hostname: String::new(),
+            network: None,
+        }
+    }
 }
 
 /// Addresses of a VM's one network interface (a /30 shared with the host end).

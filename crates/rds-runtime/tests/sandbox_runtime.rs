@@ -63,6 +63,7 @@ impl Env {
             agent_bin: self.bin.clone(),
             pids_max: 512,
             hide_paths: vec![],
+            host_root: true,
         }
     }
 
@@ -247,7 +248,7 @@ async fn remove_orphans_removes_unknown_vms_and_keeps_known_ones() {
     let (orphan, known) = (new_id(), new_id());
     let h_orphan = rt.start(&spec(&orphan, 64)).await.unwrap();
     let h_known = rt.start(&spec(&known, 64)).await.unwrap();
-    std::fs::write(rt.vm_dir(&orphan).join("workspace/data"), "x").unwrap();
+    std::fs::write(rt.vm_dir(&orphan).join("data"), "x").unwrap();
 
     let removed = rt.remove_orphans(&HashSet::from([known.clone()])).await;
     assert_eq!(removed, vec![orphan.clone()]);
@@ -290,10 +291,12 @@ async fn sandbox_init_and_agent_hold_only_the_capabilities_they_need() {
     let rt = env.rt();
     let id = new_id();
     let handle = rt.start(&spec(&id, 128)).await.unwrap();
-    // Every process of the sandbox, seen from the host through its cgroups.
+    // Every process of the sandbox, seen from the host through its cgroups (the VM's group and
+    // its `agent` and `user` children).
     let mut pids: Vec<u32> = rt
         .cgroup_dirs(&id)
         .iter()
+        .flat_map(|d| [d.clone(), d.join("agent"), d.join("user")])
         .flat_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines().map(str::to_string).collect::<Vec<_>>())
         .filter_map(|l| l.parse().ok())
         .collect();

@@ -107,6 +107,10 @@ const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     );
     "#,
+    // 4: per-VM disk size (the sandbox's /workspace filesystem); earlier VMs keep a directory.
+    r#"
+    ALTER TABLE vms ADD COLUMN disk_mb INTEGER NOT NULL DEFAULT 1024;
+    "#,
 ];
 
 /// The schema version this build writes.

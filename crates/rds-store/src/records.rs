@@ -71,6 +71,8 @@ pub struct VmRecord {
     pub state_reason: Option<String>,
     pub cpu: u32,
     pub mem_mb: u32,
+    /// Size of the VM's writable disk in MiB.
+    pub disk_mb: u32,
     /// Runtime that owns the VM (`sandbox`, `qemu`, `firecracker`).
     pub runtime: String,
     pub image_id: Option<String>,

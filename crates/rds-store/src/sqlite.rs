@@ -17,7 +17,7 @@ pub struct SqliteStore {
 }
 
 const VM_COLUMNS: &str = "id, state, state_reason, cpu, mem_mb, runtime, image_id, handle_json, \
-     outbound_internet, allow_ips_json, secret_env_ciphertext, created_at, updated_at";
+     outbound_internet, allow_ips_json, secret_env_ciphertext, created_at, updated_at, disk_mb";
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and migrates it to the latest schema.
@@ -70,6 +70,7 @@ fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<(VmRecord, String)> {
             secret_env_ciphertext: r.get(10)?,
             created_at: r.get(11)?,
             updated_at: r.get(12)?,
+            disk_mb: r.get(13)?,
         },
         state,
     ))
@@ -91,7 +92,7 @@ fn parse_json_text(s: Option<String>) -> Option<serde_json::Value> {
 impl Store for SqliteStore {
     fn insert_vm(&self, vm: &VmRecord) -> StoreResult<()> {
         self.conn().execute(
-            &format!("INSERT INTO vms ({VM_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)"),
+            &format!("INSERT INTO vms ({VM_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)"),
             params![
                 vm.id,
                 vm.state.as_str(),
@@ -105,7 +106,8 @@ impl Store for SqliteStore {
                 vm.allow_ips_json,
                 vm.secret_env_ciphertext,
                 vm.created_at,
-                vm.updated_at
+                vm.updated_at,
+                vm.disk_mb
             ],
         )?;
         Ok(())
@@ -585,6 +587,7 @@ mod tests {
             state_reason: None,
             cpu: 1,
             mem_mb: 256,
+            disk_mb: 1024,
             runtime: "sandbox".into(),
             image_id: None,
             handle_json: None,

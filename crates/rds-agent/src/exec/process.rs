@@ -51,6 +51,8 @@ pub struct CommandSpec<'a> {
     pub cwd: &'a Path,
     pub identity: Identity,
     pub stdin: bool,
+    /// Open `cgroup.procs` files the child moves itself into (before dropping privileges).
+    pub cgroup_procs: &'a [std::os::fd::RawFd],
 }
 
 /// Builds a `tokio` command that, in the child between fork and exec: starts a new session,
@@ -71,6 +73,7 @@ pub fn sandboxed_command(spec: &CommandSpec<'_>) -> io::Result<tokio::process::C
     // Only root can (and needs to) switch identity; an unprivileged agent already runs as the user.
     // SAFETY: geteuid has no preconditions.
     let switch_identity = unsafe { libc::geteuid() } != uid;
+    let cgroup_procs = spec.cgroup_procs.to_vec();
     // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
     // system calls on data prepared before the fork (`cwd` is owned by the closure).
     unsafe {
@@ -79,6 +82,12 @@ pub fn sandboxed_command(spec: &CommandSpec<'_>) -> io::Result<tokio::process::C
                 return Err(io::Error::last_os_error());
             }
             libc::umask(0o022);
+            // Writing "0" moves the writer itself; done while still privileged (v1 checks the uid).
+            for fd in &cgroup_procs {
+                if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             if switch_identity {
                 // Empty the bounding set while we still hold CAP_SETPCAP; EINVAL past the last cap.
                 for cap in 0..64 {

@@ -135,6 +135,11 @@ impl Server {
             .env("RDS_NETWORK", "off")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(self.log_file()));
+        // Sandbox VMs run over the guest image, as users get them (scripts/run builds it too).
+        let own_root = self.env.iter().any(|(k, _)| matches!(k.as_str(), "RDS_IMAGE_DIR" | "RDS_SANDBOX_ROOT" | "BASE_ROOTFS_PATH"));
+        if !own_root {
+            cmd.env("RDS_IMAGE_DIR", guest_image_dir().unwrap_or_else(|e| panic!("no guest image for the sandbox: {e}")));
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -266,15 +271,26 @@ pub fn into_status_json(res: Result<ureq::Response, ureq::Error>) -> (u16, Value
 /// The guest image for qemu tests (built into, or found in, the image cache), or why a qemu test
 /// cannot run here: not root, no QEMU or `vhost-device-vsock`, or `RDS_SKIP_IMAGE_BUILD=1`.
 pub fn qemu_image_dir() -> Result<PathBuf, String> {
-    if let Some(reason) = skip_reason() {
-        return Err(reason);
-    }
     for program in ["qemu-system-x86_64", "vhost-device-vsock"] {
         let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
             .any(|d| d.join(program).is_file());
         if !found {
             return Err(format!("{program} is not on PATH"));
         }
+    }
+    guest_image_dir()
+}
+
+/// The guest image (built into, or found in, the image cache; built once per agent binary), or why
+/// it cannot be had: not root, or `RDS_SKIP_IMAGE_BUILD=1`.
+pub fn guest_image_dir() -> Result<PathBuf, String> {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_guest_image).clone()
+}
+
+fn build_guest_image() -> Result<PathBuf, String> {
+    if let Some(reason) = skip_reason() {
+        return Err(reason);
     }
     if std::env::var("RDS_SKIP_IMAGE_BUILD").as_deref() == Ok("1") {
         return Err("RDS_SKIP_IMAGE_BUILD=1".into());

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use http::Method;
 use rds_proto::AgentHealth;
-use rds_runtime::{RuntimeError, VmHandle, VmSpec};
+use rds_runtime::{RuntimeError, RuntimeKind, VmHandle, VmSpec};
 use rds_store::{now_ms, VmRecord, VmState};
 use serde_json::json;
 
@@ -18,6 +18,8 @@ use crate::{ApiError, AppState};
 
 /// Smallest memory a VM can boot with.
 const MIN_MEM_MB: u32 = 32;
+/// Smallest disk a VM may ask for.
+const MIN_DISK_MB: u32 = rds_runtime::sandbox::MIN_DISK_MB;
 /// How long a freshly booted agent has to answer `/health`.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the agent gets to shut itself down before the runtime stops the VM.
@@ -31,6 +33,7 @@ pub fn view(state: &AppState, vm: &VmRecord) -> VmView {
         state_reason: vm.state_reason.clone(),
         cpu: vm.cpu,
         mem_mb: vm.mem_mb,
+        disk_size_mb: vm.disk_mb,
         image_id: vm.image_id.clone(),
         outbound_internet: vm.outbound_internet,
         runtime: vm.runtime.clone(),
@@ -98,6 +101,14 @@ fn validate(state: &AppState, req: &CreateVmRequest) -> Result<(), ApiError> {
             req.mem_mb, c.max_mem_mb
         )));
     }
+    if let Some(disk) = req.disk_size_mb {
+        if disk < MIN_DISK_MB {
+            return Err(ApiError::BadRequest(format!("invalid field `diskSizeMb`: must be at least {MIN_DISK_MB}")));
+        }
+        if disk > c.max_disk_mb {
+            return Err(ApiError::Quota(format!("diskSizeMb {disk} exceeds MAX_DISK_MB={}", c.max_disk_mb)));
+        }
+    }
     Ok(())
 }
 
@@ -124,6 +135,7 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
         state_reason: None,
         cpu: req.cpu,
         mem_mb: req.mem_mb,
+        disk_mb: req.disk_size_mb.unwrap_or(state.config.default_disk_mb),
         runtime: state.runtime.kind().as_str().to_string(),
         image_id: None,
         handle_json: None,
@@ -148,6 +160,7 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
         // Resolved under the gate: image deletion takes it too, so the image cannot vanish
         // between this check and the VM row that pins it.
         record.image_id = images::image_for_new_vm(state, req.image_id.as_deref())?;
+        require_root_image(state, record.image_id.as_deref())?;
         state.store.insert_vm(&record)?;
         let attached = (|| {
             network::save_policy(state, &id, &policy)?;
@@ -192,6 +205,20 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
     Ok(view(state, &vm))
 }
 
+/// Refuses a VM that would have no image root: the sandbox never runs user code over the host's
+/// root unless the operator chose that (`RDS_SANDBOX_ROOT=host`).
+fn require_root_image(state: &AppState, image_id: Option<&str>) -> Result<(), ApiError> {
+    let no_root = images::boot_files(state, image_id)?.rootfs.is_none();
+    if no_root && state.runtime.kind() == RuntimeKind::Sandbox && !state.config.sandbox_host_root {
+        return Err(ApiError::Conflict(
+            "no guest image: register one (`rds image build --register --set-default`, or scripts/run does it) \
+             or start the manager with RDS_IMAGE_DIR; the sandbox never uses the host's root filesystem"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Starts the runtime VM, persists its handle and waits for the agent's health.
 async fn boot(state: &AppState, vm: &VmRecord) -> Result<VmHandle, ApiError> {
     let files = images::boot_files(state, vm.image_id.as_deref())?;
@@ -199,6 +226,7 @@ async fn boot(state: &AppState, vm: &VmRecord) -> Result<VmHandle, ApiError> {
         id: vm.id.clone(),
         cpu: vm.cpu,
         mem_mb: vm.mem_mb,
+        disk_mb: vm.disk_mb,
         rootfs: files.rootfs,
         kernel: files.kernel,
         initrd: files.initrd,

@@ -727,7 +727,7 @@ mod tests {
     }
 
     fn spec() -> VmSpec {
-        VmSpec { id: "vm-1".into(), cpu: 2, mem_mb: 512, rootfs: None, kernel: None, initrd: None, hostname: "box".into(), network: None }
+        VmSpec { id: "vm-1".into(), cpu: 2, mem_mb: 512, disk_mb: crate::DEFAULT_DISK_MB, rootfs: None, kernel: None, initrd: None, hostname: "box".into(), network: None }
     }
 
     #[test]

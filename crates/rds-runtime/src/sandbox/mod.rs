@@ -1,12 +1,15 @@
-//! The sandbox runtime: the agent runs as PID 1 of fresh pid/mount/net/ipc/uts/cgroup namespaces
-//! over a read-only root, limited by per-VM cgroups. No VM — weaker isolation than firecracker/qemu.
+//! The sandbox runtime: the agent runs as PID 1 of fresh user/pid/mount/net/ipc/uts/cgroup
+//! namespaces over the guest image's read-only root, with a per-VM host uid range, seccomp, sized
+//! tmpfs, a workspace disk of its own and per-VM cgroups. No VM: it shares the host kernel, so it is
+//! weaker isolation than firecracker/qemu (see docs/security.md).
 //!
 //! Layout of one VM, `<storage_root>/vms/<id>/` (0700, root):
 //!
 //! | entry | what |
 //! |---|---|
 //! | `agent.sock` | host end of the agent: bound here (0600), its listening fd is passed into the sandbox |
-//! | `workspace/` | persistent user data (1000:1000, 0755), `/workspace` inside |
+//! | `workspace.img` | the workspace disk: a sparse ext4 file of the VM's disk size (files owned by 1000 on disk), `/workspace` inside |
+//! | `workspace/` | the workspace of VMs created before workspace disks (a directory, no quota) |
 //! | `bridge/` | (0755) appears at `/run/rds/bridge` inside; the manager binds `bridge/peer.sock` |
 //! | `console.log` | launcher/agent stdout+stderr (capped at 1 MiB, see [`crate::cap_console_log`]) |
 //! | `root/` | empty mount point where the launcher assembles the new root in its own mount namespace |
@@ -27,6 +30,9 @@ use rds_proto::sandbox::{SandboxSpec, SANDBOX_SPEC_ENV};
 use rds_proto::{AGENT_VSOCK_PORT, SANDBOX_UID};
 
 use crate::cgroup::{CgroupLayout, Limits};
+use uid_range::UidRange;
+
+mod uid_range;
 use crate::vm_common;
 use crate::process::{process_start_time, signal_if_same, wait_gone};
 use crate::{check_vm_id, Liveness, Runtime, RuntimeError, RuntimeKind, VmHandle, VmSpec};
@@ -45,6 +51,10 @@ const MAX_CPU: u32 = 64;
 const DEFAULT_CGROUP_GROUP: &str = "rds";
 /// PATH of the launcher (its environment is otherwise empty so no manager secret leaks inside).
 const LAUNCHER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Smallest workspace disk (ext4 needs room for its own metadata and journal).
+pub const MIN_DISK_MB: u32 = 16;
+/// `/tmp` gets this fraction of the VM's memory (it is memory), `/dev/shm` half of that.
+const TMP_MEMORY_DIVISOR: u32 = 2;
 
 /// Settings of the sandbox runtime.
 #[derive(Debug, Clone)]
@@ -55,8 +65,12 @@ pub struct SandboxConfig {
     pub agent_bin: PathBuf,
     /// Maximum tasks per VM (e.g. 512).
     pub pids_max: u64,
-    /// More host paths to hide inside sandboxes (secrets dirs, the database...). `/root` and `/home` are always hidden.
+    /// More host paths to hide inside sandboxes (secrets dirs, the database...). `/root` and `/home`
+    /// are always hidden. Only used with `host_root`.
     pub hide_paths: Vec<PathBuf>,
+    /// Development only (`RDS_SANDBOX_ROOT=host`): a VM without an image gets the host's root,
+    /// read-only. Otherwise such a VM is refused.
+    pub host_root: bool,
 }
 
 /// The namespaces runtime.
@@ -68,7 +82,9 @@ pub struct SandboxRuntime {
 /// Paths of one VM.
 struct VmPaths {
     dir: PathBuf,
+    /// Legacy workspace directory (VMs from before workspace disks).
     workspace: PathBuf,
+    workspace_img: PathBuf,
     bridge: PathBuf,
     root: PathBuf,
     agent_sock: PathBuf,
@@ -107,6 +123,7 @@ impl SandboxRuntime {
         let dir = self.vm_dir(id);
         VmPaths {
             workspace: dir.join("workspace"),
+            workspace_img: dir.join("workspace.img"),
             bridge: dir.join("bridge"),
             root: dir.join("root"),
             agent_sock: dir.join("agent.sock"),
@@ -125,8 +142,9 @@ impl SandboxRuntime {
         all
     }
 
-    /// Creates the VM's directories and files; returns whether its workspace already existed.
-    fn prepare_dirs(&self, p: &VmPaths) -> Result<bool, RuntimeError> {
+    /// Creates the VM's directories and files (a fresh workspace disk of `disk_mb` on first start);
+    /// returns whether its workspace already existed.
+    async fn prepare_dirs(&self, p: &VmPaths, disk_mb: u32) -> Result<bool, RuntimeError> {
         let private = |path: &Path, mode: u32| {
             DirBuilder::new()
                 .recursive(true)
@@ -137,11 +155,9 @@ impl SandboxRuntime {
         };
         private(&self.cfg.storage_root.join("vms"), 0o700)?;
         private(&p.dir, 0o700)?;
-        let existed = p.workspace.is_dir();
+        let existed = p.workspace.is_dir() || p.workspace_img.is_file();
         if !existed {
-            private(&p.workspace, 0o755)?;
-            std::os::unix::fs::chown(&p.workspace, Some(SANDBOX_UID), Some(SANDBOX_UID))
-                .map_err(|e| RuntimeError::io(format!("cannot chown {}", p.workspace.display()), e))?;
+            make_workspace_disk(&p.workspace_img, disk_mb).await?;
         }
         private(&p.bridge, 0o755)?;
         private(&p.root, 0o700)?;
@@ -175,8 +191,9 @@ impl SandboxRuntime {
             .map_err(|e| RuntimeError::Cgroup(format!("cgroup removal task failed: {e}")))?
     }
 
-    /// Spawns the launcher detached, already inside the VM's cgroups, holding the listening socket.
-    fn spawn_launcher(&self, spec: &SandboxSpec, listen_fd: RawFd, id: &str, console: &Path) -> Result<tokio::process::Child, RuntimeError> {
+    /// Spawns the launcher detached, already inside the VM's cgroups, inheriting the fds `inherit`
+    /// (the listening socket and the uid-range lock).
+    fn spawn_launcher(&self, spec: &SandboxSpec, inherit: &[RawFd], id: &str, console: &Path) -> Result<tokio::process::Child, RuntimeError> {
         let procs: Vec<File> = self
             .cgroups
             .procs_files(id)
@@ -194,6 +211,7 @@ impl SandboxRuntime {
             .map_err(|e| RuntimeError::io(format!("cannot open {}", console.display()), e))?;
         let log2 = log.try_clone().map_err(|e| RuntimeError::io("cannot duplicate the console log fd", e))?;
         let json = serde_json::to_string(spec).expect("sandbox spec serialises");
+        let inherit = inherit.to_vec();
         let mut cmd = tokio::process::Command::new(&self.cfg.agent_bin);
         cmd.arg("sandbox")
             .env_clear()
@@ -218,10 +236,12 @@ impl SandboxRuntime {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
-                // The listening socket is the one fd the launcher must inherit.
-                let flags = libc::fcntl(listen_fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(listen_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(std::io::Error::last_os_error());
+                // The listening socket and the uid-range lock are the fds the launcher inherits.
+                for fd in &inherit {
+                    let flags = libc::fcntl(*fd, libc::F_GETFD);
+                    if flags < 0 || libc::fcntl(*fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -240,10 +260,12 @@ impl SandboxRuntime {
         std::fs::set_permissions(&p.agent_sock, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| RuntimeError::io(format!("cannot chmod {}", p.agent_sock.display()), e))?;
 
+        let uids: UidRange = uid_range::claim(&spec.id)?;
         let limits = Limits {
             memory_bytes: u64::from(spec.mem_mb) * 1024 * 1024,
             cpus: spec.cpu,
             pids_max: self.cfg.pids_max,
+            owner_uid: uids.base,
         };
         let cgroups = self.cgroups.clone();
         let id = spec.id.clone();
@@ -251,20 +273,30 @@ impl SandboxRuntime {
             .await
             .map_err(|e| RuntimeError::Cgroup(format!("cgroup task failed: {e}")))??;
 
+        let tmp_mb = (spec.mem_mb / TMP_MEMORY_DIVISOR).max(1);
         let launch = SandboxSpec {
             vm_id: spec.id.clone(),
             hostname: spec.hostname.clone(),
             rootfs: spec.rootfs.clone(),
             root_dir: p.root.clone(),
-            workspace: p.workspace.clone(),
+            workspace: if p.workspace.is_dir() { p.workspace.clone() } else { p.workspace_img.clone() },
             bridge_dir: p.bridge.clone(),
             hide_paths: self.hide_paths(),
             listen_fd: listener.as_raw_fd(),
             resolv_conf: spec.network.as_ref().map(crate::VmNetwork::resolv_conf),
+            uid_base: uids.base,
+            agent_cgroup_procs: self.cgroups.agent_procs_files(&spec.id),
+            user_cgroups: self.cgroups.user_binds(&spec.id),
+            tmp_mb,
+            shm_mb: (tmp_mb / 2).max(1),
+            uid_lock_fd: Some(uids.lock.as_raw_fd()),
         };
-        let child = child_slot.insert(self.spawn_launcher(&launch, listener.as_raw_fd(), &spec.id, &p.console)?);
+        let inherit = [listener.as_raw_fd(), uids.lock.as_raw_fd()];
+        let child = child_slot.insert(self.spawn_launcher(&launch, &inherit, &spec.id, &p.console)?);
         // Only the sandbox may hold the listener now: if it dies, connections are refused, not queued.
+        // The uid range stays claimed by the launcher's copy of the lock.
         drop(listener);
+        drop(uids);
         let pid = child.id().ok_or_else(|| RuntimeError::Boot("the launcher exited immediately".into()))? as i32;
         let start_time = process_start_time(pid)
             .ok_or_else(|| RuntimeError::Boot("the launcher exited immediately".into()))?;
@@ -278,12 +310,64 @@ impl SandboxRuntime {
                 return Err(RuntimeError::Boot(format!("the sandbox exited during boot ({status})")));
             }
         }
+        // The launcher (and so PID 1 and the agent) left `<id>` for `<id>/agent` before the agent
+        // could listen: the `user` group's limits can be completed now, before any command runs.
+        let cgroups = self.cgroups.clone();
+        let id = spec.id.clone();
+        tokio::task::spawn_blocking(move || cgroups.finish(&id, limits))
+            .await
+            .map_err(|e| RuntimeError::Cgroup(format!("cgroup task failed: {e}")))??;
         Ok(VmHandle { pid, start_time, extra: serde_json::Value::Null })
     }
 }
 
-fn check_spec(spec: &VmSpec) -> Result<(), RuntimeError> {
+/// Creates the sparse ext4 file `img` of `disk_mb` MiB whose root directory belongs to the sandbox
+/// user. The kernel enforces the size: a full workspace is ENOSPC inside and nothing on the host.
+async fn make_workspace_disk(img: &Path, disk_mb: u32) -> Result<(), RuntimeError> {
+    let partial = img.with_extension("img.partial");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&partial)
+        .map_err(|e| RuntimeError::io(format!("cannot create {}", partial.display()), e))?;
+    file.set_len(u64::from(disk_mb) * 1024 * 1024)
+        .map_err(|e| RuntimeError::io(format!("cannot size {}", partial.display()), e))?;
+    drop(file);
+    let owner = format!("root_owner={SANDBOX_UID}:{SANDBOX_UID}");
+    let out = tokio::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-m", "0", "-E"])
+        .arg(&owner)
+        .arg(&partial)
+        .env("PATH", LAUNCHER_PATH)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| RuntimeError::io("cannot run mkfs.ext4 (install e2fsprogs)", e))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&partial);
+        return Err(RuntimeError::Boot(format!(
+            "mkfs.ext4 for the workspace disk failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    std::fs::rename(&partial, img).map_err(|e| RuntimeError::io(format!("cannot rename {}", partial.display()), e))
+}
+
+fn check_spec(spec: &VmSpec, host_root: bool) -> Result<(), RuntimeError> {
     vm_common::check_spec_basics(spec, MAX_CPU, MIN_MEM_MB)?;
+    if spec.rootfs.is_none() && !host_root {
+        return Err(RuntimeError::InvalidSpec(
+            "the sandbox runtime needs a guest image as the VM's root (register one with `rds image build --register --set-default`, \
+             or set RDS_IMAGE_DIR); RDS_SANDBOX_ROOT=host uses the host's root instead, for development only"
+                .into(),
+        ));
+    }
+    if spec.disk_mb < MIN_DISK_MB {
+        return Err(RuntimeError::InvalidSpec(format!("disk size {} MiB is below the minimum of {MIN_DISK_MB} MiB", spec.disk_mb)));
+    }
     if let Some(rootfs) = &spec.rootfs {
         // An ext4 image file is loop-mounted read-only by the launcher; a directory is bound.
         if !rootfs.is_absolute() || !(rootfs.is_dir() || rootfs.is_file()) {
@@ -311,10 +395,10 @@ impl Runtime for SandboxRuntime {
     }
 
     async fn start(&self, spec: &VmSpec) -> Result<VmHandle, RuntimeError> {
-        check_spec(spec)?;
+        check_spec(spec, self.cfg.host_root)?;
         let p = self.paths(&spec.id);
         let dir_existed = p.dir.exists();
-        let workspace_existed = match self.prepare_dirs(&p) {
+        let workspace_existed = match self.prepare_dirs(&p, spec.disk_mb).await {
             Ok(existed) => existed,
             Err(e) => {
                 if !dir_existed {

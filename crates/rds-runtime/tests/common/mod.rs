@@ -31,7 +31,7 @@ pub fn agent_bin() -> Result<PathBuf, String> {
 
 /// A one-vCPU VM without network.
 pub fn spec(id: &str, mem_mb: u32) -> VmSpec {
-    VmSpec { id: id.into(), cpu: 1, mem_mb, rootfs: None, kernel: None, initrd: None, hostname: format!("vm-{}", &id[..8]), network: None }
+    VmSpec { id: id.into(), cpu: 1, mem_mb, hostname: format!("vm-{}", &id[..8]), ..VmSpec::default() }
 }
 
 pub fn new_id() -> String {
