@@ -3,16 +3,28 @@
 //! outcomes. The run before the filter is the control: a denial only counts if the host alone
 //! does not already give the same errno. Probes use invalid arguments wherever a call that slipped
 //! through would change something, so a broken filter fails the test without harming the host.
+//! A second probe set starts a real agent after the filter and runs each language runtime in it.
+//! Needs root (as another user most listed calls fail with EPERM anyway), util-linux `unshare`,
+//! bash, python3, node and deno.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use rds_agent::seccomp::{self, Denial, ALLOWED_PERSONALITIES};
+mod common;
 
-/// Set (to the phase-independent value "1") in the helper's environment.
+use common::Agent;
+use http::StatusCode;
+use rds_agent::seccomp::{self, Denial, ALLOWED_PERSONALITIES};
+use serde_json::json;
+
+/// Set in the helper's environment to the probe set it runs.
 const HELPER_ENV: &str = "RDS_SECCOMP_PROBE_HELPER";
+/// Probe set: raw syscalls and small process operations.
+const SYSCALLS: &str = "syscalls";
+/// Probe set: a real agent and the language runtimes.
+const AGENT: &str = "agent";
 /// The test the helper is started as; any test of this file would do.
 const HELPER_TEST: &str = "listed_syscalls_fail_with_their_errno";
 
@@ -186,6 +198,36 @@ fn i386_getpid_in_child() -> Outcome {
     })
 }
 
+/// What the agent runs under the filter, by route: the runtimes' own work (threads,
+/// subprocesses, async file I/O) as uid 1000, through a real `rds-agent serve`.
+const AGENT_WORK: &[(&str, &str, &str)] = &[
+    ("bash", "/exec", "echo a | tr a b >/dev/null; (sleep 0 &); wait; read -r _ </proc/self/status"),
+    ("python3", "/exec", "python3 -c 'import asyncio, subprocess, threading\nt = threading.Thread(target=print); t.start(); t.join()\nsubprocess.run([\"/bin/true\"], check=True)\nasyncio.run(asyncio.sleep(0))'"),
+    ("node", "/exec", "node -e \"require('fs').promises.readFile('/proc/self/status').then(() => require('child_process').execFileSync('/bin/true'))\""),
+    ("deno", "/exec", "deno eval \"await Deno.readTextFile('/proc/self/status'); new Deno.Command('/bin/true').outputSync();\""),
+    ("run-python", "/run-python", "import threading\nt = threading.Thread(target=print); t.start(); t.join()"),
+    ("run-js", "/run-js", "export default await Promise.resolve(1);"),
+    ("run-ts", "/run-ts", "const n: number = 1; export default n;"),
+];
+
+/// Starts an agent (which inherits the helper's filter, if installed) and runs [`AGENT_WORK`].
+fn agent_probes(phase: &str) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    runtime.block_on(async {
+        let agent = Agent::start().await.expect("root");
+        for (label, route, code) in AGENT_WORK {
+            let request = if *route == "/exec" { json!({"cmd": code}) } else { json!({"code": code}) };
+            let reply = agent.post_json(route, &request).await;
+            let outcome = if reply.status == StatusCode::OK { format!("exit {}", reply.json()["exitCode"]) } else { format!("http {}", reply.status.as_u16()) };
+            println!("probe\t{phase}\tagent {label}\t{outcome}");
+        }
+        // The seccomp mode of the user's command (2: filtered), to show the filter is inherited.
+        let status = agent.exec(json!({"cmd": "grep ^Seccomp: /proc/self/status"})).await;
+        let mode = status["stdout"].as_str().and_then(|s| s.split_whitespace().nth(1)).unwrap_or("none").to_string();
+        println!("probe\t{phase}\tagent seccomp mode\t{mode}");
+    });
+}
+
 /// Every probe, by name. Names are unique; each probe runs once per phase.
 fn probes() -> Vec<(String, Box<dyn Fn() -> Outcome>)> {
     let mut probes: Vec<(String, Box<dyn Fn() -> Outcome>)> = Vec::new();
@@ -281,27 +323,33 @@ fn probes() -> Vec<(String, Box<dyn Fn() -> Outcome>)> {
 }
 
 /// The helper: control run, filter, filtered run; one line per probe and phase, then exit.
-fn helper_main() -> ! {
+fn helper_main(set: &str) -> ! {
     // SAFETY: no preconditions. A session of its own leaves the helper without a controlling
     // terminal, so a vhangup that got through would hang up nothing.
     if unsafe { libc::setsid() } == -1 {
         println!("helper-error\tsetsid: {}", std::io::Error::last_os_error());
         std::process::exit(2);
     }
-    let probes = probes();
     // libtest has printed "test <name> ... " without a newline.
     println!();
-    for (name, probe) in &probes {
-        println!("probe\t{CONTROL}\t{name}\t{}", probe());
-    }
+    let phase = |phase: &str| {
+        if set == AGENT {
+            agent_probes(phase);
+            return AGENT_WORK.len() + 1;
+        }
+        let probes = probes();
+        for (name, probe) in &probes {
+            println!("probe\t{phase}\t{name}\t{}", probe());
+        }
+        probes.len()
+    };
+    phase(CONTROL);
     if let Err(e) = seccomp::install() {
         println!("helper-error\tinstall: {e} ({:?})", std::error::Error::source(&e));
         std::process::exit(2);
     }
-    for (name, probe) in &probes {
-        println!("probe\t{FILTERED}\t{name}\t{}", probe());
-    }
-    println!("helper-done\t{}", probes.len());
+    let count = phase(FILTERED);
+    println!("helper-done\t{count}");
     std::process::exit(0);
 }
 
@@ -328,16 +376,18 @@ impl Report {
     }
 }
 
-fn report() -> &'static Report {
-    if std::env::var_os(HELPER_ENV).is_some() {
-        helper_main();
+/// The outcomes of probe set `set` ([`SYSCALLS`] or [`AGENT`]), from one helper run per set and
+/// test process.
+fn report(set: &'static str) -> &'static Report {
+    if let Ok(set) = std::env::var(HELPER_ENV) {
+        helper_main(&set);
     }
-    static REPORT: OnceLock<Report> = OnceLock::new();
-    REPORT.get_or_init(|| {
+    static REPORTS: [OnceLock<Report>; 2] = [OnceLock::new(), OnceLock::new()];
+    REPORTS[usize::from(set == AGENT)].get_or_init(|| {
         // SAFETY: geteuid has no preconditions.
         assert_eq!(unsafe { libc::geteuid() }, 0, "these tests need root: as another user most listed syscalls fail with EPERM without any filter, so the filter's denial could not be told apart");
         let exe = std::env::current_exe().expect("path of the test binary");
-        let output = Command::new(&exe).args(["--exact", HELPER_TEST, "--nocapture", "--test-threads=1"]).env(HELPER_ENV, "1").output().expect("start the probe helper");
+        let output = Command::new(&exe).args(["--exact", HELPER_TEST, "--nocapture", "--test-threads=1"]).env(HELPER_ENV, set).output().expect("start the probe helper");
         let stdout = String::from_utf8_lossy(&output.stdout);
         let failure = || format!("probe helper {}\nstdout:\n{stdout}\nstderr:\n{}", output.status, String::from_utf8_lossy(&output.stderr));
         assert!(output.status.success(), "{}", failure());
@@ -361,7 +411,7 @@ fn report() -> &'static Report {
 
 #[test]
 fn listed_syscalls_fail_with_their_errno() {
-    let report = report();
+    let report = report(SYSCALLS);
     for syscall in seccomp::denied_syscalls().filter(|s| s.when == Denial::Always) {
         report.assert_denied(syscall.name, syscall.errno);
     }
@@ -371,15 +421,15 @@ fn listed_syscalls_fail_with_their_errno() {
 fn clone3_answers_enosys_so_libc_falls_back_to_clone() {
     let clone3 = seccomp::denied_syscalls().find(|s| s.name == "clone3").expect("clone3 is listed");
     assert_eq!(clone3.errno, libc::ENOSYS);
-    report().assert_denied("clone3", libc::ENOSYS);
+    report(SYSCALLS).assert_denied("clone3", libc::ENOSYS);
     // glibc creates threads and spawns processes with clone3 first; both still work.
-    report().assert_allowed("thread", "ok 42");
-    report().assert_allowed("exec /bin/true", "exit 0");
+    report(SYSCALLS).assert_allowed("thread", "ok 42");
+    report(SYSCALLS).assert_allowed("exec /bin/true", "exit 0");
 }
 
 #[test]
 fn every_namespace_flag_is_denied_on_clone_and_unshare() {
-    let report = report();
+    let report = report(SYSCALLS);
     for (name, flags) in [("clone", &CLONE_NAMESPACES[..]), ("unshare", &UNSHARE_NAMESPACES[..])] {
         for flag in flags {
             report.assert_denied(&format!("{name}({flag:#x})"), libc::EPERM);
@@ -389,7 +439,7 @@ fn every_namespace_flag_is_denied_on_clone_and_unshare() {
 
 #[test]
 fn a_new_user_namespace_is_denied_in_children_and_exec_ed_programs() {
-    let report = report();
+    let report = report(SYSCALLS);
     assert_eq!(report.get(CONTROL, "unshare(CLONE_NEWUSER) in a child"), "exit 0", "without the filter root can create a user namespace");
     assert_eq!(report.get(FILTERED, "unshare(CLONE_NEWUSER) in a child"), format!("exit {}", libc::EPERM));
     assert_eq!(report.get(CONTROL, "exec unshare -U true"), "exit 0", "util-linux `unshare -U true` must work here without the filter");
@@ -398,7 +448,7 @@ fn a_new_user_namespace_is_denied_in_children_and_exec_ed_programs() {
 
 #[test]
 fn personality_allows_only_harmless_personas() {
-    let report = report();
+    let report = report(SYSCALLS);
     for persona in DENIED_PERSONAS {
         report.assert_denied(&format!("personality({persona:#x})"), libc::EPERM);
     }
@@ -410,7 +460,7 @@ fn personality_allows_only_harmless_personas() {
 
 #[test]
 fn ordinary_work_and_debugging_still_run_under_the_filter() {
-    let report = report();
+    let report = report(SYSCALLS);
     report.assert_allowed("fork", "exit 7");
     report.assert_allowed("clone without namespace flags", "exit 9");
     report.assert_allowed("thread", "ok 42");
@@ -421,10 +471,23 @@ fn ordinary_work_and_debugging_still_run_under_the_filter() {
     report.assert_allowed("process_vm_readv self", "ok 64");
 }
 
+#[test]
+fn the_agent_and_language_runtimes_run_under_the_filter() {
+    let report = report(AGENT);
+    for (label, _, _) in AGENT_WORK {
+        let name = format!("agent {label}");
+        let control = report.get(CONTROL, &name);
+        assert_eq!(control, "exit 0", "`{name}` fails even without the filter ({control}); the runtime must be installed and work on the test host");
+        assert_eq!(report.get(FILTERED, &name), "exit 0", "`{name}` under the filter");
+    }
+    assert_eq!(report.get(CONTROL, "agent seccomp mode"), "0", "the test host runs the agent without seccomp");
+    assert_eq!(report.get(FILTERED, "agent seccomp mode"), "2", "the agent's commands inherit the filter");
+}
+
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn x32_and_i386_syscalls_cannot_bypass_the_list() {
-    let report = report();
+    let report = report(SYSCALLS);
     report.assert_denied("x32 getpid", libc::EPERM);
     assert_eq!(report.get(CONTROL, "i386 getpid"), "exit 0", "int 0x80 must work without the filter (CONFIG_IA32_EMULATION)");
     assert_eq!(report.get(FILTERED, "i386 getpid"), format!("signal {}", libc::SIGSYS));
