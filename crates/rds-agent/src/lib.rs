@@ -2,7 +2,8 @@
 //!
 //! It serves HTTP/1.1 over hybrid vsock ([`server`]), runs commands and snippets as uid 1000
 //! ([`exec`], [`run`]), moves files in and out of `/workspace` ([`files`]), and acts as PID 1
-//! in a guest ([`init`]) or inside the namespaces of the sandbox runtime ([`sandbox`]).
+//! in a guest ([`init`]) or inside the namespaces of the sandbox runtime ([`sandbox`], confined by
+//! [`seccomp`]).
 
 pub mod bench;
 pub mod exec;
@@ -13,4 +14,5 @@ pub mod loop_device;
 pub mod netconf;
 pub mod run;
 pub mod sandbox;
+pub mod seccomp;
 pub mod server;
