@@ -284,6 +284,8 @@ fn run_pid1(spec: &SandboxSpec, listener: OwnedFd, userns: OwnedFd, signals: &Si
     // The root is built; from here on PID 1 and the agent only run code as uid 1000, move files
     // in /workspace and signal their own processes. Nothing needs mounts, devices or the network.
     keep_only_capabilities(AGENT_CAPABILITIES).context("cannot drop capabilities")?;
+    // Last: PID 1, the agent and every user process run under the filter (docs/security.md).
+    crate::seccomp::install().context("cannot install the seccomp filter")?;
     supervise(
         move || match crate::server::run(ListenOn::Fd(listener), AgentConfig { exec_cgroups: true, ..AgentConfig::default() }) {
             Ok(()) => 0,

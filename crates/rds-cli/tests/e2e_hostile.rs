@@ -37,7 +37,7 @@ fn host_files_outside_the_image_are_invisible() {
     let r = s.exec(
         &id,
         &format!(
-            "for p in {marker} {dir} {storage} {storage}/rds.db /root /home/user /work /var/lib/rds /usr/local/cargo; do \
+            "for p in {marker} {dir} {storage} {storage}/rds.db /work /root/.cargo /var/lib/rds /usr/local/cargo /usr/local/bin/cargo-nextest; do \
                test -e $p && echo VISIBLE:$p; done; \
              cat {marker} 2>&1; grep -h PRETTY_NAME /etc/os-release; echo done",
             marker = marker.display(),
@@ -108,7 +108,7 @@ fn keyrings_and_inotify_limits_are_per_vm() {
     let r = s.exec(&b, "python3 -c 'import ctypes; print(ctypes.CDLL(None).inotify_init() >= 0)'");
     assert_eq!(stdout(&r), "True\n", "VM b lost inotify to VM a: {r}");
     let host = std::process::Command::new("setpriv")
-        .args(["--reuid=1000", "--regid=1000", "--clear-groups", "python3", "-c", "import ctypes; print(ctypes.CDLL(None).inotify_init() >= 0)"])
+        .args(["--reuid=1000", "--regid=1000", "--clear-groups", "/usr/bin/python3", "-c", "import ctypes; print(ctypes.CDLL(None).inotify_init() >= 0)"])
         .output()
         .expect("setpriv");
     assert_eq!(String::from_utf8_lossy(&host.stdout), "True\n", "host uid 1000 lost inotify: {host:?}");
@@ -149,8 +149,8 @@ fn workspace_quota_is_enforced_by_the_kernel() {
     // Freed space is usable again; files persist across stop/start.
     let r = s.exec(&id, "rm /workspace/big && echo kept > /workspace/f && cat /workspace/f && stat -c %u:%g /workspace/f");
     assert_eq!(stdout(&r), "kept\n1000:1000\n", "{r}");
-    assert_eq!(s.call("POST", &format!("/v1/vms/{id}/stop"), None).0, 200);
-    assert_eq!(s.call("POST", &format!("/v1/vms/{id}/start"), None).0, 200);
+    assert_eq!(s.call("POST", &format!("/v1/vms/{id}/stop"), None).0, 204);
+    assert_eq!(s.call("POST", &format!("/v1/vms/{id}/start"), None).0, 204);
     let r = s.exec(&id, "cat /workspace/f; stat -c %u:%g /workspace/f");
     assert_eq!(stdout(&r), "kept\n1000:1000\n", "{r}");
     // Bad sizes are refused with the field named.

@@ -19,9 +19,10 @@ const QEMU_OVERLAY_MB: u64 = 4096;
 /// How long a QEMU VM may take to boot (TCG emulation is slow).
 const QEMU_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Builds the runtime `RDS_RUNTIME` asks for; `auto` picks qemu when a guest image is configured
-/// and QEMU + vhost-device-vsock are installed, else sandbox. Asking explicitly for an
-/// unavailable runtime is an error.
+/// Builds the runtime `RDS_RUNTIME` asks for; `auto` picks qemu when a guest image is configured,
+/// QEMU + vhost-device-vsock are installed and KVM can boot ordinary guests, else sandbox (an
+/// image alone never moves `auto` onto TCG emulation: `RDS_RUNTIME=qemu` asks for that). Asking
+/// explicitly for an unavailable runtime is an error.
 pub fn select(config: &Config) -> Result<Arc<dyn Runtime>, ConfigError> {
     match config.runtime {
         RuntimeChoice::Sandbox => sandbox(config),
@@ -39,6 +40,10 @@ pub fn select(config: &Config) -> Result<Arc<dyn Runtime>, ConfigError> {
         RuntimeChoice::Auto => match &config.guest_image {
             // Without an image there is nothing for a VM to boot: the sandbox is the default.
             None => sandbox(config),
+            Some(_) if !kvm_boots_guests() => {
+                tracing::info!("no KVM that boots ordinary guests here: using the sandbox runtime (RDS_RUNTIME=qemu runs qemu under TCG emulation)");
+                sandbox(config)
+            }
             Some(image) => qemu(config, image).or_else(|e| {
                 tracing::info!("not using qemu ({e}); falling back to the sandbox runtime");
                 sandbox(config)
@@ -49,6 +54,14 @@ pub fn select(config: &Config) -> Result<Arc<dyn Runtime>, ConfigError> {
             message: "this build has no firecracker runtime yet; use auto, qemu or sandbox".into(),
         }),
     }
+}
+
+/// Whether `/dev/kvm` is backed by a hardware-virtualisation module (kvm_intel, kvm_amd) that runs
+/// ordinary guest kernels. Paravirtual KVM flavours (e.g. `kvm_pvm`, found on hosts that are
+/// themselves VMs) run only guests built for them.
+fn kvm_boots_guests() -> bool {
+    std::path::Path::new("/dev/kvm").exists()
+        && ["kvm_intel", "kvm_amd"].iter().any(|m| std::path::Path::new("/sys/module").join(m).exists())
 }
 
 fn qemu(config: &Config, image: &GuestImage) -> Result<Arc<dyn Runtime>, ConfigError> {

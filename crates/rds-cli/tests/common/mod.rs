@@ -137,6 +137,9 @@ impl Server {
             .stderr(Stdio::from(self.log_file()));
         // Sandbox VMs run over the guest image, as users get them (scripts/run builds it too).
         let own_root = self.env.iter().any(|(k, _)| matches!(k.as_str(), "RDS_IMAGE_DIR" | "RDS_SANDBOX_ROOT" | "BASE_ROOTFS_PATH"));
+        if !self.env.iter().any(|(k, _)| k == "RDS_RUNTIME") {
+            cmd.env("RDS_RUNTIME", "sandbox");
+        }
         if !own_root {
             cmd.env("RDS_IMAGE_DIR", guest_image_dir().unwrap_or_else(|e| panic!("no guest image for the sandbox: {e}")));
         }
