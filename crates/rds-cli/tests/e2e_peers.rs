@@ -483,8 +483,14 @@ fn consumer_pids(_s: &Server, vm_id: &str) -> Vec<u32> {
                 continue;
             }
             if e.file_name().to_string_lossy() == vm_id {
-                let procs = std::fs::read_to_string(e.path().join("cgroup.procs")).unwrap_or_default();
-                pids.extend(procs.lines().filter_map(|l| l.parse::<u32>().ok()));
+                // The VM's group and every group below it (agent, user, one per command).
+                let mut groups = vec![e.path()];
+                while let Some(group) = groups.pop() {
+                    let procs = std::fs::read_to_string(group.join("cgroup.procs")).unwrap_or_default();
+                    pids.extend(procs.lines().filter_map(|l| l.parse::<u32>().ok()));
+                    let children = std::fs::read_dir(&group).into_iter().flatten().flatten();
+                    groups.extend(children.filter(|c| c.file_type().is_ok_and(|t| t.is_dir())).map(|c| c.path()));
+                }
             } else if depth < 6 {
                 stack.push((e.path(), depth + 1));
             }
