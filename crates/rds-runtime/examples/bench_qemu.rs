@@ -43,7 +43,7 @@ fn percentile(samples: &mut [f64], p: f64) -> f64 {
 }
 
 /// Boots `VMS` VMs one after another (create → first exec), then times exec round-trips on one.
-async fn measure(rt: &dyn Runtime) -> anyhow::Result<serde_json::Value> {
+async fn measure(rt: &dyn Runtime, rootfs: Option<PathBuf>) -> anyhow::Result<serde_json::Value> {
     let mut first_exec = Vec::new();
     let mut round_trip = Vec::new();
     for n in 0..VMS {
@@ -53,6 +53,7 @@ async fn measure(rt: &dyn Runtime) -> anyhow::Result<serde_json::Value> {
             cpu: 1,
             mem_mb: 512,
             hostname: "bench".into(),
+            rootfs: rootfs.clone(),
             ..VmSpec::default()
         };
         let started = Instant::now();
@@ -107,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
     cfg.overlay_size_mb = 1024;
     let qemu = QemuRuntime::new(cfg)?;
     let accel = qemu.accel().await;
-    let qemu_figures = measure(&qemu).await?;
+    let qemu_figures = measure(&qemu, None).await?;
 
     let sandbox = SandboxRuntime::with_cgroup_group(
         SandboxConfig {
@@ -115,11 +116,12 @@ async fn main() -> anyhow::Result<()> {
             agent_bin: agent.canonicalize()?,
             pids_max: 512,
             hide_paths: vec![],
-            host_root: true,
+            host_root: false,
         },
         "rds-bench-qemu",
     )?;
-    let sandbox_figures = measure(&sandbox).await?;
+    // The same image as the sandbox's root: both runtimes run the same userland.
+    let sandbox_figures = measure(&sandbox, Some(image.join("rootfs.ext4"))).await?;
 
     let ratio = |key: &str| {
         let q = qemu_figures[key]["p50"].as_f64().unwrap_or(0.0);
