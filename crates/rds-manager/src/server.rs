@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use rds_net::InstallationId;
 use rds_runtime::Runtime;
 use rds_store::{SqliteStore, Store};
 
@@ -19,6 +20,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error("cannot open the database: {0}")]
     Store(#[from] rds_store::StoreError),
+    #[error(transparent)]
+    Installation(#[from] crate::installation::InstallationError),
     #[error(transparent)]
     Network(#[from] crate::network::NetworkUnavailable),
     #[error("reconciling VMs at start-up failed: {0}")]
@@ -44,8 +47,9 @@ pub struct Prepared {
 
 /// Opens everything with the configured runtime.
 pub async fn prepare(config: Config, rotate_key: bool) -> Result<Prepared, StartError> {
-    let runtime = crate::runtime_select::select(&config)?;
-    prepare_with_runtime(config, runtime, rotate_key).await
+    let (store, installation) = open_store(&config)?;
+    let runtime = crate::runtime_select::select(&config, &installation)?;
+    prepare_with(config, store, installation, runtime, rotate_key).await
 }
 
 /// Opens everything with a given runtime (tests use a fake behind the same seam).
@@ -54,15 +58,39 @@ pub async fn prepare_with_runtime(
     runtime: Arc<dyn Runtime>,
     rotate_key: bool,
 ) -> Result<Prepared, StartError> {
-    error::expose_internal_errors(config.expose_internal_errors);
+    let (store, installation) = open_store(&config)?;
+    prepare_with(config, store, installation, runtime, rotate_key).await
+}
+
+/// Opens the database and reads (or, on first start, makes) the installation id.
+fn open_store(config: &Config) -> Result<(Arc<dyn Store>, InstallationId), StartError> {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.database_path())?);
+    let (installation, new) = crate::installation::load_or_create(store.as_ref())?;
+    tracing::info!(
+        installation = %installation,
+        new,
+        storage_root = %config.storage_root.display(),
+        "installation id (names this manager's cgroups, nft table and VM interfaces)"
+    );
+    Ok((store, installation))
+}
+
+async fn prepare_with(
+    config: Config,
+    store: Arc<dyn Store>,
+    installation: InstallationId,
+    runtime: Arc<dyn Runtime>,
+    rotate_key: bool,
+) -> Result<Prepared, StartError> {
+    error::expose_internal_errors(config.expose_internal_errors);
     let (keys, key_notice) = ensure_keys(store.as_ref(), config.api_key.as_deref(), rotate_key)?;
     let addr = SocketAddr::new(config.bind, config.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Listen { addr, source })?;
-    let networking = crate::network::VmNetworking::start(&config.network, runtime.kind()).await?;
-    let state = AppState::new(config, store, runtime, keys, host_capabilities()).with_network(networking);
+    let networking = crate::network::VmNetworking::start(&config.network, runtime.kind(), &installation).await?;
+    let state =
+        AppState::new(config, store, runtime, keys, host_capabilities()).with_installation(installation).with_network(networking);
     let reconciled = reconcile(&state)
         .await
         .map_err(|e| StartError::Reconcile(e.to_string()))?;
