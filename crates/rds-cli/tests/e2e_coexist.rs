@@ -88,6 +88,15 @@ fn vm_cgroup_dirs(group: &str, vm_id: &str) -> Vec<PathBuf> {
     dirs
 }
 
+/// A claim the test forged in `/run/rds/slots`; removed on drop, even after a failed assert.
+struct ClaimGuard(PathBuf);
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Everything of `s`'s VMs is in place and working; `label` names the step.
 fn assert_intact(ns: &str, s: &Server, vms: &[Vm], label: &str) {
     let table = format!("rds-{}", s.installation_id);
@@ -172,6 +181,33 @@ fn scenario(ns: &str) {
     b.restart();
     assert_intact(ns, &a, &a_vms, "b restarted");
     assert_intact(ns, &b, &b_vms, "b restarted");
+
+    // A reboot empties /run/rds/slots, and whichever manager starts first may claim a stopped
+    // VM's recorded slot. Forge that while a is down: a's stopped VM's /30 now claimed by b, plus
+    // a stale claim of a's own that no VM holds. At restart a drops only its own stale claim; at
+    // start the stopped VM gets a new, unclaimed slot.
+    let moved = a_vms.remove(1);
+    let (status, body) = a.call("POST", &format!("/v1/vms/{}/stop", moved.id), None);
+    assert_eq!(status, 204, "stop: {body}");
+    a.kill9();
+    let forged = ClaimGuard(PathBuf::from(format!("/run/rds/slots/{}", moved.network())));
+    let stale = ClaimGuard(PathBuf::from("/run/rds/slots/10.213.200.0"));
+    std::fs::remove_file(&forged.0).expect("a's claim of its stopped VM");
+    std::os::unix::fs::symlink(&b.installation_id, &forged.0).unwrap();
+    std::os::unix::fs::symlink(&a.installation_id, &stale.0).unwrap();
+    a.restart();
+    assert!(std::fs::symlink_metadata(&stale.0).is_err(), "a kept a claim no VM of it holds");
+    let holder = std::fs::read_link(&forged.0).expect("b's claim was removed by a");
+    assert_eq!(holder.to_str(), Some(b.installation_id.as_str()));
+    let (status, body) = a.call("POST", &format!("/v1/vms/{}/start", moved.id), None);
+    assert_eq!(status, 204, "start: {body}\nlog:\n{}", a.log());
+    let (_, view) = a.call("GET", &format!("/v1/vms/{}", moved.id), None);
+    let guest_ip: Ipv4Addr = view["network"]["guestIp"].as_str().unwrap().parse().unwrap();
+    assert_ne!(guest_ip, moved.guest_ip, "the VM kept addresses another manager claimed");
+    a_vms.push(Vm { guest_ip, ..moved });
+    assert_intact(ns, &a, &a_vms, "readdressed after a forged reboot");
+    assert_intact(ns, &b, &b_vms, "readdressed after a forged reboot");
+    drop(forged);
 
     // After both restarts, new VMs still never take the other's addresses.
     b_vms.push(create(&b, 5));
