@@ -229,3 +229,61 @@ fn scenario(ns: &str) {
     assert!(!a_table.contains("vm="), "rules left after delete:\n{a_table}");
     assert_intact(ns, &b, &b_vms, "a's VMs deleted");
 }
+
+/// Runs `rds serve` on `root` (a fresh port, networking off) and returns its exit status and
+/// stderr; it must exit by itself.
+fn serve_exits(root: &std::path::Path, extra: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rds"));
+    cmd.arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PORT", port.to_string())
+        .env("STORAGE_ROOT", root)
+        .env("RDS_AGENT_BIN", common::agent_bin())
+        .env("RDS_NETWORK", "off")
+        .env("API_KEY", common::KEY)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("spawn rds serve");
+    let pid = child.id();
+    // A manager that wrongly starts would serve forever: bound the wait.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+        Ok(output) => {
+            let output = output.expect("wait for rds serve");
+            (output.status, String::from_utf8_lossy(&output.stderr).into_owned())
+        }
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("a second manager on {} started and kept serving", root.display());
+        }
+    }
+}
+
+#[test]
+fn a_second_manager_on_the_same_storage_root_or_cgroup_group_refuses_to_start() {
+    require_prerequisites();
+    let s = Server::start(&[]);
+    let id = s.create_vm(128);
+
+    let (status, stderr) = serve_exits(s.root.path(), &[]);
+    assert!(!status.success(), "second manager on one STORAGE_ROOT: {status}\n{stderr}");
+    assert!(stderr.contains(&format!("installation id {}", s.installation_id)), "{stderr}");
+
+    let other = tempfile::Builder::new().prefix("rds-e2e-").tempdir().unwrap();
+    let (status, stderr) = serve_exits(other.path(), &[("RDS_CGROUP_GROUP", &s.cgroup_group())]);
+    assert!(!status.success(), "second manager with the same RDS_CGROUP_GROUP: {status}\n{stderr}");
+    assert!(stderr.contains(&format!("cgroup group {}", s.cgroup_group())), "{stderr}");
+
+    // The first manager and its VM never noticed.
+    assert_eq!(s.exec(&id, "echo ok")["stdout"], "ok\n");
+    let (_, vm) = s.call("GET", &format!("/v1/vms/{id}"), None);
+    assert_eq!(vm["state"], "RUNNING", "{vm}");
+}
