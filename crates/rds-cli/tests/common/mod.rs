@@ -266,6 +266,10 @@ impl Drop for Server {
         self.kill9();
         if !self.installation_id.is_empty() {
             remove_empty_cgroup_group(&self.cgroup_group());
+            // The manager is gone, so nobody holds its host-wide locks: don't let them pile up.
+            let locks = std::path::Path::new("/run/rds/locks");
+            let _ = std::fs::remove_file(locks.join(format!("installation-{}.lock", self.installation_id)));
+            let _ = std::fs::remove_file(locks.join(format!("cgroup-{}.lock", self.cgroup_group())));
         }
     }
 }
