@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use rds_net::{bench_apply, AddressPool, EgressPolicy, Network, NetworkConfig};
+use rds_net::{bench_apply, AddressPool, EgressPolicy, InstallationId, Network, NetworkConfig};
 use serde_json::{json, Value};
 
 use crate::bench::{describe, ms, percentiles, round, start_manager, Api};
@@ -101,7 +101,7 @@ fn apply_bench() -> anyhow::Result<Value> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let result = rt.block_on(async move {
         let pool = AddressPool::default();
-        let network = Network::new(NetworkConfig { pool, dns_upstreams: Vec::new() }).await?;
+        let network = Network::new(NetworkConfig::new(InstallationId::generate(), pool)).await?;
         let slot = pool.slot(0)?;
         network.attach_veth("bench-vm", &slot, pid).await?;
         let strings = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();

@@ -1,5 +1,5 @@
 //! End-to-end VM networking: the real `rds serve` runs inside a test-owned network namespace,
-//! so its `table inet rds`, veths and per-VM resolvers live there and no packet leaves the
+//! so its `table inet rds-<id>`, veths and per-VM resolvers live there and no packet leaves the
 //! machine:
 //!
 //! ```text
@@ -331,10 +331,10 @@ fn gateway_of(guest_ip: &str) -> String {
     Ipv4Addr::from(u32::from(ip) - 1).to_string()
 }
 
-/// Host interfaces, nft chains/sets and rule comments left for a VM in namespace `ns`.
-fn leftovers(ns: &str, index: u32, vm_id: &str) -> Vec<String> {
+/// Host interfaces, nft chains/sets and rule comments left for a VM of manager `s` in namespace `ns`.
+fn leftovers(s: &Server, ns: &str, index: u32, vm_id: &str) -> Vec<String> {
     let mut found = Vec::new();
-    let iface = format!("rdsv{index}");
+    let iface = format!("rds{}{index}", s.installation_id);
     for line in sh("ip", &["-n", ns, "-o", "link", "show"]).lines() {
         let name = line.split_whitespace().nth(1).unwrap_or("").trim_end_matches(':');
         if name.split('@').next() == Some(iface.as_str()) || line.contains(vm_id) {
@@ -508,21 +508,27 @@ fn scenario(mgr: &str, env: &[(String, String)]) {
     let (status, _) = s.call("DELETE", &format!("/v1/vms/{vm2}"), None);
     assert_eq!(status, 204);
     let _ = server.join();
-    assert_eq!(leftovers(mgr, index2, &vm2), Vec::<String>::new(), "after delete");
+    assert_eq!(leftovers(&s, mgr, index2, &vm2), Vec::<String>::new(), "after delete");
 
-    // 7. kill -9 the manager; plant an orphaned interface; restart.
+    // 7. kill -9 the manager; plant an orphaned interface of its own, and one of the old unscoped
+    // naming that belongs to nobody this manager knows; restart.
     s.kill9();
+    let ghost = format!("rds{}77", s.installation_id);
     // Nothing may panic while the manager is down (its drop could not delete the VMs).
     let planted = [
-        &["-n", mgr, "link", "add", "rdsv77", "type", "veth", "peer", "name", "ghost77"][..],
-        &["-n", mgr, "link", "set", "rdsv77", "alias", "rds-vm:ghost-vm"][..],
+        &["-n", mgr, "link", "add", &ghost, "type", "veth", "peer", "name", "ghost77"][..],
+        &["-n", mgr, "link", "set", &ghost, "alias", "rds-vm:ghost-vm"][..],
+        &["-n", mgr, "link", "add", "rdsv78", "type", "veth", "peer", "name", "rdsv78p"][..],
+        &["-n", mgr, "link", "set", "rdsv78", "alias", "rds-vm:not-ours"][..],
     ]
     .iter()
     .all(|args| Command::new("ip").args(*args).status().is_ok_and(|st| st.success()));
     s.restart();
-    assert!(planted, "could not plant the orphaned interface");
-    assert_eq!(leftovers(mgr, 77, "ghost-vm"), Vec::<String>::new(), "orphan after restart");
-    assert_eq!(leftovers(mgr, index2, &vm2), Vec::<String>::new(), "deleted VM after restart");
+    assert!(planted, "could not plant the orphaned interfaces");
+    assert_eq!(leftovers(&s, mgr, 77, "ghost-vm"), Vec::<String>::new(), "orphan after restart");
+    assert_eq!(leftovers(&s, mgr, index2, &vm2), Vec::<String>::new(), "deleted VM after restart");
+    let links = sh("ip", &["-n", mgr, "-o", "link", "show"]);
+    assert!(links.contains("rdsv78"), "an interface of another naming was removed:\n{links}");
     let (status, v) = s.call("GET", &format!("/v1/vms/{vm1}"), None);
     assert_eq!((status, v["state"].as_str()), (200, Some("RUNNING")), "{v}");
     assert_eq!(v["network"]["allowDomains"], json!(["allowed.test"]));
@@ -533,9 +539,9 @@ fn scenario(mgr: &str, env: &[(String, String)]) {
     let index1 = slot_index(&ip1);
     let (status, _) = s.call("DELETE", &format!("/v1/vms/{vm1}"), None);
     assert_eq!(status, 204);
-    assert_eq!(leftovers(mgr, index1, &vm1), Vec::<String>::new(), "after deleting vm1");
+    assert_eq!(leftovers(&s, mgr, index1, &vm1), Vec::<String>::new(), "after deleting vm1");
     let links = sh("ip", &["-n", mgr, "-o", "link", "show"]);
-    assert!(!links.contains("rdsv"), "VM interfaces left:\n{links}");
+    assert!(!links.contains(&format!("rds{}", s.installation_id)), "VM interfaces left:\n{links}");
 }
 
 #[test]

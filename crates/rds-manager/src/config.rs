@@ -41,9 +41,10 @@ pub struct Config {
     pub runtime: RuntimeChoice,
     /// `RDS_AGENT_BIN`: the agent binary the sandbox runtime launches.
     pub agent_bin: PathBuf,
-    /// `RDS_CGROUP_GROUP`: parent cgroup name of this manager's sandboxes (default `rds`). Two
-    /// managers on one host need different names, or each treats the other's VMs as orphans.
-    pub cgroup_group: String,
+    /// `RDS_CGROUP_GROUP`: parent cgroup name of this manager's sandboxes; `None` = `rds-<installation
+    /// id>` (see [`crate::installation`]). Two managers on one host must never share one, or each
+    /// treats the other's VMs as orphans.
+    pub cgroup_group: Option<String>,
     /// The guest image for VM runtimes (`RDS_IMAGE_DIR`, `KERNEL_PATH`, `INITRD_PATH`,
     /// `BASE_ROOTFS_PATH`); `None` when none is configured.
     pub guest_image: Option<GuestImage>,
@@ -199,17 +200,14 @@ impl Config {
                 });
             }
         }
-        let cgroup_group = get("RDS_CGROUP_GROUP").unwrap_or_else(|| "rds".into());
-        if cgroup_group.is_empty()
-            || cgroup_group.len() > 64
-            || !cgroup_group
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
-            return Err(ConfigError {
-                var: "RDS_CGROUP_GROUP",
-                message: "must match [A-Za-z0-9-]{1,64}".into(),
-            });
+        let cgroup_group = get("RDS_CGROUP_GROUP");
+        if let Some(group) = &cgroup_group {
+            if group.len() > 64 || !group.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                return Err(ConfigError {
+                    var: "RDS_CGROUP_GROUP",
+                    message: "must match [A-Za-z0-9-]{1,64}".into(),
+                });
+            }
         }
         let max_disk_mb: u32 = positive(&get, "MAX_DISK_MB", 10_240)?;
         let default_disk_mb: u32 = positive(&get, "DEFAULT_DISK_MB", rds_runtime::DEFAULT_DISK_MB)?;
@@ -351,6 +349,8 @@ mod tests {
         assert_eq!(c.max_json_body_bytes, 1 << 20);
         assert_eq!(c.runtime, RuntimeChoice::Auto);
         assert!(!c.expose_internal_errors);
+        assert_eq!(c.cgroup_group, None, "the default group is derived from the installation id");
+        assert_eq!(cfg(&[("RDS_CGROUP_GROUP", "rds-blue")]).unwrap().cgroup_group.as_deref(), Some("rds-blue"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod bridge;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod installation;
 pub mod lifecycle;
 pub mod network;
 pub mod openapi;

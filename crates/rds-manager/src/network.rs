@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use rds_net::{AddressPool, Network, NetworkConfig, DEFAULT_VM_CIDR};
+use rds_net::{AddressPool, InstallationId, Network, NetworkConfig, DEFAULT_VM_CIDR};
 use rds_runtime::RuntimeKind;
 
 use crate::config::ConfigError;
@@ -103,15 +103,25 @@ impl VmNetworking {
         VmNetworking { network: None, unavailable: reason.into() }
     }
 
-    /// Sets networking up as `settings` ask, for VMs of `runtime`, and logs the outcome.
-    pub async fn start(settings: &NetworkSettings, runtime: RuntimeKind) -> Result<Self, NetworkUnavailable> {
+    /// Sets networking up as `settings` ask, for VMs of `runtime`, with host objects named after
+    /// `installation`, and logs the outcome.
+    pub async fn start(
+        settings: &NetworkSettings,
+        runtime: RuntimeKind,
+        installation: &InstallationId,
+    ) -> Result<Self, NetworkUnavailable> {
         if settings.mode == NetworkMode::Off {
             tracing::info!("VM networking off (RDS_NETWORK=off): VMs get loopback only");
             return Ok(Self::disabled("VM networking is switched off on this manager (RDS_NETWORK=off)"));
         }
-        match Self::try_start(settings, runtime).await {
+        match Self::try_start(settings, runtime, installation).await {
             Ok(network) => {
-                tracing::info!(cidr = %settings.pool.cidr(), "VM networking on: one /30 per VM, egress closed unless a policy opens it");
+                tracing::info!(
+                    cidr = %settings.pool.cidr(),
+                    nft_table = %format!("inet {}", network.nft_table()),
+                    interfaces = %installation.iface_wildcard(),
+                    "VM networking on: one /30 per VM, egress closed unless a policy opens it"
+                );
                 Ok(VmNetworking { network: Some(Arc::new(network)), unavailable: String::new() })
             }
             Err(reason) if settings.mode == NetworkMode::On => Err(NetworkUnavailable(reason)),
@@ -122,7 +132,11 @@ impl VmNetworking {
         }
     }
 
-    async fn try_start(settings: &NetworkSettings, runtime: RuntimeKind) -> Result<Network, String> {
+    async fn try_start(
+        settings: &NetworkSettings,
+        runtime: RuntimeKind,
+        installation: &InstallationId,
+    ) -> Result<Network, String> {
         if !matches!(runtime, RuntimeKind::Sandbox | RuntimeKind::Qemu) {
             return Err(format!("the {runtime} runtime has no network integration yet"));
         }
@@ -142,8 +156,11 @@ impl VmNetworking {
             }
         }
         let config = match &settings.dns_upstreams {
-            Some(upstreams) => NetworkConfig { pool: settings.pool, dns_upstreams: upstreams.clone() },
-            None => NetworkConfig::with_system_dns(settings.pool),
+            Some(upstreams) => NetworkConfig {
+                dns_upstreams: upstreams.clone(),
+                ..NetworkConfig::new(installation.clone(), settings.pool)
+            },
+            None => NetworkConfig::with_system_dns(installation.clone(), settings.pool),
         };
         if config.dns_upstreams.is_empty() {
             tracing::warn!("no DNS upstreams (RDS_DNS_UPSTREAMS unset and /etc/resolv.conf lists none): VM name lookups will fail");
@@ -191,6 +208,7 @@ mod tests {
             ("RDS_NETWORK", "maybe"),
             ("RDS_VM_CIDR", "10.0.0.0/31"),
             ("RDS_VM_CIDR", "10.0.0.1/16"),
+            ("RDS_VM_CIDR", "10.0.0.0/8"),
             ("RDS_VM_CIDR", "fd00::/64"),
             ("RDS_DNS_UPSTREAMS", "1.1.1.1,dns.example"),
         ] {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use rds_runtime::qemu::{AccelChoice, QemuConfig, QemuRuntime};
 use rds_runtime::sandbox::{SandboxConfig, SandboxRuntime};
+use rds_net::InstallationId;
 use rds_runtime::Runtime;
 
 use crate::config::{ConfigError, GuestImage, RuntimeChoice};
@@ -22,10 +23,10 @@ const QEMU_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Builds the runtime `RDS_RUNTIME` asks for; `auto` picks qemu when a guest image is configured,
 /// QEMU + vhost-device-vsock are installed and KVM can boot ordinary guests, else sandbox (an
 /// image alone never moves `auto` onto TCG emulation: `RDS_RUNTIME=qemu` asks for that). Asking
-/// explicitly for an unavailable runtime is an error.
-pub fn select(config: &Config) -> Result<Arc<dyn Runtime>, ConfigError> {
+/// explicitly for an unavailable runtime is an error. Host resources are named after `installation`.
+pub fn select(config: &Config, installation: &InstallationId) -> Result<Arc<dyn Runtime>, ConfigError> {
     match config.runtime {
-        RuntimeChoice::Sandbox => sandbox(config),
+        RuntimeChoice::Sandbox => sandbox(config, installation),
         RuntimeChoice::Qemu => {
             let Some(image) = &config.guest_image else {
                 return Err(ConfigError {
@@ -39,14 +40,14 @@ pub fn select(config: &Config) -> Result<Arc<dyn Runtime>, ConfigError> {
         }
         RuntimeChoice::Auto => match &config.guest_image {
             // Without an image there is nothing for a VM to boot: the sandbox is the default.
-            None => sandbox(config),
+            None => sandbox(config, installation),
             Some(_) if !kvm_boots_guests() => {
                 tracing::info!("no KVM that boots ordinary guests here: using the sandbox runtime (RDS_RUNTIME=qemu runs qemu under TCG emulation)");
-                sandbox(config)
+                sandbox(config, installation)
             }
             Some(image) => qemu(config, image).or_else(|e| {
                 tracing::info!("not using qemu ({e}); falling back to the sandbox runtime");
-                sandbox(config)
+                sandbox(config, installation)
             }),
         },
         RuntimeChoice::Firecracker => Err(ConfigError {
@@ -92,7 +93,7 @@ fn qemu(config: &Config, image: &GuestImage) -> Result<Arc<dyn Runtime>, ConfigE
     Ok(runtime)
 }
 
-fn sandbox(config: &Config) -> Result<Arc<dyn Runtime>, ConfigError> {
+fn sandbox(config: &Config, installation: &InstallationId) -> Result<Arc<dyn Runtime>, ConfigError> {
     if !config.agent_bin.is_file() {
         return Err(ConfigError {
             var: "RDS_AGENT_BIN",
@@ -102,6 +103,9 @@ fn sandbox(config: &Config) -> Result<Arc<dyn Runtime>, ConfigError> {
             ),
         });
     }
+    let cgroup_group =
+        config.cgroup_group.clone().unwrap_or_else(|| crate::installation::default_cgroup_group(installation));
+    tracing::info!(%cgroup_group, "sandbox cgroups go under this parent group");
     let runtime = SandboxRuntime::with_cgroup_group(
         SandboxConfig {
             storage_root: config.storage_root.clone(),
@@ -111,7 +115,7 @@ fn sandbox(config: &Config) -> Result<Arc<dyn Runtime>, ConfigError> {
             hide_paths: vec![config.storage_root.clone()],
             host_root: config.sandbox_host_root,
         },
-        &config.cgroup_group,
+        &cgroup_group,
     )
     .map_err(|e| ConfigError {
         var: "RDS_RUNTIME",

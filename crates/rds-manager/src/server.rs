@@ -1,12 +1,15 @@
 //! Wiring for `rds serve`: open the store, pick the runtime, settle keys, reconcile, listen.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
+use rds_net::InstallationId;
 use rds_runtime::Runtime;
 use rds_store::{SqliteStore, Store};
 
 use crate::config::ConfigError;
+use crate::installation::{HostLocks, LOCK_DIR};
 use crate::reconciler::{reconcile, Reconciled};
 use crate::services::api_keys::{ensure_keys, KeyNotice};
 use crate::views::HostCapabilities;
@@ -19,6 +22,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error("cannot open the database: {0}")]
     Store(#[from] rds_store::StoreError),
+    #[error(transparent)]
+    Installation(#[from] crate::installation::InstallationError),
     #[error(transparent)]
     Network(#[from] crate::network::NetworkUnavailable),
     #[error("reconciling VMs at start-up failed: {0}")]
@@ -40,12 +45,15 @@ pub struct Prepared {
     pub reconciled: Reconciled,
     /// The bound listener.
     pub listener: tokio::net::TcpListener,
+    /// Host-wide locks on the installation id and cgroup group, held while serving.
+    pub host_locks: HostLocks,
 }
 
 /// Opens everything with the configured runtime.
 pub async fn prepare(config: Config, rotate_key: bool) -> Result<Prepared, StartError> {
-    let runtime = crate::runtime_select::select(&config)?;
-    prepare_with_runtime(config, runtime, rotate_key).await
+    let (store, installation, host_locks) = open_store(&config)?;
+    let runtime = crate::runtime_select::select(&config, &installation)?;
+    prepare_with(config, store, installation, host_locks, runtime, rotate_key).await
 }
 
 /// Opens everything with a given runtime (tests use a fake behind the same seam).
@@ -54,15 +62,44 @@ pub async fn prepare_with_runtime(
     runtime: Arc<dyn Runtime>,
     rotate_key: bool,
 ) -> Result<Prepared, StartError> {
-    error::expose_internal_errors(config.expose_internal_errors);
+    let (store, installation, host_locks) = open_store(&config)?;
+    prepare_with(config, store, installation, host_locks, runtime, rotate_key).await
+}
+
+/// Opens the database, reads (or, on first start, makes) the installation id, and locks it and the
+/// cgroup group host-wide before anything touches host resources.
+fn open_store(config: &Config) -> Result<(Arc<dyn Store>, InstallationId, HostLocks), StartError> {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.database_path())?);
+    let (installation, new) = crate::installation::load_or_create(store.as_ref())?;
+    let cgroup_group =
+        config.cgroup_group.clone().unwrap_or_else(|| crate::installation::default_cgroup_group(&installation));
+    let locks = crate::installation::lock_host_names(Path::new(LOCK_DIR), &installation, &cgroup_group)?;
+    tracing::info!(
+        installation = %installation,
+        new,
+        storage_root = %config.storage_root.display(),
+        "installation id (names this manager's cgroups, nft table and VM interfaces)"
+    );
+    Ok((store, installation, locks))
+}
+
+async fn prepare_with(
+    config: Config,
+    store: Arc<dyn Store>,
+    installation: InstallationId,
+    host_locks: HostLocks,
+    runtime: Arc<dyn Runtime>,
+    rotate_key: bool,
+) -> Result<Prepared, StartError> {
+    error::expose_internal_errors(config.expose_internal_errors);
     let (keys, key_notice) = ensure_keys(store.as_ref(), config.api_key.as_deref(), rotate_key)?;
     let addr = SocketAddr::new(config.bind, config.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Listen { addr, source })?;
-    let networking = crate::network::VmNetworking::start(&config.network, runtime.kind()).await?;
-    let state = AppState::new(config, store, runtime, keys, host_capabilities()).with_network(networking);
+    let networking = crate::network::VmNetworking::start(&config.network, runtime.kind(), &installation).await?;
+    let state =
+        AppState::new(config, store, runtime, keys, host_capabilities()).with_installation(installation).with_network(networking);
     let reconciled = reconcile(&state)
         .await
         .map_err(|e| StartError::Reconcile(e.to_string()))?;
@@ -71,12 +108,14 @@ pub async fn prepare_with_runtime(
         key_notice,
         reconciled,
         listener,
+        host_locks,
     })
 }
 
 /// Serves until the process ends.
 pub async fn serve(prepared: Prepared) -> std::io::Result<()> {
     tokio::spawn(crate::reconciler::cap_consoles(prepared.state.clone()));
+    let _locks = prepared.host_locks;
     let app = routes::router(prepared.state);
     axum::serve(prepared.listener, app).await
 }

@@ -51,6 +51,8 @@ pub struct Inner {
     pub manifests: ManifestCache,
     /// VM networking (links, egress policies, resolvers), or why there is none.
     pub network: crate::network::VmNetworking,
+    /// This installation's id (see [`crate::installation`]).
+    pub installation: rds_net::InstallationId,
 }
 
 impl AppState {
@@ -82,11 +84,20 @@ impl AppState {
             bridges: Bridges::default(),
             manifests: ManifestCache::default(),
             network: crate::network::VmNetworking::disabled("VM networking was not set up on this manager"),
+            // Replaced by the stored id through `with_installation` before the state is shared.
+            installation: rds_net::InstallationId::generate(),
         }))
     }
 }
 
 impl AppState {
+    /// Sets the installation id; only while building the state, before it is shared.
+    pub fn with_installation(mut self, installation: rds_net::InstallationId) -> Self {
+        Arc::get_mut(&mut self.0).expect("with_installation is called before the state is shared").installation =
+            installation;
+        self
+    }
+
     /// Installs the VM networking; only while building the state, before it is shared.
     pub fn with_network(mut self, network: crate::network::VmNetworking) -> Self {
         Arc::get_mut(&mut self.0).expect("with_network is called before the state is shared").network = network;

@@ -244,6 +244,9 @@ pub struct HealthView {
     pub runtime: String,
     pub isolation: String,
     pub capabilities: HostCapabilities,
+    /// This manager's installation id: part of the name of its cgroup group, nft table and VM
+    /// interfaces on the host.
+    pub installation_id: String,
 }
 
 /// `POST /v1/vms/{id}/files/upload` response, from the agent.

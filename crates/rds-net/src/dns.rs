@@ -14,6 +14,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::names::InstallationId;
 use crate::nft;
 use crate::policy::EgressPolicy;
 
@@ -38,8 +39,9 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    /// Binds `listen` and serves the VM whose address is `guest_ip` in slot `index`.
+    /// Binds `listen` and serves the VM whose address is `guest_ip` in slot `index` of installation `id`.
     pub async fn start(
+        id: InstallationId,
         index: u32,
         listen: SocketAddr,
         guest_ip: Ipv4Addr,
@@ -48,7 +50,7 @@ impl Resolver {
     ) -> std::io::Result<Resolver> {
         let socket = Arc::new(UdpSocket::bind(listen).await?);
         let (policy_tx, policy_rx) = watch::channel(Arc::new(policy));
-        let context = Arc::new(Context { index, guest_ip, upstreams, policy: policy_rx, socket });
+        let context = Arc::new(Context { id, index, guest_ip, upstreams, policy: policy_rx, socket });
         let task = tokio::spawn(serve(context));
         Ok(Resolver { policy: policy_tx, task })
     }
@@ -66,6 +68,7 @@ impl Drop for Resolver {
 }
 
 struct Context {
+    id: InstallationId,
     index: u32,
     guest_ip: Ipv4Addr,
     upstreams: Arc<Vec<SocketAddr>>,
@@ -125,7 +128,7 @@ async fn answer(context: &Context, raw: &[u8]) -> Option<Vec<u8>> {
         let learned = addresses_for(&name, &upstream_answer);
         if !learned.is_empty() {
             // Before replying, so the VM's first connection already passes.
-            if let Err(err) = nft::apply(nft::dns_elements_batch(context.index, &learned)).await {
+            if let Err(err) = nft::apply(nft::dns_elements_batch(&context.id, context.index, &learned)).await {
                 tracing::warn!(index = context.index, %err, "could not add resolved addresses to the VM's set");
             }
         }

@@ -8,9 +8,11 @@
 //! bind anti-spoofing to), and IPv6 `allowIps` entries are validated and recorded but inert.
 
 pub mod bench;
+pub mod claims;
 mod cmd;
 mod dns;
 pub mod link;
+pub mod names;
 mod nft;
 pub mod network;
 pub mod policy;
@@ -21,4 +23,6 @@ pub use cmd::ToolError;
 pub use link::LinkError;
 pub use network::{parse_resolv_conf, NetError, Network, NetworkConfig, OrphanReport};
 pub use policy::{DomainPattern, EgressPolicy, PolicyError, MAX_ENTRIES};
-pub use pool::{iface_name, mac_for, mac_string, AddressPool, PoolError, Slot, DEFAULT_VM_CIDR};
+pub use claims::{ClaimError, SlotClaims, DEFAULT_CLAIMS_DIR};
+pub use names::{BadInstallationId, InstallationId};
+pub use pool::{mac_for, mac_string, AddressPool, PoolError, Slot, DEFAULT_VM_CIDR};

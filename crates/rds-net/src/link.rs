@@ -1,7 +1,7 @@
 //! Host-side interfaces: a veth into a sandbox's network namespace, or a TAP for a VMM.
 //!
-//! Every interface is named `rdsv<slot>` and carries the alias `rds-vm:<vm id>`, so the
-//! reconciler can tell whose it is from the interface alone.
+//! Every interface is named `rds<installation id><slot>` and carries the alias `rds-vm:<vm id>`, so
+//! the reconciler can tell from the interface alone which installation and VM it belongs to.
 
 use std::fs::File;
 use std::net::Ipv4Addr;
@@ -9,7 +9,8 @@ use std::net::Ipv4Addr;
 use nix::sched::{setns, CloneFlags};
 
 use crate::cmd::{self, ToolError};
-use crate::pool::{index_from_iface, mac_string, Slot};
+use crate::names::InstallationId;
+use crate::pool::{mac_string, Slot};
 
 /// Prefix of the interface alias that records the owning VM id.
 const ALIAS_PREFIX: &str = "rds-vm:";
@@ -20,7 +21,7 @@ pub const GUEST_IFACE: &str = "eth0";
 /// A host interface of ours, as found on the system.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostLink {
-    /// Interface name (`rdsv<index>`).
+    /// Interface name (`rds<installation id><index>`).
     pub name: String,
     /// Slot index parsed from the name.
     pub index: u32,
@@ -52,46 +53,43 @@ pub enum LinkError {
     },
 }
 
-/// Creates `rdsv<idx>` on the host and `eth0` inside the namespace of `pid`, addressed and routed.
-pub async fn create_veth(vm_id: &str, slot: &Slot, pid: i32, mac: [u8; 6]) -> Result<(), LinkError> {
+/// Creates `host` on the host and `eth0` inside the namespace of `pid`, addressed and routed.
+pub async fn create_veth(host: &str, vm_id: &str, slot: &Slot, pid: i32, mac: [u8; 6]) -> Result<(), LinkError> {
     let netns = File::open(format!("/proc/{pid}/ns/net")).map_err(|source| LinkError::Namespace { pid, source })?;
-    let host = slot.iface();
-    delete(&host).await?;
+    delete(host).await?;
     let mac = mac_string(mac);
     let pid_text = pid.to_string();
     cmd::ip(&[
-        "link", "add", &host, "type", "veth", "peer", "name", GUEST_IFACE, "address", &mac, "netns", &pid_text,
+        "link", "add", host, "type", "veth", "peer", "name", GUEST_IFACE, "address", &mac, "netns", &pid_text,
     ])
     .await?;
     let configured = async {
-        configure_host_end(vm_id, slot).await?;
+        configure_host_end(host, vm_id, slot).await?;
         configure_guest_end(netns, pid, slot.guest_ip, slot.host_ip, slot.prefix).await
     };
     if let Err(err) = configured.await {
-        let _ = delete(&host).await;
+        let _ = delete(host).await;
         return Err(err);
     }
     Ok(())
 }
 
-/// Creates the TAP `rdsv<idx>` with the host address; the guest configures itself from its cmdline.
-pub async fn create_tap(vm_id: &str, slot: &Slot) -> Result<String, LinkError> {
-    let host = slot.iface();
-    delete(&host).await?;
-    cmd::ip(&["tuntap", "add", "dev", &host, "mode", "tap"]).await?;
-    if let Err(err) = configure_host_end(vm_id, slot).await {
-        let _ = delete(&host).await;
+/// Creates the TAP `host` with the host address; the guest configures itself from its cmdline.
+pub async fn create_tap(host: &str, vm_id: &str, slot: &Slot) -> Result<(), LinkError> {
+    delete(host).await?;
+    cmd::ip(&["tuntap", "add", "dev", host, "mode", "tap"]).await?;
+    if let Err(err) = configure_host_end(host, vm_id, slot).await {
+        let _ = delete(host).await;
         return Err(err);
     }
-    Ok(host)
+    Ok(())
 }
 
-async fn configure_host_end(vm_id: &str, slot: &Slot) -> Result<(), LinkError> {
-    let host = slot.iface();
+async fn configure_host_end(host: &str, vm_id: &str, slot: &Slot) -> Result<(), LinkError> {
     let addr = format!("{}/{}", slot.host_ip, slot.prefix);
     let alias = format!("{ALIAS_PREFIX}{vm_id}");
-    cmd::ip(&["addr", "add", &addr, "dev", &host]).await?;
-    cmd::ip(&["link", "set", "dev", &host, "alias", &alias, "up"]).await?;
+    cmd::ip(&["addr", "add", &addr, "dev", host]).await?;
+    cmd::ip(&["link", "set", "dev", host, "alias", &alias, "up"]).await?;
     Ok(())
 }
 
@@ -138,13 +136,13 @@ pub async fn delete(name: &str) -> Result<(), LinkError> {
     }
 }
 
-/// Lists the host interfaces named `rdsv<idx>`.
-pub async fn list() -> Result<Vec<HostLink>, LinkError> {
+/// Lists the host interfaces of installation `id` (`rds<id><idx>`); nobody else's.
+pub async fn list(id: &InstallationId) -> Result<Vec<HostLink>, LinkError> {
     let json = cmd::ip(&["-j", "link", "show"]).await?;
-    Ok(parse_link_list(&json))
+    Ok(parse_link_list(&json, id))
 }
 
-fn parse_link_list(json: &str) -> Vec<HostLink> {
+fn parse_link_list(json: &str, id: &InstallationId) -> Vec<HostLink> {
     let Ok(serde_json::Value::Array(links)) = serde_json::from_str::<serde_json::Value>(json) else {
         return Vec::new();
     };
@@ -152,7 +150,7 @@ fn parse_link_list(json: &str) -> Vec<HostLink> {
         .iter()
         .filter_map(|link| {
             let name = link.get("ifname")?.as_str()?;
-            let index = index_from_iface(name)?;
+            let index = id.index_from_iface(name)?;
             let vm_id = link
                 .get("ifalias")
                 .and_then(|alias| alias.as_str())
@@ -168,14 +166,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn link_listing_recovers_index_and_vm_id() {
-        let json = r#"[{"ifname":"lo"},{"ifname":"rdsv3","ifalias":"rds-vm:abc"},{"ifname":"rdsv4"},{"ifname":"rdsvx"}]"#;
-        let links = parse_link_list(json);
+    fn link_listing_recovers_index_and_vm_id_of_our_links_only() {
+        let id = InstallationId::parse("abcdef").unwrap();
+        let json = r#"[{"ifname":"lo"},{"ifname":"rdsabcdef3","ifalias":"rds-vm:abc"},{"ifname":"rdsabcdef4"},
+            {"ifname":"rdsabcdefx"},{"ifname":"rdsabcdeg5","ifalias":"rds-vm:theirs"},{"ifname":"rdsv6","ifalias":"rds-vm:old"}]"#;
+        let links = parse_link_list(json, &id);
         assert_eq!(
             links,
             vec![
-                HostLink { name: "rdsv3".into(), index: 3, vm_id: Some("abc".into()) },
-                HostLink { name: "rdsv4".into(), index: 4, vm_id: None },
+                HostLink { name: "rdsabcdef3".into(), index: 3, vm_id: Some("abc".into()) },
+                HostLink { name: "rdsabcdef4".into(), index: 4, vm_id: None },
             ]
         );
     }

@@ -3,13 +3,16 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
+use crate::claims::{ClaimError, SlotClaims, DEFAULT_CLAIMS_DIR};
 use crate::cmd::ToolError;
 use crate::dns::Resolver;
-use crate::link::{self, LinkError};
+use crate::link::{self, HostLink, LinkError};
+use crate::names::InstallationId;
 use crate::nft::{self, VmRules};
 use crate::policy::EgressPolicy;
 use crate::pool::{mac_for, AddressPool, PoolError, Slot};
@@ -22,17 +25,26 @@ const MAX_VM_ID_LEN: usize = 64;
 /// How the manager's network is set up.
 #[derive(Debug, Clone)]
 pub struct NetworkConfig {
+    /// The installation: part of the name of every host object (table, interfaces, claims).
+    pub installation: InstallationId,
     /// The VM address pool (`RDS_VM_CIDR`).
     pub pool: AddressPool,
     /// Where VM resolvers forward allowed queries.
     pub dns_upstreams: Vec<SocketAddr>,
+    /// The host-wide address claims directory (shared by every installation on the host).
+    pub claims_dir: PathBuf,
 }
 
 impl NetworkConfig {
-    /// A config over `pool` forwarding DNS to the host's resolvers from `/etc/resolv.conf`.
-    pub fn with_system_dns(pool: AddressPool) -> NetworkConfig {
+    /// A config for `installation` over `pool`, with no DNS upstreams and the default claims directory.
+    pub fn new(installation: InstallationId, pool: AddressPool) -> NetworkConfig {
+        NetworkConfig { installation, pool, dns_upstreams: Vec::new(), claims_dir: PathBuf::from(DEFAULT_CLAIMS_DIR) }
+    }
+
+    /// The same, forwarding DNS to the host's resolvers from `/etc/resolv.conf`.
+    pub fn with_system_dns(installation: InstallationId, pool: AddressPool) -> NetworkConfig {
         let text = std::fs::read_to_string(RESOLV_CONF).unwrap_or_default();
-        NetworkConfig { pool, dns_upstreams: parse_resolv_conf(&text) }
+        NetworkConfig { dns_upstreams: parse_resolv_conf(&text), ..NetworkConfig::new(installation, pool) }
     }
 }
 
@@ -63,6 +75,9 @@ pub enum NetError {
     /// A slot outside the pool.
     #[error(transparent)]
     Pool(#[from] PoolError),
+    /// The host-wide address claims could not be read or written.
+    #[error(transparent)]
+    Claim(#[from] ClaimError),
     /// The VM id cannot be used in interface aliases and rule comments.
     #[error("VM id {0:?} must be 1-64 characters of letters, digits, '-', '_' or '.'")]
     BadVmId(String),
@@ -107,17 +122,26 @@ struct VmState {
 
 /// Host networking for all VMs of one manager.
 pub struct Network {
+    id: InstallationId,
+    claims: SlotClaims,
     pool: AddressPool,
     upstreams: Arc<Vec<SocketAddr>>,
     vms: Mutex<HashMap<u32, VmState>>,
 }
 
 impl Network {
-    /// Ensures `table inet rds` (base chains, maps, sets) and enables IPv4 forwarding.
+    /// Ensures `table inet rds-<id>` (base chains, maps, sets) and enables IPv4 forwarding.
     pub async fn new(config: NetworkConfig) -> Result<Network, NetError> {
-        nft::apply(nft::base_batch()).await?;
+        let id = config.installation;
+        nft::apply(nft::base_batch(&id)).await?;
         std::fs::write("/proc/sys/net/ipv4/ip_forward", b"1").map_err(NetError::Forwarding)?;
-        Ok(Network { pool: config.pool, upstreams: Arc::new(config.dns_upstreams), vms: Mutex::new(HashMap::new()) })
+        Ok(Network {
+            claims: SlotClaims::new(config.claims_dir, id.clone()),
+            id,
+            pool: config.pool,
+            upstreams: Arc::new(config.dns_upstreams),
+            vms: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The address pool.
@@ -125,20 +149,67 @@ impl Network {
         &self.pool
     }
 
-    /// Creates a veth pair: `rdsv<idx>` on the host, `eth0` (guest_ip/30, default route via
+    /// The installation this network belongs to.
+    pub fn installation(&self) -> &InstallationId {
+        &self.id
+    }
+
+    /// This installation's nftables table (family `inet`).
+    pub fn nft_table(&self) -> String {
+        self.id.nft_table()
+    }
+
+    /// The host-side interface name of `slot` (`rds<id><index>`).
+    pub fn iface_name(&self, slot: &Slot) -> String {
+        self.id.iface_name(slot.index)
+    }
+
+    /// This installation's host interfaces (nobody else's).
+    pub async fn links(&self) -> Result<Vec<HostLink>, NetError> {
+        Ok(link::list(&self.id).await?)
+    }
+
+    /// Claims `slot`'s addresses host-wide: `true` when they are this installation's (now or
+    /// already), `false` when another installation on this host holds them.
+    pub fn claim_slot(&self, slot: &Slot) -> Result<bool, NetError> {
+        self.pool.slot(slot.index)?;
+        Ok(self.claims.claim(slot)?)
+    }
+
+    /// Gives up this installation's claim of `slot` (never another's).
+    pub fn release_slot(&self, slot: &Slot) -> Result<(), NetError> {
+        Ok(self.claims.release(slot)?)
+    }
+
+    /// The installation holding `slot`'s addresses host-wide, if any.
+    pub fn slot_holder(&self, slot: &Slot) -> Result<Option<String>, NetError> {
+        Ok(self.claims.holder(slot)?)
+    }
+
+    /// Releases this installation's claims of every slot not in `held` (pool indexes); returns
+    /// the /30 network addresses released.
+    pub fn release_claims_except(&self, held: &HashSet<u32>) -> Result<Vec<Ipv4Addr>, NetError> {
+        let networks: HashSet<Ipv4Addr> =
+            held.iter().filter_map(|index| self.pool.slot(*index).ok()).map(|slot| slot.network()).collect();
+        Ok(self.claims.release_all_but(&networks)?)
+    }
+
+    /// Creates a veth pair: `rds<id><idx>` on the host, `eth0` (guest_ip/30, default route via
     /// host_ip, MAC from the VM id) in the network namespace of `netns_of_pid`. Until
     /// `apply_policy` runs, every packet from it is dropped.
     pub async fn attach_veth(&self, vm_id: &str, slot: &Slot, netns_of_pid: i32) -> Result<(), NetError> {
         self.check(vm_id, slot)?;
-        link::create_veth(vm_id, slot, netns_of_pid, mac_for(vm_id)).await?;
+        link::create_veth(&self.iface_name(slot), vm_id, slot, netns_of_pid, mac_for(vm_id)).await?;
         Ok(())
     }
 
-    /// Creates the TAP `rdsv<idx>` with host_ip/30 and returns its name (for the VMM config).
+    /// Creates the TAP `rds<id><idx>` with host_ip/30 and returns its name (for the VMM config).
     /// Until `apply_policy` runs, every packet from it is dropped.
     pub async fn attach_tap(&self, vm_id: &str, slot: &Slot) -> Result<String, NetError> {
         self.check(vm_id, slot)?;
-        Ok(link::create_tap(vm_id, slot).await?)
+        let name = self.iface_name(slot);
+        link::create_tap(&name, vm_id, slot).await?;
+        Ok(name)
     }
 
     /// Enforces `policy` for the VM in one atomic nft batch and points its resolver at it.
@@ -151,7 +222,7 @@ impl Network {
             !state.policy.filters_domains() || state.policy.allow_domains != policy.allow_domains
         });
         let epoch = rand::random::<u32>() | 1;
-        let rules = VmRules { vm_id, slot, pool: self.pool.cidr(), policy, epoch, flush_dns };
+        let rules = VmRules { id: &self.id, vm_id, slot, pool: self.pool.cidr(), policy, epoch, flush_dns };
         if let Err(err) = nft::apply(nft::vm_batch(&rules)).await {
             if let Some(state) = previous {
                 vms.insert(slot.index, state);
@@ -167,7 +238,7 @@ impl Network {
             (true, None) => {
                 let addr = SocketAddr::from((slot.host_ip, 53));
                 let started =
-                    Resolver::start(slot.index, addr, slot.guest_ip, self.upstreams.clone(), policy.clone()).await;
+                    Resolver::start(self.id.clone(), slot.index, addr, slot.guest_ip, self.upstreams.clone(), policy.clone()).await;
                 match started {
                     Ok(resolver) => Some(resolver),
                     Err(source) => {
@@ -188,11 +259,13 @@ impl Network {
         self.remove_slot(slot.index).await
     }
 
-    /// Removes chains, sets and interfaces that belong to no VM in `known` (by VM id). Call it at
-    /// manager start, after re-adopting live VMs and before creating new ones.
+    /// Removes chains, sets and interfaces of this installation that belong to no VM in `known`
+    /// (by VM id). Only this installation's table and interfaces are looked at: another
+    /// installation's (or anything else on the host) is never touched. Call it at manager start,
+    /// after re-adopting live VMs and before creating new ones.
     pub async fn remove_orphans(&self, known: &HashSet<String>) -> Result<OrphanReport, NetError> {
         let mut report = OrphanReport::default();
-        if let Some(listing) = nft::list_table().await? {
+        if let Some(listing) = nft::list_table(&self.id).await? {
             for (index, vm_id) in nft::inventory(&listing).vms {
                 if !vm_id.is_some_and(|id| known.contains(&id)) {
                     self.remove_slot(index).await?;
@@ -200,7 +273,7 @@ impl Network {
                 }
             }
         }
-        for found in link::list().await? {
+        for found in link::list(&self.id).await? {
             if !found.vm_id.as_ref().is_some_and(|id| known.contains(id)) {
                 self.vms.lock().await.remove(&found.index);
                 link::delete(&found.name).await?;
@@ -214,8 +287,8 @@ impl Network {
         // Stop the resolver first so it cannot add to sets being deleted.
         self.vms.lock().await.remove(&index);
         let guest_ip = self.pool.slot(index).map_or(Ipv4Addr::UNSPECIFIED, |slot| slot.guest_ip);
-        nft::apply(nft::remove_vm_batch(index, guest_ip)).await?;
-        link::delete(&crate::pool::iface_name(index)).await?;
+        nft::apply(nft::remove_vm_batch(&self.id, index, guest_ip)).await?;
+        link::delete(&self.id.iface_name(index)).await?;
         Ok(())
     }
 

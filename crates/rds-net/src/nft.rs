@@ -1,10 +1,11 @@
 //! nftables: builds JSON batches (libnftables-json(5)) and applies each atomically with
-//! `nft -j -f -`. Everything lives in `table inet rds`; nothing else on the host is touched.
+//! `nft -j -f -`. Everything lives in the installation's own `table inet rds-<id>`; nothing else
+//! on the host (another installation's table included) is touched.
 //!
 //! Layout:
 //! * base chains `forward`, `input` (filter) and `postrouting` (nat) dispatch packets from
-//!   `rdsv<idx>` through the verdict maps `vm-fwd` / `vm-in` to the VM's chains
-//!   `vm-<idx>-fwd` / `vm-<idx>-in`; an `rdsv*` interface without a map entry is dropped.
+//!   `rds<id><idx>` through the verdict maps `vm-fwd` / `vm-in` to the VM's chains
+//!   `vm-<idx>-fwd` / `vm-<idx>-in`; an `rds<id>*` interface without a map entry is dropped.
 //! * per VM: sets `vm-<idx>-allow4|allow6|private4|dns4`; the first rule of each VM chain
 //!   carries the comment `vm=<id>` so orphans can be traced back to their VM.
 
@@ -17,12 +18,11 @@ use tokio::sync::Mutex;
 
 use crate::cmd::{self, ToolError};
 use crate::policy::EgressPolicy;
-use crate::pool::{Slot, IFACE_PREFIX};
+use crate::names::InstallationId;
+use crate::pool::Slot;
 
-/// Table family and name.
+/// Table family.
 const FAMILY: &str = "inet";
-/// Our table.
-pub const TABLE: &str = "rds";
 /// Most addresses a VM's resolver may add to its dynamic set.
 pub const DNS_SET_SIZE: u32 = 1024;
 
@@ -54,18 +54,19 @@ pub async fn apply(commands: Vec<Value>) -> Result<(), ToolError> {
     cmd::run("nft", &["-j", "-f", "-"], Some(batch.as_bytes())).await.map(|_| ())
 }
 
-/// `nft -j list table inet rds`, or `None` when the table does not exist.
-pub async fn list_table() -> Result<Option<Value>, ToolError> {
+/// `nft -j list table inet rds-<id>`, or `None` when the table does not exist.
+pub async fn list_table(id: &InstallationId) -> Result<Option<Value>, ToolError> {
+    let table = id.nft_table();
     let _guard = NFT_LOCK.lock().await;
-    match cmd::run("nft", &["-j", "list", "table", FAMILY, TABLE], None).await {
+    match cmd::run("nft", &["-j", "list", "table", FAMILY, &table], None).await {
         Ok(text) => Ok(serde_json::from_str(&text).ok()),
         Err(err) if err.is_not_found() => Ok(None),
         Err(err) => Err(err),
     }
 }
 
-fn obj(kind: &str, name: &str) -> Value {
-    json!({ kind: { "family": FAMILY, "table": TABLE, "name": name } })
+fn obj(t: &str, kind: &str, name: &str) -> Value {
+    json!({ kind: { "family": FAMILY, "table": t, "name": name } })
 }
 
 fn with(mut base: Value, kind: &str, extra: Value) -> Value {
@@ -86,16 +87,16 @@ fn delete(what: Value) -> Value {
     json!({ "delete": what })
 }
 
-fn rule(chain: &str, expr: Vec<Value>) -> Value {
-    add(json!({ "rule": { "family": FAMILY, "table": TABLE, "chain": chain, "expr": expr } }))
+fn rule(t: &str, chain: &str, expr: Vec<Value>) -> Value {
+    add(json!({ "rule": { "family": FAMILY, "table": t, "chain": chain, "expr": expr } }))
 }
 
-fn rule_with_comment(chain: &str, expr: Vec<Value>, comment: &str) -> Value {
-    add(json!({ "rule": { "family": FAMILY, "table": TABLE, "chain": chain, "expr": expr, "comment": comment } }))
+fn rule_with_comment(t: &str, chain: &str, expr: Vec<Value>, comment: &str) -> Value {
+    add(json!({ "rule": { "family": FAMILY, "table": t, "chain": chain, "expr": expr, "comment": comment } }))
 }
 
-fn elements(set: &str, elem: Vec<Value>) -> Value {
-    json!({ "element": { "family": FAMILY, "table": TABLE, "name": set, "elem": elem } })
+fn elements(t: &str, set: &str, elem: Vec<Value>) -> Value {
+    json!({ "element": { "family": FAMILY, "table": t, "name": set, "elem": elem } })
 }
 
 fn matches(op: &str, left: Value, right: Value) -> Value {
@@ -119,51 +120,51 @@ fn ct_established() -> Value {
 fn set_ct_mark(mark: u32) -> Value {
     json!({ "mangle": { "key": { "ct": { "key": "mark" } }, "value": mark } })
 }
-fn iface_wildcard() -> String {
-    format!("{IFACE_PREFIX}*")
-}
-
-fn interval_set(name: &str, addr_type: &str) -> Value {
-    with(obj("set", name), "set", json!({ "type": addr_type, "flags": ["interval"] }))
+fn interval_set(t: &str, name: &str, addr_type: &str) -> Value {
+    with(obj(t, "set", name), "set", json!({ "type": addr_type, "flags": ["interval"] }))
 }
 
 /// Creates (or refreshes) the table, base chains, maps and static sets. Keeps VM chains and
 /// map entries, so a restarted manager re-adopts running VMs without a gap.
-pub fn base_batch() -> Vec<Value> {
-    let wildcard = iface_wildcard();
+pub fn base_batch(id: &InstallationId) -> Vec<Value> {
+    let table = id.nft_table();
+    let t = table.as_str();
+    let wildcard = id.iface_wildcard();
     let special: Vec<Value> =
         SPECIAL_V4.iter().map(|cidr| prefix(&cidr.parse::<IpNet>().expect("static CIDR"))).collect();
     let mut batch = vec![
-        add(json!({ "table": { "family": FAMILY, "name": TABLE } })),
-        add(interval_set("special4", "ipv4_addr")),
-        flush(obj("set", "special4")),
-        add(elements("special4", special)),
-        add(with(obj("set", "masq4"), "set", json!({ "type": "ipv4_addr" }))),
-        add(with(obj("map", "vm-fwd"), "map", json!({ "type": "ifname", "map": "verdict" }))),
-        add(with(obj("map", "vm-in"), "map", json!({ "type": "ifname", "map": "verdict" }))),
+        add(json!({ "table": { "family": FAMILY, "name": t } })),
+        add(interval_set(t, "special4", "ipv4_addr")),
+        flush(obj(t, "set", "special4")),
+        add(elements(t, "special4", special)),
+        add(with(obj(t, "set", "masq4"), "set", json!({ "type": "ipv4_addr" }))),
+        add(with(obj(t, "map", "vm-fwd"), "map", json!({ "type": "ifname", "map": "verdict" }))),
+        add(with(obj(t, "map", "vm-in"), "map", json!({ "type": "ifname", "map": "verdict" }))),
     ];
     for (name, kind, hook, prio) in
         [("forward", "filter", "forward", 0), ("input", "filter", "input", 0), ("postrouting", "nat", "postrouting", 100)]
     {
         batch.push(add(with(
-            obj("chain", name),
+            obj(t, "chain", name),
             "chain",
             json!({ "type": kind, "hook": hook, "prio": prio, "policy": "accept" }),
         )));
-        batch.push(flush(obj("chain", name)));
+        batch.push(flush(obj(t, "chain", name)));
     }
     let from_vm = |m: &str| matches("==", meta("iifname"), json!(m));
     batch.extend([
-        rule("forward", vec![json!({ "vmap": { "key": meta("iifname"), "data": "@vm-fwd" } })]),
-        rule("forward", vec![from_vm(&wildcard), verdict("drop")]),
+        rule(t, "forward", vec![json!({ "vmap": { "key": meta("iifname"), "data": "@vm-fwd" } })]),
+        rule(t, "forward", vec![from_vm(&wildcard), verdict("drop")]),
         rule(
+            t,
             "forward",
             vec![matches("==", meta("oifname"), json!(wildcard)), ct_established(), verdict("accept")],
         ),
-        rule("forward", vec![matches("==", meta("oifname"), json!(wildcard)), verdict("drop")]),
-        rule("input", vec![json!({ "vmap": { "key": meta("iifname"), "data": "@vm-in" } })]),
-        rule("input", vec![from_vm(&wildcard), verdict("drop")]),
+        rule(t, "forward", vec![matches("==", meta("oifname"), json!(wildcard)), verdict("drop")]),
+        rule(t, "input", vec![json!({ "vmap": { "key": meta("iifname"), "data": "@vm-in" } })]),
+        rule(t, "input", vec![from_vm(&wildcard), verdict("drop")]),
         rule(
+            t,
             "postrouting",
             vec![
                 matches("==", field("ip", "saddr"), json!("@masq4")),
@@ -206,13 +207,13 @@ impl VmObjects {
     }
 
     /// The definitions of the VM's sets (identical on every `add`, or nft refuses it).
-    fn set_definitions(&self) -> Vec<Value> {
+    fn set_definitions(&self, t: &str) -> Vec<Value> {
         vec![
-            interval_set(&self.allow4, "ipv4_addr"),
-            interval_set(&self.allow6, "ipv6_addr"),
-            interval_set(&self.private4, "ipv4_addr"),
+            interval_set(t, &self.allow4, "ipv4_addr"),
+            interval_set(t, &self.allow6, "ipv6_addr"),
+            interval_set(t, &self.private4, "ipv4_addr"),
             with(
-                obj("set", &self.dns4),
+                obj(t, "set", &self.dns4),
                 "set",
                 json!({ "type": "ipv4_addr", "flags": ["timeout"], "size": DNS_SET_SIZE }),
             ),
@@ -226,6 +227,8 @@ impl VmObjects {
 
 /// Everything `apply_policy` needs to build a VM's batch.
 pub struct VmRules<'a> {
+    /// The installation (its table and interface names).
+    pub id: &'a InstallationId,
     /// VM id (recorded in a rule comment).
     pub vm_id: &'a str,
     /// The VM's addresses.
@@ -242,31 +245,33 @@ pub struct VmRules<'a> {
 
 /// One atomic batch that (re)creates a VM's chains and sets and hooks them up.
 pub fn vm_batch(rules: &VmRules<'_>) -> Vec<Value> {
-    let VmRules { vm_id, slot, pool, policy, epoch, flush_dns } = *rules;
+    let VmRules { id, vm_id, slot, pool, policy, epoch, flush_dns } = *rules;
+    let table = id.nft_table();
+    let t = table.as_str();
     let names = VmObjects::for_index(slot.index);
-    let iface = slot.iface();
+    let iface = id.iface_name(slot.index);
     let egress = policy.outbound_internet;
     let comment = format!("vm={vm_id}");
     let mut batch = Vec::new();
 
     for chain in [&names.fwd, &names.input] {
-        batch.push(add(obj("chain", chain)));
-        batch.push(flush(obj("chain", chain)));
+        batch.push(add(obj(t, "chain", chain)));
+        batch.push(flush(obj(t, "chain", chain)));
     }
     let (v4, v6, private4) = split_allow(policy);
-    batch.extend(names.set_definitions().into_iter().map(add));
+    batch.extend(names.set_definitions(t).into_iter().map(add));
     for (set, members) in [
         (&names.allow4, v4.iter().map(|n| prefix(&IpNet::V4(*n))).collect::<Vec<_>>()),
         (&names.allow6, v6.iter().map(|n| prefix(&IpNet::V6(*n))).collect()),
         (&names.private4, private4.iter().map(|n| prefix(&IpNet::V4(*n))).collect()),
     ] {
-        batch.push(flush(obj("set", set)));
+        batch.push(flush(obj(t, "set", set)));
         if egress && !members.is_empty() {
-            batch.push(add(elements(set, members)));
+            batch.push(add(elements(t, set, members)));
         }
     }
     if flush_dns || !policy.filters_domains() {
-        batch.push(flush(obj("set", &names.dns4)));
+        batch.push(flush(obj(t, "set", &names.dns4)));
     }
 
     let guest = slot.guest_ip.to_string();
@@ -274,10 +279,11 @@ pub fn vm_batch(rules: &VmRules<'_>) -> Vec<Value> {
     let spoofed = vec![matches("!=", field("ip", "saddr"), json!(guest)), verdict("drop")];
 
     // Packets to the host itself: only DNS to this VM's own resolver, and only with egress.
-    batch.push(rule_with_comment(&names.input, not_ipv4.clone(), &comment));
-    batch.push(rule(&names.input, spoofed.clone()));
+    batch.push(rule_with_comment(t, &names.input, not_ipv4.clone(), &comment));
+    batch.push(rule(t, &names.input, spoofed.clone()));
     if egress {
         batch.push(rule(
+            t,
             &names.input,
             vec![
                 matches("==", field("ip", "daddr"), json!(slot.host_ip.to_string())),
@@ -287,16 +293,17 @@ pub fn vm_batch(rules: &VmRules<'_>) -> Vec<Value> {
             ],
         ));
     }
-    batch.push(rule(&names.input, vec![verdict("drop")]));
+    batch.push(rule(t, &names.input, vec![verdict("drop")]));
 
     // Forwarded packets: hard drops first, then this policy generation's allowances.
     let daddr = || field("ip", "daddr");
     let net = |n: &str| prefix(&n.parse::<IpNet>().expect("static CIDR"));
-    batch.push(rule_with_comment(&names.fwd, not_ipv4, &comment));
-    batch.push(rule(&names.fwd, spoofed));
-    batch.push(rule(&names.fwd, vec![matches("==", daddr(), net(METADATA_V4)), verdict("drop")]));
-    batch.push(rule(&names.fwd, vec![matches("==", daddr(), prefix(&IpNet::V4(pool))), verdict("drop")]));
+    batch.push(rule_with_comment(t, &names.fwd, not_ipv4, &comment));
+    batch.push(rule(t, &names.fwd, spoofed));
+    batch.push(rule(t, &names.fwd, vec![matches("==", daddr(), net(METADATA_V4)), verdict("drop")]));
+    batch.push(rule(t, &names.fwd, vec![matches("==", daddr(), prefix(&IpNet::V4(pool))), verdict("drop")]));
     batch.push(rule(
+        t,
         &names.fwd,
         vec![
             matches("==", meta("l4proto"), json!({ "set": ["tcp", "udp"] })),
@@ -306,8 +313,9 @@ pub fn vm_batch(rules: &VmRules<'_>) -> Vec<Value> {
     ));
     if egress {
         let mark = json!({ "ct": { "key": "mark" } });
-        batch.push(rule(&names.fwd, vec![ct_established(), matches("==", mark, json!(epoch)), verdict("accept")]));
+        batch.push(rule(t, &names.fwd, vec![ct_established(), matches("==", mark, json!(epoch)), verdict("accept")]));
         batch.push(rule(
+            t,
             &names.fwd,
             vec![
                 matches("==", daddr(), json!("@special4")),
@@ -317,17 +325,18 @@ pub fn vm_batch(rules: &VmRules<'_>) -> Vec<Value> {
         ));
         for set in [&names.allow4, &names.dns4] {
             batch.push(rule(
+                t,
                 &names.fwd,
                 vec![matches("==", daddr(), json!(format!("@{set}"))), set_ct_mark(epoch), verdict("accept")],
             ));
         }
     }
-    batch.push(rule(&names.fwd, vec![verdict("drop")]));
+    batch.push(rule(t, &names.fwd, vec![verdict("drop")]));
 
     for (map, chain) in [("vm-fwd", &names.fwd), ("vm-in", &names.input)] {
-        batch.push(add(elements(map, vec![json!([iface, { "jump": { "target": chain } }])])));
+        batch.push(add(elements(t, map, vec![json!([iface, { "jump": { "target": chain } }])])));
     }
-    let masq = elements("masq4", vec![json!(guest)]);
+    let masq = elements(t, "masq4", vec![json!(guest)]);
     batch.push(add(masq.clone()));
     if !egress {
         batch.push(delete(masq));
@@ -336,43 +345,47 @@ pub fn vm_batch(rules: &VmRules<'_>) -> Vec<Value> {
 }
 
 /// Removes everything of slot `index` (absent objects are fine: each is ensured, then deleted).
-pub fn remove_vm_batch(index: u32, guest_ip: Ipv4Addr) -> Vec<Value> {
+pub fn remove_vm_batch(id: &InstallationId, index: u32, guest_ip: Ipv4Addr) -> Vec<Value> {
+    let table = id.nft_table();
+    let t = table.as_str();
     let names = VmObjects::for_index(index);
-    let iface = format!("{IFACE_PREFIX}{index}");
+    let iface = id.iface_name(index);
     let mut batch = Vec::new();
     for chain in [&names.fwd, &names.input] {
-        batch.push(add(obj("chain", chain)));
-        batch.push(flush(obj("chain", chain)));
+        batch.push(add(obj(t, "chain", chain)));
+        batch.push(flush(obj(t, "chain", chain)));
     }
     for (map, chain) in [("vm-fwd", &names.fwd), ("vm-in", &names.input)] {
-        let entry = elements(map, vec![json!([iface, { "jump": { "target": chain } }])]);
+        let entry = elements(t, map, vec![json!([iface, { "jump": { "target": chain } }])]);
         batch.push(add(entry.clone()));
         batch.push(delete(entry));
     }
     for chain in [&names.fwd, &names.input] {
-        batch.push(delete(obj("chain", chain)));
+        batch.push(delete(obj(t, "chain", chain)));
     }
     // Ensure with the exact definitions (a differing `add set` fails), then delete.
-    batch.extend(names.set_definitions().into_iter().map(add));
+    batch.extend(names.set_definitions(t).into_iter().map(add));
     for set in names.sets() {
-        batch.push(delete(obj("set", set)));
+        batch.push(delete(obj(t, "set", set)));
     }
-    let masq = elements("masq4", vec![json!(guest_ip.to_string())]);
+    let masq = elements(t, "masq4", vec![json!(guest_ip.to_string())]);
     batch.push(add(masq.clone()));
     batch.push(delete(masq));
     batch
 }
 
 /// Adds (or refreshes the timeout of) resolver-learned addresses in a VM's dynamic set.
-pub fn dns_elements_batch(index: u32, learned: &[(Ipv4Addr, u32)]) -> Vec<Value> {
+pub fn dns_elements_batch(id: &InstallationId, index: u32, learned: &[(Ipv4Addr, u32)]) -> Vec<Value> {
+    let table = id.nft_table();
+    let t = table.as_str();
     let set = VmObjects::for_index(index).dns4;
     let mut batch = Vec::new();
     for (addr, timeout) in learned {
-        let plain = elements(&set, vec![json!(addr.to_string())]);
+        let plain = elements(t, &set, vec![json!(addr.to_string())]);
         // add + delete + add: idempotent and resets the timeout of an existing element.
         batch.push(add(plain.clone()));
         batch.push(delete(plain));
-        batch.push(add(elements(&set, vec![json!({ "elem": { "val": addr.to_string(), "timeout": timeout } })])));
+        batch.push(add(elements(t, &set, vec![json!({ "elem": { "val": addr.to_string(), "timeout": timeout } })])));
     }
     batch
 }
@@ -438,6 +451,49 @@ fn vm_index(name: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pool::AddressPool;
+
+    /// Every table named anywhere in `value` (`"table"` fields, and `add table` objects).
+    fn tables(value: &Value, found: &mut BTreeSet<String>) {
+        match value {
+            Value::Object(map) => {
+                for (key, inner) in map {
+                    match (key.as_str(), inner) {
+                        ("table", Value::String(name)) => {
+                            found.insert(name.clone());
+                        }
+                        ("table", Value::Object(table)) => {
+                            found.insert(table["name"].as_str().unwrap_or_default().to_string());
+                        }
+                        _ => tables(inner, found),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|item| tables(item, found)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_batch_names_only_its_own_installation() {
+        let id = InstallationId::parse("abcdef").unwrap();
+        let pool = AddressPool::default();
+        let slot = pool.slot(3).unwrap();
+        let policy = EgressPolicy::from_request(Some(true), &["8.8.8.8".into()], &["example.com".into()]).unwrap();
+        let rules = VmRules { id: &id, vm_id: "vm-1", slot: &slot, pool: pool.cidr(), policy: &policy, epoch: 1, flush_dns: true };
+        let learned = [("93.184.216.34".parse().unwrap(), 60)];
+        for batch in [base_batch(&id), vm_batch(&rules), remove_vm_batch(&id, 3, slot.guest_ip), dns_elements_batch(&id, 3, &learned)] {
+            let mut found = BTreeSet::new();
+            tables(&Value::Array(batch.clone()), &mut found);
+            assert_eq!(found, BTreeSet::from(["rds-abcdef".to_string()]), "{batch:?}");
+            let text = Value::Array(batch).to_string();
+            assert!(!text.contains("rdsv"), "{text}");
+        }
+        let text = Value::Array(vm_batch(&rules)).to_string();
+        assert!(text.contains("\"rdsabcdef3\""), "the VM's interface is named with the id: {text}");
+        let text = Value::Array(base_batch(&id)).to_string();
+        assert!(text.contains("\"rdsabcdef*\""), "the catch-all drop covers only our interfaces: {text}");
+    }
 
     #[test]
     fn inventory_recovers_vm_ids_from_rule_comments() {

@@ -12,8 +12,9 @@ pub const DEFAULT_VM_CIDR: &str = "10.213.0.0/16";
 /// Prefix length of every slot.
 pub const SLOT_PREFIX: u8 = 30;
 
-/// Prefix of host-side interface names; `rdsv<index>` is at most 14 characters.
-pub const IFACE_PREFIX: &str = "rdsv";
+/// Shortest pool prefix: a /11 holds 2^19 slots, whose indexes fit in interface names
+/// ([`crate::names::MAX_SLOT_INDEX`]).
+pub const MIN_POOL_PREFIX: u8 = 11;
 
 /// Why a pool or slot could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,6 +22,9 @@ pub enum PoolError {
     /// The configured CIDR is too small to hold even one /30.
     #[error("VM CIDR {0} is smaller than a /30; use a prefix of 30 or less (e.g. 10.213.0.0/16)")]
     TooSmall(Ipv4Net),
+    /// The configured CIDR holds more slots than interface names can number.
+    #[error("VM CIDR {0} is larger than a /11 (interface names number at most 2^19 VMs); use a prefix of 11 or more (e.g. 10.213.0.0/16)")]
+    TooLarge(Ipv4Net),
     /// A slot index beyond the pool's end.
     #[error("slot {index} is outside VM CIDR {cidr} (which has {capacity} slots)")]
     OutOfRange {
@@ -53,24 +57,10 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// Host-side interface name for this slot (`rdsv<index>`, ≤ 15 bytes).
-    pub fn iface(&self) -> String {
-        iface_name(self.index)
+    /// The /30's network address: the name of its host-wide claim.
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.host_ip) - 1)
     }
-}
-
-/// Host-side interface name for a slot index.
-pub fn iface_name(index: u32) -> String {
-    format!("{IFACE_PREFIX}{index}")
-}
-
-/// The slot index encoded in a host-side interface name, if it is one of ours.
-pub fn index_from_iface(name: &str) -> Option<u32> {
-    let digits = name.strip_prefix(IFACE_PREFIX)?;
-    if digits.is_empty() || (digits.len() > 1 && digits.starts_with('0')) {
-        return None;
-    }
-    digits.parse().ok()
 }
 
 impl AddressPool {
@@ -78,6 +68,9 @@ impl AddressPool {
     pub fn new(cidr: Ipv4Net) -> Result<AddressPool, PoolError> {
         if cidr.prefix_len() > SLOT_PREFIX {
             return Err(PoolError::TooSmall(cidr));
+        }
+        if cidr.prefix_len() < MIN_POOL_PREFIX {
+            return Err(PoolError::TooLarge(cidr));
         }
         Ok(AddressPool { cidr: cidr.trunc() })
     }
@@ -109,8 +102,13 @@ impl AddressPool {
 
     /// The lowest index not in `taken`, or `None` when the pool is exhausted.
     pub fn first_free(&self, taken: &[u32]) -> Option<u32> {
+        self.free(taken).next()
+    }
+
+    /// Every index not in `taken`, ascending.
+    pub fn free(&self, taken: &[u32]) -> impl Iterator<Item = u32> {
         let taken: HashSet<u32> = taken.iter().copied().collect();
-        (0..self.capacity()).find(|index| !taken.contains(index))
+        (0..self.capacity()).filter(move |index| !taken.contains(index))
     }
 }
 
@@ -181,11 +179,16 @@ mod tests {
     }
 
     #[test]
-    fn interface_names_fit_and_round_trip() {
-        assert_eq!(iface_name(u32::MAX).len(), 14);
-        assert_eq!(index_from_iface(&iface_name(42)), Some(42));
-        assert_eq!(index_from_iface("rdsv007"), None);
-        assert_eq!(index_from_iface("eth0"), None);
+    fn pools_beyond_what_interface_names_number_are_rejected() {
+        assert!(matches!(AddressPool::new("10.0.0.0/10".parse().unwrap()), Err(PoolError::TooLarge(_))));
+        let largest = pool("10.0.0.0/11");
+        assert!(largest.capacity() - 1 <= crate::names::MAX_SLOT_INDEX);
+    }
+
+    #[test]
+    fn a_slot_is_claimed_by_its_network_address() {
+        let slot = AddressPool::default().slot(3).unwrap();
+        assert_eq!(slot.network(), "10.213.0.12".parse::<Ipv4Addr>().unwrap());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::ResponseCode;
-use rds_net::{bench_apply, AddressPool, EgressPolicy, Slot};
+use rds_net::{bench_apply, AddressPool, EgressPolicy, InstallationId, Network, NetworkConfig, Slot};
 use support::*;
 
 const X: Ipv4Addr = Ipv4Addr::new(11, 22, 33, 10);
@@ -217,11 +217,30 @@ fn vm_egress_follows_policy_in_a_namespace_topology() {
             Ok::<_, rds_net::NetError>(tap)
         })
         .expect("tap");
-    assert_eq!(tap, "rdsv2");
-    let tap_addr = sh("ip", &["-n", &host, "-j", "addr", "show", "dev", "rdsv2"]);
+    let tap_name = hostside.id.iface_name(2);
+    assert_eq!(tap, tap_name);
+    assert!(tap.len() <= 15, "{tap}");
+    let tap_addr = sh("ip", &["-n", &host, "-j", "addr", "show", "dev", &tap_name]);
     assert!(tap_addr.contains("10.213.0.9"), "tap address: {tap_addr}");
 
-    // 10. Reconciliation: known VMs are kept; detach + remove_orphans leaves nothing behind.
+    // 10. Reconciliation: known VMs are kept; detach + remove_orphans leaves nothing behind, and
+    // never touches a second installation's table, interfaces or unrelated `rds`-looking links.
+    let other = InstallationId::generate();
+    let other_table = other.nft_table();
+    let foreign = hostside
+        .run({
+            let other = other.clone();
+            move |_net| async move {
+                let theirs = Network::new(NetworkConfig::new(other, AddressPool::default())).await?;
+                let slot = AddressPool::default().slot(9).unwrap();
+                let tap = theirs.attach_tap("vm-foreign", &slot).await?;
+                theirs.apply_policy("vm-foreign", &slot, &policy(true, &["11.22.33.10"], &[])).await?;
+                Ok::<_, rds_net::NetError>(tap)
+            }
+        })
+        .expect("a second installation's VM");
+    sh("ip", &["-n", &host, "link", "add", "rdsv5", "type", "veth", "peer", "name", "rdsv5p"]);
+    sh("ip", &["-n", &host, "link", "set", "rdsv5", "alias", "rds-vm:someone-else"]);
     let kept = hostside
         .run(|net| async move {
             let known: HashSet<String> = ["vm-one", "vm-two", "vm-three"].map(String::from).into();
@@ -237,7 +256,8 @@ fn vm_egress_follows_policy_in_a_namespace_topology() {
         })
         .expect("detach + remove_orphans");
     assert_eq!(report.rules_removed, vec![1, 2], "orphan rules: {report:?}");
-    let ruleset = sh("ip", &["netns", "exec", &host, "nft", "-j", "list", "ruleset"]);
+    let ours = hostside.id.nft_table();
+    let ruleset = sh("ip", &["netns", "exec", &host, "nft", "-j", "list", "table", "inet", &ours]);
     let listing: serde_json::Value = serde_json::from_str(&ruleset).unwrap();
     for item in listing["nftables"].as_array().unwrap() {
         for kind in ["chain", "set", "map"] {
@@ -250,11 +270,17 @@ fn vm_egress_follows_policy_in_a_namespace_topology() {
         }
     }
     let links = sh("ip", &["-n", &host, "-o", "link", "show"]);
-    assert!(!links.contains("rdsv"), "VM interfaces left behind:\n{links}");
+    assert!(!links.contains(&hostside.id.iface_wildcard().replace('*', "")), "VM interfaces left behind:\n{links}");
+    // The other installation's VM and the unrelated interface are untouched.
+    assert!(links.contains(&format!("{foreign}:")) && links.contains("rdsv5:"), "foreign links removed:\n{links}");
+    let theirs = sh("ip", &["netns", "exec", &host, "nft", "list", "table", "inet", &other_table]);
+    assert!(theirs.contains("vm-9-fwd") && theirs.contains("vm=vm-foreign"), "foreign rules removed:\n{theirs}");
     assert!(sh("ip", &["-n", &vm2, "-o", "link", "show"]).lines().all(|l| !l.contains("eth0")), "vm2 eth0 left");
 
     // The real root namespace was never touched.
+    let hostside_prefix = hostside.id.iface_wildcard().replace('*', "");
     drop(hostside);
     assert_eq!(std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(), root_forwarding);
-    assert!(!sh("ip", &["-o", "link", "show"]).contains("rdsv"), "an rdsv interface appeared in the root ns");
+    let root_links = sh("ip", &["-o", "link", "show"]);
+    assert!(!root_links.contains(&hostside_prefix), "a VM interface appeared in the root ns:\n{root_links}");
 }

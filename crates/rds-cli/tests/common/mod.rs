@@ -54,6 +54,9 @@ pub struct Server {
     /// Lines `rds serve` printed on stdout.
     pub stdout: Vec<String>,
     pub key: String,
+    /// The manager's installation id (from `/v1/health`): names its cgroup group `rds-<id>`, its
+    /// nft table `inet rds-<id>` and its VM interfaces `rds<id><slot>`.
+    pub installation_id: String,
 }
 
 impl Server {
@@ -102,6 +105,7 @@ impl Server {
             prefix,
             child: None,
             stdout: vec![],
+            installation_id: String::new(),
             key: env
                 .iter()
                 .find(|(k, _)| *k == "API_KEY")
@@ -128,10 +132,10 @@ impl Server {
             .env("STORAGE_ROOT", self.root.path())
             .env("RDS_AGENT_BIN", agent_bin())
             .env("RUST_LOG", "warn")
-            // Each test server gets its own cgroup parent so servers never reap each other's VMs.
-            .env("RDS_CGROUP_GROUP", format!("rds-e2e-{}", self.port))
-            // Networking would share the host's `table inet rds` between parallel test servers;
-            // only tests that run the manager in their own network namespace switch it on.
+            // No RDS_CGROUP_GROUP: each server's own STORAGE_ROOT gives it its own installation id
+            // and so its own cgroup parent `rds-<id>` (the default every user gets).
+            // Networking would change the host's interfaces, nftables and ip_forward; only tests
+            // that run the manager in their own network namespace switch it on.
             .env("RDS_NETWORK", "off")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(self.log_file()));
@@ -169,6 +173,23 @@ impl Server {
         }
         self.stdout = lines;
         self.child = Some(child);
+        let (status, health) = into_status_json(ureq::get(&format!("{}/v1/health", self.url)).call());
+        assert_eq!(status, 200, "health: {health}");
+        let id = health["installationId"].as_str().unwrap_or_default().to_string();
+        assert!(
+            self.installation_id.is_empty() || self.installation_id == id,
+            "installation id changed across a restart: {} -> {id}",
+            self.installation_id
+        );
+        self.installation_id = id;
+    }
+
+    /// The cgroup parent group of this manager's sandboxes.
+    pub fn cgroup_group(&self) -> String {
+        match self.env.iter().find(|(k, _)| k == "RDS_CGROUP_GROUP") {
+            Some((_, group)) if !group.is_empty() => group.clone(),
+            _ => format!("rds-{}", self.installation_id),
+        }
     }
 
     /// Where the manager's stderr (its tracing log) goes: appended across restarts.
@@ -251,7 +272,13 @@ impl Drop for Server {
             }
         }
         self.kill9();
-        remove_empty_cgroup_group(&format!("rds-e2e-{}", self.port));
+        if !self.installation_id.is_empty() {
+            remove_empty_cgroup_group(&self.cgroup_group());
+            // The manager is gone, so nobody holds its host-wide locks: don't let them pile up.
+            let locks = std::path::Path::new("/run/rds/locks");
+            let _ = std::fs::remove_file(locks.join(format!("installation-{}.lock", self.installation_id)));
+            let _ = std::fs::remove_file(locks.join(format!("cgroup-{}.lock", self.cgroup_group())));
+        }
     }
 }
 
@@ -313,4 +340,54 @@ fn build_guest_image() -> Result<PathBuf, String> {
     )
     .map_err(|e| format!("image build failed: {e}"))?;
     Ok(cache.join(format!("image-{}", built.manifest.cache_key)))
+}
+
+/// A network namespace the test owns (`/run/netns/<name>`, loopback up); deleted on drop.
+pub struct NetNs(pub String);
+
+impl NetNs {
+    /// Creates `<prefix><pid>x<nanos>`; panics when `ip netns add` fails.
+    pub fn new(prefix: &str) -> NetNs {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let name = format!("{prefix}{}x{}", std::process::id(), nanos % 100_000);
+        for args in [vec!["netns", "add", name.as_str()], vec!["-n", name.as_str(), "link", "set", "lo", "up"]] {
+            let status = Command::new("ip").args(&args).status().expect("run ip");
+            assert!(status.success(), "ip {} failed", args.join(" "));
+        }
+        NetNs(name)
+    }
+
+    /// Runs `f` on a fresh thread inside this namespace, re-raising its panic here.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.0);
+        let joined = std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let file = std::fs::File::open(&path).expect("open netns");
+            // SAFETY: setns on an fd we own; it changes only this thread's network namespace.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join();
+        joined.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+
+}
+
+/// Runs a command inside network namespace `ns`, panicking with its stderr on failure; returns stdout.
+pub fn sh_in(ns: &str, program: &str, args: &[&str]) -> String {
+    let output = Command::new("ip").args(["netns", "exec", ns, program]).args(args).output().expect("spawn");
+    assert!(
+        output.status.success(),
+        "{program} {} in {ns} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
 }

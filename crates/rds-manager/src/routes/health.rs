@@ -15,5 +15,6 @@ pub async fn health(State(s): State<AppState>) -> Json<HealthView> {
         runtime: s.runtime.kind().as_str().into(),
         isolation: s.runtime.isolation().into(),
         capabilities: s.capabilities.clone(),
+        installation_id: s.installation.to_string(),
     })
 }

@@ -2,8 +2,10 @@
 //! the link and policy after boot, their removal on stop/delete, and re-adoption at start-up.
 //!
 //! Every VM of a manager with networking holds a slot (its /30) from create to delete, so a
-//! restart never hands the same addresses to two VMs. A VM whose policy has not been applied yet
-//! is closed (rds-net drops everything from an interface without a policy).
+//! restart never hands the same addresses to two VMs. Slots are also claimed host-wide (see
+//! [`rds_net::claims`]) so another manager on the host with the same `RDS_VM_CIDR` never takes
+//! them. A VM whose policy has not been applied yet is closed (rds-net drops everything from an
+//! interface without a policy).
 
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
@@ -63,24 +65,39 @@ pub fn slot_of(state: &AppState, id: &str) -> Result<Option<Slot>, ApiError> {
     Ok(index.and_then(|i| network.pool().slot(i).ok()))
 }
 
-/// Gives VM `id` a slot if networking is on and it has none (or one outside the pool). The caller
-/// holds `create_gate`, so two VMs can never be handed the same slot.
+/// Gives VM `id` a slot if networking is on and it has none, one outside the pool, or one another
+/// manager on this host has claimed meanwhile (its claims vanish at reboot, and whichever manager
+/// starts first may take them). The caller holds `create_gate`, so two VMs of this manager can
+/// never be handed the same slot; the host-wide claim keeps other managers off it.
 pub fn allocate_slot(state: &AppState, id: &str) -> Result<Option<Slot>, ApiError> {
     let Some(network) = state.network.get() else { return Ok(None) };
+    let claim = |slot: &Slot| {
+        network.claim_slot(slot).map_err(|e| ApiError::Internal(format!("cannot claim the VM's addresses: {e}")))
+    };
     if let Some(slot) = slot_of(state, id)? {
-        return Ok(Some(slot));
+        if claim(&slot)? {
+            return Ok(Some(slot));
+        }
+        tracing::warn!(vm_id = %id, guest_ip = %slot.guest_ip, "another manager on this host claimed the VM's addresses; giving it new ones");
     }
     let pool = network.pool();
     let used = state.store.used_net_slots()?;
-    let index = pool.first_free(&used).ok_or_else(|| {
-        ApiError::Quota(format!(
-            "no free VM address left: RDS_VM_CIDR={} holds {} VMs",
-            pool.cidr(),
-            pool.capacity()
-        ))
-    })?;
-    state.store.set_vm_net_slot(id, Some(index))?;
-    Ok(Some(pool.slot(index).map_err(ApiError::internal)?))
+    for index in pool.free(&used) {
+        let slot = pool.slot(index).map_err(ApiError::internal)?;
+        if !claim(&slot)? {
+            continue;
+        }
+        if let Err(e) = state.store.set_vm_net_slot(id, Some(index)) {
+            let _ = network.release_slot(&slot);
+            return Err(e.into());
+        }
+        return Ok(Some(slot));
+    }
+    Err(ApiError::Quota(format!(
+        "no free VM address left: RDS_VM_CIDR={} holds {} VMs, each held by this manager or claimed by another manager on this host",
+        pool.cidr(),
+        pool.capacity()
+    )))
 }
 
 /// Before the runtime starts the VM: what it needs to know of the VM's link. For a TAP runtime
@@ -167,9 +184,16 @@ pub async fn detach(state: &AppState, id: &str) {
     }
 }
 
-/// Frees a deleted VM's slot for reuse.
+/// Frees a deleted VM's slot for reuse, here and host-wide. A claim left behind by a crash in
+/// between is released at the next start-up.
 pub fn free_slot(state: &AppState, id: &str) -> Result<(), ApiError> {
+    let slot = slot_of(state, id)?;
     state.store.set_vm_net_slot(id, None)?;
+    if let (Some(network), Some(slot)) = (state.network.get(), slot) {
+        if let Err(e) = network.release_slot(&slot) {
+            tracing::warn!(vm_id = %id, error = %e, "cannot release the VM's address claim");
+        }
+    }
     Ok(())
 }
 
@@ -223,11 +247,64 @@ pub fn view(state: &AppState, vm: &VmRecord) -> NetworkView {
     }
 }
 
-/// At start-up, after live VMs were re-adopted: re-links and re-applies the policy of each adopted
-/// VM (which restarts its DNS resolver), then removes every link, chain and set no adopted VM owns.
+/// At start-up: renews the host-wide claims of every slot this manager's VMs hold (they vanish at
+/// reboot) and releases its claims no VM holds (a crash between claim and record).
+fn reconcile_claims(state: &AppState, network: &Network) {
+    let vms = match state.store.list_vms() {
+        Ok(vms) => vms,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list VMs to renew their address claims");
+            return;
+        }
+    };
+    let mut held = HashSet::new();
+    for vm in &vms {
+        let slot = match slot_of(state, &vm.id) {
+            Ok(Some(slot)) => slot,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(vm_id = %vm.id, error = %e, "cannot read the VM's network slot");
+                return;
+            }
+        };
+        match network.claim_slot(&slot) {
+            Ok(true) => {
+                held.insert(slot.index);
+            }
+            Ok(false) => {
+                let holder = network.slot_holder(&slot).ok().flatten().unwrap_or_default();
+                if vm.state == VmState::Running {
+                    let message = format!(
+                        "its addresses ({}) are claimed by installation {holder:?} on this host; stop and start the VM to give it new ones",
+                        slot.guest_ip
+                    );
+                    tracing::error!(vm_id = %vm.id, "{message}");
+                    vm_event(state, &vm.id, "vm.network_error", message, None);
+                } else {
+                    tracing::info!(vm_id = %vm.id, %holder, "the VM's addresses were claimed by another manager; it gets new ones at its next start");
+                }
+            }
+            Err(e) => {
+                // Unverifiable: keep whatever claim there is.
+                held.insert(slot.index);
+                tracing::warn!(vm_id = %vm.id, error = %e, "cannot renew the VM's address claim");
+            }
+        }
+    }
+    match network.release_claims_except(&held) {
+        Ok(released) if released.is_empty() => {}
+        Ok(released) => tracing::info!(?released, "released address claims no VM holds"),
+        Err(e) => tracing::warn!(error = %e, "cannot release stale address claims"),
+    }
+}
+
+/// At start-up, after live VMs were re-adopted: renews address claims, re-links and re-applies the
+/// policy of each adopted VM (which restarts its DNS resolver), then removes every link, chain and
+/// set of this installation that no adopted VM owns.
 pub async fn reconcile(state: &AppState, adopted: &[(VmRecord, VmHandle)]) {
     let Some(network) = state.network.get() else { return };
-    let links: HashSet<String> = match rds_net::link::list().await {
+    reconcile_claims(state, network);
+    let links: HashSet<String> = match network.links().await {
         Ok(found) => found.into_iter().map(|l| l.name).collect(),
         Err(e) => {
             tracing::warn!(error = %e, "cannot list VM interfaces");
@@ -245,7 +322,7 @@ pub async fn reconcile(state: &AppState, adopted: &[(VmRecord, VmHandle)]) {
             }
         };
         known.insert(vm.id.clone());
-        let result = if links.contains(&slot.iface()) {
+        let result = if links.contains(&network.iface_name(&slot)) {
             match policy_of(state, vm) {
                 Ok(policy) => network.apply_policy(&vm.id, &slot, &policy).await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
@@ -254,7 +331,7 @@ pub async fn reconcile(state: &AppState, adopted: &[(VmRecord, VmHandle)]) {
             after_start(state, vm, handle).await.map_err(|e| e.to_string())
         } else {
             // The VMM holds the TAP it was started with; a new one would stay unplugged.
-            Err(format!("its TAP device {} is gone; stop and start the VM to restore it", slot.iface()))
+            Err(format!("its TAP device {} is gone; stop and start the VM to restore it", network.iface_name(&slot)))
         };
         if let Err(e) = result {
             tracing::error!(vm_id = %vm.id, error = %e, "cannot restore the VM's network after restart");

@@ -20,7 +20,7 @@ use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use nix::sched::{setns, CloneFlags};
-use rds_net::{AddressPool, Network, NetworkConfig};
+use rds_net::{AddressPool, InstallationId, Network, NetworkConfig};
 
 /// How long a probe waits before calling a destination unreachable.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
@@ -266,16 +266,20 @@ type Job = Box<dyn FnOnce(Arc<Network>) -> Pin<Box<dyn Future<Output = ()>>> + S
 /// the `Network`, so every socket, `ip` and `nft` it creates lives in that namespace.
 pub struct HostSide {
     jobs: Option<tokio::sync::mpsc::UnboundedSender<Job>>,
+    /// The installation the `Network` belongs to (its table and interface names).
+    pub id: InstallationId,
 }
 
 impl HostSide {
     pub fn start(ns: &str, pool: AddressPool, dns_upstreams: Vec<SocketAddr>) -> HostSide {
+        let id = InstallationId::generate();
+        let config = NetworkConfig { dns_upstreams, ..NetworkConfig::new(id.clone(), pool) };
         let (jobs_tx, mut jobs_rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
         spawn_in_ns(ns, move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async move {
-                let network = match Network::new(NetworkConfig { pool, dns_upstreams }).await {
+                let network = match Network::new(config).await {
                     Ok(network) => Arc::new(network),
                     Err(err) => {
                         let _ = ready_tx.send(Err(err.to_string()));
@@ -289,7 +293,7 @@ impl HostSide {
             });
         });
         ready_rx.recv_timeout(Duration::from_secs(30)).expect("host side started").expect("Network::new");
-        HostSide { jobs: Some(jobs_tx) }
+        HostSide { jobs: Some(jobs_tx), id }
     }
 
     /// Runs `f` on the host thread and waits (bounded) for its result.
