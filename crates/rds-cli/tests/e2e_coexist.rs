@@ -127,7 +127,8 @@ fn assert_intact(ns: &str, s: &Server, vms: &[Vm], label: &str) {
         let alias = link.and_then(|l| l["ifalias"].as_str());
         assert_eq!(alias, Some(format!("rds-vm:{}", vm.id).as_str()), "[{label}] interface {iface}: {link:?}");
 
-        for dir in vm_cgroup_dirs(&s.cgroup_group(), &vm.id) {
+        // PID 1 and the agent live in the VM group's `agent` child.
+        for dir in vm_cgroup_dirs(&s.cgroup_group(), &vm.id).iter().map(|d| d.join("agent")) {
             let procs = std::fs::read_to_string(dir.join("cgroup.procs"))
                 .unwrap_or_else(|e| panic!("[{label}] cgroup {} of VM {}: {e}", dir.display(), vm.id));
             assert!(!procs.trim().is_empty(), "[{label}] cgroup {} of VM {} is empty", dir.display(), vm.id);
