@@ -381,6 +381,9 @@ async fn workspace_survives_twenty_stop_start_cycles_with_clean_disks_and_no_io_
         assert!(trouble.is_empty(), "cycle {i}: disk trouble on the console: {trouble:#?}");
         assert!(!console.contains("rds: the guest did not power off"), "cycle {i}: QEMU had to be killed:\n{console}");
         assert_overlay_clean(&overlay, i);
+        // The kernel's own power-off path each time, never a panic (PID 1 exiting also ends QEMU).
+        assert_eq!(console.matches("reboot: Power down").count(), i + 1, "cycle {i}: one power-off per stop:\n{console}");
+        assert!(!console.contains("Kernel panic"), "cycle {i}: the guest panicked:\n{console}");
         // PID 1 names what it remounted: the root overlay and the overlay disk, in either order.
         let quiesced: Vec<Vec<&str>> = console
             .lines()
