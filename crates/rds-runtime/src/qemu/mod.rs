@@ -448,6 +448,8 @@ impl QemuRuntime {
         if is_same_process_alive(pid, st) {
             let limit = graceful_stop(procs.accel);
             if !request_agent_shutdown(&p.vsock).await {
+                // The image's guest has no ACPI button driver: unless it is already shutting down,
+                // this ends in the forced stop below.
                 tracing::warn!(pid, "the guest agent did not accept the shutdown call; pressing the ACPI power button");
                 if let Err(e) = qmp::execute(&p.qmp, "system_powerdown", Duration::from_secs(2)).await {
                     tracing::warn!(pid, error = %e, "QMP system_powerdown failed");
