@@ -221,7 +221,8 @@ fn prepare_workspace(path: &Path) -> io::Result<()> {
 /// Runs as PID 1 (single-threaded, no tokio): forks a child that calls `agent()` (whose return
 /// value is the child's exit code), reaps every zombie, restarts nothing; on SIGTERM/SIGINT (and
 /// Ctrl-Alt-Del, delivered as SIGINT once disabled in the kernel) stops gracefully: SIGTERM to
-/// every process, up to 3 s, SIGKILL the rest, `sync()`; then powers off or exits.
+/// every process, up to 3 s, SIGKILL the rest, `sync()`; then exits, or (guest PID 1) remounts
+/// the disk filesystems read-only, syncs again and powers off.
 /// If the agent dies unexpectedly it is logged and everything shuts down the same way.
 pub fn supervise(agent: impl FnOnce() -> i32, exit: ExitAction) -> ! {
     let mut signals = SigSet::empty();
@@ -264,6 +265,11 @@ pub fn supervise(agent: impl FnOnce() -> i32, exit: ExitAction) -> ! {
     nix::unistd::sync();
     match exit {
         ExitAction::PowerOff => {
+            // The kernel powers off with its filesystems still mounted read-write: without this,
+            // ext4's journal and lazy-init threads may still write to the overlay disk while the
+            // devices shut down.
+            quiesce_filesystems();
+            nix::unistd::sync();
             console("powering off");
             // Only returns on failure; PID 1 exiting then at least stops the guest (kernel panic).
             let Err(e) = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
@@ -310,6 +316,110 @@ fn stop_everything(signals: &SigSet, is_pid1: bool, agent_pid: Option<Pid>) {
         if !reap_until_gone(signals, KILL_GRACE) {
             console("some processes did not exit after SIGKILL");
         }
+    }
+}
+
+/// A mount from `/proc/self/mountinfo`: where it is, its filesystem type and source, and whether
+/// its superblock is writable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MountEntry {
+    target: String,
+    fstype: String,
+    source: String,
+    writable: bool,
+}
+
+/// Parses `/proc/self/mountinfo` text; lines it cannot read are skipped.
+fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            // `<id> <parent> <dev> <root> <target> <opts> [optional...] - <fstype> <source> <super opts>`
+            let (left, right) = line.split_once(" - ")?;
+            let target = left.split(' ').nth(4)?;
+            let mut right = right.split(' ');
+            let (fstype, source, super_opts) = (right.next()?, right.next()?, right.next()?);
+            Some(MountEntry {
+                target: unescape_mountinfo(target),
+                fstype: fstype.to_string(),
+                source: unescape_mountinfo(source),
+                writable: super_opts.split(',').any(|o| o == "rw"),
+            })
+        })
+        .collect()
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, `\011`, `\012`, `\134`).
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match (bytes[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Writable filesystems that hold data on a disk: overlays and block-device mounts (tmpfs, proc
+/// and the like keep nothing across a power-off). Later mounts first, so children precede parents.
+fn disk_backed_writable(mounts: &[MountEntry]) -> Vec<String> {
+    mounts
+        .iter()
+        .rev()
+        .filter(|m| m.writable && (m.fstype == "overlay" || m.source.starts_with("/dev/")))
+        .map(|m| m.target.clone())
+        .collect()
+}
+
+/// Remounts every disk-backed writable filesystem read-only (the root overlay flushes into its
+/// upper filesystem; the upper ext4 commits its journal, marks itself clean and stops its
+/// background threads), so nothing writes to a disk after this returns. The root overlay cannot
+/// be unmounted while PID 1 runs from it; read-only is as quiet.
+fn quiesce_filesystems() {
+    let text = match std::fs::read_to_string("/proc/self/mountinfo") {
+        Ok(text) => text,
+        Err(e) => {
+            console(&format!("cannot read /proc/self/mountinfo ({e}); powering off with filesystems read-write"));
+            return;
+        }
+    };
+    let mut pending = disk_backed_writable(&parse_mountinfo(&text));
+    let mut errors = Vec::new();
+    let mut done = Vec::new();
+    // Mount order says little about stacking once mounts were moved: one that was still busy
+    // because of another is retried until a pass changes nothing.
+    while !pending.is_empty() {
+        errors.clear();
+        let before = pending.len();
+        pending.retain(|target| {
+            match mount(None::<&str>, target.as_str(), None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>) {
+                Ok(()) => {
+                    done.push(target.clone());
+                    false
+                }
+                Err(e) => {
+                    errors.push(format!("{target}: {e}"));
+                    true
+                }
+            }
+        });
+        if pending.len() == before {
+            break;
+        }
+    }
+    if errors.is_empty() {
+        console(&format!("filesystems read-only: [{}]", done.join(", ")));
+    } else {
+        console(&format!("could not remount read-only ({}); powering off anyway", errors.join("; ")));
     }
 }
 
@@ -368,6 +478,27 @@ mod tests {
         assert_eq!(hostname_from_cmdline("quiet"), None);
     }
 
+    #[test]
+    fn mountinfo_yields_writable_disk_filesystems_children_first() {
+        let text = "\
+22 1 0:21 / / rw,relatime - overlay overlay rw,lowerdir=/mnt/base,upperdir=/mnt/overlay/upper,workdir=/mnt/overlay/work
+23 22 0:5 / /dev rw,nosuid - devtmpfs devtmpfs rw,size=4k,mode=755
+24 22 0:22 / /run rw,nosuid,nodev - tmpfs tmpfs rw,mode=755
+25 24 254:16 / /run/rds/overlay rw,nosuid,nodev - ext4 /dev/vdb rw
+26 22 254:0 / /base\\040dir ro,relatime - ext4 /dev/vda ro
+27 22 254:32 / /data\\040disk rw shared:1 - ext4 /dev/vdc rw,errors=remount-ro
+garbage line
+";
+        let mounts = parse_mountinfo(text);
+        assert_eq!(mounts.len(), 6);
+        assert_eq!(mounts[4], MountEntry { target: "/base dir".into(), fstype: "ext4".into(), source: "/dev/vda".into(), writable: false });
+        assert_eq!(disk_backed_writable(&mounts), ["/data disk", "/run/rds/overlay", "/"]);
+    }
 
-
+    #[test]
+    fn mountinfo_unescaping_leaves_plain_and_malformed_text_alone() {
+        assert_eq!(unescape_mountinfo("/a\\011b\\134c"), "/a\tb\\c");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo("/x\\09"), "/x\\09");
+    }
 }

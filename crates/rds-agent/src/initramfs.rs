@@ -1,7 +1,9 @@
 //! The initramfs stage of guest PID 1 (`rds-initramfs`, the initramfs's `/init`): load the kernel
 //! modules, mount the read-only base disk and the writable overlay disk as an overlayfs root,
 //! switch into it and exec its `/sbin/init` (`rds-agent`, see [`crate::init`]). It is a binary of
-//! its own so the initramfs stays small: a TCG guest unpacks every byte of it at each boot.
+//! its own so the initramfs stays small: a TCG guest unpacks every byte of it at each boot. The
+//! overlay disk stays mounted at [`OVERLAY_DISK_MOUNT`] in the new root, where PID 1 remounts it
+//! read-only before powering off.
 //!
 //! Disks are found by ext4 label rather than by name, because the order in which virtio-mmio
 //! devices are enumerated is up to the VMM: the base root is labelled `rds-root` (the image
@@ -11,7 +13,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -32,6 +34,10 @@ const DISK_WAIT: Duration = Duration::from_secs(20);
 const BASE_DIR: &str = "/mnt/base";
 const OVERLAY_DIR: &str = "/mnt/overlay";
 const NEW_ROOT: &str = "/mnt/root";
+/// Where the overlay disk stays mounted in the new root (under a tmpfs `/run`, in a 0700
+/// directory), so PID 1 can remount it read-only before powering off; left in the initramfs it
+/// would be unreachable after the root switch.
+pub const OVERLAY_DISK_MOUNT: &str = "/run/rds/overlay";
 /// ext4 superblock: offset on disk, and offsets of the magic and the volume label within it.
 const SUPERBLOCK: u64 = 1024;
 const EXT4_MAGIC: u16 = 0xEF53;
@@ -86,6 +92,7 @@ fn try_boot_rootfs() -> anyhow::Result<std::convert::Infallible> {
     let options = format!("lowerdir={BASE_DIR},upperdir={upper},workdir={work}");
     mount_fs("overlay", NEW_ROOT, "overlay", MsFlags::empty(), Some(&options))?;
 
+    hand_over_overlay_disk()?;
     for fs in ["/dev", "/proc", "/sys"] {
         let target = format!("{NEW_ROOT}{fs}");
         std::fs::create_dir_all(&target).with_context(|| format!("creating {target}"))?;
@@ -101,6 +108,19 @@ fn try_boot_rootfs() -> anyhow::Result<std::convert::Infallible> {
     let init = CString::new("/sbin/init").expect("no NUL");
     let err = nix::unistd::execv(&init, &[&init]).unwrap_err();
     bail!("exec /sbin/init failed: {err}")
+}
+
+/// Moves the overlay disk's mount to [`OVERLAY_DISK_MOUNT`] in the new root, on the tmpfs `/run`
+/// that PID 1 would otherwise mount itself (it keeps an existing one).
+fn hand_over_overlay_disk() -> anyhow::Result<()> {
+    let run = format!("{NEW_ROOT}/run");
+    mount_fs("tmpfs", &run, "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))?;
+    let private = format!("{run}/rds");
+    std::fs::DirBuilder::new().mode(0o700).create(&private).with_context(|| format!("creating {private}"))?;
+    let target = format!("{NEW_ROOT}{OVERLAY_DISK_MOUNT}");
+    std::fs::create_dir(&target).with_context(|| format!("creating {target}"))?;
+    mount(Some(OVERLAY_DIR), target.as_str(), None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .with_context(|| format!("moving {OVERLAY_DIR} to {target}"))
 }
 
 fn step(message: &str) {

@@ -1,7 +1,8 @@
 //! End-to-end tests of the qemu runtime: the real guest image (Debian cloud kernel, initramfs,
 //! `rds-agent` as PID 1) booted under QEMU `microvm` (KVM if it can run a guest, else TCG), driven
 //! through the `Runtime` trait and the agent's HTTP API over virtio-vsock. Need root, QEMU and
-//! `vhost-device-vsock`; each test prints `SKIPPED: <reason>` otherwise.
+//! `vhost-device-vsock`; the first two tests print `SKIPPED: <reason>` otherwise, the stop/start
+//! test fails with the reason.
 //!
 //! The image is built (or taken from the cache, `$RDS_IMAGE_CACHE`, default `/var/cache/rds-image`)
 //! from `$RDS_AGENT_BIN`, else `<workspace>/target/debug/rds-agent`. QEMU boots are slow under
@@ -290,6 +291,131 @@ EOF"#;
     // The per-VM files are root-only.
     let mode = std::fs::metadata(rt.vm_dir(&id)).unwrap().mode() & 0o777;
     assert_eq!(mode, 0o700);
+
+    rt.destroy(&id, Some(&handle)).await.unwrap();
+    assert_no_trace(rt, &id, &handle);
+}
+
+/// What a guest kernel prints when a write to a disk fails or a filesystem finds damage.
+const DISK_TROUBLE: [&str; 7] =
+    ["I/O error", "Buffer I/O error", "EXT4-fs error", "EXT4-fs warning", "JBD2", "blk_update_request", "lost async page write"];
+
+/// Contents of the file uploaded in cycle `i`: xorshift bytes, a different length per cycle.
+fn cycle_file(i: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1);
+    (0..64 * 1024 + i * 1031)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Contents of the file the guest writes in cycle `i` (`yes cycle-<i> | head -c 524288`).
+fn cycle_bulk(i: usize) -> Vec<u8> {
+    format!("cycle-{i}\n").into_bytes().into_iter().cycle().take(512 * 1024).collect()
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(data))
+}
+
+/// The console log with its rotated older half, if any.
+fn whole_console(rt: &QemuRuntime, id: &str) -> String {
+    let log = rt.console_log(id);
+    let old = std::fs::read(log.with_extension("log.old")).unwrap_or_default();
+    let new = std::fs::read(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+    String::from_utf8_lossy(&[old, new].concat()).into_owned()
+}
+
+/// `e2fsck -fn` passes and the superblock says clean with no journal left to replay.
+fn assert_overlay_clean(overlay: &std::path::Path, cycle: usize) {
+    let fsck = std::process::Command::new("e2fsck").arg("-fn").arg(overlay).output().expect("run e2fsck (e2fsprogs)");
+    assert!(
+        fsck.status.success(),
+        "cycle {cycle}: e2fsck -fn found problems ({}):\n{}{}",
+        fsck.status,
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    let dump = std::process::Command::new("dumpe2fs").arg("-h").arg(overlay).output().expect("run dumpe2fs");
+    let header = String::from_utf8_lossy(&dump.stdout);
+    let field = |name: &str| header.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or("").to_string();
+    assert_eq!(field("Filesystem state:"), "clean", "cycle {cycle}:\n{header}");
+    assert!(!field("Filesystem features:").contains("needs_recovery"), "cycle {cycle}: journal left to replay:\n{header}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workspace_survives_twenty_stop_start_cycles_with_clean_disks_and_no_io_errors() {
+    // A new test fails loudly when it cannot run.
+    let image = image_dir().unwrap_or_else(|reason| panic!("cannot run the qemu stop/start test: {reason}"));
+    let env = Env::new(image);
+    let rt = env.rt();
+    let id = new_id();
+    const CYCLES: usize = 20;
+    let mut handle = rt.start(&spec(&id, 512)).await.unwrap_or_else(|e| panic!("boot failed: {e}"));
+    let overlay = rt.vm_dir(&id).join("overlay.ext4");
+    let overlay_inode = std::fs::metadata(&overlay).unwrap().ino();
+    let (mut stops, mut starts) = (Vec::new(), Vec::new());
+
+    for i in 0..CYCLES {
+        // One uploaded file with known bytes, one written by a command and left in the guest's
+        // page cache (no fsync: stop must flush it), a line appended to a shared log.
+        let name = format!("{i:02}.bin");
+        let (status, out) = request(rt, &id, "POST", "/files/upload?dest=files", &tar_gz(&name, &cycle_file(i))).await;
+        assert_eq!(status, 200, "cycle {i} upload: {}", String::from_utf8_lossy(&out));
+        let r = exec(rt, &id, &format!("mkdir -p /workspace/bulk && yes cycle-{i} | head -c 524288 > /workspace/bulk/{i:02} && printf 'cycle %02d\\n' {i} >> /workspace/cycles.log")).await;
+        assert_eq!(r.exit_code, Some(0), "cycle {i} write: {r:?}");
+
+        let t = std::time::Instant::now();
+        rt.stop(&id, &handle).await.unwrap_or_else(|e| panic!("cycle {i} stop: {e}"));
+        stops.push(t.elapsed());
+        assert!(!is_same_process_alive(handle.pid, handle.start_time), "cycle {i}: QEMU still runs after stop");
+
+        // The guest powered off by itself after remounting its disks read-only: nothing to replay.
+        let console = whole_console(rt, &id);
+        let trouble: Vec<&str> = console.lines().filter(|l| DISK_TROUBLE.iter().any(|p| l.contains(p))).collect();
+        assert!(trouble.is_empty(), "cycle {i}: disk trouble on the console: {trouble:#?}");
+        assert!(!console.contains("rds: the guest did not power off"), "cycle {i}: QEMU had to be killed:\n{console}");
+        assert_overlay_clean(&overlay, i);
+        // The kernel's own power-off path each time, never a panic (PID 1 exiting also ends QEMU).
+        assert_eq!(console.matches("reboot: Power down").count(), i + 1, "cycle {i}: one power-off per stop:\n{console}");
+        assert!(!console.contains("Kernel panic"), "cycle {i}: the guest panicked:\n{console}");
+        // PID 1 names what it remounted: the root overlay and the overlay disk, in either order.
+        let quiesced: Vec<Vec<&str>> = console
+            .lines()
+            .filter_map(|l| l.strip_prefix("rds-init: filesystems read-only: [")?.strip_suffix(']'))
+            .map(|list| {
+                let mut targets: Vec<&str> = list.split(", ").collect();
+                targets.sort();
+                targets
+            })
+            .collect();
+        assert_eq!(quiesced, vec![vec!["/", "/run/rds/overlay"]; i + 1], "cycle {i}: one read-only remount of both per stop:\n{console}");
+        assert_eq!(std::fs::metadata(&overlay).unwrap().ino(), overlay_inode, "cycle {i}: the overlay disk was replaced");
+
+        let t = std::time::Instant::now();
+        handle = rt.start(&spec(&id, 512)).await.unwrap_or_else(|e| panic!("cycle {i} start: {e}"));
+        starts.push(t.elapsed());
+
+        // Every file written so far, byte for byte (sha256), and the whole log in order.
+        let mut expected = String::new();
+        for j in 0..=i {
+            expected += &format!("{}  files/{j:02}.bin\n", sha256_hex(&cycle_file(j)));
+        }
+        for j in 0..=i {
+            expected += &format!("{}  bulk/{j:02}\n", sha256_hex(&cycle_bulk(j)));
+        }
+        for j in 0..=i {
+            expected += &format!("cycle {j:02}\n");
+        }
+        let r = exec(rt, &id, "cd /workspace && sha256sum files/* bulk/* && cat cycles.log").await;
+        assert_eq!(r.stdout, expected, "cycle {i}: workspace after restart: {r:?}");
+    }
+    println!("{CYCLES} stop/start cycles: stop {stops:?}, start {starts:?}");
 
     rt.destroy(&id, Some(&handle)).await.unwrap();
     assert_no_trace(rt, &id, &handle);

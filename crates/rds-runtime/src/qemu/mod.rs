@@ -48,8 +48,13 @@ pub const OVERLAY_LABEL: &str = "rds-overlay";
 const MIN_MEM_MB: u32 = 128;
 /// How long the vsock backend gets to create its vhost-user socket.
 const BACKEND_READY: Duration = Duration::from_secs(5);
-/// How long the guest gets to power off after the agent was asked to shut down.
-const GRACEFUL_STOP: Duration = Duration::from_secs(15);
+/// How long a KVM guest gets to power off by itself once asked (see [`graceful_stop`]).
+const GRACEFUL_STOP_KVM: Duration = Duration::from_secs(30);
+/// The same under TCG, where every guest instruction is emulated and a host running many VMs
+/// may stop several at once.
+const GRACEFUL_STOP_TCG: Duration = Duration::from_secs(120);
+/// How long the agent's shutdown call may take (connect, request, status line).
+const SHUTDOWN_CALL: Duration = Duration::from_secs(10);
 /// How long QEMU gets to exit after QMP `quit` / SIGKILL.
 const FORCED_STOP: Duration = Duration::from_secs(3);
 /// How long the first handshake with a guest that announced itself may take.
@@ -434,17 +439,31 @@ impl QemuRuntime {
         serde_json::from_slice(&text).ok()
     }
 
-    /// Asks the guest to shut down (agent `POST /shutdown`, then ACPI power button), waits, then
-    /// forces QEMU down (QMP `quit`, SIGKILL) and ends the vsock backend.
+    /// Asks the guest to shut down (agent `POST /shutdown`, else the ACPI power button) and waits
+    /// for QEMU to exit by itself once the guest powered off; only past [`graceful_stop`] is QEMU
+    /// forced down (QMP `quit`, SIGKILL), logged as an error and noted in the console log. Then
+    /// ends the vsock backend.
     async fn stop_processes(&self, p: &VmPaths, procs: &VmProcesses) -> Result<(), RuntimeError> {
         let (pid, st) = (procs.qemu_pid, procs.qemu_start_time);
         if is_same_process_alive(pid, st) {
-            let asked = request_agent_shutdown(&p.vsock).await;
-            if !asked {
-                let _ = qmp::execute(&p.qmp, "system_powerdown", Duration::from_secs(2)).await;
+            let limit = graceful_stop(procs.accel);
+            if !request_agent_shutdown(&p.vsock).await {
+                // The image's guest has no ACPI button driver: unless it is already shutting down,
+                // this ends in the forced stop below.
+                tracing::warn!(pid, "the guest agent did not accept the shutdown call; pressing the ACPI power button");
+                if let Err(e) = qmp::execute(&p.qmp, "system_powerdown", Duration::from_secs(2)).await {
+                    tracing::warn!(pid, error = %e, "QMP system_powerdown failed");
+                }
             }
-            if !wait_gone(pid, st, GRACEFUL_STOP).await {
-                tracing::warn!(pid, "guest did not power off; forcing QEMU down");
+            if !wait_gone(pid, st, limit).await {
+                // Cutting a guest off loses whatever it had not written yet and leaves its
+                // filesystems to journal recovery: never quiet about it.
+                tracing::error!(
+                    pid,
+                    console = %p.console.display(),
+                    "the guest did not power off within {limit:?}; killing QEMU (its disks were not quiesced)"
+                );
+                note_in_console(&p.console, &format!("rds: the guest did not power off within {limit:?}; QEMU was killed"));
                 let _ = qmp::execute(&p.qmp, "quit", Duration::from_secs(2)).await;
                 if !wait_gone(pid, st, FORCED_STOP).await {
                     signal_if_same(pid, st, Signal::SIGKILL);
@@ -563,17 +582,36 @@ async fn wait_for_agent(ready: &tokio::net::UnixListener, vsock: &Path) -> Resul
     rds_vsock::connect(vsock, AGENT_VSOCK_PORT, AGENT_CONNECT).await.map(drop).map_err(|e| e.to_string())
 }
 
+/// How long a guest of `accel` gets to power off by itself after it was asked to.
+fn graceful_stop(accel: Accel) -> Duration {
+    match accel {
+        Accel::Kvm => GRACEFUL_STOP_KVM,
+        Accel::Tcg => GRACEFUL_STOP_TCG,
+    }
+}
+
+/// Appends a host-side line to the VM's console log, where whoever reads the guest's story looks.
+fn note_in_console(console: &Path, line: &str) {
+    let appended = OpenOptions::new()
+        .append(true)
+        .open(console)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()));
+    if let Err(e) = appended {
+        tracing::warn!(path = %console.display(), error = %e, "cannot write to the console log");
+    }
+}
+
 /// `POST /shutdown` to the agent; true when it accepted.
 async fn request_agent_shutdown(vsock: &Path) -> bool {
     let attempt = async {
-        let mut s = rds_vsock::connect(vsock, AGENT_VSOCK_PORT, Duration::from_secs(2)).await.ok()?;
+        let mut s = rds_vsock::connect(vsock, AGENT_VSOCK_PORT, SHUTDOWN_CALL).await.ok()?;
         let req = "POST /shutdown HTTP/1.1\r\nHost: agent\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
         s.write_all(req.as_bytes()).await.ok()?;
         let mut head = [0u8; 12];
         s.read_exact(&mut head).await.ok()?;
         Some(head.starts_with(b"HTTP/1.1 2"))
     };
-    matches!(tokio::time::timeout(Duration::from_secs(3), attempt).await, Ok(Some(true)))
+    matches!(tokio::time::timeout(SHUTDOWN_CALL, attempt).await, Ok(Some(true)))
 }
 
 fn remove_if_present(path: &Path) -> Result<(), RuntimeError> {
@@ -660,6 +698,7 @@ impl Runtime for QemuRuntime {
             self.stop_processes(&p, &procs).await?;
         } else if signal_if_same(handle.pid, handle.start_time, Signal::SIGKILL) {
             // A handle without extras: at least QEMU goes.
+            tracing::error!(pid = handle.pid, "no process record for this VM; QEMU killed without a guest shutdown");
             wait_gone(handle.pid, handle.start_time, FORCED_STOP).await;
         }
         for sock in p.runtime_sockets() {
