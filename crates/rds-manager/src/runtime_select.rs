@@ -15,8 +15,6 @@ use crate::Config;
 /// Tasks allowed per sandbox VM.
 const SANDBOX_PIDS_MAX: u64 = 512;
 
-/// Size of each QEMU VM's sparse overlay disk (its writable layer, `/workspace` included).
-const QEMU_OVERLAY_MB: u64 = 4096;
 /// How long a QEMU VM may take to boot (TCG emulation is slow).
 const QEMU_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -73,7 +71,6 @@ fn qemu(config: &Config, image: &GuestImage) -> Result<Arc<dyn Runtime>, ConfigE
         kernel: image.kernel.clone(),
         initrd: image.initrd.clone(),
         base_rootfs: image.base_rootfs.clone(),
-        overlay_size_mb: QEMU_OVERLAY_MB,
         accel: AccelChoice::Auto,
         boot_timeout: QEMU_BOOT_TIMEOUT,
     })

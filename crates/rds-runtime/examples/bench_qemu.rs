@@ -104,8 +104,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all("/var/tmp")?;
     let storage = tempfile::Builder::new().prefix("rds-bench-qemu-").tempdir_in("/var/tmp")?;
 
-    let mut cfg = QemuConfig::from_image_dir(storage.path().join("qemu"), &image);
-    cfg.overlay_size_mb = 1024;
+    let cfg = QemuConfig::from_image_dir(storage.path().join("qemu"), &image);
     let qemu = QemuRuntime::new(cfg)?;
     let accel = qemu.accel().await;
     let qemu_figures = measure(&qemu, None).await?;

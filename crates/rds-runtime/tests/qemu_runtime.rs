@@ -97,7 +97,6 @@ impl Env {
 
     fn runtime(&self) -> QemuRuntime {
         let mut cfg = QemuConfig::from_image_dir(self.storage.path().to_path_buf(), &self.image);
-        cfg.overlay_size_mb = 1024;
         cfg.boot_timeout = Duration::from_secs(90);
         QemuRuntime::new(cfg).expect("qemu runtime")
     }

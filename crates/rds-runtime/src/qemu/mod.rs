@@ -78,8 +78,6 @@ pub struct QemuConfig {
     pub initrd: PathBuf,
     /// The read-only base root filesystem (`rootfs.ext4`), shared by all VMs.
     pub base_rootfs: PathBuf,
-    /// Size of each VM's sparse overlay disk in MiB.
-    pub overlay_size_mb: u64,
     /// KVM, TCG or probe.
     pub accel: AccelChoice,
     /// How long `start` waits for the agent (TCG boots take seconds).
@@ -101,7 +99,6 @@ impl QemuConfig {
                 .unwrap_or_else(|| image_dir.join("vmlinux")),
             initrd: image_dir.join("initrd.img"),
             base_rootfs: image_dir.join("rootfs.ext4"),
-            overlay_size_mb: 4096,
             accel: AccelChoice::Auto,
             boot_timeout: Duration::from_secs(60),
         }
@@ -232,7 +229,8 @@ impl QemuRuntime {
     }
 
     /// Creates the VM directory and, on first start, its overlay disk.
-    async fn prepare(&self, p: &VmPaths) -> Result<(), RuntimeError> {
+    /// Readies the VM directory; a first start makes its overlay disk of `disk_mb` MiB.
+    async fn prepare(&self, p: &VmPaths, disk_mb: u32) -> Result<(), RuntimeError> {
         for (dir, mode) in [(self.cfg.storage_root.join("vms"), 0o700), (p.dir.clone(), 0o700)] {
             DirBuilder::new()
                 .recursive(true)
@@ -248,7 +246,7 @@ impl QemuRuntime {
             remove_if_present(sock)?;
         }
         if !p.overlay.exists() {
-            create_overlay(&p.overlay, self.cfg.overlay_size_mb).await?;
+            create_overlay(&p.overlay, u64::from(disk_mb)).await?;
         }
         Ok(())
     }
@@ -382,7 +380,7 @@ impl QemuRuntime {
     }
 
     async fn start_inner(&self, spec: &VmSpec, p: &VmPaths, starting: &mut Starting) -> Result<VmHandle, RuntimeError> {
-        self.prepare(p).await?;
+        self.prepare(p, spec.disk_mb).await?;
         let accel = self.accel().await;
         // Bound before the backend starts, which forwards the guest's call here.
         let ready = tokio::net::UnixListener::bind(&p.ready)
