@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod lifecycle;
+pub mod liveness;
 pub mod network;
 pub mod openapi;
 pub mod rate_limit;
@@ -20,6 +21,7 @@ pub mod runtime_select;
 pub mod server;
 pub mod services;
 pub mod state;
+pub mod unread_body;
 pub mod views;
 
 #[cfg(any(test, feature = "testing"))]
