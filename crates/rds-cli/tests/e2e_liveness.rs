@@ -101,7 +101,7 @@ fn manager_killed_during_delete_finishes_it_after_restart() {
         s.exec(&id, "echo data > /workspace/f");
         let url = format!("{}/v1/vms/{id}", s.url);
         let key = s.key.clone();
-        let deleter = std::thread::spawn(move || ureq::delete(&url).set("X-API-Key", &key).call().map(|r| r.status()));
+        let deleter = std::thread::spawn(move || ureq::delete(&url).set("X-API-Key", &key).call().map(|r| r.status()).map_err(|e| e.to_string()));
         std::thread::sleep(Duration::from_millis(delay_ms));
         s.kill9();
         let answered = deleter.join().unwrap();
@@ -138,7 +138,7 @@ fn a_vm_being_deleted_shows_deleting_until_it_is_gone() {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
     let url = format!("{}/v1/vms/{id}", s.url);
     let key = s.key.clone();
-    let deleter = std::thread::spawn(move || ureq::delete(&url).set("X-API-Key", &key).call().map(|r| r.status()));
+    let deleter = std::thread::spawn(move || ureq::delete(&url).set("X-API-Key", &key).call().map(|r| r.status()).map_err(|e| e.to_string()));
     let t0 = Instant::now();
     let vm = loop {
         let (_, vm) = s.call("GET", &format!("/v1/vms/{id}"), None);

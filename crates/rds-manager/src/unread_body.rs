@@ -79,7 +79,7 @@ pub async fn read_rest_of_body(limit: u64, req: Request, next: Next) -> Response
         return resp;
     }
     // A body declared larger than the bound is not worth reading: close right away.
-    let drained = !declared.is_some_and(|n| n > limit)
+    let drained = declared.is_none_or(|n| n <= limit)
         && tokio::time::timeout(DRAIN_TIME, discard(rest, limit)).await.unwrap_or(false);
     if !drained {
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));

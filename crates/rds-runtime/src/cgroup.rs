@@ -171,7 +171,7 @@ fn remount_from_pid1(root: &Path) -> Result<(), String> {
         return Err("PID 1 has no cgroup hierarchy mounted under /sys/fs/cgroup either".into());
     }
     // Same mounts as PID 1 would mean the same namespace: then mounting would change the host's.
-    if cgroup_mounts(&own).iter().any(|m| beneath(m)) {
+    if cgroup_mounts(&own).iter().any(beneath) {
         return Err(format!("{CGROUP_ROOT} shows some cgroup mounts but not memory, cpu and pids"));
     }
     let fail = |what: String, e: nix::Error| format!("{what}: {e}");
