@@ -36,6 +36,10 @@ fn wait_settled(s: &Server, id: &str) -> (Value, Duration) {
 /// Kills VM `id`'s process from the host and checks what the manager makes of it.
 fn kill_and_check_settled(s: &Server, id: &str, label: &str) {
     let pid = s.vm_pid(id);
+    // What the runtime must release after the crash: the VM's own cgroup, processes naming its dir.
+    let cgroup = cgroup_dir_of(pid).filter(|d| d.to_string_lossy().contains(id));
+    let before = processes_in_vm_dir(&s.vm_dir(id));
+    assert!(cgroup.is_some() || !before.is_empty(), "found nothing of VM {id} to watch being released");
     kill9(pid);
     let (vm, latency) = wait_settled(s, id);
     eprintln!("{label}: VM process {pid} killed; manager showed {} after {latency:?}: {}", vm["state"], vm["stateReason"]);
@@ -46,8 +50,42 @@ fn kill_and_check_settled(s: &Server, id: &str, label: &str) {
 
     let (st, err) = s.call("POST", &format!("/v1/vms/{id}/exec"), Some(json!({"cmd": "true"})));
     assert_eq!((st, err["error"]["code"].as_str()), (409, Some("conflict")), "exec on a dead VM: {err}");
-    // The runtime's stop path ran: the agent socket is gone with the process.
-    assert!(!s.vm_dir(id).join("agent.sock").exists(), "agent socket left behind");
+    // The runtime's stop path ran: no cgroup or process of the VM is left on the host.
+    if let Some(dir) = cgroup {
+        assert!(!dir.exists(), "cgroup {} of the dead VM left behind", dir.display());
+    }
+    let left = processes_in_vm_dir(&s.vm_dir(id));
+    assert!(left.is_empty(), "processes of the dead VM left running (before: {before:?}): {left:?}");
+}
+
+/// The cgroup directory of `pid`: its memory group on cgroup v1, its unified group on v2.
+fn cgroup_dir_of(pid: i32) -> Option<std::path::PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let entry = |line: &str| {
+        let mut parts = line.splitn(3, ':');
+        let _ = parts.next();
+        Some((parts.next()?.to_string(), parts.next()?.trim_start_matches('/').to_string()))
+    };
+    let entries: Vec<(String, String)> = text.lines().filter_map(entry).collect();
+    if let Some((_, path)) = entries.iter().find(|(c, _)| c.split(',').any(|c| c == "memory")) {
+        return Some(std::path::Path::new("/sys/fs/cgroup/memory").join(path));
+    }
+    entries.iter().find(|(c, _)| c.is_empty()).map(|(_, path)| std::path::Path::new("/sys/fs/cgroup").join(path))
+}
+
+/// Host processes whose command line names `dir` (a VM's launcher, QEMU, its vsock backend).
+fn processes_in_vm_dir(dir: &std::path::Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut out = vec![];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(&needle) {
+                out.push(format!("{}: {cmd}", entry.file_name().to_string_lossy()));
+            }
+        }
+    }
+    out
 }
 
 #[test]
@@ -71,6 +109,19 @@ fn vm_killed_from_the_host_is_settled_with_a_reason_and_starts_again() {
     let (st, body) = s.call("POST", &format!("/v1/vms/{id}/start"), None);
     assert_eq!(st, 204, "start after the crash: {body}");
     assert_eq!(s.exec(&id, "cat /workspace/f")["stdout"], "kept\n");
+}
+
+#[test]
+fn qemu_vm_killed_from_the_host_is_settled_with_a_reason_and_starts_again() {
+    let image = common::qemu_image_dir().unwrap_or_else(|reason| panic!("this test cannot run here: {reason}"));
+    let image = image.to_string_lossy().to_string();
+    let s = Server::start(&[("RDS_RUNTIME", "qemu"), ("RDS_IMAGE_DIR", &image)]);
+    let id = s.create_vm(512);
+    s.exec(&id, "echo kept > /workspace/f && sync");
+    kill_and_check_settled(&s, &id, "qemu VM");
+    let (st, body) = s.call("POST", &format!("/v1/vms/{id}/start"), None);
+    assert_eq!(st, 204, "start after the crash: {body}");
+    assert_eq!(s.exec(&id, "cat /workspace/f")["stdout"], "kept\n", "workspace survives");
 }
 
 #[test]
