@@ -73,8 +73,8 @@ impl Server {
 
     /// Starts a server inside the network namespace `ns` (`/run/netns/<ns>`), listening on
     /// `bind` there, with `API_KEY` set plus `env`. The calling thread must already be in `ns`
-    /// (to pick a free port there and to reach the API). `nsenter --net` is used rather than
-    /// `ip netns exec`, which remounts `/sys` and so hides the cgroup hierarchy from the runtime.
+    /// (to pick a free port there and to reach the API). `nsenter --net` keeps the host's `/sys`;
+    /// `ip netns exec` (a fresh `/sys`, see [`Server::start_prefixed`]) is tested on its own.
     pub fn start_in_netns(ns: &str, bind: &str, env: &[(&str, &str)]) -> Server {
         let mut all = vec![("API_KEY", KEY), ("BIND", bind)];
         all.extend_from_slice(env);
