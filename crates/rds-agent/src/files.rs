@@ -759,7 +759,9 @@ fn extract(
     let read_error = |e: io::Error, last: &str| {
         if budget.exceeded.get() {
             rejected(format!(
-                "archive expands beyond the allowed size (after entry '{last}')"
+                "archive expands beyond the allowed size (after entry '{last}'): at most {} bytes of file content \
+                 and {METADATA_WINDOW} bytes of tar metadata between entries",
+                limits.max_unpacked_bytes
             ))
         } else {
             rejected(format!(

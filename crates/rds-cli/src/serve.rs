@@ -29,6 +29,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(
             adopted = r.adopted.len(),
             settled = r.settled.len(),
+            deleted = r.deleted.len(),
             orphans = r.orphans_removed.len(),
             "reconciled VMs"
         );

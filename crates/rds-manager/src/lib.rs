@@ -12,6 +12,7 @@ pub mod error;
 pub mod extract;
 pub mod installation;
 pub mod lifecycle;
+pub mod liveness;
 pub mod network;
 pub mod openapi;
 pub mod rate_limit;
@@ -21,6 +22,7 @@ pub mod runtime_select;
 pub mod server;
 pub mod services;
 pub mod state;
+pub mod unread_body;
 pub mod views;
 
 #[cfg(any(test, feature = "testing"))]

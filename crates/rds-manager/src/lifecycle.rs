@@ -15,13 +15,18 @@ pub struct IllegalTransition {
 /// Checks that a VM in `from` may move to `to`.
 ///
 /// CREATING/STARTING → RUNNING (or ERROR / back to STOPPED when a restart fails);
-/// RUNNING → STOPPING → STOPPED → STARTING; RUNNING → STOPPED when the reconciler finds it dead;
-/// anything but DELETED → DELETED or ERROR.
+/// RUNNING → STOPPING → STOPPED → STARTING; RUNNING → STOPPED or ERROR when its process dies;
+/// ERROR → STARTING (a retry); any live state → ERROR; any state but DELETED → DELETING, and
+/// only DELETING → DELETED, so a delete is always recorded before anything is destroyed.
 pub fn check(from: VmState, to: VmState) -> Result<(), IllegalTransition> {
     use VmState::*;
     let ok = match (from, to) {
         (Deleted, _) => false,
-        (_, Deleted) => true,
+        (Deleting, Deleted) => true,
+        (Deleting, _) => false,
+        (_, Deleting) => true,
+        (_, Deleted) => false,
+        (Error, Starting) => true,
         (Error, _) => false,
         (_, Error) => true,
         (Creating, Running) => true,
@@ -48,22 +53,24 @@ mod tests {
         let legal = [
             (Creating, Running),
             (Creating, Error),
-            (Creating, Deleted),
+            (Creating, Deleting),
             (Starting, Running),
             (Starting, Stopped),
             (Starting, Error),
-            (Starting, Deleted),
+            (Starting, Deleting),
             (Running, Stopping),
             (Running, Stopped),
             (Running, Error),
-            (Running, Deleted),
+            (Running, Deleting),
             (Stopping, Stopped),
             (Stopping, Error),
-            (Stopping, Deleted),
+            (Stopping, Deleting),
             (Stopped, Starting),
             (Stopped, Error),
-            (Stopped, Deleted),
-            (Error, Deleted),
+            (Stopped, Deleting),
+            (Error, Starting),
+            (Error, Deleting),
+            (Deleting, Deleted),
         ];
         for from in VmState::ALL {
             for to in VmState::ALL {
@@ -79,6 +86,9 @@ mod tests {
     #[test]
     fn deleted_is_terminal_and_running_cannot_restart() {
         assert!(check(Deleted, Running).is_err());
+        // A delete in progress can only finish: never back to a state that could run again.
+        assert!(check(Deleting, Stopped).is_err());
+        assert!(check(Running, Deleted).is_err(), "DELETED only after DELETING was recorded");
         assert!(check(Running, Starting).is_err());
         assert_eq!(
             check(Stopped, Stopping).unwrap_err().to_string(),

@@ -7,7 +7,7 @@ use rds_runtime::Liveness;
 use rds_store::VmState;
 
 use crate::services::events::vm_event;
-use crate::services::vms::{parse_handle, transition};
+use crate::services::vms::{finish_delete, parse_handle, transition};
 use crate::{ApiError, AppState};
 
 /// What the reconciler did, for the start-up log.
@@ -17,6 +17,8 @@ pub struct Reconciled {
     pub adopted: Vec<String>,
     /// VMs moved to STOPPED or ERROR.
     pub settled: Vec<String>,
+    /// Interrupted deletes finished.
+    pub deleted: Vec<String>,
     /// Runtime leftovers with no record.
     pub orphans_removed: Vec<String>,
 }
@@ -44,6 +46,7 @@ pub async fn reconcile(state: &AppState) -> Result<Reconciled, ApiError> {
                         }
                         out.adopted.push(vm.id.clone());
                         if let Some(h) = &handle {
+                            crate::liveness::watch(state, &vm.id, h);
                             adopted.push((vm.clone(), h.clone()));
                         }
                     }
@@ -81,6 +84,13 @@ pub async fn reconcile(state: &AppState) -> Result<Reconciled, ApiError> {
                 let reason = format!("manager restarted while the VM was {}", vm.state);
                 transition(state, &vm.id, vm.state, VmState::Stopped, Some(&reason))?;
                 out.settled.push(vm.id.clone());
+            }
+            VmState::Deleting => {
+                // The delete was recorded before anything was destroyed: finish it, never undo it.
+                match finish_delete(state, vm).await {
+                    Ok(()) => out.deleted.push(vm.id.clone()),
+                    Err(e) => tracing::warn!(vm_id = %vm.id, error = %e, "cannot finish an interrupted delete"),
+                }
             }
             VmState::Stopped | VmState::Error | VmState::Deleted => {}
         }

@@ -130,9 +130,9 @@ pub struct PeerCallQuery {
 #[serde(rename_all = "camelCase")]
 pub struct VmView {
     pub id: String,
-    /// CREATING, STARTING, RUNNING, STOPPING, STOPPED or ERROR.
+    /// CREATING, STARTING, RUNNING, STOPPING, STOPPED, ERROR or DELETING (see docs/api.md).
     pub state: String,
-    /// Why the VM is in its state (errors, reconciler decisions).
+    /// Why the VM is in its state: errors, how its process ended, reconciler decisions.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_reason: Option<String>,
     pub cpu: u32,

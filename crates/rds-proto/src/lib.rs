@@ -48,10 +48,11 @@ impl ErrorBody {
     }
 }
 
-/// Parses a JSON body, producing an error message that names the field at fault.
+/// Parses a JSON body, producing an error message that names the field at fault. Anything but
+/// whitespace after the JSON value is an error, so `{..} xyz` is never half-accepted.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
@@ -61,7 +62,9 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
         } else {
             format!("invalid field `{path}`: {inner}")
         }
-    })
+    })?;
+    de.end().map_err(|e| format!("malformed JSON: unexpected data after the JSON value: {e}"))?;
+    Ok(value)
 }
 
 /// Environment for a command: accepted either as an object (`{"K":"v"}`) or as the
@@ -310,6 +313,15 @@ pub struct AgentHealth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parse_json_rejects_trailing_data() {
+        let err = parse_json::<ExecRequest>(br#"{"cmd":"x"} xyz"#).unwrap_err();
+        assert!(err.contains("unexpected data after the JSON value"), "{err}");
+        let err = parse_json::<ExecRequest>(br#"{"cmd":"x"}{"cmd":"y"}"#).unwrap_err();
+        assert!(err.contains("after the JSON value"), "{err}");
+        assert_eq!(parse_json::<ExecRequest>(b"{\"cmd\":\"x\"} \n").unwrap().cmd, "x");
+    }
 
     #[test]
     fn parse_json_names_the_bad_field() {

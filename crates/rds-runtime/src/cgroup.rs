@@ -116,13 +116,132 @@ fn under(mount: &Path, cgroup_path: &str) -> PathBuf {
     }
 }
 
+/// `/sys/fs/cgroup` as PID 1's mount namespace shows it (root only, where PID 1 may be inspected).
+const PID1_CGROUP_ROOT: &str = "/proc/1/root/sys/fs/cgroup";
+
+/// True when `root` shows what this module needs: a cgroup2 mount with controllers, or the v1
+/// memory, cpu and pids hierarchies.
+fn has_hierarchies(root: &Path) -> bool {
+    let v2 = std::fs::read_to_string(root.join("cgroup.controllers")).is_ok_and(|c| !c.trim().is_empty());
+    v2 || V1_CONTROLLERS.iter().all(|c| root.join(c).join("cgroup.procs").exists())
+}
+
+/// One cgroup mount listed in a mountinfo file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CgroupMount {
+    /// Where it is mounted.
+    mount_point: String,
+    /// `cgroup` or `cgroup2`.
+    fs_type: String,
+    /// Super-block options (`cpu,cpuacct`, `memory`, `name=systemd`...), without `rw`/`ro`.
+    options: String,
+}
+
+/// The cgroup mounts of whole hierarchies (mount root `/`) in a mountinfo text.
+fn cgroup_mounts(mountinfo: &str) -> Vec<CgroupMount> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            // `id parent dev root mount-point opts [optional...] - fstype source super-opts`
+            let (left, right) = line.split_once(" - ")?;
+            let left: Vec<&str> = left.split(' ').collect();
+            let right: Vec<&str> = right.split(' ').collect();
+            let fs_type = *right.first()?;
+            if !matches!(fs_type, "cgroup" | "cgroup2") || left.get(3) != Some(&"/") {
+                return None;
+            }
+            let options = right.get(2).unwrap_or(&"").split(',').filter(|o| !matches!(*o, "rw" | "ro")).collect::<Vec<_>>().join(",");
+            Some(CgroupMount { mount_point: (*left.get(4)?).to_string(), fs_type: fs_type.to_string(), options })
+        })
+        .collect()
+}
+
+/// Finds the cgroup hierarchies: at `/sys/fs/cgroup`; else through PID 1's root; else, when this
+/// process has a mount namespace of its own with a fresh `/sys` (`ip netns exec` mounts one,
+/// hiding the cgroup mounts), by mounting the hierarchies PID 1's mountinfo lists again, in this
+/// namespace only. Fails with what the operator can do instead.
+fn cgroup_root() -> Result<PathBuf, RuntimeError> {
+    let standard = Path::new(CGROUP_ROOT);
+    if has_hierarchies(standard) {
+        return Ok(standard.to_path_buf());
+    }
+    let via_pid1 = Path::new(PID1_CGROUP_ROOT);
+    if has_hierarchies(via_pid1) {
+        tracing::info!(path = PID1_CGROUP_ROOT, "cgroup hierarchies are hidden at {CGROUP_ROOT}; using PID 1's");
+        return Ok(via_pid1.to_path_buf());
+    }
+    let why = match remount_from_pid1(standard) {
+        Ok(()) if has_hierarchies(standard) => {
+            tracing::warn!("cgroup hierarchies were hidden at {CGROUP_ROOT} (a fresh /sys); mounted PID 1's again in this mount namespace");
+            return Ok(standard.to_path_buf());
+        }
+        Ok(()) => "the hierarchies PID 1 lists do not include memory, cpu and pids".to_string(),
+        Err(why) => why,
+    };
+    Err(RuntimeError::Cgroup(format!(
+        "no cgroup hierarchies at {CGROUP_ROOT} (a fresh /sys, such as `ip netns exec` mounts, hides them) and \
+         none found through PID 1 ({why}); run `nsenter --net=/run/netns/<ns> rds serve` instead of \
+         `ip netns exec <ns> rds serve`, or mount them first: `mount -t cgroup2 none {CGROUP_ROOT}` on cgroup v2, \
+         on v1 a tmpfs at {CGROUP_ROOT} and `mount -t cgroup -o <controller> cgroup {CGROUP_ROOT}/<controller>` \
+         for memory, cpu and pids"
+    )))
+}
+
+/// Mounts, at `root` in this mount namespace, the cgroup hierarchies PID 1 has under
+/// `/sys/fs/cgroup`. Refuses when this namespace already shows any cgroup mount there (then it
+/// is not simply a fresh `/sys`, and nothing is guessed).
+fn remount_from_pid1(root: &Path) -> Result<(), String> {
+    use nix::mount::{mount, MsFlags};
+    let pid1 = std::fs::read_to_string("/proc/1/mountinfo").map_err(|e| format!("cannot read /proc/1/mountinfo: {e}"))?;
+    let own = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+    let prefix = format!("{CGROUP_ROOT}/");
+    let beneath = |m: &CgroupMount| m.mount_point == CGROUP_ROOT || m.mount_point.starts_with(&prefix);
+    let wanted: Vec<CgroupMount> = cgroup_mounts(&pid1).into_iter().filter(|m| beneath(m)).collect();
+    if wanted.is_empty() {
+        return Err("PID 1 has no cgroup hierarchy mounted under /sys/fs/cgroup either".into());
+    }
+    // Same mounts as PID 1 would mean the same namespace: then mounting would change the host's.
+    if cgroup_mounts(&own).iter().any(beneath) {
+        return Err(format!("{CGROUP_ROOT} shows some cgroup mounts but not memory, cpu and pids"));
+    }
+    let fail = |what: String, e: nix::Error| format!("{what}: {e}");
+    if let Some(unified) = wanted.iter().find(|m| m.mount_point == CGROUP_ROOT && m.fs_type == "cgroup2") {
+        return mount(Some("cgroup2"), root, Some("cgroup2"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some(unified.options.as_str()))
+            .map_err(|e| fail(format!("cannot mount cgroup2 at {}", root.display()), e));
+    }
+    mount(Some("tmpfs"), root, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("mode=755"))
+        .map_err(|e| fail(format!("cannot mount a tmpfs at {}", root.display()), e))?;
+    // Nothing mounted below may propagate to another namespace.
+    mount(None::<&str>, root, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(|e| fail(format!("cannot make {} private", root.display()), e))?;
+    for m in wanted.iter().filter(|m| m.mount_point.starts_with(&prefix)) {
+        let name = &m.mount_point[prefix.len()..];
+        if name.is_empty() || name.contains('/') {
+            continue;
+        }
+        let dir = root.join(name);
+        std::fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let data = (!m.options.is_empty()).then_some(m.options.as_str());
+        mount(Some(m.fs_type.as_str()), &dir, Some(m.fs_type.as_str()), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, data)
+            .map_err(|e| fail(format!("cannot mount {} ({}) at {}", m.fs_type, m.options, dir.display()), e))?;
+        // Co-mounted controllers (`cpu,cpuacct`) are also reachable by each name, as systemd does it.
+        if name.contains(',') {
+            for single in name.split(',') {
+                let _ = std::os::unix::fs::symlink(name, root.join(single));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl CgroupLayout {
     /// Finds this process's cgroup(s) and prepares the parent group named `group` beneath them.
     pub fn detect(group: &str) -> Result<Self, RuntimeError> {
         let text = std::fs::read_to_string("/proc/self/cgroup")
             .map_err(|e| RuntimeError::io("cannot read /proc/self/cgroup", e))?;
         let own = own_cgroups(&text);
-        let root = Path::new(CGROUP_ROOT);
+        let root = cgroup_root()?;
+        let root = root.as_path();
         let unified_controllers = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
         if !unified_controllers.trim().is_empty() {
             let path = own
@@ -190,7 +309,10 @@ impl CgroupLayout {
     /// creating or moving anything; used when a manager with its own group name goes away for good.
     pub fn remove_empty_group(group: &str) {
         let Ok(text) = std::fs::read_to_string("/proc/self/cgroup") else { return };
-        let root = Path::new(CGROUP_ROOT);
+        let root = [Path::new(CGROUP_ROOT), Path::new(PID1_CGROUP_ROOT)]
+            .into_iter()
+            .find(|r| has_hierarchies(r))
+            .unwrap_or(Path::new(CGROUP_ROOT));
         for (controllers, path) in own_cgroups(&text) {
             let mount = match controllers.iter().find(|c| V1_CONTROLLERS.contains(&c.as_str())) {
                 Some(c) => root.join(c),
@@ -437,6 +559,19 @@ mod tests {
         assert_eq!(own[0], (vec!["memory".to_string()], "/a/b".to_string()));
         assert_eq!(own[1].0, vec!["cpu".to_string(), "cpuacct".to_string()]);
         assert_eq!(own[2], (vec![], "/user.slice".to_string()));
+    }
+
+    #[test]
+    fn mountinfo_cgroup_mounts_keep_controllers_and_skip_subtrees() {
+        let text = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+            32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid shared:9 - cgroup cgroup rw,cpu,cpuacct\n\
+            35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
+            41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw,nsdelegate\n\
+            50 23 0:32 /some/sub /mnt/sub rw,relatime - cgroup cgroup rw,memory\n";
+        let m = cgroup_mounts(text);
+        assert_eq!(m.len(), 3, "{m:?}");
+        assert_eq!(m[0], CgroupMount { mount_point: "/sys/fs/cgroup/cpu,cpuacct".into(), fs_type: "cgroup".into(), options: "cpu,cpuacct".into() });
+        assert_eq!((m[1].options.as_str(), m[2].fs_type.as_str(), m[2].options.as_str()), ("memory", "cgroup2", "nsdelegate"));
     }
 
     #[test]

@@ -21,6 +21,11 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot create or restrict the database file {path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("database holds an unknown VM state {0:?} (written by a newer rds?)")]
     UnknownState(String),
     #[error("database schema version {found} is newer than this rds understands ({known})")]

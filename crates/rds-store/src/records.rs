@@ -16,21 +16,24 @@ pub enum VmState {
     Stopping,
     /// Not running; `/workspace` kept.
     Stopped,
-    /// A lifecycle step failed; see the reason. Only delete is allowed.
+    /// A lifecycle step failed or the VM died; see the reason. It can be started again or deleted.
     Error,
+    /// Being deleted: recorded before anything is destroyed, so a restart finishes the delete.
+    Deleting,
     /// Tombstone: every trace removed, hidden from the API.
     Deleted,
 }
 
 impl VmState {
     /// Every state, for exhaustive tables.
-    pub const ALL: [VmState; 7] = [
+    pub const ALL: [VmState; 8] = [
         VmState::Creating,
         VmState::Starting,
         VmState::Running,
         VmState::Stopping,
         VmState::Stopped,
         VmState::Error,
+        VmState::Deleting,
         VmState::Deleted,
     ];
 
@@ -43,6 +46,7 @@ impl VmState {
             VmState::Stopping => "STOPPING",
             VmState::Stopped => "STOPPED",
             VmState::Error => "ERROR",
+            VmState::Deleting => "DELETING",
             VmState::Deleted => "DELETED",
         }
     }

@@ -1,5 +1,6 @@
 //! [`Store`] on a SQLite file: WAL journal, busy timeout, one connection behind a mutex.
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -21,14 +22,39 @@ const VM_COLUMNS: &str = "id, state, state_reason, cpu, mem_mb, runtime, image_i
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and migrates it to the latest schema.
+    /// The database's directory is made 0700 and the database files 0600 (fixed if they exist):
+    /// they hold API key hashes, sealed secrets and every VM's record.
     pub fn open(path: &Path) -> StoreResult<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
-                path: dir.display().to_string(),
-                source,
-            })?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+                .map_err(|source| StoreError::Dir {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
         }
-        Self::setup(Connection::open(path)?)
+        // Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the same mode.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| StoreError::File { path: path.display().to_string(), source })?;
+        let store = Self::setup(Connection::open(path)?)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(StoreError::File { path: Path::new(&file).display().to_string(), source: e })
+                }
+                _ => {}
+            }
+        }
+        Ok(store)
     }
 
     /// An in-memory database, for tests.
@@ -630,6 +656,39 @@ mod tests {
             s.set_vm_state("zz", VmState::Running, None),
             Err(StoreError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn database_files_are_private_and_loose_modes_are_fixed_at_open() {
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("storage");
+        let db = root.join("rds.db");
+        {
+            let s = SqliteStore::open(&db).unwrap();
+            s.insert_vm(&vm("a", VmState::Running)).unwrap();
+            assert_eq!(mode(&root), 0o700);
+            for suffix in ["", "-wal", "-shm"] {
+                let file = root.join(format!("rds.db{suffix}"));
+                assert_eq!(mode(&file), 0o600, "{}", file.display());
+            }
+        }
+        // An older rds (or an operator) left them readable: the next open closes them again.
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let s = SqliteStore::open(&db).unwrap();
+        assert_eq!(s.get_vm("a").unwrap().unwrap().state, VmState::Running);
+        assert_eq!((mode(&root), mode(&db)), (0o700, 0o600));
+    }
+
+    #[test]
+    fn deleting_is_stored_and_still_counts_as_live() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        s.insert_vm(&vm("a", VmState::Stopped)).unwrap();
+        s.set_vm_state("a", VmState::Deleting, None).unwrap();
+        assert_eq!(s.get_vm("a").unwrap().unwrap().state, VmState::Deleting);
+        assert_eq!(s.list_vms().unwrap().len(), 1, "a VM being deleted is listed until it is gone");
+        assert_eq!(s.count_live_vms().unwrap(), 1);
     }
 
     #[test]

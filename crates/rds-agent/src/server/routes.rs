@@ -137,13 +137,28 @@ fn body_reader(req: Request<Incoming>) -> impl io::Read + Send + 'static {
     SyncIoBridge::new(StreamReader::new(Box::pin(stream)))
 }
 
+/// After a rejected archive, reads and discards the rest of the body before the answer goes out:
+/// answering mid-body and closing would reset the connection under the sender (the manager), which
+/// would then see a transport error instead of this 400. The manager bounds what it forwards by
+/// `MAX_UPLOAD_BYTES`.
+fn finish_reading<T, E>(result: Result<T, E>, reader: &mut impl io::Read) -> Result<T, E> {
+    if result.is_err() {
+        let _ = io::copy(reader, &mut io::sink());
+    }
+    result
+}
+
 async fn upload(req: Request<Incoming>, agent: &Agent) -> Result<Response<Body>, ApiError> {
     let query = query(&req);
     let dest = required(&query, "dest")?.to_string();
     let workspace = agent.cfg.workspace.clone();
     let owner = Owner::User { uid: agent.cfg.uid, gid: agent.cfg.gid };
-    let reader = body_reader(req);
-    let summary = blocking(move || files::upload(&workspace, &dest, reader, &TransferLimits::default(), owner)).await??;
+    let mut reader = body_reader(req);
+    let summary = blocking(move || {
+        let result = files::upload(&workspace, &dest, &mut reader, &TransferLimits::default(), owner);
+        finish_reading(result, &mut reader)
+    })
+    .await??;
     Ok(json_response(StatusCode::OK, &serde_json::json!({ "entries": summary.entries, "bytes": summary.bytes })))
 }
 
@@ -161,9 +176,10 @@ async fn replace_tree(req: Request<Incoming>, agent: &Agent) -> Result<Response<
         }
     };
     let workspace = agent.cfg.workspace.clone();
-    let reader = body_reader(req);
+    let mut reader = body_reader(req);
     let summary = blocking(move || {
-        files::replace_tree(&workspace, &dest, reader, &TransferLimits::default(), owner, read_only)
+        let result = files::replace_tree(&workspace, &dest, &mut reader, &TransferLimits::default(), owner, read_only);
+        finish_reading(result, &mut reader)
     })
     .await??;
     Ok(json_response(StatusCode::OK, &serde_json::json!({ "entries": summary.entries, "bytes": summary.bytes })))

@@ -26,6 +26,13 @@ pub fn skip_reason() -> Option<String> {
     None
 }
 
+/// Panics with the reason when a test cannot run here (for tests that must not pass by skipping).
+pub fn must_run_here() {
+    if let Some(reason) = skip_reason() {
+        panic!("this test cannot run here: {reason}");
+    }
+}
+
 /// Returns early from a test with `SKIPPED: <reason>` when it cannot run.
 #[macro_export]
 macro_rules! require_sandbox {
@@ -69,13 +76,21 @@ impl Server {
 
     /// Starts a server inside the network namespace `ns` (`/run/netns/<ns>`), listening on
     /// `bind` there, with `API_KEY` set plus `env`. The calling thread must already be in `ns`
-    /// (to pick a free port there and to reach the API). `nsenter --net` is used rather than
-    /// `ip netns exec`, which remounts `/sys` and so hides the cgroup hierarchy from the runtime.
+    /// (to pick a free port there and to reach the API). `nsenter --net` keeps the host's `/sys`;
+    /// `ip netns exec` (a fresh `/sys`, see [`Server::start_prefixed`]) is tested on its own.
     pub fn start_in_netns(ns: &str, bind: &str, env: &[(&str, &str)]) -> Server {
         let mut all = vec![("API_KEY", KEY), ("BIND", bind)];
         all.extend_from_slice(env);
         let prefix = vec!["nsenter".to_string(), format!("--net=/run/netns/{ns}"), "--".to_string()];
         Self::start_with(&all, prefix, bind)
+    }
+
+    /// Starts a server with `API_KEY` set plus `env`, running `prefix` in front of `rds serve`
+    /// (e.g. `ip netns exec <ns>`), listening on `bind`.
+    pub fn start_prefixed(prefix: &[&str], bind: &str, env: &[(&str, &str)]) -> Server {
+        let mut all = vec![("API_KEY", KEY), ("BIND", bind)];
+        all.extend_from_slice(env);
+        Self::start_with(&all, prefix.iter().map(|p| p.to_string()).collect(), bind)
     }
 
     /// Starts a server with exactly `env` (plus port, storage root, agent binary).
@@ -222,6 +237,25 @@ impl Server {
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
+    }
+
+    /// The database of this server (for reading what it recorded, e.g. after a crash).
+    pub fn store(&self) -> rds_store::SqliteStore {
+        rds_store::SqliteStore::open(&self.root.path().join("rds.db")).expect("open rds.db")
+    }
+
+    /// Host pid of VM `id`'s top process (sandbox launcher, QEMU), from its recorded handle.
+    pub fn vm_pid(&self, id: &str) -> i32 {
+        use rds_store::Store;
+        let vm = self.store().get_vm(id).expect("read the VM").expect("the VM exists");
+        let handle: serde_json::Value =
+            serde_json::from_str(vm.handle_json.as_deref().expect("a running VM has a handle")).unwrap();
+        handle["pid"].as_i64().expect("handle has a pid") as i32
+    }
+
+    /// The directory of VM `id` under this server's storage root.
+    pub fn vm_dir(&self, id: &str) -> PathBuf {
+        self.root.path().join("vms").join(id)
     }
 
     pub fn req(&self, method: &str, path: &str) -> ureq::Request {

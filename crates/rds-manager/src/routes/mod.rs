@@ -18,6 +18,7 @@ use crate::{auth, ApiError, AppState};
 
 /// The complete application router.
 pub fn router(state: AppState) -> Router {
+    let drain_limit = crate::unread_body::MIN_DRAIN_BYTES.max(2 * state.config.max_json_body_bytes as u64);
     let protected = Router::new()
         .route("/v1/vms", post(vms::create).get(vms::list))
         .route("/v1/vms/{id}", get(vms::get).delete(vms::delete))
@@ -55,4 +56,6 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
+        // Outermost, so every early answer (auth, limits, bad input) is covered.
+        .layer(middleware::from_fn(move |req, next| crate::unread_body::read_rest_of_body(drain_limit, req, next)))
 }

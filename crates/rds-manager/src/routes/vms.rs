@@ -37,9 +37,10 @@ pub async fn get(
     Ok(Json(vms::view(&s, &vm)))
 }
 
-/// Delete a VM and every trace of it.
+/// Delete a VM and every trace of it. It shows DELETING until done; a manager restart finishes
+/// an interrupted delete, and a failed one stays DELETING (with the reason) for a retry.
 #[utoipa::path(delete, path = "/v1/vms/{id}", tag = "vms",
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 500, body = ErrorBody)))]
 pub async fn delete(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -48,7 +49,7 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Start a STOPPED VM (its /workspace is kept).
+/// Start a STOPPED or ERROR VM (its /workspace is kept).
 #[utoipa::path(post, path = "/v1/vms/{id}/start", tag = "vms",
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn start(

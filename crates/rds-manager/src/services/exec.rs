@@ -6,6 +6,7 @@ use axum::body::Body;
 use axum::response::Response;
 use http::{header, Method, Request};
 use rds_proto::{ExecEvent, ExecExit, ExecRequest, ExecResult, Language, RunRequest, RunResult, DEFAULT_TIMEOUT_MS};
+use rds_runtime::process::is_same_process_alive;
 use rds_store::{now_ms, ExecLogRecord, VmState};
 use serde_json::json;
 
@@ -202,9 +203,11 @@ fn oom_rose(before: Option<u64>, after: Option<u64>) -> bool {
 }
 
 /// Maps an agent failure: a VM that stopped meanwhile is a 409, agent 4xx keep their status.
+/// A VM still recorded RUNNING whose process is gone counts as stopped: the liveness watcher is
+/// about to settle it.
 pub fn agent_error(state: &AppState, vm_id: &str, e: AgentError) -> ApiError {
-    let still_running =
-        matches!(state.store.get_vm(vm_id), Ok(Some(vm)) if vm.state == VmState::Running);
+    let still_running = matches!(state.store.get_vm(vm_id), Ok(Some(vm)) if vm.state == VmState::Running
+        && crate::services::vms::parse_handle(&vm).is_none_or(|h| is_same_process_alive(h.pid, h.start_time)));
     match e {
         AgentError::Unreachable(_) | AgentError::Transport(_) if !still_running => {
             ApiError::Conflict(format!("VM {vm_id} is no longer RUNNING"))

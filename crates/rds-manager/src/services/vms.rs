@@ -9,7 +9,7 @@ use rds_runtime::{RuntimeError, RuntimeKind, VmHandle, VmSpec};
 use rds_store::{now_ms, VmRecord, VmState};
 use serde_json::json;
 
-use crate::lifecycle;
+use crate::{lifecycle, liveness};
 use crate::services::{network, peers};
 use crate::services::events::vm_event;
 use crate::services::images;
@@ -188,17 +188,21 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
             json!({"cpu": record.cpu, "memMb": record.mem_mb, "outboundInternet": record.outbound_internet}),
         ),
     );
-    if let Err(e) = boot(state, &record).await {
-        let reason = format!("create failed: {e}");
-        if let Err(d) = state.runtime.destroy(&id, None).await {
-            tracing::warn!(vm_id = %id, error = %d, "cleanup after a failed create failed");
+    let handle = match boot(state, &record).await {
+        Ok(handle) => handle,
+        Err(e) => {
+            let reason = format!("create failed: {e}");
+            if let Err(d) = state.runtime.destroy(&id, None).await {
+                tracing::warn!(vm_id = %id, error = %d, "cleanup after a failed create failed");
+            }
+            network::detach(state, &id).await;
+            state.store.set_vm_handle(&id, None)?;
+            transition(state, &id, VmState::Creating, VmState::Error, Some(&reason))?;
+            return Err(e);
         }
-        network::detach(state, &id).await;
-        state.store.set_vm_handle(&id, None)?;
-        transition(state, &id, VmState::Creating, VmState::Error, Some(&reason))?;
-        return Err(e);
-    }
+    };
     transition(state, &id, VmState::Creating, VmState::Running, None)?;
+    liveness::watch(state, &id, &handle);
     vm_event(state, &id, "vm.started", "VM started", None);
     let vm = find(state, &id)?;
     peers::on_running(state, &vm).await;
@@ -245,13 +249,13 @@ async fn boot(state: &AppState, vm: &VmRecord) -> Result<VmHandle, ApiError> {
     Ok(handle)
 }
 
-/// Starts a STOPPED VM; its `/workspace` is kept. A failed start returns it to STOPPED.
+/// Starts a STOPPED (or ERROR) VM; its `/workspace` is kept. A failed start returns it to STOPPED.
 pub async fn start(state: &AppState, id: &str) -> Result<(), ApiError> {
     let _lock = state.vm_locks.lock(id).await;
     let vm = find(state, id)?;
     lifecycle::check(vm.state, VmState::Starting).map_err(|_| {
         ApiError::Conflict(format!(
-            "VM {id} is {}; only a STOPPED VM can be started",
+            "VM {id} is {}; only a STOPPED or ERROR VM can be started",
             vm.state
         ))
     })?;
@@ -262,8 +266,9 @@ pub async fn start(state: &AppState, id: &str) -> Result<(), ApiError> {
         network::allocate_slot(state, id)
     };
     match async { slot?; boot(state, &vm).await }.await {
-        Ok(_) => {
+        Ok(handle) => {
             transition(state, id, VmState::Starting, VmState::Running, None)?;
+            liveness::watch(state, id, &handle);
             vm_event(state, id, "vm.started", "VM started", None);
             peers::on_running(state, &find(state, id)?).await;
             Ok(())
@@ -324,16 +329,31 @@ pub async fn stop(state: &AppState, id: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Removes every trace of a VM and leaves a hidden DELETED tombstone.
+/// Removes every trace of a VM and leaves a hidden DELETED tombstone. DELETING is recorded first,
+/// so a manager that dies half-way finishes the delete at its next start instead of bringing the
+/// VM back; a failed delete stays DELETING with the reason and can be retried.
 pub async fn delete(state: &AppState, id: &str) -> Result<(), ApiError> {
     let lock = state.vm_locks.lock(id).await;
     let vm = find(state, id)?;
+    if vm.state != VmState::Deleting {
+        transition(state, id, vm.state, VmState::Deleting, None)?;
+    }
+    finish_delete(state, &vm).await?;
+    drop(lock);
+    state.vm_locks.forget(id);
+    Ok(())
+}
+
+/// Destroys what a DELETING VM still holds and records it DELETED. The caller holds the VM's lock.
+pub async fn finish_delete(state: &AppState, vm: &VmRecord) -> Result<(), ApiError> {
+    let id = vm.id.as_str();
     state.bridges.close(state, id);
     state.agent.forget(id);
-    let handle = parse_handle(&vm);
+    let handle = parse_handle(vm);
     if let Err(e) = state.runtime.destroy(id, handle.as_ref()).await {
-        let reason = format!("delete failed: {e}");
-        transition(state, id, vm.state, VmState::Error, Some(&reason))?;
+        let reason = format!("delete failed (retry the delete): {e}");
+        state.store.set_vm_state(id, VmState::Deleting, Some(&reason))?;
+        vm_event(state, id, "vm.error", reason, None);
         return Err(runtime_error(e));
     }
     network::detach(state, id).await;
@@ -341,10 +361,8 @@ pub async fn delete(state: &AppState, id: &str) -> Result<(), ApiError> {
     state.store.set_vm_handle(id, None)?;
     state.store.delete_peer_links_of(id)?;
     state.store.set_vm_secrets(id, None, &[])?;
-    transition(state, id, vm.state, VmState::Deleted, None)?;
+    transition(state, id, VmState::Deleting, VmState::Deleted, None)?;
     vm_event(state, id, "vm.deleted", "VM deleted", None);
-    drop(lock);
-    state.vm_locks.forget(id);
     Ok(())
 }
 
