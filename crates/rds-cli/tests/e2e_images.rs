@@ -96,6 +96,7 @@ fn mounts_mentioning(needle: &str) -> Vec<String> {
 
 /// A tiny but real ext4 root: just the directories the sandbox mounts on (the agent itself runs
 /// from the host binary, so it needs nothing else to answer `/health`).
+/// `None` when mkfs.ext4 is not installed.
 fn tiny_ext4_rootfs(dir: &Path) -> Option<Vec<u8>> {
     let tree = dir.join("tree");
     for d in ["proc", "dev", "sys", "tmp", "run", "workspace", "etc"] {
