@@ -31,7 +31,7 @@ struct Env {
 
 fn env() -> Option<Env> {
     if !nix::unistd::geteuid().is_root() {
-        println!("SKIPPED: file transfer tests need root (chown to uid 1000)");
+        rds_testkit::skip("file transfer tests need root (chown to uid 1000)");
         return None;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -366,7 +366,7 @@ fn wait_for_file(s: &Server, id: &str, path: &str) {
 #[test]
 fn vm_egress_follows_policy_through_the_api_and_survives_a_manager_crash() {
     if let Some(reason) = skip_reason() {
-        eprintln!("SKIPPED: {reason}");
+        rds_testkit::skip(reason);
         return;
     }
     egress_follows_policy(Vec::new());
@@ -379,7 +379,7 @@ fn qemu_vm_egress_follows_policy_through_the_api_and_survives_a_manager_crash() 
     let image = match skip_reason().map_or_else(common::qemu_image_dir, Err) {
         Ok(image) => image,
         Err(reason) => {
-            eprintln!("SKIPPED: {reason}");
+            rds_testkit::skip(reason);
             return;
         }
     };

@@ -29,7 +29,7 @@ macro_rules! require_peers {
     () => {
         require_sandbox!();
         if !have("deno") || !have("python3") {
-            eprintln!("SKIPPED: the peer bridge tests need deno and python3");
+            rds_testkit::skip("the peer bridge tests need deno and python3");
             return;
         }
     };

@@ -1,6 +1,6 @@
 //! End-to-end on the qemu runtime: the real `rds serve` with `RDS_RUNTIME=qemu` boots the real
 //! guest image (Debian cloud kernel, initramfs, `rds-agent` as PID 1, virtio-vsock) and is driven
-//! over HTTP. Needs root, QEMU and `vhost-device-vsock`; prints SKIPPED otherwise. Boots are slow
+//! over HTTP. Needs root, QEMU and `vhost-device-vsock`; records a skip (`rds_testkit::skip`) otherwise. Boots are slow
 //! under TCG, so one VM carries the whole flow.
 
 mod common;
@@ -41,7 +41,7 @@ fn core_flow_runs_on_the_real_guest_under_qemu() {
     let image = match common::qemu_image_dir() {
         Ok(d) => d,
         Err(reason) => {
-            eprintln!("SKIPPED: {reason}");
+            rds_testkit::skip(reason);
             return;
         }
     };

@@ -47,7 +47,7 @@ fn exec_runs_as_uid_1000_and_streams_ndjson() {
 fn run_ts_returns_arbitrary_json_unmangled() {
     require_sandbox!();
     if which("deno").is_none() {
-        eprintln!("SKIPPED: deno not installed");
+        rds_testkit::skip("deno not installed");
         return;
     }
     let s = Server::start(&[]);

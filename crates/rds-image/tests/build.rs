@@ -80,7 +80,7 @@ fn chroot_output(root: &Path, program: &str, args: &[&str]) -> String {
 #[test]
 fn image_build_produces_bootable_artifacts_and_is_cached() {
     if let Some(reason) = skip_reason() {
-        println!("SKIPPED: {reason}");
+        rds_testkit::skip(reason);
         return;
     }
     let cache_dir = std::env::var_os("RDS_IMAGE_CACHE")

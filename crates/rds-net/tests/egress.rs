@@ -69,7 +69,7 @@ fn assert_forbidden_stays_closed(vm1: &str, slot1: Slot, slot2: Slot, label: &st
 #[test]
 fn vm_egress_follows_policy_in_a_namespace_topology() {
     if let Some(reason) = skip_reason() {
-        println!("SKIPPED: {reason}");
+        rds_testkit::skip(reason);
         return;
     }
     let root_forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();

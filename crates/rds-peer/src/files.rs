@@ -411,7 +411,7 @@ mod tests {
     #[test]
     fn python_proxy_is_valid_python() {
         if std::process::Command::new("python3").arg("--version").output().is_err() {
-            println!("SKIPPED: python3 not installed");
+            rds_testkit::skip("python3 not installed");
             return;
         }
         let dir = written_weather_tree();
@@ -427,7 +427,7 @@ mod tests {
     #[test]
     fn typescript_proxy_type_checks() {
         if std::process::Command::new("deno").arg("--version").output().is_err() {
-            println!("SKIPPED: deno not installed");
+            rds_testkit::skip("deno not installed");
             return;
         }
         let dir = written_weather_tree();

@@ -83,7 +83,7 @@ mod tests {
     #[test]
     fn python_snippet_round_trips_arguments_through_python() {
         if std::process::Command::new("python3").arg("--version").output().is_err() {
-            println!("SKIPPED: python3 not installed");
+            rds_testkit::skip("python3 not installed");
             return;
         }
         let dir = tempfile::tempdir().unwrap();

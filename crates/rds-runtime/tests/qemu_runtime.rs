@@ -1,7 +1,7 @@
 //! End-to-end tests of the qemu runtime: the real guest image (Debian cloud kernel, initramfs,
 //! `rds-agent` as PID 1) booted under QEMU `microvm` (KVM if it can run a guest, else TCG), driven
 //! through the `Runtime` trait and the agent's HTTP API over virtio-vsock. Need root, QEMU and
-//! `vhost-device-vsock`; the first two tests print `SKIPPED: <reason>` otherwise, the stop/start
+//! `vhost-device-vsock`; the first two tests record a skip (`rds_testkit::skip`) otherwise, the stop/start
 //! test fails with the reason.
 //!
 //! The image is built (or taken from the cache, `$RDS_IMAGE_CACHE`, default `/var/cache/rds-image`)
@@ -51,11 +51,11 @@ fn image_dir() -> Result<PathBuf, String> {
             debian_suite: "bookworm".into(),
             mirror: None,
         };
-        let built = rds_image::build(&opts, &mut |line| eprintln!("image: {line}")).map_err(|e| format!("image build failed: {e}"))?;
+        let built = rds_image::build(&opts, &mut |line| eprintln!("image: {line}")).unwrap_or_else(|e| panic!("image build failed: {e}"));
         // The cache keeps the same five files under `image-<key>`: use those, drop the copy.
         let cached = cache.join(format!("image-{}", built.manifest.cache_key));
         if !cached.join("rootfs.ext4").is_file() {
-            return Err(format!("the image cache has no {}", cached.display()));
+            panic!("the image cache has no {}", cached.display());
         }
         Ok(cached)
     })
@@ -73,7 +73,7 @@ macro_rules! require_env {
         match image_dir() {
             Ok(dir) => dir,
             Err(reason) => {
-                println!("SKIPPED: {reason}");
+                rds_testkit::skip(reason);
                 return;
             }
         }

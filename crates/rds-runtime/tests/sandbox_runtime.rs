@@ -31,7 +31,7 @@ macro_rules! require_env {
         match agent_bin() {
             Ok(bin) => bin,
             Err(reason) => {
-                println!("SKIPPED: {reason}");
+                rds_testkit::skip(reason);
                 return;
             }
         }

@@ -38,27 +38,27 @@ impl Reply {
     }
 }
 
-/// True when the tests can run (the agent must be root to switch to uid 1000); prints SKIPPED otherwise.
+/// True when the tests can run (the agent must be root to switch to uid 1000); records a skip otherwise.
 pub fn can_run() -> bool {
     if nix::unistd::geteuid().is_root() {
         true
     } else {
-        println!("SKIPPED: needs root");
+        rds_testkit::skip("needs root");
         false
     }
 }
 
-/// True when `program` is installed; prints SKIPPED otherwise.
+/// True when `program` is installed; records a skip otherwise.
 pub fn has_program(program: &str) -> bool {
     let found = ["/usr/local/bin", "/usr/bin", "/bin"].iter().any(|d| std::path::Path::new(d).join(program).exists());
     if !found {
-        println!("SKIPPED: {program} is not installed");
+        rds_testkit::skip(format!("{program} is not installed"));
     }
     found
 }
 
 impl Agent {
-    /// Starts an agent, or returns `None` (after printing SKIPPED) when not root.
+    /// Starts an agent, or returns `None` (after recording a skip) when not root.
     pub async fn start() -> Option<Agent> {
         Self::start_with_env(&[]).await
     }

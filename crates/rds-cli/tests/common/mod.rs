@@ -33,12 +33,12 @@ pub fn must_run_here() {
     }
 }
 
-/// Returns early from a test with `SKIPPED: <reason>` when it cannot run.
+/// Returns early from a test, recording a skip with the reason, when it cannot run.
 #[macro_export]
 macro_rules! require_sandbox {
     () => {
         if let Some(reason) = common::skip_reason() {
-            eprintln!("SKIPPED: {reason}");
+            rds_testkit::skip(reason);
             return;
         }
     };
@@ -372,7 +372,8 @@ fn build_guest_image() -> Result<PathBuf, String> {
         },
         &mut |line| eprintln!("image: {line}"),
     )
-    .map_err(|e| format!("image build failed: {e}"))?;
+    // A failed build is a failure, not a reason to skip.
+    .unwrap_or_else(|e| panic!("image build failed: {e}"));
     Ok(cache.join(format!("image-{}", built.manifest.cache_key)))
 }
 

@@ -1,0 +1,52 @@
+//! The one way a test says it cannot run on this host. A skipped test still passes under the
+//! test runner, so every skip is recorded where `scripts/test` can count it and fail the run on
+//! any skip that `.ci/skip-allowlist` does not name (see the README's "Tests" section).
+
+use std::io::Write;
+
+/// Env var naming the file that skips are appended to; unset = skips are only printed.
+pub const SKIP_LOG_ENV: &str = "RDS_SKIP_LOG";
+
+/// Records that the calling test cannot run here and why: prints `SKIPPED: <reason>` and, when
+/// `RDS_SKIP_LOG` is set, appends `<binary>\t<test>\t<reason>` to that file. The caller then
+/// returns early. Panics when the skip cannot be recorded, so a skip is never silent.
+pub fn skip(reason: impl std::fmt::Display) {
+    // One line per skip: the log is line-oriented and tab-separated.
+    let reason = reason.to_string().replace(['\t', '\n', '\r'], " ");
+    println!("SKIPPED: {reason}");
+    let Some(log) = std::env::var_os(SKIP_LOG_ENV) else { return };
+    let line = format!("{}\t{}\t{reason}\n", binary_id(), test_name());
+    // O_APPEND and a single write: parallel test processes append whole lines, never interleaved.
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        panic!("cannot record the skip in {SKIP_LOG_ENV}={}: {e}", log.to_string_lossy());
+    }
+}
+
+/// The test binary as nextest names it (`crate::target`), else derived from the executable.
+fn binary_id() -> String {
+    if let Ok(id) = std::env::var("NEXTEST_BINARY_ID") {
+        return id;
+    }
+    // Cargo names test executables `<target>-<hash>`.
+    let exe = std::env::current_exe().ok();
+    let stem = exe.as_deref().and_then(|p| p.file_stem()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let target = stem.rsplit_once('-').map_or(stem.as_str(), |(t, _)| t).to_string();
+    match std::env::var("CARGO_PKG_NAME") {
+        Ok(pkg) if pkg.replace('-', "_") != target => format!("{pkg}::{target}"),
+        Ok(pkg) => pkg,
+        Err(_) => target,
+    }
+}
+
+/// The running test's path: libtest names each test's thread after it.
+fn test_name() -> String {
+    match std::thread::current().name() {
+        Some(name) if name != "main" => name.to_string(),
+        _ => std::env::var("NEXTEST_TEST_NAME").unwrap_or_else(|_| "<unknown test>".into()),
+    }
+}
