@@ -246,7 +246,7 @@ impl QemuRuntime {
             remove_if_present(sock)?;
         }
         if !p.overlay.exists() {
-            create_overlay(&p.overlay, u64::from(disk_mb)).await?;
+            vm_common::make_ext4_disk(&p.overlay, u64::from(disk_mb), &["-L", OVERLAY_LABEL], None).await?;
         }
         Ok(())
     }
@@ -539,35 +539,6 @@ fn find_program(program: &Path) -> Option<PathBuf> {
 /// `$HOME/.cargo/bin`, where `cargo install` puts vhost-device-vsock.
 fn dirs_home_cargo_bin() -> PathBuf {
     std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root")).join(".cargo/bin")
-}
-
-/// Creates a sparse overlay disk of `size_mb` MiB and formats it ext4 (labelled [`OVERLAY_LABEL`]).
-async fn create_overlay(path: &Path, size_mb: u64) -> Result<(), RuntimeError> {
-    let partial = path.with_extension("ext4.partial");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&partial)
-        .map_err(|e| RuntimeError::io(format!("cannot create {}", partial.display()), e))?;
-    file.set_len(size_mb * 1024 * 1024).map_err(|e| RuntimeError::io(format!("cannot size {}", partial.display()), e))?;
-    drop(file);
-    let out = tokio::process::Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", OVERLAY_LABEL, "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
-        .arg(&partial)
-        .output()
-        .await
-        .map_err(|e| RuntimeError::io("cannot run mkfs.ext4 (install e2fsprogs)", e))?;
-    if !out.status.success() {
-        let _ = std::fs::remove_file(&partial);
-        return Err(RuntimeError::Boot(format!(
-            "mkfs.ext4 {} failed: {}",
-            partial.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    std::fs::rename(&partial, path).map_err(|e| RuntimeError::io(format!("cannot rename {}", partial.display()), e))
 }
 
 /// Waits for the agent's call on `ready` (see [`READY_VSOCK_PORT`]), then connects to it.

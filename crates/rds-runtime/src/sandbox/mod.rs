@@ -157,7 +157,8 @@ impl SandboxRuntime {
         private(&p.dir, 0o700)?;
         let existed = p.workspace.is_dir() || p.workspace_img.is_file();
         if !existed {
-            make_workspace_disk(&p.workspace_img, disk_mb).await?;
+            // Files owned by the sandbox user on disk: idmapped, they are uid 1000 inside.
+            vm_common::make_ext4_disk(&p.workspace_img, u64::from(disk_mb), &[], Some(SANDBOX_UID)).await?;
         }
         private(&p.bridge, 0o755)?;
         private(&p.root, 0o700)?;
@@ -319,51 +320,6 @@ impl SandboxRuntime {
             .map_err(|e| RuntimeError::Cgroup(format!("cgroup task failed: {e}")))??;
         Ok(VmHandle { pid, start_time, extra: serde_json::Value::Null })
     }
-}
-
-/// Creates the sparse ext4 file `img` of `disk_mb` MiB whose root directory belongs to the sandbox
-/// user. The kernel enforces the size: a full workspace is ENOSPC inside and nothing on the host.
-async fn make_workspace_disk(img: &Path, disk_mb: u32) -> Result<(), RuntimeError> {
-    let partial = img.with_extension("img.partial");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&partial)
-        .map_err(|e| RuntimeError::io(format!("cannot create {}", partial.display()), e))?;
-    file.set_len(u64::from(disk_mb) * 1024 * 1024)
-        .map_err(|e| RuntimeError::io(format!("cannot size {}", partial.display()), e))?;
-    drop(file);
-    // A fresh sparse file reads as zeros: nothing needs zeroing (e2fsprogs >= 1.47), so the disk
-    // costs ~1 MiB on the host until used. Older mkfs: leave the zeroing lazy instead.
-    let mut out = None;
-    for extended in ["assume_storage_prezeroed=1", "lazy_itable_init=1,lazy_journal_init=1"] {
-        let run = tokio::process::Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-m", "0", "-E"])
-            .arg(format!("root_owner={SANDBOX_UID}:{SANDBOX_UID},{extended}"))
-            .arg(&partial)
-            .env("PATH", LAUNCHER_PATH)
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .map_err(|e| RuntimeError::io("cannot run mkfs.ext4 (install e2fsprogs)", e))?;
-        let ok = run.status.success();
-        out = Some(run);
-        if ok {
-            break;
-        }
-    }
-    let out = out.expect("mkfs ran at least once");
-    if !out.status.success() {
-        let _ = std::fs::remove_file(&partial);
-        return Err(RuntimeError::Boot(format!(
-            "mkfs.ext4 for the workspace disk failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    std::fs::rename(&partial, img).map_err(|e| RuntimeError::io(format!("cannot rename {}", partial.display()), e))
 }
 
 fn check_spec(spec: &VmSpec, host_root: bool) -> Result<(), RuntimeError> {
