@@ -23,7 +23,7 @@ pub mod services;
 pub mod state;
 pub mod views;
 
-#[cfg(any(test, feature = "testing"))]
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use config::Config;
