@@ -4,7 +4,8 @@
 //! agent runs are still processes). Never used by `rds serve`.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use rds_agent::server::AgentConfig;
@@ -92,7 +93,7 @@ impl Runtime for InProcessRuntime {
     async fn destroy(&self, id: &str, _h: Option<&VmHandle>) -> Result<(), RuntimeError> {
         rds_runtime::check_vm_id(id)?;
         self.halt(id).await;
-        match std::fs::remove_dir_all(self.dir(id)) {
+        match remove_tree(&self.dir(id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RuntimeError::io("removing the VM directory", e)),
             _ => Ok(()),
         }
@@ -135,4 +136,21 @@ impl Runtime for InProcessRuntime {
         }
         orphans
     }
+}
+
+/// Removes `path` and everything under it, first making the directories writable: the agent
+/// leaves read-only trees (`/workspace/peers`) that only root could otherwise remove.
+pub fn remove_tree(path: &Path) -> std::io::Result<()> {
+    fn writable(path: &Path) -> std::io::Result<()> {
+        let meta = std::fs::symlink_metadata(path)?;
+        if meta.is_dir() {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+            for entry in std::fs::read_dir(path)? {
+                writable(&entry?.path())?;
+            }
+        }
+        Ok(())
+    }
+    writable(path)?;
+    std::fs::remove_dir_all(path)
 }

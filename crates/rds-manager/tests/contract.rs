@@ -65,6 +65,15 @@ struct Api {
     _dir: tempfile::TempDir,
 }
 
+impl Drop for Api {
+    fn drop(&mut self) {
+        // Read-only trees the agents left (`/workspace/peers`) would outlive `TempDir` when not root.
+        if let Err(e) = rds_manager::testing::remove_tree(self._dir.path()) {
+            eprintln!("could not remove {}: {e}", self._dir.path().display());
+        }
+    }
+}
+
 /// A response: status, headers, body.
 struct Reply {
     status: StatusCode,
