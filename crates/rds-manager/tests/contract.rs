@@ -242,6 +242,9 @@ async fn openapi_json_is_public_and_documents_every_route_the_router_serves() {
     documented.dedup();
     served.sort();
     assert_eq!(documented, served, "openapi.json and the router disagree");
+    let ui = api.send(Request::get("/swagger/").body(Body::empty()).unwrap()).await;
+    assert_eq!(ui.status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&ui.body).contains("swagger"), "the Swagger UI page");
 }
 
 #[tokio::test]
@@ -439,6 +442,15 @@ async fn stop_and_start_answer_204_keep_the_workspace_and_409_in_the_wrong_state
             "must be RUNNING",
         );
     }
+    // A streamed exec is refused before any stream starts, as a JSON error.
+    api.raw(
+        Method::POST,
+        &format!("/v1/vms/{id}/exec"),
+        &[("content-type", "application/json"), ("accept", "application/x-ndjson")],
+        json!({"cmd": "true"}).to_string(),
+    )
+    .await
+    .expect_error(StatusCode::CONFLICT, "conflict", "must be RUNNING");
     api.call(Method::GET, &format!("/v1/vms/{id}/files/download?path=note.txt"), None).await.expect_error(
         StatusCode::CONFLICT,
         "conflict",
@@ -513,6 +525,19 @@ async fn exec_answers_exit_code_stdout_and_stderr() {
     assert_eq!(r["stdoutTruncated"], false);
     assert!(r["durationMs"].is_u64(), "{r}");
     assert_eq!(api.exec(&id, "echo $A; pwd").await["stdout"].as_str().unwrap().lines().next(), Some(""));
+}
+
+#[tokio::test]
+async fn exec_past_its_timeout_ms_answers_200_with_timed_out_and_no_exit_code() {
+    let api = Api::new(&[]);
+    let id = api.vm().await;
+    let r = api
+        .call(Method::POST, &format!("/v1/vms/{id}/exec"), Some(json!({"cmd": "echo started; sleep 30", "timeoutMs": 300})))
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(r["timedOut"], true, "{r}");
+    assert_eq!(r["exitCode"], Value::Null, "{r}");
+    assert_eq!(r["stdout"], "started\n", "output before the kill is kept: {r}");
 }
 
 #[tokio::test]
