@@ -72,7 +72,8 @@ impl Default for TransferLimits {
 pub enum Owner {
     /// The unprivileged workspace user (normally uid/gid 1000).
     User { uid: u32, gid: u32 },
-    /// root:root, for trees the user must not change (e.g. `/workspace/peers`).
+    /// The agent itself (root in every guest and sandbox), for trees the user must not change
+    /// (e.g. `/workspace/peers`).
     Root,
 }
 
@@ -80,7 +81,9 @@ impl Owner {
     fn ids(self) -> (Uid, Gid) {
         match self {
             Owner::User { uid, gid } => (Uid::from_raw(uid), Gid::from_raw(gid)),
-            Owner::Root => (Uid::from_raw(0), Gid::from_raw(0)),
+            // The agent's own ids rather than a literal 0: the same in a guest, and an agent
+            // embedded in an unprivileged process (the manager's tests) can still give itself files.
+            Owner::Root => (nix::unistd::geteuid(), nix::unistd::getegid()),
         }
     }
 }
@@ -210,12 +213,24 @@ pub fn replace_tree(
     let finish = Finish { owner, read_only };
     let staging = Staging::create(&ws)?;
     let staged = extract(body, &staging.root, limits, &finish)?;
-    finish.apply(&staging.root, true, false)?;
+    // Writable by its owner while it moves: moving a directory to another parent rewrites its
+    // `..`, which an agent that is not root may only do in a directory it can write.
+    Finish { owner, read_only: false }.apply(&staging.root, true, false)?;
     let parent_finish = Finish {
         owner,
         read_only: false,
     };
     let parent = ensure_dirs(&ws, parents, &parent_finish).map_err(|e| dest_error(dest, e))?;
+    // The old tree moves into the staging dir, which rewrites its `..`: an agent that is not root
+    // must first make its own read-only tree writable (root ignores the mode).
+    if !nix::unistd::geteuid().is_root() {
+        if let Ok(old) = open_beneath(&parent, Path::new(name), OFlag::O_DIRECTORY | OFlag::O_RDONLY, 0) {
+            let st = fstat(old.as_raw_fd())?;
+            if st.st_uid == nix::unistd::geteuid().as_raw() {
+                nix::sys::stat::fchmod(old.as_raw_fd(), Mode::from_bits_truncate(0o755))?;
+            }
+        }
+    }
     // Exchange keeps `dest` populated at every instant; the old content (file, dir or a user
     // symlink, never followed) lands in the staging dir and is deleted with it.
     match rename_at(
@@ -235,6 +250,8 @@ pub fn replace_tree(
         )?,
         Err(e) => return Err(e.into()),
     }
+    // The descriptor follows the tree to `dest`.
+    finish.apply(&staging.root, true, false)?;
     Ok(staged.summary)
 }
 
@@ -438,6 +455,11 @@ fn remove_tree(parent: &OwnedFd, name: &OsStr, depth: usize) -> nix::Result<()> 
         OFlag::O_DIRECTORY | OFlag::O_RDONLY,
         0,
     )?;
+    // A read-only directory of the agent's own (a replaced `peers` tree) must become writable
+    // before its entries can go, unless the agent is root, which ignores the mode.
+    if st.st_uid == nix::unistd::geteuid().as_raw() && st.st_mode & 0o200 == 0 {
+        nix::sys::stat::fchmod(dir.as_raw_fd(), Mode::from_bits_truncate(0o700))?;
+    }
     let mut first_err = None;
     for child in list_dir(&dir)? {
         if let Err(e) = remove_tree(&dir, &child, depth + 1) {
@@ -753,6 +775,8 @@ fn extract(
             bytes: 0,
         },
     };
+    // Directories stay writable until everything is in them (see `seal_dirs`).
+    let dir_finish = Finish { owner: finish.owner, read_only: false };
     let mut metadata_used = 0u64;
     let mut seen = 0usize;
     let mut last = String::from("(start of archive)");
@@ -835,7 +859,7 @@ fn extract(
                 .insert(&comps, is_dir, &name)
                 .map_err(|why| rejected(format!("entry '{name}': {why}")))?;
             if is_dir {
-                ensure_dirs(root, &comps, finish).map_err(|e| staging_error(&name, e))?;
+                ensure_dirs(root, &comps, &dir_finish).map_err(|e| staging_error(&name, e))?;
             } else {
                 let size = entry.size();
                 if size
@@ -851,7 +875,7 @@ fn extract(
                 let executable = entry.header().mode().is_ok_and(|m| m & 0o111 != 0);
                 let (parents, file_name) = comps.split_at(comps.len() - 1);
                 let parent =
-                    ensure_dirs(root, parents, finish).map_err(|e| staging_error(&name, e))?;
+                    ensure_dirs(root, parents, &dir_finish).map_err(|e| staging_error(&name, e))?;
                 let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC;
                 let fd = open_beneath(&parent, Path::new(&file_name[0]), flags, 0o600)
                     .map_err(|e| staging_error(&name, e))?;
@@ -877,7 +901,23 @@ fn extract(
     budget.allow(METADATA_WINDOW);
     let mut rest = archive.into_inner();
     io::copy(&mut rest, &mut io::sink()).map_err(|e| read_error(e, &last))?;
+    if finish.read_only {
+        seal_dirs(root, &staged.tree, finish)?;
+    }
     Ok(staged)
+}
+
+/// Gives the extracted directories their final (read-only) mode once everything is in them: an
+/// agent that is not root cannot add entries to a directory it has already made read-only.
+fn seal_dirs(dir: &OwnedFd, tree: &Tree, finish: &Finish) -> nix::Result<()> {
+    for (name, node) in &tree.0 {
+        if let Node::Dir(sub, _) = node {
+            let fd = open_beneath(dir, Path::new(name), OFlag::O_DIRECTORY | OFlag::O_RDONLY, 0)?;
+            seal_dirs(&fd, sub, finish)?;
+            finish.apply(&fd, true, false)?;
+        }
+    }
+    Ok(())
 }
 
 enum CopyError {

@@ -200,18 +200,36 @@ async fn serve(listen: ListenOn, cfg: AgentConfig) -> anyhow::Result<()> {
     if microvm {
         tokio::spawn(announce_ready());
     }
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let signalled = async move {
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
+        }
+    };
+    serve_listener(listener, cfg, signalled).await
+}
+
+/// Serves `listener` on the caller's tokio runtime until `stop` resolves or a client asks for
+/// `/shutdown`. Changes nothing process-wide (no signal handlers, umask or dumpable flag), so
+/// another program can embed an agent, as the manager's in-process tests do.
+pub async fn serve_listener(
+    listener: Listener,
+    cfg: AgentConfig,
+    stop: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let cgroups = if cfg.exec_cgroups { crate::exec::cgroup::ExecCgroups::detect().map(Arc::new) } else { None };
-    let (stop, stopped) = watch::channel(false);
+    let (stop_tx, stopped) = watch::channel(false);
     let mut stop_requested = stopped.clone();
     let agent = Arc::new(Agent {
         executor: Executor::new(&cfg, cgroups.clone()),
         runner: Runner::new(&cfg, cgroups),
         cfg,
         started: Instant::now(),
-        stop,
+        stop: stop_tx,
     });
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::pin!(stop);
     let connections = TaskTracker::new();
     loop {
         tokio::select! {
@@ -225,9 +243,9 @@ async fn serve(listen: ListenOn, cfg: AgentConfig) -> anyhow::Result<()> {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-            _ = stop_requested.wait_for(|s| *s) => break,
+            _ = &mut stop => break,
+            // Discarding the borrowed value inside keeps the future `Send` for embedders.
+            _ = async { let _ = stop_requested.wait_for(|s| *s).await; } => break,
         }
     }
     agent.stop.send_replace(true);

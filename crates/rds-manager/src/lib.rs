@@ -25,7 +25,7 @@ pub mod state;
 pub mod unread_body;
 pub mod views;
 
-#[cfg(any(test, feature = "testing"))]
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use config::Config;

@@ -1,52 +1,60 @@
-//! A fake behind the [`Runtime`] seam for tests: runs `rds-agent serve --listen-uds` directly on
-//! the host (no namespaces, no cgroups). Never used by `rds serve`.
+//! The test runtime behind the [`Runtime`] seam: each VM's agent is the real `rds-agent` server
+//! running as a task on the caller's tokio runtime, as the current user, on a hybrid-vsock Unix
+//! socket under `root/<id>/`. It needs no root, namespaces, cgroups or agent process (commands the
+//! agent runs are still processes). Never used by `rds serve`.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
 
+use rds_agent::server::AgentConfig;
 use rds_proto::AGENT_VSOCK_PORT;
 use rds_runtime::{Liveness, Runtime, RuntimeError, RuntimeKind, VmHandle, VmSpec};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
-/// Runs each VM's agent as a plain host process under `root/<id>/`.
-pub struct HostAgentRuntime {
+/// Runs each VM's agent in-process; a VM's workspace is `root/<id>/workspace`.
+pub struct InProcessRuntime {
     root: PathBuf,
-    agent_bin: PathBuf,
-    children: Mutex<HashMap<String, Child>>,
+    agents: Mutex<HashMap<String, RunningAgent>>,
 }
 
-impl HostAgentRuntime {
-    /// VMs live under `root`; `agent_bin` is the `rds-agent` binary.
-    pub fn new(root: PathBuf, agent_bin: PathBuf) -> Self {
-        HostAgentRuntime {
-            root,
-            agent_bin,
-            children: Mutex::new(HashMap::new()),
-        }
+/// One served agent: dropping `stop` (or sending on it) ends the server.
+struct RunningAgent {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcessRuntime {
+    /// VMs live under `root`.
+    pub fn new(root: PathBuf) -> Self {
+        InProcessRuntime { root, agents: Mutex::new(HashMap::new()) }
     }
 
     fn dir(&self, id: &str) -> PathBuf {
         self.root.join(id)
     }
 
-    fn kill(&self, id: &str) {
-        if let Some(mut child) = self.children.lock().unwrap().remove(id) {
-            let _ = child.kill();
-            let _ = child.wait();
+    /// Ends the agent of `id` and waits until its server has drained.
+    async fn halt(&self, id: &str) {
+        let agent = self.agents.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        if let Some(RunningAgent { stop, task }) = agent {
+            let _ = stop.send(());
+            let _ = task.await;
         }
+        let _ = std::fs::remove_file(self.agent_socket(id));
     }
 }
 
 #[async_trait::async_trait]
-impl Runtime for HostAgentRuntime {
+impl Runtime for InProcessRuntime {
     fn kind(&self) -> RuntimeKind {
         RuntimeKind::Sandbox
     }
 
     fn isolation(&self) -> &'static str {
-        "none (test runtime)"
+        "none (in-process test runtime)"
     }
 
     fn link_kind(&self) -> rds_runtime::LinkKind {
@@ -54,71 +62,47 @@ impl Runtime for HostAgentRuntime {
     }
 
     async fn start(&self, spec: &VmSpec) -> Result<VmHandle, RuntimeError> {
-        let dir = self.dir(&spec.id);
-        let workspace = dir.join("workspace");
+        rds_runtime::check_vm_id(&spec.id)?;
+        let workspace = self.dir(&spec.id).join("workspace");
         std::fs::create_dir_all(&workspace)
             .map_err(|e| RuntimeError::io(format!("creating {}", workspace.display()), e))?;
-        let log = std::fs::File::create(self.console_log(&spec.id))
-            .map_err(|e| RuntimeError::io("console log", e))?;
-        let child = Command::new(&self.agent_bin)
-            .arg("serve")
-            .arg("--listen-uds")
-            .arg(self.agent_socket(&spec.id))
-            .arg("--workspace")
-            .arg(&workspace)
-            .stdin(Stdio::null())
-            .stdout(
-                log.try_clone()
-                    .map_err(|e| RuntimeError::io("console log", e))?,
-            )
-            .stderr(log)
-            .spawn()
-            .map_err(|e| RuntimeError::io(format!("spawning {}", self.agent_bin.display()), e))?;
-        let pid = child.id() as i32;
-        self.children.lock().unwrap().insert(spec.id.clone(), child);
-        if let Err(e) = rds_vsock::connect_retry(
-            &self.agent_socket(&spec.id),
-            AGENT_VSOCK_PORT,
-            Duration::from_secs(10),
-        )
-        .await
-        {
-            self.kill(&spec.id);
-            return Err(RuntimeError::Boot(e.to_string()));
-        }
-        Ok(VmHandle {
-            pid,
-            start_time: rds_runtime::process_start_time(pid).unwrap_or(0),
-            extra: serde_json::Value::Null,
-        })
+        let socket = self.agent_socket(&spec.id);
+        // Bound before `start` returns, so the manager's first call cannot race the listener.
+        let listener = rds_vsock::Listener::uds(&socket, AGENT_VSOCK_PORT)
+            .map_err(|e| RuntimeError::io(format!("listening on {}", socket.display()), e))?;
+        std::fs::write(self.console_log(&spec.id), format!("rds-agent serving in-process on {}\n", socket.display()))
+            .map_err(|e| RuntimeError::io("writing the console log", e))?;
+        // User code runs as whoever runs the tests: the agent only switches identity when it differs.
+        // SAFETY: geteuid and getegid have no preconditions.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let cfg = AgentConfig { workspace, uid, gid, ..AgentConfig::default() };
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(rds_agent::server::serve_listener(listener, cfg, async {
+            let _ = stopped.await;
+        }));
+        self.agents.lock().unwrap_or_else(|p| p.into_inner()).insert(spec.id.clone(), RunningAgent { stop, task });
+        let pid = std::process::id() as i32;
+        Ok(VmHandle { pid, start_time: rds_runtime::process_start_time(pid).unwrap_or(0), extra: serde_json::Value::Null })
     }
 
     async fn stop(&self, id: &str, _h: &VmHandle) -> Result<(), RuntimeError> {
-        self.kill(id);
-        let _ = std::fs::remove_file(self.agent_socket(id));
+        self.halt(id).await;
         Ok(())
     }
 
     async fn destroy(&self, id: &str, _h: Option<&VmHandle>) -> Result<(), RuntimeError> {
-        self.kill(id);
-        match std::fs::remove_dir_all(self.dir(id)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(RuntimeError::io("removing VM dir", e))
-            }
+        rds_runtime::check_vm_id(id)?;
+        self.halt(id).await;
+        match remove_tree(&self.dir(id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RuntimeError::io("removing the VM directory", e)),
             _ => Ok(()),
         }
     }
 
     async fn probe(&self, id: &str, _h: &VmHandle) -> Liveness {
-        match self
-            .children
-            .lock()
-            .unwrap()
-            .get_mut(id)
-            .map(|c| c.try_wait())
-        {
-            Some(Ok(None)) => Liveness::Alive,
-            _ => Liveness::Dead("agent process is gone".into()),
+        match self.agents.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            Some(agent) if !agent.task.is_finished() => Liveness::Alive,
+            _ => Liveness::Dead("the in-process agent is not serving".into()),
         }
     }
 
@@ -138,7 +122,35 @@ impl Runtime for HostAgentRuntime {
         None
     }
 
-    async fn remove_orphans(&self, _known: &HashSet<String>) -> Vec<String> {
-        Vec::new()
+    async fn remove_orphans(&self, known: &HashSet<String>) -> Vec<String> {
+        let orphans: Vec<String> = self
+            .agents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .filter(|id| !known.contains(*id))
+            .cloned()
+            .collect();
+        for id in &orphans {
+            let _ = self.destroy(id, None).await;
+        }
+        orphans
     }
+}
+
+/// Removes `path` and everything under it, first making the directories writable: the agent
+/// leaves read-only trees (`/workspace/peers`) that only root could otherwise remove.
+pub fn remove_tree(path: &Path) -> std::io::Result<()> {
+    fn writable(path: &Path) -> std::io::Result<()> {
+        let meta = std::fs::symlink_metadata(path)?;
+        if meta.is_dir() {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+            for entry in std::fs::read_dir(path)? {
+                writable(&entry?.path())?;
+            }
+        }
+        Ok(())
+    }
+    writable(path)?;
+    std::fs::remove_dir_all(path)
 }
