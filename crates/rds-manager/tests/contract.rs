@@ -463,7 +463,7 @@ async fn stop_and_start_answer_204_keep_the_workspace_and_409_in_the_wrong_state
     api.call(Method::POST, &format!("/v1/vms/{id}/start"), None).await.expect_error(
         StatusCode::CONFLICT,
         "conflict",
-        "only a STOPPED VM can be started",
+        "only a STOPPED or ERROR VM can be started",
     );
     assert_eq!(api.exec(&id, "cat note.txt").await["stdout"], "kept\n");
 }
