@@ -153,7 +153,8 @@ async fn settle(state: &AppState, id: &str, handle: &VmHandle, exit: ProcessExit
         return; // stopped, deleted or restarted meanwhile: not ours to settle
     }
     // Read before the runtime's cleanup removes the memory cgroup that counts them.
-    let oom_kills = state.runtime.oom_kills(id).await;
+    // Only kills among the VM's own machinery explain its death; its user code's OOMs do not.
+    let oom_kills = state.runtime.agent_oom_kills(id).await;
     let (to, reason) = outcome(handle.pid, exit, oom_kills);
     tracing::warn!(vm_id = %id, state = %to, reason = %reason, "VM process ended while RUNNING");
     state.bridges.close(state, id);

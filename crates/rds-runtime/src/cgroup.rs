@@ -484,6 +484,18 @@ impl CgroupLayout {
         }
     }
 
+    /// OOM kills recorded in VM `id`'s `agent` memory group (PID 1 and the agent): kills that took
+    /// the VM's own machinery, never those of its user code.
+    pub fn agent_oom_kills(&self, id: &str) -> Option<u64> {
+        let dir = self.memory_dir(id).join(AGENT_GROUP);
+        let file = match self {
+            CgroupLayout::V2 { .. } => "memory.events",
+            CgroupLayout::V1 { .. } => "memory.oom_control",
+        };
+        let text = std::fs::read_to_string(dir.join(file)).ok()?;
+        text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok())
+    }
+
     /// Ids of all VM groups present under the parent(s).
     pub fn vm_ids(&self) -> Vec<String> {
         let mut ids = Vec::new();

@@ -233,6 +233,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// OOM kills so far in this VM's memory cgroup; `None` when unknown (no cgroup, not running).
     async fn oom_kills(&self, id: &str) -> Option<u64>;
 
+    /// OOM kills so far among the VM's own machinery (its PID 1 and agent), as opposed to the code
+    /// it runs: non-zero means the VM itself ran out of memory. `None` when the runtime cannot tell.
+    async fn agent_oom_kills(&self, _id: &str) -> Option<u64> {
+        None
+    }
+
     /// Removes leftovers (VM dirs, cgroups, processes) of VM ids not in `known`; returns the ids removed.
     async fn remove_orphans(&self, known: &HashSet<String>) -> Vec<String>;
 }

@@ -204,6 +204,8 @@ async fn memory_hog_is_oom_killed_while_other_sandboxes_stay_healthy() {
     assert!(!r.stdout.contains("536870912"), "{r:?}");
     let after = rt.oom_kills(&small).await.unwrap();
     assert!(after > before, "oom_kill counter did not move ({before} -> {after})");
+    // The user code's OOM is not the VM's own: its PID 1 and agent were never a victim.
+    assert_eq!(rt.agent_oom_kills(&small).await, Some(0), "the OOM took the VM's agent group");
 
     assert_eq!(exec(rt, &small, "echo still-here").await.stdout, "still-here\n");
     assert_eq!(exec(rt, &other, "echo fine").await.stdout, "fine\n");

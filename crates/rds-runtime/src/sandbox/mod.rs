@@ -446,6 +446,13 @@ impl Runtime for SandboxRuntime {
         self.cgroups.oom_kills(id)
     }
 
+    async fn agent_oom_kills(&self, id: &str) -> Option<u64> {
+        if !crate::is_valid_vm_id(id) {
+            return None;
+        }
+        self.cgroups.agent_oom_kills(id)
+    }
+
     async fn remove_orphans(&self, known: &HashSet<String>) -> Vec<String> {
         let mut ids: Vec<String> = self.cgroups.vm_ids();
         if let Ok(entries) = std::fs::read_dir(self.cfg.storage_root.join("vms")) {
