@@ -14,6 +14,7 @@ pub struct CreateVmRequest {
     /// Size of the VM's writable disk (`/workspace`) in MiB (16..=MAX_DISK_MB; default
     /// DEFAULT_DISK_MB, 1024). Writes past it fail with ENOSPC inside the VM.
     #[serde(default)]
+    #[schema(minimum = 16)]
     pub disk_size_mb: Option<u32>,
     /// Guest image; omitted = the runtime's default root filesystem.
     #[serde(default)]
