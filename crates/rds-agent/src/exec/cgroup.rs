@@ -12,9 +12,9 @@
 //!   runtime reads them.
 //!
 //! A command that ends normally may leave background processes running in its group; the group is
-//! removed once it is empty (checked whenever a later command starts).
+//! remembered and removed once it is empty (checked whenever a later command starts), so starting
+//! a command costs no directory scan.
 
-use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -39,8 +39,8 @@ pub struct ExecCgroups {
     parent: PathBuf,
     /// Groups every command joins as they are (v1 `memory`).
     join: Vec<PathBuf>,
-    /// Per-command groups in use (created, not yet known to be removable).
-    active: Mutex<HashSet<String>>,
+    /// Groups of finished commands that still held (background) processes when they ended.
+    leftover: Mutex<Vec<PathBuf>>,
     next: AtomicU64,
 }
 
@@ -48,7 +48,6 @@ pub struct ExecCgroups {
 #[derive(Debug)]
 pub struct ExecGroup {
     owner: Arc<ExecCgroups>,
-    name: String,
     dir: PathBuf,
     procs: Vec<File>,
 }
@@ -82,25 +81,23 @@ impl ExecCgroups {
                 return None;
             }
         }
-        Some(ExecCgroups { parent, join, active: Mutex::new(HashSet::new()), next: AtomicU64::new(1) })
+        Some(ExecCgroups { parent, join, leftover: Mutex::new(Vec::new()), next: AtomicU64::new(1) })
     }
 
     /// Creates a fresh group for one command (and removes earlier commands' groups now empty).
     pub fn create(self: &Arc<Self>) -> io::Result<ExecGroup> {
         self.sweep();
-        let (name, dir) = loop {
-            let name = format!("{PREFIX}{}", self.next.fetch_add(1, Ordering::Relaxed));
-            let dir = self.parent.join(&name);
+        let dir = loop {
+            let dir = self.parent.join(format!("{PREFIX}{}", self.next.fetch_add(1, Ordering::Relaxed)));
             match std::fs::create_dir(&dir) {
-                Ok(()) => break (name, dir),
+                Ok(()) => break dir,
                 // Left by an earlier agent (restarted): take the next number.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(io::Error::new(e.kind(), format!("cannot create cgroup {}: {e}", dir.display()))),
             }
         };
-        self.active.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone());
         // Owned from here on: an error below removes the fresh group again (drop).
-        let mut group = ExecGroup { owner: Arc::clone(self), name, dir, procs: Vec::new() };
+        let mut group = ExecGroup { owner: Arc::clone(self), dir, procs: Vec::new() };
         for d in std::iter::once(group.dir.clone()).chain(self.join.iter().cloned()) {
             let path = d.join("cgroup.procs");
             let file = OpenOptions::new()
@@ -112,18 +109,11 @@ impl ExecCgroups {
         Ok(group)
     }
 
-    /// Removes groups of finished commands whose processes have all ended.
+    /// Removes groups of finished commands whose background processes have all ended since
+    /// (rmdir refuses a group that still has processes: exactly the guard wanted).
     fn sweep(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.parent) else { return };
-        let active = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if name.starts_with(PREFIX) && !active.contains(name) {
-                // rmdir refuses a group that still has processes: exactly the guard wanted.
-                let _ = std::fs::remove_dir(entry.path());
-            }
-        }
+        let mut leftover = self.leftover.lock().unwrap_or_else(|p| p.into_inner());
+        leftover.retain(|dir| std::fs::remove_dir(dir).is_err_and(|e| e.kind() != io::ErrorKind::NotFound));
     }
 }
 
@@ -170,8 +160,9 @@ impl Drop for ExecGroup {
     /// The command is over: the group goes now if it is empty, else at a later sweep.
     fn drop(&mut self) {
         self.procs.clear();
-        let _ = std::fs::remove_dir(&self.dir);
-        self.owner.active.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.name);
+        if std::fs::remove_dir(&self.dir).is_err_and(|e| e.kind() != io::ErrorKind::NotFound) {
+            self.owner.leftover.lock().unwrap_or_else(|p| p.into_inner()).push(self.dir.clone());
+        }
     }
 }
 
