@@ -336,9 +336,7 @@ pub fn into_status_json(res: Result<ureq::Response, ureq::Error>) -> (u16, Value
 /// cannot run here: not root, no QEMU or `vhost-device-vsock`, or `RDS_SKIP_IMAGE_BUILD=1`.
 pub fn qemu_image_dir() -> Result<PathBuf, String> {
     for program in ["qemu-system-x86_64", "vhost-device-vsock"] {
-        let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-            .any(|d| d.join(program).is_file());
-        if !found {
+        if !rds_host::on_path(program) {
             return Err(format!("{program} is not on PATH"));
         }
     }

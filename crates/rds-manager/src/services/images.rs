@@ -626,6 +626,7 @@ fn boot_files_of(state: &AppState, image: &ImageRecord) -> Result<BootFiles, Api
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rds_testkit::tar_gz;
 
     #[test]
     fn only_canonical_image_ids_are_accepted() {
@@ -641,18 +642,6 @@ mod tests {
         ] {
             assert!(!is_image_id(bad), "{bad}");
         }
-    }
-
-    fn tar_gz(entries: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
-        for (name, data) in entries {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            h.set_cksum();
-            b.append_data(&mut h, name, *data).unwrap();
-        }
-        b.into_inner().unwrap().finish().unwrap()
     }
 
     fn ext4() -> Vec<u8> {
