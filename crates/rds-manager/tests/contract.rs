@@ -376,6 +376,22 @@ async fn create_vm_over_a_quota_answers_429_naming_the_limit() {
         "quota_exceeded",
         "MAX_VMS=1",
     );
+    let list = api.call(Method::GET, "/v1/vms", None).await.expect(StatusCode::OK);
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "a create refused for MAX_VMS leaves no record: {list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creates_never_exceed_max_vms_and_the_refused_leave_no_record() {
+    let api = Api::new(&[("MAX_VMS", "2")]);
+    let body = json!({"cpu": 1, "memMb": 128});
+    let replies = futures_util::future::join_all((0..6).map(|_| api.call(Method::POST, "/v1/vms", Some(body.clone())))).await;
+    let statuses: Vec<_> = replies.iter().map(|r| r.status).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::CREATED).count(), 2, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count(), 4, "{statuses:?}");
+    let list = api.call(Method::GET, "/v1/vms", None).await.expect(StatusCode::OK);
+    let states: Vec<_> = list.as_array().unwrap().iter().map(|v| v["state"].clone()).collect();
+    assert_eq!(states, [json!("RUNNING"), json!("RUNNING")]);
+    assert_eq!(api.state.store.count_live_vms().await.unwrap(), 2);
 }
 
 #[tokio::test]
