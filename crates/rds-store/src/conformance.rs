@@ -2,7 +2,7 @@
 //!
 //! A backend's integration test runs them all with one line, one `#[tokio::test]` per case:
 //!
-//! ```ignore
+//! ```text
 //! rds_store::conformance_tests!(MyFactory::new());
 //! ```
 //!
