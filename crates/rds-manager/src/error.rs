@@ -88,7 +88,13 @@ impl ApiError {
 
 impl From<rds_store::StoreError> for ApiError {
     fn from(e: rds_store::StoreError) -> Self {
-        ApiError::Internal(e.to_string())
+        use rds_store::StoreError;
+        match e {
+            StoreError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
+            StoreError::QuotaExceeded(_) => ApiError::Quota(e.to_string()),
+            StoreError::Conflict { .. } | StoreError::InUse { .. } => ApiError::Conflict(e.to_string()),
+            other => ApiError::internal(other),
+        }
     }
 }
 
