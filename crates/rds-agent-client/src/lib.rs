@@ -149,6 +149,11 @@ impl AgentClient {
         }
     }
 
+    /// Idle connections kept for reuse that are still open.
+    pub fn idle_connections(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|s| !s.is_closed()).count()
+    }
+
     /// `GET /health`: the agent is up; its version and capabilities.
     pub async fn health(&self, limit: Duration) -> Result<AgentHealth, AgentError> {
         self.call_json(request(AgentRoute::Health, &[], None, None, empty())?, limit).await

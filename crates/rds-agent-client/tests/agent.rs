@@ -244,8 +244,18 @@ async fn a_restarted_agent_is_reached_on_a_fresh_connection() {
     let agent = env.client();
     let served = Served::start(&env.socket, &env.workspace);
     assert_eq!(agent.exec(&exec_request("echo one"), LIMIT).await.unwrap().stdout, "one\n");
+    assert_eq!(agent.idle_connections(), 1);
     served.halt().await;
-    // The pooled connection died with the old server; the call must not fail because of it.
+    // A request written to a connection whose close the client has not seen yet is never resent
+    // (the retry rule), so wait until the pooled connection is known closed.
+    tokio::time::timeout(LIMIT, async {
+        while agent.idle_connections() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the pooled connection to the stopped agent never closed");
+    // The dead connection is passed over for a fresh one.
     let served = Served::start(&env.socket, &env.workspace);
     assert_eq!(agent.exec(&exec_request("echo two"), LIMIT).await.unwrap().stdout, "two\n");
     served.halt().await;
