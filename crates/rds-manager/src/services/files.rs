@@ -8,8 +8,8 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::response::Response;
 use futures_util::StreamExt;
-use http::{header, Request};
-use http_body_util::BodyExt;
+use http::header;
+use rds_agent_client::{Archive, Incoming};
 
 use crate::services::exec::OrAgentError;
 use crate::services::vms::find_running;
@@ -48,29 +48,17 @@ pub async fn upload(
         }
         Ok(chunk)
     });
-    let query =
-        serde_urlencoded::to_string([("dest", dest.as_str())]).map_err(ApiError::internal)?;
-    let request = Request::post(format!("/files/upload?{query}"))
-        .header(header::HOST, "agent")
-        .header(header::CONTENT_TYPE, "application/gzip")
-        .body(Body::from_stream(counted))
-        .map_err(ApiError::internal)?;
+    let archive = Archive::from_body(Body::from_stream(counted));
     let result = state
         .agent
-        .call_streaming(vm_id, request, TRANSFER_TIMEOUT)
+        .vm(vm_id)
+        .upload(&dest, archive, TRANSFER_TIMEOUT)
         .await;
     if exceeded.load(Ordering::Relaxed) {
         return Err(too_large());
     }
-    let resp = result.or_agent_error(state, vm_id).await?;
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| ApiError::Agent(format!("upload response from the agent failed: {e}")))?
-        .to_bytes();
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::Agent(format!("unexpected upload response from the agent: {e}")))
+    let summary = result.or_agent_error(state, vm_id).await?;
+    Ok(UploadResult { entries: summary.entries, bytes: summary.bytes })
 }
 
 /// Streams `path` back as tar.gz.
@@ -83,10 +71,10 @@ pub async fn download(
         .filter(|p| !p.is_empty())
         .ok_or_else(|| ApiError::BadRequest("query parameter `path` is required".into()))?;
     find_running(state, vm_id).await?;
-    let resp = agent_download(state, vm_id, &path, TRANSFER_TIMEOUT).await?;
+    let archive = agent_download(state, vm_id, &path, TRANSFER_TIMEOUT).await?;
     Response::builder()
         .header(header::CONTENT_TYPE, "application/gzip")
-        .body(Body::new(resp.into_body()))
+        .body(Body::new(archive))
         .map_err(ApiError::internal)
 }
 
@@ -96,15 +84,11 @@ pub async fn agent_download(
     vm_id: &str,
     path: &str,
     limit: Duration,
-) -> Result<http::Response<hyper::body::Incoming>, ApiError> {
-    let query = serde_urlencoded::to_string([("path", path)]).map_err(ApiError::internal)?;
-    let request = Request::get(format!("/files/download?{query}"))
-        .header(header::HOST, "agent")
-        .body(Body::empty())
-        .map_err(ApiError::internal)?;
+) -> Result<Incoming, ApiError> {
     state
         .agent
-        .call_streaming(vm_id, request, limit)
+        .vm(vm_id)
+        .download(path, limit)
         .await
         .or_agent_error(state, vm_id).await
 }

@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use http::Method;
-use rds_proto::AgentHealth;
 use rds_runtime::{RuntimeError, RuntimeKind, VmHandle, VmSpec};
 use rds_store::{now_ms, NewVm, Quota, SealedSecrets, StoreError, VmLimits, VmRecord, VmState};
 use serde_json::json;
@@ -241,7 +239,8 @@ async fn boot(state: &AppState, vm: &VmRecord) -> Result<VmHandle, ApiError> {
     network::after_start(state, vm, &handle).await?;
     state
         .agent
-        .call_json::<(), AgentHealth>(&vm.id, Method::GET, "/health", None, HEALTH_TIMEOUT)
+        .vm(&vm.id)
+        .health(HEALTH_TIMEOUT)
         .await
         .map_err(|e| ApiError::Internal(format!("agent did not become healthy: {e}")))?;
     Ok(handle)
@@ -302,10 +301,7 @@ pub async fn stop(state: &AppState, id: &str) -> Result<(), ApiError> {
     transition(state, id, vm.state, VmState::Stopping, None).await?;
     state.bridges.close(state, id);
     // Best effort: lets the guest sync and exit cleanly; the runtime forces what is left.
-    let _ = state
-        .agent
-        .call_bytes::<()>(id, Method::POST, "/shutdown", None, SHUTDOWN_TIMEOUT)
-        .await;
+    let _ = state.agent.vm(id).shutdown(SHUTDOWN_TIMEOUT).await;
     state.agent.forget(id);
     let result = match parse_handle(&vm) {
         Some(h) => state.runtime.stop(id, &h).await,

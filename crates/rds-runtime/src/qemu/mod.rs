@@ -31,7 +31,6 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use rds_proto::{AGENT_VSOCK_PORT, BRIDGE_VSOCK_PORT, READY_VSOCK_PORT};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OnceCell;
 
 pub use accel::{Accel, AccelChoice};
@@ -572,15 +571,9 @@ fn note_in_console(console: &Path, line: &str) {
 
 /// `POST /shutdown` to the agent; true when it accepted.
 async fn request_agent_shutdown(vsock: &Path) -> bool {
-    let attempt = async {
-        let mut s = rds_vsock::connect(vsock, AGENT_VSOCK_PORT, SHUTDOWN_CALL).await.ok()?;
-        let req = "POST /shutdown HTTP/1.1\r\nHost: agent\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head).await.ok()?;
-        Some(head.starts_with(b"HTTP/1.1 2"))
-    };
-    matches!(tokio::time::timeout(SHUTDOWN_CALL, attempt).await, Ok(Some(true)))
+    // One connection attempt: a guest that does not answer at once gets the ACPI button instead.
+    let agent = rds_agent_client::AgentClient::hybrid_vsock(vsock).connect_retry(Duration::ZERO).max_idle(0);
+    agent.shutdown(SHUTDOWN_CALL).await.is_ok()
 }
 
 fn remove_if_present(path: &Path) -> Result<(), RuntimeError> {
