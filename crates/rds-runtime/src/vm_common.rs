@@ -1,5 +1,5 @@
 //! What every runtime does the same way: spec checks, capping and reading a console log,
-//! probing a VM's process and agent, removing a VM directory.
+//! probing a VM's process and agent (the VM directory and its processes: [`crate::vmm`]).
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -83,16 +83,6 @@ pub(crate) async fn probe(id: &str, handle: &VmHandle, what: &str, agent_socket:
     match rds_vsock::connect(agent_socket, AGENT_VSOCK_PORT, PROBE_TIMEOUT).await {
         Ok(_) => Liveness::Alive,
         Err(e) => Liveness::Dead(format!("agent not answering: {e}")),
-    }
-}
-
-/// Removes a VM directory; a missing one is fine.
-pub(crate) fn remove_vm_dir(dir: &Path) -> Result<(), RuntimeError> {
-    match std::fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(RuntimeError::io(format!("cannot remove {}", dir.display()), e))
-        }
-        _ => Ok(()),
     }
 }
 

@@ -46,6 +46,16 @@ pub(crate) fn create_vm_dir(storage_root: &Path, dir: &Path) -> Result<(), Runti
     create_dir(dir, 0o700)
 }
 
+/// Removes a VM directory and everything in it; a missing one is fine.
+pub(crate) fn remove_vm_dir(dir: &Path) -> Result<(), RuntimeError> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(RuntimeError::io(format!("cannot remove {}", dir.display()), e))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Caps the console log before a start (see [`crate::cap_console_log`]); a failure is only logged.
 pub(crate) fn cap_console(console: &Path) {
     if let Err(e) = crate::cap_console_log(console) {

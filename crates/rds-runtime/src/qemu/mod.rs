@@ -678,7 +678,7 @@ impl Runtime for QemuRuntime {
         if let Some(procs) = self.processes(id, handle) {
             self.stop_processes(&p, &procs).await?;
         }
-        vm_common::remove_vm_dir(&p.dir)
+        vmm::remove_vm_dir(&p.dir)
     }
 
     async fn probe(&self, id: &str, handle: &VmHandle) -> Liveness {
@@ -763,6 +763,20 @@ mod tests {
         let rt = runtime();
         assert_eq!(rt.bridge_socket("vm-1"), PathBuf::from("/var/lib/rds/vms/vm-1/vsock.sock_1025"));
         assert_eq!(rt.agent_socket("vm-1"), PathBuf::from("/var/lib/rds/vms/vm-1/vsock.sock"));
+    }
+
+    #[test]
+    fn without_an_image_auto_passes_qemu_by_and_asking_for_it_names_the_setting() {
+        let settings = RuntimeSettings {
+            storage_root: PathBuf::from("/var/lib/rds"),
+            agent_bin: PathBuf::from("/usr/local/bin/rds-agent"),
+            image: None,
+            cgroup_group: "rds-test".into(),
+            sandbox_host_root: false,
+        };
+        assert!(auto_choice(&settings).unwrap_err().contains("no guest image"));
+        let err = QemuRuntime::from_settings(&settings).err().expect("no image, no runtime");
+        assert_eq!(err.setting(), "RDS_IMAGE_DIR", "{err}");
     }
 
     #[test]

@@ -449,7 +449,7 @@ impl Runtime for SandboxRuntime {
             Some(h) => self.stop(id, h).await?,
             None => self.remove_cgroups(id).await?,
         }
-        vm_common::remove_vm_dir(&self.vm_dir(id))
+        vmm::remove_vm_dir(&self.vm_dir(id))
     }
 
     async fn probe(&self, id: &str, handle: &VmHandle) -> Liveness {
