@@ -178,7 +178,7 @@ pub struct VmSpec {
     /// Image root filesystem (an ext4 file, or a directory for the sandbox); `None` = the runtime's
     /// default (sandbox: the host root, read-only).
     pub rootfs: Option<PathBuf>,
-    /// Image kernel (bzImage for QEMU, ELF for Firecracker); `None` = the runtime's default.
+    /// Image kernel, in a format of the runtime's [`BootNeeds::kernels`]; `None` = the runtime's default.
     pub kernel: Option<PathBuf>,
     /// Image initramfs; `None` = the runtime's default (or none, for a kernel that needs none).
     pub initrd: Option<PathBuf>,
