@@ -243,8 +243,8 @@ pub(crate) async fn stop_gracefully(
 /// or `-E root_owner=`), written beside and renamed into place so a half-made disk never exists.
 ///
 /// A fresh sparse file reads as zeros, so nothing is zeroed (`assume_storage_prezeroed`, e2fsprogs
-/// >= 1.47): the disk costs ~1 MiB on the host until used, and no lazy-init thread writes to it
-/// later. An older mkfs gets lazy initialisation instead.
+/// 1.47 or later): the disk costs ~1 MiB on the host until used, and no lazy-init thread writes to
+/// it later. An older mkfs gets lazy initialisation instead.
 pub(crate) async fn make_ext4_disk(path: &Path, size_mb: u64, mkfs_options: &[&str], root_owner: Option<u32>) -> Result<(), RuntimeError> {
     let partial = path.with_extension("partial");
     let file = std::fs::OpenOptions::new()
