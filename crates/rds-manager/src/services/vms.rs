@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rds_runtime::{RuntimeError, RuntimeKind, VmHandle, VmSpec};
+use rds_runtime::{RuntimeError, VmHandle, VmSpec};
 use rds_store::{now_ms, NewVm, Quota, SealedSecrets, StoreError, VmLimits, VmRecord, VmState};
 use serde_json::json;
 
@@ -17,7 +17,7 @@ use crate::{ApiError, AppState};
 /// Smallest memory a VM can boot with.
 const MIN_MEM_MB: u32 = 32;
 /// Smallest disk a VM may ask for.
-const MIN_DISK_MB: u32 = rds_runtime::sandbox::MIN_DISK_MB;
+const MIN_DISK_MB: u32 = rds_runtime::MIN_DISK_MB;
 /// How long a freshly booted agent has to answer `/health`.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the agent gets to shut itself down before the runtime stops the VM.
@@ -35,7 +35,7 @@ pub async fn view(state: &AppState, vm: &VmRecord) -> VmView {
         image_id: vm.image_id.clone(),
         outbound_internet: vm.outbound_internet,
         runtime: vm.runtime.clone(),
-        isolation: state.runtime.isolation().to_string(),
+        isolation: state.runtime.isolation().as_str().to_string(),
         created_at: vm.created_at,
         updated_at: vm.updated_at,
         secret_env_keys: state.store.vm_secret_keys(&vm.id).await.unwrap_or_default(),
@@ -205,16 +205,16 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
     Ok(view(state, &vm).await)
 }
 
-/// Refuses a VM that would have no image root: the sandbox never runs user code over the host's
-/// root unless the operator chose that (`RDS_SANDBOX_ROOT=host`).
+/// Refuses a VM that would have no image root on a runtime without a root of its own (the
+/// sandbox never runs user code over the host's root unless the operator chose that).
 async fn require_root_image(state: &AppState, image_id: Option<&str>) -> Result<(), ApiError> {
     let no_root = images::boot_files(state, image_id).await?.rootfs.is_none();
-    if no_root && state.runtime.kind() == RuntimeKind::Sandbox && !state.config.sandbox_host_root {
-        return Err(ApiError::Conflict(
+    if no_root && !state.runtime.boot_needs().default_root {
+        return Err(ApiError::Conflict(format!(
             "no guest image: register one (`rds image build --register --set-default`, or scripts/run does it) \
-             or start the manager with RDS_IMAGE_DIR; the sandbox never uses the host's root filesystem"
-                .into(),
-        ));
+             or start the manager with RDS_IMAGE_DIR; the {} runtime has no root filesystem of its own",
+            state.runtime.kind()
+        )));
     }
     Ok(())
 }
