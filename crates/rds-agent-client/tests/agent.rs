@@ -1,7 +1,6 @@
 //! The client against the real agent server (`rds_agent::server::serve_listener`), served
 //! in-process on a hybrid-vsock Unix socket as the current user.
 
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -72,33 +71,6 @@ fn exec_request(cmd: &str) -> ExecRequest {
     ExecRequest { cmd: cmd.into(), ..ExecRequest::default() }
 }
 
-/// A gzipped tar holding one file.
-fn tar_gz(name: &str, data: &[u8]) -> Vec<u8> {
-    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
-    let mut header = tar::Header::new_gnu();
-    header.set_size(data.len() as u64);
-    header.set_mode(0o644);
-    header.set_cksum();
-    tar.append_data(&mut header, name, data).unwrap();
-    tar.into_inner().unwrap().finish().unwrap()
-}
-
-/// Every (path, contents) of regular files in a gzipped tar.
-fn untar_gz(data: &[u8]) -> Vec<(String, Vec<u8>)> {
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(data));
-    let mut files = Vec::new();
-    for entry in archive.entries().unwrap() {
-        let mut entry = entry.unwrap();
-        if entry.header().entry_type().is_file() {
-            let path = entry.path().unwrap().to_string_lossy().into_owned();
-            let mut contents = Vec::new();
-            entry.read_to_end(&mut contents).unwrap();
-            files.push((path, contents));
-        }
-    }
-    files
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_round_trip_returns_the_commands_output_and_exit_code() {
     let env = Env::new();
@@ -153,14 +125,14 @@ async fn upload_then_download_round_trips_a_file() {
     let served = Served::start(&env.socket, &env.workspace);
     let agent = env.client();
     let data = b"uploaded bytes\n";
-    let summary = agent.upload("proj", tar_gz("hello.txt", data), LIMIT).await.unwrap();
+    let summary = agent.upload("proj", rds_testkit::tar_gz(&[("hello.txt", data)]), LIMIT).await.unwrap();
     assert_eq!(summary.bytes, data.len() as u64, "{summary:?}");
     assert!(summary.entries >= 1, "{summary:?}");
     assert_eq!(std::fs::read(env.workspace.join("proj/hello.txt")).unwrap(), data);
 
     let body = agent.download("proj", LIMIT).await.unwrap();
     let archive = body.collect().await.unwrap().to_bytes();
-    let files = untar_gz(&archive);
+    let files = rds_testkit::untar_gz(&archive);
     assert!(files.iter().any(|(p, c)| p.ends_with("hello.txt") && c == data), "{files:?}");
     served.halt().await;
 }
@@ -170,8 +142,8 @@ async fn replace_tree_swaps_the_tree_for_the_archive() {
     let env = Env::new();
     let served = Served::start(&env.socket, &env.workspace);
     let agent = env.client();
-    agent.upload("peers", tar_gz("old.txt", b"old"), LIMIT).await.unwrap();
-    let summary = agent.replace_tree("peers", TreeOwner::User, false, tar_gz("new.txt", b"new"), LIMIT).await.unwrap();
+    agent.upload("peers", rds_testkit::tar_gz(&[("old.txt", b"old")]), LIMIT).await.unwrap();
+    let summary = agent.replace_tree("peers", TreeOwner::User, false, rds_testkit::tar_gz(&[("new.txt", b"new")]), LIMIT).await.unwrap();
     assert_eq!(summary.bytes, 3, "{summary:?}");
     assert_eq!(std::fs::read(env.workspace.join("peers/new.txt")).unwrap(), b"new");
     assert!(!env.workspace.join("peers/old.txt").exists(), "replace-tree kept the old tree");

@@ -17,6 +17,12 @@ pub fn find_program(program: impl AsRef<Path>, extra_dirs: &[PathBuf]) -> Option
         .find(|candidate| candidate.is_file())
 }
 
+/// `$HOME/.cargo/bin`, where `cargo install` puts programs (such as vhost-device-vsock) that may
+/// not be on the `PATH` of a service.
+pub fn cargo_install_dir() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root")).join(".cargo/bin")
+}
+
 /// True when [`find_program`] finds `program` on `PATH`.
 pub fn on_path(program: &str) -> bool {
     find_program(program, &[]).is_some()

@@ -123,11 +123,7 @@ pub async fn serve(prepared: Prepared) -> std::io::Result<()> {
 /// Which interpreters exist on the host. The sandbox runtime runs guests over the host root,
 /// so this is what user code can use.
 pub fn host_capabilities() -> HostCapabilities {
-    let on_path = |name: &str| {
-        std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
-            .unwrap_or(false)
-    };
+    let on_path = rds_host::on_path;
     HostCapabilities {
         deno: on_path("deno"),
         node: on_path("node"),

@@ -27,10 +27,9 @@ async fn exec(rt: &dyn Runtime, id: &str, cmd: &str) -> anyhow::Result<ExecResul
     Ok(agent.exec(&request, Duration::from_secs(60)).await?)
 }
 
-fn percentile(samples: &mut [f64], p: f64) -> f64 {
-    samples.sort_by(|a, b| a.total_cmp(b));
-    let rank = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    (samples[rank] * 10.0).round() / 10.0
+/// The `q` quantile of `samples`, to 0.1 ms.
+fn percentile(samples: &mut [f64], q: f64) -> f64 {
+    (rds_testkit::percentile(samples, q) * 10.0).round() / 10.0
 }
 
 /// Boots `VMS` VMs one after another (create → first exec), then times exec round-trips on one.

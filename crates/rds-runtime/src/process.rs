@@ -1,53 +1,19 @@
 //! Host process helpers: identify a process by (pid, start time) so a recycled pid is never
-//! signalled, and the one parser of `/proc/<pid>/stat`.
+//! signalled.
 
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+pub use rds_host::ProcStat;
+
 use crate::RuntimeError;
 
-/// The fields of a `/proc/<pid>/stat` line rds uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProcStat {
-    /// Field 3: `R`, `S`, `D`, `Z` (zombie), `X` (dead), ...
-    pub state: char,
-    /// Field 6: the session id.
-    pub session: i32,
-    /// Field 22: start time in clock ticks since boot.
-    pub start_time: u64,
-}
-
-impl ProcStat {
-    /// True unless the process is a zombie or dead.
-    pub fn is_running(&self) -> bool {
-        self.state != 'Z' && self.state != 'X'
-    }
-}
-
-/// Parses one `/proc/<pid>/stat` line.
-///
-/// The command name (field 2) is in parentheses and may itself contain spaces and `)`, so fields
-/// are counted from the last `)`.
-pub fn parse_stat(text: &str) -> Option<ProcStat> {
-    let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
-    // `fields[0]` is field 3 (state), so field 6 (session) is `fields[3]` and field 22
-    // (starttime) is `fields[19]`.
-    Some(ProcStat {
-        state: fields.first()?.chars().next()?,
-        session: fields.get(3)?.parse().ok()?,
-        start_time: fields.get(19)?.parse().ok()?,
-    })
-}
-
-/// `/proc/<pid>/stat` of `pid`, parsed; `None` when it does not exist.
+/// `/proc/<pid>/stat` of `pid`, parsed (the one parser lives in `rds-host`, which the guest agent
+/// shares); `None` when it does not exist.
 pub fn read_stat(pid: i32) -> Option<ProcStat> {
-    if pid <= 0 {
-        return None;
-    }
-    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    ProcStat::read(pid)
 }
 
 /// Start time of `pid` (`/proc/<pid>/stat` field 22, clock ticks since boot); `None` if it doesn't exist.
@@ -57,7 +23,7 @@ pub fn process_start_time(pid: i32) -> Option<u64> {
 
 /// True when `pid` runs (not a zombie) and started at `start_time`.
 pub fn is_same_process_alive(pid: i32, start_time: u64) -> bool {
-    matches!(read_stat(pid), Some(s) if s.start_time == start_time && s.is_running())
+    matches!(read_stat(pid), Some(s) if s.start_time == start_time && s.is_live())
 }
 
 /// Sends `signal` to `pid` only if it is still the process that started at `start_time`.
@@ -140,26 +106,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stat_lines_with_hostile_command_names_parse_from_the_last_paren() {
-        let mut fields: Vec<String> = (4..=30).map(|n| n.to_string()).collect();
-        fields[6 - 4] = "77".into();
-        let tail = fields.join(" ");
-        let line = format!("4242 (evil) S 1 2 3) R {tail}");
-        let stat = parse_stat(&line).expect("parses");
-        assert_eq!((stat.state, stat.session, stat.start_time), ('R', 77, 22));
-        assert!(stat.is_running());
-        let zombie = parse_stat(&format!("12 (sleep) Z {tail}")).unwrap();
-        assert!(!zombie.is_running());
-        assert_eq!(parse_stat("garbage"), None);
-        assert_eq!(parse_stat("12 (short) S 1 2"), None, "too few fields");
-    }
-
-    #[test]
     fn own_stat_names_our_session() {
         let me = read_stat(std::process::id() as i32).expect("own stat");
         // SAFETY: getsid(0) has no preconditions.
         assert_eq!(me.session, unsafe { libc::getsid(0) });
-        assert!(me.is_running());
+        assert!(me.is_live());
     }
 
     #[tokio::test]

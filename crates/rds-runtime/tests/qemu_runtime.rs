@@ -64,9 +64,7 @@ fn image_dir() -> Result<PathBuf, String> {
 }
 
 fn on_path(program: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let home_bin = PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo/bin");
-    std::env::split_paths(&path).chain([home_bin]).any(|d| d.join(program).is_file())
+    rds_host::find_program(program, &[rds_host::cargo_install_dir()]).is_some()
 }
 
 macro_rules! require_env {

@@ -66,6 +66,22 @@ pub fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
     builder.into_inner().and_then(|gz| gz.finish()).expect("finish an in-memory tar.gz")
 }
 
+/// Every (path, contents) of the regular files in a gzipped tar, in archive order.
+pub fn untar_gz(archive: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(archive));
+    let mut files = Vec::new();
+    for entry in archive.entries().expect("read a tar.gz") {
+        let mut entry = entry.expect("read a tar entry");
+        if entry.header().entry_type().is_file() {
+            let path = entry.path().expect("entry path").to_string_lossy().into_owned();
+            let mut contents = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut contents).expect("read a tar entry's data");
+            files.push((path, contents));
+        }
+    }
+    files
+}
+
 /// The `q` quantile (0.0..=1.0) of `samples` by nearest rank, sorting them; 0.0 when empty.
 pub fn percentile(samples: &mut [f64], q: f64) -> f64 {
     if samples.is_empty() {
@@ -93,17 +109,6 @@ mod tests {
     #[test]
     fn tar_gz_round_trips() {
         let archive = tar_gz(&[("a.txt", b"alpha"), ("dir/b.txt", b"")]);
-        let mut entries = tar::Archive::new(flate2::read::GzDecoder::new(&archive[..]));
-        let got: Vec<(String, Vec<u8>)> = entries
-            .entries()
-            .unwrap()
-            .map(|e| {
-                let mut e = e.unwrap();
-                let mut data = Vec::new();
-                std::io::Read::read_to_end(&mut e, &mut data).unwrap();
-                (e.path().unwrap().to_string_lossy().into_owned(), data)
-            })
-            .collect();
-        assert_eq!(got, vec![("a.txt".to_string(), b"alpha".to_vec()), ("dir/b.txt".to_string(), vec![])]);
+        assert_eq!(untar_gz(&archive), vec![("a.txt".to_string(), b"alpha".to_vec()), ("dir/b.txt".to_string(), vec![])]);
     }
 }

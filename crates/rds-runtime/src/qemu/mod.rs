@@ -533,21 +533,10 @@ fn path_arg(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
-/// `program` if it is a path to a file, else its location on `PATH`.
+/// `program` if it is a path to a file, else its location on `PATH`, in `/usr/local/bin` or where
+/// `cargo install` puts vhost-device-vsock.
 fn find_program(program: &Path) -> Option<PathBuf> {
-    if program.components().count() > 1 {
-        return program.is_file().then(|| program.to_path_buf());
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/local/bin"), dirs_home_cargo_bin()])
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-}
-
-/// `$HOME/.cargo/bin`, where `cargo install` puts vhost-device-vsock.
-fn dirs_home_cargo_bin() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root")).join(".cargo/bin")
+    rds_host::find_program(program, &[PathBuf::from("/usr/local/bin"), rds_host::cargo_install_dir()])
 }
 
 /// Waits for the agent's call on `ready` (see [`READY_VSOCK_PORT`]), then connects to it.
