@@ -107,6 +107,6 @@ mod tests {
     fn sockaddr_carries_the_address_in_network_order() {
         let sa = sockaddr(Ipv4Addr::new(10, 213, 0, 6));
         assert_eq!(sa.sa_family, libc::AF_INET as libc::sa_family_t);
-        assert_eq!(&sa.sa_data[2..6], &[10, 213 as u8 as libc::c_char, 0, 6]);
+        assert_eq!(&sa.sa_data[2..6], &[10, 213_u8 as libc::c_char, 0, 6]);
     }
 }

@@ -103,7 +103,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rds-host-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("rds-extra-tool"), b"").unwrap();
-        assert_eq!(find_program("rds-extra-tool", &[dir.clone()]), Some(dir.join("rds-extra-tool")));
+        assert_eq!(find_program("rds-extra-tool", std::slice::from_ref(&dir)), Some(dir.join("rds-extra-tool")));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

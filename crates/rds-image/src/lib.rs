@@ -520,6 +520,23 @@ fn human_size(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
 }
 
+/// Takes the cache's exclusive build lock, saying so when another build holds it.
+fn lock_cache(cache_dir: &Path, steps: &mut Steps<'_>) -> Result<std::fs::File, ImageError> {
+    std::fs::create_dir_all(cache_dir).map_err(ImageError::io("creating", cache_dir))?;
+    let path = cache_dir.join(".build.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(ImageError::io("opening", &path))?;
+    if file.try_lock().is_err() {
+        steps.begin("waiting for another build using the same cache");
+        file.lock().map_err(ImageError::io("locking", &path))?;
+    }
+    Ok(file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -600,21 +617,4 @@ mod tests {
             other => panic!("expected a missing rds-initramfs, got {other:?}"),
         }
     }
-}
-
-/// Takes the cache's exclusive build lock, saying so when another build holds it.
-fn lock_cache(cache_dir: &Path, steps: &mut Steps<'_>) -> Result<std::fs::File, ImageError> {
-    std::fs::create_dir_all(cache_dir).map_err(ImageError::io("creating", cache_dir))?;
-    let path = cache_dir.join(".build.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(ImageError::io("opening", &path))?;
-    if file.try_lock().is_err() {
-        steps.begin("waiting for another build using the same cache");
-        file.lock().map_err(ImageError::io("locking", &path))?;
-    }
-    Ok(file)
 }

@@ -218,7 +218,7 @@ impl Network {
         self.check(vm_id, slot)?;
         let mut vms = self.vms.lock().await;
         let previous = vms.remove(&slot.index);
-        let flush_dns = previous.as_ref().map_or(true, |state| {
+        let flush_dns = previous.as_ref().is_none_or(|state| {
             !state.policy.filters_domains() || state.policy.allow_domains != policy.allow_domains
         });
         let epoch = rand::random::<u32>() | 1;

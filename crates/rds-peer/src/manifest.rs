@@ -310,7 +310,8 @@ mod tests {
 
     #[test]
     fn errors_point_at_the_field() {
-        let cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (Box::new(|m| m["sdk"]["name"] = json!("")), "sdk.name"),
             (Box::new(|m| m["exports"] = json!([])), "exports"),
             (Box::new(|m| m["exports"][1]["name"] = json!("not-ident")), "exports[1].name"),

@@ -20,7 +20,7 @@ pub struct GuestNet {
 
 impl GuestNet {
     /// The kernel command-line word, e.g. `rds.net=10.213.0.2/30,10.213.0.1`.
-    pub fn to_param(&self) -> String {
+    pub fn to_param(self) -> String {
         format!("{NET_PARAM}{}/{},{}", self.addr, self.prefix, self.gateway)
     }
 
