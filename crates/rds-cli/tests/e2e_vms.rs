@@ -73,11 +73,7 @@ fn upload_then_download_round_trips_a_tree_byte_for_byte() {
         ("proj/a.txt", b"alpha\n".to_vec()),
         ("proj/sub/b.bin", (0..=255u8).cycle().take(70_000).collect()),
     ];
-    let upload = tar_gz(|b| {
-        for (path, data) in &files {
-            append_file(b, path, data);
-        }
-    });
+    let upload = rds_testkit::tar_gz(&files.iter().map(|(path, data)| (*path, &data[..])).collect::<Vec<_>>());
     let resp = s
         .req(
             "POST",
@@ -128,7 +124,7 @@ fn upload_refuses_traversal_and_symlink_entries_and_vm_stays_usable() {
     require_sandbox!();
     let s = Server::start(&[]);
     let id = s.create_vm(256);
-    let traversal = tar_gz(|b| {
+    let traversal = rds_testkit::tar_gz_with(|b| {
         let mut h = tar::Header::new_gnu();
         h.set_size(1);
         h.set_mode(0o644);
@@ -138,7 +134,7 @@ fn upload_refuses_traversal_and_symlink_entries_and_vm_stays_usable() {
         h.set_cksum();
         b.append(&h, &b"x"[..]).unwrap();
     });
-    let symlink = tar_gz(|b| {
+    let symlink = rds_testkit::tar_gz_with(|b| {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Symlink);
         h.set_size(0);
@@ -266,23 +262,6 @@ fn memory_hog_is_oom_killed_in_its_cgroup_while_others_stay_healthy() {
     assert_eq!(s.call("GET", "/v1/health", None).0, 200);
     assert_eq!(s.exec(&bystander, "echo fine")["stdout"], "fine\n");
     assert_eq!(s.exec(&hog, "echo alive")["stdout"], "alive\n");
-}
-
-fn tar_gz(fill: impl FnOnce(&mut tar::Builder<flate2::write::GzEncoder<Vec<u8>>>)) -> Vec<u8> {
-    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::fast(),
-    ));
-    fill(&mut b);
-    b.into_inner().unwrap().finish().unwrap()
-}
-
-fn append_file(b: &mut tar::Builder<flate2::write::GzEncoder<Vec<u8>>>, path: &str, data: &[u8]) {
-    let mut h = tar::Header::new_gnu();
-    h.set_size(data.len() as u64);
-    h.set_mode(0o644);
-    h.set_entry_type(tar::EntryType::Regular);
-    b.append_data(&mut h, path, data).unwrap();
 }
 
 /// Host pids whose command line or cgroup membership names `id`.

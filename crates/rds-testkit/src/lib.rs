@@ -55,14 +55,24 @@ fn test_name() -> String {
 
 /// A gzipped tar of regular files (mode 0644), in the order given.
 pub fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
+    tar_gz_with(|builder| {
+        for (path, data) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_entry_type(tar::EntryType::Regular);
+            builder.append_data(&mut header, path, *data).expect("append to an in-memory tar");
+        }
+    })
+}
+
+/// A tar builder writing gzip into memory.
+pub type TarGzBuilder = tar::Builder<flate2::write::GzEncoder<Vec<u8>>>;
+
+/// A gzipped tar of whatever `fill` appends: links, raw headers, entries a hostile client sends.
+pub fn tar_gz_with(fill: impl FnOnce(&mut TarGzBuilder)) -> Vec<u8> {
     let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
-    for (path, data) in files {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        header.set_entry_type(tar::EntryType::Regular);
-        builder.append_data(&mut header, path, *data).expect("append to an in-memory tar");
-    }
+    fill(&mut builder);
     builder.into_inner().and_then(|gz| gz.finish()).expect("finish an in-memory tar.gz")
 }
 
