@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use http::{header, Request};
 use http_body_util::BodyExt;
 
+use crate::error::ResultExt;
 use crate::services::exec::agent_error;
 use crate::services::vms::find_running;
 use crate::views::UploadResult;
@@ -49,12 +50,12 @@ pub async fn upload(
         Ok(chunk)
     });
     let query =
-        serde_urlencoded::to_string([("dest", dest.as_str())]).map_err(ApiError::internal)?;
+        serde_urlencoded::to_string([("dest", dest.as_str())]).context("encoding the upload query")?;
     let request = Request::post(format!("/files/upload?{query}"))
         .header(header::HOST, "agent")
         .header(header::CONTENT_TYPE, "application/gzip")
         .body(Body::from_stream(counted))
-        .map_err(ApiError::internal)?;
+        .context("building the agent upload request")?;
     let result = state
         .agent
         .call_streaming(vm_id, request, TRANSFER_TIMEOUT)
@@ -67,10 +68,10 @@ pub async fn upload(
         .into_body()
         .collect()
         .await
-        .map_err(|e| ApiError::Agent(format!("upload response from the agent failed: {e}")))?
+        .map_err(|e| ApiError::agent("upload response from the agent failed", e))?
         .to_bytes();
     serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::Agent(format!("unexpected upload response from the agent: {e}")))
+        .map_err(|e| ApiError::agent("unexpected upload response from the agent", e))
 }
 
 /// Streams `path` back as tar.gz.
@@ -87,7 +88,7 @@ pub async fn download(
     Response::builder()
         .header(header::CONTENT_TYPE, "application/gzip")
         .body(Body::new(resp.into_body()))
-        .map_err(ApiError::internal)
+        .context("building the download response")
 }
 
 /// Asks a VM's agent for `path` as a tar.gz stream; errors (400/404) arrive before any byte.
@@ -97,11 +98,11 @@ pub async fn agent_download(
     path: &str,
     limit: Duration,
 ) -> Result<http::Response<hyper::body::Incoming>, ApiError> {
-    let query = serde_urlencoded::to_string([("path", path)]).map_err(ApiError::internal)?;
+    let query = serde_urlencoded::to_string([("path", path)]).context("encoding the download query")?;
     let request = Request::get(format!("/files/download?{query}"))
         .header(header::HOST, "agent")
         .body(Body::empty())
-        .map_err(ApiError::internal)?;
+        .context("building the agent download request")?;
     state
         .agent
         .call_streaming(vm_id, request, limit)

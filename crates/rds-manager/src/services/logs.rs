@@ -2,6 +2,7 @@
 
 use std::io::{Read, Seek, SeekFrom};
 
+use crate::error::ResultExt;
 use crate::services::vms::find;
 use crate::views::{ConsoleLogView, ExecLogPage, ExecLogView};
 use crate::{ApiError, AppState};
@@ -26,21 +27,16 @@ pub fn console_tail(
                 truncated: false,
             })
         }
-        Err(e) => {
-            return Err(ApiError::Internal(format!(
-                "reading {}: {e}",
-                path.display()
-            )))
-        }
+        Err(e) => return Err(ApiError::internal(format!("cannot open {}", path.display()), e)),
     };
-    let len = file.metadata().map_err(ApiError::internal)?.len();
+    let len = file.metadata().with_context(|| format!("cannot stat {}", path.display()))?.len();
     let start = len.saturating_sub(TAIL_WINDOW);
     file.seek(SeekFrom::Start(start))
-        .map_err(ApiError::internal)?;
+        .with_context(|| format!("cannot seek in {}", path.display()))?;
     let mut buf = Vec::new();
     file.take(TAIL_WINDOW)
         .read_to_end(&mut buf)
-        .map_err(ApiError::internal)?;
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let text = String::from_utf8_lossy(&buf);
     let mut lines: Vec<&str> = text.lines().collect();
     if start > 0 && !lines.is_empty() {

@@ -15,6 +15,7 @@ use rds_runtime::{LinkKind, VmHandle, VmNetwork};
 use rds_store::{VmRecord, VmState};
 use serde_json::json;
 
+use crate::error::ResultExt;
 use crate::services::events::vm_event;
 use crate::services::vms;
 use crate::views::{NetworkView, PatchNetworkRequest, VmView};
@@ -53,7 +54,7 @@ pub fn policy_of(state: &AppState, vm: &VmRecord) -> Result<EgressPolicy, ApiErr
 
 /// Persists a VM's policy.
 pub fn save_policy(state: &AppState, id: &str, policy: &EgressPolicy) -> Result<(), ApiError> {
-    let json = serde_json::to_string(policy).map_err(ApiError::internal)?;
+    let json = serde_json::to_string(policy).context("encoding the egress policy")?;
     state.store.set_vm_egress_policy(id, policy.outbound_internet, &json)?;
     Ok(())
 }
@@ -72,7 +73,7 @@ pub fn slot_of(state: &AppState, id: &str) -> Result<Option<Slot>, ApiError> {
 pub fn allocate_slot(state: &AppState, id: &str) -> Result<Option<Slot>, ApiError> {
     let Some(network) = state.network.get() else { return Ok(None) };
     let claim = |slot: &Slot| {
-        network.claim_slot(slot).map_err(|e| ApiError::Internal(format!("cannot claim the VM's addresses: {e}")))
+        network.claim_slot(slot).context("cannot claim the VM's addresses")
     };
     if let Some(slot) = slot_of(state, id)? {
         if claim(&slot)? {
@@ -83,7 +84,7 @@ pub fn allocate_slot(state: &AppState, id: &str) -> Result<Option<Slot>, ApiErro
     let pool = network.pool();
     let used = state.store.used_net_slots()?;
     for index in pool.free(&used) {
-        let slot = pool.slot(index).map_err(ApiError::internal)?;
+        let slot = pool.slot(index).context("cannot compute a free VM address")?;
         if !claim(&slot)? {
             continue;
         }
@@ -118,7 +119,7 @@ pub async fn before_start(state: &AppState, vm: &VmRecord) -> Result<Option<VmNe
         let tap = network
             .attach_tap(&vm.id, &slot)
             .await
-            .map_err(|e| ApiError::Internal(format!("cannot create the VM's TAP device: {e}")))?;
+            .context("cannot create the VM's TAP device")?;
         enforce(state, network, vm, &slot).await?;
         link.tap = Some(tap);
     }
@@ -138,7 +139,7 @@ pub async fn after_start(state: &AppState, vm: &VmRecord, handle: &VmHandle) -> 
     network
         .attach_veth(&vm.id, &slot, handle.pid)
         .await
-        .map_err(|e| ApiError::Internal(format!("cannot attach the VM's network: {e}")))?;
+        .context("cannot attach the VM's network")?;
     enforce(state, network, vm, &slot).await
 }
 
@@ -147,7 +148,7 @@ async fn enforce(state: &AppState, network: &Network, vm: &VmRecord, slot: &Slot
     network
         .apply_policy(&vm.id, slot, &policy)
         .await
-        .map_err(|e| ApiError::Internal(format!("cannot apply the VM's egress policy: {e}")))
+        .context("cannot apply the VM's egress policy")
 }
 
 /// Refuses to put a link into the manager's own network namespace (a runtime that does not
@@ -158,12 +159,10 @@ fn ensure_own_netns(pid: i32) -> Result<(), ApiError> {
     let ours = inode("/proc/self/ns/net".to_string());
     match (theirs, ours) {
         (Ok(a), Ok(b)) if a != b => Ok(()),
-        (Ok(_), Ok(_)) => Err(ApiError::Internal(format!(
+        (Ok(_), Ok(_)) => Err(ApiError::internal_msg(format!(
             "VM process {pid} shares the manager's network namespace; refusing to attach a link"
         ))),
-        (Err((path, e)), _) | (_, Err((path, e))) => {
-            Err(ApiError::Internal(format!("cannot read {path}: {e}")))
-        }
+        (Err((path, e)), _) | (_, Err((path, e))) => Err(ApiError::internal(format!("cannot read {path}"), e)),
     }
 }
 
@@ -216,7 +215,7 @@ pub async fn patch(state: &AppState, id: &str, req: PatchNetworkRequest) -> Resu
             (Some(network), Some(slot)) => network
                 .apply_policy(id, &slot, &policy)
                 .await
-                .map_err(|e| ApiError::Internal(format!("cannot apply the egress policy: {e}")))?,
+                .context("cannot apply the egress policy")?,
             (Some(_), None) if policy.outbound_internet => {
                 return Err(ApiError::Conflict(format!(
                     "VM {id} was started without a network link; stop and start it, then retry"

@@ -9,6 +9,7 @@ use rds_runtime::{RuntimeError, RuntimeKind, VmHandle, VmSpec};
 use rds_store::{now_ms, VmRecord, VmState};
 use serde_json::json;
 
+use crate::error::ResultExt;
 use crate::{lifecycle, liveness};
 use crate::services::{network, peers};
 use crate::services::events::vm_event;
@@ -141,7 +142,7 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
         handle_json: None,
         outbound_internet: policy.outbound_internet,
         allow_ips_json: Some(
-            serde_json::to_string(&policy.allow_ips).map_err(ApiError::internal)?,
+            serde_json::to_string(&policy.allow_ips).context("encoding allowIps")?,
         ),
         secret_env_ciphertext: None,
         created_at: now,
@@ -238,14 +239,14 @@ async fn boot(state: &AppState, vm: &VmRecord) -> Result<VmHandle, ApiError> {
         network: network::before_start(state, vm).await?,
     };
     let handle = state.runtime.start(&spec).await.map_err(runtime_error)?;
-    let json = serde_json::to_string(&handle).map_err(ApiError::internal)?;
+    let json = serde_json::to_string(&handle).context("encoding the runtime handle")?;
     state.store.set_vm_handle(&vm.id, Some(&json))?;
     network::after_start(state, vm, &handle).await?;
     state
         .agent
         .call_json::<(), AgentHealth>(&vm.id, Method::GET, "/health", None, HEALTH_TIMEOUT)
         .await
-        .map_err(|e| ApiError::Internal(format!("agent did not become healthy: {e}")))?;
+        .map_err(|e| ApiError::internal(format!("VM {}: agent did not become healthy", vm.id), e))?;
     Ok(handle)
 }
 
@@ -401,13 +402,8 @@ fn current_handle(state: &AppState, id: &str) -> Result<Option<VmHandle>, ApiErr
     Ok(state.store.get_vm(id)?.as_ref().and_then(parse_handle))
 }
 
-/// Maps runtime failures onto API errors (501 for unsupported, 400 for bad specs).
+/// Maps runtime failures onto API errors (501 for unsupported, 400 for bad specs), keeping the
+/// runtime's error as the cause.
 pub fn runtime_error(e: RuntimeError) -> ApiError {
-    match e {
-        RuntimeError::Unsupported(what) => {
-            ApiError::NotImplemented(format!("not supported by this runtime: {what}"))
-        }
-        RuntimeError::InvalidSpec(m) => ApiError::BadRequest(m),
-        other => ApiError::Internal(other.to_string()),
-    }
+    ApiError::from(e)
 }
