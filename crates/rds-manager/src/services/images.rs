@@ -31,8 +31,8 @@ pub const DEFAULT_IMAGE_SETTING: &str = "defaultImageId";
 const DRAIN_LIMIT: u64 = 16 << 20;
 /// Largest `manifest.json` accepted in a bundle.
 const MAX_MANIFEST_BYTES: u64 = 4 << 20;
-const MAX_NAME_CHARS: usize = 128;
-const MAX_DESCRIPTION_CHARS: usize = 1024;
+const MAX_NAME_CHARS: usize = crate::views::MAX_IMAGE_NAME_CHARS;
+const MAX_DESCRIPTION_CHARS: usize = crate::views::MAX_IMAGE_DESCRIPTION_CHARS;
 
 /// The files a VM boots from, as handed to the runtime.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -17,7 +17,7 @@ pub fn console_tail(
     tail: Option<u32>,
 ) -> Result<ConsoleLogView, ApiError> {
     find(state, vm_id)?;
-    let tail = tail.unwrap_or(200).clamp(1, 1000) as usize;
+    let tail = tail.unwrap_or(200).clamp(1, crate::views::MAX_CONSOLE_TAIL) as usize;
     let path = state.runtime.console_log(vm_id);
     let mut file = match std::fs::File::open(&path) {
         Ok(f) => f,

@@ -32,7 +32,7 @@ use crate::views::{PatchPeerLinkRequest, PeerCallView, PeerLinkRequest, PeerLink
 use crate::{ApiError, AppState};
 
 /// Most links a consumer may hold.
-const MAX_LINKS: usize = 32;
+const MAX_LINKS: usize = crate::views::MAX_PEER_LINKS;
 /// Largest manifest archive fetched from a provider.
 const MAX_MANIFEST_ARCHIVE: usize = 2 << 20;
 /// Largest compressed provider workspace fetched for a mirror.
@@ -641,7 +641,7 @@ fn sanitize(secrets: &SecretEnv, message: &str) -> String {
 
 /// `GET /v1/peer-calls`: the audit log, newest first.
 pub fn list_calls(state: &AppState, vm_id: Option<&str>, limit: Option<u32>) -> Result<Vec<PeerCallView>, ApiError> {
-    let limit = limit.unwrap_or(100).clamp(1, 500);
+    let limit = limit.unwrap_or(100).clamp(1, crate::views::MAX_PEER_CALLS_LIMIT);
     Ok(state
         .store
         .list_peer_calls(vm_id, limit)?

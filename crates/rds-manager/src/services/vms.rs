@@ -17,10 +17,7 @@ use crate::services::images;
 use crate::views::{CreateVmRequest, VmView};
 use crate::{ApiError, AppState};
 
-/// Smallest memory a VM can boot with.
-const MIN_MEM_MB: u32 = 32;
-/// Smallest disk a VM may ask for.
-const MIN_DISK_MB: u32 = rds_runtime::sandbox::MIN_DISK_MB;
+use crate::views::{MIN_DISK_MB, MIN_MEM_MB};
 /// How long a freshly booted agent has to answer `/health`.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the agent gets to shut itself down before the runtime stops the VM.
