@@ -260,8 +260,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Middleware: logs every 5xx answer with its whole cause chain, and with `expose` (the
-/// `EXPOSE_INTERNAL_ERRORS` setting) answers the chain instead of the bare "internal error".
+/// Middleware: logs every 5xx answer with its whole cause chain (500 as an error, the others as
+/// warnings), and with `expose` (the `EXPOSE_INTERNAL_ERRORS` setting) answers the chain instead
+/// of the bare "internal error".
 pub async fn report_errors(expose: bool, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -273,15 +274,14 @@ pub async fn report_errors(expose: bool, req: Request, next: Next) -> Response {
     let Some(details) = resp.extensions_mut().remove::<ErrorDetails>() else {
         return resp;
     };
-    tracing::error!(
-        request_id = %details.request_id,
-        %method,
-        path,
-        status = status.as_u16(),
-        code = details.code,
-        error = %details.chain,
-        "request failed"
-    );
+    // A 500 is the manager's own failure; 501-504 are expected answers about a runtime or guest.
+    if status == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::error!(request_id = %details.request_id, %method, path, status = status.as_u16(), code = details.code,
+            error = %details.chain, "request failed");
+    } else {
+        tracing::warn!(request_id = %details.request_id, %method, path, status = status.as_u16(), code = details.code,
+            error = %details.chain, "request failed");
+    }
     if expose {
         let message = format!("{} (request id {})", details.chain, details.request_id);
         let (mut parts, _) = resp.into_parts();
