@@ -52,6 +52,13 @@ ensure_interpreters() {
   fi
 }
 
+# The unused-dependency check of scripts/lint (crates.io).
+ensure_cargo_machete() {
+  command -v cargo-machete >/dev/null && return 0
+  step "installing cargo-machete"
+  cargo install --locked --version 0.9.2 cargo-machete
+}
+
 # The qemu runtime's vsock backend (rust-vmm's vhost-device-vsock, from crates.io).
 ensure_vhost_device_vsock() {
   command -v vhost-device-vsock >/dev/null && return 0

@@ -112,13 +112,13 @@ fn bench(bin: &Path, dir: &Path, calls: usize) -> anyhow::Result<()> {
     let rss_end = vm_rss_kib(pid)?;
     agent.stop();
 
-    let exec_p50 = percentile_ms(&mut per_connection.clone(), 50.0);
-    let exec_p95 = percentile_ms(&mut per_connection.clone(), 95.0);
-    let ka_p50 = percentile_ms(&mut keep_alive.clone(), 50.0);
-    let ka_p95 = percentile_ms(&mut keep_alive.clone(), 95.0);
-    let bare_p50 = percentile_ms(&mut bare.clone(), 50.0);
-    let bare_p95 = percentile_ms(&mut bare.clone(), 95.0);
-    let shell_p50 = percentile_ms(&mut bare_shell.clone(), 50.0);
+    let exec_p50 = percentile_ms(&per_connection, 0.50);
+    let exec_p95 = percentile_ms(&per_connection, 0.95);
+    let ka_p50 = percentile_ms(&keep_alive, 0.50);
+    let ka_p95 = percentile_ms(&keep_alive, 0.95);
+    let bare_p50 = percentile_ms(&bare, 0.50);
+    let bare_p95 = percentile_ms(&bare, 0.95);
+    let shell_p50 = percentile_ms(&bare_shell, 0.50);
     // Written by hand so the keys keep the documented order.
     println!(
         "{{\"bench\":\"agent\",\"calls\":{calls},\"exec_p50_ms\":{},\"exec_p95_ms\":{},\"bare_p50_ms\":{},\
@@ -200,10 +200,10 @@ fn vm_rss_kib(pid: u32) -> anyhow::Result<u64> {
         .context("no VmRSS in /proc/<pid>/status")
 }
 
-fn percentile_ms(samples: &mut [Duration], pct: f64) -> f64 {
-    samples.sort_unstable();
-    let index = ((pct / 100.0) * (samples.len() - 1) as f64).round() as usize;
-    samples[index].as_secs_f64() * 1000.0
+/// The `q` quantile of `samples`, in milliseconds.
+fn percentile_ms(samples: &[Duration], q: f64) -> f64 {
+    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    rds_testkit::percentile(&mut ms, q)
 }
 
 fn round(v: f64) -> f64 {

@@ -5,20 +5,8 @@ mod common;
 use std::io::Read;
 
 use common::Agent;
+use rds_testkit::tar_gz;
 use http::{Method, StatusCode};
-
-fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut builder = tar::Builder::new(encoder);
-    for (path, data) in files {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        header.set_entry_type(tar::EntryType::Regular);
-        builder.append_data(&mut header, path, *data).unwrap();
-    }
-    builder.into_inner().unwrap().finish().unwrap()
-}
 
 #[tokio::test]
 async fn upload_then_download_round_trips_over_http() {

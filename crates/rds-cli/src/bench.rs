@@ -266,13 +266,7 @@ pub fn round(v: f64) -> f64 {
 
 /// p50 and p95 (nearest rank) of the samples.
 pub fn percentiles(samples: &mut [f64]) -> Value {
-    samples.sort_by(|a, b| a.total_cmp(b));
-    let at = |p: f64| {
-        if samples.is_empty() {
-            return 0.0;
-        }
-        let rank = ((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
-        round(samples[rank - 1])
-    };
-    json!({"p50": at(0.50), "p95": at(0.95), "n": samples.len()})
+    let n = samples.len();
+    let mut at = |q: f64| round(rds_testkit::percentile(samples, q));
+    json!({"p50": at(0.50), "p95": at(0.95), "n": n})
 }

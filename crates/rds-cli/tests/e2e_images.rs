@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::Server;
+use rds_testkit::tar_gz;
 use serde_json::{json, Value};
 
 /// `MAX_IMAGE_BYTES` of the synthetic-image server.
@@ -121,19 +122,6 @@ fn tiny_ext4_rootfs(dir: &Path) -> Option<Vec<u8>> {
             Some(std::fs::read(&image).unwrap())
         }
     }
-}
-
-fn tar_gz(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut b = tar::Builder::new(gz);
-    for (name, data) in entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, name, *data).unwrap();
-    }
-    b.into_inner().unwrap().finish().unwrap()
 }
 
 #[test]

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Server;
-use rds_store::{Store, VmState};
+use rds_store::VmState;
 use serde_json::{json, Value};
 
 /// Generous bound for noticing a dead VM (the manager aims at well under 2 s).
@@ -156,7 +156,7 @@ fn manager_killed_during_delete_finishes_it_after_restart() {
         std::thread::sleep(Duration::from_millis(delay_ms));
         s.kill9();
         let answered = deleter.join().unwrap();
-        let at_kill = s.store().get_vm(&id).unwrap().expect("the record stays").state;
+        let at_kill = s.stored_vm(&id).expect("the record stays").state;
         seen_at_kill.push((delay_ms, at_kill));
         s.restart();
 
@@ -173,7 +173,7 @@ fn manager_killed_during_delete_finishes_it_after_restart() {
         let (_, list) = s.call("GET", "/v1/vms", None);
         assert!(!list.as_array().unwrap().iter().any(|v| v["id"] == id.as_str()), "listed: {list}");
         assert!(!s.vm_dir(&id).exists(), "{} left behind", s.vm_dir(&id).display());
-        assert_eq!(s.store().get_vm(&id).unwrap().unwrap().state, VmState::Deleted);
+        assert_eq!(s.stored_vm(&id).unwrap().state, VmState::Deleted);
     }
     eprintln!("state recorded when the manager was killed, by delay: {seen_at_kill:?}");
 }

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::Server;
+use rds_testkit::tar_gz;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -35,19 +36,6 @@ macro_rules! require_peers {
     };
 }
 
-fn tar_gz(files: &[(&str, &str)]) -> Vec<u8> {
-    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
-    for (path, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_cksum();
-        b.append_data(&mut h, path, data.as_bytes()).unwrap();
-    }
-    b.into_inner().unwrap().finish().unwrap()
-}
-
 /// Every response body the test saw, to prove no API response carried a secret.
 #[derive(Default)]
 struct Seen(Vec<String>);
@@ -64,7 +52,7 @@ fn upload(s: &Server, id: &str, files: &[(&str, &str)]) {
     let resp = s
         .req("POST", &format!("/v1/vms/{id}/files/upload?dest=/workspace"))
         .set("content-type", "application/gzip")
-        .send_bytes(&tar_gz(files))
+        .send_bytes(&tar_gz(&files.iter().map(|(path, text)| (*path, text.as_bytes())).collect::<Vec<_>>()))
         .unwrap();
     assert_eq!(resp.status(), 200);
 }

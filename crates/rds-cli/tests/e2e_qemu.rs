@@ -8,19 +8,8 @@ mod common;
 use std::io::Read;
 
 use common::Server;
+use rds_testkit::tar_gz;
 use serde_json::json;
-
-fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
-    for (path, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, path, *data).unwrap();
-    }
-    b.into_inner().unwrap().finish().unwrap()
-}
 
 /// Processes whose command line mentions `needle` (QEMU and its vsock backend carry the VM id).
 fn processes_mentioning(needle: &str) -> Vec<String> {

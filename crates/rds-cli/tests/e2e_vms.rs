@@ -46,7 +46,7 @@ fn exec_runs_as_uid_1000_and_streams_ndjson() {
 #[test]
 fn run_ts_returns_arbitrary_json_unmangled() {
     require_sandbox!();
-    if which("deno").is_none() {
+    if rds_host::find_program("deno", &[]).is_none() {
         rds_testkit::skip("deno not installed");
         return;
     }
@@ -324,10 +324,4 @@ fn cgroup_dirs(id: &str) -> Vec<String> {
     let mut out = vec![];
     walk(std::path::Path::new("/sys/fs/cgroup"), id, 4, &mut out);
     out
-}
-
-fn which(bin: &str) -> Option<std::path::PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(bin))
-        .find(|p| p.is_file())
 }

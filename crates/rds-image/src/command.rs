@@ -7,10 +7,7 @@ use crate::ImageError;
 
 /// Fails with an install hint when `tool` is not on `PATH`.
 pub(crate) fn require_tool(tool: &str, package: &str) -> Result<(), ImageError> {
-    let found = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
-        .unwrap_or(false);
-    if found {
+    if rds_host::on_path(tool) {
         Ok(())
     } else {
         Err(ImageError::MissingTool {

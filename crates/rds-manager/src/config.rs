@@ -287,6 +287,11 @@ impl Config {
     pub fn database_path(&self) -> PathBuf {
         self.storage_root.join("rds.db")
     }
+
+    /// Where the store lives: the SQLite file under `STORAGE_ROOT` (the only backend so far).
+    pub fn store_config(&self) -> rds_store::StoreConfig {
+        rds_store::StoreConfig::Sqlite { path: self.database_path() }
+    }
 }
 
 /// `rds-agent` next to the running executable.

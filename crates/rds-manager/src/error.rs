@@ -185,7 +185,13 @@ impl<T, E: std::error::Error + Send + Sync + 'static> ResultExt<T> for Result<T,
 
 impl From<rds_store::StoreError> for ApiError {
     fn from(e: rds_store::StoreError) -> Self {
-        ApiError::internal("database operation failed", e)
+        use rds_store::StoreError;
+        match e {
+            StoreError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
+            StoreError::QuotaExceeded(_) => ApiError::Quota(e.to_string()),
+            StoreError::Conflict { .. } | StoreError::InUse { .. } => ApiError::Conflict(e.to_string()),
+            other => ApiError::internal("database operation failed", other),
+        }
     }
 }
 

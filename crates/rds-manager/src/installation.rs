@@ -92,14 +92,16 @@ pub fn lock_host_names(dir: &Path, installation: &InstallationId, cgroup_group: 
     Ok(HostLocks(held))
 }
 
-/// The installation id of the store, generated and stored on first use; `true` when new.
-pub fn load_or_create(store: &dyn Store) -> Result<(InstallationId, bool), InstallationError> {
-    if let Some(text) = store.get_setting(INSTALLATION_ID_SETTING)? {
+/// The installation id of the store, generated and stored on first use; `true` when new. Two
+/// managers starting on a new database at once agree on one id (the first stored wins).
+pub async fn load_or_create(store: &dyn Store) -> Result<(InstallationId, bool), InstallationError> {
+    if let Some(text) = store.get_setting(INSTALLATION_ID_SETTING).await? {
         return Ok((InstallationId::parse(&text).map_err(InstallationError::Invalid)?, false));
     }
     let id = InstallationId::generate();
-    store.set_setting(INSTALLATION_ID_SETTING, Some(id.as_str()))?;
-    Ok((id, true))
+    let stored = store.init_setting(INSTALLATION_ID_SETTING, id.as_str()).await?;
+    let new = stored == id.as_str();
+    Ok((InstallationId::parse(&stored).map_err(InstallationError::Invalid)?, new))
 }
 
 /// The cgroup parent group of this installation's sandboxes when `RDS_CGROUP_GROUP` is unset.
@@ -112,25 +114,25 @@ mod tests {
     use super::*;
     use rds_store::SqliteStore;
 
-    #[test]
-    fn the_id_is_generated_once_and_kept() {
+    #[tokio::test]
+    async fn the_id_is_generated_once_and_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rds.db");
-        let (first, new) = load_or_create(&SqliteStore::open(&path).unwrap()).unwrap();
+        let (first, new) = load_or_create(&SqliteStore::open(&path).unwrap()).await.unwrap();
         assert!(new);
-        let (again, new) = load_or_create(&SqliteStore::open(&path).unwrap()).unwrap();
+        let (again, new) = load_or_create(&SqliteStore::open(&path).unwrap()).await.unwrap();
         assert_eq!((again, new), (first.clone(), false));
         let other = tempfile::tempdir().unwrap();
-        let (theirs, _) = load_or_create(&SqliteStore::open(&other.path().join("rds.db")).unwrap()).unwrap();
+        let (theirs, _) = load_or_create(&SqliteStore::open(&other.path().join("rds.db")).unwrap()).await.unwrap();
         assert_ne!(theirs, first, "two stores got the same id");
     }
 
-    #[test]
-    fn a_tampered_id_stops_the_manager_with_the_setting_named() {
+    #[tokio::test]
+    async fn a_tampered_id_stops_the_manager_with_the_setting_named() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("rds.db")).unwrap();
-        store.set_setting(INSTALLATION_ID_SETTING, Some("../../etc")).unwrap();
-        let err = load_or_create(&store).unwrap_err();
+        store.set_setting(INSTALLATION_ID_SETTING, Some("../../etc")).await.unwrap();
+        let err = load_or_create(&store).await.unwrap_err();
         assert!(err.to_string().contains(INSTALLATION_ID_SETTING), "{err}");
         assert!(matches!(err, InstallationError::Invalid(_)));
     }

@@ -140,7 +140,7 @@ fn describe(exit: ProcessExit) -> Option<String> {
 /// (cgroups, sockets, links, nft chains) and records STOPPED or ERROR with the reason.
 async fn settle(state: &AppState, id: &str, handle: &VmHandle, exit: ProcessExit) {
     let _lock = state.vm_locks.lock(id).await;
-    let vm = match state.store.get_vm(id) {
+    let vm = match state.store.get_vm(id).await {
         Ok(Some(vm)) => vm,
         Ok(None) => return,
         Err(e) => {
@@ -163,18 +163,17 @@ async fn settle(state: &AppState, id: &str, handle: &VmHandle, exit: ProcessExit
         tracing::warn!(vm_id = %id, error = %e, "cleanup after the VM's process ended failed");
     }
     network::detach(state, id).await;
-    let recorded = state
-        .store
-        .set_vm_handle(id, None)
-        .map_err(crate::ApiError::from)
-        .and_then(|()| transition(state, id, VmState::Running, to, Some(&reason)));
+    let recorded = match state.store.set_vm_handle(id, None).await {
+        Ok(()) => transition(state, id, VmState::Running, to, Some(&reason)).await,
+        Err(e) => Err(crate::ApiError::from(e)),
+    };
     if let Err(e) = recorded {
         tracing::error!(vm_id = %id, error = %e, "cannot record that the VM's process ended");
         return;
     }
     if to == VmState::Stopped {
         let meta = json!({"pid": handle.pid, "oomKills": oom_kills});
-        vm_event(state, id, "vm.stopped", reason, Some(meta));
+        vm_event(state, id, "vm.stopped", reason, Some(meta)).await;
     }
 }
 

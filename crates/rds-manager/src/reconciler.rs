@@ -37,7 +37,7 @@ pub enum ReconcileError {
 /// Brings every record in line with what the runtime actually has.
 pub async fn reconcile(state: &AppState) -> Result<Reconciled, ReconcileError> {
     let mut out = Reconciled::default();
-    let vms = state.store.list_vms()?;
+    let vms = state.store.list_vms().await?;
     let mut adopted = Vec::new();
     for vm in &vms {
         let _lock = state.vm_locks.lock(&vm.id).await;
@@ -50,7 +50,7 @@ pub async fn reconcile(state: &AppState) -> Result<Reconciled, ReconcileError> {
                 };
                 match liveness {
                     Liveness::Alive => {
-                        if !state.store.list_peer_links(&vm.id)?.is_empty() {
+                        if !state.store.list_peer_links(&vm.id).await?.is_empty() {
                             if let Err(e) = state.bridges.open(state, &vm.id) {
                                 tracing::warn!(vm_id = %vm.id, error = %e, "cannot reopen the peer bridge");
                             }
@@ -65,10 +65,10 @@ pub async fn reconcile(state: &AppState) -> Result<Reconciled, ReconcileError> {
                         if let Some(h) = &handle {
                             let _ = state.runtime.stop(&vm.id, h).await;
                         }
-                        state.store.set_vm_handle(&vm.id, None)?;
+                        state.store.set_vm_handle(&vm.id, None).await?;
                         let reason = format!("found dead at manager start: {why}");
-                        transition(state, &vm.id, vm.state, VmState::Stopped, Some(&reason))?;
-                        vm_event(state, &vm.id, "vm.stopped", reason, None);
+                        transition(state, &vm.id, vm.state, VmState::Stopped, Some(&reason)).await?;
+                        vm_event(state, &vm.id, "vm.stopped", reason, None).await;
                         out.settled.push(vm.id.clone());
                     }
                 }
@@ -76,14 +76,14 @@ pub async fn reconcile(state: &AppState) -> Result<Reconciled, ReconcileError> {
             VmState::Creating => {
                 // A half-made VM has nothing worth keeping.
                 let _ = state.runtime.destroy(&vm.id, handle.as_ref()).await;
-                state.store.set_vm_handle(&vm.id, None)?;
+                state.store.set_vm_handle(&vm.id, None).await?;
                 transition(
                     state,
                     &vm.id,
                     vm.state,
                     VmState::Error,
                     Some("manager restarted while the VM was being created"),
-                )?;
+                ).await?;
                 out.settled.push(vm.id.clone());
             }
             VmState::Starting | VmState::Stopping => {
@@ -91,9 +91,9 @@ pub async fn reconcile(state: &AppState) -> Result<Reconciled, ReconcileError> {
                 if let Some(h) = &handle {
                     let _ = state.runtime.stop(&vm.id, h).await;
                 }
-                state.store.set_vm_handle(&vm.id, None)?;
+                state.store.set_vm_handle(&vm.id, None).await?;
                 let reason = format!("manager restarted while the VM was {}", vm.state);
-                transition(state, &vm.id, vm.state, VmState::Stopped, Some(&reason))?;
+                transition(state, &vm.id, vm.state, VmState::Stopped, Some(&reason)).await?;
                 out.settled.push(vm.id.clone());
             }
             VmState::Deleting => {
@@ -122,7 +122,7 @@ pub async fn cap_consoles(state: AppState) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let Ok(vms) = state.store.list_vms() else { continue };
+        let Ok(vms) = state.store.list_vms().await else { continue };
         for vm in vms.iter().filter(|vm| vm.state == VmState::Running) {
             let log = state.runtime.console_log(&vm.id);
             match rds_runtime::cap_console_log(&log) {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use rds_net::InstallationId;
 use rds_runtime::Runtime;
-use rds_store::{SqliteStore, Store};
+use rds_store::Store;
 
 use crate::config::ConfigError;
 use crate::installation::{HostLocks, LOCK_DIR};
@@ -51,7 +51,7 @@ pub struct Prepared {
 
 /// Opens everything with the configured runtime.
 pub async fn prepare(config: Config, rotate_key: bool) -> Result<Prepared, StartError> {
-    let (store, installation, host_locks) = open_store(&config)?;
+    let (store, installation, host_locks) = open_store(&config).await?;
     let runtime = crate::runtime_select::select(&config, &installation)?;
     prepare_with(config, store, installation, host_locks, runtime, rotate_key).await
 }
@@ -62,15 +62,15 @@ pub async fn prepare_with_runtime(
     runtime: Arc<dyn Runtime>,
     rotate_key: bool,
 ) -> Result<Prepared, StartError> {
-    let (store, installation, host_locks) = open_store(&config)?;
+    let (store, installation, host_locks) = open_store(&config).await?;
     prepare_with(config, store, installation, host_locks, runtime, rotate_key).await
 }
 
 /// Opens the database, reads (or, on first start, makes) the installation id, and locks it and the
 /// cgroup group host-wide before anything touches host resources.
-fn open_store(config: &Config) -> Result<(Arc<dyn Store>, InstallationId, HostLocks), StartError> {
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.database_path())?);
-    let (installation, new) = crate::installation::load_or_create(store.as_ref())?;
+async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, InstallationId, HostLocks), StartError> {
+    let store = rds_store::open(&config.store_config()).await?;
+    let (installation, new) = crate::installation::load_or_create(store.as_ref()).await?;
     let cgroup_group =
         config.cgroup_group.clone().unwrap_or_else(|| crate::installation::default_cgroup_group(&installation));
     let locks = crate::installation::lock_host_names(Path::new(LOCK_DIR), &installation, &cgroup_group)?;
@@ -91,7 +91,7 @@ async fn prepare_with(
     runtime: Arc<dyn Runtime>,
     rotate_key: bool,
 ) -> Result<Prepared, StartError> {
-    let (keys, key_notice) = ensure_keys(store.as_ref(), config.api_key.as_deref(), rotate_key)?;
+    let (keys, key_notice) = ensure_keys(store.as_ref(), config.api_key.as_deref(), rotate_key).await?;
     let addr = SocketAddr::new(config.bind, config.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await

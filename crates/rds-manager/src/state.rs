@@ -33,7 +33,9 @@ pub struct Inner {
     pub agent: AgentClient,
     /// Serialises lifecycle operations per VM.
     pub vm_locks: VmLocks,
-    /// Serialises the quota check with the insert so concurrent creates cannot overshoot `MAX_VMS`.
+    /// Queues this manager's creates (and image deletes) in memory rather than on the database's
+    /// lock; only an optimisation: the store checks `MAX_VMS` and allocates slots in its own
+    /// transactions, which also hold across managers sharing the database.
     pub create_gate: tokio::sync::Mutex<()>,
     /// Accepted API keys (hashes).
     pub keys: ApiKeyRing,

@@ -14,7 +14,6 @@ use http_body_util::BodyExt;
 use rds_manager::auth::{hash_key, ApiKeyRing};
 use rds_manager::testing::InProcessRuntime;
 use rds_manager::{routes, server, AppState, Config};
-use rds_store::{SqliteStore, Store};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -123,8 +122,20 @@ impl Api {
             vars.iter().chain(defaults.iter()).find(|(name, _)| *name == k).map(|(_, v)| v.to_string())
         };
         let config = Config::from_lookup(lookup).expect("a valid test configuration");
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.database_path()).expect("opening the test database"));
-        let (installation, _) = rds_manager::installation::load_or_create(store.as_ref()).expect("an installation id");
+        // On a runtime of its own: `new` is called from inside the tests' runtime, which it
+        // cannot block on.
+        let store_config = config.store_config();
+        let (store, installation) = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            rt.block_on(async {
+                let store = rds_store::open(&store_config).await.expect("opening the test database");
+                let (installation, _) =
+                    rds_manager::installation::load_or_create(store.as_ref()).await.expect("an installation id");
+                (store, installation)
+            })
+        })
+        .join()
+        .expect("opening the store panicked");
         let runtime = Arc::new(InProcessRuntime::new(dir.path().join("vms")));
         let keys = ApiKeyRing::new(vec![hash_key(KEY)]);
         let state =
@@ -365,6 +376,22 @@ async fn create_vm_over_a_quota_answers_429_naming_the_limit() {
         "quota_exceeded",
         "MAX_VMS=1",
     );
+    let list = api.call(Method::GET, "/v1/vms", None).await.expect(StatusCode::OK);
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "a create refused for MAX_VMS leaves no record: {list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creates_never_exceed_max_vms_and_the_refused_leave_no_record() {
+    let api = Api::new(&[("MAX_VMS", "2")]);
+    let body = json!({"cpu": 1, "memMb": 128});
+    let replies = futures_util::future::join_all((0..6).map(|_| api.call(Method::POST, "/v1/vms", Some(body.clone())))).await;
+    let statuses: Vec<_> = replies.iter().map(|r| r.status).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::CREATED).count(), 2, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count(), 4, "{statuses:?}");
+    let list = api.call(Method::GET, "/v1/vms", None).await.expect(StatusCode::OK);
+    let states: Vec<_> = list.as_array().unwrap().iter().map(|v| v["state"].clone()).collect();
+    assert_eq!(states, [json!("RUNNING"), json!("RUNNING")]);
+    assert_eq!(api.state.store.count_live_vms().await.unwrap(), 2);
 }
 
 #[tokio::test]
@@ -477,7 +504,7 @@ async fn delete_answers_204_and_the_vm_is_gone_from_get_and_list() {
     api.call(Method::DELETE, &format!("/v1/vms/{id}"), None).await.expect_error(StatusCode::NOT_FOUND, "not_found", &id);
     assert_eq!(api.call(Method::GET, "/v1/vms", None).await.expect(StatusCode::OK), json!([]));
     // The deleted VM no longer counts against MAX_VMS.
-    assert_eq!(api.state.store.count_live_vms().unwrap(), 0);
+    assert_eq!(api.state.store.count_live_vms().await.unwrap(), 0);
 }
 
 #[tokio::test]

@@ -36,10 +36,7 @@ pub async fn bench_apply(
         network.apply_policy(vm_id, slot, policy).await?;
         samples.push(started.elapsed());
     }
-    samples.sort();
-    let at = |q: f64| {
-        let index = ((samples.len() as f64 - 1.0) * q).round() as usize;
-        samples.get(index).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-    };
+    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    let mut at = |q: f64| rds_testkit::percentile(&mut ms, q);
     Ok(ApplyBench { iterations, p50_ms: at(0.5), p90_ms: at(0.9), max_ms: at(1.0) })
 }

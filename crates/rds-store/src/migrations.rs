@@ -1,11 +1,12 @@
 //! Versioned schema migrations, tracked in `PRAGMA user_version`.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, TransactionBehavior};
 
-use crate::{StoreError, StoreResult};
+use crate::sqlite::Fail;
+use crate::StoreError;
 
 /// Migration `n` (1-based) brings the schema from version `n-1` to `n`. Append only.
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     // 1: initial schema.
     r#"
     CREATE TABLE vms (
@@ -116,21 +117,20 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this build writes.
 pub const LATEST: i64 = MIGRATIONS.len() as i64;
 
-/// Applies every pending migration, each in its own transaction with the version bump.
-pub fn migrate(conn: &mut Connection) -> StoreResult<()> {
-    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if current > LATEST {
-        return Err(StoreError::TooNew {
-            found: current,
-            known: LATEST,
-        });
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let tx = conn.transaction()?;
+/// Applies every pending migration, each in its own `BEGIN IMMEDIATE` transaction with the version
+/// bump; the version is read again inside it, so two managers opening one database at once
+/// apply each migration once.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), Fail> {
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if current > LATEST {
+            return Err(StoreError::TooNew { found: current, known: LATEST }.into());
+        }
+        let Some(sql) = MIGRATIONS.get(current as usize) else { return Ok(()) };
         tx.execute_batch(sql)?;
         // PRAGMA does not take bound parameters; the value is our own integer.
-        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", current + 1))?;
         tx.commit()?;
     }
-    Ok(())
 }

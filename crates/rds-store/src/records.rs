@@ -263,3 +263,50 @@ impl ImageRecord {
         }
     }
 }
+
+/// A VM to create with everything that belongs to it, written in one transaction by
+/// [`crate::Store::create_vm`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewVm {
+    /// The VM row (normally `CREATING`).
+    pub record: VmRecord,
+    /// The validated egress policy as JSON.
+    pub egress_policy_json: Option<String>,
+    /// Sealed `secretEnv` and its key names.
+    pub secrets: Option<SealedSecrets>,
+    /// Links the VM holds as a consumer (their `consumer_vm_id` is the VM's id).
+    pub links: Vec<PeerLinkRecord>,
+    /// Allocate a network slot from this range; `None` when the manager has no networking.
+    pub net: Option<NetSlotRequest>,
+}
+
+/// A VM's sealed `secretEnv`: the ciphertext and the names of its keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedSecrets {
+    pub ciphertext: Vec<u8>,
+    pub keys: Vec<String>,
+}
+
+/// Which network slots an allocation may hand out.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NetSlotRequest {
+    /// Slots `0..capacity` exist (the address pool's size).
+    pub capacity: u32,
+    /// Slots not to hand out although free in the database (e.g. claimed on this host by another
+    /// installation).
+    pub skip: Vec<u32>,
+}
+
+/// Limits [`crate::Store::create_vm`] checks against the database inside its transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmLimits {
+    /// Most VMs that are not DELETED (`MAX_VMS`).
+    pub max_vms: u64,
+}
+
+/// What [`crate::Store::create_vm`] allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreatedVm {
+    /// The VM's network slot, when one was asked for.
+    pub net_slot: Option<u32>,
+}

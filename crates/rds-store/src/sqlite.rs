@@ -1,21 +1,69 @@
-//! [`Store`] on a SQLite file: WAL journal, busy timeout, one connection behind a mutex.
+//! [`Store`] on a SQLite file: WAL journal, busy timeout, one connection behind a mutex, used
+//! only from tokio's blocking pool.
+//!
+//! Every multi-row change runs in a `BEGIN IMMEDIATE` transaction: it takes the database's write
+//! lock before reading what it checks (quotas, free slots), so two managers sharing the file
+//! serialise on it, and the busy timeout makes the second wait rather than fail.
 
+use std::collections::HashSet;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior};
 
 use crate::{
-    migrations, now_ms, ApiKeyRecord, EventRecord, ExecLogRecord, ImagePart, ImageRecord,
-    NewEvent, PeerCallRecord, PeerLinkRecord, Store, StoreError, StoreResult, VmNetworkRecord, VmRecord, VmState,
+    migrations, now_ms, ApiKeyRecord, CreatedVm, EventRecord, ExecLogRecord, ImagePart, ImageRecord,
+    NetSlotRequest, NewEvent, NewVm, PeerCallRecord, PeerLinkRecord, Quota, Store, StoreError, StoreResult,
+    VmLimits, VmNetworkRecord, VmRecord, VmState,
 };
+
+/// How long a writer waits for another connection's (or manager's) write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// SQLite implementation of [`Store`].
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    conn: Arc<Mutex<Connection>>,
 }
+
+/// A failure inside a blocking SQLite closure: a raw SQLite error (turned into a
+/// [`StoreError::Backend`] or `Conflict` naming the operation) or an already typed one.
+pub(crate) enum Fail {
+    Db(rusqlite::Error),
+    Store(StoreError),
+}
+
+impl From<rusqlite::Error> for Fail {
+    fn from(e: rusqlite::Error) -> Self {
+        Fail::Db(e)
+    }
+}
+
+impl From<StoreError> for Fail {
+    fn from(e: StoreError) -> Self {
+        Fail::Store(e)
+    }
+}
+
+impl Fail {
+    /// The public error, naming `op` as what was being done.
+    pub(crate) fn into_store(self, op: &'static str) -> StoreError {
+        match self {
+            Fail::Store(e) => e,
+            Fail::Db(e) => {
+                let constraint = matches!(&e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation);
+                if constraint {
+                    StoreError::Conflict { op, what: "a record with the same key".into(), source: Some(Box::new(e)) }
+                } else {
+                    StoreError::Backend { op, source: Box::new(e) }
+                }
+            }
+        }
+    }
+}
+
+type Res<T> = Result<T, Fail>;
 
 const VM_COLUMNS: &str = "id, state, state_reason, cpu, mem_mb, runtime, image_id, handle_json, \
      outbound_internet, allow_ips_json, secret_env_ciphertext, created_at, updated_at, disk_mb";
@@ -23,7 +71,8 @@ const VM_COLUMNS: &str = "id, state, state_reason, cpu, mem_mb, runtime, image_i
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and migrates it to the latest schema.
     /// The database's directory is made 0700 and the database files 0600 (fixed if they exist):
-    /// they hold API key hashes, sealed secrets and every VM's record.
+    /// they hold API key hashes, sealed secrets and every VM's record. Blocking: async callers use
+    /// [`crate::open`].
     pub fn open(path: &Path) -> StoreResult<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::DirBuilder::new()
@@ -43,7 +92,8 @@ impl SqliteStore {
             .mode(0o600)
             .open(path)
             .map_err(|source| StoreError::File { path: path.display().to_string(), source })?;
-        let store = Self::setup(Connection::open(path)?)?;
+        let conn = Connection::open(path).map_err(|e| Fail::from(e).into_store("open"))?;
+        let store = Self::setup(conn)?;
         for suffix in ["", "-wal", "-shm"] {
             let mut file = path.as_os_str().to_owned();
             file.push(suffix);
@@ -59,22 +109,58 @@ impl SqliteStore {
 
     /// An in-memory database, for tests.
     pub fn open_in_memory() -> StoreResult<Self> {
-        Self::setup(Connection::open_in_memory()?)
+        let conn = Connection::open_in_memory().map_err(|e| Fail::from(e).into_store("open"))?;
+        Self::setup(conn)
     }
 
     fn setup(mut conn: Connection) -> StoreResult<Self> {
-        conn.busy_timeout(Duration::from_secs(5))?;
-        // WAL lets readers (e.g. an admin tool) proceed while the manager writes.
-        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
-        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
-        migrations::migrate(&mut conn)?;
-        Ok(SqliteStore {
-            conn: Mutex::new(conn),
-        })
+        (|| -> Res<()> {
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            // WAL lets readers (another manager, an admin tool) proceed while one writes.
+            conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+            conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
+            Ok(())
+        })()
+        .map_err(|e| e.into_store("open"))?;
+        migrations::migrate(&mut conn).map_err(|e| e.into_store("migrate"))?;
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave SQLite inconsistent (statements are atomic).
+    /// Runs `f` on the connection on a blocking thread; `op` names it in errors.
+    async fn run<T, F>(&self, op: &'static str, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Res<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock cannot leave SQLite inconsistent: an open
+            // transaction is rolled back when its guard drops.
+            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn).map_err(|e| e.into_store(op))
+        })
+        .await
+        .map_err(|e| StoreError::Backend { op, source: Box::new(e) })?
+    }
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction, committed only if `f` succeeds.
+    async fn write<T, F>(&self, op: &'static str, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Res<T> + Send + 'static,
+    {
+        self.run(op, move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let value = f(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
+        .await
+    }
+
+    /// The raw connection, for SQLite-specific tests.
+    #[cfg(test)]
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -102,7 +188,7 @@ fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<(VmRecord, String)> {
     ))
 }
 
-fn finish_vm((mut vm, state): (VmRecord, String)) -> StoreResult<VmRecord> {
+fn finish_vm((mut vm, state): (VmRecord, String)) -> Res<VmRecord> {
     vm.state = VmState::parse(&state)?;
     Ok(vm)
 }
@@ -115,309 +201,518 @@ fn parse_json_text(s: Option<String>) -> Option<serde_json::Value> {
     s.and_then(|s| serde_json::from_str(&s).ok())
 }
 
+fn vm_not_found(id: &str) -> Fail {
+    Fail::Store(StoreError::NotFound(format!("VM {id}")))
+}
+
+/// Errs with `NotFound` when an UPDATE by id touched nothing.
+fn touched(n: usize, what: impl FnOnce() -> Fail) -> Res<()> {
+    if n == 0 {
+        Err(what())
+    } else {
+        Ok(())
+    }
+}
+
+fn insert_vm_row(conn: &Connection, vm: &VmRecord) -> Res<()> {
+    conn.execute(
+        &format!("INSERT INTO vms ({VM_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)"),
+        params![
+            vm.id,
+            vm.state.as_str(),
+            vm.state_reason,
+            vm.cpu,
+            vm.mem_mb,
+            vm.runtime,
+            vm.image_id,
+            vm.handle_json,
+            vm.outbound_internet,
+            vm.allow_ips_json,
+            vm.secret_env_ciphertext,
+            vm.created_at,
+            vm.updated_at,
+            vm.disk_mb
+        ],
+    )
+    .map_err(|e| match e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation => {
+            Fail::Store(StoreError::Conflict { op: "insert_vm", what: format!("VM id {}", vm.id), source: Some(Box::new(e)) })
+        }
+        e => Fail::Db(e),
+    })?;
+    Ok(())
+}
+
+fn count_live(conn: &Connection) -> Res<u64> {
+    let n: i64 = conn.query_row("SELECT COUNT(*) FROM vms WHERE state <> 'DELETED'", [], |r| r.get(0))?;
+    Ok(n as u64)
+}
+
+/// Slots held by any row. Tombstones left holding one by an older rds give it up first: a
+/// DELETED VM's slot is free.
+fn held_slots(conn: &Connection) -> Res<HashSet<u32>> {
+    conn.execute("UPDATE vms SET net_slot = NULL WHERE state = 'DELETED' AND net_slot IS NOT NULL", [])?;
+    let mut stmt = conn.prepare_cached("SELECT net_slot FROM vms WHERE net_slot IS NOT NULL")?;
+    let slots = stmt.query_map([], |r| r.get(0))?.collect::<Result<HashSet<u32>, _>>()?;
+    Ok(slots)
+}
+
+/// The lowest slot of `request` neither in `held` nor skipped.
+fn lowest_free(request: &NetSlotRequest, held: &HashSet<u32>) -> Res<u32> {
+    (0..request.capacity)
+        .find(|s| !held.contains(s) && !request.skip.contains(s))
+        .ok_or(Fail::Store(StoreError::QuotaExceeded(Quota::NetSlots { capacity: request.capacity })))
+}
+
+fn set_secrets_row(conn: &Connection, id: &str, sealed: Option<&[u8]>, keys: &[String]) -> Res<usize> {
+    let keys_json = serde_json::to_string(keys).expect("a string list serialises");
+    Ok(conn.execute(
+        "UPDATE vms SET secret_env_ciphertext = ?2, secret_env_keys_json = ?3, updated_at = ?4 WHERE id = ?1",
+        params![id, sealed, keys_json, now_ms()],
+    )?)
+}
+
+fn upsert_link_row(conn: &Connection, l: &PeerLinkRecord) -> Res<()> {
+    conn.execute(
+        "INSERT INTO peer_links (consumer_vm_id, alias, provider_vm_id, source_mode, manifest_json, sync_status, sync_message, synced_at)
+         VALUES (?1,?2,?3,?4,?5,?6,?7,?8)
+         ON CONFLICT (consumer_vm_id, alias) DO UPDATE SET provider_vm_id = ?3, source_mode = ?4,
+             manifest_json = ?5, sync_status = ?6, sync_message = ?7, synced_at = ?8",
+        params![l.consumer_vm_id, l.alias, l.provider_vm_id, l.source_mode, l.manifest_json, l.sync_status, l.sync_message, l.synced_at],
+    )?;
+    Ok(())
+}
+
+#[async_trait::async_trait]
 impl Store for SqliteStore {
-    fn insert_vm(&self, vm: &VmRecord) -> StoreResult<()> {
-        self.conn().execute(
-            &format!("INSERT INTO vms ({VM_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)"),
-            params![
-                vm.id,
-                vm.state.as_str(),
-                vm.state_reason,
-                vm.cpu,
-                vm.mem_mb,
-                vm.runtime,
-                vm.image_id,
-                vm.handle_json,
-                vm.outbound_internet,
-                vm.allow_ips_json,
-                vm.secret_env_ciphertext,
-                vm.created_at,
-                vm.updated_at,
-                vm.disk_mb
-            ],
-        )?;
-        Ok(())
+    async fn insert_vm(&self, vm: &VmRecord) -> StoreResult<()> {
+        let vm = vm.clone();
+        self.run("insert_vm", move |c| insert_vm_row(c, &vm)).await
     }
 
-    fn get_vm(&self, id: &str) -> StoreResult<Option<VmRecord>> {
-        let row = self
-            .conn()
-            .query_row(
-                &format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1"),
-                [id],
-                vm_from_row,
-            )
-            .optional()?;
-        row.map(finish_vm).transpose()
+    async fn create_vm(&self, new: &NewVm, limits: &VmLimits) -> StoreResult<CreatedVm> {
+        let new = new.clone();
+        let limits = *limits;
+        self.write("create_vm", move |tx| {
+            if count_live(tx)? >= limits.max_vms {
+                return Err(StoreError::QuotaExceeded(Quota::Vms { max: limits.max_vms }).into());
+            }
+            let vm = &new.record;
+            if let Some(image) = &vm.image_id {
+                let exists = tx.query_row("SELECT 1 FROM images WHERE id = ?1", [image], |_| Ok(())).optional()?;
+                if exists.is_none() {
+                    return Err(StoreError::NotFound(format!("image {image}")).into());
+                }
+            }
+            let net_slot = match &new.net {
+                Some(request) => Some(lowest_free(request, &held_slots(tx)?)?),
+                None => None,
+            };
+            insert_vm_row(tx, vm)?;
+            tx.execute(
+                "UPDATE vms SET net_slot = ?2, egress_policy_json = ?3 WHERE id = ?1",
+                params![vm.id, net_slot, new.egress_policy_json],
+            )?;
+            if let Some(s) = &new.secrets {
+                set_secrets_row(tx, &vm.id, Some(&s.ciphertext), &s.keys)?;
+            }
+            for link in &new.links {
+                if link.consumer_vm_id != vm.id {
+                    return Err(StoreError::Conflict {
+                        op: "create_vm",
+                        what: format!("link {:?} of another consumer ({})", link.alias, link.consumer_vm_id),
+                        source: None,
+                    }
+                    .into());
+                }
+                upsert_link_row(tx, link)?;
+            }
+            Ok(CreatedVm { net_slot })
+        })
+        .await
     }
 
-    fn list_vms(&self) -> StoreResult<Vec<VmRecord>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {VM_COLUMNS} FROM vms WHERE state <> 'DELETED' ORDER BY created_at, id"
-        ))?;
-        let rows = stmt
-            .query_map([], vm_from_row)?
-            .collect::<Result<Vec<_>, _>>()?;
-        rows.into_iter().map(finish_vm).collect()
+    async fn get_vm(&self, id: &str) -> StoreResult<Option<VmRecord>> {
+        let id = id.to_owned();
+        self.run("get_vm", move |c| {
+            let row = c
+                .query_row(&format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1"), [id], vm_from_row)
+                .optional()?;
+            row.map(finish_vm).transpose()
+        })
+        .await
     }
 
-    fn count_live_vms(&self) -> StoreResult<u64> {
-        let n: i64 = self.conn().query_row(
-            "SELECT COUNT(*) FROM vms WHERE state <> 'DELETED'",
-            [],
-            |r| r.get(0),
-        )?;
-        Ok(n as u64)
+    async fn list_vms(&self) -> StoreResult<Vec<VmRecord>> {
+        self.run("list_vms", |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {VM_COLUMNS} FROM vms WHERE state <> 'DELETED' ORDER BY created_at, id"
+            ))?;
+            let rows = stmt.query_map([], vm_from_row)?.collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(finish_vm).collect()
+        })
+        .await
     }
 
-    fn set_vm_state(&self, id: &str, state: VmState, reason: Option<&str>) -> StoreResult<()> {
-        let n = self.conn().execute(
-            "UPDATE vms SET state = ?2, state_reason = ?3, updated_at = ?4 WHERE id = ?1",
-            params![id, state.as_str(), reason, now_ms()],
-        )?;
-        if n == 0 {
-            return Err(StoreError::NotFound(format!("vm {id}")));
-        }
-        Ok(())
+    async fn count_live_vms(&self) -> StoreResult<u64> {
+        self.run("count_live_vms", |c| count_live(c)).await
     }
 
-    fn set_vm_handle(&self, id: &str, handle_json: Option<&str>) -> StoreResult<()> {
-        let n = self.conn().execute(
-            "UPDATE vms SET handle_json = ?2, updated_at = ?3 WHERE id = ?1",
-            params![id, handle_json, now_ms()],
-        )?;
-        if n == 0 {
-            return Err(StoreError::NotFound(format!("vm {id}")));
-        }
-        Ok(())
+    async fn set_vm_state(&self, id: &str, state: VmState, reason: Option<&str>) -> StoreResult<()> {
+        let (id, reason) = (id.to_owned(), reason.map(str::to_owned));
+        self.run("set_vm_state", move |c| {
+            let n = c.execute(
+                "UPDATE vms SET state = ?2, state_reason = ?3, updated_at = ?4 WHERE id = ?1",
+                params![id, state.as_str(), reason, now_ms()],
+            )?;
+            touched(n, || vm_not_found(&id))
+        })
+        .await
     }
 
-    fn vm_network(&self, id: &str) -> StoreResult<Option<VmNetworkRecord>> {
-        let row = self
-            .conn()
-            .query_row(
-                "SELECT net_slot, egress_policy_json FROM vms WHERE id = ?1",
-                [id],
-                |r| {
-                    Ok(VmNetworkRecord {
-                        net_slot: r.get(0)?,
-                        egress_policy_json: r.get(1)?,
+    async fn set_vm_handle(&self, id: &str, handle_json: Option<&str>) -> StoreResult<()> {
+        let (id, handle_json) = (id.to_owned(), handle_json.map(str::to_owned));
+        self.run("set_vm_handle", move |c| {
+            let n = c.execute(
+                "UPDATE vms SET handle_json = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id, handle_json, now_ms()],
+            )?;
+            touched(n, || vm_not_found(&id))
+        })
+        .await
+    }
+
+    async fn finish_vm_delete(&self, id: &str) -> StoreResult<()> {
+        let id = id.to_owned();
+        self.write("finish_vm_delete", move |tx| {
+            let n = tx.execute(
+                "UPDATE vms SET state = 'DELETED', state_reason = NULL, handle_json = NULL, net_slot = NULL, \
+                 secret_env_ciphertext = NULL, secret_env_keys_json = '[]', updated_at = ?2 WHERE id = ?1",
+                params![id, now_ms()],
+            )?;
+            touched(n, || vm_not_found(&id))?;
+            tx.execute("DELETE FROM peer_links WHERE consumer_vm_id = ?1", [&id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn vm_network(&self, id: &str) -> StoreResult<Option<VmNetworkRecord>> {
+        let id = id.to_owned();
+        self.run("vm_network", move |c| {
+            Ok(c.query_row("SELECT net_slot, egress_policy_json FROM vms WHERE id = ?1", [id], |r| {
+                Ok(VmNetworkRecord { net_slot: r.get(0)?, egress_policy_json: r.get(1)? })
+            })
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn set_vm_net_slot(&self, id: &str, slot: Option<u32>) -> StoreResult<()> {
+        let id = id.to_owned();
+        self.write("set_vm_net_slot", move |tx| {
+            if let Some(slot) = slot {
+                let holder: Option<String> = tx
+                    .query_row(
+                        "SELECT id FROM vms WHERE net_slot = ?1 AND id <> ?2 AND state <> 'DELETED'",
+                        params![slot, id],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(holder) = holder {
+                    return Err(StoreError::Conflict {
+                        op: "set_vm_net_slot",
+                        what: format!("network slot {slot} (held by VM {holder})"),
+                        source: None,
+                    }
+                    .into());
+                }
+                held_slots(tx)?; // frees the slot if a tombstone still holds it
+            }
+            let n = tx.execute(
+                "UPDATE vms SET net_slot = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id, slot, now_ms()],
+            )?;
+            touched(n, || vm_not_found(&id))
+        })
+        .await
+    }
+
+    async fn allocate_net_slot(&self, id: &str, request: &NetSlotRequest) -> StoreResult<u32> {
+        let (id, request) = (id.to_owned(), request.clone());
+        self.write("allocate_net_slot", move |tx| {
+            let current: Option<u32> = tx
+                .query_row("SELECT net_slot FROM vms WHERE id = ?1", [&id], |r| r.get(0))
+                .optional()?
+                .ok_or_else(|| vm_not_found(&id))?;
+            if let Some(slot) = current.filter(|s| *s < request.capacity && !request.skip.contains(s)) {
+                return Ok(slot);
+            }
+            let mut held = held_slots(tx)?;
+            if let Some(own) = current {
+                held.remove(&own);
+            }
+            let slot = lowest_free(&request, &held)?;
+            tx.execute("UPDATE vms SET net_slot = ?2, updated_at = ?3 WHERE id = ?1", params![id, slot, now_ms()])?;
+            Ok(slot)
+        })
+        .await
+    }
+
+    async fn used_net_slots(&self) -> StoreResult<Vec<u32>> {
+        self.run("used_net_slots", |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT net_slot FROM vms WHERE net_slot IS NOT NULL AND state <> 'DELETED' ORDER BY net_slot",
+            )?;
+            let slots = stmt.query_map([], |r| r.get(0))?.collect::<Result<Vec<u32>, _>>()?;
+            Ok(slots)
+        })
+        .await
+    }
+
+    async fn set_vm_egress_policy(&self, id: &str, outbound_internet: bool, policy_json: &str) -> StoreResult<()> {
+        let (id, policy_json) = (id.to_owned(), policy_json.to_owned());
+        self.run("set_vm_egress_policy", move |c| {
+            let n = c.execute(
+                "UPDATE vms SET outbound_internet = ?2, egress_policy_json = ?3, updated_at = ?4 WHERE id = ?1",
+                params![id, outbound_internet, policy_json, now_ms()],
+            )?;
+            touched(n, || vm_not_found(&id))
+        })
+        .await
+    }
+
+    async fn insert_event(&self, e: &NewEvent) -> StoreResult<()> {
+        let e = e.clone();
+        self.run("insert_event", move |c| {
+            c.execute(
+                "INSERT INTO events (created_at, kind, entity_type, entity_id, message, meta_json) VALUES (?1,?2,?3,?4,?5,?6)",
+                params![now_ms(), e.kind, e.entity_type, e.entity_id, e.message, json_text(&e.meta)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_events(&self, limit: u32) -> StoreResult<Vec<EventRecord>> {
+        self.run("list_events", move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, created_at, kind, entity_type, entity_id, message, meta_json FROM events ORDER BY id DESC LIMIT ?1",
+            )?;
+            let rows = stmt
+                .query_map([limit], |r| {
+                    Ok(EventRecord {
+                        id: r.get(0)?,
+                        created_at: r.get(1)?,
+                        kind: r.get(2)?,
+                        entity_type: r.get(3)?,
+                        entity_id: r.get(4)?,
+                        message: r.get(5)?,
+                        meta: parse_json_text(r.get(6)?),
                     })
-                },
-            )
-            .optional()?;
-        Ok(row)
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
     }
 
-    fn set_vm_net_slot(&self, id: &str, slot: Option<u32>) -> StoreResult<()> {
-        let n = self.conn().execute(
-            "UPDATE vms SET net_slot = ?2, updated_at = ?3 WHERE id = ?1",
-            params![id, slot, now_ms()],
-        )?;
-        if n == 0 {
-            return Err(StoreError::NotFound(format!("vm {id}")));
-        }
-        Ok(())
+    async fn insert_exec_log(&self, e: &ExecLogRecord) -> StoreResult<()> {
+        let e = e.clone();
+        self.run("insert_exec_log", move |c| {
+            c.execute(
+                "INSERT INTO exec_logs (id, vm_id, kind, exec_id, input_json, exit_code, duration_ms, output_preview, created_at) \
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
+                params![
+                    e.id,
+                    e.vm_id,
+                    e.kind,
+                    e.exec_id,
+                    e.input.to_string(),
+                    e.exit_code,
+                    e.duration_ms as i64,
+                    e.output_preview,
+                    e.created_at
+                ],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
-    fn used_net_slots(&self) -> StoreResult<Vec<u32>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT net_slot FROM vms WHERE net_slot IS NOT NULL AND state <> 'DELETED' ORDER BY net_slot",
-        )?;
-        let slots = stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<Vec<u32>, _>>()?;
-        Ok(slots)
+    async fn list_exec_logs(&self, vm_id: &str, limit: u32) -> StoreResult<(Vec<ExecLogRecord>, bool)> {
+        let vm_id = vm_id.to_owned();
+        self.run("list_exec_logs", move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, vm_id, kind, exec_id, input_json, exit_code, duration_ms, output_preview, created_at \
+                 FROM exec_logs WHERE vm_id = ?1 ORDER BY created_at DESC, rowid DESC LIMIT ?2",
+            )?;
+            let mut rows = stmt
+                .query_map(params![vm_id, limit as i64 + 1], |r| {
+                    Ok(ExecLogRecord {
+                        id: r.get(0)?,
+                        vm_id: r.get(1)?,
+                        kind: r.get(2)?,
+                        exec_id: r.get(3)?,
+                        input: parse_json_text(r.get(4)?).unwrap_or(serde_json::Value::Null),
+                        exit_code: r.get(5)?,
+                        duration_ms: r.get::<_, i64>(6)? as u64,
+                        output_preview: r.get(7)?,
+                        created_at: r.get(8)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let has_more = rows.len() > limit as usize;
+            rows.truncate(limit as usize);
+            Ok((rows, has_more))
+        })
+        .await
     }
 
-    fn set_vm_egress_policy(&self, id: &str, outbound_internet: bool, policy_json: &str) -> StoreResult<()> {
-        let n = self.conn().execute(
-            "UPDATE vms SET outbound_internet = ?2, egress_policy_json = ?3, updated_at = ?4 WHERE id = ?1",
-            params![id, outbound_internet, policy_json, now_ms()],
-        )?;
-        if n == 0 {
-            return Err(StoreError::NotFound(format!("vm {id}")));
-        }
-        Ok(())
+    async fn insert_api_key(&self, k: &ApiKeyRecord) -> StoreResult<()> {
+        let k = k.clone();
+        self.run("insert_api_key", move |c| {
+            c.execute(
+                "INSERT INTO api_keys (id, name, prefix, hash, created_at, expires_at, revoked_at) VALUES (?1,?2,?3,?4,?5,?6,?7)",
+                params![k.id, k.name, k.prefix, k.hash, k.created_at, k.expires_at, k.revoked_at],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
-    fn insert_event(&self, e: &NewEvent) -> StoreResult<()> {
-        self.conn().execute(
-            "INSERT INTO events (created_at, kind, entity_type, entity_id, message, meta_json) VALUES (?1,?2,?3,?4,?5,?6)",
-            params![now_ms(), e.kind, e.entity_type, e.entity_id, e.message, json_text(&e.meta)],
-        )?;
-        Ok(())
+    async fn active_api_keys(&self, now: i64) -> StoreResult<Vec<ApiKeyRecord>> {
+        self.run("active_api_keys", move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, name, prefix, hash, created_at, expires_at, revoked_at FROM api_keys \
+                 WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?1) ORDER BY created_at, id",
+            )?;
+            let rows = stmt
+                .query_map([now], |r| {
+                    Ok(ApiKeyRecord {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        prefix: r.get(2)?,
+                        hash: r.get(3)?,
+                        created_at: r.get(4)?,
+                        expires_at: r.get(5)?,
+                        revoked_at: r.get(6)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
     }
 
-    fn list_events(&self, limit: u32) -> StoreResult<Vec<EventRecord>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, created_at, kind, entity_type, entity_id, message, meta_json FROM events ORDER BY id DESC LIMIT ?1",
-        )?;
-        let rows = stmt
-            .query_map([limit], |r| {
-                Ok(EventRecord {
-                    id: r.get(0)?,
-                    created_at: r.get(1)?,
-                    kind: r.get(2)?,
-                    entity_type: r.get(3)?,
-                    entity_id: r.get(4)?,
-                    message: r.get(5)?,
-                    meta: parse_json_text(r.get(6)?),
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+    async fn revoke_all_api_keys(&self, now: i64) -> StoreResult<u64> {
+        self.run("revoke_all_api_keys", move |c| {
+            let n = c.execute("UPDATE api_keys SET revoked_at = ?1 WHERE revoked_at IS NULL", [now])?;
+            Ok(n as u64)
+        })
+        .await
     }
 
-    fn insert_exec_log(&self, e: &ExecLogRecord) -> StoreResult<()> {
-        self.conn().execute(
-            "INSERT INTO exec_logs (id, vm_id, kind, exec_id, input_json, exit_code, duration_ms, output_preview, created_at) \
-             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
-            params![
-                e.id,
-                e.vm_id,
-                e.kind,
-                e.exec_id,
-                e.input.to_string(),
-                e.exit_code,
-                e.duration_ms as i64,
-                e.output_preview,
-                e.created_at
-            ],
-        )?;
-        Ok(())
+    async fn set_vm_secrets(&self, id: &str, sealed: Option<&[u8]>, keys: &[String]) -> StoreResult<()> {
+        let (id, sealed, keys) = (id.to_owned(), sealed.map(<[u8]>::to_vec), keys.to_vec());
+        self.run("set_vm_secrets", move |c| {
+            let n = set_secrets_row(c, &id, sealed.as_deref(), &keys)?;
+            touched(n, || vm_not_found(&id))
+        })
+        .await
     }
 
-    fn list_exec_logs(&self, vm_id: &str, limit: u32) -> StoreResult<(Vec<ExecLogRecord>, bool)> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, vm_id, kind, exec_id, input_json, exit_code, duration_ms, output_preview, created_at \
-             FROM exec_logs WHERE vm_id = ?1 ORDER BY created_at DESC, rowid DESC LIMIT ?2",
-        )?;
-        let mut rows = stmt
-            .query_map(params![vm_id, limit as i64 + 1], |r| {
-                Ok(ExecLogRecord {
-                    id: r.get(0)?,
-                    vm_id: r.get(1)?,
-                    kind: r.get(2)?,
-                    exec_id: r.get(3)?,
-                    input: parse_json_text(r.get(4)?).unwrap_or(serde_json::Value::Null),
-                    exit_code: r.get(5)?,
-                    duration_ms: r.get::<_, i64>(6)? as u64,
-                    output_preview: r.get(7)?,
-                    created_at: r.get(8)?,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        let has_more = rows.len() > limit as usize;
-        rows.truncate(limit as usize);
-        Ok((rows, has_more))
+    async fn vm_secret_keys(&self, id: &str) -> StoreResult<Vec<String>> {
+        let id = id.to_owned();
+        self.run("vm_secret_keys", move |c| {
+            let json: Option<String> = c
+                .query_row("SELECT secret_env_keys_json FROM vms WHERE id = ?1", [id], |r| r.get(0))
+                .optional()?
+                .flatten();
+            Ok(json.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default())
+        })
+        .await
     }
 
-    fn insert_api_key(&self, k: &ApiKeyRecord) -> StoreResult<()> {
-        self.conn().execute(
-            "INSERT INTO api_keys (id, name, prefix, hash, created_at, expires_at, revoked_at) VALUES (?1,?2,?3,?4,?5,?6,?7)",
-            params![k.id, k.name, k.prefix, k.hash, k.created_at, k.expires_at, k.revoked_at],
-        )?;
-        Ok(())
+    async fn upsert_peer_link(&self, l: &PeerLinkRecord) -> StoreResult<()> {
+        let l = l.clone();
+        self.run("upsert_peer_link", move |c| upsert_link_row(c, &l)).await
     }
 
-    fn active_api_keys(&self, now: i64) -> StoreResult<Vec<ApiKeyRecord>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, name, prefix, hash, created_at, expires_at, revoked_at FROM api_keys \
-             WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?1) ORDER BY created_at",
-        )?;
-        let rows = stmt
-            .query_map([now], |r| {
-                Ok(ApiKeyRecord {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    prefix: r.get(2)?,
-                    hash: r.get(3)?,
-                    created_at: r.get(4)?,
-                    expires_at: r.get(5)?,
-                    revoked_at: r.get(6)?,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+    async fn put_peer_link(&self, l: &PeerLinkRecord, max_links: u32) -> StoreResult<()> {
+        let l = l.clone();
+        self.write("put_peer_link", move |tx| {
+            let exists = tx
+                .query_row(
+                    "SELECT 1 FROM peer_links WHERE consumer_vm_id = ?1 AND alias = ?2",
+                    [&l.consumer_vm_id, &l.alias],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if !exists {
+                let n: i64 = tx.query_row(
+                    "SELECT COUNT(*) FROM peer_links WHERE consumer_vm_id = ?1",
+                    [&l.consumer_vm_id],
+                    |r| r.get(0),
+                )?;
+                if n >= i64::from(max_links) {
+                    return Err(StoreError::QuotaExceeded(Quota::PeerLinks {
+                        consumer: l.consumer_vm_id.clone(),
+                        max: max_links,
+                    })
+                    .into());
+                }
+            }
+            upsert_link_row(tx, &l)
+        })
+        .await
     }
 
-    fn revoke_all_api_keys(&self, now: i64) -> StoreResult<u64> {
-        let n = self.conn().execute(
-            "UPDATE api_keys SET revoked_at = ?1 WHERE revoked_at IS NULL",
-            [now],
-        )?;
-        Ok(n as u64)
+    async fn delete_peer_link(&self, consumer: &str, alias: &str) -> StoreResult<bool> {
+        let (consumer, alias) = (consumer.to_owned(), alias.to_owned());
+        self.run("delete_peer_link", move |c| {
+            let n = c.execute("DELETE FROM peer_links WHERE consumer_vm_id = ?1 AND alias = ?2", [consumer, alias])?;
+            Ok(n > 0)
+        })
+        .await
     }
 
-    fn set_vm_secrets(&self, id: &str, sealed: Option<&[u8]>, keys: &[String]) -> StoreResult<()> {
-        let keys_json = serde_json::to_string(keys).expect("a string list serialises");
-        let n = self.conn().execute(
-            "UPDATE vms SET secret_env_ciphertext = ?2, secret_env_keys_json = ?3, updated_at = ?4 WHERE id = ?1",
-            params![id, sealed, keys_json, now_ms()],
-        )?;
-        if n == 0 {
-            return Err(StoreError::NotFound(format!("vm {id}")));
-        }
-        Ok(())
+    async fn delete_peer_links_of(&self, consumer: &str) -> StoreResult<()> {
+        let consumer = consumer.to_owned();
+        self.run("delete_peer_links_of", move |c| {
+            c.execute("DELETE FROM peer_links WHERE consumer_vm_id = ?1", [consumer])?;
+            Ok(())
+        })
+        .await
     }
 
-    fn vm_secret_keys(&self, id: &str) -> StoreResult<Vec<String>> {
-        let json: Option<String> = self
-            .conn()
-            .query_row("SELECT secret_env_keys_json FROM vms WHERE id = ?1", [id], |r| r.get(0))
-            .optional()?
-            .flatten();
-        Ok(json.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default())
+    async fn list_peer_links(&self, consumer: &str) -> StoreResult<Vec<PeerLinkRecord>> {
+        let consumer = consumer.to_owned();
+        self.run("list_peer_links", move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {LINK_COLUMNS} FROM peer_links WHERE consumer_vm_id = ?1 ORDER BY alias"
+            ))?;
+            let rows = stmt.query_map([consumer], link_from_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
     }
 
-    fn upsert_peer_link(&self, l: &PeerLinkRecord) -> StoreResult<()> {
-        self.conn().execute(
-            "INSERT INTO peer_links (consumer_vm_id, alias, provider_vm_id, source_mode, manifest_json, sync_status, sync_message, synced_at)
-             VALUES (?1,?2,?3,?4,?5,?6,?7,?8)
-             ON CONFLICT (consumer_vm_id, alias) DO UPDATE SET provider_vm_id = ?3, source_mode = ?4,
-                 manifest_json = ?5, sync_status = ?6, sync_message = ?7, synced_at = ?8",
-            params![l.consumer_vm_id, l.alias, l.provider_vm_id, l.source_mode, l.manifest_json, l.sync_status, l.sync_message, l.synced_at],
-        )?;
-        Ok(())
-    }
-
-    fn delete_peer_link(&self, consumer: &str, alias: &str) -> StoreResult<bool> {
-        let n = self
-            .conn()
-            .execute("DELETE FROM peer_links WHERE consumer_vm_id = ?1 AND alias = ?2", [consumer, alias])?;
-        Ok(n > 0)
-    }
-
-    fn delete_peer_links_of(&self, consumer: &str) -> StoreResult<()> {
-        self.conn().execute("DELETE FROM peer_links WHERE consumer_vm_id = ?1", [consumer])?;
-        Ok(())
-    }
-
-    fn list_peer_links(&self, consumer: &str) -> StoreResult<Vec<PeerLinkRecord>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(&format!("SELECT {LINK_COLUMNS} FROM peer_links WHERE consumer_vm_id = ?1 ORDER BY alias"))?;
-        let rows = stmt.query_map([consumer], link_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    fn get_peer_link(&self, consumer: &str, alias: &str) -> StoreResult<Option<PeerLinkRecord>> {
-        Ok(self
-            .conn()
-            .query_row(
+    async fn get_peer_link(&self, consumer: &str, alias: &str) -> StoreResult<Option<PeerLinkRecord>> {
+        let (consumer, alias) = (consumer.to_owned(), alias.to_owned());
+        self.run("get_peer_link", move |c| {
+            Ok(c.query_row(
                 &format!("SELECT {LINK_COLUMNS} FROM peer_links WHERE consumer_vm_id = ?1 AND alias = ?2"),
                 [consumer, alias],
                 link_from_row,
             )
             .optional()?)
+        })
+        .await
     }
 
-    fn set_peer_sync(
+    async fn set_peer_sync(
         &self,
         consumer: &str,
         alias: &str,
@@ -425,144 +720,192 @@ impl Store for SqliteStore {
         message: Option<&str>,
         manifest_json: Option<&str>,
     ) -> StoreResult<()> {
-        self.conn().execute(
-            "UPDATE peer_links SET sync_status = ?3, sync_message = ?4, manifest_json = ?5, synced_at = ?6
-             WHERE consumer_vm_id = ?1 AND alias = ?2",
-            params![consumer, alias, status, message, manifest_json, now_ms()],
-        )?;
-        Ok(())
+        let (consumer, alias, status) = (consumer.to_owned(), alias.to_owned(), status.to_owned());
+        let (message, manifest_json) = (message.map(str::to_owned), manifest_json.map(str::to_owned));
+        self.run("set_peer_sync", move |c| {
+            c.execute(
+                "UPDATE peer_links SET sync_status = ?3, sync_message = ?4, manifest_json = ?5, synced_at = ?6
+                 WHERE consumer_vm_id = ?1 AND alias = ?2",
+                params![consumer, alias, status, message, manifest_json, now_ms()],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
-    fn insert_peer_call(&self, c: &PeerCallRecord) -> StoreResult<()> {
-        self.conn().execute(
-            "INSERT INTO peer_calls (id, consumer_vm_id, provider_vm_id, alias, export_name, status, code, duration_ms, created_at)
-             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
-            params![c.id, c.consumer_vm_id, c.provider_vm_id, c.alias, c.export_name, c.status, c.code, c.duration_ms as i64, c.created_at],
-        )?;
-        Ok(())
+    async fn insert_peer_call(&self, call: &PeerCallRecord) -> StoreResult<()> {
+        let c = call.clone();
+        self.run("insert_peer_call", move |conn| {
+            conn.execute(
+                "INSERT INTO peer_calls (id, consumer_vm_id, provider_vm_id, alias, export_name, status, code, duration_ms, created_at)
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
+                params![c.id, c.consumer_vm_id, c.provider_vm_id, c.alias, c.export_name, c.status, c.code, c.duration_ms as i64, c.created_at],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
-    fn list_peer_calls(&self, vm_id: Option<&str>, limit: u32) -> StoreResult<Vec<PeerCallRecord>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT id, consumer_vm_id, provider_vm_id, alias, export_name, status, code, duration_ms, created_at
-             FROM peer_calls WHERE ?1 IS NULL OR consumer_vm_id = ?1 OR provider_vm_id = ?1
-             ORDER BY created_at DESC, rowid DESC LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![vm_id, limit], |r| {
-            Ok(PeerCallRecord {
-                id: r.get(0)?,
-                consumer_vm_id: r.get(1)?,
-                provider_vm_id: r.get(2)?,
-                alias: r.get(3)?,
-                export_name: r.get(4)?,
-                status: r.get(5)?,
-                code: r.get(6)?,
-                duration_ms: r.get::<_, i64>(7)? as u64,
-                created_at: r.get(8)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+    async fn list_peer_calls(&self, vm_id: Option<&str>, limit: u32) -> StoreResult<Vec<PeerCallRecord>> {
+        let vm_id = vm_id.map(str::to_owned);
+        self.run("list_peer_calls", move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, consumer_vm_id, provider_vm_id, alias, export_name, status, code, duration_ms, created_at
+                 FROM peer_calls WHERE ?1 IS NULL OR consumer_vm_id = ?1 OR provider_vm_id = ?1
+                 ORDER BY created_at DESC, rowid DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![vm_id, limit], |r| {
+                Ok(PeerCallRecord {
+                    id: r.get(0)?,
+                    consumer_vm_id: r.get(1)?,
+                    provider_vm_id: r.get(2)?,
+                    alias: r.get(3)?,
+                    export_name: r.get(4)?,
+                    status: r.get(5)?,
+                    code: r.get(6)?,
+                    duration_ms: r.get::<_, i64>(7)? as u64,
+                    created_at: r.get(8)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
     }
 
-    fn insert_image(&self, i: &ImageRecord) -> StoreResult<()> {
-        self.conn().execute(
-            &format!("INSERT INTO images ({IMAGE_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)"),
-            params![
-                i.id,
-                i.name,
-                i.description,
-                i.created_at,
-                i.kernel_bytes.map(|n| n as i64),
-                i.initrd_bytes.map(|n| n as i64),
-                i.rootfs_bytes.map(|n| n as i64),
-                i.kernel_uploaded_at,
-                i.initrd_uploaded_at,
-                i.rootfs_uploaded_at,
-                i.manifest_json
-            ],
-        )?;
-        Ok(())
+    async fn insert_image(&self, i: &ImageRecord) -> StoreResult<()> {
+        let i = i.clone();
+        self.run("insert_image", move |c| {
+            c.execute(
+                &format!("INSERT INTO images ({IMAGE_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)"),
+                params![
+                    i.id,
+                    i.name,
+                    i.description,
+                    i.created_at,
+                    i.kernel_bytes.map(|n| n as i64),
+                    i.initrd_bytes.map(|n| n as i64),
+                    i.rootfs_bytes.map(|n| n as i64),
+                    i.kernel_uploaded_at,
+                    i.initrd_uploaded_at,
+                    i.rootfs_uploaded_at,
+                    i.manifest_json
+                ],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
-    fn get_image(&self, id: &str) -> StoreResult<Option<ImageRecord>> {
-        Ok(self
-            .conn()
-            .query_row(
-                &format!("SELECT {IMAGE_COLUMNS} FROM images WHERE id = ?1"),
-                [id],
-                image_from_row,
-            )
-            .optional()?)
+    async fn get_image(&self, id: &str) -> StoreResult<Option<ImageRecord>> {
+        let id = id.to_owned();
+        self.run("get_image", move |c| {
+            Ok(c.query_row(&format!("SELECT {IMAGE_COLUMNS} FROM images WHERE id = ?1"), [id], image_from_row)
+                .optional()?)
+        })
+        .await
     }
 
-    fn list_images(&self) -> StoreResult<Vec<ImageRecord>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {IMAGE_COLUMNS} FROM images ORDER BY created_at, id"
-        ))?;
-        let rows = stmt.query_map([], image_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+    async fn list_images(&self) -> StoreResult<Vec<ImageRecord>> {
+        self.run("list_images", |c| {
+            let mut stmt = c.prepare_cached(&format!("SELECT {IMAGE_COLUMNS} FROM images ORDER BY created_at, id"))?;
+            let rows = stmt.query_map([], image_from_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
     }
 
-    fn set_image_part(&self, id: &str, part: ImagePart, bytes: u64, at_ms: i64) -> StoreResult<()> {
+    async fn set_image_part(&self, id: &str, part: ImagePart, bytes: u64, at_ms: i64) -> StoreResult<()> {
         // Column names come from a closed enum, never from input.
         let (size_col, at_col) = match part {
             ImagePart::Kernel => ("kernel_bytes", "kernel_uploaded_at"),
             ImagePart::Initrd => ("initrd_bytes", "initrd_uploaded_at"),
             ImagePart::Rootfs => ("rootfs_bytes", "rootfs_uploaded_at"),
         };
-        let n = self.conn().execute(
-            &format!("UPDATE images SET {size_col} = ?2, {at_col} = ?3 WHERE id = ?1"),
-            params![id, bytes as i64, at_ms],
-        )?;
-        if n == 0 {
-            return Err(StoreError::NotFound(format!("image {id}")));
-        }
-        Ok(())
+        let id = id.to_owned();
+        self.run("set_image_part", move |c| {
+            let n = c.execute(
+                &format!("UPDATE images SET {size_col} = ?2, {at_col} = ?3 WHERE id = ?1"),
+                params![id, bytes as i64, at_ms],
+            )?;
+            touched(n, || Fail::Store(StoreError::NotFound(format!("image {id}"))))
+        })
+        .await
     }
 
-    fn set_image_manifest(&self, id: &str, manifest_json: Option<&str>) -> StoreResult<()> {
-        let n = self.conn().execute(
-            "UPDATE images SET manifest_json = ?2 WHERE id = ?1",
-            params![id, manifest_json],
-        )?;
-        if n == 0 {
-            return Err(StoreError::NotFound(format!("image {id}")));
-        }
-        Ok(())
+    async fn set_image_manifest(&self, id: &str, manifest_json: Option<&str>) -> StoreResult<()> {
+        let (id, manifest_json) = (id.to_owned(), manifest_json.map(str::to_owned));
+        self.run("set_image_manifest", move |c| {
+            let n = c.execute("UPDATE images SET manifest_json = ?2 WHERE id = ?1", params![id, manifest_json])?;
+            touched(n, || Fail::Store(StoreError::NotFound(format!("image {id}"))))
+        })
+        .await
     }
 
-    fn delete_image(&self, id: &str) -> StoreResult<bool> {
-        Ok(self.conn().execute("DELETE FROM images WHERE id = ?1", [id])? > 0)
+    async fn delete_image(&self, id: &str, default_setting: &str) -> StoreResult<bool> {
+        let (id, default_setting) = (id.to_owned(), default_setting.to_owned());
+        self.write("delete_image", move |tx| {
+            let users: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM vms WHERE image_id = ?1 AND state <> 'DELETED'",
+                [&id],
+                |r| r.get(0),
+            )?;
+            if users > 0 {
+                return Err(StoreError::InUse { what: format!("image {id}"), users: users as u64 }.into());
+            }
+            let existed = tx.execute("DELETE FROM images WHERE id = ?1", [&id])? > 0;
+            tx.execute("DELETE FROM settings WHERE key = ?1 AND value = ?2", [&default_setting, &id])?;
+            Ok(existed)
+        })
+        .await
     }
 
-    fn count_live_vms_with_image(&self, image_id: &str) -> StoreResult<u64> {
-        let n: i64 = self.conn().query_row(
-            "SELECT COUNT(*) FROM vms WHERE image_id = ?1 AND state <> 'DELETED'",
-            [image_id],
-            |r| r.get(0),
-        )?;
-        Ok(n as u64)
+    async fn count_live_vms_with_image(&self, image_id: &str) -> StoreResult<u64> {
+        let image_id = image_id.to_owned();
+        self.run("count_live_vms_with_image", move |c| {
+            let n: i64 = c.query_row(
+                "SELECT COUNT(*) FROM vms WHERE image_id = ?1 AND state <> 'DELETED'",
+                [image_id],
+                |r| r.get(0),
+            )?;
+            Ok(n as u64)
+        })
+        .await
     }
 
-    fn get_setting(&self, key: &str) -> StoreResult<Option<String>> {
-        Ok(self
-            .conn()
-            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))
-            .optional()?)
+    async fn get_setting(&self, key: &str) -> StoreResult<Option<String>> {
+        let key = key.to_owned();
+        self.run("get_setting", move |c| {
+            Ok(c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+        })
+        .await
     }
 
-    fn set_setting(&self, key: &str, value: Option<&str>) -> StoreResult<()> {
-        match value {
-            Some(v) => self.conn().execute(
-                "INSERT INTO settings (key, value) VALUES (?1, ?2)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                params![key, v],
-            )?,
-            None => self.conn().execute("DELETE FROM settings WHERE key = ?1", [key])?,
-        };
-        Ok(())
+    async fn set_setting(&self, key: &str, value: Option<&str>) -> StoreResult<()> {
+        let (key, value) = (key.to_owned(), value.map(str::to_owned));
+        self.run("set_setting", move |c| {
+            match value {
+                Some(v) => c.execute(
+                    "INSERT INTO settings (key, value) VALUES (?1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    params![key, v],
+                )?,
+                None => c.execute("DELETE FROM settings WHERE key = ?1", [key])?,
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    async fn init_setting(&self, key: &str, value: &str) -> StoreResult<String> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        self.write("init_setting", move |tx| {
+            tx.execute(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+                params![key, value],
+            )?;
+            Ok(tx.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))?)
+        })
+        .await
     }
 }
 
@@ -604,69 +947,19 @@ fn link_from_row(r: &Row<'_>) -> rusqlite::Result<PeerLinkRecord> {
 
 #[cfg(test)]
 mod tests {
+    //! SQLite-specific behaviour; the backend-neutral contract is in [`crate::conformance`].
     use super::*;
+    use crate::conformance::vm;
 
-    fn vm(id: &str, state: VmState) -> VmRecord {
-        VmRecord {
-            id: id.into(),
-            state,
-            state_reason: None,
-            cpu: 1,
-            mem_mb: 256,
-            disk_mb: 1024,
-            runtime: "sandbox".into(),
-            image_id: None,
-            handle_json: None,
-            outbound_internet: false,
-            allow_ips_json: Some("[]".into()),
-            secret_env_ciphertext: None,
-            created_at: now_ms(),
-            updated_at: now_ms(),
-        }
-    }
-
-    #[test]
-    fn vm_round_trips_and_tombstones_are_hidden_from_list_and_count() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        s.insert_vm(&vm("a", VmState::Creating)).unwrap();
-        s.insert_vm(&vm("b", VmState::Running)).unwrap();
-        s.set_vm_state("a", VmState::Error, Some("boot failed"))
-            .unwrap();
-        s.set_vm_handle("b", Some(r#"{"pid":1}"#)).unwrap();
-        let a = s.get_vm("a").unwrap().unwrap();
-        assert_eq!(a.state, VmState::Error);
-        assert_eq!(a.state_reason.as_deref(), Some("boot failed"));
-        assert_eq!(
-            s.get_vm("b").unwrap().unwrap().handle_json.as_deref(),
-            Some(r#"{"pid":1}"#)
-        );
-        assert_eq!(s.count_live_vms().unwrap(), 2);
-        s.set_vm_state("a", VmState::Deleted, None).unwrap();
-        assert_eq!(s.count_live_vms().unwrap(), 1);
-        assert_eq!(
-            s.list_vms()
-                .unwrap()
-                .iter()
-                .map(|v| v.id.as_str())
-                .collect::<Vec<_>>(),
-            ["b"]
-        );
-        assert_eq!(s.get_vm("a").unwrap().unwrap().state, VmState::Deleted);
-        assert!(matches!(
-            s.set_vm_state("zz", VmState::Running, None),
-            Err(StoreError::NotFound(_))
-        ));
-    }
-
-    #[test]
-    fn database_files_are_private_and_loose_modes_are_fixed_at_open() {
+    #[tokio::test]
+    async fn database_files_are_private_and_loose_modes_are_fixed_at_open() {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("storage");
         let db = root.join("rds.db");
         {
             let s = SqliteStore::open(&db).unwrap();
-            s.insert_vm(&vm("a", VmState::Running)).unwrap();
+            s.insert_vm(&vm("a", VmState::Running, 1)).await.unwrap();
             assert_eq!(mode(&root), 0o700);
             for suffix in ["", "-wal", "-shm"] {
                 let file = root.join(format!("rds.db{suffix}"));
@@ -677,66 +970,42 @@ mod tests {
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
         let s = SqliteStore::open(&db).unwrap();
-        assert_eq!(s.get_vm("a").unwrap().unwrap().state, VmState::Running);
+        assert_eq!(s.get_vm("a").await.unwrap().unwrap().state, VmState::Running);
         assert_eq!((mode(&root), mode(&db)), (0o700, 0o600));
     }
 
-    #[test]
-    fn deleting_is_stored_and_still_counts_as_live() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        s.insert_vm(&vm("a", VmState::Stopped)).unwrap();
-        s.set_vm_state("a", VmState::Deleting, None).unwrap();
-        assert_eq!(s.get_vm("a").unwrap().unwrap().state, VmState::Deleting);
-        assert_eq!(s.list_vms().unwrap().len(), 1, "a VM being deleted is listed until it is gone");
-        assert_eq!(s.count_live_vms().unwrap(), 1);
-    }
-
-    #[test]
-    fn net_slots_are_unique_freed_and_hidden_for_deleted_vms() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        s.insert_vm(&vm("a", VmState::Running)).unwrap();
-        s.insert_vm(&vm("b", VmState::Running)).unwrap();
-        assert_eq!(s.vm_network("a").unwrap(), Some(VmNetworkRecord::default()));
-        assert_eq!(s.vm_network("zz").unwrap(), None);
-        s.set_vm_net_slot("a", Some(3)).unwrap();
-        s.set_vm_net_slot("b", Some(0)).unwrap();
-        assert_eq!(s.used_net_slots().unwrap(), [0, 3]);
-        assert!(
-            s.set_vm_net_slot("b", Some(3)).is_err(),
-            "a slot held by another VM must be refused"
-        );
-        s.set_vm_egress_policy("a", true, r#"{"outboundInternet":true}"#)
-            .unwrap();
-        let a = s.vm_network("a").unwrap().unwrap();
-        assert_eq!(a.net_slot, Some(3));
-        assert_eq!(a.egress_policy_json.as_deref(), Some(r#"{"outboundInternet":true}"#));
-        assert!(s.get_vm("a").unwrap().unwrap().outbound_internet);
-        // A deleted VM's slot no longer counts, and freeing it lets another VM take it.
-        s.set_vm_state("a", VmState::Deleted, None).unwrap();
-        assert_eq!(s.used_net_slots().unwrap(), [0]);
-        s.set_vm_net_slot("a", None).unwrap();
-        s.set_vm_net_slot("b", Some(3)).unwrap();
-        assert_eq!(s.used_net_slots().unwrap(), [3]);
-        assert!(matches!(
-            s.set_vm_net_slot("zz", Some(1)),
-            Err(StoreError::NotFound(_))
-        ));
-    }
-
-    #[test]
-    fn reopening_a_file_keeps_data_and_does_not_rerun_migrations() {
+    #[tokio::test]
+    async fn reopening_a_file_keeps_data_and_does_not_rerun_migrations() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/rds.db");
-        SqliteStore::open(&path)
-            .unwrap()
-            .insert_vm(&vm("a", VmState::Running))
+        SqliteStore::open(&path).unwrap().insert_vm(&vm("a", VmState::Running, 1)).await.unwrap();
+        let s = crate::open(&crate::StoreConfig::Sqlite { path: path.clone() }).await.unwrap();
+        assert_eq!(s.get_vm("a").await.unwrap().unwrap().state, VmState::Running);
+        let v: i64 = SqliteStore::open(&path).unwrap().conn().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, migrations::LATEST);
+    }
+
+    #[tokio::test]
+    async fn a_database_of_schema_version_3_is_migrated_and_keeps_its_vms() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rds.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &migrations::MIGRATIONS[..3] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute_batch(
+                "PRAGMA user_version = 3;
+                 INSERT INTO vms (id, state, cpu, mem_mb, runtime, created_at, updated_at, net_slot)
+                 VALUES ('old', 'STOPPED', 2, 512, 'sandbox', 5, 6, 4);",
+            )
             .unwrap();
+        }
         let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.get_vm("a").unwrap().unwrap().state, VmState::Running);
-        let v: i64 = s
-            .conn()
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
+        let old = s.get_vm("old").await.unwrap().unwrap();
+        assert_eq!((old.state, old.cpu, old.disk_mb), (VmState::Stopped, 2, 1024), "disk_mb gets its default");
+        assert_eq!(s.used_net_slots().await.unwrap(), [4]);
+        let v: i64 = s.conn().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(v, migrations::LATEST);
     }
 
@@ -744,179 +1013,27 @@ mod tests {
     fn newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rds.db");
-        Connection::open(&path)
-            .unwrap()
-            .execute_batch("PRAGMA user_version = 999")
-            .unwrap();
-        assert!(matches!(
-            SqliteStore::open(&path),
-            Err(StoreError::TooNew { found: 999, .. })
-        ));
+        Connection::open(&path).unwrap().execute_batch("PRAGMA user_version = 999").unwrap();
+        assert!(matches!(SqliteStore::open(&path), Err(StoreError::TooNew { found: 999, .. })));
     }
 
-    #[test]
-    fn exec_logs_are_newest_first_with_has_more() {
+    #[tokio::test]
+    async fn a_backend_failure_names_the_operation_and_keeps_the_sqlite_cause() {
         let s = SqliteStore::open_in_memory().unwrap();
-        for i in 0..3 {
-            s.insert_exec_log(&ExecLogRecord {
-                id: format!("e{i}"),
-                vm_id: "v".into(),
-                kind: "exec".into(),
-                exec_id: None,
-                input: serde_json::json!({"cmd": "true", "envKeys": ["A"]}),
-                exit_code: Some(0),
-                duration_ms: 3,
-                output_preview: String::new(),
-                created_at: 1000 + i,
-            })
-            .unwrap();
-        }
-        let (rows, more) = s.list_exec_logs("v", 2).unwrap();
-        assert_eq!(
-            rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
-            ["e2", "e1"]
-        );
-        assert!(more);
-        let (rows, more) = s.list_exec_logs("v", 5).unwrap();
-        assert_eq!(rows.len(), 3);
-        assert!(!more);
+        s.conn().execute_batch("DROP TABLE events").unwrap();
+        let e = s.list_events(1).await.unwrap_err();
+        assert!(matches!(e, StoreError::Backend { op: "list_events", .. }), "{e:?}");
+        let cause = std::error::Error::source(&e).expect("the SQLite error is kept");
+        assert!(cause.to_string().contains("no such table"), "{cause}");
     }
 
-    #[test]
-    fn revoked_and_expired_keys_are_not_active() {
+    #[tokio::test]
+    async fn a_tombstone_left_holding_a_slot_by_an_older_rds_does_not_block_it() {
         let s = SqliteStore::open_in_memory().unwrap();
-        let key = |id: &str, expires_at| ApiKeyRecord {
-            id: id.into(),
-            name: id.into(),
-            prefix: "rds_x".into(),
-            hash: format!("h{id}"),
-            created_at: 1,
-            expires_at,
-            revoked_at: None,
-        };
-        s.insert_api_key(&key("live", None)).unwrap();
-        s.insert_api_key(&key("old", Some(50))).unwrap();
-        assert_eq!(s.active_api_keys(100).unwrap().len(), 1);
-        assert_eq!(s.revoke_all_api_keys(100).unwrap(), 2);
-        assert!(s.active_api_keys(100).unwrap().is_empty());
-    }
-
-    #[test]
-    fn peer_links_upsert_sync_and_delete() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        let link = PeerLinkRecord {
-            consumer_vm_id: "c".into(),
-            alias: "weather".into(),
-            provider_vm_id: "p".into(),
-            source_mode: "hidden".into(),
-            manifest_json: None,
-            sync_status: "pending".into(),
-            sync_message: None,
-            synced_at: None,
-        };
-        s.upsert_peer_link(&link).unwrap();
-        s.upsert_peer_link(&PeerLinkRecord { source_mode: "mirror".into(), ..link.clone() }).unwrap();
-        s.set_peer_sync("c", "weather", "synced", None, Some("{}")).unwrap();
-        let got = s.get_peer_link("c", "weather").unwrap().unwrap();
-        assert_eq!((got.source_mode.as_str(), got.sync_status.as_str()), ("mirror", "synced"));
-        assert_eq!(s.list_peer_links("c").unwrap().len(), 1);
-        assert!(s.delete_peer_link("c", "weather").unwrap());
-        assert!(!s.delete_peer_link("c", "weather").unwrap());
-    }
-
-    #[test]
-    fn peer_calls_are_listed_for_consumer_and_provider() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        for (i, consumer) in ["c1", "c2"].iter().enumerate() {
-            s.insert_peer_call(&PeerCallRecord {
-                id: format!("call-{i}"),
-                consumer_vm_id: consumer.to_string(),
-                provider_vm_id: Some("p".into()),
-                alias: "a".into(),
-                export_name: "f".into(),
-                status: 200,
-                code: "ok".into(),
-                duration_ms: 3,
-                created_at: i as i64,
-            })
-            .unwrap();
-        }
-        assert_eq!(s.list_peer_calls(Some("c1"), 10).unwrap().len(), 1);
-        assert_eq!(s.list_peer_calls(Some("p"), 10).unwrap().len(), 2);
-        assert_eq!(s.list_peer_calls(None, 10).unwrap()[0].id, "call-1");
-    }
-
-    #[test]
-    fn secrets_keep_key_names_beside_the_sealed_blob() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        s.insert_vm(&vm("a", VmState::Running)).unwrap();
-        s.set_vm_secrets("a", Some(b"sealed"), &["TOKEN".into()]).unwrap();
-        assert_eq!(s.vm_secret_keys("a").unwrap(), ["TOKEN"]);
-        assert_eq!(s.get_vm("a").unwrap().unwrap().secret_env_ciphertext.as_deref(), Some(&b"sealed"[..]));
-    }
-
-    #[test]
-    fn images_record_parts_and_manifest_and_delete() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        s.insert_image(&ImageRecord::new("img-a".into(), "a".into(), "".into(), 1)).unwrap();
-        s.insert_image(&ImageRecord::new("img-b".into(), "b".into(), "d".into(), 2)).unwrap();
-        s.set_image_part("img-a", ImagePart::Rootfs, 4096, 10).unwrap();
-        s.set_image_part("img-a", ImagePart::Kernel, 64, 11).unwrap();
-        s.set_image_manifest("img-a", Some("{}")).unwrap();
-        let a = s.get_image("img-a").unwrap().unwrap();
-        assert_eq!((a.rootfs_bytes, a.rootfs_uploaded_at), (Some(4096), Some(10)));
-        assert_eq!((a.kernel_bytes, a.initrd_bytes), (Some(64), None));
-        assert_eq!(a.manifest_json.as_deref(), Some("{}"));
-        let ids: Vec<_> = s.list_images().unwrap().into_iter().map(|i| i.id).collect();
-        assert_eq!(ids, ["img-a", "img-b"]);
-        assert!(matches!(
-            s.set_image_part("img-x", ImagePart::Initrd, 1, 1),
-            Err(StoreError::NotFound(_))
-        ));
-        assert!(s.delete_image("img-a").unwrap());
-        assert!(!s.delete_image("img-a").unwrap());
-        assert!(s.get_image("img-a").unwrap().is_none());
-    }
-
-    #[test]
-    fn vms_using_an_image_are_counted_until_deleted() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        let mut a = vm("a", VmState::Stopped);
-        a.image_id = Some("img-1".into());
-        let mut b = vm("b", VmState::Running);
-        b.image_id = Some("img-1".into());
-        s.insert_vm(&a).unwrap();
-        s.insert_vm(&b).unwrap();
-        s.insert_vm(&vm("c", VmState::Running)).unwrap();
-        assert_eq!(s.count_live_vms_with_image("img-1").unwrap(), 2);
-        s.set_vm_state("a", VmState::Deleted, None).unwrap();
-        assert_eq!(s.count_live_vms_with_image("img-1").unwrap(), 1);
-        assert_eq!(s.count_live_vms_with_image("img-2").unwrap(), 0);
-    }
-
-    #[test]
-    fn settings_upsert_and_remove() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        assert_eq!(s.get_setting("k").unwrap(), None);
-        s.set_setting("k", Some("1")).unwrap();
-        s.set_setting("k", Some("2")).unwrap();
-        assert_eq!(s.get_setting("k").unwrap().as_deref(), Some("2"));
-        s.set_setting("k", None).unwrap();
-        assert_eq!(s.get_setting("k").unwrap(), None);
-    }
-
-    #[test]
-    fn events_keep_meta_json() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        s.insert_event(&NewEvent {
-            kind: "vm.created".into(),
-            entity_type: Some("vm".into()),
-            entity_id: Some("a".into()),
-            message: "VM created".into(),
-            meta: Some(serde_json::json!({"cpu": 1})),
-        })
-        .unwrap();
-        let ev = s.list_events(10).unwrap();
-        assert_eq!(ev[0].meta, Some(serde_json::json!({"cpu": 1})));
+        s.insert_vm(&vm("gone", VmState::Deleted, 1)).await.unwrap();
+        s.conn().execute("UPDATE vms SET net_slot = 0 WHERE id = 'gone'", []).unwrap();
+        s.insert_vm(&vm("a", VmState::Stopped, 2)).await.unwrap();
+        let req = NetSlotRequest { capacity: 2, skip: vec![] };
+        assert_eq!(s.allocate_net_slot("a", &req).await.unwrap(), 0);
     }
 }

@@ -1,4 +1,6 @@
-//! The one way a test says it cannot run on this host. A skipped test still passes under the
+//! Helpers shared by the workspace's tests and benchmarks.
+//!
+//! [`skip`] is the one way a test says it cannot run on this host. A skipped test still passes under the
 //! test runner, so every skip is recorded where `scripts/test` can count it and fail the run on
 //! any skip that `.ci/skip-allowlist` does not name (see the README's "Tests" section).
 
@@ -48,5 +50,60 @@ fn test_name() -> String {
     match std::thread::current().name() {
         Some(name) if name != "main" => name.to_string(),
         _ => std::env::var("NEXTEST_TEST_NAME").unwrap_or_else(|_| "<unknown test>".into()),
+    }
+}
+
+/// A gzipped tar of regular files (mode 0644), in the order given.
+pub fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    for (path, data) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder.append_data(&mut header, path, *data).expect("append to an in-memory tar");
+    }
+    builder.into_inner().and_then(|gz| gz.finish()).expect("finish an in-memory tar.gz")
+}
+
+/// The `q` quantile (0.0..=1.0) of `samples` by nearest rank, sorting them; 0.0 when empty.
+pub fn percentile(samples: &mut [f64], q: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+    samples[rank - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_is_nearest_rank() {
+        let mut samples: Vec<f64> = (1..=20).rev().map(f64::from).collect();
+        assert_eq!(percentile(&mut samples, 0.5), 10.0);
+        assert_eq!(percentile(&mut samples, 0.95), 19.0);
+        assert_eq!(percentile(&mut samples, 1.0), 20.0);
+        assert_eq!(percentile(&mut samples, 0.0), 1.0);
+        assert_eq!(percentile(&mut [], 0.5), 0.0);
+    }
+
+    #[test]
+    fn tar_gz_round_trips() {
+        let archive = tar_gz(&[("a.txt", b"alpha"), ("dir/b.txt", b"")]);
+        let mut entries = tar::Archive::new(flate2::read::GzDecoder::new(&archive[..]));
+        let got: Vec<(String, Vec<u8>)> = entries
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let mut data = Vec::new();
+                std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+                (e.path().unwrap().to_string_lossy().into_owned(), data)
+            })
+            .collect();
+        assert_eq!(got, vec![("a.txt".to_string(), b"alpha".to_vec()), ("dir/b.txt".to_string(), vec![])]);
     }
 }

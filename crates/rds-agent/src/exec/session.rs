@@ -36,36 +36,7 @@ pub fn session_members(sid: i32) -> Vec<i32> {
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| parse_stat(&stat))
-                .is_some_and(|(state, session)| session == sid && state != 'Z' && state != 'X')
+            rds_host::ProcStat::read(*pid).is_some_and(|stat| stat.session == sid && stat.is_live())
         })
         .collect()
-}
-
-/// Extracts (state, session id) from a `/proc/<pid>/stat` line.
-///
-/// The command name may contain spaces and parentheses, so fields are counted from the last `)`.
-fn parse_stat(stat: &str) -> Option<(char, i32)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_ascii_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let _ppid = fields.next()?;
-    let _pgrp = fields.next()?;
-    let session = fields.next()?.parse().ok()?;
-    Some((state, session))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parse_stat_survives_hostile_command_names() {
-        let line = "4242 (evil) S 1 2 3) R 1 77 77 0 -1 4194560 0 0";
-        assert_eq!(parse_stat(line), Some(('R', 77)));
-        assert_eq!(parse_stat("12 (sleep) S 10 12 9 0 -1"), Some(('S', 9)));
-        assert_eq!(parse_stat("garbage"), None);
-    }
 }

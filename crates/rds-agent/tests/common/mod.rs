@@ -168,11 +168,5 @@ impl Drop for Agent {
 
 /// True while `/proc/<pid>` exists as a live (non-zombie) process.
 pub fn process_alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
-            !matches!(state, Some('Z') | Some('X') | None)
-        }
-        Err(_) => false,
-    }
+    rds_host::ProcStat::read(pid).is_some_and(|stat| stat.is_live())
 }

@@ -239,15 +239,19 @@ impl Server {
         self.spawn();
     }
 
-    /// The database of this server (for reading what it recorded, e.g. after a crash).
-    pub fn store(&self) -> rds_store::SqliteStore {
-        rds_store::SqliteStore::open(&self.root.path().join("rds.db")).expect("open rds.db")
+    /// VM `id` as this server's database records it (e.g. after a crash), tombstones included.
+    pub fn stored_vm(&self, id: &str) -> Option<rds_store::VmRecord> {
+        let config = rds_store::StoreConfig::Sqlite { path: self.root.path().join("rds.db") };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        rt.block_on(async {
+            let store = rds_store::open(&config).await.expect("open rds.db");
+            store.get_vm(id).await.expect("read the VM")
+        })
     }
 
     /// Host pid of VM `id`'s top process (sandbox launcher, QEMU), from its recorded handle.
     pub fn vm_pid(&self, id: &str) -> i32 {
-        use rds_store::Store;
-        let vm = self.store().get_vm(id).expect("read the VM").expect("the VM exists");
+        let vm = self.stored_vm(id).expect("the VM exists");
         let handle: serde_json::Value =
             serde_json::from_str(vm.handle_json.as_deref().expect("a running VM has a handle")).unwrap();
         handle["pid"].as_i64().expect("handle has a pid") as i32
@@ -336,9 +340,7 @@ pub fn into_status_json(res: Result<ureq::Response, ureq::Error>) -> (u16, Value
 /// cannot run here: not root, no QEMU or `vhost-device-vsock`, or `RDS_SKIP_IMAGE_BUILD=1`.
 pub fn qemu_image_dir() -> Result<PathBuf, String> {
     for program in ["qemu-system-x86_64", "vhost-device-vsock"] {
-        let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-            .any(|d| d.join(program).is_file());
-        if !found {
+        if !rds_host::on_path(program) {
             return Err(format!("{program} is not on PATH"));
         }
     }

@@ -14,7 +14,7 @@ use crate::{ApiError, AppState};
 /// List images (oldest first).
 #[utoipa::path(get, path = "/v1/images", tag = "images", responses((status = 200, body = Vec<ImageView>)))]
 pub async fn list(State(s): State<AppState>) -> Result<Json<Vec<ImageView>>, ApiError> {
-    Ok(Json(images::list(&s)?))
+    Ok(Json(images::list(&s).await?))
 }
 
 /// Create an empty image; upload its files next.
@@ -24,14 +24,14 @@ pub async fn create(
     State(s): State<AppState>,
     JsonBody(req): JsonBody<CreateImageRequest>,
 ) -> Result<(StatusCode, Json<ImageView>), ApiError> {
-    Ok((StatusCode::CREATED, Json(images::create(&s, req)?)))
+    Ok((StatusCode::CREATED, Json(images::create(&s, req).await?)))
 }
 
 /// Get one image, with the builder manifest when it has one.
 #[utoipa::path(get, path = "/v1/images/{id}", tag = "images",
     responses((status = 200, body = ImageView), (status = 404, body = ErrorBody)))]
 pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<ImageView>, ApiError> {
-    Ok(Json(images::get(&s, &id)?))
+    Ok(Json(images::get(&s, &id).await?))
 }
 
 /// Delete an image no VM uses (409 otherwise); removes its files and clears the default.
@@ -46,7 +46,7 @@ pub async fn delete(State(s): State<AppState>, Path(id): Path<String>) -> Result
 #[utoipa::path(post, path = "/v1/images/{id}/set-default", tag = "images",
     responses((status = 200, body = ImageView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn set_default(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<ImageView>, ApiError> {
-    Ok(Json(images::set_default(&s, &id)?))
+    Ok(Json(images::set_default(&s, &id).await?))
 }
 
 async fn put_part(s: AppState, id: String, part: ImagePart, body: RawBody) -> Result<Json<ImageView>, ApiError> {

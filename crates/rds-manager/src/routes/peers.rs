@@ -14,8 +14,8 @@ use crate::{ApiError, AppState};
 #[utoipa::path(get, path = "/v1/vms/{id}/peers", tag = "peers",
     responses((status = 200, body = Vec<PeerLinkView>), (status = 404, body = ErrorBody)))]
 pub async fn list(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Vec<PeerLinkView>>, ApiError> {
-    vms::find(&s, &id)?;
-    Ok(Json(peers::link_views(&s, &id)?))
+    vms::find(&s, &id).await?;
+    Ok(Json(peers::link_views(&s, &id).await?))
 }
 
 /// Rewrite the consumer's `/workspace/peers` from its providers' manifests.
@@ -71,5 +71,5 @@ pub async fn calls(
     State(s): State<AppState>,
     ApiQuery(q): ApiQuery<PeerCallQuery>,
 ) -> Result<Json<Vec<PeerCallView>>, ApiError> {
-    Ok(Json(peers::list_calls(&s, q.vm_id.as_deref(), q.limit)?))
+    Ok(Json(peers::list_calls(&s, q.vm_id.as_deref(), q.limit).await?))
 }

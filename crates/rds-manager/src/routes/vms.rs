@@ -23,7 +23,7 @@ pub async fn create(
 /// List VMs (deleted ones are hidden).
 #[utoipa::path(get, path = "/v1/vms", tag = "vms", responses((status = 200, body = Vec<VmView>)))]
 pub async fn list(State(s): State<AppState>) -> Result<Json<Vec<VmView>>, ApiError> {
-    Ok(Json(vms::list(&s)?))
+    Ok(Json(vms::list(&s).await?))
 }
 
 /// Get one VM.
@@ -33,8 +33,8 @@ pub async fn get(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<VmView>, ApiError> {
-    let vm = vms::find(&s, &id)?;
-    Ok(Json(vms::view(&s, &vm)))
+    let vm = vms::find(&s, &id).await?;
+    Ok(Json(vms::view(&s, &vm).await))
 }
 
 /// Delete a VM and every trace of it. It shows DELETING until done; a manager restart finishes
@@ -79,7 +79,7 @@ pub async fn console_log(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<TailQuery>,
 ) -> Result<Json<ConsoleLogView>, ApiError> {
-    Ok(Json(logs::console_tail(&s, &id, q.tail)?))
+    Ok(Json(logs::console_tail(&s, &id, q.tail).await?))
 }
 
 /// Recent exec/run calls of the VM, newest first.
@@ -90,5 +90,5 @@ pub async fn exec_logs(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<LimitQuery>,
 ) -> Result<Json<ExecLogPage>, ApiError> {
-    Ok(Json(logs::exec_logs(&s, &id, q.limit)?))
+    Ok(Json(logs::exec_logs(&s, &id, q.limit).await?))
 }

@@ -19,20 +19,20 @@ pub enum KeyNotice {
 
 /// Makes sure at least one key is accepted and returns the ring of accepted hashes.
 /// `rotate` revokes every stored key and generates a fresh one.
-pub fn ensure_keys(
+pub async fn ensure_keys(
     store: &dyn Store,
     env_key: Option<&str>,
     rotate: bool,
 ) -> StoreResult<(ApiKeyRing, KeyNotice)> {
     let now = now_ms();
     if rotate {
-        store.revoke_all_api_keys(now)?;
+        store.revoke_all_api_keys(now).await?;
     }
     let mut notice = match (env_key, rotate) {
         (Some(_), false) => KeyNotice::FromEnv,
         _ => KeyNotice::Existing,
     };
-    if store.active_api_keys(now)?.is_empty() && (env_key.is_none() || rotate) {
+    if store.active_api_keys(now).await?.is_empty() && (env_key.is_none() || rotate) {
         let key = generate_key();
         store.insert_api_key(&ApiKeyRecord {
             id: uuid::Uuid::new_v4().to_string(),
@@ -42,11 +42,13 @@ pub fn ensure_keys(
             created_at: now,
             expires_at: None,
             revoked_at: None,
-        })?;
+        })
+        .await?;
         notice = KeyNotice::Generated(key);
     }
     let mut hashes: Vec<_> = store
-        .active_api_keys(now)?
+        .active_api_keys(now)
+        .await?
         .iter()
         .filter_map(|k| hex::decode(&k.hash).ok()?.try_into().ok())
         .collect();
@@ -72,10 +74,10 @@ mod tests {
     use super::*;
     use rds_store::SqliteStore;
 
-    #[test]
-    fn first_start_generates_then_later_starts_reuse_and_rotation_replaces() {
+    #[tokio::test]
+    async fn first_start_generates_then_later_starts_reuse_and_rotation_replaces() {
         let store = SqliteStore::open_in_memory().unwrap();
-        let (ring, notice) = ensure_keys(&store, None, false).unwrap();
+        let (ring, notice) = ensure_keys(&store, None, false).await.unwrap();
         let KeyNotice::Generated(key) = notice else {
             panic!("expected a generated key")
         };
@@ -84,15 +86,16 @@ mod tests {
         // Only the hash is stored.
         assert!(store
             .active_api_keys(now_ms())
+            .await
             .unwrap()
             .iter()
             .all(|k| k.hash != key && !k.hash.contains(&key)));
 
-        let (ring, notice) = ensure_keys(&store, None, false).unwrap();
+        let (ring, notice) = ensure_keys(&store, None, false).await.unwrap();
         assert_eq!(notice, KeyNotice::Existing);
         assert!(ring.verify(&key).is_some());
 
-        let (ring, notice) = ensure_keys(&store, None, true).unwrap();
+        let (ring, notice) = ensure_keys(&store, None, true).await.unwrap();
         let KeyNotice::Generated(fresh) = notice else {
             panic!("expected a rotated key")
         };
@@ -100,12 +103,12 @@ mod tests {
         assert!(ring.verify(&key).is_none());
     }
 
-    #[test]
-    fn env_key_is_accepted_without_generating_one() {
+    #[tokio::test]
+    async fn env_key_is_accepted_without_generating_one() {
         let store = SqliteStore::open_in_memory().unwrap();
-        let (ring, notice) = ensure_keys(&store, Some("an-env-key-of-length"), false).unwrap();
+        let (ring, notice) = ensure_keys(&store, Some("an-env-key-of-length"), false).await.unwrap();
         assert_eq!(notice, KeyNotice::FromEnv);
         assert!(ring.verify("an-env-key-of-length").is_some());
-        assert!(store.active_api_keys(now_ms()).unwrap().is_empty());
+        assert!(store.active_api_keys(now_ms()).await.unwrap().is_empty());
     }
 }

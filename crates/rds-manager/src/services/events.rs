@@ -5,7 +5,7 @@ use rds_store::NewEvent;
 use crate::AppState;
 
 /// Records that something happened to a VM. A failure to record is logged, not fatal.
-pub fn vm_event(
+pub async fn vm_event(
     state: &AppState,
     vm_id: &str,
     kind: &str,
@@ -19,7 +19,7 @@ pub fn vm_event(
         message: message.into(),
         meta,
     };
-    if let Err(e) = state.store.insert_event(&event) {
+    if let Err(e) = state.store.insert_event(&event).await {
         tracing::warn!(vm_id, kind, error = %e, "could not record activity event");
     }
 }

@@ -40,7 +40,7 @@ fn call_limit(state: &AppState, timeout_ms: Option<u64>) -> Result<Duration, Api
 /// Runs a shell command and returns its buffered result.
 pub async fn exec(state: &AppState, vm_id: &str, req: ExecRequest) -> Result<ExecResult, ApiError> {
     let limit = call_limit(state, req.timeout_ms)?;
-    let vm = find_running(state, vm_id)?;
+    let vm = find_running(state, vm_id).await?;
     let secrets = secrets_of(state, &vm)?;
     let oom_before = state.runtime.oom_kills(vm_id).await;
     let started = Instant::now();
@@ -52,7 +52,7 @@ pub async fn exec(state: &AppState, vm_id: &str, req: ExecRequest) -> Result<Exe
         .agent
         .call_json(vm_id, Method::POST, "/exec", Some(&to_agent), limit)
         .await
-        .map_err(|e| agent_error(state, vm_id, e))?;
+        .or_agent_error(state, vm_id).await?;
     result.oom_killed |= oom_rose(oom_before, state.runtime.oom_kills(vm_id).await);
     // A provider's secrets are never returned, even if its own code prints them.
     result.stdout = secrets.redact(&result.stdout);
@@ -74,7 +74,7 @@ pub async fn exec(state: &AppState, vm_id: &str, req: ExecRequest) -> Result<Exe
         started,
         &result.stdout,
         &result.stderr,
-    );
+    ).await;
     Ok(result)
 }
 
@@ -104,7 +104,7 @@ pub async fn exec_stream(
     req: ExecRequest,
 ) -> Result<Response, ApiError> {
     let limit = call_limit(state, req.timeout_ms)?;
-    let vm = find_running(state, vm_id)?;
+    let vm = find_running(state, vm_id).await?;
     let secrets = secrets_of(state, &vm)?;
     if !secrets.is_empty() {
         // A secret split across two chunks of a live stream would slip past redaction, so a
@@ -124,7 +124,7 @@ pub async fn exec_stream(
         .agent
         .call_streaming(vm_id, request, limit)
         .await
-        .map_err(|e| agent_error(state, vm_id, e))?;
+        .or_agent_error(state, vm_id).await?;
     let input =
         json!({"cmd": req.cmd, "cwd": req.cwd, "streamed": true, "timeoutMs": req.timeout_ms});
     log_exec(
@@ -137,7 +137,7 @@ pub async fn exec_stream(
         Instant::now(),
         "",
         "",
-    );
+    ).await;
     Response::builder()
         .header(header::CONTENT_TYPE, NDJSON)
         .body(Body::new(resp.into_body()))
@@ -157,7 +157,7 @@ pub async fn run(
             "one of `code` or `path` is required".into(),
         ));
     }
-    let vm = find_running(state, vm_id)?;
+    let vm = find_running(state, vm_id).await?;
     let secrets = secrets_of(state, &vm)?;
     let oom_before = state.runtime.oom_kills(vm_id).await;
     let started = Instant::now();
@@ -170,7 +170,7 @@ pub async fn run(
         .agent
         .call_json(vm_id, Method::POST, &path, Some(&to_agent), limit)
         .await
-        .map_err(|e| agent_error(state, vm_id, e))?;
+        .or_agent_error(state, vm_id).await?;
     result.oom_killed |= oom_rose(oom_before, state.runtime.oom_kills(vm_id).await);
     result.stdout = secrets.redact(&result.stdout);
     result.stderr = secrets.redact(&result.stderr);
@@ -194,7 +194,7 @@ pub async fn run(
         started,
         &result.stdout,
         &result.stderr,
-    );
+    ).await;
     Ok(result)
 }
 
@@ -206,8 +206,8 @@ fn oom_rose(before: Option<u64>, after: Option<u64>) -> bool {
 /// Maps an agent failure: a VM that stopped meanwhile is a 409, agent 4xx keep their status.
 /// A VM still recorded RUNNING whose process is gone counts as stopped: the liveness watcher is
 /// about to settle it.
-pub fn agent_error(state: &AppState, vm_id: &str, e: AgentError) -> ApiError {
-    let still_running = matches!(state.store.get_vm(vm_id), Ok(Some(vm)) if vm.state == VmState::Running
+pub async fn agent_error(state: &AppState, vm_id: &str, e: AgentError) -> ApiError {
+    let still_running = matches!(state.store.get_vm(vm_id).await, Ok(Some(vm)) if vm.state == VmState::Running
         && crate::services::vms::parse_handle(&vm).is_none_or(|h| is_same_process_alive(h.pid, h.start_time)));
     match e {
         AgentError::Unreachable(_) | AgentError::Transport(_) if !still_running => {
@@ -217,8 +217,23 @@ pub fn agent_error(state: &AppState, vm_id: &str, e: AgentError) -> ApiError {
     }
 }
 
+/// [`agent_error`] for the failure of an agent call's result.
+pub(crate) trait OrAgentError<T> {
+    /// The value, or the agent failure mapped by [`agent_error`].
+    async fn or_agent_error(self, state: &AppState, vm_id: &str) -> Result<T, ApiError>;
+}
+
+impl<T> OrAgentError<T> for Result<T, AgentError> {
+    async fn or_agent_error(self, state: &AppState, vm_id: &str) -> Result<T, ApiError> {
+        match self {
+            Ok(v) => Ok(v),
+            Err(e) => Err(agent_error(state, vm_id, e).await),
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
-fn log_exec(
+async fn log_exec(
     state: &AppState,
     vm_id: &str,
     kind: &str,
@@ -245,7 +260,7 @@ fn log_exec(
         output_preview: output,
         created_at: now_ms(),
     };
-    if let Err(e) = state.store.insert_exec_log(&entry) {
+    if let Err(e) = state.store.insert_exec_log(&entry).await {
         tracing::warn!(vm_id, error = %e, "could not record exec log");
     }
 }

@@ -12,7 +12,7 @@ use http::{header, Request};
 use http_body_util::BodyExt;
 
 use crate::error::ResultExt;
-use crate::services::exec::agent_error;
+use crate::services::exec::OrAgentError;
 use crate::services::vms::find_running;
 use crate::views::UploadResult;
 use crate::{ApiError, AppState};
@@ -36,7 +36,7 @@ pub async fn upload(
     if declared_len.is_some_and(|n| n > max) {
         return Err(too_large());
     }
-    find_running(state, vm_id)?;
+    find_running(state, vm_id).await?;
     let seen = Arc::new(AtomicU64::new(0));
     let exceeded = Arc::new(AtomicBool::new(false));
     let (seen2, exceeded2) = (seen.clone(), exceeded.clone());
@@ -63,7 +63,7 @@ pub async fn upload(
     if exceeded.load(Ordering::Relaxed) {
         return Err(too_large());
     }
-    let resp = result.map_err(|e| agent_error(state, vm_id, e))?;
+    let resp = result.or_agent_error(state, vm_id).await?;
     let bytes = resp
         .into_body()
         .collect()
@@ -83,7 +83,7 @@ pub async fn download(
     let path = path
         .filter(|p| !p.is_empty())
         .ok_or_else(|| ApiError::BadRequest("query parameter `path` is required".into()))?;
-    find_running(state, vm_id)?;
+    find_running(state, vm_id).await?;
     let resp = agent_download(state, vm_id, &path, TRANSFER_TIMEOUT).await?;
     Response::builder()
         .header(header::CONTENT_TYPE, "application/gzip")
@@ -107,5 +107,5 @@ pub async fn agent_download(
         .agent
         .call_streaming(vm_id, request, limit)
         .await
-        .map_err(|e| agent_error(state, vm_id, e))
+        .or_agent_error(state, vm_id).await
 }

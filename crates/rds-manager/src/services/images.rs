@@ -62,16 +62,16 @@ fn is_image_id(id: &str) -> bool {
 }
 
 /// An existing image, else 404.
-pub fn find(state: &AppState, id: &str) -> Result<ImageRecord, ApiError> {
+pub async fn find(state: &AppState, id: &str) -> Result<ImageRecord, ApiError> {
     let not_found = || ApiError::NotFound(format!("image {id:?} not found"));
     if !is_image_id(id) {
         return Err(not_found());
     }
-    state.store.get_image(id)?.ok_or_else(not_found)
+    state.store.get_image(id).await?.ok_or_else(not_found)
 }
 
-fn default_image_id(state: &AppState) -> Result<Option<String>, ApiError> {
-    Ok(state.store.get_setting(DEFAULT_IMAGE_SETTING)?)
+async fn default_image_id(state: &AppState) -> Result<Option<String>, ApiError> {
+    Ok(state.store.get_setting(DEFAULT_IMAGE_SETTING).await?)
 }
 
 /// Kernel formats present on disk.
@@ -112,20 +112,20 @@ fn view(state: &AppState, image: &ImageRecord, default: Option<&str>, with_manif
 }
 
 /// Every image, oldest first (without manifests).
-pub fn list(state: &AppState) -> Result<Vec<ImageView>, ApiError> {
-    let default = default_image_id(state)?;
+pub async fn list(state: &AppState) -> Result<Vec<ImageView>, ApiError> {
+    let default = default_image_id(state).await?;
     Ok(state
         .store
-        .list_images()?
+        .list_images().await?
         .iter()
         .map(|i| view(state, i, default.as_deref(), false))
         .collect())
 }
 
 /// One image, with its manifest.
-pub fn get(state: &AppState, id: &str) -> Result<ImageView, ApiError> {
-    let image = find(state, id)?;
-    Ok(view(state, &image, default_image_id(state)?.as_deref(), true))
+pub async fn get(state: &AppState, id: &str) -> Result<ImageView, ApiError> {
+    let image = find(state, id).await?;
+    Ok(view(state, &image, default_image_id(state).await?.as_deref(), true))
 }
 
 fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<(), ApiError> {
@@ -142,7 +142,7 @@ fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<()
 }
 
 /// Creates an empty image and its directory.
-pub fn create(state: &AppState, req: CreateImageRequest) -> Result<ImageView, ApiError> {
+pub async fn create(state: &AppState, req: CreateImageRequest) -> Result<ImageView, ApiError> {
     check_text("name", &req.name, MAX_NAME_CHARS, true)?;
     let description = req.description.unwrap_or_default();
     check_text("description", &description, MAX_DESCRIPTION_CHARS, false)?;
@@ -159,7 +159,7 @@ pub fn create(state: &AppState, req: CreateImageRequest) -> Result<ImageView, Ap
             std::fs::DirBuilder::new().mode(0o700).create(&dir)
         })
         .with_context(|| format!("cannot create {}", dir.display()))?;
-    if let Err(e) = state.store.insert_image(&image) {
+    if let Err(e) = state.store.insert_image(&image).await {
         let _ = std::fs::remove_dir(&dir);
         return Err(e.into());
     }
@@ -224,8 +224,8 @@ where
 
 /// Checks an upload can start: the image exists and a declared length is within
 /// `MAX_IMAGE_BYTES`. Returns the image directory and the byte limit.
-fn begin_upload(state: &AppState, id: &str, declared_len: Option<u64>) -> Result<(PathBuf, u64), ApiError> {
-    find(state, id)?;
+async fn begin_upload(state: &AppState, id: &str, declared_len: Option<u64>) -> Result<(PathBuf, u64), ApiError> {
+    find(state, id).await?;
     let max = state.config.max_image_bytes;
     if declared_len.is_some_and(|n| n > max.saturating_add(DRAIN_LIMIT)) {
         return Err(too_large(max));
@@ -241,7 +241,7 @@ pub async fn upload_part(
     body: Body,
     declared_len: Option<u64>,
 ) -> Result<ImageView, ApiError> {
-    let (dir, max) = begin_upload(state, id, declared_len)?;
+    let (dir, max) = begin_upload(state, id, declared_len).await?;
     let mut stream = body.into_data_stream();
     let staged = match stream_part(&mut stream, &dir, part, max).await {
         Ok(s) => s,
@@ -258,12 +258,12 @@ pub async fn upload_part(
     })
     .await
     .context("an image file task failed")??;
-    state.store.set_image_part(id, part, bytes, now_ms()).map_err(|e| match e {
+    state.store.set_image_part(id, part, bytes, now_ms()).await.map_err(|e| match e {
         rds_store::StoreError::NotFound(_) => ApiError::NotFound(format!("image {id:?} was deleted during the upload")),
         other => other.into(),
     })?;
     tracing::info!(image_id = %id, %part, bytes, format = format.as_str(), "image part uploaded");
-    get(state, id)
+    get(state, id).await
 }
 
 /// Writes the stream into a temporary file, checking the size as it goes and the format as soon
@@ -354,7 +354,7 @@ pub async fn upload_bundle(
     body: Body,
     declared_len: Option<u64>,
 ) -> Result<ImageView, ApiError> {
-    let (dir, max) = begin_upload(state, id, declared_len)?;
+    let (dir, max) = begin_upload(state, id, declared_len).await?;
     let stream = body.into_data_stream().map(|r| r.map_err(std::io::Error::other));
     let bridge = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
     let stage_dir = dir.clone();
@@ -396,13 +396,13 @@ pub async fn upload_bundle(
 
     let at = now_ms();
     for (part, bytes, format) in &installed {
-        state.store.set_image_part(id, *part, *bytes, at)?;
+        state.store.set_image_part(id, *part, *bytes, at).await?;
         tracing::info!(image_id = %id, %part, bytes, format = format.as_str(), "image part uploaded from bundle");
     }
     if let Some(m) = &manifest {
-        state.store.set_image_manifest(id, Some(m))?;
+        state.store.set_image_manifest(id, Some(m)).await?;
     }
-    get(state, id)
+    get(state, id).await
 }
 
 /// Which image file a bundle entry named `name` is.
@@ -516,41 +516,39 @@ fn stage_manifest(entry: &mut impl Read, dir: &Path) -> Result<(NamedTempFile, S
 }
 
 /// Makes `id` the image of VMs created without `imageId`. It must have a rootfs.
-pub fn set_default(state: &AppState, id: &str) -> Result<ImageView, ApiError> {
-    let image = find(state, id)?;
+pub async fn set_default(state: &AppState, id: &str) -> Result<ImageView, ApiError> {
+    let image = find(state, id).await?;
     if image.rootfs_bytes.is_none() {
         return Err(ApiError::Conflict(format!(
             "image {id} has no rootfs; upload one before making it the default"
         )));
     }
-    state.store.set_setting(DEFAULT_IMAGE_SETTING, Some(id))?;
+    state.store.set_setting(DEFAULT_IMAGE_SETTING, Some(id)).await?;
     tracing::info!(image_id = %id, "default image set");
     Ok(view(state, &image, Some(id), false))
 }
 
-/// Deletes an image no VM uses: its row, its files and the default setting if it pointed here.
+/// Deletes an image no VM uses: its row and the default setting if it pointed here (one store
+/// transaction that refuses while a VM uses the image, so no manager can start using it halfway),
+/// then its files.
 pub async fn delete(state: &AppState, id: &str) -> Result<(), ApiError> {
-    // Held with VM creation's gate so no VM can start using the image between check and delete.
+    // Only an optimisation for this manager's creates; the store's transaction is the guard.
     let _gate = state.create_gate.lock().await;
-    find(state, id)?;
-    let users = state.store.count_live_vms_with_image(id)?;
-    if users > 0 {
-        return Err(ApiError::Conflict(format!(
-            "image {id} is used by {users} VM(s); delete them first"
-        )));
+    find(state, id).await?;
+    match state.store.delete_image(id, DEFAULT_IMAGE_SETTING).await {
+        Ok(_) => {}
+        Err(rds_store::StoreError::InUse { users, .. }) => {
+            return Err(ApiError::Conflict(format!("image {id} is used by {users} VM(s); delete them first")))
+        }
+        Err(e) => return Err(e.into()),
     }
-    // Renaming first makes the removal atomic for readers and keeps a failure from half-deleting
-    // files of an image that still has its row.
+    // Renaming first makes the removal atomic for readers; a failure leaves files no row names.
     let dir = image_dir(state, id);
     let doomed = images_dir(state).join(format!(".deleting-{id}"));
     match std::fs::rename(&dir, &doomed) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(ApiError::internal(format!("cannot remove {}", dir.display()), e)),
-    }
-    state.store.delete_image(id)?;
-    if default_image_id(state)?.as_deref() == Some(id) {
-        state.store.set_setting(DEFAULT_IMAGE_SETTING, None)?;
     }
     if doomed.exists() {
         tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&doomed))
@@ -563,12 +561,12 @@ pub async fn delete(state: &AppState, id: &str) -> Result<(), ApiError> {
 }
 
 /// The image a new VM records: the requested one (404 if unknown), else the default image, else
-/// none. Call under `create_gate` so the image cannot be deleted before the VM row exists.
-pub fn image_for_new_vm(state: &AppState, requested: Option<&str>) -> Result<Option<String>, ApiError> {
+/// none. [`rds_store::Store::create_vm`] checks again that the image still exists.
+pub async fn image_for_new_vm(state: &AppState, requested: Option<&str>) -> Result<Option<String>, ApiError> {
     let image = match requested {
-        Some(id) => find(state, id)?,
-        None => match default_image_id(state)? {
-            Some(id) => match state.store.get_image(&id)? {
+        Some(id) => find(state, id).await?,
+        None => match default_image_id(state).await? {
+            Some(id) => match state.store.get_image(&id).await? {
                 Some(image) => image,
                 None => return Ok(None), // a stale setting is as good as none
             },
@@ -581,9 +579,9 @@ pub fn image_for_new_vm(state: &AppState, requested: Option<&str>) -> Result<Opt
 
 /// The files a VM with `image_id` boots from. `None` = the legacy image of the environment
 /// (`RDS_IMAGE_DIR` / `KERNEL_PATH` ...) if configured, else the runtime's own default.
-pub fn boot_files(state: &AppState, image_id: Option<&str>) -> Result<BootFiles, ApiError> {
+pub async fn boot_files(state: &AppState, image_id: Option<&str>) -> Result<BootFiles, ApiError> {
     match image_id {
-        Some(id) => boot_files_of(state, &find(state, id)?),
+        Some(id) => boot_files_of(state, &find(state, id).await?),
         None => Ok(match &state.config.guest_image {
             Some(env) => BootFiles {
                 rootfs: Some(env.base_rootfs.clone()),
@@ -627,6 +625,7 @@ fn boot_files_of(state: &AppState, image: &ImageRecord) -> Result<BootFiles, Api
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rds_testkit::tar_gz;
 
     #[test]
     fn only_canonical_image_ids_are_accepted() {
@@ -642,18 +641,6 @@ mod tests {
         ] {
             assert!(!is_image_id(bad), "{bad}");
         }
-    }
-
-    fn tar_gz(entries: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
-        for (name, data) in entries {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            h.set_cksum();
-            b.append_data(&mut h, name, *data).unwrap();
-        }
-        b.into_inner().unwrap().finish().unwrap()
     }
 
     fn ext4() -> Vec<u8> {

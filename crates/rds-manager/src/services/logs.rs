@@ -11,12 +11,12 @@ use crate::{ApiError, AppState};
 const TAIL_WINDOW: u64 = 256 << 10;
 
 /// The last `tail` lines (1..=1000, default 200) of the VM's console log.
-pub fn console_tail(
+pub async fn console_tail(
     state: &AppState,
     vm_id: &str,
     tail: Option<u32>,
 ) -> Result<ConsoleLogView, ApiError> {
-    find(state, vm_id)?;
+    find(state, vm_id).await?;
     let tail = tail.unwrap_or(200).clamp(1, crate::views::MAX_CONSOLE_TAIL) as usize;
     let path = state.runtime.console_log(vm_id);
     let mut file = match std::fs::File::open(&path) {
@@ -51,15 +51,15 @@ pub fn console_tail(
 }
 
 /// Newest-first exec log entries (1..=200, default 50).
-pub fn exec_logs(
+pub async fn exec_logs(
     state: &AppState,
     vm_id: &str,
     limit: Option<u32>,
 ) -> Result<ExecLogPage, ApiError> {
-    find(state, vm_id)?;
+    find(state, vm_id).await?;
     let (rows, has_more) = state
         .store
-        .list_exec_logs(vm_id, limit.unwrap_or(50).clamp(1, 200))?;
+        .list_exec_logs(vm_id, limit.unwrap_or(50).clamp(1, crate::views::MAX_EXEC_LOGS_LIMIT)).await?;
     let entries = rows
         .into_iter()
         .map(|r| ExecLogView {

@@ -12,7 +12,7 @@ use std::os::unix::fs::MetadataExt;
 
 use rds_net::{mac_for, EgressPolicy, Network, Slot};
 use rds_runtime::{LinkKind, VmHandle, VmNetwork};
-use rds_store::{VmRecord, VmState};
+use rds_store::{NetSlotRequest, Quota, StoreError, VmRecord, VmState};
 use serde_json::json;
 
 use crate::error::ResultExt;
@@ -39,8 +39,8 @@ pub fn policy_from_request(
 
 /// The policy persisted for a VM; VMs from before egress policies fall back to their
 /// `outboundInternet`/`allowIps`, and anything unreadable to no egress.
-pub fn policy_of(state: &AppState, vm: &VmRecord) -> Result<EgressPolicy, ApiError> {
-    let stored = state.store.vm_network(&vm.id)?.and_then(|n| n.egress_policy_json);
+pub async fn policy_of(state: &AppState, vm: &VmRecord) -> Result<EgressPolicy, ApiError> {
+    let stored = state.store.vm_network(&vm.id).await?.and_then(|n| n.egress_policy_json);
     if let Some(json) = stored {
         return Ok(serde_json::from_str(&json).unwrap_or_else(|e| {
             tracing::warn!(vm_id = %vm.id, error = %e, "unreadable egress policy; treating it as no egress");
@@ -52,60 +52,70 @@ pub fn policy_of(state: &AppState, vm: &VmRecord) -> Result<EgressPolicy, ApiErr
     Ok(EgressPolicy::from_request(Some(vm.outbound_internet), &ips, &[]).unwrap_or_default())
 }
 
+/// A policy as the store keeps it.
+pub fn policy_json(policy: &EgressPolicy) -> Result<String, ApiError> {
+    serde_json::to_string(policy).context("encoding the egress policy")
+}
+
 /// Persists a VM's policy.
-pub fn save_policy(state: &AppState, id: &str, policy: &EgressPolicy) -> Result<(), ApiError> {
-    let json = serde_json::to_string(policy).context("encoding the egress policy")?;
-    state.store.set_vm_egress_policy(id, policy.outbound_internet, &json)?;
+pub async fn save_policy(state: &AppState, id: &str, policy: &EgressPolicy) -> Result<(), ApiError> {
+    let json = policy_json(policy)?;
+    state.store.set_vm_egress_policy(id, policy.outbound_internet, &json).await?;
     Ok(())
 }
 
 /// The VM's slot, when networking is on and the recorded slot lies in the current pool.
-pub fn slot_of(state: &AppState, id: &str) -> Result<Option<Slot>, ApiError> {
+pub async fn slot_of(state: &AppState, id: &str) -> Result<Option<Slot>, ApiError> {
     let Some(network) = state.network.get() else { return Ok(None) };
-    let index = state.store.vm_network(id)?.and_then(|n| n.net_slot);
+    let index = state.store.vm_network(id).await?.and_then(|n| n.net_slot);
     Ok(index.and_then(|i| network.pool().slot(i).ok()))
+}
+
+/// The slots a new VM may get, when networking is on.
+pub fn slot_request(state: &AppState) -> Option<NetSlotRequest> {
+    state.network.get().map(|network| NetSlotRequest { capacity: network.pool().capacity(), skip: vec![] })
+}
+
+/// The 429 for an exhausted address pool.
+pub fn no_free_slot(state: &AppState) -> ApiError {
+    let (cidr, capacity) = match state.network.get() {
+        Some(network) => (network.pool().cidr().to_string(), network.pool().capacity()),
+        None => ("(none)".into(), 0),
+    };
+    ApiError::Quota(format!(
+        "no free VM address left: RDS_VM_CIDR={cidr} holds {capacity} VMs, each held by a VM of this database or claimed by another manager on this host"
+    ))
 }
 
 /// Gives VM `id` a slot if networking is on and it has none, one outside the pool, or one another
 /// manager on this host has claimed meanwhile (its claims vanish at reboot, and whichever manager
-/// starts first may take them). The caller holds `create_gate`, so two VMs of this manager can
-/// never be handed the same slot; the host-wide claim keeps other managers off it.
-pub fn allocate_slot(state: &AppState, id: &str) -> Result<Option<Slot>, ApiError> {
+/// starts first may take them). The store picks the slot in one transaction against every VM in
+/// the database, so no two VMs, of this manager or of another sharing the database, get the same
+/// one; the host-wide claim keeps managers with other databases off it.
+pub async fn allocate_slot(state: &AppState, id: &str) -> Result<Option<Slot>, ApiError> {
     let Some(network) = state.network.get() else { return Ok(None) };
-    let claim = |slot: &Slot| {
-        network.claim_slot(slot).context("cannot claim the VM's addresses")
-    };
-    if let Some(slot) = slot_of(state, id)? {
-        if claim(&slot)? {
+    let pool = network.pool();
+    let mut request = NetSlotRequest { capacity: pool.capacity(), skip: vec![] };
+    loop {
+        let index = state.store.allocate_net_slot(id, &request).await.map_err(|e| match e {
+            StoreError::QuotaExceeded(Quota::NetSlots { .. }) => no_free_slot(state),
+            other => other.into(),
+        })?;
+        let slot = pool.slot(index).context("cannot compute a free VM address")?;
+        let claimed = network.claim_slot(&slot).context("cannot claim the VM's addresses")?;
+        if claimed {
             return Ok(Some(slot));
         }
-        tracing::warn!(vm_id = %id, guest_ip = %slot.guest_ip, "another manager on this host claimed the VM's addresses; giving it new ones");
+        tracing::warn!(vm_id = %id, guest_ip = %slot.guest_ip, "another manager on this host claimed these addresses; picking others");
+        request.skip.push(index);
     }
-    let pool = network.pool();
-    let used = state.store.used_net_slots()?;
-    for index in pool.free(&used) {
-        let slot = pool.slot(index).context("cannot compute a free VM address")?;
-        if !claim(&slot)? {
-            continue;
-        }
-        if let Err(e) = state.store.set_vm_net_slot(id, Some(index)) {
-            let _ = network.release_slot(&slot);
-            return Err(e.into());
-        }
-        return Ok(Some(slot));
-    }
-    Err(ApiError::Quota(format!(
-        "no free VM address left: RDS_VM_CIDR={} holds {} VMs, each held by this manager or claimed by another manager on this host",
-        pool.cidr(),
-        pool.capacity()
-    )))
 }
 
 /// Before the runtime starts the VM: what it needs to know of the VM's link. For a TAP runtime
 /// the TAP is made and the persisted policy enforced first, so the guest's very first packet is
 /// already filtered. Without networking (or a slot) the VM keeps loopback only.
 pub async fn before_start(state: &AppState, vm: &VmRecord) -> Result<Option<VmNetwork>, ApiError> {
-    let (Some(network), Some(slot)) = (state.network.get(), slot_of(state, &vm.id)?) else {
+    let (Some(network), Some(slot)) = (state.network.get(), slot_of(state, &vm.id).await?) else {
         return Ok(None);
     };
     let mut link = VmNetwork {
@@ -132,7 +142,7 @@ pub async fn after_start(state: &AppState, vm: &VmRecord, handle: &VmHandle) -> 
     if state.runtime.link_kind() != LinkKind::Veth {
         return Ok(());
     }
-    let (Some(network), Some(slot)) = (state.network.get(), slot_of(state, &vm.id)?) else {
+    let (Some(network), Some(slot)) = (state.network.get(), slot_of(state, &vm.id).await?) else {
         return Ok(());
     };
     ensure_own_netns(handle.pid)?;
@@ -144,7 +154,7 @@ pub async fn after_start(state: &AppState, vm: &VmRecord, handle: &VmHandle) -> 
 }
 
 async fn enforce(state: &AppState, network: &Network, vm: &VmRecord, slot: &Slot) -> Result<(), ApiError> {
-    let policy = policy_of(state, vm)?;
+    let policy = policy_of(state, vm).await?;
     network
         .apply_policy(&vm.id, slot, &policy)
         .await
@@ -170,7 +180,7 @@ fn ensure_own_netns(pid: i32) -> Result<(), ApiError> {
 /// failure is logged, and whatever is left is removed as an orphan at the next start-up.
 pub async fn detach(state: &AppState, id: &str) {
     let Some(network) = state.network.get() else { return };
-    let slot = match slot_of(state, id) {
+    let slot = match slot_of(state, id).await {
         Ok(Some(slot)) => slot,
         Ok(None) => return,
         Err(e) => {
@@ -183,25 +193,22 @@ pub async fn detach(state: &AppState, id: &str) {
     }
 }
 
-/// Frees a deleted VM's slot for reuse, here and host-wide. A claim left behind by a crash in
-/// between is released at the next start-up.
-pub fn free_slot(state: &AppState, id: &str) -> Result<(), ApiError> {
-    let slot = slot_of(state, id)?;
-    state.store.set_vm_net_slot(id, None)?;
+/// Releases the host-wide claim of a deleted VM's slot (the store freed the slot itself). A claim
+/// left behind by a crash in between is released at the next start-up.
+pub fn release_claim(state: &AppState, id: &str, slot: Option<Slot>) {
     if let (Some(network), Some(slot)) = (state.network.get(), slot) {
         if let Err(e) = network.release_slot(&slot) {
             tracing::warn!(vm_id = %id, error = %e, "cannot release the VM's address claim");
         }
     }
-    Ok(())
 }
 
 /// Changes a VM's egress policy: persisted whatever the VM's state, applied atomically when it
 /// runs, and recorded as a `vm.network_updated` event.
 pub async fn patch(state: &AppState, id: &str, req: PatchNetworkRequest) -> Result<VmView, ApiError> {
     let _lock = state.vm_locks.lock(id).await;
-    let vm = vms::find(state, id)?;
-    let current = policy_of(state, &vm)?;
+    let vm = vms::find(state, id).await?;
+    let current = policy_of(state, &vm).await?;
     let ips = req
         .allow_ips
         .unwrap_or_else(|| current.allow_ips.iter().map(|n| n.to_string()).collect());
@@ -211,7 +218,7 @@ pub async fn patch(state: &AppState, id: &str, req: PatchNetworkRequest) -> Resu
     let outbound = req.outbound_internet.unwrap_or(current.outbound_internet);
     let policy = policy_from_request(state, Some(outbound), &ips, &domains)?;
     if vm.state == VmState::Running {
-        match (state.network.get(), slot_of(state, id)?) {
+        match (state.network.get(), slot_of(state, id).await?) {
             (Some(network), Some(slot)) => network
                 .apply_policy(id, &slot, &policy)
                 .await
@@ -224,22 +231,22 @@ pub async fn patch(state: &AppState, id: &str, req: PatchNetworkRequest) -> Resu
             _ => {}
         }
     }
-    save_policy(state, id, &policy)?;
+    save_policy(state, id, &policy).await?;
     vm_event(
         state,
         id,
         "vm.network_updated",
         if policy.outbound_internet { "Egress policy changed: egress open to the allowed destinations" } else { "Egress policy changed: no egress" },
         Some(json!(policy)),
-    );
-    Ok(vms::view(state, &vms::find(state, id)?))
+    ).await;
+    Ok(vms::view(state, &vms::find(state, id).await?).await)
 }
 
 /// The network part of a VM's API view.
-pub fn view(state: &AppState, vm: &VmRecord) -> NetworkView {
-    let policy = policy_of(state, vm).unwrap_or_default();
+pub async fn view(state: &AppState, vm: &VmRecord) -> NetworkView {
+    let policy = policy_of(state, vm).await.unwrap_or_default();
     NetworkView {
-        guest_ip: slot_of(state, &vm.id).ok().flatten().map(|s| s.guest_ip.to_string()),
+        guest_ip: slot_of(state, &vm.id).await.ok().flatten().map(|s| s.guest_ip.to_string()),
         outbound_internet: policy.outbound_internet,
         allow_ips: policy.allow_ips.iter().map(|n| n.to_string()).collect(),
         allow_domains: policy.allow_domains.iter().map(|d| d.to_string()).collect(),
@@ -248,8 +255,8 @@ pub fn view(state: &AppState, vm: &VmRecord) -> NetworkView {
 
 /// At start-up: renews the host-wide claims of every slot this manager's VMs hold (they vanish at
 /// reboot) and releases its claims no VM holds (a crash between claim and record).
-fn reconcile_claims(state: &AppState, network: &Network) {
-    let vms = match state.store.list_vms() {
+async fn reconcile_claims(state: &AppState, network: &Network) {
+    let vms = match state.store.list_vms().await {
         Ok(vms) => vms,
         Err(e) => {
             tracing::warn!(error = %e, "cannot list VMs to renew their address claims");
@@ -258,7 +265,7 @@ fn reconcile_claims(state: &AppState, network: &Network) {
     };
     let mut held = HashSet::new();
     for vm in &vms {
-        let slot = match slot_of(state, &vm.id) {
+        let slot = match slot_of(state, &vm.id).await {
             Ok(Some(slot)) => slot,
             Ok(None) => continue,
             Err(e) => {
@@ -278,7 +285,7 @@ fn reconcile_claims(state: &AppState, network: &Network) {
                         slot.guest_ip
                     );
                     tracing::error!(vm_id = %vm.id, "{message}");
-                    vm_event(state, &vm.id, "vm.network_error", message, None);
+                    vm_event(state, &vm.id, "vm.network_error", message, None).await;
                 } else {
                     tracing::info!(vm_id = %vm.id, %holder, "the VM's addresses were claimed by another manager; it gets new ones at its next start");
                 }
@@ -302,7 +309,7 @@ fn reconcile_claims(state: &AppState, network: &Network) {
 /// set of this installation that no adopted VM owns.
 pub async fn reconcile(state: &AppState, adopted: &[(VmRecord, VmHandle)]) {
     let Some(network) = state.network.get() else { return };
-    reconcile_claims(state, network);
+    reconcile_claims(state, network).await;
     let links: HashSet<String> = match network.links().await {
         Ok(found) => found.into_iter().map(|l| l.name).collect(),
         Err(e) => {
@@ -312,7 +319,7 @@ pub async fn reconcile(state: &AppState, adopted: &[(VmRecord, VmHandle)]) {
     };
     let mut known = HashSet::new();
     for (vm, handle) in adopted {
-        let slot = match slot_of(state, &vm.id) {
+        let slot = match slot_of(state, &vm.id).await {
             Ok(Some(slot)) => slot,
             Ok(None) => continue,
             Err(e) => {
@@ -322,7 +329,7 @@ pub async fn reconcile(state: &AppState, adopted: &[(VmRecord, VmHandle)]) {
         };
         known.insert(vm.id.clone());
         let result = if links.contains(&network.iface_name(&slot)) {
-            match policy_of(state, vm) {
+            match policy_of(state, vm).await {
                 Ok(policy) => network.apply_policy(&vm.id, &slot, &policy).await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             }
@@ -334,7 +341,7 @@ pub async fn reconcile(state: &AppState, adopted: &[(VmRecord, VmHandle)]) {
         };
         if let Err(e) = result {
             tracing::error!(vm_id = %vm.id, error = %e, "cannot restore the VM's network after restart");
-            vm_event(state, &vm.id, "vm.network_error", format!("network not restored after restart: {e}"), None);
+            vm_event(state, &vm.id, "vm.network_error", format!("network not restored after restart: {e}"), None).await;
         }
     }
     match network.remove_orphans(&known).await {

@@ -19,14 +19,14 @@ use rds_peer::manifest::{ManifestError, ModuleLanguage, Provider};
 use rds_peer::mirror::{mirror_from_tar_gz, MirrorLimits};
 use rds_peer::secrets::SecretEnv;
 use rds_proto::{EnvMap, RunRequest, RunResult};
-use rds_store::{now_ms, PeerCallRecord, PeerLinkRecord, VmRecord, VmState};
+use rds_store::{now_ms, PeerCallRecord, PeerLinkRecord, Quota, StoreError, VmRecord, VmState};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::agent::AgentError;
 use crate::error::{chain_of, ResultExt};
-use crate::services::exec::agent_error;
+use crate::services::exec::OrAgentError;
 use crate::services::vms::{find, find_running};
 use crate::views::{PatchPeerLinkRequest, PeerCallView, PeerLinkRequest, PeerLinkView, PeerSyncReport};
 use crate::{ApiError, AppState};
@@ -115,14 +115,14 @@ pub fn redact_value(secrets: &SecretEnv, value: &mut Value) {
 /// `PATCH /v1/vms/{id}/secrets`: replaces a VM's secrets.
 pub async fn set_secrets(state: &AppState, vm_id: &str, entries: &[String]) -> Result<(), ApiError> {
     let _lock = state.vm_locks.lock(vm_id).await;
-    find(state, vm_id)?;
+    find(state, vm_id).await?;
     if entries.is_empty() {
-        state.store.set_vm_secrets(vm_id, None, &[])?;
+        state.store.set_vm_secrets(vm_id, None, &[]).await?;
     } else {
         let (sealed, keys) = seal_secrets(state, entries)?;
-        state.store.set_vm_secrets(vm_id, Some(&sealed), &keys)?;
+        state.store.set_vm_secrets(vm_id, Some(&sealed), &keys).await?;
     }
-    crate::services::events::vm_event(state, vm_id, "vm.secrets_rotated", "secretEnv replaced", None);
+    crate::services::events::vm_event(state, vm_id, "vm.secrets_rotated", "secretEnv replaced", None).await;
     Ok(())
 }
 
@@ -130,7 +130,7 @@ pub async fn set_secrets(state: &AppState, vm_id: &str, entries: &[String]) -> R
 // Links
 
 /// Validates `peerLinks` of a create request; 400s name the entry.
-pub fn validate_links(
+pub async fn validate_links(
     state: &AppState,
     consumer_id: &str,
     links: &[PeerLinkRequest],
@@ -148,7 +148,7 @@ pub fn validate_links(
                 l.alias
             )));
         }
-        check_provider(state, &format!("{field}.vmId"), consumer_id, &l.vm_id)?;
+        check_provider(state, &format!("{field}.vmId"), consumer_id, &l.vm_id).await?;
         out.push(new_link(consumer_id, &l.alias, &l.vm_id, l.source_mode.unwrap_or_default()));
     }
     Ok(out)
@@ -164,11 +164,11 @@ fn check_alias(field: &str, alias: &str) -> Result<(), ApiError> {
     }
 }
 
-fn check_provider(state: &AppState, field: &str, consumer_id: &str, provider_id: &str) -> Result<(), ApiError> {
+async fn check_provider(state: &AppState, field: &str, consumer_id: &str, provider_id: &str) -> Result<(), ApiError> {
     if provider_id == consumer_id {
         return Err(ApiError::BadRequest(format!("invalid field `{field}`: a VM cannot link to itself")));
     }
-    match state.store.get_vm(provider_id)? {
+    match state.store.get_vm(provider_id).await? {
         Some(vm) if vm.state != VmState::Deleted => Ok(()),
         _ => Err(ApiError::BadRequest(format!("invalid field `{field}`: VM {provider_id:?} not found"))),
     }
@@ -203,8 +203,8 @@ fn mode_of(link: &PeerLinkRecord) -> SourceMode {
 }
 
 /// A consumer's links as the API shows them.
-pub fn link_views(state: &AppState, consumer_id: &str) -> Result<Vec<PeerLinkView>, ApiError> {
-    Ok(state.store.list_peer_links(consumer_id)?.iter().map(|l| link_view(state, l)).collect())
+pub async fn link_views(state: &AppState, consumer_id: &str) -> Result<Vec<PeerLinkView>, ApiError> {
+    Ok(state.store.list_peer_links(consumer_id).await?.iter().map(|l| link_view(state, l)).collect())
 }
 
 fn link_view(state: &AppState, l: &PeerLinkRecord) -> PeerLinkView {
@@ -234,12 +234,12 @@ pub async fn set_link(
     check_alias("alias", alias)?;
     {
         let _lock = state.vm_locks.lock(consumer_id).await;
-        find(state, consumer_id)?;
-        let existing = state.store.get_peer_link(consumer_id, alias)?;
+        find(state, consumer_id).await?;
+        let existing = state.store.get_peer_link(consumer_id, alias).await?;
         let link = match (existing, req.vm_id) {
             (Some(mut l), vm_id) => {
                 if let Some(v) = vm_id {
-                    check_provider(state, "vmId", consumer_id, &v)?;
+                    check_provider(state, "vmId", consumer_id, &v).await?;
                     l.provider_vm_id = v;
                 }
                 if let Some(m) = req.source_mode {
@@ -248,10 +248,7 @@ pub async fn set_link(
                 l
             }
             (None, Some(v)) => {
-                if state.store.list_peer_links(consumer_id)?.len() >= MAX_LINKS {
-                    return Err(ApiError::BadRequest(format!("a VM may hold at most {MAX_LINKS} peer links")));
-                }
-                check_provider(state, "vmId", consumer_id, &v)?;
+                check_provider(state, "vmId", consumer_id, &v).await?;
                 new_link(consumer_id, alias, &v, req.source_mode.unwrap_or_default())
             }
             (None, None) => {
@@ -260,9 +257,15 @@ pub async fn set_link(
                 )))
             }
         };
-        state.store.upsert_peer_link(&link)?;
+        // The limit is checked in the store's transaction, so concurrent adds cannot pass it.
+        state.store.put_peer_link(&link, MAX_LINKS as u32).await.map_err(|e| match e {
+            StoreError::QuotaExceeded(Quota::PeerLinks { .. }) => {
+                ApiError::BadRequest(format!("a VM may hold at most {MAX_LINKS} peer links"))
+            }
+            other => other.into(),
+        })?;
     }
-    crate::services::events::vm_event(state, consumer_id, "peer.linked", format!("peer {alias} linked"), None);
+    crate::services::events::vm_event(state, consumer_id, "peer.linked", format!("peer {alias} linked"), None).await;
     resync_if_running(state, consumer_id).await
 }
 
@@ -270,22 +273,22 @@ pub async fn set_link(
 pub async fn delete_link(state: &AppState, consumer_id: &str, alias: &str) -> Result<(), ApiError> {
     {
         let _lock = state.vm_locks.lock(consumer_id).await;
-        find(state, consumer_id)?;
-        if !state.store.delete_peer_link(consumer_id, alias)? {
+        find(state, consumer_id).await?;
+        if !state.store.delete_peer_link(consumer_id, alias).await? {
             return Err(ApiError::NotFound(format!("VM {consumer_id} has no peer {alias:?}")));
         }
     }
-    crate::services::events::vm_event(state, consumer_id, "peer.unlinked", format!("peer {alias} unlinked"), None);
+    crate::services::events::vm_event(state, consumer_id, "peer.unlinked", format!("peer {alias} unlinked"), None).await;
     resync_if_running(state, consumer_id).await.map(|_| ())
 }
 
 async fn resync_if_running(state: &AppState, consumer_id: &str) -> Result<PeerSyncReport, ApiError> {
-    let vm = find(state, consumer_id)?;
+    let vm = find(state, consumer_id).await?;
     if vm.state == VmState::Running {
         let _lock = state.vm_locks.lock(consumer_id).await;
         sync_locked(state, &vm, true).await
     } else {
-        Ok(PeerSyncReport { peers: link_views(state, consumer_id)?, skipped: vec![] })
+        Ok(PeerSyncReport { peers: link_views(state, consumer_id).await?, skipped: vec![] })
     }
 }
 
@@ -303,14 +306,14 @@ pub async fn on_running(state: &AppState, vm: &VmRecord) {
 /// `POST /v1/vms/{id}/peers/sync`.
 pub async fn sync(state: &AppState, consumer_id: &str) -> Result<PeerSyncReport, ApiError> {
     let _lock = state.vm_locks.lock(consumer_id).await;
-    let vm = find_running(state, consumer_id)?;
+    let vm = find_running(state, consumer_id).await?;
     sync_locked(state, &vm, true).await
 }
 
 /// Syncs every link of `vm` (the caller holds its lock). With `strict`, invalid provider
 /// manifests make the call a 400 naming the alias and the field (after the valid ones are written).
 async fn sync_locked(state: &AppState, vm: &VmRecord, strict: bool) -> Result<PeerSyncReport, ApiError> {
-    let links = state.store.list_peer_links(&vm.id)?;
+    let links = state.store.list_peer_links(&vm.id).await?;
     if links.is_empty() {
         state.bridges.close(state, &vm.id);
         return Ok(PeerSyncReport { peers: vec![], skipped: vec![] });
@@ -322,15 +325,15 @@ async fn sync_locked(state: &AppState, vm: &VmRecord, strict: bool) -> Result<Pe
     for link in &links {
         match fetch_provider(state, link).await {
             Ok((manifest_json, provider, mirror)) => {
-                state.store.set_peer_sync(&vm.id, &link.alias, "synced", None, Some(&manifest_json))?;
+                state.store.set_peer_sync(&vm.id, &link.alias, "synced", None, Some(&manifest_json)).await?;
                 skipped.extend(mirror.skipped.iter().map(|s| format!("{}: {s}", link.alias)));
                 synced.push((link.clone(), provider, mirror.files));
             }
             Err(SyncProblem::Unavailable(m)) => {
-                state.store.set_peer_sync(&vm.id, &link.alias, "unavailable", Some(&m), None)?;
+                state.store.set_peer_sync(&vm.id, &link.alias, "unavailable", Some(&m), None).await?;
             }
             Err(SyncProblem::Invalid(m)) => {
-                state.store.set_peer_sync(&vm.id, &link.alias, "invalid", Some(&m), None)?;
+                state.store.set_peer_sync(&vm.id, &link.alias, "invalid", Some(&m), None).await?;
                 invalid.push(format!("peer {}: {m}", link.alias));
             }
             Err(SyncProblem::Failed(e)) => return Err(e),
@@ -351,7 +354,7 @@ async fn sync_locked(state: &AppState, vm: &VmRecord, strict: bool) -> Result<Pe
     if strict && !invalid.is_empty() {
         return Err(ApiError::BadRequest(invalid.join("; ")));
     }
-    Ok(PeerSyncReport { peers: link_views(state, &vm.id)?, skipped })
+    Ok(PeerSyncReport { peers: link_views(state, &vm.id).await?, skipped })
 }
 
 enum SyncProblem {
@@ -380,7 +383,7 @@ async fn fetch_provider(
     state: &AppState,
     link: &PeerLinkRecord,
 ) -> Result<(String, Arc<Provider>, rds_peer::mirror::Mirror), SyncProblem> {
-    let provider_vm = match state.store.get_vm(&link.provider_vm_id)? {
+    let provider_vm = match state.store.get_vm(&link.provider_vm_id).await? {
         Some(p) if p.state == VmState::Running => p,
         Some(p) if p.state != VmState::Deleted => {
             return Err(SyncProblem::Unavailable(format!("provider VM is {}", p.state)))
@@ -452,7 +455,7 @@ async fn write_peers_dir(state: &AppState, vm_id: &str, archive: Vec<u8>) -> Res
         .agent
         .call_streaming(vm_id, request, SYNC_TIMEOUT)
         .await
-        .map_err(|e| agent_error(state, vm_id, e))?;
+        .or_agent_error(state, vm_id).await?;
     // Drain the (small) response so the connection ends cleanly.
     let _ = resp.into_body().collect().await;
     Ok(())
@@ -511,7 +514,7 @@ pub async fn call(state: &AppState, consumer_id: &str, body: &[u8]) -> (StatusCo
     if audit.alias.is_empty() {
         audit.alias = "?".into();
     }
-    if let Err(e) = state.store.insert_peer_call(&audit) {
+    if let Err(e) = state.store.insert_peer_call(&audit).await {
         tracing::warn!(error = %e, "could not record a bridge call");
     }
     (status, payload)
@@ -528,7 +531,7 @@ async fn call_inner(
     audit.export_name = req.export.chars().take(128).collect();
     let link = state
         .store
-        .get_peer_link(consumer_id, &req.alias)?
+        .get_peer_link(consumer_id, &req.alias).await?
         .ok_or_else(|| ApiError::Forbidden(format!("VM {consumer_id} is not linked to a peer {:?}", req.alias)))?;
     audit.provider_vm_id = Some(link.provider_vm_id.clone());
     let bucket: [u8; 32] = Sha256::digest(format!("{consumer_id}/{}", link.alias)).into();
@@ -549,7 +552,7 @@ async fn call_inner(
     provider
         .check_args(&export.name, &req.args)
         .map_err(|v| ApiError::BadRequest(format!("invalid arguments at `{}`: {}", v.pointer, v.message)))?;
-    let provider_vm = match state.store.get_vm(&link.provider_vm_id)? {
+    let provider_vm = match state.store.get_vm(&link.provider_vm_id).await? {
         Some(vm) if vm.state == VmState::Running => vm,
         Some(vm) if vm.state != VmState::Deleted => {
             return Err(ApiError::Conflict(format!("peer {:?}: provider VM is {}", link.alias, vm.state)))
@@ -576,7 +579,7 @@ async fn call_inner(
         }
         Err(e) => {
             let still_running =
-                matches!(state.store.get_vm(&provider_vm.id), Ok(Some(vm)) if vm.state == VmState::Running);
+                matches!(state.store.get_vm(&provider_vm.id).await, Ok(Some(vm)) if vm.state == VmState::Running);
             return Err(if still_running {
                 // Redacted text only: the raw error may hold the provider's secrets.
                 ApiError::agent_msg(format!("provider of peer {:?} failed: {}", link.alias, secrets.redact(&e.to_string())))
@@ -586,7 +589,7 @@ async fn call_inner(
         }
     };
     let failed = result.timed_out || result.error.is_some() || result.exit_code != Some(0);
-    if failed && !matches!(state.store.get_vm(&provider_vm.id), Ok(Some(vm)) if vm.state == VmState::Running) {
+    if failed && !matches!(state.store.get_vm(&provider_vm.id).await, Ok(Some(vm)) if vm.state == VmState::Running) {
         return Err(ApiError::Conflict(format!("peer {:?}: provider VM stopped during the call", link.alias)));
     }
     if result.timed_out {
@@ -640,11 +643,11 @@ fn sanitize(secrets: &SecretEnv, message: &str) -> String {
 }
 
 /// `GET /v1/peer-calls`: the audit log, newest first.
-pub fn list_calls(state: &AppState, vm_id: Option<&str>, limit: Option<u32>) -> Result<Vec<PeerCallView>, ApiError> {
+pub async fn list_calls(state: &AppState, vm_id: Option<&str>, limit: Option<u32>) -> Result<Vec<PeerCallView>, ApiError> {
     let limit = limit.unwrap_or(100).clamp(1, crate::views::MAX_PEER_CALLS_LIMIT);
     Ok(state
         .store
-        .list_peer_calls(vm_id, limit)?
+        .list_peer_calls(vm_id, limit).await?
         .into_iter()
         .map(|c| PeerCallView {
             id: c.id,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::Method;
 use rds_proto::AgentHealth;
 use rds_runtime::{RuntimeError, RuntimeKind, VmHandle, VmSpec};
-use rds_store::{now_ms, VmRecord, VmState};
+use rds_store::{now_ms, NewVm, Quota, SealedSecrets, StoreError, VmLimits, VmRecord, VmState};
 use serde_json::json;
 
 use crate::error::ResultExt;
@@ -24,7 +24,7 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The API view of a record.
-pub fn view(state: &AppState, vm: &VmRecord) -> VmView {
+pub async fn view(state: &AppState, vm: &VmRecord) -> VmView {
     VmView {
         id: vm.id.clone(),
         state: vm.state.as_str().to_string(),
@@ -38,23 +38,23 @@ pub fn view(state: &AppState, vm: &VmRecord) -> VmView {
         isolation: state.runtime.isolation().to_string(),
         created_at: vm.created_at,
         updated_at: vm.updated_at,
-        secret_env_keys: state.store.vm_secret_keys(&vm.id).unwrap_or_default(),
-        peer_links: peers::link_views(state, &vm.id).unwrap_or_default(),
-        network: network::view(state, vm),
+        secret_env_keys: state.store.vm_secret_keys(&vm.id).await.unwrap_or_default(),
+        peer_links: peers::link_views(state, &vm.id).await.unwrap_or_default(),
+        network: network::view(state, vm).await,
     }
 }
 
 /// A VM that exists and is not deleted, else 404.
-pub fn find(state: &AppState, id: &str) -> Result<VmRecord, ApiError> {
-    match state.store.get_vm(id)? {
+pub async fn find(state: &AppState, id: &str) -> Result<VmRecord, ApiError> {
+    match state.store.get_vm(id).await? {
         Some(vm) if vm.state != VmState::Deleted => Ok(vm),
         _ => Err(ApiError::NotFound(format!("VM {id} not found"))),
     }
 }
 
 /// A VM that is RUNNING, else 404/409.
-pub fn find_running(state: &AppState, id: &str) -> Result<VmRecord, ApiError> {
-    let vm = find(state, id)?;
+pub async fn find_running(state: &AppState, id: &str) -> Result<VmRecord, ApiError> {
+    let vm = find(state, id).await?;
     if vm.state != VmState::Running {
         return Err(ApiError::Conflict(format!(
             "VM {id} is {}; it must be RUNNING",
@@ -65,13 +65,12 @@ pub fn find_running(state: &AppState, id: &str) -> Result<VmRecord, ApiError> {
 }
 
 /// Lists VMs that are not deleted.
-pub fn list(state: &AppState) -> Result<Vec<VmView>, ApiError> {
-    Ok(state
-        .store
-        .list_vms()?
-        .iter()
-        .map(|vm| view(state, vm))
-        .collect())
+pub async fn list(state: &AppState) -> Result<Vec<VmView>, ApiError> {
+    let mut views = Vec::new();
+    for vm in state.store.list_vms().await? {
+        views.push(view(state, &vm).await);
+    }
+    Ok(views)
 }
 
 /// Validates the request against the limits; quotas answer 429 naming the field and limit.
@@ -110,8 +109,9 @@ fn validate(state: &AppState, req: &CreateVmRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Creates and boots a VM; returns it RUNNING, ready for exec. Any failure leaves nothing behind
-/// but an ERROR record with the reason.
+/// Creates and boots a VM; returns it RUNNING, ready for exec. A refused create (quota, image,
+/// no free address) leaves no record; a later failure leaves nothing behind but an ERROR record
+/// with the reason.
 pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, ApiError> {
     validate(state, &req)?;
     let policy = network::policy_from_request(
@@ -125,7 +125,7 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
         Some(entries) if !entries.is_empty() => Some(peers::seal_secrets(state, entries)?),
         _ => None,
     };
-    let links = peers::validate_links(state, &id, req.peer_links.as_deref().unwrap_or_default())?;
+    let links = peers::validate_links(state, &id, req.peer_links.as_deref().unwrap_or_default()).await?;
     let now = now_ms();
     let mut record = VmRecord {
         id: id.clone(),
@@ -147,33 +147,31 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
     };
     let _lock = state.vm_locks.lock(&id).await;
     {
+        // Only spares this manager's creates from waiting on each other in the database: the
+        // store checks MAX_VMS and picks the slot in the transaction that writes the VM, which
+        // holds across managers sharing the database too.
         let _gate = state.create_gate.lock().await;
-        let live = state.store.count_live_vms()?;
-        if live >= state.config.max_vms {
-            return Err(ApiError::Quota(format!(
-                "VM quota exceeded: MAX_VMS={}",
-                state.config.max_vms
-            )));
-        }
-        // Resolved under the gate: image deletion takes it too, so the image cannot vanish
-        // between this check and the VM row that pins it.
-        record.image_id = images::image_for_new_vm(state, req.image_id.as_deref())?;
-        require_root_image(state, record.image_id.as_deref())?;
-        state.store.insert_vm(&record)?;
-        let attached = (|| {
-            network::save_policy(state, &id, &policy)?;
-            network::allocate_slot(state, &id)?;
-            if let Some((sealed, keys)) = &secrets {
-                state.store.set_vm_secrets(&id, Some(sealed), keys)?;
+        record.image_id = images::image_for_new_vm(state, req.image_id.as_deref()).await?;
+        require_root_image(state, record.image_id.as_deref()).await?;
+        let new = NewVm {
+            record: record.clone(),
+            egress_policy_json: Some(network::policy_json(&policy)?),
+            secrets: secrets.map(|(ciphertext, keys)| SealedSecrets { ciphertext, keys }),
+            links,
+            net: network::slot_request(state),
+        };
+        let limits = VmLimits { max_vms: state.config.max_vms };
+        state.store.create_vm(&new, &limits).await.map_err(|e| match e {
+            StoreError::QuotaExceeded(Quota::Vms { max }) => {
+                ApiError::Quota(format!("VM quota exceeded: MAX_VMS={max}"))
             }
-            for link in &links {
-                state.store.upsert_peer_link(link)?;
-            }
-            Ok::<_, ApiError>(())
-        })();
-        if let Err(e) = attached {
+            StoreError::QuotaExceeded(Quota::NetSlots { .. }) => network::no_free_slot(state),
+            other => other.into(),
+        })?;
+        // Claims the slot host-wide (or moves the VM to one no other installation claimed).
+        if let Err(e) = network::allocate_slot(state, &id).await {
             // The record exists: leave it in ERROR with the reason rather than CREATING forever.
-            transition(state, &id, VmState::Creating, VmState::Error, Some(&format!("create failed: {e}")))?;
+            transition(state, &id, VmState::Creating, VmState::Error, Some(&format!("create failed: {e}"))).await?;
             return Err(e);
         }
     }
@@ -185,7 +183,7 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
         Some(
             json!({"cpu": record.cpu, "memMb": record.mem_mb, "outboundInternet": record.outbound_internet}),
         ),
-    );
+    ).await;
     let handle = match boot(state, &record).await {
         Ok(handle) => handle,
         Err(e) => {
@@ -194,23 +192,23 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
                 tracing::warn!(vm_id = %id, error = %d, "cleanup after a failed create failed");
             }
             network::detach(state, &id).await;
-            state.store.set_vm_handle(&id, None)?;
-            transition(state, &id, VmState::Creating, VmState::Error, Some(&reason))?;
+            state.store.set_vm_handle(&id, None).await?;
+            transition(state, &id, VmState::Creating, VmState::Error, Some(&reason)).await?;
             return Err(e);
         }
     };
-    transition(state, &id, VmState::Creating, VmState::Running, None)?;
+    transition(state, &id, VmState::Creating, VmState::Running, None).await?;
     liveness::watch(state, &id, &handle);
-    vm_event(state, &id, "vm.started", "VM started", None);
-    let vm = find(state, &id)?;
+    vm_event(state, &id, "vm.started", "VM started", None).await;
+    let vm = find(state, &id).await?;
     peers::on_running(state, &vm).await;
-    Ok(view(state, &vm))
+    Ok(view(state, &vm).await)
 }
 
 /// Refuses a VM that would have no image root: the sandbox never runs user code over the host's
 /// root unless the operator chose that (`RDS_SANDBOX_ROOT=host`).
-fn require_root_image(state: &AppState, image_id: Option<&str>) -> Result<(), ApiError> {
-    let no_root = images::boot_files(state, image_id)?.rootfs.is_none();
+async fn require_root_image(state: &AppState, image_id: Option<&str>) -> Result<(), ApiError> {
+    let no_root = images::boot_files(state, image_id).await?.rootfs.is_none();
     if no_root && state.runtime.kind() == RuntimeKind::Sandbox && !state.config.sandbox_host_root {
         return Err(ApiError::Conflict(
             "no guest image: register one (`rds image build --register --set-default`, or scripts/run does it) \
@@ -223,7 +221,7 @@ fn require_root_image(state: &AppState, image_id: Option<&str>) -> Result<(), Ap
 
 /// Starts the runtime VM, persists its handle and waits for the agent's health.
 async fn boot(state: &AppState, vm: &VmRecord) -> Result<VmHandle, ApiError> {
-    let files = images::boot_files(state, vm.image_id.as_deref())?;
+    let files = images::boot_files(state, vm.image_id.as_deref()).await?;
     let spec = VmSpec {
         id: vm.id.clone(),
         cpu: vm.cpu,
@@ -237,7 +235,7 @@ async fn boot(state: &AppState, vm: &VmRecord) -> Result<VmHandle, ApiError> {
     };
     let handle = state.runtime.start(&spec).await.map_err(runtime_error)?;
     let json = serde_json::to_string(&handle).context("encoding the runtime handle")?;
-    state.store.set_vm_handle(&vm.id, Some(&json))?;
+    state.store.set_vm_handle(&vm.id, Some(&json)).await?;
     network::after_start(state, vm, &handle).await?;
     state
         .agent
@@ -250,40 +248,40 @@ async fn boot(state: &AppState, vm: &VmRecord) -> Result<VmHandle, ApiError> {
 /// Starts a STOPPED (or ERROR) VM; its `/workspace` is kept. A failed start returns it to STOPPED.
 pub async fn start(state: &AppState, id: &str) -> Result<(), ApiError> {
     let _lock = state.vm_locks.lock(id).await;
-    let vm = find(state, id)?;
+    let vm = find(state, id).await?;
     lifecycle::check(vm.state, VmState::Starting).map_err(|_| {
         ApiError::Conflict(format!(
             "VM {id} is {}; only a STOPPED or ERROR VM can be started",
             vm.state
         ))
     })?;
-    transition(state, id, vm.state, VmState::Starting, None)?;
+    transition(state, id, vm.state, VmState::Starting, None).await?;
     // A VM created while networking was off gets its addresses now.
     let slot = {
         let _gate = state.create_gate.lock().await;
-        network::allocate_slot(state, id)
+        network::allocate_slot(state, id).await
     };
     match async { slot?; boot(state, &vm).await }.await {
         Ok(handle) => {
-            transition(state, id, VmState::Starting, VmState::Running, None)?;
+            transition(state, id, VmState::Starting, VmState::Running, None).await?;
             liveness::watch(state, id, &handle);
-            vm_event(state, id, "vm.started", "VM started", None);
-            peers::on_running(state, &find(state, id)?).await;
+            vm_event(state, id, "vm.started", "VM started", None).await;
+            peers::on_running(state, &find(state, id).await?).await;
             Ok(())
         }
         Err(e) => {
-            if let Some(h) = current_handle(state, id)? {
+            if let Some(h) = current_handle(state, id).await? {
                 let _ = state.runtime.stop(id, &h).await;
             }
             network::detach(state, id).await;
-            state.store.set_vm_handle(id, None)?;
+            state.store.set_vm_handle(id, None).await?;
             transition(
                 state,
                 id,
                 VmState::Starting,
                 VmState::Stopped,
                 Some(&format!("start failed: {e}")),
-            )?;
+            ).await?;
             Err(e)
         }
     }
@@ -292,14 +290,14 @@ pub async fn start(state: &AppState, id: &str) -> Result<(), ApiError> {
 /// Stops a RUNNING VM: asks the agent to shut down, then the runtime stops what remains.
 pub async fn stop(state: &AppState, id: &str) -> Result<(), ApiError> {
     let _lock = state.vm_locks.lock(id).await;
-    let vm = find(state, id)?;
+    let vm = find(state, id).await?;
     lifecycle::check(vm.state, VmState::Stopping).map_err(|_| {
         ApiError::Conflict(format!(
             "VM {id} is {}; only a RUNNING VM can be stopped",
             vm.state
         ))
     })?;
-    transition(state, id, vm.state, VmState::Stopping, None)?;
+    transition(state, id, vm.state, VmState::Stopping, None).await?;
     state.bridges.close(state, id);
     // Best effort: lets the guest sync and exit cleanly; the runtime forces what is left.
     let _ = state
@@ -312,16 +310,16 @@ pub async fn stop(state: &AppState, id: &str) -> Result<(), ApiError> {
         None => Ok(()),
     };
     network::detach(state, id).await;
-    state.store.set_vm_handle(id, None)?;
+    state.store.set_vm_handle(id, None).await?;
     match result {
         Ok(()) => {
-            transition(state, id, VmState::Stopping, VmState::Stopped, None)?;
-            vm_event(state, id, "vm.stopped", "VM stopped", None);
+            transition(state, id, VmState::Stopping, VmState::Stopped, None).await?;
+            vm_event(state, id, "vm.stopped", "VM stopped", None).await;
             Ok(())
         }
         Err(e) => {
             let reason = format!("stop failed: {e}");
-            transition(state, id, VmState::Stopping, VmState::Error, Some(&reason))?;
+            transition(state, id, VmState::Stopping, VmState::Error, Some(&reason)).await?;
             Err(runtime_error(e))
         }
     }
@@ -332,9 +330,9 @@ pub async fn stop(state: &AppState, id: &str) -> Result<(), ApiError> {
 /// VM back; a failed delete stays DELETING with the reason and can be retried.
 pub async fn delete(state: &AppState, id: &str) -> Result<(), ApiError> {
     let lock = state.vm_locks.lock(id).await;
-    let vm = find(state, id)?;
+    let vm = find(state, id).await?;
     if vm.state != VmState::Deleting {
-        transition(state, id, vm.state, VmState::Deleting, None)?;
+        transition(state, id, vm.state, VmState::Deleting, None).await?;
     }
     finish_delete(state, &vm).await?;
     drop(lock);
@@ -350,22 +348,23 @@ pub async fn finish_delete(state: &AppState, vm: &VmRecord) -> Result<(), ApiErr
     let handle = parse_handle(vm);
     if let Err(e) = state.runtime.destroy(id, handle.as_ref()).await {
         let reason = format!("delete failed (retry the delete): {e}");
-        state.store.set_vm_state(id, VmState::Deleting, Some(&reason))?;
-        vm_event(state, id, "vm.error", reason, None);
+        state.store.set_vm_state(id, VmState::Deleting, Some(&reason)).await?;
+        vm_event(state, id, "vm.error", reason, None).await;
         return Err(runtime_error(e));
     }
     network::detach(state, id).await;
-    network::free_slot(state, id)?;
-    state.store.set_vm_handle(id, None)?;
-    state.store.delete_peer_links_of(id)?;
-    state.store.set_vm_secrets(id, None, &[])?;
-    transition(state, id, VmState::Deleting, VmState::Deleted, None)?;
-    vm_event(state, id, "vm.deleted", "VM deleted", None);
+    let slot = network::slot_of(state, id).await?;
+    lifecycle::check(VmState::Deleting, VmState::Deleted).map_err(|e| ApiError::Conflict(e.to_string()))?;
+    // One transaction: the tombstone never keeps a slot, secrets or links, and they never
+    // vanish from a VM that is not DELETED.
+    state.store.finish_vm_delete(id).await?;
+    network::release_claim(state, id, slot);
+    vm_event(state, id, "vm.deleted", "VM deleted", None).await;
     Ok(())
 }
 
 /// Moves a VM from `from` to `to` if the state machine allows it, and records it.
-pub fn transition(
+pub async fn transition(
     state: &AppState,
     id: &str,
     from: VmState,
@@ -375,7 +374,7 @@ pub fn transition(
     if from != to {
         lifecycle::check(from, to).map_err(|e| ApiError::Conflict(e.to_string()))?;
     }
-    state.store.set_vm_state(id, to, reason)?;
+    state.store.set_vm_state(id, to, reason).await?;
     if to == VmState::Error {
         vm_event(
             state,
@@ -383,7 +382,7 @@ pub fn transition(
             "vm.error",
             reason.unwrap_or("VM failed").to_string(),
             None,
-        );
+        ).await;
     }
     Ok(())
 }
@@ -395,8 +394,8 @@ pub fn parse_handle(vm: &VmRecord) -> Option<VmHandle> {
         .and_then(|j| serde_json::from_str(j).ok())
 }
 
-fn current_handle(state: &AppState, id: &str) -> Result<Option<VmHandle>, ApiError> {
-    Ok(state.store.get_vm(id)?.as_ref().and_then(parse_handle))
+async fn current_handle(state: &AppState, id: &str) -> Result<Option<VmHandle>, ApiError> {
+    Ok(state.store.get_vm(id).await?.as_ref().and_then(parse_handle))
 }
 
 /// Maps runtime failures onto API errors (501 for unsupported, 400 for bad specs), keeping the
