@@ -5,12 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
-use rds_proto::{ExecResult, AGENT_VSOCK_PORT};
+use anyhow::Context;
+use rds_agent_client::AgentClient;
+use rds_proto::{ExecRequest, AGENT_VSOCK_PORT};
 
 /// `rds-agent bench` flags.
 #[derive(Debug, clap::Args)]
@@ -69,23 +66,25 @@ fn bench(bin: &Path, dir: &Path, calls: usize) -> anyhow::Result<()> {
     let pid = agent.0.id();
     let rss_start = vm_rss_kib(pid)?;
 
-    let body = Bytes::from_static(br#"{"cmd":"true"}"#);
+    let request = ExecRequest { cmd: "true".into(), ..ExecRequest::default() };
     let (per_connection, keep_alive) = runtime.block_on(async {
         // Warm-up, so page-ins and first-use costs are not measured.
         for _ in 0..20 {
-            exec_new_connection(&socket, body.clone()).await?;
+            exec_new_connection(&socket, &request).await?;
         }
         let mut per_connection = Vec::with_capacity(calls);
         for _ in 0..calls {
             let start = Instant::now();
-            exec_new_connection(&socket, body.clone()).await?;
+            exec_new_connection(&socket, &request).await?;
             per_connection.push(start.elapsed());
         }
-        let mut sender = open(&socket).await?;
+        // One connection, opened by an untimed first call.
+        let agent = AgentClient::hybrid_vsock(&socket);
+        exec(&agent, &request).await?;
         let mut keep_alive = Vec::with_capacity(calls);
         for _ in 0..calls {
             let start = Instant::now();
-            exec(&mut sender, body.clone()).await?;
+            exec(&agent, &request).await?;
             keep_alive.push(start.elapsed());
         }
         anyhow::Ok((per_connection, keep_alive))
@@ -162,31 +161,15 @@ impl Drop for AgentProcess {
     }
 }
 
-async fn open(socket: &Path) -> anyhow::Result<http1::SendRequest<Full<Bytes>>> {
-    let stream = rds_vsock::connect(socket, AGENT_VSOCK_PORT, Duration::from_secs(5)).await?;
-    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    Ok(sender)
+/// Most an exec of `true` may take before the bench gives up.
+const CALL_LIMIT: Duration = Duration::from_secs(30);
+
+async fn exec_new_connection(socket: &Path, request: &ExecRequest) -> anyhow::Result<()> {
+    exec(&AgentClient::hybrid_vsock(socket).max_idle(0), request).await
 }
 
-async fn exec_new_connection(socket: &Path, body: Bytes) -> anyhow::Result<()> {
-    let mut sender = open(socket).await?;
-    exec(&mut sender, body).await
-}
-
-async fn exec(sender: &mut http1::SendRequest<Full<Bytes>>, body: Bytes) -> anyhow::Result<()> {
-    sender.ready().await?;
-    let request = http::Request::post("/exec")
-        .header(http::header::HOST, "agent")
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(body))?;
-    let response = sender.send_request(request).await?;
-    let status = response.status();
-    let bytes = response.into_body().collect().await?.to_bytes();
-    if !status.is_success() {
-        bail!("exec answered {status}: {}", String::from_utf8_lossy(&bytes));
-    }
-    let result: ExecResult = serde_json::from_slice(&bytes)?;
+async fn exec(agent: &AgentClient, request: &ExecRequest) -> anyhow::Result<()> {
+    let result = agent.exec(request, CALL_LIMIT).await.context("exec")?;
     anyhow::ensure!(result.exit_code == Some(0), "`true` did not exit 0: {result:?}");
     Ok(())
 }

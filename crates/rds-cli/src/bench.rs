@@ -7,8 +7,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 
 /// Flags of `rds bench`.
@@ -179,34 +177,18 @@ fn direct_execs(socket: &Path, n: usize) -> anyhow::Result<Vec<f64>> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let stream =
-            rds_vsock::connect(socket, rds_proto::AGENT_VSOCK_PORT, Duration::from_secs(5))
-                .await
-                .with_context(|| format!("connecting to {}", socket.display()))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
-        let body = serde_json::to_vec(&json!({"cmd": "true"}))?;
+        let agent = rds_agent_client::AgentClient::hybrid_vsock(socket);
+        let request = rds_proto::ExecRequest { cmd: "true".into(), ..Default::default() };
         let mut out = Vec::with_capacity(n);
         for _ in 0..n + 1 {
-            let req = hyper::Request::post("/exec")
-                .header("host", "agent")
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(body.clone())))?;
             let t0 = Instant::now();
-            sender.ready().await?;
-            let resp = sender.send_request(req).await?;
-            let status = resp.status();
-            let bytes = resp.into_body().collect().await?.to_bytes();
-            if !status.is_success() {
-                bail!(
-                    "agent answered {status}: {}",
-                    String::from_utf8_lossy(&bytes)
-                );
-            }
+            agent
+                .exec(&request, Duration::from_secs(60))
+                .await
+                .with_context(|| format!("exec through {}", socket.display()))?;
             out.push(ms(t0.elapsed()));
         }
-        out.remove(0); // first call warms the connection
+        out.remove(0); // first call opens the connection
         Ok(out)
     })
 }

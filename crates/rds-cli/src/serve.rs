@@ -36,7 +36,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         println!(
             "rds listening on http://{addr} (runtime {}, isolation {})",
             prepared.state.runtime.kind().as_str(),
-            prepared.state.runtime.isolation()
+            prepared.state.runtime.isolation().as_str()
         );
         match &prepared.key_notice {
             KeyNotice::FromEnv => println!("API key: from the API_KEY environment variable"),

@@ -211,7 +211,7 @@ impl Config {
         }
         let max_disk_mb: u32 = positive(&get, "MAX_DISK_MB", 10_240)?;
         let default_disk_mb: u32 = positive(&get, "DEFAULT_DISK_MB", rds_runtime::DEFAULT_DISK_MB)?;
-        let min_disk = rds_runtime::sandbox::MIN_DISK_MB;
+        let min_disk = rds_runtime::MIN_DISK_MB;
         if default_disk_mb < min_disk || default_disk_mb > max_disk_mb {
             return Err(ConfigError {
                 var: "DEFAULT_DISK_MB",

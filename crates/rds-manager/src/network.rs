@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use rds_net::{AddressPool, InstallationId, Network, NetworkConfig, DEFAULT_VM_CIDR};
-use rds_runtime::RuntimeKind;
+use rds_runtime::Runtime;
 
 use crate::config::ConfigError;
 use crate::ApiError;
@@ -107,7 +107,7 @@ impl VmNetworking {
     /// `installation`, and logs the outcome.
     pub async fn start(
         settings: &NetworkSettings,
-        runtime: RuntimeKind,
+        runtime: &dyn Runtime,
         installation: &InstallationId,
     ) -> Result<Self, NetworkUnavailable> {
         if settings.mode == NetworkMode::Off {
@@ -134,11 +134,11 @@ impl VmNetworking {
 
     async fn try_start(
         settings: &NetworkSettings,
-        runtime: RuntimeKind,
+        runtime: &dyn Runtime,
         installation: &InstallationId,
     ) -> Result<Network, String> {
-        if !matches!(runtime, RuntimeKind::Sandbox | RuntimeKind::Qemu) {
-            return Err(format!("the {runtime} runtime has no network integration yet"));
+        if !runtime.capabilities().network {
+            return Err(format!("the {} runtime has no network integration yet", runtime.kind()));
         }
         if !is_root() {
             return Err("it needs root (CAP_NET_ADMIN)".into());

@@ -1,128 +1,92 @@
-//! Choosing the runtime at start-up. Firecracker plugs in here when it exists.
+//! Choosing the runtime at start-up: one line per runtime in [`RUNTIMES`]; everything else about a
+//! runtime is asked of its module.
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use rds_runtime::qemu::{AccelChoice, QemuConfig, QemuRuntime};
-use rds_runtime::sandbox::{SandboxConfig, SandboxRuntime};
 use rds_net::InstallationId;
-use rds_runtime::Runtime;
+use rds_runtime::{DefaultImage, Runtime, RuntimeEntry, RuntimeKind, RuntimeSettings};
 
-use crate::config::{ConfigError, GuestImage, RuntimeChoice};
+use crate::config::{ConfigError, RuntimeChoice};
 use crate::Config;
 
-/// Tasks allowed per sandbox VM.
-const SANDBOX_PIDS_MAX: u64 = 512;
+/// The runtimes this build has, in the order `RDS_RUNTIME=auto` tries them.
+const RUNTIMES: &[RuntimeEntry] = &[rds_runtime::qemu::ENTRY, rds_runtime::sandbox::ENTRY];
 
-/// How long a QEMU VM may take to boot (TCG emulation is slow).
-const QEMU_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Builds the runtime `RDS_RUNTIME` asks for; `auto` picks qemu when a guest image is configured,
-/// QEMU + vhost-device-vsock are installed and KVM can boot ordinary guests, else sandbox (an
-/// image alone never moves `auto` onto TCG emulation: `RDS_RUNTIME=qemu` asks for that). Asking
-/// explicitly for an unavailable runtime is an error. Host resources are named after `installation`.
+/// Builds the runtime `RDS_RUNTIME` asks for; `auto` takes the first of [`RUNTIMES`] that wants
+/// this host and builds (qemu with a guest image and a KVM that boots ordinary guests, else the
+/// sandbox). Asking explicitly for an unavailable runtime is an error. Host resources are named
+/// after `installation`.
 pub fn select(config: &Config, installation: &InstallationId) -> Result<Arc<dyn Runtime>, ConfigError> {
-    match config.runtime {
-        RuntimeChoice::Sandbox => sandbox(config, installation),
-        RuntimeChoice::Qemu => {
-            let Some(image) = &config.guest_image else {
-                return Err(ConfigError {
-                    var: "RDS_IMAGE_DIR",
-                    message: "RDS_RUNTIME=qemu needs a guest image: set RDS_IMAGE_DIR (from `rds image build`) \
-                              or KERNEL_PATH, INITRD_PATH and BASE_ROOTFS_PATH"
-                        .into(),
-                });
-            };
-            qemu(config, image)
-        }
-        RuntimeChoice::Auto => match &config.guest_image {
-            // Without an image there is nothing for a VM to boot: the sandbox is the default.
-            None => sandbox(config, installation),
-            Some(_) if !kvm_boots_guests() => {
-                tracing::info!("no KVM that boots ordinary guests here: using the sandbox runtime (RDS_RUNTIME=qemu runs qemu under TCG emulation)");
-                sandbox(config, installation)
-            }
-            Some(image) => qemu(config, image).or_else(|e| {
-                tracing::info!("not using qemu ({e}); falling back to the sandbox runtime");
-                sandbox(config, installation)
-            }),
-        },
-        RuntimeChoice::Firecracker => Err(ConfigError {
-            var: "RDS_RUNTIME",
-            message: "this build has no firecracker runtime yet; use auto, qemu or sandbox".into(),
-        }),
-    }
-}
-
-/// Whether `/dev/kvm` is backed by a hardware-virtualisation module (kvm_intel, kvm_amd) that runs
-/// ordinary guest kernels. Paravirtual KVM flavours (e.g. `kvm_pvm`, found on hosts that are
-/// themselves VMs) run only guests built for them.
-fn kvm_boots_guests() -> bool {
-    std::path::Path::new("/dev/kvm").exists()
-        && ["kvm_intel", "kvm_amd"].iter().any(|m| std::path::Path::new("/sys/module").join(m).exists())
-}
-
-fn qemu(config: &Config, image: &GuestImage) -> Result<Arc<dyn Runtime>, ConfigError> {
-    let runtime = QemuRuntime::new(QemuConfig {
-        storage_root: config.storage_root.clone(),
-        qemu_bin: PathBuf::from("qemu-system-x86_64"),
-        vsock_backend_bin: PathBuf::from("vhost-device-vsock"),
-        kernel: image.kernel.clone(),
-        initrd: image.initrd.clone(),
-        base_rootfs: image.base_rootfs.clone(),
-        accel: AccelChoice::Auto,
-        boot_timeout: QEMU_BOOT_TIMEOUT,
-    })
-    .map_err(|e| ConfigError {
-        var: "RDS_RUNTIME",
-        message: format!("the qemu runtime is unavailable: {e}"),
-    })?;
-    let runtime = Arc::new(runtime);
-    // The KVM probe boots a kernel (up to seconds); run it now rather than in the first create.
-    if let Ok(handle) = tokio::runtime::Handle::try_current() {
-        let probing = runtime.clone();
-        handle.spawn(async move {
-            let accel = probing.accel().await;
-            tracing::info!(accel = accel.as_str(), "qemu accelerator chosen");
-        });
-    }
-    Ok(runtime)
-}
-
-fn sandbox(config: &Config, installation: &InstallationId) -> Result<Arc<dyn Runtime>, ConfigError> {
-    if !config.agent_bin.is_file() {
+    let settings = settings(config, installation);
+    let kind = match config.runtime {
+        RuntimeChoice::Auto => return auto(&settings),
+        RuntimeChoice::Sandbox => RuntimeKind::Sandbox,
+        RuntimeChoice::Qemu => RuntimeKind::Qemu,
+        RuntimeChoice::Firecracker => RuntimeKind::Firecracker,
+    };
+    let Some(entry) = RUNTIMES.iter().find(|e| e.kind == kind) else {
         return Err(ConfigError {
-            var: "RDS_AGENT_BIN",
-            message: format!(
-                "{} is not a file; build rds-agent or point RDS_AGENT_BIN at it",
-                config.agent_bin.display()
-            ),
+            var: "RDS_RUNTIME",
+            message: format!("this build has no {kind} runtime yet; use auto or one of {}", names()),
         });
+    };
+    build(entry, &settings)
+}
+
+/// The first runtime that wants this host and builds; the last one's failure is the error.
+fn auto(settings: &RuntimeSettings) -> Result<Arc<dyn Runtime>, ConfigError> {
+    let (last, preferred) = RUNTIMES.split_last().expect("at least one runtime");
+    for entry in preferred {
+        match (entry.auto)(settings) {
+            Err(reason) => tracing::info!("not using {}: {reason}", entry.kind),
+            Ok(()) => match build(entry, settings) {
+                Ok(runtime) => return Ok(runtime),
+                Err(e) => tracing::info!("not using {} ({e}); falling back", entry.kind),
+            },
+        }
     }
-    let cgroup_group =
-        config.cgroup_group.clone().unwrap_or_else(|| crate::installation::default_cgroup_group(installation));
-    tracing::info!(%cgroup_group, "sandbox cgroups go under this parent group");
-    let runtime = SandboxRuntime::with_cgroup_group(
-        SandboxConfig {
-            storage_root: config.storage_root.clone(),
-            agent_bin: config.agent_bin.clone(),
-            pids_max: SANDBOX_PIDS_MAX,
-            // The database and every VM directory live here; no sandbox may see them.
-            hide_paths: vec![config.storage_root.clone()],
-            host_root: config.sandbox_host_root,
-        },
-        &cgroup_group,
-    )
-    .map_err(|e| ConfigError {
-        var: "RDS_RUNTIME",
-        message: format!("the sandbox runtime is unavailable: {e}"),
-    })?;
-    if config.sandbox_host_root {
-        tracing::warn!(
-            "RDS_SANDBOX_ROOT=host: sandbox VMs without an image see the HOST's root filesystem \
-             (read-only). For development only; never expose this manager to untrusted code"
-        );
+    build(last, settings)
+}
+
+fn build(entry: &RuntimeEntry, settings: &RuntimeSettings) -> Result<Arc<dyn Runtime>, ConfigError> {
+    (entry.build)(settings).map_err(|e| ConfigError {
+        var: e.setting(),
+        message: format!("the {} runtime is unavailable: {e}", entry.kind),
+    })
+}
+
+/// What a runtime may need from the manager's configuration.
+fn settings(config: &Config, installation: &InstallationId) -> RuntimeSettings {
+    RuntimeSettings {
+        storage_root: config.storage_root.clone(),
+        agent_bin: config.agent_bin.clone(),
+        image: config.guest_image.as_ref().map(|image| DefaultImage {
+            kernel: image.kernel.clone(),
+            initrd: image.initrd.clone(),
+            rootfs: image.base_rootfs.clone(),
+        }),
+        cgroup_group: config
+            .cgroup_group
+            .clone()
+            .unwrap_or_else(|| crate::installation::default_cgroup_group(installation)),
+        sandbox_host_root: config.sandbox_host_root,
     }
-    Ok(Arc::new(runtime))
+}
+
+/// The names of [`RUNTIMES`], for messages.
+fn names() -> String {
+    RUNTIMES.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_runtime_is_listed_once_and_the_sandbox_is_the_last_resort() {
+        let kinds: Vec<RuntimeKind> = RUNTIMES.iter().map(|e| e.kind).collect();
+        let unique: std::collections::HashSet<RuntimeKind> = kinds.iter().copied().collect();
+        assert_eq!(unique.len(), kinds.len(), "{kinds:?}");
+        assert_eq!(kinds.last(), Some(&RuntimeKind::Sandbox), "auto falls back to what needs no image");
+    }
 }

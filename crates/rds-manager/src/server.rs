@@ -96,7 +96,7 @@ async fn prepare_with(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Listen { addr, source })?;
-    let networking = crate::network::VmNetworking::start(&config.network, runtime.kind(), &installation).await?;
+    let networking = crate::network::VmNetworking::start(&config.network, runtime.as_ref(), &installation).await?;
     let state =
         AppState::new(config, store, runtime, keys, host_capabilities()).with_installation(installation).with_network(networking);
     let reconciled = reconcile(&state).await?;

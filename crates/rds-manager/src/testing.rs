@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use rds_agent::server::AgentConfig;
 use rds_proto::AGENT_VSOCK_PORT;
-use rds_runtime::{Liveness, Runtime, RuntimeError, RuntimeKind, VmHandle, VmSpec};
+use rds_runtime::{BootNeeds, Capabilities, Isolation, Liveness, RootfsForm, Runtime, RuntimeError, RuntimeKind, VmHandle, VmSpec};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -53,12 +53,22 @@ impl Runtime for InProcessRuntime {
         RuntimeKind::Sandbox
     }
 
-    fn isolation(&self) -> &'static str {
-        "none (in-process test runtime)"
+    fn isolation(&self) -> Isolation {
+        Isolation::None
     }
 
     fn link_kind(&self) -> rds_runtime::LinkKind {
         rds_runtime::LinkKind::Veth
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        // Its agents share the test's network namespace: there is no link to give them.
+        Capabilities { snapshots: false, pause: false, network: false }
+    }
+
+    fn boot_needs(&self) -> BootNeeds {
+        // The agent serves the host's filesystem; an image is recorded but never booted.
+        BootNeeds { kernels: &[], initrd: false, rootfs: RootfsForm::Ext4FileOrDirectory, default_root: true }
     }
 
     async fn start(&self, spec: &VmSpec) -> Result<VmHandle, RuntimeError> {

@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 /// Smallest `memMb` a VM can boot with.
 pub const MIN_MEM_MB: u32 = 32;
 /// Smallest `diskSizeMb`.
-pub const MIN_DISK_MB: u32 = rds_runtime::sandbox::MIN_DISK_MB;
+pub const MIN_DISK_MB: u32 = rds_runtime::MIN_DISK_MB;
 /// Most `peerLinks` a consumer may hold.
 pub const MAX_PEER_LINKS: usize = 32;
 /// Longest image `name`, in characters.

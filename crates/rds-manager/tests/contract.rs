@@ -229,7 +229,7 @@ async fn health_is_public_and_reports_runtime_capabilities_and_installation() {
     assert_eq!(body["status"], "ok");
     assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(body["runtime"], "sandbox");
-    assert_eq!(body["isolation"], "none (in-process test runtime)");
+    assert_eq!(body["isolation"], "none");
     assert_eq!(body["installationId"], api.state.installation.to_string());
     for lang in ["deno", "node", "python3"] {
         assert!(body["capabilities"][lang].is_boolean(), "capabilities.{lang}: {body}");

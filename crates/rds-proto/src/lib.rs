@@ -225,13 +225,9 @@ pub enum Language {
 }
 
 impl Language {
-    /// The route suffix: `run-ts`, `run-js`, `run-python`.
+    /// The route suffix: `run-ts`, `run-js`, `run-python` (the agent's route without its `/`).
     pub fn route(self) -> &'static str {
-        match self {
-            Language::Ts => "run-ts",
-            Language::Js => "run-js",
-            Language::Python => "run-python",
-        }
+        &agent_api::AgentRoute::Run(self).path()[1..]
     }
 }
 
@@ -367,5 +363,6 @@ mod tests {
         assert!(serde_json::to_string(&with_null).unwrap().contains("\"result\":null"));
     }
 }
+pub mod agent_api;
 pub mod guest_net;
 pub mod sandbox;

@@ -11,29 +11,20 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rds_proto::AGENT_VSOCK_PORT;
+use rds_agent_client::AgentClient;
+use rds_proto::{ExecRequest, ExecResult};
 use rds_runtime::qemu::{QemuConfig, QemuRuntime};
 use rds_runtime::sandbox::{SandboxConfig, SandboxRuntime};
 use rds_runtime::{Runtime, VmSpec};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const VMS: usize = 5;
 const ROUND_TRIPS: usize = 20;
 
-/// Runs `cmd` through the agent and returns its stdout.
-async fn exec(rt: &dyn Runtime, id: &str, cmd: &str) -> anyhow::Result<String> {
-    let mut s = rds_vsock::connect(&rt.agent_socket(id), AGENT_VSOCK_PORT, Duration::from_secs(10)).await?;
-    let body = serde_json::json!({ "cmd": cmd }).to_string();
-    let req = format!(
-        "POST /exec HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await?;
-    let text = String::from_utf8_lossy(&raw);
-    anyhow::ensure!(text.starts_with("HTTP/1.1 200"), "exec failed: {text}");
-    Ok(text.into_owned())
+/// Runs `cmd` through the agent on a fresh connection and returns its result.
+async fn exec(rt: &dyn Runtime, id: &str, cmd: &str) -> anyhow::Result<ExecResult> {
+    let agent = AgentClient::hybrid_vsock(rt.agent_socket(id)).max_idle(0);
+    let request = ExecRequest { cmd: cmd.into(), ..ExecRequest::default() };
+    Ok(agent.exec(&request, Duration::from_secs(60)).await?)
 }
 
 fn percentile(samples: &mut [f64], p: f64) -> f64 {

@@ -7,16 +7,20 @@
 //! calls [`Runtime::probe`] after its own restart to re-adopt VMs that kept running.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub mod boot;
 pub mod cgroup;
 pub mod process;
 mod vm_common;
+mod vmm;
 pub mod qemu;
 pub mod sandbox;
 
+pub use boot::{BootFiles, BootNeeds, ImageIncomplete, KernelFormat, RootfsForm};
 pub use process::process_start_time;
 pub use vm_common::{cap_console_log, CONSOLE_CAP};
 
@@ -51,6 +55,113 @@ impl std::fmt::Display for RuntimeKind {
 
 /// Workspace disk size of a VM whose creator did not choose one.
 pub const DEFAULT_DISK_MB: u32 = 1024;
+/// Smallest writable disk of any runtime (ext4 needs room for its own metadata and journal).
+pub const MIN_DISK_MB: u32 = 16;
+
+/// How strongly a runtime separates a VM from the host (the API's `isolation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Namespaces, cgroups and seccomp on the host kernel (sandbox): weaker than a VM.
+    Namespaces,
+    /// A guest kernel behind hardware virtualisation or emulation (qemu, firecracker).
+    Microvm,
+    /// None: code runs as the host user (the manager's in-process test runtime).
+    None,
+}
+
+impl Isolation {
+    /// The lowercase name the API reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Namespaces => "namespaces",
+            Isolation::Microvm => "microvm",
+            Isolation::None => "none",
+        }
+    }
+}
+
+impl std::fmt::Display for Isolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a runtime can do beyond start, stop and destroy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Snapshots of a VM (disk and memory) that a new VM can start from.
+    pub snapshots: bool,
+    /// Pausing and resuming a running VM.
+    pub pause: bool,
+    /// The manager can give its VMs a network link (of [`Runtime::link_kind`]).
+    pub network: bool,
+}
+
+/// What the manager hands a runtime to build it from (its configuration, resolved).
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    /// `STORAGE_ROOT`: VMs live in `<storage_root>/vms/<id>/`.
+    pub storage_root: PathBuf,
+    /// `RDS_AGENT_BIN`: the `rds-agent` binary (the sandbox launches it).
+    pub agent_bin: PathBuf,
+    /// The configured guest image (`RDS_IMAGE_DIR`, or `KERNEL_PATH`, `INITRD_PATH`,
+    /// `BASE_ROOTFS_PATH`): what a VM created without an image boots; `None` when none is set.
+    pub image: Option<DefaultImage>,
+    /// The parent cgroup name of this manager's VMs (`RDS_CGROUP_GROUP` or derived from the
+    /// installation id).
+    pub cgroup_group: String,
+    /// `RDS_SANDBOX_ROOT=host`: a sandbox VM without an image gets the host's root, read-only.
+    pub sandbox_host_root: bool,
+}
+
+/// The files of the manager's configured guest image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefaultImage {
+    /// Kernel.
+    pub kernel: PathBuf,
+    /// Initramfs.
+    pub initrd: PathBuf,
+    /// Read-only base root filesystem (ext4).
+    pub rootfs: PathBuf,
+}
+
+/// Why a runtime cannot be built from the manager's settings.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    /// A setting it needs is not given.
+    #[error("{reason}")]
+    Missing {
+        /// The setting (environment variable) to give.
+        setting: &'static str,
+        /// What is missing and how to provide it.
+        reason: String,
+    },
+    /// Building it failed (a program, file or host facility is missing).
+    #[error(transparent)]
+    Failed(#[from] RuntimeError),
+}
+
+impl Unavailable {
+    /// The setting an operator should look at.
+    pub fn setting(&self) -> &'static str {
+        match self {
+            Unavailable::Missing { setting, .. } => setting,
+            Unavailable::Failed(_) => "RDS_RUNTIME",
+        }
+    }
+}
+
+/// How the manager's selector builds one runtime: every runtime module exports its `ENTRY`.
+#[derive(Clone, Copy)]
+pub struct RuntimeEntry {
+    /// The runtime it builds.
+    pub kind: RuntimeKind,
+    /// Whether `RDS_RUNTIME=auto` should take this runtime on this host: `Err` says why not.
+    pub auto: fn(&RuntimeSettings) -> Result<(), String>,
+    /// Builds the runtime after checking that it can run here.
+    pub build: fn(&RuntimeSettings) -> Result<Arc<dyn Runtime>, Unavailable>,
+}
 
 /// What to boot: sizes, root filesystem and identity of one VM.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,7 +178,7 @@ pub struct VmSpec {
     /// Image root filesystem (an ext4 file, or a directory for the sandbox); `None` = the runtime's
     /// default (sandbox: the host root, read-only).
     pub rootfs: Option<PathBuf>,
-    /// Image kernel (bzImage for QEMU, ELF for Firecracker); `None` = the runtime's default.
+    /// Image kernel, in a format of the runtime's [`BootNeeds::kernels`]; `None` = the runtime's default.
     pub kernel: Option<PathBuf>,
     /// Image initramfs; `None` = the runtime's default (or none, for a kernel that needs none).
     pub initrd: Option<PathBuf>,
@@ -199,11 +310,23 @@ pub trait Runtime: Send + Sync + 'static {
     /// Which runtime this is.
     fn kind(&self) -> RuntimeKind;
 
-    /// The isolation level reported to users: `"namespaces"` for sandbox, `"microvm"` for VMs.
-    fn isolation(&self) -> &'static str;
+    /// The isolation level reported to users.
+    fn isolation(&self) -> Isolation;
 
     /// How the manager links this runtime's VMs to the host network.
     fn link_kind(&self) -> LinkKind;
+
+    /// What it can do beyond start, stop and destroy.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Which artefacts of a guest image its VMs boot from.
+    fn boot_needs(&self) -> BootNeeds;
+
+    /// The files of the image in `image_dir` a VM of this runtime boots from; `Err` says what the
+    /// image lacks.
+    fn boot_files(&self, image_dir: &Path) -> Result<BootFiles, ImageIncomplete> {
+        self.boot_needs().resolve(image_dir)
+    }
 
     /// Boots the VM (fresh, or restarting a stopped one — its workspace/disk is kept) and returns once
     /// the agent accepts hybrid-vsock connections on [`Runtime::agent_socket`]. On failure it removes
@@ -275,6 +398,13 @@ mod tests {
         assert_eq!(h, VmHandle { pid: 12, start_time: 34, extra: serde_json::Value::Null });
         let back: VmHandle = serde_json::from_str(&serde_json::to_string(&h).unwrap()).unwrap();
         assert_eq!(back, h);
+    }
+
+    #[test]
+    fn isolation_names_are_what_the_api_always_reported() {
+        assert_eq!(Isolation::Namespaces.as_str(), "namespaces");
+        assert_eq!(Isolation::Microvm.to_string(), "microvm");
+        assert_eq!(serde_json::to_string(&Isolation::Microvm).unwrap(), "\"microvm\"");
     }
 
     #[test]

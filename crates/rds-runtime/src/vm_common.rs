@@ -1,5 +1,5 @@
 //! What every runtime does the same way: spec checks, capping and reading a console log,
-//! probing a VM's process and agent, removing a VM directory.
+//! probing a VM's process and agent (the VM directory and its processes: [`crate::vmm`]).
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -86,16 +86,6 @@ pub(crate) async fn probe(id: &str, handle: &VmHandle, what: &str, agent_socket:
     }
 }
 
-/// Removes a VM directory; a missing one is fine.
-pub(crate) fn remove_vm_dir(dir: &Path) -> Result<(), RuntimeError> {
-    match std::fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(RuntimeError::io(format!("cannot remove {}", dir.display()), e))
-        }
-        _ => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,46 +109,4 @@ mod tests {
         std::io::Write::write_all(&mut writer, b"after\n").unwrap();
         assert_eq!(std::fs::read(&log).unwrap(), b"after\n", "appends land at the new start");
     }
-}
-
-/// Creates `path`: a sparse file of `size_mb` MiB formatted ext4 with `mkfs_options` (e.g. a label
-/// or `-E root_owner=`), written beside and renamed into place so a half-made disk never exists.
-///
-/// A fresh sparse file reads as zeros, so nothing is zeroed (`assume_storage_prezeroed`, e2fsprogs
-/// >= 1.47): the disk costs ~1 MiB on the host until used, and no lazy-init thread writes to it
-/// later. An older mkfs gets lazy initialisation instead.
-pub(crate) async fn make_ext4_disk(path: &Path, size_mb: u64, mkfs_options: &[&str], root_owner: Option<u32>) -> Result<(), RuntimeError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let partial = path.with_extension("partial");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&partial)
-        .map_err(|e| RuntimeError::io(format!("cannot create {}", partial.display()), e))?;
-    file.set_len(size_mb * 1024 * 1024).map_err(|e| RuntimeError::io(format!("cannot size {}", partial.display()), e))?;
-    drop(file);
-    let owner = root_owner.map(|uid| format!("root_owner={uid}:{uid},")).unwrap_or_default();
-    let mut failure = String::new();
-    for zeroing in ["assume_storage_prezeroed=1", "lazy_itable_init=1,lazy_journal_init=1"] {
-        let out = tokio::process::Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-m", "0"])
-            .args(mkfs_options)
-            .arg("-E")
-            .arg(format!("{owner}{zeroing},nodiscard"))
-            .arg(&partial)
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .await
-            .map_err(|e| RuntimeError::io("cannot run mkfs.ext4 (install e2fsprogs)", e))?;
-        if out.status.success() {
-            return std::fs::rename(&partial, path)
-                .map_err(|e| RuntimeError::io(format!("cannot rename {}", partial.display()), e));
-        }
-        failure = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    }
-    let _ = std::fs::remove_file(&partial);
-    Err(RuntimeError::Boot(format!("mkfs.ext4 {} failed: {failure}", partial.display())))
 }

@@ -17,13 +17,14 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use rds_proto::{RunResult, AGENT_VSOCK_PORT, BRIDGE_VSOCK_PORT};
+use http_body_util::BodyExt;
+use rds_proto::{Language, RunRequest, RunResult, AGENT_VSOCK_PORT, BRIDGE_VSOCK_PORT};
 use rds_runtime::qemu::{QemuConfig, QemuRuntime, GUEST_CID};
 use rds_runtime::process::is_same_process_alive;
 use rds_runtime::{Liveness, Runtime, VmHandle};
 use tokio::io::AsyncReadExt;
 
-use common::{exec, new_id, request, spec};
+use common::{agent, exec, new_id, spec, CALL_LIMIT};
 
 /// The image directory (vmlinuz, initrd.img, rootfs.ext4), or why these tests cannot run.
 fn image_dir() -> Result<PathBuf, String> {
@@ -120,11 +121,9 @@ impl Drop for Env {
     }
 }
 
-async fn run(rt: &QemuRuntime, id: &str, language: &str, code: &str) -> RunResult {
-    let body = serde_json::json!({ "code": code }).to_string();
-    let (status, out) = request(rt, id, "POST", &format!("/run-{language}"), body.as_bytes()).await;
-    assert_eq!(status, 200, "run-{language}: {}", String::from_utf8_lossy(&out));
-    serde_json::from_slice(&out).unwrap_or_else(|e| panic!("bad RunResult ({e}): {}", String::from_utf8_lossy(&out)))
+async fn run(rt: &QemuRuntime, id: &str, language: Language, code: &str) -> RunResult {
+    let request = RunRequest { code: Some(code.into()), ..RunRequest::default() };
+    agent(rt, id).run(language, &request, CALL_LIMIT).await.unwrap_or_else(|e| panic!("{}: {e}", language.route()))
 }
 
 /// A gzipped tar holding one file.
@@ -180,21 +179,19 @@ async fn qemu_vm_boots_the_image_runs_code_keeps_workspace_and_is_readopted() {
     assert!(lines[0].ends_with("-cloud-amd64"), "{r:?}");
     assert_eq!(lines[1..], ["1000", &format!("vm-{}", &id[..8])], "{r:?}");
 
-    let ts = run(rt, &id, "ts", "const n: number = 6 * 7; console.log(JSON.stringify({ n }));").await;
+    let ts = run(rt, &id, Language::Ts, "const n: number = 6 * 7; console.log(JSON.stringify({ n }));").await;
     assert_eq!(ts.exit_code, Some(0), "{ts:?}");
     assert_eq!(serde_json::from_str::<serde_json::Value>(ts.stdout.trim()).unwrap(), serde_json::json!({ "n": 42 }));
-    let py = run(rt, &id, "python", "import json; print(json.dumps({'sum': sum(range(10))}))").await;
+    let py = run(rt, &id, Language::Python, "import json; print(json.dumps({'sum': sum(range(10))}))").await;
     assert_eq!(py.exit_code, Some(0), "{py:?}");
     assert_eq!(serde_json::from_str::<serde_json::Value>(py.stdout.trim()).unwrap(), serde_json::json!({ "sum": 45 }));
 
     // Upload a tar into /workspace, see it from a command, download it back.
-    let (status, out) = request(rt, &id, "POST", "/files/upload?dest=up", &tar_gz("hello.txt", b"uploaded bytes\n")).await;
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&out));
+    agent(rt, &id).upload("up", tar_gz("hello.txt", b"uploaded bytes\n"), CALL_LIMIT).await.unwrap_or_else(|e| panic!("upload: {e}"));
     let r = exec(rt, &id, "cat /workspace/up/hello.txt; stat -c %u /workspace/up/hello.txt /workspace").await;
     assert_eq!(r.stdout, "uploaded bytes\n1000\n1000\n", "{r:?}");
-    let (status, out) = request(rt, &id, "GET", "/files/download?path=up", b"").await;
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&out));
-    let files = untar_gz(&out);
+    let archive = agent(rt, &id).download("up", CALL_LIMIT).await.unwrap_or_else(|e| panic!("download: {e}"));
+    let files = untar_gz(&archive.collect().await.unwrap().to_bytes());
     assert!(files.iter().any(|(p, c)| p.ends_with("hello.txt") && c == b"uploaded bytes\n"), "{files:?}");
 
     // Stop keeps the overlay disk (and so /workspace); start boots the same disk again.
@@ -364,8 +361,10 @@ async fn workspace_survives_twenty_stop_start_cycles_with_clean_disks_and_no_io_
         // One uploaded file with known bytes, one written by a command and left in the guest's
         // page cache (no fsync: stop must flush it), a line appended to a shared log.
         let name = format!("{i:02}.bin");
-        let (status, out) = request(rt, &id, "POST", "/files/upload?dest=files", &tar_gz(&name, &cycle_file(i))).await;
-        assert_eq!(status, 200, "cycle {i} upload: {}", String::from_utf8_lossy(&out));
+        agent(rt, &id)
+            .upload("files", tar_gz(&name, &cycle_file(i)), CALL_LIMIT)
+            .await
+            .unwrap_or_else(|e| panic!("cycle {i} upload: {e}"));
         let r = exec(rt, &id, &format!("mkdir -p /workspace/bulk && yes cycle-{i} | head -c 524288 > /workspace/bulk/{i:02} && printf 'cycle %02d\\n' {i} >> /workspace/cycles.log")).await;
         assert_eq!(r.exit_code, Some(0), "cycle {i} write: {r:?}");
 

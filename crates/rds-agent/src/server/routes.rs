@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
-use http::{header, Method, Request, Response, StatusCode};
+use http::{header, Request, Response, StatusCode};
 use http_body_util::BodyStream;
 use hyper::body::Incoming;
+use rds_proto::agent_api::{query as param, AgentRoute, TransferSummary, TreeOwner, GZIP, NDJSON};
 use rds_proto::{AgentHealth, Capabilities, ExecEvent, ExecExit, ExecRequest, Language, RunRequest};
 use tokio::sync::mpsc;
 use tokio_util::io::{StreamReader, SyncIoBridge};
@@ -19,34 +20,19 @@ use crate::exec::capture::{Chunk, Pipe};
 use crate::exec::process::find_program;
 use crate::files::{self, Owner, TransferLimits};
 
-/// Every route, for telling 404 from 405.
-const ROUTES: &[&str] = &[
-    "/health",
-    "/exec",
-    "/run-ts",
-    "/run-js",
-    "/run-python",
-    "/files/upload",
-    "/files/download",
-    "/internal/replace-tree",
-    "/shutdown",
-];
-
 /// Dispatches one request.
 pub async fn handle(req: Request<Incoming>, agent: Arc<Agent>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
-    let result = match (req.method().clone(), path.as_str()) {
-        (Method::GET, "/health") => Ok(health(&agent)),
-        (Method::POST, "/exec") => exec(req, &agent).await,
-        (Method::POST, "/run-ts") => run(req, &agent, Language::Ts).await,
-        (Method::POST, "/run-js") => run(req, &agent, Language::Js).await,
-        (Method::POST, "/run-python") => run(req, &agent, Language::Python).await,
-        (Method::POST, "/files/upload") => upload(req, &agent).await,
-        (Method::GET, "/files/download") => download(req, &agent).await,
-        (Method::POST, "/internal/replace-tree") => replace_tree(req, &agent).await,
-        (Method::POST, "/shutdown") => Ok(shutdown(&agent)),
-        (method, path) if ROUTES.contains(&path) => Err(ApiError::wrong_method(&method, path)),
-        (_, path) => Err(ApiError::no_route(path)),
+    let result = match AgentRoute::from_path(&path) {
+        None => Err(ApiError::no_route(&path)),
+        Some(route) if *req.method() != route.method() => Err(ApiError::wrong_method(req.method(), &path)),
+        Some(AgentRoute::Health) => Ok(health(&agent)),
+        Some(AgentRoute::Exec) => exec(req, &agent).await,
+        Some(AgentRoute::Run(language)) => run(req, &agent, language).await,
+        Some(AgentRoute::Upload) => upload(req, &agent).await,
+        Some(AgentRoute::Download) => download(req, &agent).await,
+        Some(AgentRoute::ReplaceTree) => replace_tree(req, &agent).await,
+        Some(AgentRoute::Shutdown) => Ok(shutdown(&agent)),
     };
     Ok(result.unwrap_or_else(ApiError::into_response))
 }
@@ -73,7 +59,7 @@ async fn exec(req: Request<Incoming>, agent: &Agent) -> Result<Response<Body>, A
         .headers()
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/x-ndjson"));
+        .is_some_and(|v| v.contains(NDJSON));
     let request: ExecRequest = read_json(req).await?;
     if !streaming {
         let result = agent.executor.start(request, None)?.result().await?;
@@ -106,7 +92,7 @@ async fn exec(req: Request<Incoming>, agent: &Agent) -> Result<Response<Body>, A
             }
         }
     });
-    Ok(stream_response("application/x-ndjson", body_rx))
+    Ok(stream_response(NDJSON, body_rx))
 }
 
 fn output_event(pipe: Pipe, data: String) -> ExecEvent {
@@ -150,7 +136,7 @@ fn finish_reading<T, E>(result: Result<T, E>, reader: &mut impl io::Read) -> Res
 
 async fn upload(req: Request<Incoming>, agent: &Agent) -> Result<Response<Body>, ApiError> {
     let query = query(&req);
-    let dest = required(&query, "dest")?.to_string();
+    let dest = required(&query, param::DEST)?.to_string();
     let workspace = agent.cfg.workspace.clone();
     let owner = Owner::User { uid: agent.cfg.uid, gid: agent.cfg.gid };
     let mut reader = body_reader(req);
@@ -159,17 +145,17 @@ async fn upload(req: Request<Incoming>, agent: &Agent) -> Result<Response<Body>,
         finish_reading(result, &mut reader)
     })
     .await??;
-    Ok(json_response(StatusCode::OK, &serde_json::json!({ "entries": summary.entries, "bytes": summary.bytes })))
+    Ok(json_response(StatusCode::OK, &TransferSummary { entries: summary.entries as u64, bytes: summary.bytes }))
 }
 
 async fn replace_tree(req: Request<Incoming>, agent: &Agent) -> Result<Response<Body>, ApiError> {
     let query = query(&req);
-    let dest = required(&query, "dest")?.to_string();
-    let read_only = flag(&query, "readOnly", false)?;
-    let owner = match query.get("owner").map(String::as_str) {
-        None | Some("root") => Owner::Root,
-        Some("user") => Owner::User { uid: agent.cfg.uid, gid: agent.cfg.gid },
-        Some(other) => {
+    let dest = required(&query, param::DEST)?.to_string();
+    let read_only = flag(&query, param::READ_ONLY, false)?;
+    let owner = match query.get(param::OWNER).map(|v| (v, TreeOwner::parse(v))) {
+        None | Some((_, Some(TreeOwner::Root))) => Owner::Root,
+        Some((_, Some(TreeOwner::User))) => Owner::User { uid: agent.cfg.uid, gid: agent.cfg.gid },
+        Some((other, None)) => {
             return Err(ApiError::bad_request(format!(
                 "query parameter `owner` must be `root` or `user`, got {other:?}"
             )))
@@ -182,12 +168,12 @@ async fn replace_tree(req: Request<Incoming>, agent: &Agent) -> Result<Response<
         finish_reading(result, &mut reader)
     })
     .await??;
-    Ok(json_response(StatusCode::OK, &serde_json::json!({ "entries": summary.entries, "bytes": summary.bytes })))
+    Ok(json_response(StatusCode::OK, &TransferSummary { entries: summary.entries as u64, bytes: summary.bytes }))
 }
 
 async fn download(req: Request<Incoming>, agent: &Agent) -> Result<Response<Body>, ApiError> {
     let query = query(&req);
-    let path = required(&query, "path")?.to_string();
+    let path = required(&query, param::PATH)?.to_string();
     let workspace = agent.cfg.workspace.clone();
     // Checked first so a bad path is a 400/404, not a 200 that breaks off.
     {
@@ -204,7 +190,7 @@ async fn download(req: Request<Incoming>, agent: &Agent) -> Result<Response<Body
             let _ = tx.blocking_send(Err(io::Error::other(message)));
         }
     });
-    Ok(stream_response("application/gzip", rx))
+    Ok(stream_response(GZIP, rx))
 }
 
 /// A blocking writer that feeds a streaming response body.

@@ -13,7 +13,7 @@ pub async fn health(State(s): State<AppState>) -> Json<HealthView> {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         runtime: s.runtime.kind().as_str().into(),
-        isolation: s.runtime.isolation().into(),
+        isolation: s.runtime.isolation().as_str().into(),
         capabilities: s.capabilities.clone(),
         installation_id: s.installation.to_string(),
     })

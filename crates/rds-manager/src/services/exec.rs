@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::response::Response;
-use http::{header, Method, Request};
+use http::header;
 use rds_proto::{ExecEvent, ExecExit, ExecRequest, ExecResult, Language, RunRequest, RunResult, DEFAULT_TIMEOUT_MS};
 use rds_runtime::process::is_same_process_alive;
 use rds_store::{now_ms, ExecLogRecord, VmState};
@@ -48,9 +48,10 @@ pub async fn exec(state: &AppState, vm_id: &str, req: ExecRequest) -> Result<Exe
         env: with_secrets(req.env.clone(), &secrets),
         ..req.clone()
     };
-    let mut result: ExecResult = state
+    let mut result = state
         .agent
-        .call_json(vm_id, Method::POST, "/exec", Some(&to_agent), limit)
+        .vm(vm_id)
+        .exec(&to_agent, limit)
         .await
         .or_agent_error(state, vm_id).await?;
     result.oom_killed |= oom_rose(oom_before, state.runtime.oom_kills(vm_id).await);
@@ -112,17 +113,11 @@ pub async fn exec_stream(
         return ndjson_response(&exec(state, vm_id, req).await?);
     }
     let to_agent = ExecRequest { env: with_secrets(req.env.clone(), &secrets), ..req.clone() };
-    let body = serde_json::to_vec(&to_agent).context("encoding the exec request")?;
-    let request = Request::post("/exec")
-        .header(header::HOST, "agent")
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::ACCEPT, NDJSON)
-        .body(Body::from(body))
-        .context("building the agent request")?;
     // The limit covers the response head; the stream itself ends when the agent's command does.
-    let resp = state
+    let stream = state
         .agent
-        .call_streaming(vm_id, request, limit)
+        .vm(vm_id)
+        .exec_stream(&to_agent, limit)
         .await
         .or_agent_error(state, vm_id).await?;
     let input =
@@ -140,7 +135,7 @@ pub async fn exec_stream(
     ).await;
     Response::builder()
         .header(header::CONTENT_TYPE, NDJSON)
-        .body(Body::new(resp.into_body()))
+        .body(Body::new(stream.into_body()))
         .context("building the streamed exec response")
 }
 
@@ -161,14 +156,14 @@ pub async fn run(
     let secrets = secrets_of(state, &vm)?;
     let oom_before = state.runtime.oom_kills(vm_id).await;
     let started = Instant::now();
-    let path = format!("/{}", lang.route());
     let to_agent = RunRequest {
         env: with_secrets(req.env.clone(), &secrets),
         ..req.clone()
     };
-    let mut result: RunResult = state
+    let mut result = state
         .agent
-        .call_json(vm_id, Method::POST, &path, Some(&to_agent), limit)
+        .vm(vm_id)
+        .run(lang, &to_agent, limit)
         .await
         .or_agent_error(state, vm_id).await?;
     result.oom_killed |= oom_rose(oom_before, state.runtime.oom_kills(vm_id).await);

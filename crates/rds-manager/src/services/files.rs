@@ -8,8 +8,8 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::response::Response;
 use futures_util::StreamExt;
-use http::{header, Request};
-use http_body_util::BodyExt;
+use http::header;
+use rds_agent_client::{Archive, Incoming};
 
 use crate::error::ResultExt;
 use crate::services::exec::OrAgentError;
@@ -49,29 +49,17 @@ pub async fn upload(
         }
         Ok(chunk)
     });
-    let query =
-        serde_urlencoded::to_string([("dest", dest.as_str())]).context("encoding the upload query")?;
-    let request = Request::post(format!("/files/upload?{query}"))
-        .header(header::HOST, "agent")
-        .header(header::CONTENT_TYPE, "application/gzip")
-        .body(Body::from_stream(counted))
-        .context("building the agent upload request")?;
+    let archive = Archive::from_body(Body::from_stream(counted));
     let result = state
         .agent
-        .call_streaming(vm_id, request, TRANSFER_TIMEOUT)
+        .vm(vm_id)
+        .upload(&dest, archive, TRANSFER_TIMEOUT)
         .await;
     if exceeded.load(Ordering::Relaxed) {
         return Err(too_large());
     }
-    let resp = result.or_agent_error(state, vm_id).await?;
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| ApiError::agent("upload response from the agent failed", e))?
-        .to_bytes();
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::agent("unexpected upload response from the agent", e))
+    let summary = result.or_agent_error(state, vm_id).await?;
+    Ok(UploadResult { entries: summary.entries, bytes: summary.bytes })
 }
 
 /// Streams `path` back as tar.gz.
@@ -84,10 +72,10 @@ pub async fn download(
         .filter(|p| !p.is_empty())
         .ok_or_else(|| ApiError::BadRequest("query parameter `path` is required".into()))?;
     find_running(state, vm_id).await?;
-    let resp = agent_download(state, vm_id, &path, TRANSFER_TIMEOUT).await?;
+    let archive = agent_download(state, vm_id, &path, TRANSFER_TIMEOUT).await?;
     Response::builder()
         .header(header::CONTENT_TYPE, "application/gzip")
-        .body(Body::new(resp.into_body()))
+        .body(Body::new(archive))
         .context("building the download response")
 }
 
@@ -97,15 +85,11 @@ pub async fn agent_download(
     vm_id: &str,
     path: &str,
     limit: Duration,
-) -> Result<http::Response<hyper::body::Incoming>, ApiError> {
-    let query = serde_urlencoded::to_string([("path", path)]).context("encoding the download query")?;
-    let request = Request::get(format!("/files/download?{query}"))
-        .header(header::HOST, "agent")
-        .body(Body::empty())
-        .context("building the agent download request")?;
+) -> Result<Incoming, ApiError> {
     state
         .agent
-        .call_streaming(vm_id, request, limit)
+        .vm(vm_id)
+        .download(path, limit)
         .await
         .or_agent_error(state, vm_id).await
 }

@@ -44,14 +44,8 @@ impl FileFormat {
     }
 }
 
-/// ELF kernel file name (as `rds image build` writes it).
-pub const KERNEL_ELF: &str = "vmlinux";
-/// bzImage kernel file name.
-pub const KERNEL_BZIMAGE: &str = "vmlinuz";
-/// Initramfs file name.
-pub const INITRD: &str = "initrd.img";
-/// Root filesystem file name.
-pub const ROOTFS: &str = "rootfs.ext4";
+// The image directory's file names are what the runtimes boot from (as `rds image build` writes them).
+pub use rds_runtime::boot::{INITRD, KERNEL_BZIMAGE, KERNEL_ELF, ROOTFS};
 /// Builder manifest file name.
 pub const MANIFEST: &str = "manifest.json";
 

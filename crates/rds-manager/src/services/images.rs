@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use axum::body::Body;
 use futures_util::{Stream, StreamExt};
-use rds_runtime::RuntimeKind;
+use rds_runtime::BootFiles;
 use rds_store::{now_ms, ImagePart, ImageRecord};
 use tempfile::NamedTempFile;
 use tokio::io::AsyncWriteExt;
@@ -33,17 +33,6 @@ const DRAIN_LIMIT: u64 = 16 << 20;
 const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 const MAX_NAME_CHARS: usize = crate::views::MAX_IMAGE_NAME_CHARS;
 const MAX_DESCRIPTION_CHARS: usize = crate::views::MAX_IMAGE_DESCRIPTION_CHARS;
-
-/// The files a VM boots from, as handed to the runtime.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct BootFiles {
-    /// Root filesystem (ext4 image).
-    pub rootfs: Option<PathBuf>,
-    /// Kernel in the format the runtime loads.
-    pub kernel: Option<PathBuf>,
-    /// Initramfs.
-    pub initrd: Option<PathBuf>,
-}
 
 /// `STORAGE_ROOT/images`.
 pub fn images_dir(state: &AppState) -> PathBuf {
@@ -602,23 +591,8 @@ fn boot_files_of(state: &AppState, image: &ImageRecord) -> Result<BootFiles, Api
             "image {id} is incomplete: it has no rootfs; upload one first"
         )));
     }
-    let existing = |name: &str| Some(dir.join(name)).filter(|p| p.is_file());
-    let kind = state.runtime.kind();
-    let kernel = match kind {
-        RuntimeKind::Sandbox => None,
-        // The ELF boots faster (PVH entry, no self-decompression); QEMU takes either.
-        RuntimeKind::Qemu => existing(KERNEL_ELF).or_else(|| existing(KERNEL_BZIMAGE)),
-        RuntimeKind::Firecracker => existing(KERNEL_ELF),
-    };
-    if kind != RuntimeKind::Sandbox && kernel.is_none() {
-        return Err(ApiError::BadRequest(format!(
-            "image {id} is incomplete: it has no kernel the {kind} runtime can boot"
-        )));
-    }
-    Ok(BootFiles {
-        rootfs: Some(dir.join(ROOTFS)),
-        initrd: if kind == RuntimeKind::Sandbox { None } else { existing(INITRD) },
-        kernel,
+    state.runtime.boot_files(&dir).map_err(|e| {
+        ApiError::BadRequest(format!("image {id} is incomplete for the {} runtime: {e}", state.runtime.kind()))
     })
 }
 

@@ -10,15 +10,15 @@ use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
 use bytes::Bytes;
-use http::{header, Method, Request, StatusCode};
+use http::StatusCode;
 use http_body_util::BodyExt;
 use rds_peer::files::{pack_tar_gz, peers_tree, LinkedPeer, SourceMode};
 use rds_peer::manifest::{ManifestError, ModuleLanguage, Provider};
 use rds_peer::mirror::{mirror_from_tar_gz, MirrorLimits};
 use rds_peer::secrets::SecretEnv;
-use rds_proto::{EnvMap, RunRequest, RunResult};
+use rds_proto::agent_api::TreeOwner;
+use rds_proto::{EnvMap, Language, RunRequest, RunResult};
 use rds_store::{now_ms, PeerCallRecord, PeerLinkRecord, Quota, StoreError, VmRecord, VmState};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -417,8 +417,8 @@ async fn fetch_provider(
 
 /// Downloads `path` from a VM as tar.gz, at most `max` bytes.
 async fn download(state: &AppState, vm_id: &str, path: &str, max: usize) -> Result<Bytes, ApiError> {
-    let resp = crate::services::files::agent_download(state, vm_id, path, SYNC_TIMEOUT).await?;
-    let body = tokio::time::timeout(SYNC_TIMEOUT, http_body_util::Limited::new(resp.into_body(), max).collect())
+    let body = crate::services::files::agent_download(state, vm_id, path, SYNC_TIMEOUT).await?;
+    let body = tokio::time::timeout(SYNC_TIMEOUT, http_body_util::Limited::new(body, max).collect())
         .await
         .map_err(|e| ApiError::Timeout { message: format!("downloading {path} from VM {vm_id} timed out"), source: Some(e.into()) })?
         .map_err(|e| ApiError::Agent { message: format!("downloading {path} from VM {vm_id} failed"), source: Some(e) })?;
@@ -444,20 +444,13 @@ fn single_file(archive: &[u8], max: usize) -> Result<Vec<u8>, String> {
 
 /// Replaces the consumer's `/workspace/peers` with a root-owned, read-only tree.
 async fn write_peers_dir(state: &AppState, vm_id: &str, archive: Vec<u8>) -> Result<(), ApiError> {
-    let query = serde_urlencoded::to_string([("dest", "/workspace/peers"), ("owner", "root"), ("readOnly", "true")])
-        .context("encoding the peers tree query")?;
-    let request = Request::post(format!("/internal/replace-tree?{query}"))
-        .header(header::HOST, "agent")
-        .header(header::CONTENT_TYPE, "application/gzip")
-        .body(Body::from(archive))
-        .context("building the peers tree request")?;
-    let resp = state
+    state
         .agent
-        .call_streaming(vm_id, request, SYNC_TIMEOUT)
+        .vm(vm_id)
+        .replace_tree("/workspace/peers", TreeOwner::Root, true, archive, SYNC_TIMEOUT)
         .await
-        .or_agent_error(state, vm_id).await?;
-    // Drain the (small) response so the connection ends cleanly.
-    let _ = resp.into_body().collect().await;
+        .or_agent_error(state, vm_id)
+        .await?;
     Ok(())
 }
 
@@ -567,12 +560,12 @@ async fn call_inner(
         allow_net: Some(provider_vm.outbound_internet),
         ..Default::default()
     };
-    let route = match export.language() {
-        ModuleLanguage::Deno => "/run-ts",
-        ModuleLanguage::Python => "/run-python",
+    let language = match export.language() {
+        ModuleLanguage::Deno => Language::Ts,
+        ModuleLanguage::Python => Language::Python,
     };
     let limit = Duration::from_millis(export.timeout_ms()) + CALL_MARGIN;
-    let result: RunResult = match state.agent.call_json(&provider_vm.id, Method::POST, route, Some(&run), limit).await {
+    let result = match state.agent.vm(&provider_vm.id).run(language, &run, limit).await {
         Ok(r) => r,
         Err(AgentError::Timeout(_)) => {
             return Err(ApiError::timeout(format!("export {} timed out after {} ms", export.name, export.timeout_ms())))

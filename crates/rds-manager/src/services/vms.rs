@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use http::Method;
-use rds_proto::AgentHealth;
-use rds_runtime::{RuntimeError, RuntimeKind, VmHandle, VmSpec};
+use rds_runtime::{RuntimeError, VmHandle, VmSpec};
 use rds_store::{now_ms, NewVm, Quota, SealedSecrets, StoreError, VmLimits, VmRecord, VmState};
 use serde_json::json;
 
@@ -35,7 +33,7 @@ pub async fn view(state: &AppState, vm: &VmRecord) -> VmView {
         image_id: vm.image_id.clone(),
         outbound_internet: vm.outbound_internet,
         runtime: vm.runtime.clone(),
-        isolation: state.runtime.isolation().to_string(),
+        isolation: state.runtime.isolation().as_str().to_string(),
         created_at: vm.created_at,
         updated_at: vm.updated_at,
         secret_env_keys: state.store.vm_secret_keys(&vm.id).await.unwrap_or_default(),
@@ -205,16 +203,16 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
     Ok(view(state, &vm).await)
 }
 
-/// Refuses a VM that would have no image root: the sandbox never runs user code over the host's
-/// root unless the operator chose that (`RDS_SANDBOX_ROOT=host`).
+/// Refuses a VM that would have no image root on a runtime without a root of its own (the
+/// sandbox never runs user code over the host's root unless the operator chose that).
 async fn require_root_image(state: &AppState, image_id: Option<&str>) -> Result<(), ApiError> {
     let no_root = images::boot_files(state, image_id).await?.rootfs.is_none();
-    if no_root && state.runtime.kind() == RuntimeKind::Sandbox && !state.config.sandbox_host_root {
-        return Err(ApiError::Conflict(
+    if no_root && !state.runtime.boot_needs().default_root {
+        return Err(ApiError::Conflict(format!(
             "no guest image: register one (`rds image build --register --set-default`, or scripts/run does it) \
-             or start the manager with RDS_IMAGE_DIR; the sandbox never uses the host's root filesystem"
-                .into(),
-        ));
+             or start the manager with RDS_IMAGE_DIR; the {} runtime has no root filesystem of its own",
+            state.runtime.kind()
+        )));
     }
     Ok(())
 }
@@ -239,7 +237,8 @@ async fn boot(state: &AppState, vm: &VmRecord) -> Result<VmHandle, ApiError> {
     network::after_start(state, vm, &handle).await?;
     state
         .agent
-        .call_json::<(), AgentHealth>(&vm.id, Method::GET, "/health", None, HEALTH_TIMEOUT)
+        .vm(&vm.id)
+        .health(HEALTH_TIMEOUT)
         .await
         .map_err(|e| ApiError::internal(format!("VM {}: agent did not become healthy", vm.id), e))?;
     Ok(handle)
@@ -300,10 +299,7 @@ pub async fn stop(state: &AppState, id: &str) -> Result<(), ApiError> {
     transition(state, id, vm.state, VmState::Stopping, None).await?;
     state.bridges.close(state, id);
     // Best effort: lets the guest sync and exit cleanly; the runtime forces what is left.
-    let _ = state
-        .agent
-        .call_bytes::<()>(id, Method::POST, "/shutdown", None, SHUTDOWN_TIMEOUT)
-        .await;
+    let _ = state.agent.vm(id).shutdown(SHUTDOWN_TIMEOUT).await;
     state.agent.forget(id);
     let result = match parse_handle(&vm) {
         Some(h) => state.runtime.stop(id, &h).await,

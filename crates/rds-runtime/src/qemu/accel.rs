@@ -45,6 +45,13 @@ pub enum AccelChoice {
     Tcg,
 }
 
+/// Whether `/dev/kvm` is backed by a hardware-virtualisation module (kvm_intel, kvm_amd) that runs
+/// ordinary guest kernels. Paravirtual KVM flavours (e.g. `kvm_pvm`, found on hosts that are
+/// themselves VMs) run only guests built for them.
+pub fn kvm_boots_guests() -> bool {
+    Path::new("/dev/kvm").exists() && ["kvm_intel", "kvm_amd"].iter().any(|m| Path::new("/sys/module").join(m).exists())
+}
+
 /// True when `/dev/kvm` can be opened read-write by this process.
 fn kvm_device_usable() -> bool {
     std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()

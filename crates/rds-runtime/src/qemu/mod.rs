@@ -22,22 +22,20 @@ mod accel;
 pub mod qmp;
 
 use std::collections::HashSet;
-use std::fs::{DirBuilder, File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use rds_proto::{AGENT_VSOCK_PORT, BRIDGE_VSOCK_PORT, READY_VSOCK_PORT};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OnceCell;
 
-pub use accel::{Accel, AccelChoice};
+pub use accel::{kvm_boots_guests, Accel, AccelChoice};
 
-use crate::vm_common;
-use crate::process::{is_same_process_alive, process_start_time, signal_if_same, wait_gone};
+use crate::process::HostProcess;
+use crate::vmm::{self, GracefulStop, Spawned};
+use crate::{vm_common, BootNeeds, Capabilities, Isolation, KernelFormat, RootfsForm, RuntimeEntry, RuntimeSettings, Unavailable};
 use crate::{check_vm_id, Liveness, Runtime, RuntimeError, RuntimeKind, VmHandle, VmNetwork, VmSpec};
 
 /// The guest's vsock CID. Each VM has its own backend process, so CIDs never meet.
@@ -61,6 +59,52 @@ const FORCED_STOP: Duration = Duration::from_secs(3);
 const AGENT_CONNECT: Duration = Duration::from_secs(10);
 /// How much of the console log a boot error quotes.
 const CONSOLE_TAIL: u64 = 3072;
+/// How long a VM may take to boot (TCG emulation is slow).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The QEMU program, found on `PATH` (see [`QemuRuntime::new`]).
+const QEMU_BIN: &str = "qemu-system-x86_64";
+/// The vhost-user vsock backend, found on `PATH` or in `~/.cargo/bin`.
+const VSOCK_BACKEND_BIN: &str = "vhost-device-vsock";
+
+/// What the qemu runtime boots from a guest image.
+const BOOT_NEEDS: BootNeeds = BootNeeds {
+    // The ELF boots faster (PVH entry, no self-decompression); QEMU takes either.
+    kernels: &[KernelFormat::Elf, KernelFormat::BzImage],
+    initrd: true,
+    rootfs: RootfsForm::Ext4File,
+    // A VM without an image boots the configured one, which the runtime cannot exist without.
+    default_root: true,
+};
+
+/// How the manager's selector builds the qemu runtime.
+pub const ENTRY: RuntimeEntry = RuntimeEntry { kind: RuntimeKind::Qemu, auto: auto_choice, build };
+
+/// `RDS_RUNTIME=auto` takes qemu only with a guest image and a KVM that boots ordinary guests: an
+/// image alone never moves `auto` onto TCG emulation (`RDS_RUNTIME=qemu` asks for that).
+fn auto_choice(settings: &RuntimeSettings) -> Result<(), String> {
+    if settings.image.is_none() {
+        // Without an image there is nothing for a VM to boot.
+        return Err("no guest image is configured".into());
+    }
+    if !kvm_boots_guests() {
+        return Err("no KVM that boots ordinary guests here (RDS_RUNTIME=qemu runs qemu under TCG emulation)".into());
+    }
+    Ok(())
+}
+
+/// Builds the runtime over the configured guest image and starts the accelerator probe.
+fn build(settings: &RuntimeSettings) -> Result<Arc<dyn Runtime>, Unavailable> {
+    let runtime = Arc::new(QemuRuntime::from_settings(settings)?);
+    // The KVM probe boots a kernel (up to seconds); run it now rather than in the first create.
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        let probing = runtime.clone();
+        handle.spawn(async move {
+            let accel = probing.accel().await;
+            tracing::info!(accel = accel.as_str(), "qemu accelerator chosen");
+        });
+    }
+    Ok(runtime)
+}
 
 /// Settings of the qemu runtime.
 #[derive(Debug, Clone)]
@@ -88,19 +132,31 @@ impl QemuConfig {
     /// Defaults for an image directory as `rds-image` writes it (`vmlinux` or else `vmlinuz`,
     /// `initrd.img`, `rootfs.ext4`).
     pub fn from_image_dir(storage_root: PathBuf, image_dir: &Path) -> Self {
+        let kernel = BOOT_NEEDS
+            .kernels
+            .iter()
+            .map(|k| image_dir.join(k.file_name()))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| image_dir.join(crate::boot::KERNEL_ELF));
+        QemuConfig::with_image(
+            storage_root,
+            kernel,
+            image_dir.join(crate::boot::INITRD),
+            image_dir.join(crate::boot::ROOTFS),
+        )
+    }
+
+    /// Defaults for these image files.
+    pub fn with_image(storage_root: PathBuf, kernel: PathBuf, initrd: PathBuf, base_rootfs: PathBuf) -> Self {
         QemuConfig {
             storage_root,
-            qemu_bin: PathBuf::from("qemu-system-x86_64"),
-            vsock_backend_bin: PathBuf::from("vhost-device-vsock"),
-            kernel: ["vmlinux", "vmlinuz"]
-                .map(|name| image_dir.join(name))
-                .into_iter()
-                .find(|p| p.is_file())
-                .unwrap_or_else(|| image_dir.join("vmlinux")),
-            initrd: image_dir.join("initrd.img"),
-            base_rootfs: image_dir.join("rootfs.ext4"),
+            qemu_bin: PathBuf::from(QEMU_BIN),
+            vsock_backend_bin: PathBuf::from(VSOCK_BACKEND_BIN),
+            kernel,
+            initrd,
+            base_rootfs,
             accel: AccelChoice::Auto,
-            boot_timeout: Duration::from_secs(60),
+            boot_timeout: BOOT_TIMEOUT,
         }
     }
 }
@@ -120,6 +176,18 @@ pub struct VmProcesses {
     pub accel: Accel,
     /// The guest's vsock CID.
     pub cid: u32,
+}
+
+impl VmProcesses {
+    /// The QEMU process.
+    fn qemu(&self) -> HostProcess {
+        HostProcess { pid: self.qemu_pid, start_time: self.qemu_start_time }
+    }
+
+    /// The vsock backend process.
+    fn backend(&self) -> HostProcess {
+        HostProcess { pid: self.backend_pid, start_time: self.backend_start_time }
+    }
 }
 
 /// The QEMU `microvm` runtime.
@@ -148,23 +216,26 @@ impl VmPaths {
     }
 }
 
-/// Spawned-but-not-yet-adopted processes of a starting VM, killed if the start fails.
-#[derive(Default)]
-struct Starting {
-    backend: Option<tokio::process::Child>,
-    qemu: Option<tokio::process::Child>,
-}
-
-impl Starting {
-    async fn kill(&mut self) {
-        for child in [self.qemu.as_mut(), self.backend.as_mut()].into_iter().flatten() {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-        }
-    }
-}
-
 impl QemuRuntime {
+    /// The runtime over the manager's configured guest image (which it needs).
+    pub fn from_settings(settings: &RuntimeSettings) -> Result<Self, Unavailable> {
+        let Some(image) = &settings.image else {
+            return Err(Unavailable::Missing {
+                setting: "RDS_IMAGE_DIR",
+                reason: "it needs a guest image: set RDS_IMAGE_DIR (from `rds image build`) \
+                         or KERNEL_PATH, INITRD_PATH and BASE_ROOTFS_PATH"
+                    .into(),
+            });
+        };
+        let cfg = QemuConfig::with_image(
+            settings.storage_root.clone(),
+            image.kernel.clone(),
+            image.initrd.clone(),
+            image.rootfs.clone(),
+        );
+        Ok(QemuRuntime::new(cfg)?)
+    }
+
     /// Creates the runtime after checking that its programs and image files exist.
     pub fn new(cfg: QemuConfig) -> Result<Self, RuntimeError> {
         for (what, path) in [("kernel", &cfg.kernel), ("initrd", &cfg.initrd), ("base rootfs", &cfg.base_rootfs)] {
@@ -187,9 +258,7 @@ impl QemuRuntime {
 
     /// The directory holding everything of VM `id`.
     pub fn vm_dir(&self, id: &str) -> PathBuf {
-        // Path getters cannot fail; an invalid id maps to a name no valid id can produce.
-        let name = if crate::is_valid_vm_id(id) { id } else { ".invalid-id" };
-        self.cfg.storage_root.join("vms").join(name)
+        vmm::vm_dir(&self.cfg.storage_root, id)
     }
 
     /// The accelerator VMs of this runtime use (probed once when `Auto`).
@@ -228,44 +297,24 @@ impl QemuRuntime {
         }
     }
 
-    /// Creates the VM directory and, on first start, its overlay disk.
     /// Readies the VM directory; a first start makes its overlay disk of `disk_mb` MiB.
     async fn prepare(&self, p: &VmPaths, disk_mb: u32) -> Result<(), RuntimeError> {
-        for (dir, mode) in [(self.cfg.storage_root.join("vms"), 0o700), (p.dir.clone(), 0o700)] {
-            DirBuilder::new()
-                .recursive(true)
-                .mode(mode)
-                .create(&dir)
-                .and_then(|_| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)))
-                .map_err(|e| RuntimeError::io(format!("cannot create {}", dir.display()), e))?;
-        }
-        if let Err(e) = vm_common::cap_console_log(&p.console) {
-            tracing::warn!(path = %p.console.display(), error = %e, "cannot cap the console log");
-        }
+        vmm::create_vm_dir(&self.cfg.storage_root, &p.dir)?;
+        vmm::cap_console(&p.console);
         for sock in p.runtime_sockets() {
-            remove_if_present(sock)?;
+            vmm::remove_if_present(sock)?;
         }
         if !p.overlay.exists() {
-            vm_common::make_ext4_disk(&p.overlay, u64::from(disk_mb), &["-L", OVERLAY_LABEL], None).await?;
+            vmm::make_ext4_disk(&p.overlay, u64::from(disk_mb), &["-L", OVERLAY_LABEL], None).await?;
         }
         Ok(())
     }
 
-    fn console_file(&self, p: &VmPaths) -> Result<(File, File), RuntimeError> {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&p.console)
-            .map_err(|e| RuntimeError::io(format!("cannot open {}", p.console.display()), e))?;
-        let log2 = log.try_clone().map_err(|e| RuntimeError::io("cannot duplicate the console log fd", e))?;
-        Ok((log, log2))
-    }
-
-    /// Starts `vhost-device-vsock` for this VM and waits for its vhost-user socket.
-    async fn spawn_backend(&self, p: &VmPaths, starting: &mut Starting) -> Result<(), RuntimeError> {
-        let (out, err) = self.console_file(p)?;
-        let mut cmd = detached(&self.cfg.vsock_backend_bin);
+    /// Starts `vhost-device-vsock` for this VM and waits for its vhost-user socket; returns its
+    /// index in `starting`.
+    async fn spawn_backend(&self, p: &VmPaths, starting: &mut Spawned) -> Result<usize, RuntimeError> {
+        let (out, err) = vmm::console_output(&p.console)?;
+        let mut cmd = vmm::detached(&self.cfg.vsock_backend_bin);
         cmd.arg("--guest-cid")
             .arg(GUEST_CID.to_string())
             .arg("--socket")
@@ -274,12 +323,12 @@ impl QemuRuntime {
             .arg(&p.vsock)
             // Its warnings fire on every handshake attempt while the guest boots.
             .env("RUST_LOG", "error")
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err));
-        let child = starting.backend.insert(
-            cmd.spawn()
-                .map_err(|e| RuntimeError::Boot(format!("cannot run {}: {e}", self.cfg.vsock_backend_bin.display())))?,
-        );
+            .stdout(out)
+            .stderr(err);
+        let index = starting
+            .spawn(&mut cmd)
+            .map_err(|e| RuntimeError::Boot(format!("cannot run {}: {e}", self.cfg.vsock_backend_bin.display())))?;
+        let child = starting.child(index);
         let end = tokio::time::Instant::now() + BACKEND_READY;
         while !p.vhost_user.exists() {
             if let Ok(Some(status)) = child.try_wait() {
@@ -290,7 +339,7 @@ impl QemuRuntime {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Ok(())
+        Ok(index)
     }
 
     /// QEMU's command line for `spec`.
@@ -379,33 +428,36 @@ impl QemuRuntime {
         args
     }
 
-    async fn start_inner(&self, spec: &VmSpec, p: &VmPaths, starting: &mut Starting) -> Result<VmHandle, RuntimeError> {
+    async fn start_inner(&self, spec: &VmSpec, p: &VmPaths, starting: &mut Spawned) -> Result<VmHandle, RuntimeError> {
         self.prepare(p, spec.disk_mb).await?;
         let accel = self.accel().await;
         // Bound before the backend starts, which forwards the guest's call here.
         let ready = tokio::net::UnixListener::bind(&p.ready)
             .map_err(|e| RuntimeError::io(format!("cannot listen on {}", p.ready.display()), e))?;
-        self.spawn_backend(p, starting).await?;
-        let (out, err) = self.console_file(p)?;
-        let mut cmd = detached(&self.cfg.qemu_bin);
-        cmd.args(self.qemu_args(spec, p, accel)).stdout(Stdio::from(out)).stderr(Stdio::from(err));
-        let qemu = starting
-            .qemu
-            .insert(cmd.spawn().map_err(|e| RuntimeError::Boot(format!("cannot run {}: {e}", self.cfg.qemu_bin.display())))?);
+        let backend_index = self.spawn_backend(p, starting).await?;
+        let (out, err) = vmm::console_output(&p.console)?;
+        let mut cmd = vmm::detached(&self.cfg.qemu_bin);
+        cmd.args(self.qemu_args(spec, p, accel)).stdout(out).stderr(err);
+        let qemu_index = starting
+            .spawn(&mut cmd)
+            .map_err(|e| RuntimeError::Boot(format!("cannot run {}: {e}", self.cfg.qemu_bin.display())))?;
 
-        let exited = || RuntimeError::Boot("QEMU exited immediately".into());
-        let qemu_pid = qemu.id().ok_or_else(exited)? as i32;
-        let qemu_start_time = process_start_time(qemu_pid).ok_or_else(exited)?;
-        let backend = starting.backend.as_ref().expect("backend spawned first");
-        let backend_pid = backend.id().ok_or_else(|| RuntimeError::Boot("vhost-device-vsock exited".into()))? as i32;
-        let backend_start_time =
-            process_start_time(backend_pid).ok_or_else(|| RuntimeError::Boot("vhost-device-vsock exited".into()))?;
-        let procs = VmProcesses { qemu_pid, qemu_start_time, backend_pid, backend_start_time, accel, cid: GUEST_CID };
+        let qemu = HostProcess::of_child(starting.child(qemu_index))
+            .ok_or_else(|| RuntimeError::Boot("QEMU exited immediately".into()))?;
+        let backend = HostProcess::of_child(starting.child(backend_index))
+            .ok_or_else(|| RuntimeError::Boot("vhost-device-vsock exited".into()))?;
+        let procs = VmProcesses {
+            qemu_pid: qemu.pid,
+            qemu_start_time: qemu.start_time,
+            backend_pid: backend.pid,
+            backend_start_time: backend.start_time,
+            accel,
+            cid: GUEST_CID,
+        };
         // Written before waiting for the guest, so a manager crash mid-boot still leaves a record.
-        let json = serde_json::to_vec(&procs).expect("processes serialise");
-        std::fs::write(&p.processes, json).map_err(|e| RuntimeError::io(format!("cannot write {}", p.processes.display()), e))?;
+        vmm::write_record(&p.processes, &procs)?;
 
-        let qemu = starting.qemu.as_mut().expect("just inserted");
+        let qemu = starting.child(qemu_index);
         let booted = tokio::time::timeout(self.cfg.boot_timeout, wait_for_agent(&ready, &p.vsock));
         let outcome = tokio::select! {
             booted = booted => booted
@@ -422,19 +474,15 @@ impl QemuRuntime {
         let _ = std::fs::remove_file(&p.ready);
         outcome?;
         Ok(VmHandle {
-            pid: qemu_pid,
-            start_time: qemu_start_time,
+            pid: procs.qemu_pid,
+            start_time: procs.qemu_start_time,
             extra: serde_json::to_value(&procs).expect("processes serialise"),
         })
     }
 
     /// The VM's processes: from the handle, else from `processes.json`.
     fn processes(&self, id: &str, handle: Option<&VmHandle>) -> Option<VmProcesses> {
-        if let Some(procs) = handle.and_then(|h| serde_json::from_value::<VmProcesses>(h.extra.clone()).ok()) {
-            return Some(procs);
-        }
-        let text = std::fs::read(self.paths(id).processes).ok()?;
-        serde_json::from_slice(&text).ok()
+        vmm::read_record(handle.map(|h| &h.extra), &self.paths(id).processes)
     }
 
     /// Asks the guest to shut down (agent `POST /shutdown`, else the ACPI power button) and waits
@@ -442,64 +490,25 @@ impl QemuRuntime {
     /// forced down (QMP `quit`, SIGKILL), logged as an error and noted in the console log. Then
     /// ends the vsock backend.
     async fn stop_processes(&self, p: &VmPaths, procs: &VmProcesses) -> Result<(), RuntimeError> {
-        let (pid, st) = (procs.qemu_pid, procs.qemu_start_time);
-        if is_same_process_alive(pid, st) {
-            let limit = graceful_stop(procs.accel);
+        let qemu = procs.qemu();
+        let pid = qemu.pid;
+        let ask = async {
             if !request_agent_shutdown(&p.vsock).await {
                 // The image's guest has no ACPI button driver: unless it is already shutting down,
-                // this ends in the forced stop below.
+                // this ends in the forced stop.
                 tracing::warn!(pid, "the guest agent did not accept the shutdown call; pressing the ACPI power button");
                 if let Err(e) = qmp::execute(&p.qmp, "system_powerdown", Duration::from_secs(2)).await {
                     tracing::warn!(pid, error = %e, "QMP system_powerdown failed");
                 }
             }
-            if !wait_gone(pid, st, limit).await {
-                // Cutting a guest off loses whatever it had not written yet and leaves its
-                // filesystems to journal recovery: never quiet about it.
-                tracing::error!(
-                    pid,
-                    console = %p.console.display(),
-                    "the guest did not power off within {limit:?}; killing QEMU (its disks were not quiesced)"
-                );
-                note_in_console(&p.console, &format!("rds: the guest did not power off within {limit:?}; QEMU was killed"));
-                let _ = qmp::execute(&p.qmp, "quit", Duration::from_secs(2)).await;
-                if !wait_gone(pid, st, FORCED_STOP).await {
-                    signal_if_same(pid, st, Signal::SIGKILL);
-                    if !wait_gone(pid, st, FORCED_STOP).await {
-                        return Err(RuntimeError::Stop(format!("QEMU pid {pid} survived SIGKILL")));
-                    }
-                }
-            }
-        }
-        let (bpid, bst) = (procs.backend_pid, procs.backend_start_time);
-        if signal_if_same(bpid, bst, Signal::SIGTERM) && !wait_gone(bpid, bst, FORCED_STOP).await {
-            signal_if_same(bpid, bst, Signal::SIGKILL);
-            if !wait_gone(bpid, bst, FORCED_STOP).await {
-                return Err(RuntimeError::Stop(format!("vhost-device-vsock pid {bpid} survived SIGKILL")));
-            }
-        }
-        Ok(())
+        };
+        let force = async {
+            let _ = qmp::execute(&p.qmp, "quit", Duration::from_secs(2)).await;
+        };
+        let stop = GracefulStop { what: "QEMU", console: &p.console, limit: graceful_stop(procs.accel), forced_wait: FORCED_STOP };
+        vmm::stop_gracefully(qemu, stop, ask, force).await?;
+        procs.backend().terminate("vhost-device-vsock", FORCED_STOP, FORCED_STOP).await
     }
-}
-
-/// A command that runs in its own session (survives the manager) with an empty environment.
-fn detached(program: &Path) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.env_clear()
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .kill_on_drop(false);
-    // SAFETY: setsid is async-signal-safe and the closure allocates nothing.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd
 }
 
 /// The VM's network device: the manager's TAP as a `virtio-net-device` with the VM's MAC (the
@@ -559,37 +568,11 @@ fn graceful_stop(accel: Accel) -> Duration {
     }
 }
 
-/// Appends a host-side line to the VM's console log, where whoever reads the guest's story looks.
-fn note_in_console(console: &Path, line: &str) {
-    let appended = OpenOptions::new()
-        .append(true)
-        .open(console)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()));
-    if let Err(e) = appended {
-        tracing::warn!(path = %console.display(), error = %e, "cannot write to the console log");
-    }
-}
-
 /// `POST /shutdown` to the agent; true when it accepted.
 async fn request_agent_shutdown(vsock: &Path) -> bool {
-    let attempt = async {
-        let mut s = rds_vsock::connect(vsock, AGENT_VSOCK_PORT, SHUTDOWN_CALL).await.ok()?;
-        let req = "POST /shutdown HTTP/1.1\r\nHost: agent\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head).await.ok()?;
-        Some(head.starts_with(b"HTTP/1.1 2"))
-    };
-    matches!(tokio::time::timeout(SHUTDOWN_CALL, attempt).await, Ok(Some(true)))
-}
-
-fn remove_if_present(path: &Path) -> Result<(), RuntimeError> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(RuntimeError::io(format!("cannot remove {}", path.display()), e))
-        }
-        _ => Ok(()),
-    }
+    // One connection attempt: a guest that does not answer at once gets the ACPI button instead.
+    let agent = rds_agent_client::AgentClient::hybrid_vsock(vsock).connect_retry(Duration::ZERO).max_idle(0);
+    agent.shutdown(SHUTDOWN_CALL).await.is_ok()
 }
 
 fn check_spec(spec: &VmSpec) -> Result<(), RuntimeError> {
@@ -619,27 +602,30 @@ impl Runtime for QemuRuntime {
         RuntimeKind::Qemu
     }
 
-    fn isolation(&self) -> &'static str {
-        "microvm"
+    fn isolation(&self) -> Isolation {
+        Isolation::Microvm
     }
 
     fn link_kind(&self) -> crate::LinkKind {
         crate::LinkKind::Tap
     }
 
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { snapshots: false, pause: false, network: true }
+    }
+
+    fn boot_needs(&self) -> BootNeeds {
+        BOOT_NEEDS
+    }
+
     async fn start(&self, spec: &VmSpec) -> Result<VmHandle, RuntimeError> {
         check_spec(spec)?;
         let p = self.paths(&spec.id);
         let dir_existed = p.dir.exists();
-        let mut starting = Starting::default();
+        let mut starting = Spawned::default();
         match self.start_inner(spec, &p, &mut starting).await {
             Ok(handle) => {
-                // Reap both when they exit; dropping the runtime leaves them running.
-                for mut child in [starting.qemu.take(), starting.backend.take()].into_iter().flatten() {
-                    tokio::spawn(async move {
-                        let _ = child.wait().await;
-                    });
-                }
+                starting.release();
                 Ok(handle)
             }
             Err(e) => {
@@ -665,15 +651,18 @@ impl Runtime for QemuRuntime {
         let p = self.paths(id);
         if let Some(procs) = self.processes(id, Some(handle)) {
             self.stop_processes(&p, &procs).await?;
-        } else if signal_if_same(handle.pid, handle.start_time, Signal::SIGKILL) {
-            // A handle without extras: at least QEMU goes.
-            tracing::error!(pid = handle.pid, "no process record for this VM; QEMU killed without a guest shutdown");
-            wait_gone(handle.pid, handle.start_time, FORCED_STOP).await;
+        } else {
+            let qemu = HostProcess { pid: handle.pid, start_time: handle.start_time };
+            if qemu.signal(Signal::SIGKILL) {
+                // A handle without extras: at least QEMU goes.
+                tracing::error!(pid = handle.pid, "no process record for this VM; QEMU killed without a guest shutdown");
+                qemu.wait_gone(FORCED_STOP).await;
+            }
         }
         for sock in p.runtime_sockets() {
-            remove_if_present(sock)?;
+            vmm::remove_if_present(sock)?;
         }
-        remove_if_present(&p.processes)
+        vmm::remove_if_present(&p.processes)
     }
 
     async fn destroy(&self, id: &str, handle: Option<&VmHandle>) -> Result<(), RuntimeError> {
@@ -682,7 +671,7 @@ impl Runtime for QemuRuntime {
         if let Some(procs) = self.processes(id, handle) {
             self.stop_processes(&p, &procs).await?;
         }
-        vm_common::remove_vm_dir(&p.dir)
+        vmm::remove_vm_dir(&p.dir)
     }
 
     async fn probe(&self, id: &str, handle: &VmHandle) -> Liveness {
@@ -707,21 +696,8 @@ impl Runtime for QemuRuntime {
     }
 
     async fn remove_orphans(&self, known: &HashSet<String>) -> Vec<String> {
-        let mut removed = Vec::new();
-        let Ok(entries) = std::fs::read_dir(self.cfg.storage_root.join("vms")) else { return removed };
-        let mut ids: Vec<String> = entries.flatten().filter_map(|e| e.file_name().to_str().map(String::from)).collect();
-        ids.sort();
-        for id in ids {
-            // Never touch names this runtime could not have created.
-            if known.contains(&id) || !crate::is_valid_vm_id(&id) {
-                continue;
-            }
-            match self.destroy(&id, None).await {
-                Ok(()) => removed.push(id),
-                Err(e) => tracing::warn!(vm = %id, error = %e, "could not remove orphaned QEMU VM"),
-            }
-        }
-        removed
+        let names = vmm::vm_dir_names(&self.cfg.storage_root);
+        vmm::remove_orphans(names, known, "QEMU VM", |id| async move { self.destroy(&id, None).await }).await
     }
 }
 
@@ -780,6 +756,20 @@ mod tests {
         let rt = runtime();
         assert_eq!(rt.bridge_socket("vm-1"), PathBuf::from("/var/lib/rds/vms/vm-1/vsock.sock_1025"));
         assert_eq!(rt.agent_socket("vm-1"), PathBuf::from("/var/lib/rds/vms/vm-1/vsock.sock"));
+    }
+
+    #[test]
+    fn without_an_image_auto_passes_qemu_by_and_asking_for_it_names_the_setting() {
+        let settings = RuntimeSettings {
+            storage_root: PathBuf::from("/var/lib/rds"),
+            agent_bin: PathBuf::from("/usr/local/bin/rds-agent"),
+            image: None,
+            cgroup_group: "rds-test".into(),
+            sandbox_host_root: false,
+        };
+        assert!(auto_choice(&settings).unwrap_err().contains("no guest image"));
+        let err = QemuRuntime::from_settings(&settings).err().expect("no image, no runtime");
+        assert_eq!(err.setting(), "RDS_IMAGE_DIR", "{err}");
     }
 
     #[test]

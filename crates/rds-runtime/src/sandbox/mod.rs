@@ -18,14 +18,14 @@
 //! manager crash leaves sandboxes running; [`VmHandle`] identifies it across manager restarts.
 
 use std::collections::HashSet;
-use std::fs::{DirBuilder, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use rds_proto::sandbox::{SandboxSpec, SANDBOX_SPEC_ENV};
 use rds_proto::{AGENT_VSOCK_PORT, SANDBOX_UID};
 
@@ -33,14 +33,16 @@ use crate::cgroup::{CgroupLayout, Limits};
 use uid_range::UidRange;
 
 mod uid_range;
-use crate::vm_common;
-use crate::process::{process_start_time, signal_if_same, wait_gone};
+use crate::process::HostProcess;
+use crate::{vm_common, vmm, BootNeeds, Capabilities, Isolation, RootfsForm, RuntimeEntry, RuntimeSettings, Unavailable};
 use crate::{check_vm_id, Liveness, Runtime, RuntimeError, RuntimeKind, VmHandle, VmSpec};
 
 /// How long `start` waits for the agent to accept connections.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `stop` waits after SIGTERM before SIGKILL.
 const GRACEFUL_STOP: Duration = Duration::from_secs(3);
+/// How long the launcher gets to be gone after SIGKILL.
+const KILL_WAIT: Duration = Duration::from_secs(2);
 /// How much of the console log a boot error quotes.
 const CONSOLE_TAIL: u64 = 2048;
 /// Smallest memory limit accepted (the agent itself needs some).
@@ -52,9 +54,19 @@ const DEFAULT_CGROUP_GROUP: &str = "rds";
 /// PATH of the launcher (its environment is otherwise empty so no manager secret leaks inside).
 const LAUNCHER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Smallest workspace disk (ext4 needs room for its own metadata and journal).
-pub const MIN_DISK_MB: u32 = 16;
+pub use crate::MIN_DISK_MB;
+/// Tasks allowed per VM when built from the manager's settings.
+const DEFAULT_PIDS_MAX: u64 = 512;
 /// `/tmp` gets this fraction of the VM's memory (it is memory), `/dev/shm` half of that.
 const TMP_MEMORY_DIVISOR: u32 = 2;
+
+/// How the manager's selector builds the sandbox runtime.
+pub const ENTRY: RuntimeEntry = RuntimeEntry { kind: RuntimeKind::Sandbox, auto: |_| Ok(()), build };
+
+/// Builds the runtime under the manager's cgroup group.
+fn build(settings: &RuntimeSettings) -> Result<Arc<dyn Runtime>, Unavailable> {
+    Ok(Arc::new(SandboxRuntime::from_settings(settings)?))
+}
 
 /// Settings of the sandbox runtime.
 #[derive(Debug, Clone)]
@@ -97,6 +109,39 @@ impl SandboxRuntime {
         Self::with_cgroup_group(cfg, DEFAULT_CGROUP_GROUP)
     }
 
+    /// The runtime the manager's settings describe (its agent binary must exist).
+    pub fn from_settings(settings: &RuntimeSettings) -> Result<Self, Unavailable> {
+        if !settings.agent_bin.is_file() {
+            return Err(Unavailable::Missing {
+                setting: "RDS_AGENT_BIN",
+                reason: format!(
+                    "{} is not a file; build rds-agent or point RDS_AGENT_BIN at it",
+                    settings.agent_bin.display()
+                ),
+            });
+        }
+        let group = &settings.cgroup_group;
+        tracing::info!(cgroup_group = %group, "sandbox cgroups go under this parent group");
+        let runtime = Self::with_cgroup_group(
+            SandboxConfig {
+                storage_root: settings.storage_root.clone(),
+                agent_bin: settings.agent_bin.clone(),
+                pids_max: DEFAULT_PIDS_MAX,
+                // The database and every VM directory live here; no sandbox may see them.
+                hide_paths: vec![settings.storage_root.clone()],
+                host_root: settings.sandbox_host_root,
+            },
+            group,
+        )?;
+        if settings.sandbox_host_root {
+            tracing::warn!(
+                "RDS_SANDBOX_ROOT=host: sandbox VMs without an image see the HOST's root filesystem \
+                 (read-only). For development only; never expose this manager to untrusted code"
+            );
+        }
+        Ok(runtime)
+    }
+
     /// Like [`SandboxRuntime::new`] with a different cgroup parent name, so two managers (or tests)
     /// in the same cgroup never treat each other's VMs as orphans.
     pub fn with_cgroup_group(cfg: SandboxConfig, group: &str) -> Result<Self, RuntimeError> {
@@ -114,9 +159,7 @@ impl SandboxRuntime {
 
     /// The directory holding everything of VM `id`.
     pub fn vm_dir(&self, id: &str) -> PathBuf {
-        // Path getters cannot fail; an invalid id maps to a name no valid id can produce.
-        let name = if crate::is_valid_vm_id(id) { id } else { ".invalid-id" };
-        self.cfg.storage_root.join("vms").join(name)
+        vmm::vm_dir(&self.cfg.storage_root, id)
     }
 
     fn paths(&self, id: &str) -> VmPaths {
@@ -145,26 +188,15 @@ impl SandboxRuntime {
     /// Creates the VM's directories and files (a fresh workspace disk of `disk_mb` on first start);
     /// returns whether its workspace already existed.
     async fn prepare_dirs(&self, p: &VmPaths, disk_mb: u32) -> Result<bool, RuntimeError> {
-        let private = |path: &Path, mode: u32| {
-            DirBuilder::new()
-                .recursive(true)
-                .mode(mode)
-                .create(path)
-                .and_then(|_| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)))
-                .map_err(|e| RuntimeError::io(format!("cannot create {}", path.display()), e))
-        };
-        private(&self.cfg.storage_root.join("vms"), 0o700)?;
-        private(&p.dir, 0o700)?;
+        vmm::create_vm_dir(&self.cfg.storage_root, &p.dir)?;
         let existed = p.workspace.is_dir() || p.workspace_img.is_file();
         if !existed {
             // Files owned by the sandbox user on disk: idmapped, they are uid 1000 inside.
-            vm_common::make_ext4_disk(&p.workspace_img, u64::from(disk_mb), &[], Some(SANDBOX_UID)).await?;
+            vmm::make_ext4_disk(&p.workspace_img, u64::from(disk_mb), &[], Some(SANDBOX_UID)).await?;
         }
-        private(&p.bridge, 0o755)?;
-        private(&p.root, 0o700)?;
-        if let Err(e) = vm_common::cap_console_log(&p.console) {
-            tracing::warn!(path = %p.console.display(), error = %e, "cannot cap the console log");
-        }
+        vmm::create_dir(&p.bridge, 0o755)?;
+        vmm::create_dir(&p.root, 0o700)?;
+        vmm::cap_console(&p.console);
         Ok(existed)
     }
 
@@ -204,13 +236,7 @@ impl SandboxRuntime {
             })
             .collect::<Result<_, _>>()?;
         let procs_fds: Vec<RawFd> = procs.iter().map(|f| f.as_raw_fd()).collect();
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(console)
-            .map_err(|e| RuntimeError::io(format!("cannot open {}", console.display()), e))?;
-        let log2 = log.try_clone().map_err(|e| RuntimeError::io("cannot duplicate the console log fd", e))?;
+        let (log, log2) = vmm::console_output(console)?;
         let json = serde_json::to_string(spec).expect("sandbox spec serialises");
         let inherit = inherit.to_vec();
         let mut cmd = tokio::process::Command::new(&self.cfg.agent_bin);
@@ -220,8 +246,8 @@ impl SandboxRuntime {
             .env(SANDBOX_SPEC_ENV, json)
             .current_dir("/")
             .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log2))
+            .stdout(log)
+            .stderr(log2)
             .kill_on_drop(false);
         // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
         // (setsid, write, fcntl) on fds opened before the fork; it allocates nothing.
@@ -298,9 +324,8 @@ impl SandboxRuntime {
         // The uid range stays claimed by the launcher's copy of the lock.
         drop(listener);
         drop(uids);
-        let pid = child.id().ok_or_else(|| RuntimeError::Boot("the launcher exited immediately".into()))? as i32;
-        let start_time = process_start_time(pid)
-            .ok_or_else(|| RuntimeError::Boot("the launcher exited immediately".into()))?;
+        let launcher =
+            HostProcess::of_child(child).ok_or_else(|| RuntimeError::Boot("the launcher exited immediately".into()))?;
 
         tokio::select! {
             ready = rds_vsock::connect_retry(&p.agent_sock, AGENT_VSOCK_PORT, BOOT_TIMEOUT) => {
@@ -318,7 +343,7 @@ impl SandboxRuntime {
         tokio::task::spawn_blocking(move || cgroups.finish(&id, limits))
             .await
             .map_err(|e| RuntimeError::Cgroup(format!("cgroup task failed: {e}")))??;
-        Ok(VmHandle { pid, start_time, extra: serde_json::Value::Null })
+        Ok(VmHandle { pid: launcher.pid, start_time: launcher.start_time, extra: serde_json::Value::Null })
     }
 }
 
@@ -352,12 +377,27 @@ impl Runtime for SandboxRuntime {
         RuntimeKind::Sandbox
     }
 
-    fn isolation(&self) -> &'static str {
-        "namespaces"
+    fn isolation(&self) -> Isolation {
+        Isolation::Namespaces
     }
 
     fn link_kind(&self) -> crate::LinkKind {
         crate::LinkKind::Veth
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { snapshots: false, pause: false, network: true }
+    }
+
+    fn boot_needs(&self) -> BootNeeds {
+        BootNeeds {
+            // The host's kernel runs it: only the image's root is used.
+            kernels: &[],
+            initrd: false,
+            rootfs: RootfsForm::Ext4FileOrDirectory,
+            // The host's root, only when the operator chose that (`RDS_SANDBOX_ROOT=host`).
+            default_root: self.cfg.host_root,
+        }
     }
 
     async fn start(&self, spec: &VmSpec) -> Result<VmHandle, RuntimeError> {
@@ -396,22 +436,11 @@ impl Runtime for SandboxRuntime {
 
     async fn stop(&self, id: &str, handle: &VmHandle) -> Result<(), RuntimeError> {
         check_vm_id(id)?;
-        let (pid, st) = (handle.pid, handle.start_time);
-        if signal_if_same(pid, st, Signal::SIGTERM) && !wait_gone(pid, st, GRACEFUL_STOP).await {
-            signal_if_same(pid, st, Signal::SIGKILL);
-            if !wait_gone(pid, st, Duration::from_secs(2)).await {
-                return Err(RuntimeError::Stop(format!("launcher pid {pid} survived SIGKILL")));
-            }
-        }
+        let launcher = HostProcess { pid: handle.pid, start_time: handle.start_time };
+        launcher.terminate("launcher", GRACEFUL_STOP, KILL_WAIT).await?;
         // Whatever is left in the VM's cgroups (e.g. the launcher was not ours any more) is killed here.
         self.remove_cgroups(id).await?;
-        let sock = self.paths(id).agent_sock;
-        match std::fs::remove_file(&sock) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(RuntimeError::io(format!("cannot remove {}", sock.display()), e))
-            }
-            _ => Ok(()),
-        }
+        vmm::remove_if_present(&self.paths(id).agent_sock)
     }
 
     async fn destroy(&self, id: &str, handle: Option<&VmHandle>) -> Result<(), RuntimeError> {
@@ -420,7 +449,7 @@ impl Runtime for SandboxRuntime {
             Some(h) => self.stop(id, h).await?,
             None => self.remove_cgroups(id).await?,
         }
-        vm_common::remove_vm_dir(&self.vm_dir(id))
+        vmm::remove_vm_dir(&self.vm_dir(id))
     }
 
     async fn probe(&self, id: &str, handle: &VmHandle) -> Liveness {
@@ -455,22 +484,9 @@ impl Runtime for SandboxRuntime {
 
     async fn remove_orphans(&self, known: &HashSet<String>) -> Vec<String> {
         let mut ids: Vec<String> = self.cgroups.vm_ids();
-        if let Ok(entries) = std::fs::read_dir(self.cfg.storage_root.join("vms")) {
-            ids.extend(entries.flatten().filter_map(|e| e.file_name().to_str().map(String::from)));
-        }
+        ids.extend(vmm::vm_dir_names(&self.cfg.storage_root));
         ids.sort();
         ids.dedup();
-        let mut removed = Vec::new();
-        for id in ids {
-            // Never touch names this runtime could not have created.
-            if known.contains(&id) || !crate::is_valid_vm_id(&id) {
-                continue;
-            }
-            match self.destroy(&id, None).await {
-                Ok(()) => removed.push(id),
-                Err(e) => tracing::warn!(vm = %id, error = %e, "could not remove orphaned sandbox"),
-            }
-        }
-        removed
+        vmm::remove_orphans(ids, known, "sandbox", |id| async move { self.destroy(&id, None).await }).await
     }
 }

@@ -1,0 +1,152 @@
+//! The guest agent's HTTP API as both sides name it: its routes, query parameters, media types
+//! and the small bodies that have no other home. The agent's router dispatches on [`AgentRoute`]
+//! and the host's client (`rds-agent-client`) builds its requests from it, so the two cannot drift.
+
+use http::Method;
+use serde::{Deserialize, Serialize};
+
+use crate::Language;
+
+/// One route of the guest agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentRoute {
+    /// `GET /health`: liveness, version and capabilities ([`AgentHealth`](crate::AgentHealth)).
+    Health,
+    /// `POST /exec`: a shell command ([`ExecRequest`](crate::ExecRequest)), buffered or NDJSON.
+    Exec,
+    /// `POST /run-ts|run-js|run-python`: a snippet or file ([`RunRequest`](crate::RunRequest)).
+    Run(Language),
+    /// `POST /files/upload?dest=`: a tar.gz body unpacked into the workspace.
+    Upload,
+    /// `GET /files/download?path=`: a workspace path as a tar.gz stream.
+    Download,
+    /// `POST /internal/replace-tree?dest=&owner=&readOnly=`: swaps a whole tree for a tar.gz (host only).
+    ReplaceTree,
+    /// `POST /shutdown`: syncs the guest's disks and powers it off.
+    Shutdown,
+}
+
+impl AgentRoute {
+    /// Every route, for dispatch and for telling 404 from 405.
+    pub const ALL: [AgentRoute; 9] = [
+        AgentRoute::Health,
+        AgentRoute::Exec,
+        AgentRoute::Run(Language::Ts),
+        AgentRoute::Run(Language::Js),
+        AgentRoute::Run(Language::Python),
+        AgentRoute::Upload,
+        AgentRoute::Download,
+        AgentRoute::ReplaceTree,
+        AgentRoute::Shutdown,
+    ];
+
+    /// The route's path, without query.
+    pub fn path(self) -> &'static str {
+        match self {
+            AgentRoute::Health => "/health",
+            AgentRoute::Exec => "/exec",
+            AgentRoute::Run(Language::Ts) => "/run-ts",
+            AgentRoute::Run(Language::Js) => "/run-js",
+            AgentRoute::Run(Language::Python) => "/run-python",
+            AgentRoute::Upload => "/files/upload",
+            AgentRoute::Download => "/files/download",
+            AgentRoute::ReplaceTree => "/internal/replace-tree",
+            AgentRoute::Shutdown => "/shutdown",
+        }
+    }
+
+    /// The one method the route answers.
+    pub fn method(self) -> Method {
+        match self {
+            AgentRoute::Health | AgentRoute::Download => Method::GET,
+            _ => Method::POST,
+        }
+    }
+
+    /// The route whose path is `path`, if any.
+    pub fn from_path(path: &str) -> Option<AgentRoute> {
+        AgentRoute::ALL.into_iter().find(|r| r.path() == path)
+    }
+}
+
+/// Query parameters of the file routes.
+pub mod query {
+    /// Upload and replace-tree: the destination directory, relative to the workspace or under it.
+    pub const DEST: &str = "dest";
+    /// Download: the workspace path to send.
+    pub const PATH: &str = "path";
+    /// Replace-tree: who owns what it writes, a [`TreeOwner`](super::TreeOwner).
+    pub const OWNER: &str = "owner";
+    /// Replace-tree: `true` to make the tree read-only.
+    pub const READ_ONLY: &str = "readOnly";
+}
+
+/// Media type of a streamed exec (asked for with `Accept`).
+pub const NDJSON: &str = "application/x-ndjson";
+/// Media type of file transfers.
+pub const GZIP: &str = "application/gzip";
+
+/// Who owns the files a replace-tree writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TreeOwner {
+    /// Root: user code can read but not change them.
+    Root,
+    /// The uid user code runs as.
+    User,
+}
+
+impl TreeOwner {
+    /// The query value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TreeOwner::Root => "root",
+            TreeOwner::User => "user",
+        }
+    }
+
+    /// Parses a query value.
+    pub fn parse(value: &str) -> Option<TreeOwner> {
+        [TreeOwner::Root, TreeOwner::User].into_iter().find(|o| o.as_str() == value)
+    }
+}
+
+/// Response of an upload or replace-tree: what was written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferSummary {
+    /// Entries (files, directories, links) written.
+    pub entries: u64,
+    /// Bytes of file content written.
+    pub bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_found_by_its_own_path_and_paths_are_distinct() {
+        for route in AgentRoute::ALL {
+            assert_eq!(AgentRoute::from_path(route.path()), Some(route));
+        }
+        let mut paths: Vec<&str> = AgentRoute::ALL.iter().map(|r| r.path()).collect();
+        paths.sort();
+        paths.dedup();
+        assert_eq!(paths.len(), AgentRoute::ALL.len());
+        assert_eq!(AgentRoute::from_path("/files"), None);
+    }
+
+    #[test]
+    fn run_routes_match_the_language_route_names() {
+        for language in [Language::Ts, Language::Js, Language::Python] {
+            assert_eq!(AgentRoute::Run(language).path(), format!("/{}", language.route()));
+        }
+    }
+
+    #[test]
+    fn tree_owner_round_trips_and_rejects_others() {
+        for owner in [TreeOwner::Root, TreeOwner::User] {
+            assert_eq!(TreeOwner::parse(owner.as_str()), Some(owner));
+        }
+        assert_eq!(TreeOwner::parse("nobody"), None);
+    }
+}
