@@ -71,7 +71,7 @@ pub struct Config {
     pub max_image_bytes: u64,
     /// `RATE_LIMIT_PER_MIN`: requests per minute per API key (0 disables).
     pub rate_limit_per_min: u32,
-    /// `EXPOSE_INTERNAL_ERRORS`: put real messages in 500 responses.
+    /// `EXPOSE_INTERNAL_ERRORS`: put the cause chain in 500 messages (the router's error layer reads it).
     pub expose_internal_errors: bool,
     /// `VM_SECRET_KEY`: key material for encrypting provider `secretEnv` at rest (≥ 16 chars).
     /// Without it, creating a VM with `secretEnv` is refused.

@@ -175,7 +175,7 @@ impl VmNetworking {
 
     /// The network, or 501 with the reason it is unavailable.
     pub fn require(&self) -> Result<&Arc<Network>, ApiError> {
-        self.network.as_ref().ok_or_else(|| ApiError::NotImplemented(self.unavailable.clone()))
+        self.network.as_ref().ok_or_else(|| ApiError::not_implemented(self.unavailable.clone()))
     }
 }
 

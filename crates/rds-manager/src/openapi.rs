@@ -1,27 +1,18 @@
-//! The OpenAPI document, generated from the handlers' annotations.
+//! The OpenAPI document: the frame (info, security, tags) is here; the operations come from the
+//! handlers' `#[utoipa::path]` annotations as [`crate::routes`] registers them.
 
+use rds_proto::ErrorBody;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use utoipa::openapi::{Content, ObjectBuilder, Ref, RefOr, Type};
+use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::routes;
-
-/// `GET /openapi.json`.
+/// `GET /openapi.json`, before the routes add their operations.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "run-dat-sheesh manager API", description = "Run untrusted code in VMs (or, on the sandbox runtime, Linux namespaces)."),
-    paths(
-        routes::health::health,
-        routes::vms::create, routes::vms::list, routes::vms::get, routes::vms::delete,
-        routes::vms::start, routes::vms::stop, routes::vms::console_log, routes::vms::exec_logs,
-        routes::exec::exec, routes::exec::run_ts, routes::exec::run_js, routes::exec::run_python,
-        routes::files::upload, routes::files::download,
-        routes::peers::list, routes::peers::sync, routes::peers::set_link, routes::peers::delete_link,
-        routes::peers::set_secrets, routes::peers::calls,
-        routes::network::patch,
-        routes::images::list, routes::images::create, routes::images::get, routes::images::delete,
-        routes::images::set_default, routes::images::put_kernel, routes::images::put_initrd,
-        routes::images::put_rootfs, routes::images::put_bundle,
-    ),
     modifiers(&ApiKeyAuth),
     security(("ApiKeyAuth" = [])),
     tags((name = "vms"), (name = "exec"), (name = "files"), (name = "health"), (name = "peers"), (name = "images"))
@@ -38,5 +29,68 @@ impl Modify for ApiKeyAuth {
             "ApiKeyAuth",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
         );
+    }
+}
+
+/// Documents what every operation behind the API key can answer besides its own responses:
+/// 401 (missing or wrong `X-API-Key`) and 429 (request rate or quota exhausted) on all of them,
+/// and 404 on those with an `{id}` or `{alias}` in their path. Applied to the protected routes
+/// only, so the public ones never claim a 401.
+pub struct ProtectedResponses;
+
+impl ProtectedResponses {
+    /// The responses added to an operation on `path`, as (status, description, with Retry-After).
+    fn responses(path: &str) -> Vec<(&'static str, &'static str, bool)> {
+        let mut out = vec![
+            ("401", "Missing or invalid `X-API-Key`.", false),
+            ("429", "Request rate of this API key (`RATE_LIMIT_PER_MIN`) or a quota exhausted.", true),
+        ];
+        if path.contains('{') {
+            out.push(("404", "No such resource (or no such route).", false));
+        }
+        out
+    }
+}
+
+impl Modify for ProtectedResponses {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        let mut schemas = vec![(ErrorBody::name().into_owned(), <ErrorBody as utoipa::PartialSchema>::schema())];
+        ErrorBody::schemas(&mut schemas);
+        for (name, schema) in schemas {
+            components.schemas.entry(name).or_insert(schema);
+        }
+        for (path, item) in doc.paths.paths.iter_mut() {
+            let ops = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+            for op in ops.into_iter().flatten() {
+                add_responses(op, &Self::responses(path));
+            }
+        }
+    }
+}
+
+/// Adds `{"error":{"code","message"}}` responses an operation does not document yet (its own
+/// description of a status wins; a 429 of its own still gets the `Retry-After` header).
+fn add_responses(op: &mut Operation, responses: &[(&str, &str, bool)]) {
+    for (status, description, retry_after) in responses {
+        let retry_header = || {
+            let seconds = ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)).build();
+            HeaderBuilder::new()
+                .schema(seconds)
+                .description(Some("Seconds until a request is accepted again (rate limit only)."))
+                .build()
+        };
+        if let Some(existing) = op.responses.responses.get_mut(*status) {
+            if let (RefOr::T(existing), true) = (existing, *retry_after) {
+                existing.headers.entry("Retry-After".into()).or_insert_with(retry_header);
+            }
+            continue;
+        }
+        let content = Content::new(Some(Ref::from_schema_name(ErrorBody::name())));
+        let mut response = ResponseBuilder::new().description(*description).content("application/json", content);
+        if *retry_after {
+            response = response.header("Retry-After", retry_header());
+        }
+        op.responses.responses.insert(status.to_string(), RefOr::T(response.build()));
     }
 }

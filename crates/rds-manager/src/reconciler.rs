@@ -23,8 +23,19 @@ pub struct Reconciled {
     pub orphans_removed: Vec<String>,
 }
 
+/// Why reconciling at start-up stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// Reading or updating the VM records failed.
+    #[error("reading or updating the VM records failed")]
+    Store(#[from] rds_store::StoreError),
+    /// Moving a VM to its settled state failed.
+    #[error("settling a VM's state failed")]
+    Lifecycle(#[from] ApiError),
+}
+
 /// Brings every record in line with what the runtime actually has.
-pub async fn reconcile(state: &AppState) -> Result<Reconciled, ApiError> {
+pub async fn reconcile(state: &AppState) -> Result<Reconciled, ReconcileError> {
     let mut out = Reconciled::default();
     let vms = state.store.list_vms().await?;
     let mut adopted = Vec::new();

@@ -13,7 +13,7 @@ use crate::installation::{HostLocks, LOCK_DIR};
 use crate::reconciler::{reconcile, Reconciled};
 use crate::services::api_keys::{ensure_keys, KeyNotice};
 use crate::views::HostCapabilities;
-use crate::{error, routes, AppState, Config};
+use crate::{routes, AppState, Config};
 
 /// Why the manager could not start.
 #[derive(Debug, thiserror::Error)]
@@ -26,8 +26,8 @@ pub enum StartError {
     Installation(#[from] crate::installation::InstallationError),
     #[error(transparent)]
     Network(#[from] crate::network::NetworkUnavailable),
-    #[error("reconciling VMs at start-up failed: {0}")]
-    Reconcile(String),
+    #[error("reconciling VMs at start-up failed")]
+    Reconcile(#[from] crate::reconciler::ReconcileError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -91,7 +91,6 @@ async fn prepare_with(
     runtime: Arc<dyn Runtime>,
     rotate_key: bool,
 ) -> Result<Prepared, StartError> {
-    error::expose_internal_errors(config.expose_internal_errors);
     let (keys, key_notice) = ensure_keys(store.as_ref(), config.api_key.as_deref(), rotate_key).await?;
     let addr = SocketAddr::new(config.bind, config.port);
     let listener = tokio::net::TcpListener::bind(addr)
@@ -100,9 +99,7 @@ async fn prepare_with(
     let networking = crate::network::VmNetworking::start(&config.network, runtime.as_ref(), &installation).await?;
     let state =
         AppState::new(config, store, runtime, keys, host_capabilities()).with_installation(installation).with_network(networking);
-    let reconciled = reconcile(&state)
-        .await
-        .map_err(|e| StartError::Reconcile(e.to_string()))?;
+    let reconciled = reconcile(&state).await?;
     Ok(Prepared {
         state,
         key_notice,

@@ -1,15 +1,82 @@
 //! Request and response bodies of the manager API (camelCase on the wire, with OpenAPI schemas).
 
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::SchemaType;
+use utoipa::openapi::{ArrayBuilder, ObjectBuilder, Type};
 use utoipa::{IntoParams, ToSchema};
+
+// The bounds the validators enforce. The schema annotations below repeat them as literals (utoipa
+// takes literals only); the contract tests check each literal against these constants.
+
+/// Smallest `memMb` a VM can boot with.
+pub const MIN_MEM_MB: u32 = 32;
+/// Smallest `diskSizeMb`.
+pub const MIN_DISK_MB: u32 = rds_runtime::MIN_DISK_MB;
+/// Most `peerLinks` a consumer may hold.
+pub const MAX_PEER_LINKS: usize = 32;
+/// Longest image `name`, in characters.
+pub const MAX_IMAGE_NAME_CHARS: usize = 128;
+/// Longest image `description`, in characters.
+pub const MAX_IMAGE_DESCRIPTION_CHARS: usize = 1024;
+/// Largest `?limit=` of `GET /v1/peer-calls` (larger values are clamped to it).
+pub const MAX_PEER_CALLS_LIMIT: u32 = 500;
+/// Largest `?limit=` of `GET /v1/vms/{id}/exec-logs` (larger values are clamped to it).
+pub const MAX_EXEC_LOGS_LIMIT: u32 = 200;
+/// Largest `?tail=` of `GET /v1/vms/{id}/logs` (larger values are clamped to it).
+pub const MAX_CONSOLE_TAIL: u32 = 1000;
+/// Longest `allowDomains` entry (a DNS name).
+pub const MAX_DOMAIN_LEN: usize = 253;
+
+/// An optional list: `null` is accepted as "omitted".
+fn nullable_array() -> ArrayBuilder {
+    ArrayBuilder::new().schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+}
+
+/// `allowIps`: at most [`rds_net::MAX_ENTRIES`] addresses or CIDRs, none empty.
+fn allow_ips_schema() -> ArrayBuilder {
+    let entry = ObjectBuilder::new().schema_type(Type::String).min_length(Some(1));
+    nullable_array()
+        .items(entry)
+        .max_items(Some(rds_net::MAX_ENTRIES))
+        .description(Some("Egress allow-list: IPv4/IPv6 addresses or CIDRs (no host bits set)."))
+}
+
+/// `allowDomains`: at most [`rds_net::MAX_ENTRIES`] names.
+fn allow_domains_schema() -> ArrayBuilder {
+    let entry = ObjectBuilder::new().schema_type(Type::String).min_length(Some(1)).max_length(Some(MAX_DOMAIN_LEN));
+    nullable_array()
+        .items(entry)
+        .max_items(Some(rds_net::MAX_ENTRIES))
+        .description(Some("Names (`example.com`, `*.example.com`) the VM may resolve and then reach."))
+}
+
+/// `secretEnv`: at most [`rds_peer::secrets::MAX_ENTRIES`] `KEY=value` entries.
+fn secret_env_schema() -> ArrayBuilder {
+    secret_env_entries(ArrayBuilder::new())
+}
+
+/// `secretEnv` where it may be omitted.
+fn optional_secret_env_schema() -> ArrayBuilder {
+    secret_env_entries(nullable_array())
+}
+
+fn secret_env_entries(array: ArrayBuilder) -> ArrayBuilder {
+    let entry = ObjectBuilder::new().schema_type(Type::String).pattern(Some(rds_peer::secrets::ENTRY_PATTERN));
+    array
+        .items(entry)
+        .max_items(Some(rds_peer::secrets::MAX_ENTRIES))
+        .description(Some("Provider secrets, `[\"KEY=value\"]` (KEY an environment variable name, each at most once)."))
+}
 
 /// `POST /v1/vms` body.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateVmRequest {
-    /// vCPUs (1..=MAX_CPU).
+    /// vCPUs (1..=MAX_CPU; over MAX_CPU is a 429).
+    #[schema(minimum = 1)]
     pub cpu: u32,
-    /// Memory in MiB (32..=MAX_MEM_MB).
+    /// Memory in MiB (32..=MAX_MEM_MB; over MAX_MEM_MB is a 429).
+    #[schema(minimum = 32)]
     pub mem_mb: u32,
     /// Size of the VM's writable disk (`/workspace`) in MiB (16..=MAX_DISK_MB; default
     /// DEFAULT_DISK_MB, 1024). Writes past it fail with ENOSPC inside the VM.
@@ -21,6 +88,7 @@ pub struct CreateVmRequest {
     pub image_id: Option<String>,
     /// Egress allow-list (CIDRs); only used with `outboundInternet`.
     #[serde(default)]
+    #[schema(schema_with = allow_ips_schema)]
     pub allow_ips: Option<Vec<String>>,
     /// Allow egress to `allowIps` (default false: no network).
     #[serde(default)]
@@ -28,13 +96,16 @@ pub struct CreateVmRequest {
     /// Names (`example.com`, `*.example.com`) the VM may resolve and then reach; only used with
     /// `outboundInternet`. Empty = every name resolves, only `allowIps` are reachable.
     #[serde(default)]
+    #[schema(schema_with = allow_domains_schema)]
     pub allow_domains: Option<Vec<String>>,
     /// Provider secrets, `["KEY=value"]`: encrypted at rest, never returned, injected only into
     /// this VM's own processes. Needs `VM_SECRET_KEY`.
     #[serde(default)]
+    #[schema(schema_with = optional_secret_env_schema)]
     pub secret_env: Option<Vec<String>>,
     /// Providers this (consumer) VM may call through the bridge.
     #[serde(default)]
+    #[schema(max_items = 32)]
     pub peer_links: Option<Vec<PeerLinkRequest>>,
 }
 
@@ -42,7 +113,9 @@ pub struct CreateVmRequest {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PeerLinkRequest {
-    /// Identifier (`[A-Za-z_][A-Za-z0-9_]*`) the consumer imports the provider by.
+    /// Identifier (`[A-Za-z_][A-Za-z0-9_]*`, not `_rds` or `__init__`) the consumer imports the
+    /// provider by.
+    #[schema(pattern = "^[A-Za-z_][A-Za-z0-9_]*$", max_length = 64)]
     pub alias: String,
     /// The provider VM.
     pub vm_id: String,
@@ -70,6 +143,7 @@ pub struct PatchPeerLinkRequest {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecretsRequest {
     /// `["KEY=value"]`; an empty list removes every secret.
+    #[schema(schema_with = secret_env_schema)]
     pub secret_env: Vec<String>,
 }
 
@@ -119,10 +193,12 @@ pub struct PeerCallView {
 /// `?vmId=&limit=` of the peer-call audit log.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub struct PeerCallQuery {
     /// Only calls where this VM is the consumer or the provider.
     pub vm_id: Option<String>,
-    /// Entries to return (1..=500, default 100).
+    /// Entries to return (1..=500, default 100; larger values are clamped).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 
@@ -183,9 +259,11 @@ pub struct PatchNetworkRequest {
     pub outbound_internet: Option<bool>,
     /// Replaces the whole list.
     #[serde(default)]
+    #[schema(schema_with = allow_ips_schema)]
     pub allow_ips: Option<Vec<String>>,
     /// Replaces the whole list.
     #[serde(default)]
+    #[schema(schema_with = allow_domains_schema)]
     pub allow_domains: Option<Vec<String>>,
 }
 
@@ -262,29 +340,37 @@ pub struct UploadResult {
 
 /// `?dest=` of an upload.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UploadQuery {
-    /// Directory under `/workspace` to extract into.
+    /// Directory under `/workspace` to extract into (required; a 400 names it when missing).
+    #[param(required = true, min_length = 1)]
     pub dest: Option<String>,
 }
 
 /// `?path=` of a download.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DownloadQuery {
-    /// File or directory under `/workspace`.
+    /// File or directory under `/workspace` (required; a 400 names it when missing).
+    #[param(required = true, min_length = 1)]
     pub path: Option<String>,
 }
 
 /// `?tail=` of the console log.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TailQuery {
-    /// Lines to return (1..=1000, default 200).
+    /// Lines to return (1..=1000, default 200; larger values are clamped).
+    #[param(minimum = 1, maximum = 1000)]
     pub tail: Option<u32>,
 }
 
 /// `?limit=` of the exec logs.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LimitQuery {
-    /// Entries to return (1..=200, default 50).
+    /// Entries to return (1..=200, default 50; larger values are clamped).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
 }
 
@@ -292,10 +378,12 @@ pub struct LimitQuery {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateImageRequest {
-    /// Display name (1..=128 characters).
+    /// Display name (1..=128 characters, not blank, no control characters).
+    #[schema(min_length = 1, max_length = 128)]
     pub name: String,
     /// Free text (at most 1024 characters).
     #[serde(default)]
+    #[schema(max_length = 1024)]
     pub description: Option<String>,
 }
 

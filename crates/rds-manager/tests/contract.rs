@@ -945,3 +945,293 @@ async fn secrets_without_vm_secret_key_answer_400_naming_secret_env() {
         "no VM_SECRET_KEY",
     );
 }
+
+
+// ---------------------------------------------------------------------------------------------
+// Errors: cause chains, the reporting layer, EXPOSE_INTERNAL_ERRORS
+
+/// Collects what the manager logs while a test runs on this thread.
+#[derive(Clone, Default)]
+struct LogCapture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogCapture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// A VM whose console log cannot be read (a directory stands where the file should be), so
+/// `GET /v1/vms/{id}/logs` fails inside the manager with an I/O error: a real 500.
+async fn vm_with_an_unreadable_console(api: &Api) -> String {
+    let id = api.vm().await;
+    let log = api.state.runtime.console_log(&id);
+    let _ = std::fs::remove_file(&log);
+    std::fs::create_dir_all(&log).expect("a directory in place of the console log");
+    id
+}
+
+/// The request id in a 500 message `… (request id <uuid>)`.
+fn request_id(message: &str) -> String {
+    let start = message.rfind("(request id ").unwrap_or_else(|| panic!("no request id in {message:?}")) + "(request id ".len();
+    message[start..].trim_end_matches(')').to_string()
+}
+
+#[tokio::test]
+async fn internal_errors_answer_a_request_id_and_log_the_whole_cause_chain() {
+    let capture = LogCapture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let api = Api::new(&[]);
+    let id = vm_with_an_unreadable_console(&api).await;
+    let reply = api.call(Method::GET, &format!("/v1/vms/{id}/logs"), None).await;
+    reply.expect_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error (request id ");
+    let message = reply.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(!message.contains("console.log"), "the cause stays out of the answer: {message}");
+    let rid = request_id(&message);
+    let logged = capture.text();
+    let line = logged.lines().find(|l| l.contains(&rid)).unwrap_or_else(|| panic!("no log line names {rid}:\n{logged}"));
+    // The context (which file) and the OS error below it (EISDIR) are both in the one line.
+    assert!(line.contains("cannot read") && line.contains("console.log"), "{line}");
+    assert!(line.contains("Is a directory"), "the io error is kept as the cause: {line}");
+    assert!(line.contains("status=500") && line.contains("/logs"), "{line}");
+    // A 4xx is the caller's business, not an error of the manager: not logged as one.
+    let before = capture.text().len();
+    api.call(Method::GET, &format!("/v1/vms/{NO_VM}"), None).await.expect_error(StatusCode::NOT_FOUND, "not_found", NO_VM);
+    assert!(!capture.text()[before..].contains("request failed"), "{}", &capture.text()[before..]);
+}
+
+#[tokio::test]
+async fn expose_internal_errors_puts_the_cause_chain_in_the_message() {
+    let api = Api::new(&[("EXPOSE_INTERNAL_ERRORS", "true")]);
+    let id = vm_with_an_unreadable_console(&api).await;
+    let reply = api.call(Method::GET, &format!("/v1/vms/{id}/logs"), None).await;
+    reply.expect_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "cannot read");
+    let message = reply.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("console.log") && message.contains("Is a directory"), "{message}");
+    assert!(!request_id(&message).is_empty(), "{message}");
+    assert!(reply.headers.get(header::CONTENT_LENGTH).is_none_or(|v| v.to_str().unwrap() == reply.body.len().to_string()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// OpenAPI: the document is the route list, documents the error answers and the constraints
+
+/// Every (method, path template) in `/openapi.json`.
+fn documented_operations(doc: &Value) -> Vec<(String, String)> {
+    let mut ops = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in item.as_object().expect("operations").keys() {
+            if ["get", "put", "post", "delete", "patch"].contains(&method.as_str()) {
+                ops.push((method.clone(), path.clone()));
+            }
+        }
+    }
+    ops.sort();
+    ops
+}
+
+/// A concrete path for a template.
+fn concrete(template: &str) -> String {
+    template.replace("{id}", NO_VM).replace("{alias}", "calc")
+}
+
+async fn openapi(api: &Api) -> Value {
+    api.send(Request::get("/openapi.json").body(Body::empty()).unwrap()).await.expect(StatusCode::OK)
+}
+
+/// True when the router answered with its "no such route" or "method not allowed" fallback.
+fn is_fallback(reply: &Reply) -> bool {
+    let message = || reply.json()["error"]["message"].as_str().unwrap_or_default().to_string();
+    (reply.status == StatusCode::NOT_FOUND && message() == "no such route") || reply.status == StatusCode::METHOD_NOT_ALLOWED
+}
+
+#[tokio::test]
+async fn the_router_serves_exactly_the_operations_openapi_json_documents() {
+    let api = Api::new(&[]);
+    let doc = openapi(&api).await;
+    let documented = documented_operations(&doc);
+    assert!(documented.len() > 20, "{documented:?}");
+    for (m, template) in &documented {
+        let reply = api.call(method(m), &concrete(template), None).await;
+        assert!(!is_fallback(&reply), "{m} {template} is documented but not served: {}", String::from_utf8_lossy(&reply.body));
+    }
+    // Every other method on a documented path, and paths next to documented ones, are not served.
+    let paths: std::collections::BTreeSet<&String> = documented.iter().map(|(_, p)| p).collect();
+    for path in paths {
+        for m in ["get", "put", "post", "delete", "patch"] {
+            if documented.contains(&(m.to_string(), path.clone())) {
+                continue;
+            }
+            let reply = api.call(method(m), &concrete(path), None).await;
+            assert!(is_fallback(&reply), "{m} {path} is served but not documented: {} {}", reply.status, String::from_utf8_lossy(&reply.body));
+        }
+        let reply = api.call(Method::GET, &format!("{}/undocumented/x/y", concrete(path)), None).await;
+        assert!(is_fallback(&reply), "{path}/undocumented is served: {}", reply.status);
+    }
+}
+
+/// The responses of one operation.
+fn responses<'a>(doc: &'a Value, m: &str, path: &str) -> &'a serde_json::Map<String, Value> {
+    doc["paths"][path][m]["responses"].as_object().unwrap_or_else(|| panic!("{m} {path} has responses"))
+}
+
+#[tokio::test]
+async fn every_protected_operation_documents_401_and_429_and_every_id_path_404_with_error_body() {
+    let api = Api::new(&[]);
+    let doc = openapi(&api).await;
+    assert!(doc["components"]["schemas"]["ErrorBody"].is_object(), "ErrorBody is a component");
+    for (m, path) in documented_operations(&doc) {
+        // Which operations are protected is asked of the router, not assumed.
+        let unauthenticated = api.send(Request::builder().method(method(&m)).uri(concrete(&path)).body(Body::empty()).unwrap()).await;
+        let protected = unauthenticated.status == StatusCode::UNAUTHORIZED;
+        let documented = responses(&doc, &m, &path);
+        let mut expected: Vec<&str> = Vec::new();
+        if protected {
+            expected.extend(["401", "429"]);
+        } else {
+            assert!(!documented.contains_key("401"), "{m} {path} is public but documents a 401");
+        }
+        if path.contains('{') {
+            expected.push("404");
+        }
+        for status in expected {
+            let response = documented.get(status).unwrap_or_else(|| panic!("{m} {path} does not document {status}"));
+            let schema = &response["content"]["application/json"]["schema"]["$ref"];
+            assert_eq!(schema, "#/components/schemas/ErrorBody", "{m} {path} {status}: {response}");
+        }
+        if protected {
+            assert!(documented["429"]["headers"]["Retry-After"].is_object(), "{m} {path}: 429 names Retry-After");
+        }
+    }
+    // The public health route is one of them, and answers without a key.
+    assert!(!responses(&doc, "get", "/v1/health").contains_key("401"));
+}
+
+/// A value of `/openapi.json` by JSON pointer.
+#[track_caller]
+fn doc_value<'a>(doc: &'a Value, pointer: &str) -> &'a Value {
+    doc.pointer(pointer).unwrap_or_else(|| panic!("/openapi.json has nothing at {pointer}"))
+}
+
+/// A query or path parameter of an operation.
+#[track_caller]
+fn parameter<'a>(doc: &'a Value, m: &str, path: &str, name: &str) -> &'a Value {
+    doc["paths"][path][m]["parameters"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+        .unwrap_or_else(|| panic!("{m} {path} has no parameter {name}"))
+}
+
+#[tokio::test]
+async fn openapi_json_documents_the_constraints_the_validators_enforce() {
+    use rds_manager::views;
+    let api = Api::new(&[]);
+    let doc = openapi(&api).await;
+    let schemas = "/components/schemas";
+    let policy_max = json!(rds_net::MAX_ENTRIES);
+    // (where, what the validators enforce)
+    let mut table: Vec<(String, Value)> = vec![
+        (format!("{schemas}/CreateVmRequest/properties/cpu/minimum"), json!(1)),
+        (format!("{schemas}/CreateVmRequest/properties/memMb/minimum"), json!(views::MIN_MEM_MB)),
+        (format!("{schemas}/CreateVmRequest/properties/diskSizeMb/minimum"), json!(views::MIN_DISK_MB)),
+        (format!("{schemas}/CreateVmRequest/properties/peerLinks/maxItems"), json!(views::MAX_PEER_LINKS)),
+        (format!("{schemas}/CreateVmRequest/properties/secretEnv/maxItems"), json!(rds_peer::secrets::MAX_ENTRIES)),
+        (format!("{schemas}/CreateVmRequest/properties/secretEnv/items/pattern"), json!(rds_peer::secrets::ENTRY_PATTERN)),
+        (format!("{schemas}/SecretsRequest/properties/secretEnv/maxItems"), json!(rds_peer::secrets::MAX_ENTRIES)),
+        (format!("{schemas}/SecretsRequest/properties/secretEnv/items/pattern"), json!(rds_peer::secrets::ENTRY_PATTERN)),
+        (format!("{schemas}/PeerLinkRequest/properties/alias/pattern"), json!(rds_peer::ALIAS_PATTERN)),
+        (format!("{schemas}/PeerLinkRequest/properties/alias/maxLength"), json!(rds_peer::MAX_ALIAS_LEN)),
+        (format!("{schemas}/ExecRequest/properties/cmd/minLength"), json!(1)),
+        (format!("{schemas}/ExecRequest/properties/timeoutMs/minimum"), json!(1)),
+        (format!("{schemas}/RunRequest/properties/timeoutMs/minimum"), json!(1)),
+        (format!("{schemas}/CreateImageRequest/properties/name/minLength"), json!(1)),
+        (format!("{schemas}/CreateImageRequest/properties/name/maxLength"), json!(views::MAX_IMAGE_NAME_CHARS)),
+        (format!("{schemas}/CreateImageRequest/properties/description/maxLength"), json!(views::MAX_IMAGE_DESCRIPTION_CHARS)),
+    ];
+    for request in ["CreateVmRequest", "PatchNetworkRequest"] {
+        let at = format!("{schemas}/{request}/properties");
+        table.push((format!("{at}/allowIps/maxItems"), policy_max.clone()));
+        table.push((format!("{at}/allowIps/items/minLength"), json!(1)));
+        table.push((format!("{at}/allowDomains/maxItems"), policy_max.clone()));
+        table.push((format!("{at}/allowDomains/items/minLength"), json!(1)));
+        table.push((format!("{at}/allowDomains/items/maxLength"), json!(views::MAX_DOMAIN_LEN)));
+    }
+    for (pointer, expected) in &table {
+        assert_eq!(doc_value(&doc, pointer), expected, "{pointer}");
+    }
+    // Query maxima (larger values are clamped) and required query parameters.
+    for (m, path, name, max) in [
+        ("get", "/v1/peer-calls", "limit", views::MAX_PEER_CALLS_LIMIT),
+        ("get", "/v1/vms/{id}/exec-logs", "limit", views::MAX_EXEC_LOGS_LIMIT),
+        ("get", "/v1/vms/{id}/logs", "tail", views::MAX_CONSOLE_TAIL),
+    ] {
+        let p = parameter(&doc, m, path, name);
+        assert_eq!(p["in"], "query", "{path} {name}");
+        assert_eq!(p["schema"]["minimum"], 1, "{path} {name}");
+        assert_eq!(p["schema"]["maximum"], max, "{path} {name}");
+    }
+    for (m, path, name) in [("post", "/v1/vms/{id}/files/upload", "dest"), ("get", "/v1/vms/{id}/files/download", "path")] {
+        let p = parameter(&doc, m, path, name);
+        assert_eq!((&p["in"], &p["required"], &p["schema"]["minLength"]), (&json!("query"), &json!(true), &json!(1)), "{path} {name}");
+    }
+    for m in ["patch", "delete"] {
+        let alias = &parameter(&doc, m, "/v1/vms/{id}/peers/{alias}", "alias")["schema"];
+        assert_eq!((&alias["pattern"], &alias["maxLength"]), (&json!(rds_peer::ALIAS_PATTERN), &json!(rds_peer::MAX_ALIAS_LEN)), "{m}");
+    }
+}
+
+#[tokio::test]
+async fn values_just_outside_the_documented_bounds_are_refused_with_400() {
+    let api = Api::new(&[]);
+    let doc = openapi(&api).await;
+    let vm_schema = |field: &str, key: &str| doc_value(&doc, &format!("/components/schemas/CreateVmRequest/properties/{field}/{key}")).as_u64().unwrap();
+    let base = || json!({"cpu": 1, "memMb": 128});
+    let with = |field: &str, value: Value| {
+        let mut body = base();
+        body[field] = value;
+        body
+    };
+    let over = |n: u64, item: &dyn Fn(u64) -> Value| Value::Array((0..=n).map(item).collect());
+    let cases: Vec<(Value, &str)> = vec![
+        (with("cpu", json!(vm_schema("cpu", "minimum") - 1)), "`cpu`"),
+        (with("memMb", json!(vm_schema("memMb", "minimum") - 1)), "`memMb`"),
+        (with("diskSizeMb", json!(vm_schema("diskSizeMb", "minimum") - 1)), "`diskSizeMb`"),
+        (with("allowIps", json!([""])), "allowIps[0]"),
+        (with("allowIps", over(vm_schema("allowIps", "maxItems"), &|i| json!(format!("10.0.{}.{}", i / 256, i % 256)))), "allowIps"),
+        (with("allowDomains", json!([""])), "allowDomains"),
+        (with("allowDomains", json!([format!("{}.com", "a.".repeat(126))])), "allowDomains"),
+        (with("allowDomains", over(vm_schema("allowDomains", "maxItems"), &|i| json!(format!("h{i}.example.com")))), "allowDomains"),
+        (with("secretEnv", json!(["1KEY=x"])), "secretEnv[0]"),
+        (with("secretEnv", over(vm_schema("secretEnv", "maxItems"), &|i| json!(format!("K{i}=v")))), "secretEnv"),
+        (with("peerLinks", over(vm_schema("peerLinks", "maxItems"), &|i| json!({"alias": format!("p{i}"), "vmId": NO_VM}))), "peerLinks"),
+        (with("peerLinks", json!([{"alias": "2x", "vmId": NO_VM}])), "alias"),
+        (with("peerLinks", json!([{"alias": "a".repeat(rds_peer::MAX_ALIAS_LEN + 1), "vmId": NO_VM}])), "alias"),
+    ];
+    for (body, needle) in cases {
+        let reply = api.call(Method::POST, "/v1/vms", Some(body.clone())).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{body}: {}", String::from_utf8_lossy(&reply.body));
+        reply.expect_error(StatusCode::BAD_REQUEST, "bad_request", needle);
+    }
+    let image = |key: &str| doc_value(&doc, &format!("/components/schemas/CreateImageRequest/properties/{key}")).as_u64().unwrap() as usize;
+    for (body, needle) in [
+        (json!({"name": ""}), "`name`"),
+        (json!({"name": "x".repeat(image("name/maxLength") + 1)}), "`name`"),
+        (json!({"name": "ok", "description": "x".repeat(image("description/maxLength") + 1)}), "`description`"),
+    ] {
+        api.call(Method::POST, "/v1/images", Some(body)).await.expect_error(StatusCode::BAD_REQUEST, "bad_request", needle);
+    }
+    let id = api.vm().await;
+    api.call(Method::POST, &format!("/v1/vms/{id}/exec"), Some(json!({"cmd": ""}))).await.expect_error(StatusCode::BAD_REQUEST, "bad_request", "`cmd`");
+    api.call(Method::PATCH, &format!("/v1/vms/{id}/peers/2x"), Some(json!({"vmId": NO_VM}))).await.expect_error(StatusCode::BAD_REQUEST, "bad_request", "`alias`");
+    api.call(Method::PATCH, &format!("/v1/vms/{id}/secrets"), Some(json!({"secretEnv": ["=x"]}))).await.expect_error(StatusCode::BAD_REQUEST, "bad_request", "secretEnv[0]");
+}

@@ -20,11 +20,17 @@ pub const MANIFEST_PATH: &str = ".rds-peer/manifest.json";
 /// Directory in the consumer's workspace that peer sync owns.
 pub const PEERS_DIR: &str = "peers";
 
+/// Longest peer alias.
+pub const MAX_ALIAS_LEN: usize = 64;
+/// What [`is_valid_alias`] accepts, as an OpenAPI (ECMA-262) pattern; `_rds` and `__init__` are
+/// reserved on top of it.
+pub const ALIAS_PATTERN: &str = "^[A-Za-z_][A-Za-z0-9_]*$";
+
 /// True when `alias` can name a peer: a valid identifier in both TypeScript and Python, so the
 /// generated proxies import as `peers/<alias>/index.ts` and `peers.<alias>`.
 pub fn is_valid_alias(alias: &str) -> bool {
     let mut chars = alias.chars();
-    alias.len() <= 64
+    alias.len() <= MAX_ALIAS_LEN
         && matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
         && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
         && !matches!(alias, "_rds" | "__init__")

@@ -30,16 +30,62 @@ pub const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
 const MAX_EXPORTS: usize = 256;
 
 /// A manifest problem, pointing at the field at fault.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[error("provider manifest {field}: {message}")]
 pub struct ManifestError {
     /// Path of the field, e.g. `exports[1].module`.
     pub field: String,
+    /// What is wrong with it.
     pub message: String,
+    /// The parser's or schema compiler's own error, when one found the problem.
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 fn bad(field: impl Into<String>, message: impl Into<String>) -> ManifestError {
-    ManifestError { field: field.into(), message: message.into() }
+    ManifestError { field: field.into(), message: message.into(), source: None }
+}
+
+fn bad_because(
+    field: impl Into<String>,
+    message: impl Into<String>,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> ManifestError {
+    ManifestError { field: field.into(), message: message.into(), source: Some(Box::new(source)) }
+}
+
+/// Why an export's `args` or `returns` is not a usable JSON Schema.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// Neither an object nor a boolean.
+    #[error("must be a JSON Schema (an object)")]
+    NotAnObject,
+    /// The schema compiler refused it.
+    #[error("is not a valid JSON Schema")]
+    Invalid(#[source] jsonschema::ValidationError<'static>),
+}
+
+/// Why an export's `module` cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModulePathError {
+    /// Empty or longer than 512 bytes.
+    #[error("must be a relative path of at most 512 bytes")]
+    Length,
+    /// Absolute, or holding `\\` or NUL.
+    #[error("{0:?} must be relative to /workspace")]
+    NotRelative(String),
+    /// Has an empty, `.` or `..` component.
+    #[error("{0:?} must not contain empty, `.` or `..` components")]
+    NotNormal(String),
+    /// Points into the provider's own `peers/`.
+    #[error("{0:?} must not point into the provider's own peers/ directory")]
+    IntoPeers(String),
+    /// Not a module the bridge can run.
+    #[error("{0:?} must be a .ts, .mts, .js, .mjs or .py module")]
+    Extension(String),
+    /// Holds a character outside `[A-Za-z0-9._/-]`.
+    #[error("{0:?} may only contain letters, digits, `.`, `_`, `-` and `/`")]
+    Characters(String),
 }
 
 /// A call's arguments or result did not match the export's schema.
@@ -140,9 +186,10 @@ impl Provider {
             let field = e.path().to_string();
             let inner = e.into_inner();
             if inner.is_syntax() || inner.is_eof() {
-                bad("", format!("is not valid JSON: {inner}"))
+                bad_because("", "is not valid JSON", inner)
             } else {
-                bad(if field == "." { String::new() } else { field }, inner.to_string())
+                let field = if field == "." { String::new() } else { field };
+                bad_because(field, "does not match the manifest format", inner)
             }
         })?;
         Provider::new(manifest)
@@ -168,7 +215,7 @@ impl Provider {
             if !names.insert(e.name.as_str()) {
                 return Err(bad(at("name"), format!("duplicate export {:?}", e.name)));
             }
-            check_module_path(&e.module).map_err(|m| bad(at("module"), m))?;
+            check_module_path(&e.module).map_err(|m| bad_because(at("module"), "is not a usable module path", m))?;
             if let Some(f) = &e.function {
                 if !is_identifier(f) && f != "default" {
                     return Err(bad(at("function"), format!("{f:?} is not an identifier")));
@@ -180,13 +227,13 @@ impl Provider {
                     return Err(bad(at("timeoutMs"), format!("must be between 1 and {MAX_TIMEOUT_MS}")));
                 }
             }
-            let args = compile(&e.args).map_err(|m| bad(at("args"), m))?;
+            let args = compile(&e.args).map_err(|m| bad_because(at("args"), "is not usable", m))?;
             if let Some(t) = e.args.get("type") {
                 if t != "object" {
                     return Err(bad(at("args"), "must describe an object of named arguments (\"type\": \"object\")"));
                 }
             }
-            let returns = compile(&e.returns).map_err(|m| bad(at("returns"), m))?;
+            let returns = compile(&e.returns).map_err(|m| bad_because(at("returns"), "is not usable", m))?;
             validators.insert(e.name.clone(), (args, returns));
         }
         Ok(Provider { manifest, validators })
@@ -226,11 +273,11 @@ impl Provider {
     }
 }
 
-fn compile(schema: &Value) -> Result<jsonschema::Validator, String> {
+fn compile(schema: &Value) -> Result<jsonschema::Validator, SchemaError> {
     if !schema.is_object() && !schema.is_boolean() {
-        return Err("must be a JSON Schema (an object)".into());
+        return Err(SchemaError::NotAnObject);
     }
-    jsonschema::validator_for(schema).map_err(|e| format!("is not a valid JSON Schema: {e}"))
+    jsonschema::validator_for(schema).map_err(SchemaError::Invalid)
 }
 
 fn check_text(field: &str, value: &str, max: usize) -> Result<(), ManifestError> {
@@ -252,25 +299,25 @@ pub fn is_identifier(s: &str) -> bool {
 }
 
 /// A module path must be relative, normalised, inside the workspace, and a supported source file.
-pub fn check_module_path(p: &str) -> Result<(), String> {
+pub fn check_module_path(p: &str) -> Result<(), ModulePathError> {
     if p.is_empty() || p.len() > 512 {
-        return Err("must be a relative path of at most 512 bytes".into());
+        return Err(ModulePathError::Length);
     }
     if p.starts_with('/') || p.contains('\\') || p.contains('\0') {
-        return Err(format!("{p:?} must be relative to /workspace"));
+        return Err(ModulePathError::NotRelative(p.to_string()));
     }
     if p.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
-        return Err(format!("{p:?} must not contain empty, `.` or `..` components"));
+        return Err(ModulePathError::NotNormal(p.to_string()));
     }
     if p.split('/').next() == Some(crate::PEERS_DIR) {
-        return Err(format!("{p:?} must not point into the provider's own peers/ directory"));
+        return Err(ModulePathError::IntoPeers(p.to_string()));
     }
     const EXTS: [&str; 5] = [".ts", ".mts", ".js", ".mjs", ".py"];
     if !EXTS.iter().any(|x| p.ends_with(x)) {
-        return Err(format!("{p:?} must be a .ts, .mts, .js, .mjs or .py module"));
+        return Err(ModulePathError::Extension(p.to_string()));
     }
     if !p.chars().all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c)) {
-        return Err(format!("{p:?} may only contain letters, digits, `.`, `_`, `-` and `/`"));
+        return Err(ModulePathError::Characters(p.to_string()));
     }
     Ok(())
 }
@@ -333,6 +380,23 @@ mod tests {
         }
         let err = Provider::parse(b"{not json").unwrap_err();
         assert!(err.message.contains("not valid JSON"), "{err}");
+        let source = std::error::Error::source(&err).expect("the JSON error is kept");
+        assert!(source.is::<serde_json::Error>(), "{source:?}");
+    }
+
+    #[test]
+    fn module_path_and_schema_errors_are_kept_as_the_cause() {
+        let mut m = sample();
+        m["exports"][0]["module"] = json!("../x.ts");
+        let err = parse(&m).unwrap_err();
+        let source = std::error::Error::source(&err).expect("a cause");
+        assert_eq!(source.downcast_ref::<ModulePathError>(), Some(&ModulePathError::NotNormal("../x.ts".into())));
+        let mut m = sample();
+        m["exports"][0]["args"] = json!({"type": 12});
+        let err = parse(&m).unwrap_err();
+        let source = std::error::Error::source(&err).expect("a cause");
+        assert!(matches!(source.downcast_ref::<SchemaError>(), Some(SchemaError::Invalid(_))), "{source:?}");
+        assert!(std::error::Error::source(source).is_some(), "the compiler's error is kept too");
     }
 
     #[test]

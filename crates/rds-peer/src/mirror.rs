@@ -29,6 +29,43 @@ pub struct Mirror {
     pub skipped: Vec<String>,
 }
 
+/// Why a provider's source cannot be mirrored.
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    /// The archive is not a readable tar.gz.
+    #[error("provider archive unreadable")]
+    Unreadable(#[source] std::io::Error),
+    /// An entry's path cannot be read.
+    #[error("bad path in provider archive")]
+    BadPath(#[source] std::io::Error),
+    /// An entry's path is absolute or climbs out with `..`.
+    #[error("provider archive entry {0} escapes the workspace")]
+    Escapes(String),
+    /// More entries than twice the file limit (directories and skipped files included).
+    #[error("provider source has too many entries for mirror mode (max {max})")]
+    TooManyEntries {
+        /// The file limit.
+        max: usize,
+    },
+    /// The files kept exceed [`MirrorLimits`].
+    #[error("provider source exceeds mirror limits ({max_files} files, {max_bytes} bytes)")]
+    OverLimits {
+        /// Most files.
+        max_files: usize,
+        /// Most bytes.
+        max_bytes: u64,
+    },
+    /// A file's contents cannot be read from the archive.
+    #[error("reading {path}")]
+    Read {
+        /// The file, relative to the workspace.
+        path: String,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Top-level directories never mirrored.
 const SKIPPED_DIRS: [&str; 6] = ["peers", ".deno", ".cache", "node_modules", ".rds", ".git"];
 
@@ -37,20 +74,20 @@ fn is_dotenv(name: &str) -> bool {
 }
 
 /// Builds a mirror from a provider workspace archive.
-pub fn mirror_from_tar_gz(archive: impl Read, secrets: &SecretEnv, limits: &MirrorLimits) -> Result<Mirror, String> {
+pub fn mirror_from_tar_gz(archive: impl Read, secrets: &SecretEnv, limits: &MirrorLimits) -> Result<Mirror, MirrorError> {
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
     let mut mirror = Mirror::default();
     let mut total: u64 = 0;
     let mut seen = 0usize;
-    for entry in tar.entries().map_err(|e| format!("provider archive unreadable: {e}"))? {
-        let mut entry = entry.map_err(|e| format!("provider archive unreadable: {e}"))?;
+    for entry in tar.entries().map_err(MirrorError::Unreadable)? {
+        let mut entry = entry.map_err(MirrorError::Unreadable)?;
         seen += 1;
         if seen > limits.max_files * 2 {
-            return Err(format!("provider source has too many entries for mirror mode (max {})", limits.max_files));
+            return Err(MirrorError::TooManyEntries { max: limits.max_files });
         }
-        let path = entry.path().map_err(|e| format!("bad path in provider archive: {e}"))?.into_owned();
+        let path = entry.path().map_err(MirrorError::BadPath)?.into_owned();
         let Some(rel) = normalize(&path) else {
-            return Err(format!("provider archive entry {} escapes the workspace", path.display()));
+            return Err(MirrorError::Escapes(path.display().to_string()));
         };
         if rel.is_empty() {
             continue;
@@ -74,13 +111,10 @@ pub fn mirror_from_tar_gz(archive: impl Read, secrets: &SecretEnv, limits: &Mirr
         let size = entry.header().size().unwrap_or(u64::MAX);
         total = total.saturating_add(size);
         if mirror.files.len() >= limits.max_files || total > limits.max_bytes {
-            return Err(format!(
-                "provider source exceeds mirror limits ({} files, {} bytes)",
-                limits.max_files, limits.max_bytes
-            ));
+            return Err(MirrorError::OverLimits { max_files: limits.max_files, max_bytes: limits.max_bytes });
         }
         let mut data = Vec::with_capacity(size as usize);
-        entry.by_ref().take(size).read_to_end(&mut data).map_err(|e| format!("reading {rel}: {e}"))?;
+        entry.by_ref().take(size).read_to_end(&mut data).map_err(|source| MirrorError::Read { path: rel.clone(), source })?;
         if secrets.appears_in(&data) || secrets.appears_in(name.as_bytes()) {
             mirror.skipped.push(format!("{rel} (contains a secret value)"));
             continue;
@@ -150,8 +184,16 @@ mod tests {
     fn mirror_enforces_limits() {
         let tgz = archive(&[("a", b"1234"), ("b", b"5678")], None);
         let limits = MirrorLimits { max_files: 1, max_bytes: 100 };
-        assert!(mirror_from_tar_gz(&tgz[..], &SecretEnv::default(), &limits).is_err());
+        assert!(matches!(mirror_from_tar_gz(&tgz[..], &SecretEnv::default(), &limits), Err(MirrorError::OverLimits { .. })));
         let limits = MirrorLimits { max_files: 10, max_bytes: 5 };
-        assert!(mirror_from_tar_gz(&tgz[..], &SecretEnv::default(), &limits).is_err());
+        assert!(matches!(mirror_from_tar_gz(&tgz[..], &SecretEnv::default(), &limits), Err(MirrorError::OverLimits { .. })));
+    }
+
+    #[test]
+    fn an_unreadable_archive_keeps_the_io_error_as_its_cause() {
+        use std::error::Error;
+        let err = mirror_from_tar_gz(&b"not gzip at all"[..], &SecretEnv::default(), &MirrorLimits::default()).unwrap_err();
+        assert!(matches!(err, MirrorError::Unreadable(_)), "{err:?}");
+        assert!(err.source().is_some_and(|s| s.is::<std::io::Error>()), "{err:?}");
     }
 }

@@ -14,7 +14,8 @@ use rand::RngCore;
 
 /// Shortest `VM_SECRET_KEY` accepted.
 pub const MIN_KEY_MATERIAL: usize = 16;
-const MAX_ENTRIES: usize = 64;
+/// Most `secretEnv` entries a VM may hold.
+pub const MAX_ENTRIES: usize = 64;
 const MAX_VALUE_BYTES: usize = 16 * 1024;
 const SEALED_PREFIX: &str = "v1:";
 
@@ -28,25 +29,81 @@ impl fmt::Debug for SecretEnv {
     }
 }
 
+/// A `secretEnv` entry that cannot be used; it names the entry but never shows a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct SecretEnvError {
+    /// `secretEnv` or `secretEnv[i]`.
+    pub field: String,
+    /// What is wrong with it.
+    pub problem: SecretEnvProblem,
+}
+
+/// What is wrong with a `secretEnv` entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretEnvProblem {
+    /// More than [`MAX_ENTRIES`] entries.
+    #[error("at most {MAX_ENTRIES} entries")]
+    TooMany,
+    /// No `=` in the entry.
+    #[error("expected KEY=value")]
+    NotKeyValue,
+    /// The key is not an environment variable name.
+    #[error("key {0:?} must match {ENV_KEY_PATTERN}")]
+    BadKey(String),
+    /// The value is too long or holds a NUL.
+    #[error("value of {0} must be at most {MAX_VALUE_BYTES} bytes without NUL")]
+    BadValue(String),
+    /// The key appears twice.
+    #[error("duplicate key {0}")]
+    Duplicate(String),
+}
+
+/// Why sealed secrets could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretBoxError {
+    /// `VM_SECRET_KEY` is shorter than [`MIN_KEY_MATERIAL`].
+    #[error("VM_SECRET_KEY must be at least {MIN_KEY_MATERIAL} characters")]
+    KeyTooShort,
+    /// The record lacks the `v1:` prefix or is too short to hold a nonce.
+    #[error("sealed secrets are malformed")]
+    Malformed,
+    /// The record's base64 does not decode.
+    #[error("sealed secrets are malformed")]
+    Base64(#[source] base64::DecodeError),
+    /// Authentication failed: another key, or the record was altered.
+    #[error("sealed secrets cannot be decrypted (was VM_SECRET_KEY changed?)")]
+    Undecryptable,
+    /// The plaintext is not the JSON object [`SecretBox::seal`] writes.
+    #[error("sealed secrets are corrupt")]
+    Corrupt(#[source] serde_json::Error),
+}
+
+/// What a secret's key must look like (an environment variable name).
+pub const ENV_KEY_PATTERN: &str = "[A-Za-z_][A-Za-z0-9_]*";
+/// What a `secretEnv` entry must look like, as an OpenAPI/ECMA-262 pattern (`KEY=value`).
+pub const ENTRY_PATTERN: &str = "^[A-Za-z_][A-Za-z0-9_]*=";
+
 impl SecretEnv {
     /// Parses `["KEY=value", ...]`; errors name the entry index but never echo a value.
-    pub fn parse(entries: &[String]) -> Result<SecretEnv, String> {
+    pub fn parse(entries: &[String]) -> Result<SecretEnv, SecretEnvError> {
         if entries.len() > MAX_ENTRIES {
-            return Err(format!("secretEnv: at most {MAX_ENTRIES} entries"));
+            return Err(SecretEnvError { field: "secretEnv".into(), problem: SecretEnvProblem::TooMany });
         }
         let mut map = BTreeMap::new();
         for (i, entry) in entries.iter().enumerate() {
+            let bad = |problem| SecretEnvError { field: format!("secretEnv[{i}]"), problem };
             let Some((key, value)) = entry.split_once('=') else {
-                return Err(format!("secretEnv[{i}]: expected KEY=value"));
+                return Err(bad(SecretEnvProblem::NotKeyValue));
             };
             if !is_env_key(key) {
-                return Err(format!("secretEnv[{i}]: key {key:?} must match [A-Za-z_][A-Za-z0-9_]*"));
+                return Err(bad(SecretEnvProblem::BadKey(key.to_string())));
             }
             if value.len() > MAX_VALUE_BYTES || value.contains('\0') {
-                return Err(format!("secretEnv[{i}]: value of {key} must be at most {MAX_VALUE_BYTES} bytes without NUL"));
+                return Err(bad(SecretEnvProblem::BadValue(key.to_string())));
             }
             if map.insert(key.to_string(), value.to_string()).is_some() {
-                return Err(format!("secretEnv[{i}]: duplicate key {key}"));
+                return Err(bad(SecretEnvProblem::Duplicate(key.to_string())));
             }
         }
         Ok(SecretEnv(map))
@@ -101,9 +158,9 @@ pub struct SecretBox {
 
 impl SecretBox {
     /// Derives the record key from key material (at least [`MIN_KEY_MATERIAL`] bytes).
-    pub fn new(key_material: &str) -> Result<SecretBox, String> {
+    pub fn new(key_material: &str) -> Result<SecretBox, SecretBoxError> {
         if key_material.len() < MIN_KEY_MATERIAL {
-            return Err(format!("VM_SECRET_KEY must be at least {MIN_KEY_MATERIAL} characters"));
+            return Err(SecretBoxError::KeyTooShort);
         }
         let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"rds secret-env"), key_material.as_bytes());
         let mut key = [0u8; 32];
@@ -123,17 +180,18 @@ impl SecretBox {
     }
 
     /// Decrypts a record written by [`seal`](Self::seal).
-    pub fn open(&self, sealed: &str) -> Result<SecretEnv, String> {
-        let raw = sealed
-            .strip_prefix(SEALED_PREFIX)
-            .and_then(|b| B64.decode(b).ok())
-            .filter(|r| r.len() > 12)
-            .ok_or("sealed secrets are malformed")?;
+    pub fn open(&self, sealed: &str) -> Result<SecretEnv, SecretBoxError> {
+        let encoded = sealed.strip_prefix(SEALED_PREFIX).ok_or(SecretBoxError::Malformed)?;
+        let raw = B64.decode(encoded).map_err(SecretBoxError::Base64)?;
+        if raw.len() <= 12 {
+            return Err(SecretBoxError::Malformed);
+        }
+        // aes-gcm's error says nothing beyond "failed" (by design), so there is no cause to keep.
         let plain = self
             .cipher
             .decrypt(Nonce::from_slice(&raw[..12]), &raw[12..])
-            .map_err(|_| "sealed secrets cannot be decrypted (was VM_SECRET_KEY changed?)")?;
-        serde_json::from_slice(&plain).map(SecretEnv).map_err(|_| "sealed secrets are corrupt".to_string())
+            .map_err(|_| SecretBoxError::Undecryptable)?;
+        serde_json::from_slice(&plain).map(SecretEnv).map_err(SecretBoxError::Corrupt)
     }
 }
 
@@ -157,13 +215,30 @@ mod tests {
     #[test]
     fn wrong_key_or_tampering_fails() {
         let sealed = SecretBox::new("a-long-enough-key-material").unwrap().seal(&env());
-        assert!(SecretBox::new("another-long-key-material").unwrap().open(&sealed).is_err());
+        let other = SecretBox::new("another-long-key-material").unwrap();
+        assert!(matches!(other.open(&sealed), Err(SecretBoxError::Undecryptable)));
         let mut bytes = sealed.into_bytes();
         let last = bytes.len() - 3;
         bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
         let tampered = String::from_utf8(bytes).unwrap();
         assert!(SecretBox::new("a-long-enough-key-material").unwrap().open(&tampered).is_err());
-        assert!(SecretBox::new("short").is_err());
+        assert!(matches!(SecretBox::new("short"), Err(SecretBoxError::KeyTooShort)));
+    }
+
+    #[test]
+    fn malformed_and_corrupt_records_keep_their_cause() {
+        use std::error::Error;
+        let b = SecretBox::new("a-long-enough-key-material").unwrap();
+        assert!(matches!(b.open("no-prefix"), Err(SecretBoxError::Malformed)));
+        let err = b.open("v1:not base64!").unwrap_err();
+        assert!(err.source().is_some_and(|s| s.is::<base64::DecodeError>()), "{err:?}");
+        // A well-sealed record whose plaintext is not a string map.
+        let mut nonce = [0u8; 12];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let mut raw = nonce.to_vec();
+        raw.extend(b.cipher.encrypt(Nonce::from_slice(&nonce), b"[1,2]".as_ref()).unwrap());
+        let err = b.open(&format!("{SEALED_PREFIX}{}", B64.encode(raw))).unwrap_err();
+        assert!(err.source().is_some_and(|s| s.is::<serde_json::Error>()), "{err:?}");
     }
 
     #[test]
@@ -174,11 +249,12 @@ mod tests {
             (vec!["A=1", "A=2"], "duplicate"),
         ] {
             let entries: Vec<String> = entries.into_iter().map(String::from).collect();
-            let err = SecretEnv::parse(&entries).unwrap_err();
+            let err = SecretEnv::parse(&entries).unwrap_err().to_string();
             assert!(err.contains(needle), "{err}");
         }
         let err = SecretEnv::parse(&["=hunter2-secret".into()]).unwrap_err();
-        assert!(!err.contains("hunter2"), "{err}");
+        assert_eq!(err.field, "secretEnv[0]");
+        assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");
     }
 
     #[test]

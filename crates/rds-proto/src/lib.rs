@@ -124,7 +124,8 @@ pub fn is_env_key(key: &str) -> bool {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExecRequest {
-    /// Passed to `bash -c` (or `sh -c`).
+    /// Passed to `bash -c` (or `sh -c`); must not be empty.
+    #[schema(min_length = 1)]
     pub cmd: String,
     /// Working directory under `/workspace` (default `/workspace`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,7 +136,10 @@ pub struct ExecRequest {
     /// Written to the command's stdin, which is then closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdin: Option<String>,
+    /// Milliseconds before the command is killed (default 30000; at most the manager's
+    /// `MAX_EXEC_TIMEOUT_MS`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub timeout_ms: Option<u64>,
     /// Idempotency key: a retry with the same id never runs the command twice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -242,7 +246,10 @@ pub struct RunRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub env: Option<EnvMap>,
+    /// Milliseconds before the run is killed (default 30000; at most the manager's
+    /// `MAX_EXEC_TIMEOUT_MS`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub timeout_ms: Option<u64>,
     /// Deno only: grant network access.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,4 +1,8 @@
 //! The HTTP surface: one module per resource, composed here with auth, docs and JSON fallbacks.
+//!
+//! Each route is declared once, by its handler's `#[utoipa::path]`: `routes!` serves the handler
+//! at that method and path and adds the operation to the OpenAPI document, so the two cannot
+//! disagree. Handlers of one path are registered together (a `routes!` call serves one path).
 
 pub mod exec;
 pub mod files;
@@ -8,54 +12,69 @@ pub mod images;
 pub mod peers;
 pub mod vms;
 
-use axum::routing::{get, patch, post, put};
 use axum::{middleware, Router};
-use utoipa::OpenApi;
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::openapi::ApiDoc;
+use crate::openapi::{ApiDoc, ProtectedResponses};
 use crate::{auth, ApiError, AppState};
+
+/// The routes behind `X-API-Key`.
+fn protected_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(vms::create, vms::list))
+        .routes(routes!(vms::get, vms::delete))
+        .routes(routes!(vms::start))
+        .routes(routes!(vms::stop))
+        .routes(routes!(vms::console_log))
+        .routes(routes!(vms::exec_logs))
+        .routes(routes!(exec::exec))
+        .routes(routes!(exec::run_ts))
+        .routes(routes!(exec::run_js))
+        .routes(routes!(exec::run_python))
+        .routes(routes!(files::upload))
+        .routes(routes!(files::download))
+        .routes(routes!(peers::list))
+        .routes(routes!(peers::sync))
+        .routes(routes!(peers::set_link, peers::delete_link))
+        .routes(routes!(peers::set_secrets))
+        .routes(routes!(network::patch))
+        .routes(routes!(peers::calls))
+        .routes(routes!(images::list, images::create))
+        .routes(routes!(images::get, images::delete))
+        .routes(routes!(images::set_default))
+        .routes(routes!(images::put_kernel))
+        .routes(routes!(images::put_initrd))
+        .routes(routes!(images::put_rootfs))
+        .routes(routes!(images::put_bundle))
+}
+
+/// The routes anyone may call.
+fn public_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default().routes(routes!(health::health))
+}
 
 /// The complete application router.
 pub fn router(state: AppState) -> Router {
     let drain_limit = crate::unread_body::MIN_DRAIN_BYTES.max(2 * state.config.max_json_body_bytes as u64);
-    let protected = Router::new()
-        .route("/v1/vms", post(vms::create).get(vms::list))
-        .route("/v1/vms/{id}", get(vms::get).delete(vms::delete))
-        .route("/v1/vms/{id}/start", post(vms::start))
-        .route("/v1/vms/{id}/stop", post(vms::stop))
-        .route("/v1/vms/{id}/logs", get(vms::console_log))
-        .route("/v1/vms/{id}/exec-logs", get(vms::exec_logs))
-        .route("/v1/vms/{id}/exec", post(exec::exec))
-        .route("/v1/vms/{id}/run-ts", post(exec::run_ts))
-        .route("/v1/vms/{id}/run-js", post(exec::run_js))
-        .route("/v1/vms/{id}/run-python", post(exec::run_python))
-        .route("/v1/vms/{id}/files/upload", post(files::upload))
-        .route("/v1/vms/{id}/files/download", get(files::download))
-        .route("/v1/vms/{id}/peers", get(peers::list))
-        .route("/v1/vms/{id}/peers/sync", post(peers::sync))
-        .route("/v1/vms/{id}/peers/{alias}", patch(peers::set_link).delete(peers::delete_link))
-        .route("/v1/vms/{id}/secrets", patch(peers::set_secrets))
-        .route("/v1/vms/{id}/network", patch(network::patch))
-        .route("/v1/peer-calls", get(peers::calls))
-        .route("/v1/images", get(images::list).post(images::create))
-        .route("/v1/images/{id}", get(images::get).delete(images::delete))
-        .route("/v1/images/{id}/set-default", post(images::set_default))
-        .route("/v1/images/{id}/kernel", put(images::put_kernel))
-        .route("/v1/images/{id}/initrd", put(images::put_initrd))
-        .route("/v1/images/{id}/rootfs", put(images::put_rootfs))
-        .route("/v1/images/{id}/bundle", put(images::put_bundle))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_api_key,
-        ));
-    Router::new()
+    let expose_internal = state.config.expose_internal_errors;
+    let mut protected = protected_routes();
+    // Only these operations get the auth layer, so only they document its 401 and 429.
+    ProtectedResponses.modify(protected.get_openapi_mut());
+    let protected = protected.route_layer(middleware::from_fn_with_state(state.clone(), auth::require_api_key));
+    let (api, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(protected)
-        .route("/v1/health", get(health::health))
-        .merge(SwaggerUi::new("/swagger").url("/openapi.json", ApiDoc::openapi()))
+        .merge(public_routes())
+        .split_for_parts();
+    Router::new()
+        .merge(api)
+        .merge(SwaggerUi::new("/swagger").url("/openapi.json", doc))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
+        .layer(middleware::from_fn(move |req, next| crate::error::report_errors(expose_internal, req, next)))
         // Outermost, so every early answer (auth, limits, bad input) is covered.
         .layer(middleware::from_fn(move |req, next| crate::unread_body::read_rest_of_body(drain_limit, req, next)))
 }

@@ -27,6 +27,9 @@ pub async fn sync(State(s): State<AppState>, Path(id): Path<String>) -> Result<J
 
 /// Create or change the link `alias` (then re-sync a running consumer).
 #[utoipa::path(patch, path = "/v1/vms/{id}/peers/{alias}", tag = "peers", request_body = PatchPeerLinkRequest,
+    params(("id" = String, Path, description = "The consumer VM."),
+        ("alias" = String, Path, description = "The link's identifier (not `_rds` or `__init__`).",
+            pattern = "^[A-Za-z_][A-Za-z0-9_]*$", max_length = 64)),
     responses((status = 200, body = PeerSyncReport), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn set_link(
     State(s): State<AppState>,
@@ -38,6 +41,8 @@ pub async fn set_link(
 
 /// Remove the link `alias`.
 #[utoipa::path(delete, path = "/v1/vms/{id}/peers/{alias}", tag = "peers",
+    params(("id" = String, Path, description = "The consumer VM."),
+        ("alias" = String, Path, description = "The link's identifier.", pattern = "^[A-Za-z_][A-Za-z0-9_]*$", max_length = 64)),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete_link(
     State(s): State<AppState>,

@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::agent::AgentError;
 use crate::services::peers::{redact_value, secrets_of, with_secrets};
+use crate::error::ResultExt;
 use crate::services::vms::find_running;
 use crate::{ApiError, AppState};
 
@@ -90,10 +91,10 @@ fn ndjson_response(result: &ExecResult) -> Result<Response, ApiError> {
     events.push(ExecEvent::Exit(ExecExit::from(result)));
     let mut body = Vec::new();
     for event in &events {
-        serde_json::to_writer(&mut body, event).map_err(ApiError::internal)?;
+        serde_json::to_writer(&mut body, event).context("encoding the exec events")?;
         body.push(b'\n');
     }
-    Response::builder().header(header::CONTENT_TYPE, NDJSON).body(Body::from(body)).map_err(ApiError::internal)
+    Response::builder().header(header::CONTENT_TYPE, NDJSON).body(Body::from(body)).context("building the exec response")
 }
 
 /// Runs a shell command, proxying the agent's NDJSON event stream as it comes (for a provider
@@ -135,7 +136,7 @@ pub async fn exec_stream(
     Response::builder()
         .header(header::CONTENT_TYPE, NDJSON)
         .body(Body::new(stream.into_body()))
-        .map_err(ApiError::internal)
+        .context("building the streamed exec response")
 }
 
 /// Runs TypeScript, JavaScript or Python; the `result` is passed through untouched.
@@ -207,18 +208,7 @@ pub async fn agent_error(state: &AppState, vm_id: &str, e: AgentError) -> ApiErr
         AgentError::Unreachable(_) | AgentError::Transport(_) if !still_running => {
             ApiError::Conflict(format!("VM {vm_id} is no longer RUNNING"))
         }
-        AgentError::Status {
-            status, message, ..
-        } => match status.as_u16() {
-            400 | 422 => ApiError::BadRequest(message),
-            404 => ApiError::NotFound(message),
-            409 => ApiError::Conflict(message),
-            413 => ApiError::TooLarge(message),
-            501 => ApiError::NotImplemented(message),
-            _ => ApiError::Agent(format!("agent error ({status}): {message}")),
-        },
-        AgentError::Timeout(_) => ApiError::Timeout(e.to_string()),
-        other => ApiError::Agent(other.to_string()),
+        other => ApiError::from(other),
     }
 }
 

@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use http::header;
 use rds_agent_client::{Archive, Incoming};
 
+use crate::error::ResultExt;
 use crate::services::exec::OrAgentError;
 use crate::services::vms::find_running;
 use crate::views::UploadResult;
@@ -75,7 +76,7 @@ pub async fn download(
     Response::builder()
         .header(header::CONTENT_TYPE, "application/gzip")
         .body(Body::new(archive))
-        .map_err(ApiError::internal)
+        .context("building the download response")
 }
 
 /// Asks a VM's agent for `path` as a tar.gz stream; errors (400/404) arrive before any byte.

@@ -20,6 +20,7 @@ use tokio::io::AsyncWriteExt;
 use crate::services::image_formats::{
     identify, FileFormat, HEAD_LEN, INITRD, KERNEL_BZIMAGE, KERNEL_ELF, MANIFEST, ROOTFS,
 };
+use crate::error::ResultExt;
 use crate::views::{CreateImageRequest, ImageView};
 use crate::{ApiError, AppState};
 
@@ -30,8 +31,8 @@ pub const DEFAULT_IMAGE_SETTING: &str = "defaultImageId";
 const DRAIN_LIMIT: u64 = 16 << 20;
 /// Largest `manifest.json` accepted in a bundle.
 const MAX_MANIFEST_BYTES: u64 = 4 << 20;
-const MAX_NAME_CHARS: usize = 128;
-const MAX_DESCRIPTION_CHARS: usize = 1024;
+const MAX_NAME_CHARS: usize = crate::views::MAX_IMAGE_NAME_CHARS;
+const MAX_DESCRIPTION_CHARS: usize = crate::views::MAX_IMAGE_DESCRIPTION_CHARS;
 
 /// `STORAGE_ROOT/images`.
 pub fn images_dir(state: &AppState) -> PathBuf {
@@ -146,7 +147,7 @@ pub async fn create(state: &AppState, req: CreateImageRequest) -> Result<ImageVi
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new().mode(0o700).create(&dir)
         })
-        .map_err(|e| ApiError::Internal(format!("cannot create {}: {e}", dir.display())))?;
+        .with_context(|| format!("cannot create {}", dir.display()))?;
     if let Err(e) = state.store.insert_image(&image).await {
         let _ = std::fs::remove_dir(&dir);
         return Err(e.into());
@@ -167,7 +168,7 @@ fn new_temp(dir: &Path) -> Result<NamedTempFile, ApiError> {
         .prefix(".upload-")
         .suffix(".tmp")
         .tempfile_in(dir)
-        .map_err(|e| ApiError::Internal(format!("cannot create a temporary file in {}: {e}", dir.display())))
+        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))
 }
 
 impl Staged {
@@ -177,10 +178,10 @@ impl Staged {
         self.tmp
             .as_file()
             .sync_all()
-            .map_err(|e| ApiError::Internal(format!("cannot fsync an upload for {}: {e}", target.display())))?;
+            .with_context(|| format!("cannot fsync an upload for {}", target.display()))?;
         self.tmp
             .persist(&target)
-            .map_err(|e| ApiError::Internal(format!("cannot install {}: {}", target.display(), e.error)))?;
+            .map_err(|e| ApiError::internal(format!("cannot install {}", target.display()), e.error))?;
         Ok(())
     }
 }
@@ -189,7 +190,7 @@ impl Staged {
 fn sync_dir(dir: &Path) -> Result<(), ApiError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| ApiError::Internal(format!("cannot fsync {}: {e}", dir.display())))
+        .with_context(|| format!("cannot fsync {}", dir.display()))
 }
 
 fn too_large(max: u64) -> ApiError {
@@ -245,7 +246,7 @@ pub async fn upload_part(
         sync_dir(&install_dir)
     })
     .await
-    .map_err(ApiError::internal)??;
+    .context("an image file task failed")??;
     state.store.set_image_part(id, part, bytes, now_ms()).await.map_err(|e| match e {
         rds_store::StoreError::NotFound(_) => ApiError::NotFound(format!("image {id:?} was deleted during the upload")),
         other => other.into(),
@@ -264,9 +265,9 @@ where
     let std_file = tmp
         .as_file()
         .try_clone()
-        .map_err(|e| ApiError::Internal(format!("cannot open the upload file: {e}")))?;
+        .context("cannot open the upload file")?;
     let mut file = tokio::fs::File::from_std(std_file);
-    let write_err = |e: std::io::Error| ApiError::Internal(format!("cannot write the {part} upload: {e}"));
+    let write_err = |e: std::io::Error| ApiError::internal(format!("cannot write the {part} upload"), e);
     let mut head: Vec<u8> = Vec::with_capacity(HEAD_LEN);
     let mut format = None;
     let mut total = 0u64;
@@ -358,7 +359,7 @@ pub async fn upload_bundle(
         }
     })
     .await
-    .map_err(ApiError::internal)??;
+    .context("an image file task failed")??;
 
     let install_dir = dir.clone();
     let (installed, manifest) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
@@ -371,7 +372,7 @@ pub async fn upload_bundle(
             Some((tmp, text)) => {
                 let target = install_dir.join(MANIFEST);
                 tmp.persist(&target)
-                    .map_err(|e| ApiError::Internal(format!("cannot install {}: {}", target.display(), e.error)))?;
+                    .map_err(|e| ApiError::internal(format!("cannot install {}", target.display()), e.error))?;
                 Some(text)
             }
             None => None,
@@ -380,7 +381,7 @@ pub async fn upload_bundle(
         Ok((installed, manifest))
     })
     .await
-    .map_err(ApiError::internal)??;
+    .context("an image file task failed")??;
 
     let at = now_ms();
     for (part, bytes, format) in &installed {
@@ -463,7 +464,7 @@ fn stage_entry(entry: &mut impl Read, dir: &Path, part: ImagePart, max: u64) -> 
     entry.by_ref().take(HEAD_LEN as u64).read_to_end(&mut head).map_err(bad_bundle)?;
     let format = identify(part, &head).map_err(ApiError::BadRequest)?;
     let mut tmp = new_temp(dir)?;
-    let write_err = |e: std::io::Error| ApiError::Internal(format!("cannot write the {part} upload: {e}"));
+    let write_err = |e: std::io::Error| ApiError::internal(format!("cannot write the {part} upload"), e);
     tmp.write_all(&head).map_err(write_err)?;
     // One byte past the limit tells "exactly max" from "too big".
     let rest = max.saturating_sub(head.len() as u64) + 1;
@@ -499,7 +500,7 @@ fn stage_manifest(entry: &mut impl Read, dir: &Path) -> Result<(NamedTempFile, S
     let mut tmp = new_temp(dir)?;
     tmp.write_all(text.as_bytes())
         .and_then(|()| tmp.as_file().sync_all())
-        .map_err(|e| ApiError::Internal(format!("cannot write {MANIFEST}: {e}")))?;
+        .context(format!("cannot write {MANIFEST}"))?;
     Ok((tmp, text))
 }
 
@@ -536,13 +537,13 @@ pub async fn delete(state: &AppState, id: &str) -> Result<(), ApiError> {
     match std::fs::rename(&dir, &doomed) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(ApiError::Internal(format!("cannot remove {}: {e}", dir.display()))),
+        Err(e) => return Err(ApiError::internal(format!("cannot remove {}", dir.display()), e)),
     }
     if doomed.exists() {
         tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&doomed))
             .await
-            .map_err(ApiError::internal)?
-            .map_err(|e| ApiError::Internal(format!("cannot remove the files of image {id}: {e}")))?;
+            .context("the image removal task failed")?
+            .with_context(|| format!("cannot remove the files of image {id}"))?;
     }
     tracing::info!(image_id = %id, "image deleted");
     Ok(())

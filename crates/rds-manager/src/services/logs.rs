@@ -2,6 +2,7 @@
 
 use std::io::{Read, Seek, SeekFrom};
 
+use crate::error::ResultExt;
 use crate::services::vms::find;
 use crate::views::{ConsoleLogView, ExecLogPage, ExecLogView};
 use crate::{ApiError, AppState};
@@ -16,7 +17,7 @@ pub async fn console_tail(
     tail: Option<u32>,
 ) -> Result<ConsoleLogView, ApiError> {
     find(state, vm_id).await?;
-    let tail = tail.unwrap_or(200).clamp(1, 1000) as usize;
+    let tail = tail.unwrap_or(200).clamp(1, crate::views::MAX_CONSOLE_TAIL) as usize;
     let path = state.runtime.console_log(vm_id);
     let mut file = match std::fs::File::open(&path) {
         Ok(f) => f,
@@ -26,21 +27,16 @@ pub async fn console_tail(
                 truncated: false,
             })
         }
-        Err(e) => {
-            return Err(ApiError::Internal(format!(
-                "reading {}: {e}",
-                path.display()
-            )))
-        }
+        Err(e) => return Err(ApiError::internal(format!("cannot open {}", path.display()), e)),
     };
-    let len = file.metadata().map_err(ApiError::internal)?.len();
+    let len = file.metadata().with_context(|| format!("cannot stat {}", path.display()))?.len();
     let start = len.saturating_sub(TAIL_WINDOW);
     file.seek(SeekFrom::Start(start))
-        .map_err(ApiError::internal)?;
+        .with_context(|| format!("cannot seek in {}", path.display()))?;
     let mut buf = Vec::new();
     file.take(TAIL_WINDOW)
         .read_to_end(&mut buf)
-        .map_err(ApiError::internal)?;
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let text = String::from_utf8_lossy(&buf);
     let mut lines: Vec<&str> = text.lines().collect();
     if start > 0 && !lines.is_empty() {
@@ -63,7 +59,7 @@ pub async fn exec_logs(
     find(state, vm_id).await?;
     let (rows, has_more) = state
         .store
-        .list_exec_logs(vm_id, limit.unwrap_or(50).clamp(1, 200)).await?;
+        .list_exec_logs(vm_id, limit.unwrap_or(50).clamp(1, crate::views::MAX_EXEC_LOGS_LIMIT)).await?;
     let entries = rows
         .into_iter()
         .map(|r| ExecLogView {

@@ -15,6 +15,7 @@ use rds_runtime::{LinkKind, VmHandle, VmNetwork};
 use rds_store::{NetSlotRequest, Quota, StoreError, VmRecord, VmState};
 use serde_json::json;
 
+use crate::error::ResultExt;
 use crate::services::events::vm_event;
 use crate::services::vms;
 use crate::views::{NetworkView, PatchNetworkRequest, VmView};
@@ -53,7 +54,7 @@ pub async fn policy_of(state: &AppState, vm: &VmRecord) -> Result<EgressPolicy, 
 
 /// A policy as the store keeps it.
 pub fn policy_json(policy: &EgressPolicy) -> Result<String, ApiError> {
-    serde_json::to_string(policy).map_err(ApiError::internal)
+    serde_json::to_string(policy).context("encoding the egress policy")
 }
 
 /// Persists a VM's policy.
@@ -100,10 +101,8 @@ pub async fn allocate_slot(state: &AppState, id: &str) -> Result<Option<Slot>, A
             StoreError::QuotaExceeded(Quota::NetSlots { .. }) => no_free_slot(state),
             other => other.into(),
         })?;
-        let slot = pool.slot(index).map_err(ApiError::internal)?;
-        let claimed = network
-            .claim_slot(&slot)
-            .map_err(|e| ApiError::Internal(format!("cannot claim the VM's addresses: {e}")))?;
+        let slot = pool.slot(index).context("cannot compute a free VM address")?;
+        let claimed = network.claim_slot(&slot).context("cannot claim the VM's addresses")?;
         if claimed {
             return Ok(Some(slot));
         }
@@ -130,7 +129,7 @@ pub async fn before_start(state: &AppState, vm: &VmRecord) -> Result<Option<VmNe
         let tap = network
             .attach_tap(&vm.id, &slot)
             .await
-            .map_err(|e| ApiError::Internal(format!("cannot create the VM's TAP device: {e}")))?;
+            .context("cannot create the VM's TAP device")?;
         enforce(state, network, vm, &slot).await?;
         link.tap = Some(tap);
     }
@@ -150,7 +149,7 @@ pub async fn after_start(state: &AppState, vm: &VmRecord, handle: &VmHandle) -> 
     network
         .attach_veth(&vm.id, &slot, handle.pid)
         .await
-        .map_err(|e| ApiError::Internal(format!("cannot attach the VM's network: {e}")))?;
+        .context("cannot attach the VM's network")?;
     enforce(state, network, vm, &slot).await
 }
 
@@ -159,7 +158,7 @@ async fn enforce(state: &AppState, network: &Network, vm: &VmRecord, slot: &Slot
     network
         .apply_policy(&vm.id, slot, &policy)
         .await
-        .map_err(|e| ApiError::Internal(format!("cannot apply the VM's egress policy: {e}")))
+        .context("cannot apply the VM's egress policy")
 }
 
 /// Refuses to put a link into the manager's own network namespace (a runtime that does not
@@ -170,12 +169,10 @@ fn ensure_own_netns(pid: i32) -> Result<(), ApiError> {
     let ours = inode("/proc/self/ns/net".to_string());
     match (theirs, ours) {
         (Ok(a), Ok(b)) if a != b => Ok(()),
-        (Ok(_), Ok(_)) => Err(ApiError::Internal(format!(
+        (Ok(_), Ok(_)) => Err(ApiError::internal_msg(format!(
             "VM process {pid} shares the manager's network namespace; refusing to attach a link"
         ))),
-        (Err((path, e)), _) | (_, Err((path, e))) => {
-            Err(ApiError::Internal(format!("cannot read {path}: {e}")))
-        }
+        (Err((path, e)), _) | (_, Err((path, e))) => Err(ApiError::internal(format!("cannot read {path}"), e)),
     }
 }
 
@@ -225,7 +222,7 @@ pub async fn patch(state: &AppState, id: &str, req: PatchNetworkRequest) -> Resu
             (Some(network), Some(slot)) => network
                 .apply_policy(id, &slot, &policy)
                 .await
-                .map_err(|e| ApiError::Internal(format!("cannot apply the egress policy: {e}")))?,
+                .context("cannot apply the egress policy")?,
             (Some(_), None) if policy.outbound_internet => {
                 return Err(ApiError::Conflict(format!(
                     "VM {id} was started without a network link; stop and start it, then retry"

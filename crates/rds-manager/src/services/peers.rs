@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use rds_peer::files::{pack_tar_gz, peers_tree, LinkedPeer, SourceMode};
-use rds_peer::manifest::{ModuleLanguage, Provider};
+use rds_peer::manifest::{ManifestError, ModuleLanguage, Provider};
 use rds_peer::mirror::{mirror_from_tar_gz, MirrorLimits};
 use rds_peer::secrets::SecretEnv;
 use rds_proto::agent_api::TreeOwner;
@@ -25,13 +25,14 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::agent::AgentError;
+use crate::error::{chain_of, ResultExt};
 use crate::services::exec::OrAgentError;
 use crate::services::vms::{find, find_running};
 use crate::views::{PatchPeerLinkRequest, PeerCallView, PeerLinkRequest, PeerLinkView, PeerSyncReport};
 use crate::{ApiError, AppState};
 
 /// Most links a consumer may hold.
-const MAX_LINKS: usize = 32;
+const MAX_LINKS: usize = crate::views::MAX_PEER_LINKS;
 /// Largest manifest archive fetched from a provider.
 const MAX_MANIFEST_ARCHIVE: usize = 2 << 20;
 /// Largest compressed provider workspace fetched for a mirror.
@@ -48,12 +49,12 @@ const MAX_ERROR_MESSAGE: usize = 500;
 pub struct ManifestCache(Mutex<HashMap<String, Arc<Provider>>>);
 
 impl ManifestCache {
-    fn get(&self, json: &str) -> Result<Arc<Provider>, String> {
+    fn get(&self, json: &str) -> Result<Arc<Provider>, ManifestError> {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = map.get(json) {
             return Ok(p.clone());
         }
-        let provider = Arc::new(Provider::parse(json.as_bytes()).map_err(|e| e.to_string())?);
+        let provider = Arc::new(Provider::parse(json.as_bytes())?);
         if map.len() >= 256 {
             map.clear();
         }
@@ -67,10 +68,8 @@ impl ManifestCache {
 
 /// Parses and seals `secretEnv`; returns the sealed bytes and the key names.
 pub fn seal_secrets(state: &AppState, entries: &[String]) -> Result<(Vec<u8>, Vec<String>), ApiError> {
-    let env = SecretEnv::parse(entries).map_err(|m| match m.split_once(": ") {
-        Some((field, why)) => ApiError::BadRequest(format!("invalid field `{field}`: {why}")),
-        None => ApiError::BadRequest(format!("invalid field `secretEnv`: {m}")),
-    })?;
+    let env = SecretEnv::parse(entries)
+        .map_err(|e| ApiError::BadRequest(format!("invalid field `{}`: {}", e.field, e.problem)))?;
     let Some(sealer) = &state.secrets else {
         return Err(ApiError::BadRequest(
             "invalid field `secretEnv`: the manager has no VM_SECRET_KEY, so it cannot store secrets".into(),
@@ -85,10 +84,10 @@ pub fn secrets_of(state: &AppState, vm: &VmRecord) -> Result<SecretEnv, ApiError
         return Ok(SecretEnv::default());
     };
     let sealer = state.secrets.as_ref().ok_or_else(|| {
-        ApiError::Internal(format!("VM {} holds secrets but VM_SECRET_KEY is not set", vm.id))
+        ApiError::internal_msg(format!("VM {} holds secrets but VM_SECRET_KEY is not set", vm.id))
     })?;
-    let text = std::str::from_utf8(sealed).map_err(ApiError::internal)?;
-    sealer.open(text).map_err(ApiError::Internal)
+    let text = std::str::from_utf8(sealed).with_context(|| format!("VM {}: sealed secrets are not text", vm.id))?;
+    sealer.open(text).with_context(|| format!("VM {}: cannot open its secrets", vm.id))
 }
 
 /// The caller's environment with the VM's own secrets laid over it (secrets win).
@@ -319,7 +318,7 @@ async fn sync_locked(state: &AppState, vm: &VmRecord, strict: bool) -> Result<Pe
         state.bridges.close(state, &vm.id);
         return Ok(PeerSyncReport { peers: vec![], skipped: vec![] });
     }
-    state.bridges.open(state, &vm.id).map_err(|e| ApiError::Internal(format!("cannot open the peer bridge: {e}")))?;
+    state.bridges.open(state, &vm.id).context("cannot open the peer bridge")?;
     let mut synced: Vec<(PeerLinkRecord, Arc<Provider>, Vec<(String, Vec<u8>)>)> = Vec::new();
     let mut skipped = Vec::new();
     let mut invalid = Vec::new();
@@ -403,11 +402,13 @@ async fn fetch_provider(
         .map_err(|m| SyncProblem::Invalid(format!("provider manifest unreadable: {m}")))?;
     let manifest_json = String::from_utf8(bytes)
         .map_err(|_| SyncProblem::Invalid("provider manifest is not UTF-8".into()))?;
-    let provider = state.manifests.get(&manifest_json).map_err(SyncProblem::Invalid)?;
+    // Recorded on the link for the user to read: the message names the manifest field.
+    let provider = state.manifests.get(&manifest_json).map_err(|e| SyncProblem::Invalid(chain_of(&e)))?;
     let mirror = if mode_of(link) == SourceMode::Mirror {
         let secrets = secrets_of(state, &provider_vm)?;
         let archive = download(state, &provider_vm.id, "/workspace", MAX_MIRROR_ARCHIVE).await?;
-        mirror_from_tar_gz(&archive[..], &secrets, &MirrorLimits::default()).map_err(SyncProblem::Invalid)?
+        mirror_from_tar_gz(&archive[..], &secrets, &MirrorLimits::default())
+            .map_err(|e| SyncProblem::Invalid(chain_of(&e)))?
     } else {
         Default::default()
     };
@@ -419,8 +420,8 @@ async fn download(state: &AppState, vm_id: &str, path: &str, max: usize) -> Resu
     let body = crate::services::files::agent_download(state, vm_id, path, SYNC_TIMEOUT).await?;
     let body = tokio::time::timeout(SYNC_TIMEOUT, http_body_util::Limited::new(body, max).collect())
         .await
-        .map_err(|_| ApiError::Timeout(format!("downloading {path} from VM {vm_id} timed out")))?
-        .map_err(|e| ApiError::Agent(format!("downloading {path} from VM {vm_id} failed: {e}")))?;
+        .map_err(|e| ApiError::Timeout { message: format!("downloading {path} from VM {vm_id} timed out"), source: Some(e.into()) })?
+        .map_err(|e| ApiError::Agent { message: format!("downloading {path} from VM {vm_id} failed"), source: Some(e) })?;
     Ok(body.to_bytes())
 }
 
@@ -491,12 +492,12 @@ pub async fn call(state: &AppState, consumer_id: &str, body: &[u8]) -> (StatusCo
         Err(e) => {
             let (status, code) = e.status_and_code();
             audit.code = code.to_string();
+            if status.is_server_error() {
+                tracing::error!(consumer = consumer_id, status = status.as_u16(), error = %e.chain(), "bridge call failed");
+            }
             let message = match &e {
-                ApiError::Internal(m) => {
-                    tracing::error!(consumer = consumer_id, error = %m, "bridge call failed");
-                    "internal error".to_string()
-                }
-                other => other.to_string(),
+                ApiError::Internal { .. } => "internal error".to_string(),
+                other => other.chain(),
             };
             (status, json!({ "error": { "code": code, "message": message } }))
         }
@@ -536,7 +537,8 @@ async fn call_inner(
             link.sync_message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
         ))
     })?;
-    let provider = state.manifests.get(manifest_json).map_err(ApiError::Internal)?;
+    let provider =
+        state.manifests.get(manifest_json).with_context(|| format!("the synced manifest of peer {:?} does not parse", link.alias))?;
     let export = provider.export(&req.export).ok_or_else(|| {
         ApiError::NotFound(format!("peer {:?} declares no export {:?}", link.alias, req.export))
     })?;
@@ -566,13 +568,14 @@ async fn call_inner(
     let result = match state.agent.vm(&provider_vm.id).run(language, &run, limit).await {
         Ok(r) => r,
         Err(AgentError::Timeout(_)) => {
-            return Err(ApiError::Timeout(format!("export {} timed out after {} ms", export.name, export.timeout_ms())))
+            return Err(ApiError::timeout(format!("export {} timed out after {} ms", export.name, export.timeout_ms())))
         }
         Err(e) => {
             let still_running =
                 matches!(state.store.get_vm(&provider_vm.id).await, Ok(Some(vm)) if vm.state == VmState::Running);
             return Err(if still_running {
-                ApiError::Agent(format!("provider of peer {:?} failed: {}", link.alias, secrets.redact(&e.to_string())))
+                // Redacted text only: the raw error may hold the provider's secrets.
+                ApiError::agent_msg(format!("provider of peer {:?} failed: {}", link.alias, secrets.redact(&e.to_string())))
             } else {
                 ApiError::Conflict(format!("peer {:?}: provider VM stopped during the call", link.alias))
             });
@@ -583,10 +586,10 @@ async fn call_inner(
         return Err(ApiError::Conflict(format!("peer {:?}: provider VM stopped during the call", link.alias)));
     }
     if result.timed_out {
-        return Err(ApiError::Timeout(format!("export {} timed out after {} ms", export.name, export.timeout_ms())));
+        return Err(ApiError::timeout(format!("export {} timed out after {} ms", export.name, export.timeout_ms())));
     }
     if result.error.is_some() || result.exit_code != Some(0) {
-        return Err(ApiError::Agent(format!(
+        return Err(ApiError::agent_msg(format!(
             "export {} failed: {}",
             export.name,
             sanitize(&secrets, &failure_message(&result))
@@ -596,7 +599,7 @@ async fn call_inner(
     // Secrets never leave the provider, even inside a value its code returns.
     redact_value(&secrets, &mut value);
     provider.check_result(&export.name, &value).map_err(|v| {
-        ApiError::Agent(format!(
+        ApiError::agent_msg(format!(
             "export {} returned a value that does not match its `returns` schema at `{}`: {}",
             export.name, v.pointer, v.message
         ))
@@ -634,7 +637,7 @@ fn sanitize(secrets: &SecretEnv, message: &str) -> String {
 
 /// `GET /v1/peer-calls`: the audit log, newest first.
 pub async fn list_calls(state: &AppState, vm_id: Option<&str>, limit: Option<u32>) -> Result<Vec<PeerCallView>, ApiError> {
-    let limit = limit.unwrap_or(100).clamp(1, 500);
+    let limit = limit.unwrap_or(100).clamp(1, crate::views::MAX_PEER_CALLS_LIMIT);
     Ok(state
         .store
         .list_peer_calls(vm_id, limit).await?

@@ -7,6 +7,7 @@ use rds_runtime::{RuntimeError, VmHandle, VmSpec};
 use rds_store::{now_ms, NewVm, Quota, SealedSecrets, StoreError, VmLimits, VmRecord, VmState};
 use serde_json::json;
 
+use crate::error::ResultExt;
 use crate::{lifecycle, liveness};
 use crate::services::{network, peers};
 use crate::services::events::vm_event;
@@ -14,10 +15,7 @@ use crate::services::images;
 use crate::views::{CreateVmRequest, VmView};
 use crate::{ApiError, AppState};
 
-/// Smallest memory a VM can boot with.
-const MIN_MEM_MB: u32 = 32;
-/// Smallest disk a VM may ask for.
-const MIN_DISK_MB: u32 = rds_runtime::MIN_DISK_MB;
+use crate::views::{MIN_DISK_MB, MIN_MEM_MB};
 /// How long a freshly booted agent has to answer `/health`.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the agent gets to shut itself down before the runtime stops the VM.
@@ -139,7 +137,7 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
         handle_json: None,
         outbound_internet: policy.outbound_internet,
         allow_ips_json: Some(
-            serde_json::to_string(&policy.allow_ips).map_err(ApiError::internal)?,
+            serde_json::to_string(&policy.allow_ips).context("encoding allowIps")?,
         ),
         secret_env_ciphertext: None,
         created_at: now,
@@ -234,7 +232,7 @@ async fn boot(state: &AppState, vm: &VmRecord) -> Result<VmHandle, ApiError> {
         network: network::before_start(state, vm).await?,
     };
     let handle = state.runtime.start(&spec).await.map_err(runtime_error)?;
-    let json = serde_json::to_string(&handle).map_err(ApiError::internal)?;
+    let json = serde_json::to_string(&handle).context("encoding the runtime handle")?;
     state.store.set_vm_handle(&vm.id, Some(&json)).await?;
     network::after_start(state, vm, &handle).await?;
     state
@@ -242,7 +240,7 @@ async fn boot(state: &AppState, vm: &VmRecord) -> Result<VmHandle, ApiError> {
         .vm(&vm.id)
         .health(HEALTH_TIMEOUT)
         .await
-        .map_err(|e| ApiError::Internal(format!("agent did not become healthy: {e}")))?;
+        .map_err(|e| ApiError::internal(format!("VM {}: agent did not become healthy", vm.id), e))?;
     Ok(handle)
 }
 
@@ -396,13 +394,8 @@ async fn current_handle(state: &AppState, id: &str) -> Result<Option<VmHandle>, 
     Ok(state.store.get_vm(id).await?.as_ref().and_then(parse_handle))
 }
 
-/// Maps runtime failures onto API errors (501 for unsupported, 400 for bad specs).
+/// Maps runtime failures onto API errors (501 for unsupported, 400 for bad specs), keeping the
+/// runtime's error as the cause.
 pub fn runtime_error(e: RuntimeError) -> ApiError {
-    match e {
-        RuntimeError::Unsupported(what) => {
-            ApiError::NotImplemented(format!("not supported by this runtime: {what}"))
-        }
-        RuntimeError::InvalidSpec(m) => ApiError::BadRequest(m),
-        other => ApiError::Internal(other.to_string()),
-    }
+    ApiError::from(e)
 }
