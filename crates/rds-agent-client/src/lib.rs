@@ -216,7 +216,11 @@ impl AgentClient {
     }
 
     /// Sends `req` and decodes a JSON success body.
-    async fn call_json<T: DeserializeOwned>(&self, req: Request<RequestBody>, limit: Duration) -> Result<T, AgentError> {
+    async fn call_json<T: DeserializeOwned>(
+        &self,
+        req: Request<RequestBody>,
+        limit: Duration,
+    ) -> Result<T, AgentError> {
         let bytes = self.call_bytes(req, limit).await?;
         serde_json::from_slice(&bytes).map_err(|e| AgentError::BadResponse(e.into()))
     }
@@ -244,7 +248,11 @@ impl AgentClient {
 
     /// Sends `req` and returns the response head with its body still streaming. Error statuses
     /// are turned into [`AgentError::Status`].
-    async fn call_streaming(&self, req: Request<RequestBody>, limit: Duration) -> Result<Response<Incoming>, AgentError> {
+    async fn call_streaming(
+        &self,
+        req: Request<RequestBody>,
+        limit: Duration,
+    ) -> Result<Response<Incoming>, AgentError> {
         let deadline = Instant::now() + limit;
         let work = async {
             let (resp, _sender) = self.send(req, deadline).await?;
@@ -327,8 +335,7 @@ impl AgentClient {
 
 /// Starts HTTP/1.1 on a fresh stream; the connection task ends when either side closes it.
 async fn handshake(stream: impl AgentStream) -> Result<Sender, AgentError> {
-    let (sender, conn) =
-        http1::handshake(TokioIo::new(stream)).await.map_err(|e| AgentError::Transport(e.into()))?;
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(|e| AgentError::Transport(e.into()))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -400,7 +407,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match AgentError::from_status(http::StatusCode::BAD_GATEWAY, b"proxy trouble") {
-            AgentError::Status { code, message, .. } => assert_eq!((code.as_str(), message.as_str()), ("agent_error", "proxy trouble")),
+            AgentError::Status { code, message, .. } => {
+                assert_eq!((code.as_str(), message.as_str()), ("agent_error", "proxy trouble"))
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -27,7 +27,12 @@ impl Served {
     fn start(socket: &Path, workspace: &Path) -> Served {
         let listener = rds_vsock::Listener::uds(socket, AGENT_VSOCK_PORT).unwrap();
         let meta = std::fs::metadata(workspace).unwrap();
-        let cfg = AgentConfig { workspace: workspace.to_path_buf(), uid: meta.uid(), gid: meta.gid(), ..AgentConfig::default() };
+        let cfg = AgentConfig {
+            workspace: workspace.to_path_buf(),
+            uid: meta.uid(),
+            gid: meta.gid(),
+            ..AgentConfig::default()
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             serve_listener(listener, cfg, async {
@@ -111,7 +116,9 @@ async fn agent_error_statuses_keep_their_status_code_and_message() {
         other => panic!("expected a 400 status error, got {other:?}"),
     }
     match agent.download("missing", LIMIT).await {
-        Err(AgentError::Status { status, code, .. }) => assert_eq!((status.as_u16(), code.as_str()), (404, "not_found")),
+        Err(AgentError::Status { status, code, .. }) => {
+            assert_eq!((status.as_u16(), code.as_str()), (404, "not_found"))
+        }
         other => panic!("expected a 404 status error, got {:?}", other.map(|_| "a body")),
     }
     // A status error leaves the pooled connection usable.
@@ -143,7 +150,10 @@ async fn replace_tree_swaps_the_tree_for_the_archive() {
     let served = Served::start(&env.socket, &env.workspace);
     let agent = env.client();
     agent.upload("peers", rds_testkit::tar_gz(&[("old.txt", b"old")]), LIMIT).await.unwrap();
-    let summary = agent.replace_tree("peers", TreeOwner::User, false, rds_testkit::tar_gz(&[("new.txt", b"new")]), LIMIT).await.unwrap();
+    let summary = agent
+        .replace_tree("peers", TreeOwner::User, false, rds_testkit::tar_gz(&[("new.txt", b"new")]), LIMIT)
+        .await
+        .unwrap();
     assert_eq!(summary.bytes, 3, "{summary:?}");
     assert_eq!(std::fs::read(env.workspace.join("peers/new.txt")).unwrap(), b"new");
     assert!(!env.workspace.join("peers/old.txt").exists(), "replace-tree kept the old tree");

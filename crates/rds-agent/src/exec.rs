@@ -112,7 +112,11 @@ pub struct Running {
 /// Starts `launch` as the sandbox user.
 pub fn spawn(launch: Launch) -> Result<Running, ExecError> {
     let group = match &launch.cgroups {
-        Some(cgroups) => Some(cgroups.create().map_err(|source| ExecError::Io { context: "cannot create the command's cgroup".into(), source })?),
+        Some(cgroups) => Some(
+            cgroups
+                .create()
+                .map_err(|source| ExecError::Io { context: "cannot create the command's cgroup".into(), source })?,
+        ),
         None => None,
     };
     let cgroup_procs = group.as_ref().map(ExecGroup::procs_fds).unwrap_or_default();
@@ -410,9 +414,9 @@ pub const MAX_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
 pub fn timeout_of(timeout_ms: Option<u64>) -> Result<Duration, ExecError> {
     match timeout_ms {
         Some(0) => Err(ExecError::Invalid("invalid field `timeoutMs`: must be greater than 0".into())),
-        Some(ms) if ms > MAX_TIMEOUT_MS => Err(ExecError::Invalid(format!(
-            "invalid field `timeoutMs`: must be at most {MAX_TIMEOUT_MS} (one day)"
-        ))),
+        Some(ms) if ms > MAX_TIMEOUT_MS => {
+            Err(ExecError::Invalid(format!("invalid field `timeoutMs`: must be at most {MAX_TIMEOUT_MS} (one day)")))
+        }
         Some(ms) => Ok(Duration::from_millis(ms)),
         None => Ok(Duration::from_millis(DEFAULT_TIMEOUT_MS)),
     }

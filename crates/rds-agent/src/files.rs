@@ -60,10 +60,7 @@ pub struct TransferLimits {
 
 impl Default for TransferLimits {
     fn default() -> Self {
-        Self {
-            max_entries: 10_000,
-            max_unpacked_bytes: 250 << 20,
-        }
+        Self { max_entries: 10_000, max_unpacked_bytes: 250 << 20 }
     }
 }
 
@@ -140,11 +137,7 @@ pub fn resolve_workspace_path(workspace: &Path, p: &str) -> Result<PathBuf, File
     let rel = if p.starts_with('/') {
         match p.strip_prefix(CALLER_WORKSPACE) {
             Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
-            _ => {
-                return Err(rejected(format!(
-                    "path '{p}' is outside /workspace: only /workspace paths are allowed"
-                )))
-            }
+            _ => return Err(rejected(format!("path '{p}' is outside /workspace: only /workspace paths are allowed"))),
         }
     } else {
         p
@@ -159,9 +152,7 @@ pub fn resolve_workspace_path(workspace: &Path, p: &str) -> Result<PathBuf, File
                     return Err(rejected(format!("path '{p}' escapes /workspace")));
                 }
             }
-            Component::Prefix(_) => {
-                return Err(rejected(format!("path '{p}' is not a workspace path")))
-            }
+            Component::Prefix(_) => return Err(rejected(format!("path '{p}' is not a workspace path"))),
         }
     }
     Ok(out)
@@ -178,10 +169,7 @@ pub fn upload(
 ) -> Result<UploadSummary, FileError> {
     let comps = dest_components(workspace, dest)?;
     let ws = open_workspace(workspace)?;
-    let finish = Finish {
-        owner,
-        read_only: false,
-    };
+    let finish = Finish { owner, read_only: false };
     // Refuse a bad dest before reading the body; checked again when committing.
     probe_dir(&ws, &comps).map_err(|e| dest_error(dest, e))?;
     let staging = Staging::create(&ws)?;
@@ -216,10 +204,7 @@ pub fn replace_tree(
     // Writable by its owner while it moves: moving a directory to another parent rewrites its
     // `..`, which an agent that is not root may only do in a directory it can write.
     Finish { owner, read_only: false }.apply(&staging.root, true, false)?;
-    let parent_finish = Finish {
-        owner,
-        read_only: false,
-    };
+    let parent_finish = Finish { owner, read_only: false };
     let parent = ensure_dirs(&ws, parents, &parent_finish).map_err(|e| dest_error(dest, e))?;
     // The old tree moves into the staging dir, which rewrites its `..`: an agent that is not root
     // must first make its own read-only tree writable (root ignores the mode).
@@ -233,21 +218,9 @@ pub fn replace_tree(
     }
     // Exchange keeps `dest` populated at every instant; the old content (file, dir or a user
     // symlink, never followed) lands in the staging dir and is deleted with it.
-    match rename_at(
-        &staging.dir,
-        OsStr::new("root"),
-        &parent,
-        name,
-        libc::RENAME_EXCHANGE,
-    ) {
+    match rename_at(&staging.dir, OsStr::new("root"), &parent, name, libc::RENAME_EXCHANGE) {
         Ok(()) => {}
-        Err(Errno::ENOENT) => rename_at(
-            &staging.dir,
-            OsStr::new("root"),
-            &parent,
-            name,
-            libc::RENAME_NOREPLACE,
-        )?,
+        Err(Errno::ENOENT) => rename_at(&staging.dir, OsStr::new("root"), &parent, name, libc::RENAME_NOREPLACE)?,
         Err(e) => return Err(e.into()),
     }
     // The descriptor follows the tree to `dest`.
@@ -269,10 +242,7 @@ pub fn download(workspace: &Path, path: &str, out: impl Write) -> Result<(), Fil
     let mut tar = tar::Builder::new(GzEncoder::new(out, Compression::default()));
     match target {
         Target::File(file, st) => {
-            let name = rel
-                .file_name()
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("file"));
+            let name = rel.file_name().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("file"));
             append_file(&mut tar, &name, file, &st)?;
         }
         Target::Dir => append_dir_tree(&mut tar, &ws, &rel)?,
@@ -286,20 +256,12 @@ pub fn download(workspace: &Path, path: &str, out: impl Write) -> Result<(), Fil
 
 /// Opens `rel` beneath `dir`, refusing any symlink, magic link or escape on the way.
 fn open_beneath(dir: &OwnedFd, rel: &Path, flags: OFlag, mode: u32) -> nix::Result<OwnedFd> {
-    let rel = if rel.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        rel
-    };
+    let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
     let mut how = OpenHow::new()
         // RESOLVE_NO_SYMLINKS also refuses a trailing symlink (with ELOOP, which O_NOFOLLOW
         // would turn into opening the link itself under O_PATH).
         .flags(flags | OFlag::O_CLOEXEC)
-        .resolve(
-            ResolveFlag::RESOLVE_BENEATH
-                | ResolveFlag::RESOLVE_NO_SYMLINKS
-                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-        );
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
     if flags.contains(OFlag::O_CREAT) {
         // openat2 insists on mode 0 unless a file may be created.
         how = how.mode(Mode::from_bits_truncate(mode));
@@ -311,45 +273,24 @@ fn open_beneath(dir: &OwnedFd, rel: &Path, flags: OFlag, mode: u32) -> nix::Resu
 
 /// Opens the workspace directory itself; its path comes from agent config, not from callers.
 fn open_workspace(workspace: &Path) -> Result<OwnedFd, FileError> {
-    let fd = nix::fcntl::open(
-        workspace,
-        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?;
+    let fd = nix::fcntl::open(workspace, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
     // SAFETY: open just returned this fd; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// `renameat2` through the raw syscall: nix only exposes it for glibc and the agent may be musl.
-fn rename_at(
-    from: &OwnedFd,
-    old: &OsStr,
-    to: &OwnedFd,
-    new: &OsStr,
-    flags: libc::c_uint,
-) -> nix::Result<()> {
+fn rename_at(from: &OwnedFd, old: &OsStr, to: &OwnedFd, new: &OsStr, flags: libc::c_uint) -> nix::Result<()> {
     let old = CString::new(old.as_bytes()).map_err(|_| Errno::EINVAL)?;
     let new = CString::new(new.as_bytes()).map_err(|_| Errno::EINVAL)?;
     // SAFETY: both names are NUL-terminated and outlive the call; both fds are open directories.
     let r = unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            from.as_raw_fd(),
-            old.as_ptr(),
-            to.as_raw_fd(),
-            new.as_ptr(),
-            flags,
-        )
+        libc::syscall(libc::SYS_renameat2, from.as_raw_fd(), old.as_ptr(), to.as_raw_fd(), new.as_ptr(), flags)
     };
     Errno::result(r).map(drop)
 }
 
 fn stat_at(dir: &OwnedFd, name: &OsStr) -> nix::Result<FileStat> {
-    fstatat(
-        Some(dir.as_raw_fd()),
-        name,
-        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
+    fstatat(Some(dir.as_raw_fd()), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
 }
 
 fn file_type(st: &FileStat) -> SFlag {
@@ -373,11 +314,7 @@ fn list_dir(dir: &OwnedFd) -> nix::Result<Vec<OsString>> {
         let ent = unsafe { libc::readdir(stream) };
         if ent.is_null() {
             let errno = Errno::last();
-            break if errno == Errno::UnknownErrno {
-                Ok(())
-            } else {
-                Err(errno)
-            };
+            break if errno == Errno::UnknownErrno { Ok(()) } else { Err(errno) };
         }
         // SAFETY: ent points at a valid dirent until the next readdir; d_name is NUL-terminated.
         let name = unsafe { std::ffi::CStr::from_ptr((*ent).d_name.as_ptr()) }.to_bytes();
@@ -394,12 +331,7 @@ fn list_dir(dir: &OwnedFd) -> nix::Result<Vec<OsString>> {
 
 /// Walks `comps` beneath `base`; `Ok(None)` if some component does not exist yet.
 fn probe_dir(base: &OwnedFd, comps: &[OsString]) -> nix::Result<Option<OwnedFd>> {
-    match open_beneath(
-        base,
-        &comps.iter().collect::<PathBuf>(),
-        OFlag::O_DIRECTORY | OFlag::O_RDONLY,
-        0,
-    ) {
+    match open_beneath(base, &comps.iter().collect::<PathBuf>(), OFlag::O_DIRECTORY | OFlag::O_RDONLY, 0) {
         Ok(fd) => Ok(Some(fd)),
         Err(Errno::ENOENT) => Ok(None),
         Err(e) => Err(e),
@@ -408,22 +340,14 @@ fn probe_dir(base: &OwnedFd, comps: &[OsString]) -> nix::Result<Option<OwnedFd>>
 
 /// Opens `comps` beneath `base`, creating missing directories owned and moded per `finish`.
 fn ensure_dirs(base: &OwnedFd, comps: &[OsString], finish: &Finish) -> nix::Result<OwnedFd> {
-    let mut cur = open_beneath(
-        base,
-        Path::new("."),
-        OFlag::O_DIRECTORY | OFlag::O_RDONLY,
-        0,
-    )?;
+    let mut cur = open_beneath(base, Path::new("."), OFlag::O_DIRECTORY | OFlag::O_RDONLY, 0)?;
     for comp in comps {
         let flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY;
         cur = match open_beneath(&cur, Path::new(comp), flags, 0) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => {
-                match nix::sys::stat::mkdirat(
-                    Some(cur.as_raw_fd()),
-                    comp.as_os_str(),
-                    Mode::from_bits_truncate(0o700),
-                ) {
+                match nix::sys::stat::mkdirat(Some(cur.as_raw_fd()), comp.as_os_str(), Mode::from_bits_truncate(0o700))
+                {
                     Ok(()) => {
                         let fd = open_beneath(&cur, Path::new(comp), flags, 0)?;
                         finish.apply(&fd, true, false)?;
@@ -449,12 +373,7 @@ fn remove_tree(parent: &OwnedFd, name: &OsStr, depth: usize) -> nix::Result<()> 
     if depth > MAX_REMOVE_DEPTH {
         return Err(Errno::ELOOP);
     }
-    let dir = open_beneath(
-        parent,
-        Path::new(name),
-        OFlag::O_DIRECTORY | OFlag::O_RDONLY,
-        0,
-    )?;
+    let dir = open_beneath(parent, Path::new(name), OFlag::O_DIRECTORY | OFlag::O_RDONLY, 0)?;
     // A read-only directory of the agent's own (a replaced `peers` tree) must become writable
     // before its entries can go, unless the agent is root, which ignores the mode.
     if st.st_uid == nix::unistd::geteuid().as_raw() && st.st_mode & 0o200 == 0 {
@@ -477,10 +396,7 @@ fn remove_tree(parent: &OwnedFd, name: &OsStr, depth: usize) -> nix::Result<()> 
 fn dest_components(workspace: &Path, dest: &str) -> Result<Vec<OsString>, FileError> {
     let rel = resolve_workspace_path(workspace, dest)?;
     let comps: Vec<OsString> = rel.iter().map(OsString::from).collect();
-    if comps
-        .first()
-        .is_some_and(|c| c.as_bytes().starts_with(STAGING_PREFIX.as_bytes()))
-    {
+    if comps.first().is_some_and(|c| c.as_bytes().starts_with(STAGING_PREFIX.as_bytes())) {
         return Err(rejected(format!("dest '{dest}' is reserved for the agent")));
     }
     Ok(comps)
@@ -488,9 +404,7 @@ fn dest_components(workspace: &Path, dest: &str) -> Result<Vec<OsString>, FileEr
 
 fn dest_error(dest: &str, e: Errno) -> FileError {
     match e {
-        Errno::ELOOP | Errno::EXDEV => rejected(format!(
-            "dest '{dest}' is or passes through a symbolic link"
-        )),
+        Errno::ELOOP | Errno::EXDEV => rejected(format!("dest '{dest}' is or passes through a symbolic link")),
         Errno::ENOTDIR | Errno::EEXIST => rejected(format!("dest '{dest}' is not a directory")),
         Errno::ENAMETOOLONG => rejected(format!("dest '{dest}' is too long")),
         e => e.into(),
@@ -535,12 +449,9 @@ fn display_name(raw: &[u8]) -> String {
 /// Maps an error from writing into the staging dir: most are caused by the archive's names.
 fn staging_error(name: &str, e: Errno) -> FileError {
     match e {
-        Errno::ENAMETOOLONG
-        | Errno::EISDIR
-        | Errno::ENOTDIR
-        | Errno::EEXIST
-        | Errno::ELOOP
-        | Errno::EINVAL => rejected(format!("entry '{name}': cannot be created ({})", e.desc())),
+        Errno::ENAMETOOLONG | Errno::EISDIR | Errno::ENOTDIR | Errno::EEXIST | Errno::ELOOP | Errno::EINVAL => {
+            rejected(format!("entry '{name}': cannot be created ({})", e.desc()))
+        }
         e => e.into(),
     }
 }
@@ -585,43 +496,20 @@ struct Staging<'a> {
 impl<'a> Staging<'a> {
     fn create(ws: &'a OwnedFd) -> Result<Self, FileError> {
         let name = OsString::from(format!("{STAGING_PREFIX}{}", uuid::Uuid::new_v4()));
-        nix::sys::stat::mkdirat(
-            Some(ws.as_raw_fd()),
-            name.as_os_str(),
-            Mode::from_bits_truncate(0o700),
-        )?;
+        nix::sys::stat::mkdirat(Some(ws.as_raw_fd()), name.as_os_str(), Mode::from_bits_truncate(0o700))?;
         // From here on the guard owns the name; failures below still remove it.
         let guard = PendingStaging { ws, name };
-        let dir = open_beneath(
-            ws,
-            Path::new(&guard.name),
-            OFlag::O_DIRECTORY | OFlag::O_RDONLY,
-            0,
-        )?;
+        let dir = open_beneath(ws, Path::new(&guard.name), OFlag::O_DIRECTORY | OFlag::O_RDONLY, 0)?;
         let st = fstat(dir.as_raw_fd())?;
         if st.st_uid != nix::unistd::geteuid().as_raw() {
             // The user swapped in their own dir between mkdir and open.
             return Err(io::Error::other("staging directory was replaced during setup").into());
         }
         nix::sys::stat::fchmod(dir.as_raw_fd(), Mode::from_bits_truncate(0o700))?;
-        nix::sys::stat::mkdirat(
-            Some(dir.as_raw_fd()),
-            "root",
-            Mode::from_bits_truncate(0o700),
-        )?;
-        let root = open_beneath(
-            &dir,
-            Path::new("root"),
-            OFlag::O_DIRECTORY | OFlag::O_RDONLY,
-            0,
-        )?;
+        nix::sys::stat::mkdirat(Some(dir.as_raw_fd()), "root", Mode::from_bits_truncate(0o700))?;
+        let root = open_beneath(&dir, Path::new("root"), OFlag::O_DIRECTORY | OFlag::O_RDONLY, 0)?;
         let name = guard.disarm();
-        Ok(Staging {
-            ws,
-            name,
-            dir,
-            root,
-        })
+        Ok(Staging { ws, name, dir, root })
     }
 }
 
@@ -668,40 +556,26 @@ enum Node {
 
 impl Tree {
     /// Records an entry; a later file may replace a file, a dir may repeat, nothing else.
-    fn insert(
-        &mut self,
-        comps: &[OsString],
-        is_dir: bool,
-        entry: &str,
-    ) -> Result<(), &'static str> {
+    fn insert(&mut self, comps: &[OsString], is_dir: bool, entry: &str) -> Result<(), &'static str> {
         let Some((last, parents)) = comps.split_last() else {
             return Ok(());
         };
         let mut tree = self;
         for c in parents {
-            tree = match tree
-                .0
-                .entry(c.clone())
-                .or_insert_with(|| Node::Dir(Tree::default(), entry.to_owned()))
-            {
+            tree = match tree.0.entry(c.clone()).or_insert_with(|| Node::Dir(Tree::default(), entry.to_owned())) {
                 Node::Dir(sub, _) => sub,
                 Node::File(_) => return Err("a parent directory is a file earlier in the archive"),
             };
         }
         match (tree.0.get(last), is_dir) {
             (Some(Node::Dir(..)), true) => {}
-            (Some(Node::Dir(..)), false) => {
-                return Err("conflicts with a directory earlier in the archive")
-            }
-            (Some(Node::File(_)), true) => {
-                return Err("conflicts with a file earlier in the archive")
-            }
+            (Some(Node::Dir(..)), false) => return Err("conflicts with a directory earlier in the archive"),
+            (Some(Node::File(_)), true) => return Err("conflicts with a file earlier in the archive"),
             (_, false) => {
                 tree.0.insert(last.clone(), Node::File(entry.to_owned()));
             }
             (None, true) => {
-                tree.0
-                    .insert(last.clone(), Node::Dir(Tree::default(), entry.to_owned()));
+                tree.0.insert(last.clone(), Node::Dir(Tree::default(), entry.to_owned()));
             }
         }
         Ok(())
@@ -736,11 +610,7 @@ struct BoundedReader<R> {
 
 impl<R: Read> Read for BoundedReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let room = self
-            .budget
-            .limit
-            .get()
-            .saturating_sub(self.budget.pos.get());
+        let room = self.budget.limit.get().saturating_sub(self.budget.pos.get());
         if room == 0 {
             if buf.is_empty() || self.inner.read(&mut [0u8; 1])? == 0 {
                 return Ok(0);
@@ -756,25 +626,11 @@ impl<R: Read> Read for BoundedReader<R> {
 }
 
 /// Extracts a tar.gz stream under `root`, enforcing every archive rule.
-fn extract(
-    body: impl Read,
-    root: &OwnedFd,
-    limits: &TransferLimits,
-    finish: &Finish,
-) -> Result<Staged, FileError> {
+fn extract(body: impl Read, root: &OwnedFd, limits: &TransferLimits, finish: &Finish) -> Result<Staged, FileError> {
     let budget = Rc::new(Budget::default());
-    let reader = BoundedReader {
-        inner: GzDecoder::new(body),
-        budget: budget.clone(),
-    };
+    let reader = BoundedReader { inner: GzDecoder::new(body), budget: budget.clone() };
     let mut archive = tar::Archive::new(reader);
-    let mut staged = Staged {
-        tree: Tree::default(),
-        summary: UploadSummary {
-            entries: 0,
-            bytes: 0,
-        },
-    };
+    let mut staged = Staged { tree: Tree::default(), summary: UploadSummary { entries: 0, bytes: 0 } };
     // Directories stay writable until everything is in them (see `seal_dirs`).
     let dir_finish = Finish { owner: finish.owner, read_only: false };
     let mut metadata_used = 0u64;
@@ -788,9 +644,7 @@ fn extract(
                 limits.max_unpacked_bytes
             ))
         } else {
-            rejected(format!(
-                "archive is not a valid tar.gz (after entry '{last}'): {e}"
-            ))
+            rejected(format!("archive is not a valid tar.gz (after entry '{last}'): {e}"))
         }
     };
     {
@@ -818,29 +672,16 @@ fn extract(
                     limits.max_entries
                 )));
             }
-            let comps =
-                entry_components(&raw).map_err(|why| rejected(format!("entry '{name}': {why}")))?;
+            let comps = entry_components(&raw).map_err(|why| rejected(format!("entry '{name}': {why}")))?;
             let is_dir = match kind {
                 EntryType::Directory => true,
                 EntryType::Regular | EntryType::Continuous => false,
-                EntryType::Symlink => {
-                    return Err(rejected(format!(
-                        "entry '{name}': symbolic links are not allowed"
-                    )))
-                }
-                EntryType::Link => {
-                    return Err(rejected(format!(
-                        "entry '{name}': hard links are not allowed"
-                    )))
-                }
+                EntryType::Symlink => return Err(rejected(format!("entry '{name}': symbolic links are not allowed"))),
+                EntryType::Link => return Err(rejected(format!("entry '{name}': hard links are not allowed"))),
                 EntryType::Char | EntryType::Block => {
-                    return Err(rejected(format!(
-                        "entry '{name}': device files are not allowed"
-                    )))
+                    return Err(rejected(format!("entry '{name}': device files are not allowed")))
                 }
-                EntryType::Fifo => {
-                    return Err(rejected(format!("entry '{name}': fifos are not allowed")))
-                }
+                EntryType::Fifo => return Err(rejected(format!("entry '{name}': fifos are not allowed"))),
                 other => {
                     return Err(rejected(format!(
                         "entry '{name}': unsupported entry type '{}'",
@@ -854,19 +695,12 @@ fn extract(
                 }
                 return Err(rejected(format!("entry '{name}': a file needs a name")));
             }
-            staged
-                .tree
-                .insert(&comps, is_dir, &name)
-                .map_err(|why| rejected(format!("entry '{name}': {why}")))?;
+            staged.tree.insert(&comps, is_dir, &name).map_err(|why| rejected(format!("entry '{name}': {why}")))?;
             if is_dir {
                 ensure_dirs(root, &comps, &dir_finish).map_err(|e| staging_error(&name, e))?;
             } else {
                 let size = entry.size();
-                if size
-                    > limits
-                        .max_unpacked_bytes
-                        .saturating_sub(staged.summary.bytes)
-                {
+                if size > limits.max_unpacked_bytes.saturating_sub(staged.summary.bytes) {
                     return Err(rejected(format!(
                         "entry '{name}': archive unpacks to more than {} bytes",
                         limits.max_unpacked_bytes
@@ -874,8 +708,7 @@ fn extract(
                 }
                 let executable = entry.header().mode().is_ok_and(|m| m & 0o111 != 0);
                 let (parents, file_name) = comps.split_at(comps.len() - 1);
-                let parent =
-                    ensure_dirs(root, parents, &dir_finish).map_err(|e| staging_error(&name, e))?;
+                let parent = ensure_dirs(root, parents, &dir_finish).map_err(|e| staging_error(&name, e))?;
                 let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC;
                 let fd = open_beneath(&parent, Path::new(&file_name[0]), flags, 0o600)
                     .map_err(|e| staging_error(&name, e))?;
@@ -886,9 +719,7 @@ fn extract(
                     CopyError::Write(e) => FileError::Io(e),
                 })?;
                 if written != size {
-                    return Err(rejected(format!(
-                        "entry '{name}': archive is truncated ({written} of {size} bytes)"
-                    )));
+                    return Err(rejected(format!("entry '{name}': archive is truncated ({written} of {size} bytes)")));
                 }
                 staged.summary.bytes += written;
                 finish.apply(&OwnedFd::from(file), false, executable)?;
@@ -946,13 +777,11 @@ fn check_collisions(dest: &OwnedFd, tree: &Tree, prefix: &Path) -> Result<(), Fi
     for (name, node) in &tree.0 {
         let at = prefix.join(name);
         match node {
-            Node::Dir(sub, entry) => {
-                match open_beneath(dest, Path::new(name), OFlag::O_DIRECTORY | OFlag::O_PATH, 0) {
-                    Ok(fd) => check_collisions(&fd, sub, &at)?,
-                    Err(Errno::ENOENT) => {}
-                    Err(e) => return Err(collision_error(entry, &at, e)),
-                }
-            }
+            Node::Dir(sub, entry) => match open_beneath(dest, Path::new(name), OFlag::O_DIRECTORY | OFlag::O_PATH, 0) {
+                Ok(fd) => check_collisions(&fd, sub, &at)?,
+                Err(Errno::ENOENT) => {}
+                Err(e) => return Err(collision_error(entry, &at, e)),
+            },
             Node::File(entry) => match stat_at(dest, name) {
                 Ok(st) if file_type(&st) == SFlag::S_IFDIR => {
                     return Err(rejected(format!(
@@ -974,7 +803,9 @@ fn collision_error(entry: &str, at: &Path, e: Errno) -> FileError {
             "entry '{entry}': '{}' in the destination is a symbolic link; refusing to write through it",
             at.display()
         )),
-        Errno::ENOTDIR => rejected(format!("entry '{entry}': '{}' in the destination is not a directory", at.display())),
+        Errno::ENOTDIR => {
+            rejected(format!("entry '{entry}': '{}' in the destination is not a directory", at.display()))
+        }
         e => e.into(),
     }
 }
@@ -985,25 +816,16 @@ fn merge(from: &OwnedFd, to: &OwnedFd, tree: &Tree, prefix: &Path) -> Result<(),
         let at = prefix.join(name);
         match node {
             // renameat replaces a file or a user symlink in place without following it.
-            Node::File(entry) => {
-                rename_at(from, name, to, name, 0).map_err(|e| collision_error(entry, &at, e))?
-            }
-            Node::Dir(sub, entry) => {
-                match open_beneath(to, Path::new(name), OFlag::O_DIRECTORY | OFlag::O_RDONLY, 0) {
-                    Ok(existing) => {
-                        let src = open_beneath(
-                            from,
-                            Path::new(name),
-                            OFlag::O_DIRECTORY | OFlag::O_RDONLY,
-                            0,
-                        )?;
-                        merge(&src, &existing, sub, &at)?;
-                    }
-                    Err(Errno::ENOENT) => rename_at(from, name, to, name, libc::RENAME_NOREPLACE)
-                        .map_err(|e| collision_error(entry, &at, e))?,
-                    Err(e) => return Err(collision_error(entry, &at, e)),
+            Node::File(entry) => rename_at(from, name, to, name, 0).map_err(|e| collision_error(entry, &at, e))?,
+            Node::Dir(sub, entry) => match open_beneath(to, Path::new(name), OFlag::O_DIRECTORY | OFlag::O_RDONLY, 0) {
+                Ok(existing) => {
+                    let src = open_beneath(from, Path::new(name), OFlag::O_DIRECTORY | OFlag::O_RDONLY, 0)?;
+                    merge(&src, &existing, sub, &at)?;
                 }
-            }
+                Err(Errno::ENOENT) => rename_at(from, name, to, name, libc::RENAME_NOREPLACE)
+                    .map_err(|e| collision_error(entry, &at, e))?,
+                Err(e) => return Err(collision_error(entry, &at, e)),
+            },
         }
     }
     Ok(())
@@ -1019,23 +841,13 @@ enum Target {
 
 fn open_download(workspace: &Path, path: &str) -> Result<(OwnedFd, PathBuf, Target), FileError> {
     let rel = resolve_workspace_path(workspace, path)?;
-    if rel
-        .iter()
-        .next()
-        .is_some_and(|c| c.as_bytes().starts_with(STAGING_PREFIX.as_bytes()))
-    {
-        return Err(FileError::NotFound(format!(
-            "'{path}' does not exist in the workspace"
-        )));
+    if rel.iter().next().is_some_and(|c| c.as_bytes().starts_with(STAGING_PREFIX.as_bytes())) {
+        return Err(FileError::NotFound(format!("'{path}' does not exist in the workspace")));
     }
     let ws = open_workspace(workspace)?;
     let err = |e: Errno| match e {
-        Errno::ENOENT | Errno::ENOTDIR => {
-            FileError::NotFound(format!("'{path}' does not exist in the workspace"))
-        }
-        Errno::ELOOP | Errno::EXDEV => rejected(format!(
-            "path '{path}' is or passes through a symbolic link"
-        )),
+        Errno::ENOENT | Errno::ENOTDIR => FileError::NotFound(format!("'{path}' does not exist in the workspace")),
+        Errno::ELOOP | Errno::EXDEV => rejected(format!("path '{path}' is or passes through a symbolic link")),
         e => e.into(),
     };
     // O_PATH first: learn the type without opening (and so triggering) a fifo or device.
@@ -1044,26 +856,14 @@ fn open_download(workspace: &Path, path: &str) -> Result<(OwnedFd, PathBuf, Targ
     let target = match file_type(&st) {
         SFlag::S_IFDIR => Target::Dir,
         SFlag::S_IFREG => {
-            let fd = open_beneath(
-                &ws,
-                &rel,
-                OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY,
-                0,
-            )
-            .map_err(err)?;
+            let fd = open_beneath(&ws, &rel, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY, 0).map_err(err)?;
             let now = fstat(fd.as_raw_fd())?;
             if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) {
-                return Err(rejected(format!(
-                    "path '{path}' changed while it was being opened"
-                )));
+                return Err(rejected(format!("path '{path}' changed while it was being opened")));
             }
             Target::File(File::from(fd), now)
         }
-        _ => {
-            return Err(rejected(format!(
-                "path '{path}' is not a regular file or directory"
-            )))
-        }
+        _ => return Err(rejected(format!("path '{path}' is not a regular file or directory"))),
     };
     Ok((ws, rel, target))
 }
@@ -1080,12 +880,7 @@ fn header_for(st: &FileStat, kind: EntryType, size: u64) -> tar::Header {
 }
 
 /// Appends exactly the size announced in the header, padding with zeros if the file shrank.
-fn append_file<W: Write>(
-    tar: &mut tar::Builder<W>,
-    name: &Path,
-    file: File,
-    st: &FileStat,
-) -> io::Result<()> {
+fn append_file<W: Write>(tar: &mut tar::Builder<W>, name: &Path, file: File, st: &FileStat) -> io::Result<()> {
     let size = u64::try_from(st.st_size).unwrap_or(0);
     let mut h = header_for(st, EntryType::Regular, size);
     let data = file.take(size).chain(io::repeat(0)).take(size);
@@ -1094,19 +889,13 @@ fn append_file<W: Write>(
 
 /// Archives the directory at `rel` (names relative to it). Each dir is reopened from the
 /// workspace fd by its full path, so no fds pile up with depth and nothing follows links.
-fn append_dir_tree<W: Write>(
-    tar: &mut tar::Builder<W>,
-    ws: &OwnedFd,
-    rel: &Path,
-) -> Result<(), FileError> {
+fn append_dir_tree<W: Write>(tar: &mut tar::Builder<W>, ws: &OwnedFd, rel: &Path) -> Result<(), FileError> {
     let mut stack = vec![PathBuf::new()];
     while let Some(sub) = stack.pop() {
         let dir = match open_beneath(ws, &rel.join(&sub), OFlag::O_DIRECTORY | OFlag::O_RDONLY, 0) {
             Ok(dir) => dir,
             // Changed or removed underneath us, or too deep for a path: skip it.
-            Err(
-                Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::EXDEV | Errno::ENAMETOOLONG,
-            ) => continue,
+            Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::EXDEV | Errno::ENAMETOOLONG) => continue,
             Err(e) => return Err(e.into()),
         };
         if !sub.as_os_str().is_empty() {
@@ -1114,11 +903,7 @@ fn append_dir_tree<W: Write>(
             // Trailing slash, as tar tools write directory names.
             let mut name = sub.clone().into_os_string();
             name.push("/");
-            tar.append_data(
-                &mut header_for(&st, EntryType::Directory, 0),
-                &name,
-                io::empty(),
-            )?;
+            tar.append_data(&mut header_for(&st, EntryType::Directory, 0), &name, io::empty())?;
         }
         let mut subdirs = Vec::new();
         for name in list_dir(&dir)? {

@@ -56,7 +56,10 @@ pub fn main() -> anyhow::Result<()> {
     ensure_console();
     prepare_guest();
     supervise(
-        || match server::run(ListenOn::Vsock(AGENT_VSOCK_PORT), AgentConfig { exec_cgroups: true, ..AgentConfig::default() }) {
+        || match server::run(
+            ListenOn::Vsock(AGENT_VSOCK_PORT),
+            AgentConfig { exec_cgroups: true, ..AgentConfig::default() },
+        ) {
             Ok(()) => 0,
             Err(e) => {
                 console(&format!("agent failed: {e:#}"));
@@ -86,7 +89,13 @@ fn mount_kernel_filesystems() {
     let mounts = [
         MountSpec { source: "proc", target: "/proc", fstype: "proc", flags: hardened, data: None },
         MountSpec { source: "sysfs", target: "/sys", fstype: "sysfs", flags: hardened, data: None },
-        MountSpec { source: "devtmpfs", target: "/dev", fstype: "devtmpfs", flags: MsFlags::MS_NOSUID, data: Some("mode=0755") },
+        MountSpec {
+            source: "devtmpfs",
+            target: "/dev",
+            fstype: "devtmpfs",
+            flags: MsFlags::MS_NOSUID,
+            data: Some("mode=0755"),
+        },
         MountSpec {
             source: "devpts",
             target: "/dev/pts",
@@ -401,7 +410,13 @@ fn quiesce_filesystems() {
         errors.clear();
         let before = pending.len();
         pending.retain(|target| {
-            match mount(None::<&str>, target.as_str(), None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>) {
+            match mount(
+                None::<&str>,
+                target.as_str(),
+                None::<&str>,
+                MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            ) {
                 Ok(()) => {
                     done.push(target.clone());
                     false
@@ -456,10 +471,8 @@ fn reap() -> Vec<(Pid, WaitStatus)> {
 
 /// Waits for one of the blocked `signals` (or the timeout); returns its number.
 fn wait_signal(signals: &SigSet, timeout: Option<Duration>) -> Option<i32> {
-    let timespec = timeout.map(|t| libc::timespec {
-        tv_sec: t.as_secs() as libc::time_t,
-        tv_nsec: t.subsec_nanos() as libc::c_long,
-    });
+    let timespec = timeout
+        .map(|t| libc::timespec { tv_sec: t.as_secs() as libc::time_t, tv_nsec: t.subsec_nanos() as libc::c_long });
     let timespec_ptr = timespec.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
     // SAFETY: `signals` is a valid sigset, siginfo may be null, and the timespec (if any) lives
     // on this stack frame for the duration of the call.
@@ -491,7 +504,15 @@ garbage line
 ";
         let mounts = parse_mountinfo(text);
         assert_eq!(mounts.len(), 6);
-        assert_eq!(mounts[4], MountEntry { target: "/base dir".into(), fstype: "ext4".into(), source: "/dev/vda".into(), writable: false });
+        assert_eq!(
+            mounts[4],
+            MountEntry {
+                target: "/base dir".into(),
+                fstype: "ext4".into(),
+                source: "/dev/vda".into(),
+                writable: false
+            }
+        );
         assert_eq!(disk_backed_writable(&mounts), ["/data disk", "/run/rds/overlay", "/"]);
     }
 

@@ -9,14 +9,13 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use linux_raw_sys::loop_device::{
-    loop_config, loop_info64, LOOP_CONFIGURE, LOOP_CTL_GET_FREE, LO_FLAGS_AUTOCLEAR,
-    LO_FLAGS_READ_ONLY,
+    loop_config, loop_info64, LOOP_CONFIGURE, LOOP_CTL_GET_FREE, LO_FLAGS_AUTOCLEAR, LO_FLAGS_READ_ONLY,
 };
 use nix::mount::{mount, MsFlags};
 
@@ -102,8 +101,7 @@ pub fn mount_image(image: &Path, target: &Path, read_only: bool) -> Result<PathB
     if read_only {
         flags |= MsFlags::MS_RDONLY;
     }
-    mount(Some(device.path()), target, Some("ext4"), flags, None::<&str>)
-    .with_context(|| {
+    mount(Some(device.path()), target, Some("ext4"), flags, None::<&str>).with_context(|| {
         format!("cannot mount {} ({}) as ext4 on {}", image.display(), device.path().display(), target.display())
     })?;
     let path = device.path.clone();

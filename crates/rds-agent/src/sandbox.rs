@@ -265,7 +265,12 @@ fn forward_and_wait(child: Pid, signals: &SigSet) -> Result<i32> {
 }
 
 /// Child side: becomes the sandbox's PID 1. Returns only on error.
-fn run_pid1(spec: &SandboxSpec, listener: OwnedFd, userns: OwnedFd, signals: &SigSet) -> Result<std::convert::Infallible> {
+fn run_pid1(
+    spec: &SandboxSpec,
+    listener: OwnedFd,
+    userns: OwnedFd,
+    signals: &SigSet,
+) -> Result<std::convert::Infallible> {
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(signals), None).context("sigprocmask")?;
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
@@ -287,7 +292,10 @@ fn run_pid1(spec: &SandboxSpec, listener: OwnedFd, userns: OwnedFd, signals: &Si
     // Last: PID 1, the agent and every user process run under the filter (docs/security.md).
     crate::seccomp::install().context("cannot install the seccomp filter")?;
     supervise(
-        move || match crate::server::run(ListenOn::Fd(listener), AgentConfig { exec_cgroups: true, ..AgentConfig::default() }) {
+        move || match crate::server::run(
+            ListenOn::Fd(listener),
+            AgentConfig { exec_cgroups: true, ..AgentConfig::default() },
+        ) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("rds-agent: {e:#}");
@@ -356,7 +364,11 @@ fn keep_only_capabilities(keep: &[u32]) -> Result<()> {
 
 fn mount_at(src: Option<&Path>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) -> Result<()> {
     mount(src, target, fstype, flags, data).with_context(|| {
-        format!("mount {} on {} ({fstype:?}, {flags:?})", src.map(|s| s.display().to_string()).unwrap_or_default(), target.display())
+        format!(
+            "mount {} on {} ({fstype:?}, {flags:?})",
+            src.map(|s| s.display().to_string()).unwrap_or_default(),
+            target.display()
+        )
     })
 }
 
@@ -421,7 +433,13 @@ fn build_root(spec: &SandboxSpec, userns: &OwnedFd) -> Result<()> {
             }
         }
     } else {
-        mount_at(Some(Path::new("tmpfs")), &root, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755,size=1m"))?;
+        mount_at(
+            Some(Path::new("tmpfs")),
+            &root,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755,size=1m"),
+        )?;
         mirror_top_level(&source, &root)?;
         for name in OWN_MOUNTS {
             mkdir(&root.join(name), 0o755)?;
@@ -443,7 +461,13 @@ fn build_root(spec: &SandboxSpec, userns: &OwnedFd) -> Result<()> {
     let owner = format!("uid={0},gid={0}", spec.uid_base);
     mount_dev(&root.join("dev"), &format!("mode=1777,size={}m,{owner}", spec.shm_mb))?;
     let tmp_opts = format!("mode=1777,size={}m,{owner}", spec.tmp_mb);
-    mount_at(Some(Path::new("tmpfs")), &root.join("tmp"), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(&tmp_opts))?;
+    mount_at(
+        Some(Path::new("tmpfs")),
+        &root.join("tmp"),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(&tmp_opts),
+    )?;
     mount_run(&root.join("run"), &bridge, &owner)?;
     let ws_target = root.join("workspace");
     if workspace.is_file() {
@@ -549,7 +573,13 @@ fn mount_proc(target: &Path) -> Result<()> {
 /// A minimal `/dev`: a few host nodes, a private devpts, `/dev/shm` (tmpfs with `shm_opts`), and
 /// the usual links.
 fn mount_dev(dev: &Path, shm_opts: &str) -> Result<()> {
-    mount_at(Some(Path::new("tmpfs")), dev, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=0755,size=64k"))?;
+    mount_at(
+        Some(Path::new("tmpfs")),
+        dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0755,size=64k"),
+    )?;
     for name in DEVICES {
         let target = dev.join(name);
         File::create(&target).with_context(|| format!("create {}", target.display()))?;
@@ -566,8 +596,19 @@ fn mount_dev(dev: &Path, shm_opts: &str) -> Result<()> {
     )?;
     symlink("pts/ptmx", dev.join("ptmx"))?;
     mkdir(&dev.join("shm"), 0o1777)?;
-    mount_at(Some(Path::new("tmpfs")), &dev.join("shm"), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(shm_opts))?;
-    for (name, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+    mount_at(
+        Some(Path::new("tmpfs")),
+        &dev.join("shm"),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(shm_opts),
+    )?;
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
         symlink(target, dev.join(name))?;
     }
     // Nothing more is created in /dev itself; its submounts (pts, shm) stay writable.
@@ -625,7 +666,12 @@ fn idmap_mount(target: &Path, userns: &OwnedFd) -> Result<()> {
     let empty = c"";
     // SAFETY: `path` is a valid C string; open_tree returns a new fd or -1.
     let fd = unsafe {
-        libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), libc::OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint)
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
     };
     if fd < 0 {
         bail!("open_tree {}: {}", target.display(), std::io::Error::last_os_error());
@@ -656,7 +702,14 @@ fn idmap_mount(target: &Path, userns: &OwnedFd) -> Result<()> {
     umount2(target, MntFlags::MNT_DETACH).with_context(|| format!("umount {}", target.display()))?;
     // SAFETY: valid fds and C strings; move_mount attaches the detached tree at `path`.
     let rc = unsafe {
-        libc::syscall(libc::SYS_move_mount, tree.as_raw_fd(), empty.as_ptr(), libc::AT_FDCWD, path.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH)
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
     };
     if rc != 0 {
         bail!("move_mount {}: {}", target.display(), std::io::Error::last_os_error());

@@ -9,7 +9,9 @@
 //! other syscall numbers, which a deny-list keyed on the native numbers would let through.
 //! `docs/security.md` explains the list.
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
+};
 
 /// Why the sandbox's seccomp filter could not be installed.
 #[derive(Debug, thiserror::Error)]
@@ -102,9 +104,19 @@ const fn always(name: &'static str, number: i64) -> DeniedSyscall {
 /// The syscalls present on both architectures (numbers differ, names do not).
 const COMMON: &[DeniedSyscall] = &[
     // Namespaces.
-    DeniedSyscall { name: "clone", number: libc::SYS_clone, errno: libc::EPERM, when: Denial::NamespaceFlags(CLONE_NAMESPACE_FLAGS) },
+    DeniedSyscall {
+        name: "clone",
+        number: libc::SYS_clone,
+        errno: libc::EPERM,
+        when: Denial::NamespaceFlags(CLONE_NAMESPACE_FLAGS),
+    },
     DeniedSyscall { name: "clone3", number: libc::SYS_clone3, errno: libc::ENOSYS, when: Denial::Always },
-    DeniedSyscall { name: "unshare", number: libc::SYS_unshare, errno: libc::EPERM, when: Denial::NamespaceFlags(UNSHARE_NAMESPACE_FLAGS) },
+    DeniedSyscall {
+        name: "unshare",
+        number: libc::SYS_unshare,
+        errno: libc::EPERM,
+        when: Denial::NamespaceFlags(UNSHARE_NAMESPACE_FLAGS),
+    },
     always("setns", libc::SYS_setns),
     // Kernel keyrings.
     always("keyctl", libc::SYS_keyctl),
@@ -155,7 +167,12 @@ const COMMON: &[DeniedSyscall] = &[
     always("lookup_dcookie", libc::SYS_lookup_dcookie),
     always("vhangup", libc::SYS_vhangup),
     always("nfsservctl", libc::SYS_nfsservctl),
-    DeniedSyscall { name: "personality", number: libc::SYS_personality, errno: libc::EPERM, when: Denial::UnlistedPersonality },
+    DeniedSyscall {
+        name: "personality",
+        number: libc::SYS_personality,
+        errno: libc::EPERM,
+        when: Denial::UnlistedPersonality,
+    },
 ];
 
 /// Legacy syscalls only x86_64 has.
@@ -201,7 +218,8 @@ fn programs() -> Result<Vec<(&'static str, BpfProgram)>, SeccompError> {
     let mut programs = Vec::new();
     #[cfg(target_arch = "x86_64")]
     programs.push(("denies x32 syscalls", deny_x32()));
-    for (purpose, errno) in [("denies syscalls with EPERM", libc::EPERM), ("answers clone3 with ENOSYS", libc::ENOSYS)] {
+    for (purpose, errno) in [("denies syscalls with EPERM", libc::EPERM), ("answers clone3 with ENOSYS", libc::ENOSYS)]
+    {
         let rules = denied_syscalls()
             .filter(|syscall| syscall.errno == errno)
             .map(|syscall| Ok((syscall.number, rules_for(syscall.when)?)))
@@ -223,9 +241,14 @@ fn rules_for(when: Denial) -> Result<Vec<SeccompRule>, seccompiler::BackendError
     match when {
         Denial::Always => Ok(Vec::new()),
         // One rule per flag: "any of these bits set" is not a single masked comparison.
-        Denial::NamespaceFlags(flags) => flags.iter().map(|&flag| SeccompRule::new(vec![arg0(SeccompCmpOp::MaskedEq(flag), flag)?])).collect(),
+        Denial::NamespaceFlags(flags) => {
+            flags.iter().map(|&flag| SeccompRule::new(vec![arg0(SeccompCmpOp::MaskedEq(flag), flag)?])).collect()
+        }
         Denial::UnlistedPersonality => {
-            let conditions = ALLOWED_PERSONALITIES.iter().map(|&persona| arg0(SeccompCmpOp::Ne, u64::from(persona))).collect::<Result<_, _>>()?;
+            let conditions = ALLOWED_PERSONALITIES
+                .iter()
+                .map(|&persona| arg0(SeccompCmpOp::Ne, u64::from(persona)))
+                .collect::<Result<_, _>>()?;
             Ok(vec![SeccompRule::new(conditions)?])
         }
     }

@@ -113,17 +113,20 @@ pub fn main(args: ServeArgs) -> anyhow::Result<()> {
         ListenArgs { listen_vsock: Some(port), .. } => ListenOn::Vsock(port),
         _ => anyhow::bail!("one of --listen-uds, --listen-fd or --listen-vsock is required"),
     };
-    let cfg = AgentConfig { workspace: args.workspace, uid: args.uid, gid: args.gid, output_cap: args.output_cap, exec_cgroups: false };
+    let cfg = AgentConfig {
+        workspace: args.workspace,
+        uid: args.uid,
+        gid: args.gid,
+        output_cap: args.output_cap,
+        exec_cgroups: false,
+    };
     run(listen, cfg)
 }
 
 /// Takes ownership of inherited fd `fd` after checking it is a socket.
 fn inherited_socket(fd: i32) -> anyhow::Result<OwnedFd> {
     let stat = nix::sys::stat::fstat(fd).with_context(|| format!("--listen-fd {fd} is not an open descriptor"))?;
-    anyhow::ensure!(
-        stat.st_mode & libc::S_IFMT == libc::S_IFSOCK,
-        "--listen-fd {fd} is not a socket"
-    );
+    anyhow::ensure!(stat.st_mode & libc::S_IFMT == libc::S_IFSOCK, "--listen-fd {fd} is not a socket");
     // SAFETY: the fd is open (fstat succeeded), was handed to this process for the agent to own,
     // and nothing else in the process refers to it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })

@@ -20,7 +20,8 @@ async fn health_lists_capabilities() {
     assert_eq!(caps["bash"], true);
     assert_eq!(caps["sh"], true);
     for name in ["deno", "node", "python3"] {
-        let installed = ["/usr/local/bin", "/usr/bin", "/bin"].iter().any(|d| std::path::Path::new(d).join(name).exists());
+        let installed =
+            ["/usr/local/bin", "/usr/bin", "/bin"].iter().any(|d| std::path::Path::new(d).join(name).exists());
         assert_eq!(caps[name], installed, "{name}");
     }
 }
@@ -106,9 +107,7 @@ async fn timeout_kills_background_grandchildren() {
 #[tokio::test]
 async fn output_is_capped_at_one_mib_with_flag() {
     let Some(agent) = Agent::start().await else { return };
-    let result = agent
-        .exec(json!({"cmd": "head -c 5242880 /dev/zero | tr '\\0' x; echo done >&2"}))
-        .await;
+    let result = agent.exec(json!({"cmd": "head -c 5242880 /dev/zero | tr '\\0' x; echo done >&2"})).await;
     assert_eq!(result["exitCode"], 0);
     assert_eq!(result["stdout"].as_str().unwrap().len(), 1024 * 1024);
     assert_eq!(result["stdoutTruncated"], true);
@@ -156,15 +155,17 @@ async fn ndjson_streams_output_events_before_exit() {
     let Some(agent) = Agent::start().await else { return };
     let body = serde_json::to_vec(&json!({"cmd": "echo one; sleep 0.2; echo two >&2; exit 3"})).unwrap();
     let reply = agent
-        .request(Method::POST, "/exec", &[("accept", "application/x-ndjson"), ("content-type", "application/json")], body)
+        .request(
+            Method::POST,
+            "/exec",
+            &[("accept", "application/x-ndjson"), ("content-type", "application/json")],
+            body,
+        )
         .await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.headers["content-type"], "application/x-ndjson");
-    let events: Vec<Value> = String::from_utf8(reply.body)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events: Vec<Value> =
+        String::from_utf8(reply.body).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(events.first().unwrap(), &json!({"type": "stdout", "data": "one\n"}));
     assert!(events.contains(&json!({"type": "stderr", "data": "two\n"})), "{events:?}");
     let exit = events.last().unwrap();

@@ -11,15 +11,11 @@ use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use rds_agent::files::{
-    check_download, download, replace_tree, resolve_workspace_path, upload, FileError, Owner,
-    TransferLimits,
+    check_download, download, replace_tree, resolve_workspace_path, upload, FileError, Owner, TransferLimits,
 };
 use tar::{EntryType, Header};
 
-const USER: Owner = Owner::User {
-    uid: 1000,
-    gid: 1000,
-};
+const USER: Owner = Owner::User { uid: 1000, gid: 1000 };
 const SENTINEL: &str = "sentinel content";
 
 /// A temp workspace owned by 1000 plus an `outside` dir (the sentinel) that must never change.
@@ -45,11 +41,7 @@ fn env() -> Option<Env> {
     // What hostile user code would plant.
     symlink(&outside, ws.join("evil")).unwrap();
     symlink("/etc", ws.join("etc")).unwrap();
-    Some(Env {
-        _tmp: tmp,
-        ws,
-        outside,
-    })
+    Some(Env { _tmp: tmp, ws, outside })
 }
 
 /// Relative path → (is_dir, content) for everything under `root`, never following links.
@@ -60,16 +52,7 @@ fn snapshot(root: &Path) -> BTreeMap<String, (char, Vec<u8>)> {
             let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
             let md = fs::symlink_metadata(&p).unwrap();
             if md.file_type().is_symlink() {
-                out.insert(
-                    rel,
-                    (
-                        'l',
-                        fs::read_link(&p)
-                            .unwrap()
-                            .into_os_string()
-                            .into_encoded_bytes(),
-                    ),
-                );
+                out.insert(rel, ('l', fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes()));
             } else if md.is_dir() {
                 out.insert(rel, ('d', vec![]));
                 walk(root, &p, out);
@@ -89,26 +72,12 @@ impl Env {
         let ws_before = snapshot(&self.ws);
         let out_before = snapshot(&self.outside);
         match attack(&self.ws) {
-            Err(FileError::Rejected(msg)) => assert!(
-                msg.contains(culprit),
-                "message {msg:?} should name {culprit:?}"
-            ),
+            Err(FileError::Rejected(msg)) => assert!(msg.contains(culprit), "message {msg:?} should name {culprit:?}"),
             other => panic!("expected Rejected naming {culprit:?}, got {other:?}"),
         }
-        assert_eq!(
-            snapshot(&self.ws),
-            ws_before,
-            "workspace changed (staging dir or partial files left)"
-        );
-        assert_eq!(
-            snapshot(&self.outside),
-            out_before,
-            "something was written outside the workspace"
-        );
-        assert_eq!(
-            fs::read_to_string(self.outside.join("sentinel")).unwrap(),
-            SENTINEL
-        );
+        assert_eq!(snapshot(&self.ws), ws_before, "workspace changed (staging dir or partial files left)");
+        assert_eq!(snapshot(&self.outside), out_before, "something was written outside the workspace");
+        assert_eq!(fs::read_to_string(self.outside.join("sentinel")).unwrap(), SENTINEL);
     }
 }
 
@@ -124,11 +93,7 @@ fn raw_header(name: &[u8], kind: EntryType, size: u64) -> Header {
     h.as_old_mut().name[..name.len()].copy_from_slice(name);
     h.set_entry_type(kind);
     h.set_size(size);
-    h.set_mode(if kind == EntryType::Directory {
-        0o755
-    } else {
-        0o644
-    });
+    h.set_mode(if kind == EntryType::Directory { 0o755 } else { 0o644 });
     h.set_cksum();
     h
 }
@@ -200,21 +165,15 @@ fn upload_rejects_symlink_entries() {
 #[test]
 fn upload_rejects_hardlink_entries() {
     let Some(env) = env() else { return };
-    let body = archive(&[
-        (b"ok.txt", EntryType::Regular, b"fine", None),
-        (b"hl", EntryType::Link, b"", Some(b"/etc/passwd")),
-    ]);
+    let body =
+        archive(&[(b"ok.txt", EntryType::Regular, b"fine", None), (b"hl", EntryType::Link, b"", Some(b"/etc/passwd"))]);
     env.assert_rejected("'hl'", |ws| up(ws, ".", &body));
 }
 
 #[test]
 fn upload_rejects_device_and_fifo_entries() {
     let Some(env) = env() else { return };
-    for (name, kind) in [
-        ("null", EntryType::Char),
-        ("sda", EntryType::Block),
-        ("pipe", EntryType::Fifo),
-    ] {
+    for (name, kind) in [("null", EntryType::Char), ("sda", EntryType::Block), ("pipe", EntryType::Fifo)] {
         let body = archive(&[(name.as_bytes(), kind, b"", None)]);
         env.assert_rejected(name, |ws| up(ws, ".", &body));
     }
@@ -236,22 +195,14 @@ fn upload_rejects_entries_through_planted_workspace_symlinks() {
 fn upload_rejects_dest_that_is_or_crosses_a_symlink() {
     let Some(env) = env() else { return };
     env.assert_rejected("evil", |ws| up(ws, "evil", &file("a.txt", "x")));
-    env.assert_rejected("/workspace/evil/deeper", |ws| {
-        up(ws, "/workspace/evil/deeper", &file("a.txt", "x"))
-    });
+    env.assert_rejected("/workspace/evil/deeper", |ws| up(ws, "/workspace/evil/deeper", &file("a.txt", "x")));
     env.assert_rejected("etc", |ws| up(ws, "etc", &file("passwd", "x")));
 }
 
 #[test]
 fn upload_rejects_dest_outside_the_workspace() {
     let Some(env) = env() else { return };
-    for dest in [
-        "/etc",
-        "../x",
-        "/workspace/../etc",
-        "/workspacefoo",
-        "a/../../x",
-    ] {
+    for dest in ["/etc", "../x", "/workspace/../etc", "/workspacefoo", "a/../../x"] {
         env.assert_rejected(dest, |ws| up(ws, dest, &file("a.txt", "x")));
     }
 }
@@ -260,47 +211,26 @@ fn upload_rejects_dest_outside_the_workspace() {
 fn upload_rejects_more_entries_than_the_limit() {
     let Some(env) = env() else { return };
     let names: Vec<String> = (0..5).map(|i| format!("f{i}")).collect();
-    let entries: Vec<_> = names
-        .iter()
-        .map(|n| (n.as_bytes(), EntryType::Regular, &b"x"[..], None))
-        .collect();
+    let entries: Vec<_> = names.iter().map(|n| (n.as_bytes(), EntryType::Regular, &b"x"[..], None)).collect();
     let body = archive(&entries);
-    let limits = TransferLimits {
-        max_entries: 3,
-        ..TransferLimits::default()
-    };
-    env.assert_rejected("f3", |ws| {
-        upload(ws, ".", &body[..], &limits, USER).map(drop)
-    });
+    let limits = TransferLimits { max_entries: 3, ..TransferLimits::default() };
+    env.assert_rejected("f3", |ws| upload(ws, ".", &body[..], &limits, USER).map(drop));
 }
 
 #[test]
 fn upload_stops_a_gzip_bomb_declared_in_one_entry() {
     let Some(env) = env() else { return };
-    let bomb = zero_bomb(
-        &raw_header(b"bomb.bin", EntryType::Regular, 300 << 20),
-        300 << 20,
-    );
-    env.assert_rejected("bomb.bin", |ws| {
-        upload(ws, ".", bomb, &TransferLimits::default(), USER).map(drop)
-    });
+    let bomb = zero_bomb(&raw_header(b"bomb.bin", EntryType::Regular, 300 << 20), 300 << 20);
+    env.assert_rejected("bomb.bin", |ws| upload(ws, ".", bomb, &TransferLimits::default(), USER).map(drop));
 }
 
 #[test]
 fn upload_counts_unpacked_bytes_across_entries() {
     let Some(env) = env() else { return };
     let chunk = vec![7u8; 600 << 10];
-    let body = archive(&[
-        (b"one", EntryType::Regular, &chunk, None),
-        (b"two", EntryType::Regular, &chunk, None),
-    ]);
-    let limits = TransferLimits {
-        max_unpacked_bytes: 1 << 20,
-        ..TransferLimits::default()
-    };
-    env.assert_rejected("two", |ws| {
-        upload(ws, ".", &body[..], &limits, USER).map(drop)
-    });
+    let body = archive(&[(b"one", EntryType::Regular, &chunk, None), (b"two", EntryType::Regular, &chunk, None)]);
+    let limits = TransferLimits { max_unpacked_bytes: 1 << 20, ..TransferLimits::default() };
+    env.assert_rejected("two", |ws| upload(ws, ".", &body[..], &limits, USER).map(drop));
 }
 
 #[test]
@@ -314,20 +244,14 @@ fn upload_bounds_real_decompressed_bytes_when_a_header_lies() {
     h.set_size(300 << 20);
     h.set_cksum();
     let bomb = zero_bomb(&h, 300 << 20);
-    env.assert_rejected(
-        "expands beyond the allowed size (after entry '(start of archive)')",
-        |ws| upload(ws, ".", bomb, &TransferLimits::default(), USER).map(drop),
-    );
+    env.assert_rejected("expands beyond the allowed size (after entry '(start of archive)')", |ws| {
+        upload(ws, ".", bomb, &TransferLimits::default(), USER).map(drop)
+    });
     // Header says 0 bytes, a PAX record says 300 MiB: the effective size is checked.
     let mut b = tar::Builder::new(Vec::new());
     let pax = b"18 size=314572800\n";
-    b.append(
-        &raw_header(b"PaxHeader/liar", EntryType::XHeader, pax.len() as u64),
-        &pax[..],
-    )
-    .unwrap();
-    b.append(&raw_header(b"liar", EntryType::Regular, 0), &b""[..])
-        .unwrap();
+    b.append(&raw_header(b"PaxHeader/liar", EntryType::XHeader, pax.len() as u64), &pax[..]).unwrap();
+    b.append(&raw_header(b"liar", EntryType::Regular, 0), &b""[..]).unwrap();
     let body = gz(&b.into_inner().unwrap());
     env.assert_rejected("liar", |ws| up(ws, ".", &body));
 }
@@ -335,9 +259,7 @@ fn upload_bounds_real_decompressed_bytes_when_a_header_lies() {
 #[test]
 fn upload_rejects_malformed_gzip() {
     let Some(env) = env() else { return };
-    env.assert_rejected("not a valid tar.gz", |ws| {
-        up(ws, ".", b"definitely not gzip")
-    });
+    env.assert_rejected("not a valid tar.gz", |ws| up(ws, ".", b"definitely not gzip"));
     // Valid tar, corrupted gzip CRC: detected because the stream is read to its end.
     let mut body = file("crc.txt", "hello");
     let n = body.len();
@@ -345,20 +267,14 @@ fn upload_rejects_malformed_gzip() {
     env.assert_rejected("crc.txt", |ws| up(ws, ".", &body));
     // gzip cut in half.
     let body = file("half.txt", &"y".repeat(100_000));
-    env.assert_rejected("not a valid tar.gz", |ws| {
-        up(ws, ".", &body[..body.len() / 2])
-    });
+    env.assert_rejected("not a valid tar.gz", |ws| up(ws, ".", &body[..body.len() / 2]));
 }
 
 #[test]
 fn upload_rejects_truncated_tar() {
     let Some(env) = env() else { return };
     let mut b = tar::Builder::new(Vec::new());
-    b.append(
-        &raw_header(b"cut.bin", EntryType::Regular, 10_000),
-        &vec![1u8; 10_000][..],
-    )
-    .unwrap();
+    b.append(&raw_header(b"cut.bin", EntryType::Regular, 10_000), &vec![1u8; 10_000][..]).unwrap();
     let tar_bytes = b.into_inner().unwrap();
     let body = gz(&tar_bytes[..5_000]);
     env.assert_rejected("cut.bin", |ws| up(ws, ".", &body));
@@ -383,51 +299,16 @@ fn upload_rejects_entry_type_conflicts_without_partial_writes() {
 fn replace_tree_rejects_hostile_archives_and_keeps_old_content() {
     let Some(env) = env() else { return };
     let good = archive(&[(b"keep.txt", EntryType::Regular, b"v1", None)]);
-    replace_tree(
-        &env.ws,
-        "peers",
-        &good[..],
-        &TransferLimits::default(),
-        Owner::Root,
-        true,
-    )
-    .unwrap();
-    let bad = archive(&[
-        (b"new.txt", EntryType::Regular, b"v2", None),
-        (b"s", EntryType::Symlink, b"", Some(b"/etc")),
-    ]);
+    replace_tree(&env.ws, "peers", &good[..], &TransferLimits::default(), Owner::Root, true).unwrap();
+    let bad = archive(&[(b"new.txt", EntryType::Regular, b"v2", None), (b"s", EntryType::Symlink, b"", Some(b"/etc"))]);
     env.assert_rejected("'s'", |ws| {
-        replace_tree(
-            ws,
-            "peers",
-            &bad[..],
-            &TransferLimits::default(),
-            Owner::Root,
-            true,
-        )
-        .map(drop)
+        replace_tree(ws, "peers", &bad[..], &TransferLimits::default(), Owner::Root, true).map(drop)
     });
     env.assert_rejected("evil", |ws| {
-        replace_tree(
-            ws,
-            "evil/peers",
-            &good[..],
-            &TransferLimits::default(),
-            Owner::Root,
-            true,
-        )
-        .map(drop)
+        replace_tree(ws, "evil/peers", &good[..], &TransferLimits::default(), Owner::Root, true).map(drop)
     });
     env.assert_rejected("workspace root", |ws| {
-        replace_tree(
-            ws,
-            "/workspace",
-            &good[..],
-            &TransferLimits::default(),
-            Owner::Root,
-            true,
-        )
-        .map(drop)
+        replace_tree(ws, "/workspace", &good[..], &TransferLimits::default(), Owner::Root, true).map(drop)
     });
     assert_eq!(fs::read(env.ws.join("peers/keep.txt")).unwrap(), b"v1");
 }
@@ -448,18 +329,8 @@ fn sample_tree() -> Vec<u8> {
     };
     add("./", EntryType::Directory, 0o755, b"");
     add("src/", EntryType::Directory, 0o700, b"");
-    add(
-        "src/main.ts",
-        EntryType::Regular,
-        0o600,
-        b"console.log('hi')\n",
-    );
-    add(
-        "bin/run.sh",
-        EntryType::Regular,
-        0o4755,
-        b"#!/bin/sh\necho run\n",
-    );
+    add("src/main.ts", EntryType::Regular, 0o600, b"console.log('hi')\n");
+    add("bin/run.sh", EntryType::Regular, 0o4755, b"#!/bin/sh\necho run\n");
     add("empty/", EntryType::Directory, 0o1777, b"");
     add(&long, EntryType::Regular, 0o644, &vec![42u8; 70_000]);
     add("top.txt", EntryType::Regular, 0o666, b"top");
@@ -488,14 +359,7 @@ fn archive_contents(body: &[u8]) -> BTreeMap<String, Vec<u8>> {
 fn upload_then_download_round_trips_a_nested_tree_byte_identical() {
     let Some(env) = env() else { return };
     let body = sample_tree();
-    let summary = upload(
-        &env.ws,
-        "/workspace/proj/sub",
-        &body[..],
-        &TransferLimits::default(),
-        USER,
-    )
-    .unwrap();
+    let summary = upload(&env.ws, "/workspace/proj/sub", &body[..], &TransferLimits::default(), USER).unwrap();
     assert_eq!(summary.entries, 6);
     assert_eq!(summary.bytes, 18 + 19 + 70_000 + 3);
     check_download(&env.ws, "proj/sub").unwrap();
@@ -509,31 +373,18 @@ fn upload_then_download_round_trips_a_nested_tree_byte_identical() {
             want.entry(name[..=i].to_string()).or_default();
         }
     }
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        want.keys().collect::<Vec<_>>()
-    );
+    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
     assert!(got == want, "file contents differ after the round trip");
     // A single file downloads under its own name.
     let mut out = Vec::new();
     download(&env.ws, "proj/sub/top.txt", &mut out).unwrap();
-    assert_eq!(
-        archive_contents(&out),
-        BTreeMap::from([("top.txt".to_string(), b"top".to_vec())])
-    );
+    assert_eq!(archive_contents(&out), BTreeMap::from([("top.txt".to_string(), b"top".to_vec())]));
 }
 
 #[test]
 fn upload_gives_everything_to_the_user_with_sane_modes() {
     let Some(env) = env() else { return };
-    upload(
-        &env.ws,
-        "a/b",
-        &sample_tree()[..],
-        &TransferLimits::default(),
-        USER,
-    )
-    .unwrap();
+    upload(&env.ws, "a/b", &sample_tree()[..], &TransferLimits::default(), USER).unwrap();
     for (rel, (kind, _)) in snapshot(&env.ws.join("a")) {
         let md = fs::symlink_metadata(env.ws.join("a").join(&rel)).unwrap();
         assert_eq!((md.uid(), md.gid()), (1000, 1000), "{rel}");
@@ -545,11 +396,7 @@ fn upload_gives_everything_to_the_user_with_sane_modes() {
         assert_eq!(md.mode() & 0o7777, want, "{rel}");
     }
     let md = fs::metadata(env.ws.join("a")).unwrap();
-    assert_eq!(
-        (md.uid(), md.mode() & 0o7777),
-        (1000, 0o755),
-        "intermediate dest dirs belong to the user"
-    );
+    assert_eq!((md.uid(), md.mode() & 0o7777), (1000, 0o755), "intermediate dest dirs belong to the user");
     assert!(!fs::read_dir(&env.ws).unwrap().any(|e| e
         .unwrap()
         .file_name()
@@ -571,22 +418,11 @@ fn upload_merges_overwriting_files_and_keeping_dirs() {
     ]);
     up(&env.ws, "p", &body).unwrap();
     assert_eq!(fs::read_to_string(env.ws.join("p/f.txt")).unwrap(), "after");
-    assert_eq!(
-        fs::read_to_string(env.ws.join("p/dir/old.txt")).unwrap(),
-        "old"
-    );
-    assert_eq!(
-        fs::read_to_string(env.ws.join("p/dir/new.txt")).unwrap(),
-        "new"
-    );
+    assert_eq!(fs::read_to_string(env.ws.join("p/dir/old.txt")).unwrap(), "old");
+    assert_eq!(fs::read_to_string(env.ws.join("p/dir/new.txt")).unwrap(), "new");
     // The user symlink itself was replaced; its target was not written through.
-    assert!(fs::symlink_metadata(env.ws.join("p/was-link"))
-        .unwrap()
-        .is_file());
-    assert_eq!(
-        fs::read_to_string(env.outside.join("sentinel")).unwrap(),
-        SENTINEL
-    );
+    assert!(fs::symlink_metadata(env.ws.join("p/was-link")).unwrap().is_file());
+    assert_eq!(fs::read_to_string(env.outside.join("sentinel")).unwrap(), SENTINEL);
 }
 
 #[test]
@@ -596,61 +432,25 @@ fn replace_tree_writes_a_root_owned_read_only_tree_and_replaces_old_content() {
     fs::create_dir(env.ws.join("peers")).unwrap();
     fs::write(env.ws.join("peers/stale.txt"), "stale").unwrap();
     symlink(&env.outside, env.ws.join("peers/out")).unwrap();
-    let v1 = archive(&[
-        (b"./", EntryType::Directory, b"", None),
-        (b"./alice/index.ts", EntryType::Regular, b"v1", None),
-    ]);
-    replace_tree(
-        &env.ws,
-        "/workspace/peers",
-        &v1[..],
-        &TransferLimits::default(),
-        Owner::Root,
-        true,
-    )
-    .unwrap();
+    let v1 =
+        archive(&[(b"./", EntryType::Directory, b"", None), (b"./alice/index.ts", EntryType::Regular, b"v1", None)]);
+    replace_tree(&env.ws, "/workspace/peers", &v1[..], &TransferLimits::default(), Owner::Root, true).unwrap();
     let snap = snapshot(&env.ws.join("peers"));
     assert_eq!(snap.keys().collect::<Vec<_>>(), ["alice", "alice/index.ts"]);
     for (rel, (kind, _)) in snap.iter().chain([(&String::new(), &('d', vec![]))]) {
         let md = fs::symlink_metadata(env.ws.join("peers").join(rel)).unwrap();
         assert_eq!((md.uid(), md.gid()), (0, 0), "{rel}");
-        assert_eq!(
-            md.mode() & 0o7777,
-            if *kind == 'd' { 0o555 } else { 0o444 },
-            "{rel}"
-        );
+        assert_eq!(md.mode() & 0o7777, if *kind == 'd' { 0o555 } else { 0o444 }, "{rel}");
     }
     let v2 = archive(&[(b"bob/index.ts", EntryType::Regular, b"v2", None)]);
-    replace_tree(
-        &env.ws,
-        "peers",
-        &v2[..],
-        &TransferLimits::default(),
-        Owner::Root,
-        true,
-    )
-    .unwrap();
-    assert_eq!(
-        snapshot(&env.ws.join("peers")).keys().collect::<Vec<_>>(),
-        ["bob", "bob/index.ts"]
-    );
+    replace_tree(&env.ws, "peers", &v2[..], &TransferLimits::default(), Owner::Root, true).unwrap();
+    assert_eq!(snapshot(&env.ws.join("peers")).keys().collect::<Vec<_>>(), ["bob", "bob/index.ts"]);
     // A symlink at dest is swapped out and deleted, never followed.
     fs::remove_dir_all(env.ws.join("peers")).unwrap(); // root ignores the 0555 modes
     symlink(&env.outside, env.ws.join("peers")).unwrap();
-    replace_tree(
-        &env.ws,
-        "peers",
-        &v2[..],
-        &TransferLimits::default(),
-        Owner::Root,
-        true,
-    )
-    .unwrap();
+    replace_tree(&env.ws, "peers", &v2[..], &TransferLimits::default(), Owner::Root, true).unwrap();
     assert!(fs::symlink_metadata(env.ws.join("peers")).unwrap().is_dir());
-    assert_eq!(
-        snapshot(&env.outside).keys().collect::<Vec<_>>(),
-        ["sentinel"]
-    );
+    assert_eq!(snapshot(&env.outside).keys().collect::<Vec<_>>(), ["sentinel"]);
     assert!(!fs::read_dir(&env.ws).unwrap().any(|e| e
         .unwrap()
         .file_name()
@@ -663,43 +463,17 @@ fn download_refuses_symlinks_and_paths_outside_the_workspace() {
     let Some(env) = env() else { return };
     fs::create_dir(env.ws.join("real")).unwrap();
     symlink(env.outside.join("sentinel"), env.ws.join("real/link")).unwrap();
-    for path in [
-        "evil",
-        "evil/sentinel",
-        "/workspace/etc/passwd",
-        "real/link",
-    ] {
+    for path in ["evil", "evil/sentinel", "/workspace/etc/passwd", "real/link"] {
         let r = check_download(&env.ws, path);
-        assert!(
-            matches!(&r, Err(FileError::Rejected(m)) if m.contains(path)),
-            "{path}: {r:?}"
-        );
-        assert!(
-            matches!(
-                download(&env.ws, path, Vec::new()),
-                Err(FileError::Rejected(_))
-            ),
-            "{path}"
-        );
+        assert!(matches!(&r, Err(FileError::Rejected(m)) if m.contains(path)), "{path}: {r:?}");
+        assert!(matches!(download(&env.ws, path, Vec::new()), Err(FileError::Rejected(_))), "{path}");
     }
     for path in ["/etc/passwd", "../outside", "/workspace/../outside"] {
-        assert!(
-            matches!(check_download(&env.ws, path), Err(FileError::Rejected(_))),
-            "{path}"
-        );
+        assert!(matches!(check_download(&env.ws, path), Err(FileError::Rejected(_))), "{path}");
     }
-    assert!(matches!(
-        check_download(&env.ws, "missing.txt"),
-        Err(FileError::NotFound(_))
-    ));
-    nix::unistd::mkfifo(
-        &env.ws.join("real/fifo"),
-        nix::sys::stat::Mode::from_bits_truncate(0o644),
-    )
-    .unwrap();
-    assert!(
-        matches!(check_download(&env.ws, "real/fifo"), Err(FileError::Rejected(m)) if m.contains("real/fifo"))
-    );
+    assert!(matches!(check_download(&env.ws, "missing.txt"), Err(FileError::NotFound(_))));
+    nix::unistd::mkfifo(&env.ws.join("real/fifo"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    assert!(matches!(check_download(&env.ws, "real/fifo"), Err(FileError::Rejected(m)) if m.contains("real/fifo")));
 }
 
 #[test]
@@ -709,11 +483,7 @@ fn download_skips_symlinks_and_special_files_inside_a_tree() {
     fs::write(env.ws.join("t/d/a.txt"), "a").unwrap();
     symlink(&env.outside, env.ws.join("t/to-outside")).unwrap();
     symlink(env.outside.join("sentinel"), env.ws.join("t/d/to-sentinel")).unwrap();
-    nix::unistd::mkfifo(
-        &env.ws.join("t/fifo"),
-        nix::sys::stat::Mode::from_bits_truncate(0o644),
-    )
-    .unwrap();
+    nix::unistd::mkfifo(&env.ws.join("t/fifo"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
     let mut out = Vec::new();
     download(&env.ws, "t", &mut out).unwrap();
     let got = archive_contents(&out);
@@ -729,31 +499,14 @@ fn resolve_workspace_path_normalizes_and_confines() {
     let ws = Path::new("/somewhere/else");
     let ok = |p: &str| resolve_workspace_path(ws, p).unwrap();
     assert_eq!(ok("project/file.txt"), PathBuf::from("project/file.txt"));
-    assert_eq!(
-        ok("/workspace/project/file.txt"),
-        PathBuf::from("project/file.txt")
-    );
+    assert_eq!(ok("/workspace/project/file.txt"), PathBuf::from("project/file.txt"));
     assert_eq!(ok("/workspace"), PathBuf::new());
     assert_eq!(ok("/workspace/"), PathBuf::new());
     assert_eq!(ok("."), PathBuf::new());
     assert_eq!(ok("./a//b/./c/"), PathBuf::from("a/b/c"));
     assert_eq!(ok("a/../b"), PathBuf::from("b"));
     assert_eq!(ok("/workspace//x"), PathBuf::from("x"));
-    for bad in [
-        "",
-        "/",
-        "/etc",
-        "/home/user/x",
-        "/workspacefoo",
-        "..",
-        "../x",
-        "a/../../x",
-        "/workspace/..",
-        "a\0b",
-    ] {
-        assert!(
-            matches!(resolve_workspace_path(ws, bad), Err(FileError::Rejected(_))),
-            "{bad:?}"
-        );
+    for bad in ["", "/", "/etc", "/home/user/x", "/workspacefoo", "..", "../x", "a/../../x", "/workspace/..", "a\0b"] {
+        assert!(matches!(resolve_workspace_path(ws, bad), Err(FileError::Rejected(_))), "{bad:?}");
     }
 }

@@ -5,21 +5,22 @@ mod common;
 use std::io::Read;
 
 use common::Agent;
-use rds_testkit::tar_gz;
 use http::{Method, StatusCode};
+use rds_testkit::tar_gz;
 
 #[tokio::test]
 async fn upload_then_download_round_trips_over_http() {
     let Some(agent) = Agent::start().await else { return };
     let archive = tar_gz(&[("hello.txt", b"hello world\n"), ("dir/nested.txt", "é\n".as_bytes())]);
-    let reply = agent
-        .request(Method::POST, "/files/upload?dest=proj", &[("content-type", "application/gzip")], archive)
-        .await;
+    let reply =
+        agent.request(Method::POST, "/files/upload?dest=proj", &[("content-type", "application/gzip")], archive).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", String::from_utf8_lossy(&reply.body));
     assert!(reply.json()["entries"].as_u64().unwrap() >= 2);
 
     // Written as the sandbox user, visible to its commands.
-    let result = agent.exec(serde_json::json!({"cmd": "cat proj/hello.txt proj/dir/nested.txt; stat -c %u proj/hello.txt"})).await;
+    let result = agent
+        .exec(serde_json::json!({"cmd": "cat proj/hello.txt proj/dir/nested.txt; stat -c %u proj/hello.txt"}))
+        .await;
     assert_eq!(result["stdout"], "hello world\né\n1000\n");
 
     let reply = agent.request(Method::GET, "/files/download?path=proj", &[], Vec::new()).await;

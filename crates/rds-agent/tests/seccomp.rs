@@ -29,10 +29,26 @@ const AGENT: &str = "agent";
 const HELPER_TEST: &str = "listed_syscalls_fail_with_their_errno";
 
 /// The namespace flags `clone` must not take (`CLONE_NEWTIME` cannot be passed to `clone`).
-const CLONE_NAMESPACES: [i32; 7] = [libc::CLONE_NEWNS, libc::CLONE_NEWCGROUP, libc::CLONE_NEWUTS, libc::CLONE_NEWIPC, libc::CLONE_NEWUSER, libc::CLONE_NEWPID, libc::CLONE_NEWNET];
+const CLONE_NAMESPACES: [i32; 7] = [
+    libc::CLONE_NEWNS,
+    libc::CLONE_NEWCGROUP,
+    libc::CLONE_NEWUTS,
+    libc::CLONE_NEWIPC,
+    libc::CLONE_NEWUSER,
+    libc::CLONE_NEWPID,
+    libc::CLONE_NEWNET,
+];
 /// The namespace flags `unshare` must not take.
-const UNSHARE_NAMESPACES: [i32; 8] =
-    [libc::CLONE_NEWNS, libc::CLONE_NEWCGROUP, libc::CLONE_NEWUTS, libc::CLONE_NEWIPC, libc::CLONE_NEWUSER, libc::CLONE_NEWPID, libc::CLONE_NEWNET, libc::CLONE_NEWTIME];
+const UNSHARE_NAMESPACES: [i32; 8] = [
+    libc::CLONE_NEWNS,
+    libc::CLONE_NEWCGROUP,
+    libc::CLONE_NEWUTS,
+    libc::CLONE_NEWIPC,
+    libc::CLONE_NEWUSER,
+    libc::CLONE_NEWPID,
+    libc::CLONE_NEWNET,
+    libc::CLONE_NEWTIME,
+];
 /// Personas that weaken a process: ADDR_NO_RANDOMIZE, READ_IMPLIES_EXEC, MMAP_PAGE_ZERO, PER_BSD,
 /// PER_LINUX32 | ADDR_NO_RANDOMIZE, and ADDR_NO_RANDOMIZE with a bit above the kernel's u32.
 const DENIED_PERSONAS: [u64; 6] = [0x0040000, 0x0400000, 0x0100000, 0x0006, 0x0040008, (1 << 32) | 0x0040000];
@@ -141,7 +157,13 @@ fn ptrace_a_child() -> Outcome {
     if pid == 0 {
         // SAFETY: raw syscalls in the forked child.
         unsafe {
-            if libc::ptrace(libc::PTRACE_TRACEME, 0 as libc::pid_t, std::ptr::null_mut::<libc::c_void>(), std::ptr::null_mut::<libc::c_void>()) == -1 {
+            if libc::ptrace(
+                libc::PTRACE_TRACEME,
+                0 as libc::pid_t,
+                std::ptr::null_mut::<libc::c_void>(),
+                std::ptr::null_mut::<libc::c_void>(),
+            ) == -1
+            {
                 libc::_exit(100 + errno());
             }
             libc::kill(libc::getpid(), libc::SIGSTOP);
@@ -154,7 +176,10 @@ fn ptrace_a_child() -> Outcome {
         return Outcome::Exit(-2);
     }
     // SAFETY: pid is our stopped tracee.
-    if unsafe { libc::ptrace(libc::PTRACE_CONT, pid, std::ptr::null_mut::<libc::c_void>(), std::ptr::null_mut::<libc::c_void>()) } == -1 {
+    if unsafe {
+        libc::ptrace(libc::PTRACE_CONT, pid, std::ptr::null_mut::<libc::c_void>(), std::ptr::null_mut::<libc::c_void>())
+    } == -1
+    {
         let e = errno();
         // SAFETY: do not leave a stopped child behind.
         unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -212,13 +237,18 @@ const AGENT_WORK: &[(&str, &str, &str)] = &[
 
 /// Starts an agent (which inherits the helper's filter, if installed) and runs [`AGENT_WORK`].
 fn agent_probes(phase: &str) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
     runtime.block_on(async {
         let agent = Agent::start().await.expect("root");
         for (label, route, code) in AGENT_WORK {
             let request = if *route == "/exec" { json!({"cmd": code}) } else { json!({"code": code}) };
             let reply = agent.post_json(route, &request).await;
-            let outcome = if reply.status == StatusCode::OK { format!("exit {}", reply.json()["exitCode"]) } else { format!("http {}", reply.status.as_u16()) };
+            let outcome = if reply.status == StatusCode::OK {
+                format!("exit {}", reply.json()["exitCode"])
+            } else {
+                format!("http {}", reply.status.as_u16())
+            };
             println!("probe\t{phase}\tagent {label}\t{outcome}");
         }
         // The seccomp mode of the user's command (2: filtered), to show the filter is inherited.
@@ -241,9 +271,15 @@ fn probes() -> Vec<(String, Box<dyn Fn() -> Outcome>)> {
     }
     // Each flag plus one the kernel rejects with EINVAL before doing anything: CLONE_THREAD
     // without CLONE_SIGHAND for clone, CLONE_PARENT (unknown to unshare) for unshare.
-    for (name, nr, flags, poison) in [("clone", libc::SYS_clone, &CLONE_NAMESPACES[..], libc::CLONE_THREAD), ("unshare", libc::SYS_unshare, &UNSHARE_NAMESPACES[..], libc::CLONE_PARENT)] {
+    for (name, nr, flags, poison) in [
+        ("clone", libc::SYS_clone, &CLONE_NAMESPACES[..], libc::CLONE_THREAD),
+        ("unshare", libc::SYS_unshare, &UNSHARE_NAMESPACES[..], libc::CLONE_PARENT),
+    ] {
         for &flag in flags {
-            probes.push((format!("{name}({flag:#x})"), Box::new(move || syscall(nr, [(flag | poison) as u64, 0, 0, 0, 0, 0]))));
+            probes.push((
+                format!("{name}({flag:#x})"),
+                Box::new(move || syscall(nr, [(flag | poison) as u64, 0, 0, 0, 0, 0])),
+            ));
         }
     }
     for persona in DENIED_PERSONAS {
@@ -303,7 +339,16 @@ fn probes() -> Vec<(String, Box<dyn Fn() -> Outcome>)> {
         "mmap".into(),
         Box::new(|| {
             // SAFETY: a fresh anonymous mapping, unmapped at once.
-            let p = unsafe { libc::mmap(std::ptr::null_mut(), 65536, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    65536,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
             if p == libc::MAP_FAILED {
                 return Outcome::Errno(errno());
             }
@@ -358,7 +403,9 @@ struct Report(BTreeMap<(String, String), String>);
 
 impl Report {
     fn get(&self, phase: &str, name: &str) -> &str {
-        self.0.get(&(phase.to_string(), name.to_string())).unwrap_or_else(|| panic!("the helper reported no {phase} outcome for `{name}`"))
+        self.0
+            .get(&(phase.to_string(), name.to_string()))
+            .unwrap_or_else(|| panic!("the helper reported no {phase} outcome for `{name}`"))
     }
 
     /// `name` fails with `errno` under the filter, and the host alone does not give that errno.
@@ -440,9 +487,17 @@ fn every_namespace_flag_is_denied_on_clone_and_unshare() {
 #[test]
 fn a_new_user_namespace_is_denied_in_children_and_exec_ed_programs() {
     let report = report(SYSCALLS);
-    assert_eq!(report.get(CONTROL, "unshare(CLONE_NEWUSER) in a child"), "exit 0", "without the filter root can create a user namespace");
+    assert_eq!(
+        report.get(CONTROL, "unshare(CLONE_NEWUSER) in a child"),
+        "exit 0",
+        "without the filter root can create a user namespace"
+    );
     assert_eq!(report.get(FILTERED, "unshare(CLONE_NEWUSER) in a child"), format!("exit {}", libc::EPERM));
-    assert_eq!(report.get(CONTROL, "exec unshare -U true"), "exit 0", "util-linux `unshare -U true` must work here without the filter");
+    assert_eq!(
+        report.get(CONTROL, "exec unshare -U true"),
+        "exit 0",
+        "util-linux `unshare -U true` must work here without the filter"
+    );
     assert_ne!(report.get(FILTERED, "exec unshare -U true"), "exit 0", "`unshare -U` ran under the filter");
 }
 
@@ -454,7 +509,11 @@ fn personality_allows_only_harmless_personas() {
     }
     for persona in ALLOWED_PERSONALITIES.iter().map(|&p| u64::from(p)).chain([1 << 32]) {
         let name = format!("allowed personality({persona:#x})");
-        assert!(report.get(FILTERED, &name).starts_with("ok "), "`{name}` under the filter: {}", report.get(FILTERED, &name));
+        assert!(
+            report.get(FILTERED, &name).starts_with("ok "),
+            "`{name}` under the filter: {}",
+            report.get(FILTERED, &name)
+        );
     }
 }
 
@@ -489,7 +548,11 @@ fn the_agent_and_language_runtimes_run_under_the_filter() {
 fn x32_and_i386_syscalls_cannot_bypass_the_list() {
     let report = report(SYSCALLS);
     report.assert_denied("x32 getpid", libc::EPERM);
-    assert_eq!(report.get(CONTROL, "i386 getpid"), "exit 0", "int 0x80 must work without the filter (CONFIG_IA32_EMULATION)");
+    assert_eq!(
+        report.get(CONTROL, "i386 getpid"),
+        "exit 0",
+        "int 0x80 must work without the filter (CONFIG_IA32_EMULATION)"
+    );
     assert_eq!(report.get(FILTERED, "i386 getpid"), format!("signal {}", libc::SIGSYS));
 }
 
@@ -497,20 +560,63 @@ fn x32_and_i386_syscalls_cannot_bypass_the_list() {
 fn the_list_covers_what_the_sandbox_must_deny() {
     use libc::*;
     let mut required: Vec<(&str, i64)> = vec![
-        ("clone", SYS_clone), ("clone3", SYS_clone3), ("unshare", SYS_unshare), ("setns", SYS_setns),
-        ("keyctl", SYS_keyctl), ("add_key", SYS_add_key), ("request_key", SYS_request_key),
-        ("bpf", SYS_bpf), ("perf_event_open", SYS_perf_event_open),
-        ("io_uring_setup", SYS_io_uring_setup), ("io_uring_enter", SYS_io_uring_enter), ("io_uring_register", SYS_io_uring_register), ("userfaultfd", SYS_userfaultfd),
-        ("init_module", SYS_init_module), ("finit_module", SYS_finit_module), ("delete_module", SYS_delete_module), ("kexec_load", SYS_kexec_load), ("kexec_file_load", SYS_kexec_file_load),
-        ("mount", SYS_mount), ("umount2", SYS_umount2), ("pivot_root", SYS_pivot_root), ("chroot", SYS_chroot), ("open_tree", SYS_open_tree), ("open_tree_attr", 467),
-        ("move_mount", SYS_move_mount), ("fsopen", SYS_fsopen), ("fsconfig", SYS_fsconfig), ("fsmount", SYS_fsmount), ("fspick", SYS_fspick), ("mount_setattr", SYS_mount_setattr),
-        ("settimeofday", SYS_settimeofday), ("clock_settime", SYS_clock_settime), ("clock_adjtime", SYS_clock_adjtime), ("adjtimex", SYS_adjtimex),
-        ("reboot", SYS_reboot), ("swapon", SYS_swapon), ("swapoff", SYS_swapoff), ("acct", SYS_acct), ("syslog", SYS_syslog), ("quotactl", SYS_quotactl), ("quotactl_fd", SYS_quotactl_fd),
-        ("open_by_handle_at", SYS_open_by_handle_at), ("name_to_handle_at", SYS_name_to_handle_at), ("lookup_dcookie", SYS_lookup_dcookie), ("vhangup", SYS_vhangup), ("nfsservctl", SYS_nfsservctl),
+        ("clone", SYS_clone),
+        ("clone3", SYS_clone3),
+        ("unshare", SYS_unshare),
+        ("setns", SYS_setns),
+        ("keyctl", SYS_keyctl),
+        ("add_key", SYS_add_key),
+        ("request_key", SYS_request_key),
+        ("bpf", SYS_bpf),
+        ("perf_event_open", SYS_perf_event_open),
+        ("io_uring_setup", SYS_io_uring_setup),
+        ("io_uring_enter", SYS_io_uring_enter),
+        ("io_uring_register", SYS_io_uring_register),
+        ("userfaultfd", SYS_userfaultfd),
+        ("init_module", SYS_init_module),
+        ("finit_module", SYS_finit_module),
+        ("delete_module", SYS_delete_module),
+        ("kexec_load", SYS_kexec_load),
+        ("kexec_file_load", SYS_kexec_file_load),
+        ("mount", SYS_mount),
+        ("umount2", SYS_umount2),
+        ("pivot_root", SYS_pivot_root),
+        ("chroot", SYS_chroot),
+        ("open_tree", SYS_open_tree),
+        ("open_tree_attr", 467),
+        ("move_mount", SYS_move_mount),
+        ("fsopen", SYS_fsopen),
+        ("fsconfig", SYS_fsconfig),
+        ("fsmount", SYS_fsmount),
+        ("fspick", SYS_fspick),
+        ("mount_setattr", SYS_mount_setattr),
+        ("settimeofday", SYS_settimeofday),
+        ("clock_settime", SYS_clock_settime),
+        ("clock_adjtime", SYS_clock_adjtime),
+        ("adjtimex", SYS_adjtimex),
+        ("reboot", SYS_reboot),
+        ("swapon", SYS_swapon),
+        ("swapoff", SYS_swapoff),
+        ("acct", SYS_acct),
+        ("syslog", SYS_syslog),
+        ("quotactl", SYS_quotactl),
+        ("quotactl_fd", SYS_quotactl_fd),
+        ("open_by_handle_at", SYS_open_by_handle_at),
+        ("name_to_handle_at", SYS_name_to_handle_at),
+        ("lookup_dcookie", SYS_lookup_dcookie),
+        ("vhangup", SYS_vhangup),
+        ("nfsservctl", SYS_nfsservctl),
         ("personality", SYS_personality),
     ];
     #[cfg(target_arch = "x86_64")]
-    required.extend([("iopl", SYS_iopl), ("ioperm", SYS_ioperm), ("uselib", SYS_uselib), ("ustat", SYS_ustat), ("sysfs", SYS_sysfs), ("_sysctl", SYS__sysctl)]);
+    required.extend([
+        ("iopl", SYS_iopl),
+        ("ioperm", SYS_ioperm),
+        ("uselib", SYS_uselib),
+        ("ustat", SYS_ustat),
+        ("sysfs", SYS_sysfs),
+        ("_sysctl", SYS__sysctl),
+    ]);
     required.sort_unstable();
     let mut listed: Vec<(&str, i64)> = seccomp::denied_syscalls().map(|s| (s.name, s.number)).collect();
     listed.sort_unstable();

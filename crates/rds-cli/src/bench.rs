@@ -54,20 +54,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         return crate::bench_network::run(args.vms, args.execs);
     }
     let (url, key, storage_root, _own) = match &args.url {
-        Some(url) => (
-            url.clone(),
-            args.api_key.clone().unwrap_or_default(),
-            args.storage_root.clone(),
-            None,
-        ),
+        Some(url) => (url.clone(), args.api_key.clone().unwrap_or_default(), args.storage_root.clone(), None),
         None => {
             let (own, url, key, root) = start_manager(&[("RDS_NETWORK", "off")])?;
             (url, key, root, Some(own))
         }
     };
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(60))
-        .build();
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
     let api = Api { agent, url, key };
     if args.what == "peers" {
         return crate::bench_peers::run(&api, &storage_root, args.execs);
@@ -131,10 +124,7 @@ impl Api {
             .send_json(json!({"cpu": 1, "memMb": 256}))
             .map_err(describe)?;
         let vm: Value = resp.into_json()?;
-        vm["id"]
-            .as_str()
-            .map(str::to_string)
-            .context("create returned no id")
+        vm["id"].as_str().map(str::to_string).context("create returned no id")
     }
 
     pub fn exec(&self, id: &str, cmd: &str) -> anyhow::Result<()> {
@@ -152,11 +142,7 @@ impl Api {
     }
 
     pub fn delete_vm(&self, id: &str) -> anyhow::Result<()> {
-        self.agent
-            .delete(&format!("{}/v1/vms/{id}", self.url))
-            .set("X-API-Key", &self.key)
-            .call()
-            .map_err(describe)?;
+        self.agent.delete(&format!("{}/v1/vms/{id}", self.url)).set("X-API-Key", &self.key).call().map_err(describe)?;
         Ok(())
     }
 }
@@ -173,9 +159,7 @@ pub fn describe(e: ureq::Error) -> anyhow::Error {
 
 /// Exec round-trips over one kept-alive connection straight to the agent socket.
 fn direct_execs(socket: &Path, n: usize) -> anyhow::Result<Vec<f64>> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let agent = rds_agent_client::AgentClient::hybrid_vsock(socket);
         let request = rds_proto::ExecRequest { cmd: "true".into(), ..Default::default() };
@@ -196,9 +180,7 @@ fn direct_execs(socket: &Path, n: usize) -> anyhow::Result<Vec<f64>> {
 /// Starts `rds serve` from this executable on a free port with a temporary STORAGE_ROOT.
 pub(crate) fn start_manager(env: &[(&str, &str)]) -> anyhow::Result<(OwnManager, String, String, PathBuf)> {
     let dir = tempfile::Builder::new().prefix("rds-bench-").tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let key = format!("bench-{:032x}", rand::random::<u128>());
     let cgroup_group = format!("rds-bench-{port}");
     let child = Command::new(std::env::current_exe()?)

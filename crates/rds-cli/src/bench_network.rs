@@ -45,7 +45,8 @@ pub fn run(vms: usize, patches: usize) -> anyhow::Result<()> {
         bail!("rds bench network needs root (it creates a network namespace, links and nft rules)");
     }
     let name = format!("rds-bench-{}", std::process::id());
-    let status = Command::new("ip").args(["netns", "add", &name]).status().context("running `ip` (install iproute2)")?;
+    let status =
+        Command::new("ip").args(["netns", "add", &name]).status().context("running `ip` (install iproute2)")?;
     if !status.success() {
         bail!("`ip netns add {name}` failed");
     }
@@ -106,7 +107,11 @@ fn apply_bench() -> anyhow::Result<Value> {
         network.attach_veth("bench-vm", &slot, pid).await?;
         let strings = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let policies = [
-            EgressPolicy::from_request(Some(true), &strings(&["11.22.33.10", "2001:db8::/32"]), &strings(&["example.com"]))?,
+            EgressPolicy::from_request(
+                Some(true),
+                &strings(&["11.22.33.10", "2001:db8::/32"]),
+                &strings(&["example.com"]),
+            )?,
             EgressPolicy::deny_all(),
         ];
         let bench = bench_apply(&network, "bench-vm", &slot, &policies, APPLY_ITERATIONS).await;
@@ -114,7 +119,9 @@ fn apply_bench() -> anyhow::Result<Value> {
         anyhow::Ok(bench?)
     })?;
     drop(sleeper);
-    Ok(json!({"p50": round(result.p50_ms), "p90": round(result.p90_ms), "max": round(result.max_ms), "n": result.iterations}))
+    Ok(
+        json!({"p50": round(result.p50_ms), "p90": round(result.p90_ms), "max": round(result.max_ms), "n": result.iterations}),
+    )
 }
 
 /// Create → first exec latency with networking `on` or off, and (when on) PATCH latency.

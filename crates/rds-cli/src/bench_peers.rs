@@ -14,7 +14,8 @@ use crate::bench::{describe, ms, percentiles, round, Api};
 const MANIFEST: &str = r#"{"sdk": {"name": "echo", "description": "Echoes its arguments"},
   "exports": [{"name": "echo", "module": "echo.ts", "description": "Returns its arguments",
                "args": {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}}]}"#;
-const MODULE: &str = "export function echo(args: { n: number }) { return { n: args.n, key: Deno.env.get(\"BENCH_KEY\")?.length }; }\n";
+const MODULE: &str =
+    "export function echo(args: { n: number }) { return { n: args.n, key: Deno.env.get(\"BENCH_KEY\")?.length }; }\n";
 
 /// Runs the benchmark and prints its JSON line.
 pub fn run(api: &Api, storage_root: &Path, calls: usize) -> anyhow::Result<()> {

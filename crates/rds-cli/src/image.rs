@@ -96,8 +96,7 @@ fn build(args: BuildArgs) -> Result<()> {
         debian_suite: args.suite.clone(),
         mirror: args.mirror.clone(),
     };
-    let out = rds_image::build(&opts, &mut |line| eprintln!("{line}"))
-        .context("image build failed")?;
+    let out = rds_image::build(&opts, &mut |line| eprintln!("{line}")).context("image build failed")?;
     eprintln!(
         "built {} in {:.1} s{}",
         args.out.display(),
@@ -163,15 +162,10 @@ fn register(m: &Manager, name: &str, out: &BuildOutput, set_default: bool) -> Re
     let body = tar_gz_stream(files.into_iter().map(Path::to_path_buf).collect());
     let mut image = answer(
         "uploading the bundle",
-        m.request("PUT", &format!("/v1/images/{id}/bundle"))
-            .set("Content-Type", "application/gzip")
-            .send(body),
+        m.request("PUT", &format!("/v1/images/{id}/bundle")).set("Content-Type", "application/gzip").send(body),
     )?;
     if set_default {
-        image = answer(
-            "setting the default image",
-            m.request("POST", &format!("/v1/images/{id}/set-default")).call(),
-        )?;
+        image = answer("setting the default image", m.request("POST", &format!("/v1/images/{id}/set-default")).call())?;
         eprintln!("image {id} is now the default");
     }
     Ok(image)

@@ -9,11 +9,7 @@ mod serve;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "rds",
-    version,
-    about = "run-dat-sheesh: run untrusted code in VMs"
-)]
+#[command(name = "rds", version, about = "run-dat-sheesh: run untrusted code in VMs")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

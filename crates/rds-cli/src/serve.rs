@@ -15,9 +15,7 @@ pub struct ServeArgs {
 /// Runs the manager until killed.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let config = Config::from_env()?;
@@ -44,13 +42,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 println!("API key (shown only once; send it as X-API-Key): {key}")
             }
             KeyNotice::Existing => {
-                println!(
-                    "API key: a stored key exists (run `rds serve --new-api-key` to replace it)"
-                )
+                println!("API key: a stored key exists (run `rds serve --new-api-key` to replace it)")
             }
         }
-        rds_manager::server::serve(prepared)
-            .await
-            .context("serving HTTP")
+        rds_manager::server::serve(prepared).await.context("serving HTTP")
     })
 }

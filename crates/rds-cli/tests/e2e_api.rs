@@ -10,49 +10,28 @@ fn missing_or_wrong_key_is_401_and_health_is_public() {
     require_sandbox!();
     let s = Server::start(&[]);
     let (st, body) = into_status_json(ureq::get(&format!("{}/v1/vms", s.url)).call());
-    assert_eq!(
-        (st, body["error"]["code"].as_str()),
-        (401, Some("unauthorized"))
-    );
-    let (st, _) = into_status_json(
-        ureq::get(&format!("{}/v1/vms", s.url))
-            .set("X-API-Key", "wrong-key-wrong-key")
-            .call(),
-    );
+    assert_eq!((st, body["error"]["code"].as_str()), (401, Some("unauthorized")));
+    let (st, _) =
+        into_status_json(ureq::get(&format!("{}/v1/vms", s.url)).set("X-API-Key", "wrong-key-wrong-key").call());
     assert_eq!(st, 401);
     let (st, health) = into_status_json(ureq::get(&format!("{}/v1/health", s.url)).call());
     assert_eq!(st, 200);
-    assert_eq!(
-        (health["runtime"].as_str(), health["isolation"].as_str()),
-        (Some("sandbox"), Some("namespaces"))
-    );
+    assert_eq!((health["runtime"].as_str(), health["isolation"].as_str()), (Some("sandbox"), Some("namespaces")));
 }
 
 #[test]
 fn generated_key_is_printed_once_and_works() {
     require_sandbox!();
     let mut s = Server::start_raw(&[]);
-    let line = s
-        .stdout
-        .iter()
-        .find(|l| l.contains("shown only once"))
-        .cloned()
-        .unwrap_or_else(|| panic!("{:?}", s.stdout));
+    let line =
+        s.stdout.iter().find(|l| l.contains("shown only once")).cloned().unwrap_or_else(|| panic!("{:?}", s.stdout));
     let key = line.rsplit(' ').next().unwrap().to_string();
     assert!(key.starts_with("rds_"), "{line}");
     s.key = key.clone();
     assert_eq!(s.call("GET", "/v1/vms", None).0, 200);
     s.restart();
-    assert!(
-        !s.stdout.iter().any(|l| l.contains(&key)),
-        "key printed again: {:?}",
-        s.stdout
-    );
-    assert_eq!(
-        s.call("GET", "/v1/vms", None).0,
-        200,
-        "stored key still valid after restart"
-    );
+    assert!(!s.stdout.iter().any(|l| l.contains(&key)), "key printed again: {:?}", s.stdout);
+    assert_eq!(s.call("GET", "/v1/vms", None).0, 200, "stored key still valid after restart");
 }
 
 #[test]
@@ -60,36 +39,19 @@ fn invalid_bodies_are_400_naming_the_field() {
     require_sandbox!();
     let s = Server::start(&[]);
     let post_raw = |path: &str, body: &str| {
-        into_status_json(
-            s.req("POST", path)
-                .set("Content-Type", "application/json")
-                .send_string(body),
-        )
+        into_status_json(s.req("POST", path).set("Content-Type", "application/json").send_string(body))
     };
     for (body, field) in [
         (r#"{"memMb":256}"#, "cpu"),
         (r#"{"cpu":"2","memMb":256}"#, "cpu"),
         (r#"{"cpu":1,"memMb":256,"bogus":true}"#, "bogus"),
         (r#"{"cpu":1,"memMb":"#, "malformed JSON"),
-        (
-            r#"{"cpu":1,"memMb":256,"allowIps":["not-an-ip"]}"#,
-            "allowIps[0]",
-        ),
+        (r#"{"cpu":1,"memMb":256,"allowIps":["not-an-ip"]}"#, "allowIps[0]"),
     ] {
         let (st, err) = post_raw("/v1/vms", body);
-        let msg = err["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        assert_eq!(
-            (st, err["error"]["code"].as_str()),
-            (400, Some("bad_request")),
-            "{body}: {err}"
-        );
-        assert!(
-            msg.contains(field),
-            "{body}: message {msg:?} should name {field}"
-        );
+        let msg = err["error"]["message"].as_str().unwrap_or_default().to_string();
+        assert_eq!((st, err["error"]["code"].as_str()), (400, Some("bad_request")), "{body}: {err}");
+        assert!(msg.contains(field), "{body}: message {msg:?} should name {field}");
     }
     let id = s.create_vm(256);
     for (body, field) in [
@@ -99,16 +61,10 @@ fn invalid_bodies_are_400_naming_the_field() {
     ] {
         let (st, err) = post_raw(&format!("/v1/vms/{id}/exec"), body);
         assert_eq!(st, 400, "{body}: {err}");
-        assert!(
-            err["error"]["message"].as_str().unwrap().contains(field),
-            "{body}: {err}"
-        );
+        assert!(err["error"]["message"].as_str().unwrap().contains(field), "{body}: {err}");
     }
     let (st, err) = s.call("GET", "/v1/vms/does-not-exist", None);
-    assert_eq!(
-        (st, err["error"]["code"].as_str()),
-        (404, Some("not_found"))
-    );
+    assert_eq!((st, err["error"]["code"].as_str()), (404, Some("not_found")));
 }
 
 #[test]
@@ -117,11 +73,7 @@ fn oversized_json_body_is_413() {
     let s = Server::start(&[("MAX_JSON_BODY_BYTES", "200")]);
     let big = json!({"cpu": 1, "memMb": 128, "allowIps": vec!["10.0.0.1/32"; 40]});
     let (st, err) = s.call("POST", "/v1/vms", Some(big));
-    assert_eq!(
-        (st, err["error"]["code"].as_str()),
-        (413, Some("payload_too_large")),
-        "{err}"
-    );
+    assert_eq!((st, err["error"]["code"].as_str()), (413, Some("payload_too_large")), "{err}");
 }
 
 #[test]
@@ -130,36 +82,14 @@ fn quotas_answer_429_naming_the_limit() {
     let s = Server::start(&[("MAX_VMS", "1")]);
     let (st, err) = s.call("POST", "/v1/vms", Some(json!({"cpu": 9, "memMb": 128})));
     assert_eq!(st, 429);
-    assert!(
-        err["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("MAX_CPU=4"),
-        "{err}"
-    );
+    assert!(err["error"]["message"].as_str().unwrap().contains("MAX_CPU=4"), "{err}");
     let (st, err) = s.call("POST", "/v1/vms", Some(json!({"cpu": 1, "memMb": 99999})));
     assert_eq!(st, 429);
-    assert!(
-        err["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("MAX_MEM_MB=2048"),
-        "{err}"
-    );
+    assert!(err["error"]["message"].as_str().unwrap().contains("MAX_MEM_MB=2048"), "{err}");
     s.create_vm(256);
     let (st, err) = s.call("POST", "/v1/vms", Some(json!({"cpu": 1, "memMb": 128})));
-    assert_eq!(
-        (st, err["error"]["code"].as_str()),
-        (429, Some("quota_exceeded")),
-        "{err}"
-    );
-    assert!(
-        err["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("MAX_VMS=1"),
-        "{err}"
-    );
+    assert_eq!((st, err["error"]["code"].as_str()), (429, Some("quota_exceeded")), "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("MAX_VMS=1"), "{err}");
 }
 
 #[test]
@@ -180,13 +110,7 @@ fn rate_limiter_answers_429_with_retry_after() {
     }
     assert_eq!(&statuses[..5], &[200; 5], "{statuses:?}");
     assert!(statuses[5..].iter().all(|&st| st == 429), "{statuses:?}");
-    assert!(
-        retry_after
-            .as_deref()
-            .and_then(|v| v.parse::<u64>().ok())
-            .is_some_and(|v| v >= 1),
-        "{retry_after:?}"
-    );
+    assert!(retry_after.as_deref().and_then(|v| v.parse::<u64>().ok()).is_some_and(|v| v >= 1), "{retry_after:?}");
     // Health is public and never limited.
     assert_eq!(s.call("GET", "/v1/health", None).0, 200);
 }
@@ -195,11 +119,7 @@ fn rate_limiter_answers_429_with_retry_after() {
 fn openapi_lists_the_routes_and_swagger_serves_html() {
     require_sandbox!();
     let s = Server::start(&[]);
-    let doc: serde_json::Value = ureq::get(&format!("{}/openapi.json", s.url))
-        .call()
-        .unwrap()
-        .into_json()
-        .unwrap();
+    let doc: serde_json::Value = ureq::get(&format!("{}/openapi.json", s.url)).call().unwrap().into_json().unwrap();
     for path in [
         "/v1/vms",
         "/v1/vms/{id}",
@@ -215,22 +135,13 @@ fn openapi_lists_the_routes_and_swagger_serves_html() {
         "/v1/vms/{id}/exec-logs",
         "/v1/health",
     ] {
-        assert!(
-            doc["paths"].get(path).is_some(),
-            "{path} missing from openapi.json"
-        );
+        assert!(doc["paths"].get(path).is_some(), "{path} missing from openapi.json");
     }
     let html = ureq::get(&format!("{}/swagger/", s.url)).call().unwrap();
     assert!(html.content_type().contains("text/html"));
     assert!(html.into_string().unwrap().contains("swagger"));
     let (st, err) = into_status_json(ureq::get(&format!("{}/no/such/route", s.url)).call());
-    assert_eq!(
-        (st, err["error"]["code"].as_str()),
-        (404, Some("not_found"))
-    );
+    assert_eq!((st, err["error"]["code"].as_str()), (404, Some("not_found")));
     let (st, err) = into_status_json(s.req("PUT", "/v1/vms").call());
-    assert_eq!(
-        (st, err["error"]["code"].as_str()),
-        (405, Some("method_not_allowed"))
-    );
+    assert_eq!((st, err["error"]["code"].as_str()), (405, Some("method_not_allowed")));
 }

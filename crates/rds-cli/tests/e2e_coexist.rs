@@ -70,7 +70,9 @@ fn vm_cgroup_dirs(group: &str, vm_id: &str) -> Vec<PathBuf> {
         let (_, controllers, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
         let mount = if v2 && controllers.is_empty() {
             root.clone()
-        } else if let Some(ctrl) = ["memory", "cpu", "pids"].into_iter().find(|c| controllers.split(',').any(|x| x == *c)) {
+        } else if let Some(ctrl) =
+            ["memory", "cpu", "pids"].into_iter().find(|c| controllers.split(',').any(|x| x == *c))
+        {
             if v2 {
                 continue;
             }
@@ -112,9 +114,9 @@ fn assert_intact(ns: &str, s: &Server, vms: &[Vm], label: &str) {
 
         let index = vm.index();
         let chain = format!("vm-{index}-fwd");
-        let commented = items.iter().any(|i| {
-            i["rule"]["chain"] == chain.as_str() && i["rule"]["comment"] == format!("vm={}", vm.id).as_str()
-        });
+        let commented = items
+            .iter()
+            .any(|i| i["rule"]["chain"] == chain.as_str() && i["rule"]["comment"] == format!("vm={}", vm.id).as_str());
         assert!(commented, "[{label}] VM {} has no chain {chain} in table {table}", vm.id);
         let allow = items
             .iter()
@@ -136,7 +138,12 @@ fn assert_intact(ns: &str, s: &Server, vms: &[Vm], label: &str) {
 
         let claim = std::fs::read_link(format!("/run/rds/slots/{}", vm.network()))
             .unwrap_or_else(|e| panic!("[{label}] claim of {}: {e}", vm.network()));
-        assert_eq!(claim.to_str(), Some(s.installation_id.as_str()), "[{label}] {} is claimed by someone else", vm.guest_ip);
+        assert_eq!(
+            claim.to_str(),
+            Some(s.installation_id.as_str()),
+            "[{label}] {} is claimed by someone else",
+            vm.guest_ip
+        );
     }
 }
 
@@ -217,14 +224,21 @@ fn scenario(ns: &str) {
     assert_eq!(addresses.len(), 6, "two managers handed out the same address: {addresses:?}");
     assert_intact(ns, &a, &a_vms, "after more creates");
     assert_intact(ns, &b, &b_vms, "after more creates");
-    assert!(sh_in(ns, "ip", &["-o", "link", "show"]).contains("rdsv5"), "an interface neither manager owns was removed");
+    assert!(
+        sh_in(ns, "ip", &["-o", "link", "show"]).contains("rdsv5"),
+        "an interface neither manager owns was removed"
+    );
 
     // Deleting a's VMs releases its claims and rules and leaves b's alone.
     for vm in &a_vms {
         let (status, body) = a.call("DELETE", &format!("/v1/vms/{}", vm.id), None);
         assert_eq!(status, 204, "{body}");
         let claim = std::fs::read_link(format!("/run/rds/slots/{}", vm.network())).ok();
-        assert_ne!(claim.as_deref().and_then(|c| c.to_str()), Some(a.installation_id.as_str()), "claim kept after delete");
+        assert_ne!(
+            claim.as_deref().and_then(|c| c.to_str()),
+            Some(a.installation_id.as_str()),
+            "claim kept after delete"
+        );
     }
     let a_table = sh_in(ns, "nft", &["list", "table", "inet", &format!("rds-{}", a.installation_id)]);
     assert!(!a_table.contains("vm="), "rules left after delete:\n{a_table}");

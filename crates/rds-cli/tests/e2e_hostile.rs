@@ -51,7 +51,11 @@ fn host_files_outside_the_image_are_invisible() {
     assert!(out.ends_with("done\n"), "{r}");
     // The root is the image, read-only, even for the agent's own files.
     let r = s.exec(&id, "touch /etc/x 2>&1; touch /usr/bin/x 2>&1; echo end");
-    assert!(stdout(&r).matches("Read-only file system").count() == 2 || stdout(&r).matches("Permission denied").count() == 2, "{r}");
+    assert!(
+        stdout(&r).matches("Read-only file system").count() == 2
+            || stdout(&r).matches("Permission denied").count() == 2,
+        "{r}"
+    );
 }
 
 #[test]
@@ -64,7 +68,8 @@ fn each_vm_has_its_own_host_uid_range_and_no_new_user_namespaces() {
         let out = stdout(&r).to_string();
         let mut lines = out.lines();
         assert_eq!(lines.next(), Some("1000"), "{r}");
-        let fields: Vec<u64> = lines.next().unwrap_or_default().split_whitespace().filter_map(|f| f.parse().ok()).collect();
+        let fields: Vec<u64> =
+            lines.next().unwrap_or_default().split_whitespace().filter_map(|f| f.parse().ok()).collect();
         assert_eq!(fields.len(), 3, "uid_map: {out}");
         assert_eq!((fields[0], fields[2]), (0, 65536), "{out}");
         fields[1]
@@ -108,7 +113,14 @@ fn keyrings_and_inotify_limits_are_per_vm() {
     let r = s.exec(&b, "python3 -c 'import ctypes; print(ctypes.CDLL(None).inotify_init() >= 0)'");
     assert_eq!(stdout(&r), "True\n", "VM b lost inotify to VM a: {r}");
     let host = std::process::Command::new("setpriv")
-        .args(["--reuid=1000", "--regid=1000", "--clear-groups", "/usr/bin/python3", "-c", "import ctypes; print(ctypes.CDLL(None).inotify_init() >= 0)"])
+        .args([
+            "--reuid=1000",
+            "--regid=1000",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            "import ctypes; print(ctypes.CDLL(None).inotify_init() >= 0)",
+        ])
         .output()
         .expect("setpriv");
     assert_eq!(String::from_utf8_lossy(&host.stdout), "True\n", "host uid 1000 lost inotify: {host:?}");
@@ -119,8 +131,11 @@ fn filling_tmp_and_memory_never_kills_the_agent() {
     let s = server();
     let id = s.create_vm(128);
     // /tmp and /dev/shm are sized (memory/2, memory/4): the writer meets ENOSPC.
-    let r = s.exec(&id, "dd if=/dev/zero of=/tmp/fill bs=1M count=300 2>&1 | grep -o 'No space left on device'; \
-                     dd if=/dev/zero of=/dev/shm/fill bs=1M count=300 2>&1 | grep -o 'No space left on device'");
+    let r = s.exec(
+        &id,
+        "dd if=/dev/zero of=/tmp/fill bs=1M count=300 2>&1 | grep -o 'No space left on device'; \
+                     dd if=/dev/zero of=/dev/shm/fill bs=1M count=300 2>&1 | grep -o 'No space left on device'",
+    );
     assert!(stdout(&r).matches("No space left on device").count() == 2, "{r}");
     // With /tmp and /dev/shm full, a memory hog is OOM-killed, never the agent.
     let r = exec_with(&s, &id, json!({"cmd": "python3 -c 'a = bytearray(400 * 1024 * 1024); print(len(a))'"}));
@@ -138,7 +153,10 @@ fn workspace_quota_is_enforced_by_the_kernel() {
     assert_eq!(st, 201, "{vm}");
     assert_eq!(vm["diskSizeMb"], 32);
     let id = vm["id"].as_str().unwrap().to_string();
-    let r = s.exec(&id, "dd if=/dev/zero of=/workspace/big bs=1M count=200 2>&1 | grep -o 'No space left on device'; ls -A /workspace");
+    let r = s.exec(
+        &id,
+        "dd if=/dev/zero of=/workspace/big bs=1M count=200 2>&1 | grep -o 'No space left on device'; ls -A /workspace",
+    );
     assert!(stdout(&r).contains("No space left on device"), "{r}");
     assert!(!stdout(&r).contains("lost+found"), "{r}");
     // On the host the VM's disk is a sparse file that never grows past its size.
@@ -147,7 +165,8 @@ fn workspace_quota_is_enforced_by_the_kernel() {
     let mb: u64 = String::from_utf8_lossy(&du.stdout).split_whitespace().next().unwrap().parse().unwrap();
     assert!(mb <= 40, "the VM directory holds {mb} MiB for a 32 MiB disk");
     // Freed space is usable again; files persist across stop/start.
-    let r = s.exec(&id, "rm /workspace/big && echo kept > /workspace/f && cat /workspace/f && stat -c %u:%g /workspace/f");
+    let r =
+        s.exec(&id, "rm /workspace/big && echo kept > /workspace/f && cat /workspace/f && stat -c %u:%g /workspace/f");
     assert_eq!(stdout(&r), "kept\n1000:1000\n", "{r}");
     assert_eq!(s.call("POST", &format!("/v1/vms/{id}/stop"), None).0, 204);
     assert_eq!(s.call("POST", &format!("/v1/vms/{id}/start"), None).0, 204);

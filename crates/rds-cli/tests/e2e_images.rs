@@ -23,10 +23,7 @@ fn put(s: &Server, id: &str, part: &str, data: &[u8]) -> (u16, Value) {
 
 /// Like [`put`] but chunked, without a Content-Length: the limit must be enforced while streaming.
 fn put_streamed(s: &Server, id: &str, part: &str, data: Vec<u8>) -> (u16, Value) {
-    common::into_status_json(
-        s.req("PUT", &format!("/v1/images/{id}/{part}"))
-            .send(std::io::Cursor::new(data)),
-    )
+    common::into_status_json(s.req("PUT", &format!("/v1/images/{id}/{part}")).send(std::io::Cursor::new(data)))
 }
 
 fn create_image(s: &Server, name: &str) -> String {
@@ -216,9 +213,7 @@ fn bundle_upload_installs_every_file_or_none() {
     let id2 = create_image(&s, "bad-bundle");
     let dir2 = s.root.path().join("images").join(&id2);
     let bad = tar_gz(&[("vmlinux", &fake_elf()), ("rootfs.ext4", b"not an ext4 image")]);
-    let (st, body) = common::into_status_json(
-        s.req("PUT", &format!("/v1/images/{id2}/bundle")).send_bytes(&bad),
-    );
+    let (st, body) = common::into_status_json(s.req("PUT", &format!("/v1/images/{id2}/bundle")).send_bytes(&bad));
     assert_eq!(st, 400, "{body}");
     assert!(error_message(&body).contains("rootfs.ext4"), "{body}");
     assert_eq!(s.call("GET", &format!("/v1/images/{id2}"), None).1["hasKernel"], false);

@@ -36,7 +36,8 @@ fn send_whole_then_read(s: &Server, method: &str, path: &str, key: &str, body: &
         panic!("{method} {path}: reading the answer failed after {} bytes: {e}", answer.len());
     }
     let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let status =
+        text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("no status line in {text:?}"));
     (status, text)
 }
 

@@ -42,7 +42,10 @@ fn kill_and_check_settled(s: &Server, id: &str, label: &str) {
     assert!(cgroup.is_some() || !before.is_empty(), "found nothing of VM {id} to watch being released");
     kill9(pid);
     let (vm, latency) = wait_settled(s, id);
-    eprintln!("{label}: VM process {pid} killed; manager showed {} after {latency:?}: {}", vm["state"], vm["stateReason"]);
+    eprintln!(
+        "{label}: VM process {pid} killed; manager showed {} after {latency:?}: {}",
+        vm["state"], vm["stateReason"]
+    );
     let state = vm["state"].as_str().unwrap();
     assert!(state == "STOPPED" || state == "ERROR", "{vm}");
     let reason = vm["stateReason"].as_str().unwrap_or_default();
@@ -152,7 +155,9 @@ fn manager_killed_during_delete_finishes_it_after_restart() {
         s.exec(&id, "echo data > /workspace/f");
         let url = format!("{}/v1/vms/{id}", s.url);
         let key = s.key.clone();
-        let deleter = std::thread::spawn(move || ureq::delete(&url).set("X-API-Key", &key).call().map(|r| r.status()).map_err(|e| e.to_string()));
+        let deleter = std::thread::spawn(move || {
+            ureq::delete(&url).set("X-API-Key", &key).call().map(|r| r.status()).map_err(|e| e.to_string())
+        });
         std::thread::sleep(Duration::from_millis(delay_ms));
         s.kill9();
         let answered = deleter.join().unwrap();
@@ -189,7 +194,9 @@ fn a_vm_being_deleted_shows_deleting_until_it_is_gone() {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
     let url = format!("{}/v1/vms/{id}", s.url);
     let key = s.key.clone();
-    let deleter = std::thread::spawn(move || ureq::delete(&url).set("X-API-Key", &key).call().map(|r| r.status()).map_err(|e| e.to_string()));
+    let deleter = std::thread::spawn(move || {
+        ureq::delete(&url).set("X-API-Key", &key).call().map(|r| r.status()).map_err(|e| e.to_string())
+    });
     let t0 = Instant::now();
     let vm = loop {
         let (_, vm) = s.call("GET", &format!("/v1/vms/{id}"), None);

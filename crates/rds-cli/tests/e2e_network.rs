@@ -449,9 +449,19 @@ fn scenario(mgr: &str, env: &[(String, String)]) {
         })
     };
     wait_for_file(&s, &vm2, "/workspace/ready");
-    assert_probes(&s, &vm2, "vm2 own server", &[(p(&["tcp", &ip2, "8080"]), "open:V"), (p(&["udp", &ip2, "9999"]), "open:ping")]);
+    assert_probes(
+        &s,
+        &vm2,
+        "vm2 own server",
+        &[(p(&["tcp", &ip2, "8080"]), "open:V"), (p(&["udp", &ip2, "9999"]), "open:ping")],
+    );
     // Creation-time policy: vm2 reaches X, not Y.
-    assert_probes(&s, &vm2, "vm2 create policy", &[(p(&["tcp", X, &x_port]), "open:X"), (p(&["tcp", Y, &y_port]), "blocked")]);
+    assert_probes(
+        &s,
+        &vm2,
+        "vm2 create policy",
+        &[(p(&["tcp", X, &x_port]), "open:X"), (p(&["tcp", Y, &y_port]), "blocked")],
+    );
 
     // 1. No egress: nothing at all.
     let mut cases = vec![
@@ -464,7 +474,10 @@ fn scenario(mgr: &str, env: &[(String, String)]) {
 
     // 2. allowIps [X/32]: X yes (tcp and udp), Y no, the forbidden stay forbidden.
     let v = patch_network(&s, &vm1, json!({"outboundInternet": true, "allowIps": ["11.22.33.10/32"]}));
-    assert_eq!(v["network"], json!({"guestIp": ip1, "outboundInternet": true, "allowIps": ["11.22.33.10/32"], "allowDomains": []}));
+    assert_eq!(
+        v["network"],
+        json!({"guestIp": ip1, "outboundInternet": true, "allowIps": ["11.22.33.10/32"], "allowDomains": []})
+    );
     let mut cases = vec![
         (p(&["tcp", X, &x_port]), "open:X"),
         (p(&["udp", X, &x_echo]), "open:ping"),
@@ -496,10 +509,18 @@ fn scenario(mgr: &str, env: &[(String, String)]) {
     domain_cases(&s, "domains");
 
     // 5. Bad entries are refused with their position, and nothing changes.
-    let (status, err) = s.call("PATCH", &format!("/v1/vms/{vm1}/network"), Some(json!({"allowIps": ["1.1.1.1", "::/0", "10.0.0.300"]})));
+    let (status, err) = s.call(
+        "PATCH",
+        &format!("/v1/vms/{vm1}/network"),
+        Some(json!({"allowIps": ["1.1.1.1", "::/0", "10.0.0.300"]})),
+    );
     assert_eq!(status, 400, "{err}");
     assert!(err["error"]["message"].as_str().unwrap().contains("allowIps[2]"), "{err}");
-    let (status, err) = s.call("POST", "/v1/vms", Some(json!({"cpu": 1, "memMb": 256, "outboundInternet": true, "allowDomains": ["*"]})));
+    let (status, err) = s.call(
+        "POST",
+        "/v1/vms",
+        Some(json!({"cpu": 1, "memMb": 256, "outboundInternet": true, "allowDomains": ["*"]})),
+    );
     assert_eq!(status, 400, "{err}");
     assert!(err["error"]["message"].as_str().unwrap().contains("allowDomains[0]"), "{err}");
 
@@ -552,7 +573,8 @@ fn egress_requests_answer_501_without_networking_and_bad_entries_400() {
     let (status, err) = s.call("POST", "/v1/vms", Some(json!({"cpu": 1, "memMb": 256, "outboundInternet": true})));
     assert_eq!(status, 501, "{err}");
     assert!(err["error"]["message"].as_str().unwrap().contains("RDS_NETWORK=off"), "{err}");
-    let (status, err) = s.call("POST", "/v1/vms", Some(json!({"cpu": 1, "memMb": 256, "allowIps": ["10.0.0.1", "nope"]})));
+    let (status, err) =
+        s.call("POST", "/v1/vms", Some(json!({"cpu": 1, "memMb": 256, "allowIps": ["10.0.0.1", "nope"]})));
     assert_eq!(status, 400, "{err}");
     assert!(err["error"]["message"].as_str().unwrap().contains("allowIps[1]"), "{err}");
 

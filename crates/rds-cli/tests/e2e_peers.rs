@@ -223,7 +223,10 @@ fn consumers_call_providers_with_their_secrets_and_never_hold_them() {
     assert!(out.contains("\"alias\": \"weather\"") && out.contains("\"alias\": \"calc\""), "{out}");
     assert!(out.contains("root 444"), "{out}");
     assert!(out.contains("calc.py") && out.contains("NOTES.md"), "{out}");
-    assert!(!out.contains(".env") && !out.contains("config.json"), "mirror must drop dotenv and secret-bearing files: {out}");
+    assert!(
+        !out.contains(".env") && !out.contains("config.json"),
+        "mirror must drop dotenv and secret-bearing files: {out}"
+    );
     assert!(out.contains("refused"), "{out}");
 
     // TypeScript workflow code imports the proxies and gets results computed with the secrets.
@@ -253,14 +256,14 @@ fn consumers_call_providers_with_their_secrets_and_never_hold_them() {
     let echoed = w.exec(&weather, "echo \"token=$WEATHER_TOKEN\"");
     assert_eq!(echoed["stdout"], "token=[redacted:WEATHER_TOKEN]\n", "{echoed}");
     // Streamed too: a provider's NDJSON stream is its redacted result, as events.
-    let streamed = w
-        .s
-        .req("POST", &format!("/v1/vms/{weather}/exec"))
-        .set("Accept", "application/x-ndjson")
-        .send_json(json!({"cmd": "echo \"token=$WEATHER_TOKEN\"; echo \"$WEATHER_TOKEN\" >&2; exit 3"}))
-        .unwrap();
+    let streamed =
+        w.s.req("POST", &format!("/v1/vms/{weather}/exec"))
+            .set("Accept", "application/x-ndjson")
+            .send_json(json!({"cmd": "echo \"token=$WEATHER_TOKEN\"; echo \"$WEATHER_TOKEN\" >&2; exit 3"}))
+            .unwrap();
     assert_eq!(streamed.header("content-type"), Some("application/x-ndjson"));
-    let events: Vec<Value> = streamed.into_string().unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let events: Vec<Value> =
+        streamed.into_string().unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(events[0], json!({"type": "stdout", "data": "token=[redacted:WEATHER_TOKEN]\n"}), "{events:?}");
     assert_eq!(events[1], json!({"type": "stderr", "data": "[redacted:WEATHER_TOKEN]\n"}), "{events:?}");
     assert_eq!((events[2]["type"].as_str(), events[2]["exitCode"].as_i64()), (Some("exit"), Some(3)), "{events:?}");
@@ -410,7 +413,10 @@ fn the_bridge_refuses_what_the_link_and_manifest_do_not_allow() {
     for (body, field) in [
         (json!({"cpu": 1, "memMb": 128, "peerLinks": [{"alias": "bad-alias", "vmId": w.calc}]}), "peerLinks[0].alias"),
         (json!({"cpu": 1, "memMb": 128, "peerLinks": [{"alias": "a", "vmId": "nope"}]}), "peerLinks[0].vmId"),
-        (json!({"cpu": 1, "memMb": 128, "peerLinks": [{"alias": "a", "vmId": w.calc}, {"alias": "a", "vmId": w.calc}]}), "peerLinks[1].alias"),
+        (
+            json!({"cpu": 1, "memMb": 128, "peerLinks": [{"alias": "a", "vmId": w.calc}, {"alias": "a", "vmId": w.calc}]}),
+            "peerLinks[1].alias",
+        ),
         (json!({"cpu": 1, "memMb": 128, "secretEnv": ["NOEQUALS"]}), "secretEnv[0]"),
     ] {
         let (st, e) = w.s.call("POST", "/v1/vms", Some(body));
@@ -450,7 +456,8 @@ fn secret_env_needs_vm_secret_key_and_can_be_rotated() {
 
     let s = Server::start(&[("VM_SECRET_KEY", SECRET_KEY)]);
     let secret = fresh_secret();
-    let (st, vm) = s.call("POST", "/v1/vms", Some(json!({"cpu": 1, "memMb": 128, "secretEnv": [format!("OLD={secret}")]})));
+    let (st, vm) =
+        s.call("POST", "/v1/vms", Some(json!({"cpu": 1, "memMb": 128, "secretEnv": [format!("OLD={secret}")]})));
     assert_eq!(st, 201, "{vm}");
     let id = vm["id"].as_str().unwrap();
     let (st, _) = s.call("PATCH", &format!("/v1/vms/{id}/secrets"), Some(json!({"secretEnv": ["NEW=rotated-value"]})));

@@ -46,11 +46,11 @@ fn core_flow_runs_on_the_real_guest_under_qemu() {
     assert!(out.starts_with("hello\n1000\n"), "{r}");
     assert!(out.trim_end().ends_with("-cloud-amd64"), "not the Debian cloud kernel: {r}");
 
-    for (lang, code) in [
-        ("ts", "result.set({a: [1, {b: null}], s: \"é\"})"),
-        ("python", "result = {'a': [1, {'b': None}], 's': 'é'}"),
-    ] {
-        let (st, r) = s.call("POST", &format!("/v1/vms/{id}/run-{lang}"), Some(json!({"code": code, "timeoutMs": 60000})));
+    for (lang, code) in
+        [("ts", "result.set({a: [1, {b: null}], s: \"é\"})"), ("python", "result = {'a': [1, {'b': None}], 's': 'é'}")]
+    {
+        let (st, r) =
+            s.call("POST", &format!("/v1/vms/{id}/run-{lang}"), Some(json!({"code": code, "timeoutMs": 60000})));
         assert_eq!(st, 200, "{r}");
         assert_eq!(r["result"], json!({"a": [1, {"b": null}], "s": "é"}), "{lang}: {r}");
     }

@@ -22,13 +22,6 @@ fn vm_survives_manager_kill_and_exec_id_runs_once_across_restart() {
     // The client retries the same execId after the crash: the command must not run again.
     let (st, retry) = s.call("POST", &format!("/v1/vms/{id}/exec"), Some(body));
     assert_eq!(st, 200, "{retry}");
-    assert_eq!(
-        retry["stdout"], first["stdout"],
-        "retry should return the recorded result"
-    );
-    assert_eq!(
-        s.exec(&id, "wc -l < /workspace/counter")["stdout"],
-        "1\n",
-        "command ran more than once"
-    );
+    assert_eq!(retry["stdout"], first["stdout"], "retry should return the recorded result");
+    assert_eq!(s.exec(&id, "wc -l < /workspace/counter")["stdout"], "1\n", "command ran more than once");
 }

@@ -22,25 +22,12 @@ fn exec_runs_as_uid_1000_and_streams_ndjson() {
         .send_json(json!({"cmd": "echo out; echo err >&2; exit 3"}))
         .unwrap();
     assert_eq!(resp.header("content-type"), Some("application/x-ndjson"));
-    let events: Vec<serde_json::Value> = resp
-        .into_string()
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert!(
-        events.contains(&json!({"type": "stdout", "data": "out\n"})),
-        "{events:?}"
-    );
-    assert!(
-        events.contains(&json!({"type": "stderr", "data": "err\n"})),
-        "{events:?}"
-    );
+    let events: Vec<serde_json::Value> =
+        resp.into_string().unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(events.contains(&json!({"type": "stdout", "data": "out\n"})), "{events:?}");
+    assert!(events.contains(&json!({"type": "stderr", "data": "err\n"})), "{events:?}");
     let last = events.last().unwrap();
-    assert_eq!(
-        (last["type"].as_str(), last["exitCode"].as_i64()),
-        (Some("exit"), Some(3))
-    );
+    assert_eq!((last["type"].as_str(), last["exitCode"].as_i64()), (Some("exit"), Some(3)));
 }
 
 #[test]
@@ -69,32 +56,17 @@ fn upload_then_download_round_trips_a_tree_byte_for_byte() {
     require_sandbox!();
     let s = Server::start(&[]);
     let id = s.create_vm(256);
-    let files = [
-        ("proj/a.txt", b"alpha\n".to_vec()),
-        ("proj/sub/b.bin", (0..=255u8).cycle().take(70_000).collect()),
-    ];
+    let files = [("proj/a.txt", b"alpha\n".to_vec()), ("proj/sub/b.bin", (0..=255u8).cycle().take(70_000).collect())];
     let upload = rds_testkit::tar_gz(&files.iter().map(|(path, data)| (*path, &data[..])).collect::<Vec<_>>());
     let resp = s
-        .req(
-            "POST",
-            &format!("/v1/vms/{id}/files/upload?dest=/workspace"),
-        )
+        .req("POST", &format!("/v1/vms/{id}/files/upload?dest=/workspace"))
         .set("Content-Type", "application/gzip")
         .send_bytes(&upload)
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(
-        s.exec(&id, "cat /workspace/proj/a.txt")["stdout"],
-        "alpha\n"
-    );
+    assert_eq!(s.exec(&id, "cat /workspace/proj/a.txt")["stdout"], "alpha\n");
 
-    let resp = s
-        .req(
-            "GET",
-            &format!("/v1/vms/{id}/files/download?path=/workspace/proj"),
-        )
-        .call()
-        .unwrap();
+    let resp = s.req("GET", &format!("/v1/vms/{id}/files/download?path=/workspace/proj")).call().unwrap();
     assert_eq!(resp.header("content-type"), Some("application/gzip"));
     let mut gz = vec![];
     resp.into_reader().read_to_end(&mut gz).unwrap();
@@ -111,10 +83,8 @@ fn upload_then_download_round_trips_a_tree_byte_for_byte() {
     }
     for (path, data) in &files {
         let name = path.trim_start_matches("proj/");
-        let found = got
-            .iter()
-            .find(|(p, _)| p.ends_with(name))
-            .unwrap_or_else(|| panic!("{name} missing in {:?}", got.keys()));
+        let found =
+            got.iter().find(|(p, _)| p.ends_with(name)).unwrap_or_else(|| panic!("{name} missing in {:?}", got.keys()));
         assert_eq!(found.1, data, "{name} differs");
     }
 }
@@ -143,25 +113,14 @@ fn upload_refuses_traversal_and_symlink_entries_and_vm_stays_usable() {
     });
     for (what, body) in [("traversal", traversal), ("symlink", symlink)] {
         let (st, err) = common::into_status_json(
-            s.req(
-                "POST",
-                &format!("/v1/vms/{id}/files/upload?dest=/workspace"),
-            )
-            .set("Content-Type", "application/gzip")
-            .send_bytes(&body),
+            s.req("POST", &format!("/v1/vms/{id}/files/upload?dest=/workspace"))
+                .set("Content-Type", "application/gzip")
+                .send_bytes(&body),
         );
         assert_eq!(st, 400, "{what}: {err}");
-        assert!(
-            err["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()),
-            "{what}: {err}"
-        );
+        assert!(err["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {err}");
     }
-    assert_eq!(
-        s.exec(&id, "ls -A /workspace | wc -l; echo ok")["stdout"],
-        "0\nok\n"
-    );
+    assert_eq!(s.exec(&id, "ls -A /workspace | wc -l; echo ok")["stdout"], "0\nok\n");
 }
 
 #[test]
@@ -173,25 +132,10 @@ fn stop_then_start_keeps_workspace_and_wrong_states_are_409() {
     assert_eq!(st, 409, "start of a RUNNING VM");
     s.exec(&id, "echo kept > /workspace/note");
     assert_eq!(s.call("POST", &format!("/v1/vms/{id}/stop"), None).0, 204);
-    assert_eq!(
-        s.call("GET", &format!("/v1/vms/{id}"), None).1["state"],
-        "STOPPED"
-    );
-    let (st, err) = s.call(
-        "POST",
-        &format!("/v1/vms/{id}/exec"),
-        Some(json!({"cmd": "true"})),
-    );
-    assert_eq!(
-        (st, err["error"]["code"].as_str()),
-        (409, Some("conflict")),
-        "exec on a STOPPED VM: {err}"
-    );
-    assert_eq!(
-        s.call("POST", &format!("/v1/vms/{id}/stop"), None).0,
-        409,
-        "stop of a STOPPED VM"
-    );
+    assert_eq!(s.call("GET", &format!("/v1/vms/{id}"), None).1["state"], "STOPPED");
+    let (st, err) = s.call("POST", &format!("/v1/vms/{id}/exec"), Some(json!({"cmd": "true"})));
+    assert_eq!((st, err["error"]["code"].as_str()), (409, Some("conflict")), "exec on a STOPPED VM: {err}");
+    assert_eq!(s.call("POST", &format!("/v1/vms/{id}/stop"), None).0, 409, "stop of a STOPPED VM");
     assert_eq!(s.call("POST", &format!("/v1/vms/{id}/start"), None).0, 204);
     assert_eq!(s.exec(&id, "cat /workspace/note")["stdout"], "kept\n");
 }
@@ -202,19 +146,9 @@ fn delete_leaves_no_mount_cgroup_process_or_directory() {
     let s = Server::start(&[]);
     let id = s.create_vm(256);
     let vm_dir = s.root.path().join("vms").join(&id);
-    assert!(
-        vm_dir.exists(),
-        "VM dir {} should exist while running",
-        vm_dir.display()
-    );
-    assert!(
-        !processes_mentioning(&id).is_empty(),
-        "expected the VM's launcher process while running"
-    );
-    assert!(
-        !cgroup_dirs(&id).is_empty(),
-        "expected cgroup dirs while running"
-    );
+    assert!(vm_dir.exists(), "VM dir {} should exist while running", vm_dir.display());
+    assert!(!processes_mentioning(&id).is_empty(), "expected the VM's launcher process while running");
+    assert!(!cgroup_dirs(&id).is_empty(), "expected cgroup dirs while running");
 
     assert_eq!(s.call("DELETE", &format!("/v1/vms/{id}"), None).0, 204);
     assert_eq!(s.call("GET", &format!("/v1/vms/{id}"), None).0, 404);
@@ -225,23 +159,10 @@ fn delete_leaves_no_mount_cgroup_process_or_directory() {
         .map(str::to_string)
         .collect();
     assert!(mounts.is_empty(), "mounts left: {mounts:?}");
-    assert!(
-        cgroup_dirs(&id).is_empty(),
-        "cgroups left: {:?}",
-        cgroup_dirs(&id)
-    );
-    assert!(
-        processes_mentioning(&id).is_empty(),
-        "processes left: {:?}",
-        processes_mentioning(&id)
-    );
+    assert!(cgroup_dirs(&id).is_empty(), "cgroups left: {:?}", cgroup_dirs(&id));
+    assert!(processes_mentioning(&id).is_empty(), "processes left: {:?}", processes_mentioning(&id));
     assert!(!vm_dir.exists(), "VM dir left: {}", vm_dir.display());
-    assert!(s
-        .call("GET", "/v1/vms", None)
-        .1
-        .as_array()
-        .unwrap()
-        .is_empty());
+    assert!(s.call("GET", "/v1/vms", None).1.as_array().unwrap().is_empty());
 }
 
 #[test]
@@ -275,10 +196,7 @@ fn processes_mentioning(id: &str) -> Vec<String> {
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let cgroup = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
         if String::from_utf8_lossy(&cmdline).contains(id) || cgroup.contains(id) {
-            out.push(format!(
-                "{name}: {}",
-                String::from_utf8_lossy(&cmdline).replace('\0', " ")
-            ));
+            out.push(format!("{name}: {}", String::from_utf8_lossy(&cmdline).replace('\0', " ")));
         }
     }
     out

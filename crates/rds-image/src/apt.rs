@@ -38,10 +38,7 @@ impl Apt {
     pub fn update(root: &Path, suite: &str, mirror: Option<&str>) -> Result<Self, ImageError> {
         require_tool("apt-get", "apt")?;
         if !Path::new(KEYRING).is_file() {
-            return Err(ImageError::MissingTool {
-                tool: KEYRING.into(),
-                package: "debian-archive-keyring".into(),
-            });
+            return Err(ImageError::MissingTool { tool: KEYRING.into(), package: "debian-archive-keyring".into() });
         }
         for dir in ["lists/partial", "cache/archives/partial", "sources.list.d"] {
             let path = root.join(dir);
@@ -57,28 +54,20 @@ impl Apt {
         };
         write("sources.list", &sources)?;
         write("status", "")?;
-        let apt = Apt {
-            root: root.to_path_buf(),
-        };
+        let apt = Apt { root: root.to_path_buf() };
         run(apt.command("apt-get").args(["-q", "update"]))?;
         Ok(apt)
     }
 
     /// The package a metapackage like `linux-image-cloud-amd64` currently depends on.
-    pub fn resolve_metapackage(
-        &self,
-        metapackage: &str,
-        prefix: &str,
-    ) -> Result<String, ImageError> {
+    pub fn resolve_metapackage(&self, metapackage: &str, prefix: &str) -> Result<String, ImageError> {
         let out = run(self.command("apt-cache").args(["depends", metapackage]))?;
         out.lines()
             .filter_map(|l| l.trim().strip_prefix("Depends:"))
             .map(str::trim)
             .find(|dep| dep.starts_with(prefix))
             .map(str::to_string)
-            .ok_or_else(|| {
-                ImageError::Package(format!("{metapackage} depends on no {prefix}* package"))
-            })
+            .ok_or_else(|| ImageError::Package(format!("{metapackage} depends on no {prefix}* package")))
     }
 
     /// The candidate version of `package`.
@@ -94,10 +83,7 @@ impl Apt {
 
     /// Downloads `package`'s .deb into `dir` and returns its path.
     pub fn download(&self, package: &str, dir: &Path) -> Result<PathBuf, ImageError> {
-        run(self
-            .command("apt-get")
-            .current_dir(dir)
-            .args(["-q", "download", package]))?;
+        run(self.command("apt-get").current_dir(dir).args(["-q", "download", package]))?;
         let entries = std::fs::read_dir(dir).map_err(ImageError::io("listing", dir))?;
         entries
             .filter_map(Result::ok)
@@ -106,12 +92,7 @@ impl Apt {
                 let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
                 name.starts_with(&format!("{package}_")) && name.ends_with(".deb")
             })
-            .ok_or_else(|| {
-                ImageError::Package(format!(
-                    "apt-get download {package} left no .deb in {}",
-                    dir.display()
-                ))
-            })
+            .ok_or_else(|| ImageError::Package(format!("apt-get download {package} left no .deb in {}", dir.display())))
     }
 
     fn command(&self, program: &str) -> Command {
@@ -163,9 +144,6 @@ mod tests {
                 "deb http://mirror.local/debian bookworm-updates main"
             ]
         );
-        assert_eq!(
-            source_lines("sid", None),
-            vec!["deb http://deb.debian.org/debian sid main"]
-        );
+        assert_eq!(source_lines("sid", None), vec!["deb http://deb.debian.org/debian sid main"]);
     }
 }

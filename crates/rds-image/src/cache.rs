@@ -42,17 +42,13 @@ impl Stage {
 
     /// The finished directory, if a previous build completed this stage.
     pub fn cached(&self) -> Option<&Path> {
-        self.done
-            .join(".complete")
-            .is_file()
-            .then_some(self.done.as_path())
+        self.done.join(".complete").is_file().then_some(self.done.as_path())
     }
 
     /// A fresh, empty work directory for building this stage (any earlier attempt is removed).
     pub fn begin(&self) -> Result<&Path, ImageError> {
         remove_dir_if_exists(&self.partial)?;
-        std::fs::create_dir_all(&self.partial)
-            .map_err(ImageError::io("creating", &self.partial))?;
+        std::fs::create_dir_all(&self.partial).map_err(ImageError::io("creating", &self.partial))?;
         Ok(&self.partial)
     }
 
@@ -61,8 +57,7 @@ impl Stage {
         let marker = self.partial.join(".complete");
         std::fs::write(&marker, BUILDER_VERSION).map_err(ImageError::io("writing", &marker))?;
         remove_dir_if_exists(&self.done)?;
-        std::fs::rename(&self.partial, &self.done)
-            .map_err(ImageError::io("renaming into place", &self.done))?;
+        std::fs::rename(&self.partial, &self.done).map_err(ImageError::io("renaming into place", &self.done))?;
         Ok(&self.done)
     }
 }
@@ -87,11 +82,7 @@ mod tests {
     }
 
     fn inputs() -> Inputs {
-        Inputs {
-            suite: "bookworm",
-            packages: vec!["bash", "git"],
-            agent_sha256: "ab",
-        }
+        Inputs { suite: "bookworm", packages: vec!["bash", "git"], agent_sha256: "ab" }
     }
 
     #[test]
@@ -111,36 +102,9 @@ mod tests {
     fn any_changed_input_changes_the_key() {
         let base = key("image", &inputs());
         assert_ne!(base, key("rootfs", &inputs()));
-        assert_ne!(
-            base,
-            key(
-                "image",
-                &Inputs {
-                    suite: "trixie",
-                    ..inputs()
-                }
-            )
-        );
-        assert_ne!(
-            base,
-            key(
-                "image",
-                &Inputs {
-                    packages: vec!["bash"],
-                    ..inputs()
-                }
-            )
-        );
-        assert_ne!(
-            base,
-            key(
-                "image",
-                &Inputs {
-                    agent_sha256: "cd",
-                    ..inputs()
-                }
-            )
-        );
+        assert_ne!(base, key("image", &Inputs { suite: "trixie", ..inputs() }));
+        assert_ne!(base, key("image", &Inputs { packages: vec!["bash"], ..inputs() }));
+        assert_ne!(base, key("image", &Inputs { agent_sha256: "cd", ..inputs() }));
     }
 
     #[test]

@@ -10,10 +10,7 @@ pub(crate) fn require_tool(tool: &str, package: &str) -> Result<(), ImageError> 
     if rds_host::on_path(tool) {
         Ok(())
     } else {
-        Err(ImageError::MissingTool {
-            tool: tool.to_string(),
-            package: package.to_string(),
-        })
+        Err(ImageError::MissingTool { tool: tool.to_string(), package: package.to_string() })
     }
 }
 
@@ -21,14 +18,11 @@ pub(crate) fn require_tool(tool: &str, package: &str) -> Result<(), ImageError> 
 pub(crate) fn run(cmd: &mut Command) -> Result<String, ImageError> {
     let printable = printable(cmd);
     tracing::debug!(command = %printable, "running");
-    let output = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| ImageError::CommandFailed {
-            command: printable.clone(),
-            status: "not started".into(),
-            stderr: e.to_string(),
-        })?;
+    let output = cmd.stdin(Stdio::null()).output().map_err(|e| ImageError::CommandFailed {
+        command: printable.clone(),
+        status: "not started".into(),
+        stderr: e.to_string(),
+    })?;
     if output.status.success() {
         return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
     }
@@ -40,16 +34,8 @@ pub(crate) fn run(cmd: &mut Command) -> Result<String, ImageError> {
 }
 
 /// Runs `program args...` inside `root` via `chroot`.
-pub(crate) fn run_in_chroot(
-    root: &Path,
-    program: &str,
-    args: &[&str],
-) -> Result<String, ImageError> {
-    run(Command::new("chroot")
-        .arg(root)
-        .arg(program)
-        .args(args)
-        .env("LC_ALL", "C.UTF-8"))
+pub(crate) fn run_in_chroot(root: &Path, program: &str, args: &[&str]) -> Result<String, ImageError> {
+    run(Command::new("chroot").arg(root).arg(program).args(args).env("LC_ALL", "C.UTF-8"))
 }
 
 fn printable(cmd: &Command) -> String {

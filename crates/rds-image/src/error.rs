@@ -6,9 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     /// A host tool the build shells out to is not installed.
-    #[error(
-        "`{tool}` is not installed on this host; install it with `apt-get install -y {package}`"
-    )]
+    #[error("`{tool}` is not installed on this host; install it with `apt-get install -y {package}`")]
     MissingTool {
         /// The executable that was looked for.
         tool: String,
@@ -59,15 +57,8 @@ pub enum ImageError {
 
 impl ImageError {
     /// Wraps an I/O error with what was being done to which file.
-    pub(crate) fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
-    ) -> impl FnOnce(std::io::Error) -> Self {
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| ImageError::Io {
-            action,
-            path,
-            source,
-        }
+        move |source| ImageError::Io { action, path, source }
     }
 }

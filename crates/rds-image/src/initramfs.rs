@@ -59,20 +59,14 @@ impl Initramfs {
     pub fn symlink(&mut self, path: &str, target: &str) {
         let path = clean(path);
         self.parent(&path);
-        self.nodes.insert(
-            path,
-            Node::Symlink {
-                target: target.to_string(),
-            },
-        );
+        self.nodes.insert(path, Node::Symlink { target: target.to_string() });
     }
 
     /// Adds a character device node (the kernel opens `/dev/console` before running `/init`).
     pub fn char_device(&mut self, path: &str, major: u32, minor: u32, mode: u32) {
         let path = clean(path);
         self.parent(&path);
-        self.nodes
-            .insert(path, Node::CharDevice { major, minor, mode });
+        self.nodes.insert(path, Node::CharDevice { major, minor, mode });
     }
 
     /// Copies a host file into the archive at `path`, following symlinks on the host.
@@ -92,42 +86,20 @@ impl Initramfs {
     /// Writes the archive as uncompressed newc cpio and returns the writer.
     pub fn write_cpio<W: Write>(&self, mut out: W) -> std::io::Result<W> {
         for (ino, (path, node)) in self.nodes.iter().enumerate() {
-            let entry = Builder::new(path)
-                .ino(ino as u32 + 1)
-                .uid(0)
-                .gid(0)
-                .mtime(0);
+            let entry = Builder::new(path).ino(ino as u32 + 1).uid(0).gid(0).mtime(0);
             let (entry, data): (Builder, &[u8]) = match node {
-                Node::Dir => (
-                    entry
-                        .mode(0o755)
-                        .set_mode_file_type(ModeFileType::Directory)
-                        .nlink(2),
-                    &[],
-                ),
-                Node::File { data, mode } => (
-                    entry.mode(*mode).set_mode_file_type(ModeFileType::Regular),
-                    data,
-                ),
-                Node::Symlink { target } => (
-                    entry.mode(0o777).set_mode_file_type(ModeFileType::Symlink),
-                    target.as_bytes(),
-                ),
+                Node::Dir => (entry.mode(0o755).set_mode_file_type(ModeFileType::Directory).nlink(2), &[]),
+                Node::File { data, mode } => (entry.mode(*mode).set_mode_file_type(ModeFileType::Regular), data),
+                Node::Symlink { target } => {
+                    (entry.mode(0o777).set_mode_file_type(ModeFileType::Symlink), target.as_bytes())
+                }
                 Node::CharDevice { major, minor, mode } => (
-                    entry
-                        .mode(*mode)
-                        .set_mode_file_type(ModeFileType::Char)
-                        .rdev_major(*major)
-                        .rdev_minor(*minor),
+                    entry.mode(*mode).set_mode_file_type(ModeFileType::Char).rdev_major(*major).rdev_minor(*minor),
                     &[],
                 ),
             };
-            let size = u32::try_from(data.len()).map_err(|_| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!("{path} exceeds 4 GiB"),
-                )
-            })?;
+            let size = u32::try_from(data.len())
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{path} exceeds 4 GiB")))?;
             let mut writer = entry.write(out, size);
             writer.write_all(data)?;
             out = writer.finish()?;
@@ -143,9 +115,7 @@ impl Initramfs {
 }
 
 fn clean(path: &str) -> String {
-    path.trim_start_matches('/')
-        .trim_end_matches('/')
-        .to_string()
+    path.trim_start_matches('/').trim_end_matches('/').to_string()
 }
 
 /// One entry of an existing archive, as [`list_entries`] reports it.
@@ -176,11 +146,7 @@ pub fn list_entries(archive: &[u8]) -> std::io::Result<Vec<ArchiveEntry>> {
             return Ok(entries);
         }
         let entry = reader.entry();
-        entries.push(ArchiveEntry {
-            name: entry.name().to_string(),
-            mode: entry.mode(),
-            size: entry.file_size(),
-        });
+        entries.push(ArchiveEntry { name: entry.name().to_string(), mode: entry.mode(), size: entry.file_size() });
         rest = reader.finish()?;
     }
 }
@@ -191,10 +157,7 @@ pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, ImageError> {
     let output = Command::new("ldd")
         .arg(binary)
         .output()
-        .map_err(|e| ImageError::Agent {
-            path: binary.to_path_buf(),
-            reason: format!("cannot run ldd: {e}"),
-        })?;
+        .map_err(|e| ImageError::Agent { path: binary.to_path_buf(), reason: format!("cannot run ldd: {e}") })?;
     let text = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         // ldd exits 1 with "not a dynamic executable" for static binaries.
@@ -205,10 +168,7 @@ pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, ImageError> {
         // Re-run through the common helper for a uniform error message.
         run(Command::new("ldd").arg(binary))?;
     }
-    parse_ldd(&text).map_err(|reason| ImageError::Agent {
-        path: binary.to_path_buf(),
-        reason,
-    })
+    parse_ldd(&text).map_err(|reason| ImageError::Agent { path: binary.to_path_buf(), reason })
 }
 
 /// Parses `ldd` output lines such as `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)`.

@@ -82,8 +82,7 @@ fn debian(
         let target = stage_dir.join("modules").join(&in_initramfs);
         let parent = target.parent().expect("module path has a parent");
         std::fs::create_dir_all(parent).map_err(ImageError::io("creating", parent))?;
-        std::fs::copy(module_root.join(&rel), &target)
-            .map_err(ImageError::io("copying", &target))?;
+        std::fs::copy(module_root.join(&rel), &target).map_err(ImageError::io("copying", &target))?;
         modules.push(in_initramfs);
     }
     let info = KernelInfo {
@@ -106,48 +105,26 @@ fn minimal(
     scratch: &Path,
     progress: &mut dyn FnMut(&str),
 ) -> Result<KernelInfo, ImageError> {
-    for (tool, package) in [
-        ("make", "make"),
-        ("gcc", "gcc"),
-        ("flex", "flex"),
-        ("bison", "bison"),
-        ("bc", "bc"),
-        ("xz", "xz-utils"),
-    ] {
+    for (tool, package) in
+        [("make", "make"), ("gcc", "gcc"), ("flex", "flex"), ("bison", "bison"), ("bc", "bc"), ("xz", "xz-utils")]
+    {
         require_tool(tool, package)?;
     }
     let package_version = apt.version_of(MINIMAL_SOURCE_PACKAGE)?;
-    progress(&format!(
-        "downloading {MINIMAL_SOURCE_PACKAGE} {package_version}"
-    ));
+    progress(&format!("downloading {MINIMAL_SOURCE_PACKAGE} {package_version}"));
     let deb = apt.download(MINIMAL_SOURCE_PACKAGE, scratch)?;
     let unpacked = scratch.join("source-deb");
     extract_deb(&deb, &unpacked)?;
     let tarball = unpacked.join(format!("usr/src/{MINIMAL_SOURCE_PACKAGE}.tar.xz"));
-    run(Command::new("tar")
-        .arg("-xJf")
-        .arg(&tarball)
-        .arg("-C")
-        .arg(scratch))?;
+    run(Command::new("tar").arg("-xJf").arg(&tarball).arg("-C").arg(scratch))?;
     let tree = scratch.join(MINIMAL_SOURCE_PACKAGE);
     write(&tree, ".config", MINIMAL_CONFIG.as_bytes())?;
 
-    let jobs = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .to_string();
+    let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).to_string();
     run(Command::new("make").current_dir(&tree).arg("olddefconfig"))?;
-    progress(&format!(
-        "compiling the kernel with {jobs} jobs (this takes a long time)"
-    ));
-    run(Command::new("make")
-        .current_dir(&tree)
-        .args(["-j", &jobs, "vmlinux", "bzImage"]))?;
-    let version = run(Command::new("make")
-        .current_dir(&tree)
-        .args(["-s", "kernelrelease"]))?
-    .trim()
-    .to_string();
+    progress(&format!("compiling the kernel with {jobs} jobs (this takes a long time)"));
+    run(Command::new("make").current_dir(&tree).args(["-j", &jobs, "vmlinux", "bzImage"]))?;
+    let version = run(Command::new("make").current_dir(&tree).args(["-s", "kernelrelease"]))?.trim().to_string();
 
     for (from, to) in [("vmlinux", "vmlinux"), ("arch/x86/boot/bzImage", "vmlinuz")] {
         let target = stage_dir.join(to);
@@ -169,21 +146,14 @@ fn minimal(
 pub fn load(stage_dir: &Path) -> Result<KernelInfo, ImageError> {
     let path = stage_dir.join("kernel.json");
     let text = std::fs::read_to_string(&path).map_err(ImageError::io("reading", &path))?;
-    serde_json::from_str(&text)
-        .map_err(|e| ImageError::io("parsing", &path)(std::io::Error::other(e)))
+    serde_json::from_str(&text).map_err(|e| ImageError::io("parsing", &path)(std::io::Error::other(e)))
 }
 
 fn save(stage_dir: &Path, info: &KernelInfo) -> Result<(), ImageError> {
     let json = serde_json::to_vec_pretty(info).expect("plain data");
     write(stage_dir, "kernel.json", &json)?;
     let list: String = info.modules.iter().map(|m| format!("{m}\n")).collect();
-    write(
-        stage_dir,
-        Path::new(MODULES_LOAD_PATH)
-            .file_name()
-            .expect("has a name"),
-        list.as_bytes(),
-    )
+    write(stage_dir, Path::new(MODULES_LOAD_PATH).file_name().expect("has a name"), list.as_bytes())
 }
 
 fn find_vmlinuz(boot: &Path) -> Result<(PathBuf, String), ImageError> {
@@ -194,10 +164,7 @@ fn find_vmlinuz(boot: &Path) -> Result<(PathBuf, String), ImageError> {
             return Ok((entry.path(), version.to_string()));
         }
     }
-    Err(ImageError::Package(format!(
-        "kernel package has no boot/vmlinuz-* in {}",
-        boot.display()
-    )))
+    Err(ImageError::Package(format!("kernel package has no boot/vmlinuz-* in {}", boot.display())))
 }
 
 fn write(dir: &Path, name: impl AsRef<Path>, data: &[u8]) -> Result<(), ImageError> {

@@ -125,10 +125,7 @@ struct ImageInputs<'a> {
 
 /// Builds (or fetches from the cache) the guest image described by `opts`, reporting each step
 /// and its elapsed time through `progress`.
-pub fn build(
-    opts: &BuildOptions,
-    progress: &mut dyn FnMut(&str),
-) -> Result<BuildOutput, ImageError> {
+pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<BuildOutput, ImageError> {
     let started = Instant::now();
     let mut steps = Steps::new(progress);
     validate(opts)?;
@@ -148,22 +145,10 @@ pub fn build(
     let suite = opts.debian_suite.as_str();
     let kernel_key = key(
         "kernel",
-        &KernelInputs {
-            builder: BUILDER_VERSION,
-            suite,
-            kernel: opts.kernel,
-            initramfs_modules: &module_roots,
-        },
+        &KernelInputs { builder: BUILDER_VERSION, suite, kernel: opts.kernel, initramfs_modules: &module_roots },
     );
-    let rootfs_key = key(
-        "rootfs",
-        &RootfsInputs {
-            builder: BUILDER_VERSION,
-            suite,
-            packages: &packages,
-            deno_version,
-        },
-    );
+    let rootfs_key =
+        key("rootfs", &RootfsInputs { builder: BUILDER_VERSION, suite, packages: &packages, deno_version });
     let image_key = key(
         "image",
         &ImageInputs {
@@ -174,9 +159,7 @@ pub fn build(
             initramfs_init_sha256: initramfs_init_sha256.as_deref(),
         },
     );
-    steps.note(&format!(
-        "image key {image_key} (kernel {kernel_key}, rootfs {rootfs_key})"
-    ));
+    steps.note(&format!("image key {image_key} (kernel {kernel_key}, rootfs {rootfs_key})"));
     create_dir(&opts.cache_dir)?;
     create_dir(&opts.out_dir)?;
 
@@ -188,31 +171,14 @@ pub fn build(
             let scratch = tempfile::Builder::new()
                 .prefix("scratch-")
                 .tempdir_in(&opts.cache_dir)
-                .map_err(ImageError::io(
-                    "creating a scratch directory in",
-                    &opts.cache_dir,
-                ))?;
-            let kernel_dir =
-                kernel_stage(opts, &kernel_key, &module_roots, scratch.path(), &mut steps)?;
-            let (rootfs_dir, packages) = rootfs_stage(
-                opts,
-                &rootfs_key,
-                &packages,
-                deno_version,
-                scratch.path(),
-                &mut steps,
-            )?;
+                .map_err(ImageError::io("creating a scratch directory in", &opts.cache_dir))?;
+            let kernel_dir = kernel_stage(opts, &kernel_key, &module_roots, scratch.path(), &mut steps)?;
+            let (rootfs_dir, packages) =
+                rootfs_stage(opts, &rootfs_key, &packages, deno_version, scratch.path(), &mut steps)?;
             let work = image_stage.begin()?.to_path_buf();
             let kernel = kernel::load(&kernel_dir)?;
-            let installed_agent_sha256 = assemble(
-                opts,
-                &kernel_dir,
-                &kernel,
-                &rootfs_dir,
-                &work,
-                scratch.path(),
-                &mut steps,
-            )?;
+            let installed_agent_sha256 =
+                assemble(opts, &kernel_dir, &kernel, &rootfs_dir, &work, scratch.path(), &mut steps)?;
 
             steps.begin("writing manifest");
             let mut artifacts = Vec::new();
@@ -246,16 +212,17 @@ pub fn build(
     steps.begin(&format!("copying image to {}", opts.out_dir.display()));
     let manifest_text = std::fs::read_to_string(image_dir.join(MANIFEST))
         .map_err(ImageError::io("reading", image_dir.join(MANIFEST)))?;
-    let manifest: Manifest = serde_json::from_str(&manifest_text).map_err(|e| {
-        ImageError::io("parsing", image_dir.join(MANIFEST))(std::io::Error::other(e))
-    })?;
+    let manifest: Manifest = serde_json::from_str(&manifest_text)
+        .map_err(|e| ImageError::io("parsing", image_dir.join(MANIFEST))(std::io::Error::other(e)))?;
     let stale_initrd = opts.out_dir.join(INITRD);
     if stale_initrd.exists() && !image_dir.join(INITRD).exists() {
         std::fs::remove_file(&stale_initrd).map_err(ImageError::io("removing", &stale_initrd))?;
     }
     // The same image already there (a re-run): nothing to copy.
     let unchanged = std::fs::read_to_string(opts.out_dir.join(MANIFEST)).is_ok_and(|t| t == manifest_text)
-        && [VMLINUZ, VMLINUX, INITRD, ROOTFS].iter().all(|n| image_dir.join(n).exists() == opts.out_dir.join(n).exists());
+        && [VMLINUZ, VMLINUX, INITRD, ROOTFS]
+            .iter()
+            .all(|n| image_dir.join(n).exists() == opts.out_dir.join(n).exists());
     for name in [VMLINUZ, VMLINUX, INITRD, ROOTFS, MANIFEST] {
         let from = image_dir.join(name);
         if from.exists() && !unchanged {
@@ -277,11 +244,7 @@ pub fn build(
     }
     steps.finish();
     let elapsed = started.elapsed();
-    steps.note(&format!(
-        "image ready in {:.1}s{}",
-        elapsed.as_secs_f64(),
-        if from_cache { " (cached)" } else { "" }
-    ));
+    steps.note(&format!("image ready in {:.1}s{}", elapsed.as_secs_f64(), if from_cache { " (cached)" } else { "" }));
 
     let out = |name: &str| opts.out_dir.join(name);
     Ok(BuildOutput {
@@ -307,27 +270,18 @@ fn validate(opts: &BuildOptions) -> Result<(), ImageError> {
     if opts.kernel == KernelChoice::Debian && !init.is_file() {
         return Err(ImageError::Agent {
             path: init,
-            reason: "does not exist: the initramfs's /init is built beside rds-agent by `cargo build -p rds-agent`".into(),
+            reason: "does not exist: the initramfs's /init is built beside rds-agent by `cargo build -p rds-agent`"
+                .into(),
         });
     }
-    let suite_ok = !opts.debian_suite.is_empty()
-        && opts
-            .debian_suite
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-');
+    let suite_ok =
+        !opts.debian_suite.is_empty() && opts.debian_suite.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
     if !suite_ok {
-        return Err(ImageError::InvalidOptions(format!(
-            "{:?} is not a Debian suite name",
-            opts.debian_suite
-        )));
+        return Err(ImageError::InvalidOptions(format!("{:?} is not a Debian suite name", opts.debian_suite)));
     }
     if let Some(mirror) = &opts.mirror {
-        if !(mirror.starts_with("http://") || mirror.starts_with("https://"))
-            || mirror.contains(char::is_whitespace)
-        {
-            return Err(ImageError::InvalidOptions(format!(
-                "mirror {mirror:?} must be an http(s) URL"
-            )));
+        if !(mirror.starts_with("http://") || mirror.starts_with("https://")) || mirror.contains(char::is_whitespace) {
+            return Err(ImageError::InvalidOptions(format!("mirror {mirror:?} must be an http(s) URL")));
         }
     }
     Ok(())
@@ -345,26 +299,13 @@ fn kernel_stage(
         steps.note(&format!("kernel: cached in {}", dir.display()));
         return Ok(dir.to_path_buf());
     }
-    steps.begin(&format!(
-        "kernel ({:?}): fetching package index",
-        opts.kernel
-    ));
-    let apt_root = opts.cache_dir.join(format!(
-        "apt-{}",
-        key("apt", &(&opts.debian_suite, &opts.mirror))
-    ));
+    steps.begin(&format!("kernel ({:?}): fetching package index", opts.kernel));
+    let apt_root = opts.cache_dir.join(format!("apt-{}", key("apt", &(&opts.debian_suite, &opts.mirror))));
     let apt = apt::Apt::update(&apt_root, &opts.debian_suite, opts.mirror.as_deref())?;
     let work = stage.begin()?;
     let kernel_scratch = scratch.join("kernel");
     create_dir(&kernel_scratch)?;
-    let info = kernel::build(
-        opts.kernel,
-        &apt,
-        module_roots,
-        work,
-        &kernel_scratch,
-        &mut |m| steps.note(m),
-    )?;
+    let info = kernel::build(opts.kernel, &apt, module_roots, work, &kernel_scratch, &mut |m| steps.note(m))?;
     steps.note(&format!(
         "kernel {} from {} {}; {} initramfs modules",
         info.version,
@@ -403,18 +344,15 @@ fn rootfs_stage(
                 &mut |m| steps.note(m),
             )?;
             let path = work.join("packages.json");
-            std::fs::write(
-                &path,
-                serde_json::to_vec_pretty(&installed).expect("plain data"),
-            )
-            .map_err(ImageError::io("writing", &path))?;
+            std::fs::write(&path, serde_json::to_vec_pretty(&installed).expect("plain data"))
+                .map_err(ImageError::io("writing", &path))?;
             stage.commit()?.to_path_buf()
         }
     };
     let path = dir.join("packages.json");
     let text = std::fs::read_to_string(&path).map_err(ImageError::io("reading", &path))?;
-    let installed = serde_json::from_str(&text)
-        .map_err(|e| ImageError::io("parsing", &path)(std::io::Error::other(e)))?;
+    let installed =
+        serde_json::from_str(&text).map_err(|e| ImageError::io("parsing", &path)(std::io::Error::other(e)))?;
     Ok((dir, installed))
 }
 
@@ -439,9 +377,7 @@ fn assemble(
         let initramfs = initramfs_for(&init, kernel_dir, kernel)?;
         let path = work.join(INITRD);
         let file = std::fs::File::create(&path).map_err(ImageError::io("creating", &path))?;
-        initramfs
-            .write_gzip(std::io::BufWriter::new(file))
-            .map_err(ImageError::io("writing", &path))?;
+        initramfs.write_gzip(std::io::BufWriter::new(file)).map_err(ImageError::io("writing", &path))?;
     }
 
     steps.begin("rootfs: copying tree and installing the agent");
@@ -458,10 +394,9 @@ fn assemble(
 /// DWARF, which the guest would otherwise read from disk and a TCG guest unpack at every boot).
 /// Falls back to an exact copy when `objcopy` is unavailable.
 fn installable(bin: &Path, scratch: &Path) -> Result<PathBuf, ImageError> {
-    let name = bin.file_name().ok_or_else(|| ImageError::Agent {
-        path: bin.to_path_buf(),
-        reason: "has no file name".into(),
-    })?;
+    let name = bin
+        .file_name()
+        .ok_or_else(|| ImageError::Agent { path: bin.to_path_buf(), reason: "has no file name".into() })?;
     let to = scratch.join(name);
     let stripped = std::process::Command::new("objcopy")
         .arg("--strip-debug")
@@ -475,11 +410,7 @@ fn installable(bin: &Path, scratch: &Path) -> Result<PathBuf, ImageError> {
     Ok(to)
 }
 
-fn initramfs_for(
-    init: &Path,
-    kernel_dir: &Path,
-    kernel: &kernel::KernelInfo,
-) -> Result<Initramfs, ImageError> {
+fn initramfs_for(init: &Path, kernel_dir: &Path, kernel: &kernel::KernelInfo) -> Result<Initramfs, ImageError> {
     let mut initramfs = Initramfs::new();
     for dir in ["dev", "proc", "sys", "run", "tmp"] {
         initramfs.dir(dir);
@@ -543,35 +474,18 @@ mod tests {
 
     #[test]
     fn list_files_ignore_comments_and_order() {
-        assert_eq!(
-            list_file("# c\ngit\n\nbash # shell\ngit\n"),
-            vec!["bash", "git"]
-        );
+        assert_eq!(list_file("# c\ngit\n\nbash # shell\ngit\n"), vec!["bash", "git"]);
     }
 
     #[test]
     fn shipped_lists_are_usable() {
         let packages = list_file(PACKAGES);
-        for needed in [
-            "bash",
-            "busybox",
-            "ca-certificates",
-            "python3",
-            "nodejs",
-            "git",
-            "curl",
-        ] {
-            assert!(
-                packages.iter().any(|p| p == needed),
-                "{needed} missing from guest/packages.txt"
-            );
+        for needed in ["bash", "busybox", "ca-certificates", "python3", "nodejs", "git", "curl"] {
+            assert!(packages.iter().any(|p| p == needed), "{needed} missing from guest/packages.txt");
         }
         let modules = list_file(INITRAMFS_MODULES);
         assert!(modules.iter().any(|m| m == "vmw_vsock_virtio_transport"));
-        assert!(
-            !modules.iter().any(|m| m == "vsock_loopback"),
-            "loopback vsock must stay out of the guest"
-        );
+        assert!(!modules.iter().any(|m| m == "vsock_loopback"), "loopback vsock must stay out of the guest");
         assert!(!DENO_VERSION.trim().is_empty());
     }
 
@@ -587,31 +501,13 @@ mod tests {
             debian_suite: "bookworm; rm -rf /".into(),
             mirror: None,
         };
-        assert!(matches!(
-            validate(&opts),
-            Err(ImageError::InvalidOptions(_))
-        ));
-        let opts = BuildOptions {
-            debian_suite: "bookworm".into(),
-            mirror: Some("file:///etc".into()),
-            ..opts
-        };
-        assert!(matches!(
-            validate(&opts),
-            Err(ImageError::InvalidOptions(_))
-        ));
-        let opts = BuildOptions {
-            mirror: None,
-            agent_bin: "/nonexistent/agent".into(),
-            ..opts
-        };
+        assert!(matches!(validate(&opts), Err(ImageError::InvalidOptions(_))));
+        let opts = BuildOptions { debian_suite: "bookworm".into(), mirror: Some("file:///etc".into()), ..opts };
+        assert!(matches!(validate(&opts), Err(ImageError::InvalidOptions(_))));
+        let opts = BuildOptions { mirror: None, agent_bin: "/nonexistent/agent".into(), ..opts };
         assert!(matches!(validate(&opts), Err(ImageError::Agent { .. })));
         // The Debian kernel's initramfs needs `rds-initramfs` beside the agent.
-        let opts = BuildOptions {
-            agent_bin: agent.path().to_path_buf(),
-            kernel: KernelChoice::Debian,
-            ..opts
-        };
+        let opts = BuildOptions { agent_bin: agent.path().to_path_buf(), kernel: KernelChoice::Debian, ..opts };
         match validate(&opts) {
             Err(ImageError::Agent { path, .. }) => assert_eq!(path, initramfs_init_bin(agent.path())),
             other => panic!("expected a missing rds-initramfs, got {other:?}"),

@@ -50,14 +50,8 @@ impl Artifact {
     /// Describes the file `dir/name`.
     pub fn of(dir: &Path, name: &str) -> Result<Self, ImageError> {
         let path = dir.join(name);
-        let size = std::fs::metadata(&path)
-            .map_err(ImageError::io("inspecting", &path))?
-            .len();
-        Ok(Artifact {
-            name: name.to_string(),
-            size,
-            sha256: sha256_file(&path)?,
-        })
+        let size = std::fs::metadata(&path).map_err(ImageError::io("inspecting", &path))?.len();
+        Ok(Artifact { name: name.to_string(), size, sha256: sha256_file(&path)? })
     }
 }
 
@@ -67,9 +61,7 @@ pub fn sha256_file(path: &Path) -> Result<String, ImageError> {
     let mut hash = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(ImageError::io("reading", path))?;
+        let n = file.read(&mut buf).map_err(ImageError::io("reading", path))?;
         if n == 0 {
             return Ok(hex::encode(hash.finalize()));
         }

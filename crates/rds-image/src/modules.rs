@@ -16,14 +16,9 @@ pub fn normalize_name(name: &str) -> String {
 
 /// The `depends=` list of a module, read from the `.modinfo` section of its ELF object.
 pub fn module_depends(ko: &[u8]) -> Result<Vec<String>, ImageError> {
-    let file = object::File::parse(ko)
-        .map_err(|e| ImageError::Module(format!("not an ELF object: {e}")))?;
-    let section = file
-        .section_by_name(".modinfo")
-        .ok_or_else(|| ImageError::Module("no .modinfo section".into()))?;
-    let data = section
-        .data()
-        .map_err(|e| ImageError::Module(format!("unreadable .modinfo: {e}")))?;
+    let file = object::File::parse(ko).map_err(|e| ImageError::Module(format!("not an ELF object: {e}")))?;
+    let section = file.section_by_name(".modinfo").ok_or_else(|| ImageError::Module("no .modinfo section".into()))?;
+    let data = section.data().map_err(|e| ImageError::Module(format!("unreadable .modinfo: {e}")))?;
     Ok(depends_from_modinfo(data))
 }
 
@@ -32,12 +27,7 @@ fn depends_from_modinfo(modinfo: &[u8]) -> Vec<String> {
     modinfo
         .split(|b| *b == 0)
         .filter_map(|entry| entry.strip_prefix(b"depends="))
-        .flat_map(|list| {
-            String::from_utf8_lossy(list)
-                .split(',')
-                .map(normalize_name)
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|list| String::from_utf8_lossy(list).split(',').map(normalize_name).collect::<Vec<_>>())
         .filter(|name| !name.is_empty())
         .collect()
 }
@@ -63,11 +53,7 @@ impl ModuleTree {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
             Err(e) => return Err(ImageError::io("reading", builtin_path)(e)),
         };
-        Ok(ModuleTree {
-            root: root.to_path_buf(),
-            files,
-            builtin,
-        })
+        Ok(ModuleTree { root: root.to_path_buf(), files, builtin })
     }
 
     /// Modules to load for `roots`, dependencies first, as paths relative to the tree root.
@@ -83,8 +69,7 @@ impl ModuleTree {
             };
             let path = self.root.join(rel);
             let bytes = std::fs::read(&path).map_err(ImageError::io("reading", &path))?;
-            let deps = module_depends(&bytes)
-                .map_err(|e| ImageError::Module(format!("{}: {e}", path.display())))?;
+            let deps = module_depends(&bytes).map_err(|e| ImageError::Module(format!("{}: {e}", path.display())))?;
             pending.extend(deps.iter().cloned());
             depends.insert(name, deps);
         }
@@ -121,18 +106,12 @@ pub fn load_order(
         match marks.get(name) {
             Some(Mark::Done) => return Ok(()),
             Some(Mark::Visiting) => {
-                return Err(ImageError::Module(format!(
-                    "dependency cycle: {} -> {name}",
-                    chain.join(" -> ")
-                )));
+                return Err(ImageError::Module(format!("dependency cycle: {} -> {name}", chain.join(" -> "))));
             }
             None => {}
         }
         let deps = depends.get(name).ok_or_else(|| {
-            let needed_by = chain
-                .last()
-                .map(|p| format!(" (needed by {p})"))
-                .unwrap_or_default();
+            let needed_by = chain.last().map(|p| format!(" (needed by {p})")).unwrap_or_default();
             ImageError::Module(format!(
                 "module {name}{needed_by} is neither built in nor shipped by the kernel package"
             ))
@@ -156,14 +135,7 @@ pub fn load_order(
     sorted_roots.sort();
     sorted_roots.dedup();
     for root in &sorted_roots {
-        visit(
-            root,
-            depends,
-            builtin,
-            &mut marks,
-            &mut Vec::new(),
-            &mut order,
-        )?;
+        visit(root, depends, builtin, &mut marks, &mut Vec::new(), &mut order)?;
     }
     Ok(order)
 }
@@ -179,26 +151,17 @@ fn module_name_of_path(path: &str) -> Option<String> {
     Some(normalize_name(stem))
 }
 
-fn index_ko_files(
-    root: &Path,
-    dir: &Path,
-    files: &mut BTreeMap<String, PathBuf>,
-) -> Result<(), ImageError> {
+fn index_ko_files(root: &Path, dir: &Path, files: &mut BTreeMap<String, PathBuf>) -> Result<(), ImageError> {
     let entries = std::fs::read_dir(dir).map_err(ImageError::io("listing", dir))?;
     for entry in entries {
         let entry = entry.map_err(ImageError::io("listing", dir))?;
         let path = entry.path();
-        let kind = entry
-            .file_type()
-            .map_err(ImageError::io("inspecting", &path))?;
+        let kind = entry.file_type().map_err(ImageError::io("inspecting", &path))?;
         if kind.is_dir() {
             index_ko_files(root, &path, files)?;
             continue;
         }
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         if name.ends_with(".ko.xz") || name.ends_with(".ko.zst") || name.ends_with(".ko.gz") {
             // Debian bookworm ships plain .ko files; compressed ones would need decompressing first.
             return Err(ImageError::Module(format!(
@@ -207,10 +170,7 @@ fn index_ko_files(
             )));
         }
         if let Some(module) = module_name_of_path(name) {
-            let rel = path
-                .strip_prefix(root)
-                .expect("walked from root")
-                .to_path_buf();
+            let rel = path.strip_prefix(root).expect("walked from root").to_path_buf();
             files.insert(module, rel);
         }
     }
@@ -222,15 +182,7 @@ mod tests {
     use super::*;
 
     fn graph(edges: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
-        edges
-            .iter()
-            .map(|(name, deps)| {
-                (
-                    name.to_string(),
-                    deps.iter().map(|d| d.to_string()).collect(),
-                )
-            })
-            .collect()
+        edges.iter().map(|(name, deps)| (name.to_string(), deps.iter().map(|d| d.to_string()).collect())).collect()
     }
 
     fn roots(names: &[&str]) -> Vec<String> {
@@ -240,33 +192,16 @@ mod tests {
     #[test]
     fn dependencies_load_before_their_users() {
         let depends = graph(&[
-            (
-                "vmw_vsock_virtio_transport",
-                &[
-                    "vmw_vsock_virtio_transport_common",
-                    "vsock",
-                    "virtio",
-                    "virtio_ring",
-                ],
-            ),
+            ("vmw_vsock_virtio_transport", &["vmw_vsock_virtio_transport_common", "vsock", "virtio", "virtio_ring"]),
             ("vmw_vsock_virtio_transport_common", &["vsock"]),
             ("vsock", &[]),
             ("virtio", &[]),
             ("virtio_ring", &[]),
             ("virtio_blk", &["virtio", "virtio_ring"]),
         ]);
-        let order = load_order(
-            &roots(&["virtio_blk", "vmw_vsock_virtio_transport"]),
-            &depends,
-            &BTreeSet::new(),
-        )
-        .unwrap();
-        let pos = |n: &str| {
-            order
-                .iter()
-                .position(|x| x == n)
-                .unwrap_or_else(|| panic!("{n} missing from {order:?}"))
-        };
+        let order =
+            load_order(&roots(&["virtio_blk", "vmw_vsock_virtio_transport"]), &depends, &BTreeSet::new()).unwrap();
+        let pos = |n: &str| order.iter().position(|x| x == n).unwrap_or_else(|| panic!("{n} missing from {order:?}"));
         assert!(pos("virtio") < pos("virtio_blk"));
         assert!(pos("virtio_ring") < pos("virtio_blk"));
         assert!(pos("vsock") < pos("vmw_vsock_virtio_transport_common"));
@@ -278,12 +213,7 @@ mod tests {
     fn builtin_modules_are_skipped_and_unknown_ones_fail() {
         let depends = graph(&[("overlay", &[]), ("virtio_blk", &["virtio"])]);
         let builtin: BTreeSet<String> = ["ext4", "virtio"].iter().map(|s| s.to_string()).collect();
-        let order = load_order(
-            &roots(&["ext4", "virtio-blk", "overlay"]),
-            &depends,
-            &builtin,
-        )
-        .unwrap();
+        let order = load_order(&roots(&["ext4", "virtio-blk", "overlay"]), &depends, &builtin).unwrap();
         assert_eq!(order, vec!["overlay", "virtio_blk"]);
 
         let err = load_order(&roots(&["virtio_net"]), &depends, &builtin).unwrap_err();
@@ -315,14 +245,8 @@ mod tests {
 
     #[test]
     fn builtin_paths_map_to_module_names() {
-        assert_eq!(
-            module_name_of_path("kernel/fs/ext4/ext4.ko").as_deref(),
-            Some("ext4")
-        );
-        assert_eq!(
-            module_name_of_path("kernel/drivers/virtio/virtio-mmio.ko.xz").as_deref(),
-            Some("virtio_mmio")
-        );
+        assert_eq!(module_name_of_path("kernel/fs/ext4/ext4.ko").as_deref(), Some("ext4"));
+        assert_eq!(module_name_of_path("kernel/drivers/virtio/virtio-mmio.ko.xz").as_deref(), Some("virtio_mmio"));
         assert_eq!(module_name_of_path("modules.order"), None);
     }
 }

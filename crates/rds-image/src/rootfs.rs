@@ -17,13 +17,8 @@ pub const GUEST_USER: &str = "user";
 pub const GUEST_UID: u32 = 1000;
 
 /// Files dpkg should never unpack into the image (documentation, manuals, translations).
-const DPKG_EXCLUDES: &[&str] = &[
-    "/usr/share/doc/*",
-    "/usr/share/man/*",
-    "/usr/share/info/*",
-    "/usr/share/locale/*",
-    "/usr/share/lintian/*",
-];
+const DPKG_EXCLUDES: &[&str] =
+    &["/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*", "/usr/share/lintian/*"];
 /// Packages that must not be in the image even if something pulls them in.
 const FORBIDDEN_PACKAGES: &[&str] = &["openssh-server", "openssh-client", "openssh-sftp-server"];
 /// Space added on top of the tree's size: root is mounted read-only (writes go to the overlay
@@ -51,13 +46,9 @@ pub fn build_base(
     progress: &mut dyn FnMut(&str),
 ) -> Result<Vec<InstalledPackage>, ImageError> {
     require_tool("mmdebstrap", "mmdebstrap")?;
-    progress(&format!(
-        "mmdebstrap {suite} with {} packages",
-        packages.len()
-    ));
+    progress(&format!("mmdebstrap {suite} with {} packages", packages.len()));
     let mut cmd = Command::new("mmdebstrap");
-    cmd.args(["--mode=root", "--variant=minbase", "--quiet"])
-        .arg(format!("--include={}", packages.join(",")));
+    cmd.args(["--mode=root", "--variant=minbase", "--quiet"]).arg(format!("--include={}", packages.join(",")));
     for pattern in DPKG_EXCLUDES {
         cmd.arg(format!("--dpkgopt=path-exclude={pattern}"));
     }
@@ -80,16 +71,7 @@ fn configure(tree: &Path) -> Result<(), ImageError> {
     run_in_chroot(
         tree,
         "useradd",
-        &[
-            "--uid",
-            &uid,
-            "--gid",
-            &uid,
-            "--create-home",
-            "--shell",
-            "/bin/bash",
-            GUEST_USER,
-        ],
+        &["--uid", &uid, "--gid", &uid, "--create-home", "--shell", "/bin/bash", GUEST_USER],
     )?;
     run_in_chroot(tree, "passwd", &["--lock", "root"])?;
 
@@ -104,11 +86,7 @@ fn configure(tree: &Path) -> Result<(), ImageError> {
     write(tree, "etc/default/locale", "LANG=C.UTF-8\n")?;
     // Minimal placeholders: the agent rewrites networking files at boot.
     write(tree, "etc/hostname", "rds\n")?;
-    write(
-        tree,
-        "etc/hosts",
-        "127.0.0.1 localhost rds\n::1 localhost\n",
-    )?;
+    write(tree, "etc/hosts", "127.0.0.1 localhost rds\n::1 localhost\n")?;
     Ok(())
 }
 
@@ -116,59 +94,37 @@ fn configure(tree: &Path) -> Result<(), ImageError> {
 fn install_deno(tree: &Path, version: &str, scratch: &Path) -> Result<(), ImageError> {
     require_tool("npm", "npm")?;
     let spec = format!("@deno/linux-x64-glibc@{version}");
-    let name = run(Command::new("npm")
-        .current_dir(scratch)
-        .args(["pack", "--silent", &spec]))?;
+    let name = run(Command::new("npm").current_dir(scratch).args(["pack", "--silent", &spec]))?;
     let tarball = scratch.join(name.trim().lines().last().unwrap_or_default());
     let file = std::fs::File::open(&tarball).map_err(ImageError::io("opening", &tarball))?;
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
     let target = tree.join("usr/bin/deno");
-    let entries = archive
-        .entries()
-        .map_err(ImageError::io("reading", &tarball))?;
+    let entries = archive.entries().map_err(ImageError::io("reading", &tarball))?;
     for entry in entries {
         let mut entry = entry.map_err(ImageError::io("reading", &tarball))?;
-        let is_binary = entry
-            .path()
-            .map(|p| p == Path::new("package/deno"))
-            .unwrap_or(false);
+        let is_binary = entry.path().map(|p| p == Path::new("package/deno")).unwrap_or(false);
         if is_binary {
-            let mut out =
-                std::fs::File::create(&target).map_err(ImageError::io("creating", &target))?;
+            let mut out = std::fs::File::create(&target).map_err(ImageError::io("creating", &target))?;
             std::io::copy(&mut entry, &mut out).map_err(ImageError::io("writing", &target))?;
             std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))
                 .map_err(ImageError::io("chmod", &target))?;
             return Ok(());
         }
     }
-    Err(ImageError::Package(format!(
-        "npm package {spec} has no package/deno binary"
-    )))
+    Err(ImageError::Package(format!("npm package {spec} has no package/deno binary")))
 }
 
 fn clean(tree: &Path) -> Result<(), ImageError> {
     let installed = run(Command::new("dpkg-query")
-        .arg(format!(
-            "--admindir={}",
-            tree.join("var/lib/dpkg").display()
-        ))
+        .arg(format!("--admindir={}", tree.join("var/lib/dpkg").display()))
         .args(["-W", "-f", "${Package}\n"]))?;
-    let forbidden: Vec<&str> = installed
-        .lines()
-        .filter(|p| FORBIDDEN_PACKAGES.contains(p))
-        .collect();
+    let forbidden: Vec<&str> = installed.lines().filter(|p| FORBIDDEN_PACKAGES.contains(p)).collect();
     if !forbidden.is_empty() {
         let mut args = vec!["purge", "-y"];
         args.extend(forbidden);
         run_in_chroot(tree, "apt-get", &args)?;
     }
-    for dir in [
-        "var/cache/apt",
-        "var/lib/apt/lists",
-        "var/log",
-        "tmp",
-        "var/tmp",
-    ] {
+    for dir in ["var/cache/apt", "var/lib/apt/lists", "var/log", "tmp", "var/tmp"] {
         empty_dir(&tree.join(dir))?;
     }
     Ok(())
@@ -177,18 +133,12 @@ fn clean(tree: &Path) -> Result<(), ImageError> {
 /// Packages installed in `tree`, sorted by name.
 fn installed_packages(tree: &Path) -> Result<Vec<InstalledPackage>, ImageError> {
     let out = run(Command::new("dpkg-query")
-        .arg(format!(
-            "--admindir={}",
-            tree.join("var/lib/dpkg").display()
-        ))
+        .arg(format!("--admindir={}", tree.join("var/lib/dpkg").display()))
         .args(["-W", "-f", "${Package}\t${Version}\n"]))?;
     let mut packages: Vec<InstalledPackage> = out
         .lines()
         .filter_map(|l| l.split_once('\t'))
-        .map(|(name, version)| InstalledPackage {
-            name: name.into(),
-            version: version.into(),
-        })
+        .map(|(name, version)| InstalledPackage { name: name.into(), version: version.into() })
         .collect();
     packages.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(packages)
@@ -199,8 +149,7 @@ pub fn install_agent(tree: &Path, agent: &Path) -> Result<(), ImageError> {
     let init = tree.join("usr/sbin/init"); // /sbin is a symlink to usr/sbin (merged /usr)
     remove_file_if_exists(&init)?;
     std::fs::copy(agent, &init).map_err(ImageError::io("copying the agent to", &init))?;
-    std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))
-        .map_err(ImageError::io("chmod", &init))?;
+    std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).map_err(ImageError::io("chmod", &init))?;
     let link = tree.join("usr/local/bin/rds-agent");
     remove_file_if_exists(&link)?;
     symlink("/sbin/init", &link).map_err(ImageError::io("linking", &link))
@@ -218,20 +167,9 @@ pub fn make_ext4(tree: &Path, image: &Path) -> Result<u64, ImageError> {
     let size = ext4_size_for(used);
     remove_file_if_exists(image)?;
     let file = std::fs::File::create(image).map_err(ImageError::io("creating", image))?;
-    file.set_len(size)
-        .map_err(ImageError::io("sizing", image))?;
+    file.set_len(size).map_err(ImageError::io("sizing", image))?;
     run(Command::new("mkfs.ext4")
-        .args([
-            "-q",
-            "-F",
-            "-L",
-            "rds-root",
-            "-m",
-            "0",
-            "-E",
-            "root_owner=0:0",
-            "-d",
-        ])
+        .args(["-q", "-F", "-L", "rds-root", "-m", "0", "-E", "root_owner=0:0", "-d"])
         .arg(tree)
         .arg(image))?;
     Ok(size)
@@ -245,11 +183,7 @@ pub fn ext4_size_for(used: u64) -> u64 {
 
 /// Copies a tree with `cp -a` (keeps owners, modes, links, xattrs; reflinks where supported).
 pub fn copy_tree(from: &Path, to: &Path) -> Result<(), ImageError> {
-    run(Command::new("cp")
-        .args(["-a", "--reflink=auto"])
-        .arg(from)
-        .arg(to))
-    .map(drop)
+    run(Command::new("cp").args(["-a", "--reflink=auto"]).arg(from).arg(to)).map(drop)
 }
 
 fn empty_dir(dir: &Path) -> Result<(), ImageError> {
@@ -259,11 +193,7 @@ fn empty_dir(dir: &Path) -> Result<(), ImageError> {
     for entry in entries.filter_map(Result::ok) {
         let path: PathBuf = entry.path();
         let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-        let result = if is_dir {
-            std::fs::remove_dir_all(&path)
-        } else {
-            std::fs::remove_file(&path)
-        };
+        let result = if is_dir { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
         result.map_err(ImageError::io("removing", &path))?;
     }
     Ok(())

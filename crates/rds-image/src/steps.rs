@@ -11,11 +11,7 @@ pub(crate) struct Steps<'a> {
 
 impl<'a> Steps<'a> {
     pub(crate) fn new(report: &'a mut dyn FnMut(&str)) -> Self {
-        Steps {
-            report,
-            started: Instant::now(),
-            current: None,
-        }
+        Steps { report, started: Instant::now(), current: None }
     }
 
     /// Finishes the current step (if any) and announces `what`.

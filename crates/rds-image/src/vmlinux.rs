@@ -71,14 +71,11 @@ pub fn extract_vmlinux(bzimage: &[u8]) -> Result<(Vec<u8>, Compression), ImageEr
 
 /// Returns the entry point of a 64-bit ELF image, failing if it is not one or the entry is zero.
 pub fn elf_entry_point(elf: &[u8]) -> Result<u64, ImageError> {
-    let file = ElfFile64::<Endianness>::parse(elf).map_err(|e| {
-        ImageError::Vmlinux(format!("decompressed kernel is not a 64-bit ELF: {e}"))
-    })?;
+    let file = ElfFile64::<Endianness>::parse(elf)
+        .map_err(|e| ImageError::Vmlinux(format!("decompressed kernel is not a 64-bit ELF: {e}")))?;
     let entry = file.elf_header().e_entry(file.endian());
     if entry == 0 {
-        return Err(ImageError::Vmlinux(
-            "decompressed kernel ELF has a zero entry point".into(),
-        ));
+        return Err(ImageError::Vmlinux("decompressed kernel ELF has a zero entry point".into()));
     }
     Ok(entry)
 }
@@ -86,9 +83,7 @@ pub fn elf_entry_point(elf: &[u8]) -> Result<u64, ImageError> {
 /// The compressed kernel inside the bzImage, located through the boot-protocol header.
 fn payload(bzimage: &[u8]) -> Result<&[u8], ImageError> {
     if bzimage.get(HEADER_MAGIC_OFFSET..HEADER_MAGIC_OFFSET + 4) != Some(b"HdrS") {
-        return Err(ImageError::Vmlinux(
-            "not an x86 bzImage (no \"HdrS\" boot header)".into(),
-        ));
+        return Err(ImageError::Vmlinux("not an x86 bzImage (no \"HdrS\" boot header)".into()));
     }
     let version = u16::from_le_bytes(read_array(bzimage, PROTOCOL_VERSION_OFFSET)?);
     if version < MIN_PROTOCOL_WITH_PAYLOAD {
@@ -107,10 +102,7 @@ fn payload(bzimage: &[u8]) -> Result<&[u8], ImageError> {
     let length = u32::from_le_bytes(read_array(bzimage, PAYLOAD_LENGTH_OFFSET)?) as usize;
     let start = protected_mode_start + offset;
     bzimage.get(start..start + length).ok_or_else(|| {
-        ImageError::Vmlinux(format!(
-            "payload {start}+{length} lies outside the {}-byte file",
-            bzimage.len()
-        ))
+        ImageError::Vmlinux(format!("payload {start}+{length} lies outside the {}-byte file", bzimage.len()))
     })
 }
 
@@ -144,10 +136,7 @@ fn split_size_trailer(payload: &[u8]) -> Result<(&[u8], usize), ImageError> {
 
 fn check_size(out: Vec<u8>, expected: usize) -> Result<Vec<u8>, ImageError> {
     if out.len() != expected {
-        return Err(ImageError::Vmlinux(format!(
-            "decompressed {} bytes but the image says {expected}",
-            out.len()
-        )));
+        return Err(ImageError::Vmlinux(format!("decompressed {} bytes but the image says {expected}", out.len())));
     }
     Ok(out)
 }
@@ -165,11 +154,9 @@ fn lz4_legacy_decompress(stream: &[u8]) -> Result<Vec<u8>, ImageError> {
             continue; // a concatenated frame starts here
         }
         let length = length as usize;
-        let compressed = rest
-            .get(..length)
-            .ok_or_else(|| corrupt(format!("block of {length} bytes runs past the end")))?;
-        let produced = lz4_flex::block::decompress_into(compressed, &mut block)
-            .map_err(|e| corrupt(e.to_string()))?;
+        let compressed =
+            rest.get(..length).ok_or_else(|| corrupt(format!("block of {length} bytes runs past the end")))?;
+        let produced = lz4_flex::block::decompress_into(compressed, &mut block).map_err(|e| corrupt(e.to_string()))?;
         out.extend_from_slice(&block[..produced]);
         rest = &rest[length..];
     }
@@ -181,9 +168,7 @@ fn lz4_legacy_decompress(stream: &[u8]) -> Result<Vec<u8>, ImageError> {
 
 fn read_all(mut reader: impl Read, format: &str) -> Result<Vec<u8>, ImageError> {
     let mut out = Vec::new();
-    reader
-        .read_to_end(&mut out)
-        .map_err(|e| ImageError::Vmlinux(format!("{format} payload is corrupt: {e}")))?;
+    reader.read_to_end(&mut out).map_err(|e| ImageError::Vmlinux(format!("{format} payload is corrupt: {e}")))?;
     Ok(out)
 }
 
@@ -225,12 +210,9 @@ mod tests {
         let mut image = vec![0u8; pm_start + payload_offset];
         image[SETUP_SECTS_OFFSET] = setup_sects;
         image[HEADER_MAGIC_OFFSET..HEADER_MAGIC_OFFSET + 4].copy_from_slice(b"HdrS");
-        image[PROTOCOL_VERSION_OFFSET..PROTOCOL_VERSION_OFFSET + 2]
-            .copy_from_slice(&0x020fu16.to_le_bytes());
-        image[PAYLOAD_OFFSET_OFFSET..PAYLOAD_OFFSET_OFFSET + 4]
-            .copy_from_slice(&(payload_offset as u32).to_le_bytes());
-        image[PAYLOAD_LENGTH_OFFSET..PAYLOAD_LENGTH_OFFSET + 4]
-            .copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        image[PROTOCOL_VERSION_OFFSET..PROTOCOL_VERSION_OFFSET + 2].copy_from_slice(&0x020fu16.to_le_bytes());
+        image[PAYLOAD_OFFSET_OFFSET..PAYLOAD_OFFSET_OFFSET + 4].copy_from_slice(&(payload_offset as u32).to_le_bytes());
+        image[PAYLOAD_LENGTH_OFFSET..PAYLOAD_LENGTH_OFFSET + 4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
         image.extend_from_slice(payload);
         image.extend_from_slice(&[0u8; 64]); // trailing decompressor code/data of a real image
         image
@@ -294,9 +276,6 @@ mod tests {
     #[test]
     fn names_unsupported_compressors() {
         let err = extract_vmlinux(&fake_bzimage(b"BZh91AY&SY and so on")).unwrap_err();
-        assert!(
-            err.to_string().contains("unsupported kernel compression"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("unsupported kernel compression"), "{err}");
     }
 }

@@ -8,26 +8,19 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rds_image::{
-    build, initramfs, manifest::sha256_file, vmlinux, BuildOptions, KernelChoice, MODULES_LOAD_PATH,
-};
+use rds_image::{build, initramfs, manifest::sha256_file, vmlinux, BuildOptions, KernelChoice, MODULES_LOAD_PATH};
 
 fn skip_reason() -> Option<String> {
     if std::env::var("RDS_SKIP_IMAGE_BUILD").as_deref() == Ok("1") {
         return Some("RDS_SKIP_IMAGE_BUILD=1".into());
     }
     // /proc/self is owned by the process's effective uid.
-    let euid = std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(u32::MAX);
+    let euid = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX);
     if euid != 0 {
         return Some("needs root (mmdebstrap, chroot, loop mounts)".into());
     }
     if !agent_bin().is_file() {
-        return Some(format!(
-            "no agent binary at {} (cargo build -p rds-agent)",
-            agent_bin().display()
-        ));
+        return Some(format!("no agent binary at {} (cargo build -p rds-agent)", agent_bin().display()));
     }
     None
 }
@@ -44,12 +37,7 @@ struct LoopMount(PathBuf);
 
 impl LoopMount {
     fn new(image: &Path, at: &Path) -> Self {
-        let status = Command::new("mount")
-            .args(["-o", "loop,ro"])
-            .arg(image)
-            .arg(at)
-            .status()
-            .unwrap();
+        let status = Command::new("mount").args(["-o", "loop,ro"]).arg(image).arg(at).status().unwrap();
         assert!(status.success(), "mounting {}", image.display());
         LoopMount(at.to_path_buf())
     }
@@ -62,18 +50,8 @@ impl Drop for LoopMount {
 }
 
 fn chroot_output(root: &Path, program: &str, args: &[&str]) -> String {
-    let out = Command::new("chroot")
-        .arg(root)
-        .arg(program)
-        .args(args)
-        .env("HOME", "/tmp")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?} in the rootfs failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("chroot").arg(root).arg(program).args(args).env("HOME", "/tmp").output().unwrap();
+    assert!(out.status.success(), "{program} {args:?} in the rootfs failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -83,9 +61,8 @@ fn image_build_produces_bootable_artifacts_and_is_cached() {
         rds_testkit::skip(reason);
         return;
     }
-    let cache_dir = std::env::var_os("RDS_IMAGE_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/var/cache/rds-image".into());
+    let cache_dir =
+        std::env::var_os("RDS_IMAGE_CACHE").map(PathBuf::from).unwrap_or_else(|| "/var/cache/rds-image".into());
     let out = tempfile::tempdir().unwrap();
     let opts = BuildOptions {
         out_dir: out.path().join("image"),
@@ -96,34 +73,18 @@ fn image_build_produces_bootable_artifacts_and_is_cached() {
         mirror: None,
     };
     let first = build(&opts, &mut |line| println!("{line}")).expect("image build");
-    println!(
-        "first build: {:.1}s (from cache: {})",
-        first.elapsed.as_secs_f64(),
-        first.from_cache
-    );
+    println!("first build: {:.1}s (from cache: {})", first.elapsed.as_secs_f64(), first.from_cache);
     let second = build(&opts, &mut |line| println!("{line}")).expect("cached image build");
     println!("second build: {:.1}s", second.elapsed.as_secs_f64());
-    assert!(
-        second.from_cache,
-        "an unchanged rebuild must come from the cache"
-    );
+    assert!(second.from_cache, "an unchanged rebuild must come from the cache");
     assert_eq!(first.manifest.cache_key, second.manifest.cache_key);
 
     // Manifest agrees with the files.
     for artifact in &second.manifest.artifacts {
         let path = opts.out_dir.join(&artifact.name);
-        assert_eq!(
-            sha256_file(&path).unwrap(),
-            artifact.sha256,
-            "{}",
-            artifact.name
-        );
+        assert_eq!(sha256_file(&path).unwrap(), artifact.sha256, "{}", artifact.name);
     }
-    assert!(
-        second.manifest.kernel.version.ends_with("-cloud-amd64"),
-        "{}",
-        second.manifest.kernel.version
-    );
+    assert!(second.manifest.kernel.version.ends_with("-cloud-amd64"), "{}", second.manifest.kernel.version);
     assert!(second.manifest.packages.iter().any(|p| p.name == "python3"));
 
     // vmlinux is an ELF with a real entry point.
@@ -132,25 +93,16 @@ fn image_build_produces_bootable_artifacts_and_is_cached() {
     println!("vmlinux entry point {entry:#x}");
 
     // The initramfs has /init (the agent), the module list, and every listed module.
-    let initrd = second
-        .initrd
-        .as_ref()
-        .expect("debian kernel ships an initramfs");
+    let initrd = second.initrd.as_ref().expect("debian kernel ships an initramfs");
     let entries = initramfs::list_entries(&std::fs::read(initrd).unwrap()).unwrap();
     let find = |name: &str| entries.iter().find(|e| e.name == name);
     // The installed agent is the built one without debug sections; its hash is in the manifest.
     assert!(find("init").is_some_and(|e| e.size > 0), "/init is the agent");
-    assert!(
-        find("dev/console").is_some(),
-        "/dev/console exists for init's stdio"
-    );
+    assert!(find("dev/console").is_some(), "/dev/console exists for init's stdio");
     assert!(find(MODULES_LOAD_PATH).is_some());
     let modules = &second.manifest.kernel.modules;
     for module in modules {
-        assert!(
-            find(module).is_some(),
-            "{module} listed but not in the initramfs"
-        );
+        assert!(find(module).is_some(), "{module} listed but not in the initramfs");
     }
     let position = |name: &str| {
         modules
@@ -163,21 +115,12 @@ fn image_build_produces_bootable_artifacts_and_is_cached() {
         ("virtio_ring", "virtio_net"),
         ("virtio", "virtio_mmio"),
         ("vsock", "vmw_vsock_virtio_transport_common"),
-        (
-            "vmw_vsock_virtio_transport_common",
-            "vmw_vsock_virtio_transport",
-        ),
+        ("vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"),
     ] {
-        assert!(
-            position(dependency) < position(user),
-            "{dependency} must load before {user}"
-        );
+        assert!(position(dependency) < position(user), "{dependency} must load before {user}");
     }
     position("overlay");
-    assert!(
-        !modules.iter().any(|m| m.contains("vsock_loopback")),
-        "no loopback vsock transport"
-    );
+    assert!(!modules.iter().any(|m| m.contains("vsock_loopback")), "no loopback vsock transport");
     println!("initramfs modules ({}): {modules:#?}", modules.len());
 
     // The rootfs, mounted read-only.
@@ -189,37 +132,15 @@ fn image_build_produces_bootable_artifacts_and_is_cached() {
         second.manifest.agent_sha256,
         "/sbin/init is rds-agent"
     );
-    assert_eq!(
-        std::fs::read_link(root.join("usr/local/bin/rds-agent")).unwrap(),
-        Path::new("/sbin/init")
-    );
+    assert_eq!(std::fs::read_link(root.join("usr/local/bin/rds-agent")).unwrap(), Path::new("/sbin/init"));
     let workspace = std::fs::metadata(root.join("workspace")).unwrap();
-    assert_eq!(
-        (workspace.uid(), workspace.gid()),
-        (1000, 1000),
-        "/workspace belongs to user"
-    );
+    assert_eq!((workspace.uid(), workspace.gid()), (1000, 1000), "/workspace belongs to user");
     let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap();
-    assert!(
-        passwd.lines().any(|l| l.starts_with("user:x:1000:1000:")),
-        "{passwd}"
-    );
+    assert!(passwd.lines().any(|l| l.starts_with("user:x:1000:1000:")), "{passwd}");
     assert!(!root.join("usr/sbin/sshd").exists(), "no ssh server");
-    println!(
-        "deno: {}",
-        chroot_output(root, "/usr/bin/deno", &["--version"])
-            .lines()
-            .next()
-            .unwrap_or("")
-    );
-    println!(
-        "node: {}",
-        chroot_output(root, "/usr/bin/node", &["--version"])
-    );
-    println!(
-        "python3: {}",
-        chroot_output(root, "/usr/bin/python3", &["--version"])
-    );
+    println!("deno: {}", chroot_output(root, "/usr/bin/deno", &["--version"]).lines().next().unwrap_or(""));
+    println!("node: {}", chroot_output(root, "/usr/bin/node", &["--version"]));
+    println!("python3: {}", chroot_output(root, "/usr/bin/python3", &["--version"]));
     for artifact in &second.manifest.artifacts {
         println!("{:<12} {:>12} bytes", artifact.name, artifact.size);
     }

@@ -44,16 +44,8 @@ impl ApiKeyRing {
 }
 
 /// Middleware: 401 without a valid key, 429 when the key's rate is exhausted.
-pub async fn require_api_key(
-    State(state): State<AppState>,
-    req: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let key = req
-        .headers()
-        .get(API_KEY_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .ok_or(ApiError::Unauthorized)?;
+pub async fn require_api_key(State(state): State<AppState>, req: Request, next: Next) -> Result<Response, ApiError> {
+    let key = req.headers().get(API_KEY_HEADER).and_then(|v| v.to_str().ok()).ok_or(ApiError::Unauthorized)?;
     let hash = state.keys.verify(key).ok_or(ApiError::Unauthorized)?;
     state.limiter.check(&hash)?;
     Ok(next.run(req).await)

@@ -70,9 +70,7 @@ async fn serve(listener: UnixListener, state: AppState, vm_id: String) {
         let (state, vm_id) = (state.clone(), vm_id.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req| handle(state.clone(), vm_id.clone(), req));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }

@@ -111,11 +111,9 @@ fn guest_image(get: &impl Fn(&str) -> Option<String>) -> Result<Option<GuestImag
         Some(d) if d.join("vmlinux").is_file() => "vmlinux",
         _ => "vmlinuz",
     };
-    for (var, default_name) in [
-        ("KERNEL_PATH", kernel_name),
-        ("INITRD_PATH", "initrd.img"),
-        ("BASE_ROOTFS_PATH", "rootfs.ext4"),
-    ] {
+    for (var, default_name) in
+        [("KERNEL_PATH", kernel_name), ("INITRD_PATH", "initrd.img"), ("BASE_ROOTFS_PATH", "rootfs.ext4")]
+    {
         let (source, path) = match (get(var), &dir) {
             (Some(p), _) => (var, Some(PathBuf::from(p))),
             (None, Some(d)) => ("RDS_IMAGE_DIR", Some(d.join(default_name))),
@@ -123,10 +121,7 @@ fn guest_image(get: &impl Fn(&str) -> Option<String>) -> Result<Option<GuestImag
         };
         if let Some(p) = &path {
             if !p.is_file() {
-                return Err(ConfigError {
-                    var: source,
-                    message: format!("{} is not a file", p.display()),
-                });
+                return Err(ConfigError { var: source, message: format!("{} is not a file", p.display()) });
             }
         }
         files.push((var, path));
@@ -167,13 +162,9 @@ impl Config {
     /// Reads and validates variables from `get` (testable without touching the process env).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
-        let storage_root =
-            PathBuf::from(get("STORAGE_ROOT").unwrap_or_else(|| "/var/lib/rds".into()));
+        let storage_root = PathBuf::from(get("STORAGE_ROOT").unwrap_or_else(|| "/var/lib/rds".into()));
         if !storage_root.is_absolute() {
-            return Err(ConfigError {
-                var: "STORAGE_ROOT",
-                message: "must be an absolute path".into(),
-            });
+            return Err(ConfigError { var: "STORAGE_ROOT", message: "must be an absolute path".into() });
         }
         let agent_bin = match get("RDS_AGENT_BIN") {
             Some(p) => PathBuf::from(p),
@@ -182,10 +173,7 @@ impl Config {
         let api_key = get("API_KEY");
         if let Some(k) = &api_key {
             if k.len() < 16 {
-                return Err(ConfigError {
-                    var: "API_KEY",
-                    message: "must be at least 16 characters".into(),
-                });
+                return Err(ConfigError { var: "API_KEY", message: "must be at least 16 characters".into() });
             }
         }
         let vm_secret_key = get("VM_SECRET_KEY");
@@ -193,20 +181,14 @@ impl Config {
             if k.len() < rds_peer::secrets::MIN_KEY_MATERIAL {
                 return Err(ConfigError {
                     var: "VM_SECRET_KEY",
-                    message: format!(
-                        "must be at least {} characters",
-                        rds_peer::secrets::MIN_KEY_MATERIAL
-                    ),
+                    message: format!("must be at least {} characters", rds_peer::secrets::MIN_KEY_MATERIAL),
                 });
             }
         }
         let cgroup_group = get("RDS_CGROUP_GROUP");
         if let Some(group) = &cgroup_group {
             if group.len() > 64 || !group.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-                return Err(ConfigError {
-                    var: "RDS_CGROUP_GROUP",
-                    message: "must match [A-Za-z0-9-]{1,64}".into(),
-                });
+                return Err(ConfigError { var: "RDS_CGROUP_GROUP", message: "must match [A-Za-z0-9-]{1,64}".into() });
             }
         }
         let max_disk_mb: u32 = positive(&get, "MAX_DISK_MB", 10_240)?;
@@ -219,20 +201,11 @@ impl Config {
             });
         }
         Ok(Config {
-            bind: parse(
-                &get,
-                "BIND",
-                "127.0.0.1".parse().expect("literal"),
-                "an IP address such as 127.0.0.1",
-            )?,
+            bind: parse(&get, "BIND", "127.0.0.1".parse().expect("literal"), "an IP address such as 127.0.0.1")?,
             port: parse(&get, "PORT", 3000, "a port number 1-65535")?,
             api_key,
             storage_root,
-            runtime: match get("RDS_RUNTIME")
-                .as_deref()
-                .map(str::to_ascii_lowercase)
-                .as_deref()
-            {
+            runtime: match get("RDS_RUNTIME").as_deref().map(str::to_ascii_lowercase).as_deref() {
                 None | Some("auto") => RuntimeChoice::Auto,
                 Some("sandbox") => RuntimeChoice::Sandbox,
                 Some("qemu") => RuntimeChoice::Qemu,
@@ -240,9 +213,7 @@ impl Config {
                 Some(other) => {
                     return Err(ConfigError {
                         var: "RDS_RUNTIME",
-                        message: format!(
-                            "{other:?} is not one of auto, sandbox, qemu, firecracker"
-                        ),
+                        message: format!("{other:?} is not one of auto, sandbox, qemu, firecracker"),
                     })
                 }
             },
@@ -258,28 +229,21 @@ impl Config {
                 None | Some("image") => false,
                 Some("host") => true,
                 Some(other) => {
-                    return Err(ConfigError { var: "RDS_SANDBOX_ROOT", message: format!("{other:?} is not one of image, host") })
+                    return Err(ConfigError {
+                        var: "RDS_SANDBOX_ROOT",
+                        message: format!("{other:?} is not one of image, host"),
+                    })
                 }
             },
             max_exec_timeout_ms: positive(&get, "MAX_EXEC_TIMEOUT_MS", 120_000)?,
             max_json_body_bytes: positive(&get, "MAX_JSON_BODY_BYTES", 1 << 20)?,
             max_upload_bytes: positive(&get, "MAX_UPLOAD_BYTES", 256 << 20)?,
             max_image_bytes: positive(&get, "MAX_IMAGE_BYTES", 4 << 30)?,
-            rate_limit_per_min: parse(
-                &get,
-                "RATE_LIMIT_PER_MIN",
-                600,
-                "a non-negative integer (0 disables)",
-            )?,
+            rate_limit_per_min: parse(&get, "RATE_LIMIT_PER_MIN", 600, "a non-negative integer (0 disables)")?,
             expose_internal_errors: parse(&get, "EXPOSE_INTERNAL_ERRORS", false, "true or false")?,
             vm_secret_key: vm_secret_key.map(Secret),
             network: crate::network::NetworkSettings::from_lookup(&get)?,
-            peer_calls_per_min: parse(
-                &get,
-                "PEER_CALLS_PER_MIN",
-                600,
-                "a non-negative integer (0 disables)",
-            )?,
+            peer_calls_per_min: parse(&get, "PEER_CALLS_PER_MIN", 600, "a non-negative integer (0 disables)")?,
         })
     }
 
@@ -310,10 +274,7 @@ fn parse<T: std::str::FromStr>(
 ) -> Result<T, ConfigError> {
     match get(var) {
         None => Ok(default),
-        Some(v) => v.trim().parse().map_err(|_| ConfigError {
-            var,
-            message: format!("{v:?} is not {expected}"),
-        }),
+        Some(v) => v.trim().parse().map_err(|_| ConfigError { var, message: format!("{v:?} is not {expected}") }),
     }
 }
 
@@ -324,10 +285,7 @@ fn positive<T: std::str::FromStr + PartialOrd + Default>(
 ) -> Result<T, ConfigError> {
     let v = parse(get, var, default, "a positive integer")?;
     if v <= T::default() {
-        return Err(ConfigError {
-            var,
-            message: "must be greater than zero".into(),
-        });
+        return Err(ConfigError { var, message: "must be greater than zero".into() });
     }
     Ok(v)
 }
@@ -338,10 +296,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn cfg(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|k| map.get(k).cloned())
     }
 

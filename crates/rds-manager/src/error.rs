@@ -228,7 +228,9 @@ impl From<crate::agent::AgentError> for ApiError {
                 409 => ApiError::Conflict(message.clone()),
                 413 => ApiError::TooLarge(message.clone()),
                 501 => ApiError::NotImplemented { message: message.clone(), source: Some(Box::new(e)) },
-                _ => ApiError::Agent { message: format!("agent error ({status}): {message}"), source: Some(Box::new(e)) },
+                _ => {
+                    ApiError::Agent { message: format!("agent error ({status}): {message}"), source: Some(Box::new(e)) }
+                }
             },
             AgentError::Timeout(_) => ApiError::Timeout { message: e.to_string(), source: Some(Box::new(e)) },
             other => ApiError::Agent { message: other.to_string(), source: Some(Box::new(other)) },
@@ -258,8 +260,7 @@ impl IntoResponse for ApiError {
         };
         let mut resp = (status, axum::Json(ErrorBody::new(code, message))).into_response();
         if let ApiError::RateLimited { retry_after_secs } = self {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }
         resp.extensions_mut().insert(ErrorDetails { request_id, code, chain: self.chain() });
         resp

@@ -16,33 +16,23 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let limit = state.config.max_json_body_bytes;
-        let too_large =
-            || ApiError::TooLarge(format!("JSON body exceeds MAX_JSON_BODY_BYTES={limit}"));
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let too_large = || ApiError::TooLarge(format!("JSON body exceeds MAX_JSON_BODY_BYTES={limit}"));
+        let declared =
+            req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(too_large());
         }
-        let bytes = axum::body::to_bytes(req.into_body(), limit)
-            .await
-            .map_err(|e| {
-                if is_length_limit(&e) {
-                    too_large()
-                } else {
-                    ApiError::BadRequest(format!("could not read the request body: {e}"))
-                }
-            })?;
+        let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
+            if is_length_limit(&e) {
+                too_large()
+            } else {
+                ApiError::BadRequest(format!("could not read the request body: {e}"))
+            }
+        })?;
         if bytes.is_empty() {
-            return Err(ApiError::BadRequest(
-                "request body is empty; expected a JSON object".into(),
-            ));
+            return Err(ApiError::BadRequest("request body is empty; expected a JSON object".into()));
         }
-        rds_proto::parse_json(&bytes)
-            .map(JsonBody)
-            .map_err(ApiError::BadRequest)
+        rds_proto::parse_json(&bytes).map(JsonBody).map_err(ApiError::BadRequest)
     }
 }
 
@@ -65,9 +55,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
         let q = parts.uri.query().unwrap_or("");
-        serde_urlencoded::from_str(q)
-            .map(ApiQuery)
-            .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))
+        serde_urlencoded::from_str(q).map(ApiQuery).map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))
     }
 }
 
@@ -78,11 +66,8 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared =
+            req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         Ok(RawBody(req.into_body(), declared))
     }
 }

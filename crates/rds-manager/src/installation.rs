@@ -24,8 +24,10 @@ pub enum InstallationError {
     #[error("cannot read or store the installation id: {0}")]
     Store(#[from] rds_store::StoreError),
     /// The stored id was altered into something unusable in host names.
-    #[error("setting {INSTALLATION_ID_SETTING} in the database is unusable ({0}); restore it, or delete the setting \
-             only if this installation has no VMs left running")]
+    #[error(
+        "setting {INSTALLATION_ID_SETTING} in the database is unusable ({0}); restore it, or delete the setting \
+             only if this installation has no VMs left running"
+    )]
     Invalid(#[source] rds_net::BadInstallationId),
     /// The lock file could not be opened.
     #[error("cannot open the lock {path}: {source}")]
@@ -55,7 +57,11 @@ pub struct HostLocks(#[allow(dead_code)] Vec<File>);
 /// Takes the host-wide locks of `installation` and of `cgroup_group` in `dir`: a second manager
 /// on the same `STORAGE_ROOT` (or a copy of it), or with the same `RDS_CGROUP_GROUP`, would take
 /// this one's VMs for orphans, so it must not start.
-pub fn lock_host_names(dir: &Path, installation: &InstallationId, cgroup_group: &str) -> Result<HostLocks, InstallationError> {
+pub fn lock_host_names(
+    dir: &Path,
+    installation: &InstallationId,
+    cgroup_group: &str,
+) -> Result<HostLocks, InstallationError> {
     std::fs::create_dir_all(dir).map_err(|source| InstallationError::Lock { path: dir.to_path_buf(), source })?;
     let wanted = [
         (
@@ -146,7 +152,10 @@ mod tests {
         let err = lock_host_names(dir.path(), &a, "rds-other").unwrap_err();
         assert!(matches!(&err, InstallationError::InUse { what, .. } if what.contains("aaaaaa")), "{err}");
         let err = lock_host_names(dir.path(), &b, "rds-aaaaaa").unwrap_err();
-        assert!(err.to_string().contains("cgroup group rds-aaaaaa") && err.to_string().contains("RDS_CGROUP_GROUP"), "{err}");
+        assert!(
+            err.to_string().contains("cgroup group rds-aaaaaa") && err.to_string().contains("RDS_CGROUP_GROUP"),
+            "{err}"
+        );
         let _other = lock_host_names(dir.path(), &b, "rds-bbbbbb").expect("different id and group");
         drop(first);
         lock_host_names(dir.path(), &a, "rds-aaaaaa").expect("free again once the first holder is gone");

@@ -74,11 +74,7 @@ mod tests {
         ];
         for from in VmState::ALL {
             for to in VmState::ALL {
-                assert_eq!(
-                    check(from, to).is_ok(),
-                    legal.contains(&(from, to)),
-                    "{from} -> {to}"
-                );
+                assert_eq!(check(from, to).is_ok(), legal.contains(&(from, to)), "{from} -> {to}");
             }
         }
     }
@@ -90,9 +86,6 @@ mod tests {
         assert!(check(Deleting, Stopped).is_err());
         assert!(check(Running, Deleted).is_err(), "DELETED only after DELETING was recorded");
         assert!(check(Running, Starting).is_err());
-        assert_eq!(
-            check(Stopped, Stopping).unwrap_err().to_string(),
-            "VM is STOPPED; it cannot become STOPPING"
-        );
+        assert_eq!(check(Stopped, Stopping).unwrap_err().to_string(), "VM is STOPPED; it cannot become STOPPING");
     }
 }

@@ -205,7 +205,10 @@ mod tests {
     fn oom_kills_win_over_a_clean_looking_exit() {
         let (to, why) = outcome(7, ProcessExit::Code(0), Some(2));
         assert_eq!(to, VmState::Error);
-        assert_eq!(why, "out of memory: the kernel killed 2 process(es) in the VM, the VM's process (pid 7) exited with status 0");
+        assert_eq!(
+            why,
+            "out of memory: the kernel killed 2 process(es) in the VM, the VM's process (pid 7) exited with status 0"
+        );
         let (_, why) = outcome(7, ProcessExit::Unknown, Some(1));
         assert_eq!(why, "out of memory: the kernel killed 1 process(es) in the VM");
     }

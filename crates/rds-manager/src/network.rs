@@ -66,12 +66,12 @@ impl NetworkSettings {
                     .map(str::trim)
                     .filter(|s| !s.is_empty())
                     .map(|s| {
-                        s.parse::<SocketAddr>().or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53))).map_err(
-                            |_| ConfigError {
+                        s.parse::<SocketAddr>()
+                            .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                            .map_err(|_| ConfigError {
                                 var: "RDS_DNS_UPSTREAMS",
                                 message: format!("{s:?} is not an IP address (optionally with :port)"),
-                            },
-                        )
+                            })
                     })
                     .collect::<Result<Vec<_>, _>>()?,
             ),
@@ -152,7 +152,10 @@ impl VmNetworking {
                 .await
                 .is_ok_and(|s| s.success());
             if !ok {
-                return Err(format!("`{tool}` does not run (install {})", if tool == "ip" { "iproute2" } else { "nftables" }));
+                return Err(format!(
+                    "`{tool}` does not run (install {})",
+                    if tool == "ip" { "iproute2" } else { "nftables" }
+                ));
             }
         }
         let config = match &settings.dns_upstreams {
@@ -163,7 +166,9 @@ impl VmNetworking {
             None => NetworkConfig::with_system_dns(installation.clone(), settings.pool),
         };
         if config.dns_upstreams.is_empty() {
-            tracing::warn!("no DNS upstreams (RDS_DNS_UPSTREAMS unset and /etc/resolv.conf lists none): VM name lookups will fail");
+            tracing::warn!(
+                "no DNS upstreams (RDS_DNS_UPSTREAMS unset and /etc/resolv.conf lists none): VM name lookups will fail"
+            );
         }
         Network::new(config).await.map_err(|e| e.to_string())
     }

@@ -21,10 +21,7 @@ struct Bucket {
 impl RateLimiter {
     /// A limiter allowing `per_min` requests per minute per key; 0 disables it.
     pub fn new(per_min: u32) -> Self {
-        RateLimiter {
-            per_min,
-            buckets: Mutex::new(HashMap::new()),
-        }
+        RateLimiter { per_min, buckets: Mutex::new(HashMap::new()) }
     }
 
     /// Takes one token for `key` or says how long to wait.
@@ -39,10 +36,7 @@ impl RateLimiter {
         let capacity = self.per_min as f64;
         let per_sec = capacity / 60.0;
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let b = buckets.entry(*key).or_insert(Bucket {
-            tokens: capacity,
-            refilled: now,
-        });
+        let b = buckets.entry(*key).or_insert(Bucket { tokens: capacity, refilled: now });
         let elapsed = now.saturating_duration_since(b.refilled).as_secs_f64();
         b.tokens = (b.tokens + elapsed * per_sec).min(capacity);
         b.refilled = now;
@@ -51,9 +45,7 @@ impl RateLimiter {
             Ok(())
         } else {
             let wait = ((1.0 - b.tokens) / per_sec).ceil().max(1.0) as u64;
-            Err(ApiError::RateLimited {
-                retry_after_secs: wait,
-            })
+            Err(ApiError::RateLimited { retry_after_secs: wait })
         }
     }
 }

@@ -83,7 +83,8 @@ pub async fn reconcile(state: &AppState) -> Result<Reconciled, ReconcileError> {
                     vm.state,
                     VmState::Error,
                     Some("manager restarted while the VM was being created"),
-                ).await?;
+                )
+                .await?;
                 out.settled.push(vm.id.clone());
             }
             VmState::Starting | VmState::Stopping => {

@@ -29,10 +29,7 @@ pub enum StartError {
     #[error("reconciling VMs at start-up failed")]
     Reconcile(#[from] crate::reconciler::ReconcileError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Listen { addr: SocketAddr, source: std::io::Error },
 }
 
 /// A manager ready to serve.
@@ -93,20 +90,13 @@ async fn prepare_with(
 ) -> Result<Prepared, StartError> {
     let (keys, key_notice) = ensure_keys(store.as_ref(), config.api_key.as_deref(), rotate_key).await?;
     let addr = SocketAddr::new(config.bind, config.port);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Listen { addr, source })?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
     let networking = crate::network::VmNetworking::start(&config.network, runtime.as_ref(), &installation).await?;
-    let state =
-        AppState::new(config, store, runtime, keys, host_capabilities()).with_installation(installation).with_network(networking);
+    let state = AppState::new(config, store, runtime, keys, host_capabilities())
+        .with_installation(installation)
+        .with_network(networking);
     let reconciled = reconcile(&state).await?;
-    Ok(Prepared {
-        state,
-        key_notice,
-        reconciled,
-        listener,
-        host_locks,
-    })
+    Ok(Prepared { state, key_notice, reconciled, listener, host_locks })
 }
 
 /// Serves until the process ends.
@@ -121,9 +111,5 @@ pub async fn serve(prepared: Prepared) -> std::io::Result<()> {
 /// so this is what user code can use.
 pub fn host_capabilities() -> HostCapabilities {
     let on_path = rds_host::on_path;
-    HostCapabilities {
-        deno: on_path("deno"),
-        node: on_path("node"),
-        python3: on_path("python3"),
-    }
+    HostCapabilities { deno: on_path("deno"), node: on_path("node"), python3: on_path("python3") }
 }

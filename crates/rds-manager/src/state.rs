@@ -10,10 +10,10 @@ use rds_store::Store;
 use rds_peer::secrets::SecretBox;
 
 use crate::agent::AgentClient;
-use crate::bridge::Bridges;
-use crate::services::peers::ManifestCache;
 use crate::auth::ApiKeyRing;
+use crate::bridge::Bridges;
 use crate::rate_limit::RateLimiter;
+use crate::services::peers::ManifestCache;
 use crate::views::HostCapabilities;
 use crate::Config;
 
@@ -68,9 +68,10 @@ impl AppState {
     ) -> Self {
         let limiter = RateLimiter::new(config.rate_limit_per_min);
         let peer_limiter = RateLimiter::new(config.peer_calls_per_min);
-        let secrets = config.vm_secret_key.as_ref().map(|k| {
-            SecretBox::new(&k.0).expect("VM_SECRET_KEY length is validated with the configuration")
-        });
+        let secrets = config
+            .vm_secret_key
+            .as_ref()
+            .map(|k| SecretBox::new(&k.0).expect("VM_SECRET_KEY length is validated with the configuration"));
         AppState(Arc::new(Inner {
             agent: AgentClient::new(runtime.clone()),
             config,

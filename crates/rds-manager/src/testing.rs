@@ -10,7 +10,9 @@ use std::sync::Mutex;
 
 use rds_agent::server::AgentConfig;
 use rds_proto::AGENT_VSOCK_PORT;
-use rds_runtime::{BootNeeds, Capabilities, Isolation, Liveness, RootfsForm, Runtime, RuntimeError, RuntimeKind, VmHandle, VmSpec};
+use rds_runtime::{
+    BootNeeds, Capabilities, Isolation, Liveness, RootfsForm, Runtime, RuntimeError, RuntimeKind, VmHandle, VmSpec,
+};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -92,7 +94,11 @@ impl Runtime for InProcessRuntime {
         }));
         self.agents.lock().unwrap_or_else(|p| p.into_inner()).insert(spec.id.clone(), RunningAgent { stop, task });
         let pid = std::process::id() as i32;
-        Ok(VmHandle { pid, start_time: rds_runtime::process_start_time(pid).unwrap_or(0), extra: serde_json::Value::Null })
+        Ok(VmHandle {
+            pid,
+            start_time: rds_runtime::process_start_time(pid).unwrap_or(0),
+            extra: serde_json::Value::Null,
+        })
     }
 
     async fn stop(&self, id: &str, _h: &VmHandle) -> Result<(), RuntimeError> {

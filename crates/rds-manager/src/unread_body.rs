@@ -59,15 +59,10 @@ impl hyper::body::Body for SharedBody {
 /// the request body before answering.
 pub async fn read_rest_of_body(limit: u64, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let expects_continue = parts
-        .headers
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let declared =
+        parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let expects_continue =
+        parts.headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let slot: Slot = Arc::new(Mutex::new(Some(body)));
     let polled = Arc::new(AtomicBool::new(false));
     let mut resp = next.run(Request::from_parts(parts, Body::new(SharedBody(slot.clone(), polled.clone())))).await;

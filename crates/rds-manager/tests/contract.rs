@@ -82,8 +82,9 @@ struct Reply {
 
 impl Reply {
     fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("status {}: body is not JSON ({e}): {}", self.status, String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!("status {}: body is not JSON ({e}): {}", self.status, String::from_utf8_lossy(&self.body))
+        })
     }
 
     /// Asserts the status and returns the JSON body.
@@ -117,10 +118,10 @@ impl Api {
         let storage = dir.path().join("storage");
         std::fs::create_dir_all(&storage).expect("creating STORAGE_ROOT");
         let storage = storage.to_str().expect("the temporary directory is UTF-8").to_string();
-        let defaults = [("STORAGE_ROOT", storage.as_str()), ("RDS_SANDBOX_ROOT", "host"), ("VM_SECRET_KEY", SECRET_KEY)];
-        let lookup = |k: &str| {
-            vars.iter().chain(defaults.iter()).find(|(name, _)| *name == k).map(|(_, v)| v.to_string())
-        };
+        let defaults =
+            [("STORAGE_ROOT", storage.as_str()), ("RDS_SANDBOX_ROOT", "host"), ("VM_SECRET_KEY", SECRET_KEY)];
+        let lookup =
+            |k: &str| vars.iter().chain(defaults.iter()).find(|(name, _)| *name == k).map(|(_, v)| v.to_string());
         let config = Config::from_lookup(lookup).expect("a valid test configuration");
         // On a runtime of its own: `new` is called from inside the tests' runtime, which it
         // cannot block on.
@@ -169,7 +170,8 @@ impl Api {
 
     /// Creates a RUNNING VM and returns its id.
     async fn vm(&self) -> String {
-        let vm = self.call(Method::POST, "/v1/vms", Some(json!({"cpu": 1, "memMb": 128}))).await.expect(StatusCode::CREATED);
+        let vm =
+            self.call(Method::POST, "/v1/vms", Some(json!({"cpu": 1, "memMb": 128}))).await.expect(StatusCode::CREATED);
         vm["id"].as_str().expect("the VM has an id").to_string()
     }
 
@@ -278,7 +280,11 @@ async fn every_protected_route_answers_401_without_a_key_and_with_a_wrong_key() 
 #[tokio::test]
 async fn unknown_routes_answer_404_and_wrong_methods_405_as_json_errors() {
     let api = Api::new(&[]);
-    api.call(Method::GET, "/v1/nothing-here", None).await.expect_error(StatusCode::NOT_FOUND, "not_found", "no such route");
+    api.call(Method::GET, "/v1/nothing-here", None).await.expect_error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route",
+    );
     api.call(Method::PUT, "/v1/vms", None).await.expect_error(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
@@ -306,7 +312,11 @@ async fn requests_over_rate_limit_per_min_answer_429_with_retry_after() {
 async fn create_vm_answers_201_with_a_running_vm_that_get_and_list_show() {
     let api = Api::new(&[]);
     let vm = api
-        .call(Method::POST, "/v1/vms", Some(json!({"cpu": 1, "memMb": 128, "diskSizeMb": 64, "allowIps": ["10.1.2.0/24"]})))
+        .call(
+            Method::POST,
+            "/v1/vms",
+            Some(json!({"cpu": 1, "memMb": 128, "diskSizeMb": 64, "allowIps": ["10.1.2.0/24"]})),
+        )
         .await
         .expect(StatusCode::CREATED);
     let id = vm["id"].as_str().unwrap();
@@ -342,14 +352,19 @@ async fn create_vm_with_a_bad_body_answers_400_naming_the_field() {
         (r#"{"cpu": 1, "memMb": 128, "colour": "red"}"#, "colour"),
         (r#"{"cpu": 1, "memMb": 128, "allowIps": ["not-an-ip"]}"#, "not-an-ip"),
         (r#"{"cpu": 1, "memMb": 128, "secretEnv": ["NOEQUALS"]}"#, "secretEnv"),
-        (r#"{"cpu": 1, "memMb": 128, "peerLinks": [{"alias": "calc", "vmId": "00000000-0000-4000-8000-000000000000"}]}"#, "not found"),
+        (
+            r#"{"cpu": 1, "memMb": 128, "peerLinks": [{"alias": "calc", "vmId": "00000000-0000-4000-8000-000000000000"}]}"#,
+            "not found",
+        ),
         (r#"{"cpu": 1,"#, "malformed JSON"),
         ("", "request body is empty"),
     ];
     for (body, needle) in cases {
-        api.raw(Method::POST, "/v1/vms", &[("content-type", "application/json")], body.to_string())
-            .await
-            .expect_error(StatusCode::BAD_REQUEST, "bad_request", needle);
+        api.raw(Method::POST, "/v1/vms", &[("content-type", "application/json")], body.to_string()).await.expect_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            needle,
+        );
     }
     let list = api.call(Method::GET, "/v1/vms", None).await.expect(StatusCode::OK);
     assert_eq!(list, json!([]), "a refused create leaves no VM behind");
@@ -384,7 +399,8 @@ async fn create_vm_over_a_quota_answers_429_naming_the_limit() {
 async fn concurrent_creates_never_exceed_max_vms_and_the_refused_leave_no_record() {
     let api = Api::new(&[("MAX_VMS", "2")]);
     let body = json!({"cpu": 1, "memMb": 128});
-    let replies = futures_util::future::join_all((0..6).map(|_| api.call(Method::POST, "/v1/vms", Some(body.clone())))).await;
+    let replies =
+        futures_util::future::join_all((0..6).map(|_| api.call(Method::POST, "/v1/vms", Some(body.clone())))).await;
     let statuses: Vec<_> = replies.iter().map(|r| r.status).collect();
     assert_eq!(statuses.iter().filter(|s| **s == StatusCode::CREATED).count(), 2, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count(), 4, "{statuses:?}");
@@ -405,12 +421,12 @@ async fn json_bodies_over_max_json_body_bytes_answer_413() {
         "MAX_JSON_BODY_BYTES=256",
     );
     // Without a Content-Length (a stream), the limit holds while reading.
-    let chunks = futures_util::stream::iter(big.into_bytes().chunks(64).map(|c| Ok::<_, std::io::Error>(Bytes::copy_from_slice(c))).collect::<Vec<_>>());
-    api.raw(Method::POST, "/v1/vms", &[("content-type", "application/json")], Body::from_stream(chunks)).await.expect_error(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
-        "MAX_JSON_BODY_BYTES=256",
+    let chunks = futures_util::stream::iter(
+        big.into_bytes().chunks(64).map(|c| Ok::<_, std::io::Error>(Bytes::copy_from_slice(c))).collect::<Vec<_>>(),
     );
+    api.raw(Method::POST, "/v1/vms", &[("content-type", "application/json")], Body::from_stream(chunks))
+        .await
+        .expect_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "MAX_JSON_BODY_BYTES=256");
 }
 
 #[tokio::test]
@@ -501,7 +517,11 @@ async fn delete_answers_204_and_the_vm_is_gone_from_get_and_list() {
     let id = api.vm().await;
     api.call(Method::DELETE, &format!("/v1/vms/{id}"), None).await.expect(StatusCode::NO_CONTENT);
     api.call(Method::GET, &format!("/v1/vms/{id}"), None).await.expect_error(StatusCode::NOT_FOUND, "not_found", &id);
-    api.call(Method::DELETE, &format!("/v1/vms/{id}"), None).await.expect_error(StatusCode::NOT_FOUND, "not_found", &id);
+    api.call(Method::DELETE, &format!("/v1/vms/{id}"), None).await.expect_error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &id,
+    );
     assert_eq!(api.call(Method::GET, "/v1/vms", None).await.expect(StatusCode::OK), json!([]));
     // The deleted VM no longer counts against MAX_VMS.
     assert_eq!(api.state.store.count_live_vms().await.unwrap(), 0);
@@ -542,7 +562,11 @@ async fn exec_answers_exit_code_stdout_and_stderr() {
     let api = Api::new(&[]);
     let id = api.vm().await;
     let r = api
-        .call(Method::POST, &format!("/v1/vms/{id}/exec"), Some(json!({"cmd": "echo out; echo err >&2; cat; exit 3", "stdin": "in\n", "env": {"A": "b"}})))
+        .call(
+            Method::POST,
+            &format!("/v1/vms/{id}/exec"),
+            Some(json!({"cmd": "echo out; echo err >&2; cat; exit 3", "stdin": "in\n", "env": {"A": "b"}})),
+        )
         .await
         .expect(StatusCode::OK);
     assert_eq!(r["exitCode"], 3);
@@ -559,7 +583,11 @@ async fn exec_past_its_timeout_ms_answers_200_with_timed_out_and_no_exit_code() 
     let api = Api::new(&[]);
     let id = api.vm().await;
     let r = api
-        .call(Method::POST, &format!("/v1/vms/{id}/exec"), Some(json!({"cmd": "echo started; sleep 30", "timeoutMs": 300})))
+        .call(
+            Method::POST,
+            &format!("/v1/vms/{id}/exec"),
+            Some(json!({"cmd": "echo started; sleep 30", "timeoutMs": 300})),
+        )
         .await
         .expect(StatusCode::OK);
     assert_eq!(r["timedOut"], true, "{r}");
@@ -589,7 +617,9 @@ async fn exec_with_accept_ndjson_streams_output_events_then_the_exit() {
     let (last, output) = events.split_last().expect("at least the exit event");
     assert_eq!(last["type"], "exit", "{events:?}");
     assert_eq!(last["exitCode"], 4);
-    let text = |kind: &str| output.iter().filter(|e| e["type"] == kind).map(|e| e["data"].as_str().unwrap()).collect::<String>();
+    let text = |kind: &str| {
+        output.iter().filter(|e| e["type"] == kind).map(|e| e["data"].as_str().unwrap()).collect::<String>()
+    };
     assert_eq!(text("stdout"), "one\n");
     assert_eq!(text("stderr"), "two\n");
 }
@@ -607,7 +637,11 @@ async fn exec_with_a_bad_body_answers_400_naming_the_field() {
         (json!({"cmd": "true", "env": {"A": 1}}), "env"),
     ];
     for (body, needle) in cases {
-        api.call(Method::POST, &path, Some(body.clone())).await.expect_error(StatusCode::BAD_REQUEST, "bad_request", needle);
+        api.call(Method::POST, &path, Some(body.clone())).await.expect_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            needle,
+        );
     }
 }
 
@@ -647,7 +681,12 @@ async fn upload_extracts_a_tar_gz_and_download_returns_it() {
     let api = Api::new(&[]);
     let id = api.vm().await;
     let up = api
-        .raw(Method::POST, &format!("/v1/vms/{id}/files/upload?dest=data"), &[("content-type", "application/gzip")], tar_gz(&[("a.txt", b"alpha"), ("sub/b.txt", b"beta")]))
+        .raw(
+            Method::POST,
+            &format!("/v1/vms/{id}/files/upload?dest=data"),
+            &[("content-type", "application/gzip")],
+            tar_gz(&[("a.txt", b"alpha"), ("sub/b.txt", b"beta")]),
+        )
         .await
         .expect(StatusCode::OK);
     assert_eq!(up["entries"], 2, "{up}");
@@ -658,7 +697,11 @@ async fn upload_extracts_a_tar_gz_and_download_returns_it() {
     assert_eq!(down.status, StatusCode::OK);
     assert_eq!(down.headers[header::CONTENT_TYPE], "application/gzip");
     let files = untar_gz(&down.body);
-    assert!(files.iter().any(|(p, d)| p.ends_with("b.txt") && d == b"beta"), "{:?}", files.iter().map(|f| &f.0).collect::<Vec<_>>());
+    assert!(
+        files.iter().any(|(p, d)| p.ends_with("b.txt") && d == b"beta"),
+        "{:?}",
+        files.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test]
@@ -685,18 +728,14 @@ async fn files_routes_answer_400_for_bad_input_404_for_missing_paths_and_413_ove
         "bad_request",
         "",
     );
-    api.raw(Method::POST, &format!("/v1/vms/{id}/files/upload?dest=../up"), &[], tar_gz(&[("a", b"x")])).await.expect_error(
-        StatusCode::BAD_REQUEST,
-        "bad_request",
-        "..",
-    );
+    api.raw(Method::POST, &format!("/v1/vms/{id}/files/upload?dest=../up"), &[], tar_gz(&[("a", b"x")]))
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "bad_request", "..");
     // Random bytes do not compress, so the archive is well over the limit.
     let noise: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-    api.raw(Method::POST, &format!("/v1/vms/{id}/files/upload?dest=d"), &[], tar_gz(&[("big", &noise)])).await.expect_error(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
-        "MAX_UPLOAD_BYTES=1024",
-    );
+    api.raw(Method::POST, &format!("/v1/vms/{id}/files/upload?dest=d"), &[], tar_gz(&[("big", &noise)]))
+        .await
+        .expect_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "MAX_UPLOAD_BYTES=1024");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -716,7 +755,11 @@ async fn network_patch_answers_the_vm_with_the_new_policy_400_for_bad_entries_an
         "bad_request",
         "nope",
     );
-    api.call(Method::PATCH, &path, Some(json!({"egress": true}))).await.expect_error(StatusCode::BAD_REQUEST, "bad_request", "egress");
+    api.call(Method::PATCH, &path, Some(json!({"egress": true}))).await.expect_error(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "egress",
+    );
     // This manager has no VM networking (as on a host without it): opening egress cannot work.
     api.call(Method::PATCH, &path, Some(json!({"outboundInternet": true}))).await.expect_error(
         StatusCode::NOT_IMPLEMENTED,
@@ -733,7 +776,10 @@ async fn network_patch_answers_the_vm_with_the_new_policy_400_for_bad_entries_an
 #[tokio::test]
 async fn images_create_upload_set_default_and_delete_answer_their_documented_statuses() {
     let api = Api::new(&[]);
-    let image = api.call(Method::POST, "/v1/images", Some(json!({"name": "base", "description": "test"}))).await.expect(StatusCode::CREATED);
+    let image = api
+        .call(Method::POST, "/v1/images", Some(json!({"name": "base", "description": "test"})))
+        .await
+        .expect(StatusCode::CREATED);
     let id = image["id"].as_str().expect("an image id").to_string();
     assert_eq!(image["name"], "base");
     assert_eq!(image["hasRootfs"], false);
@@ -747,10 +793,16 @@ async fn images_create_upload_set_default_and_delete_answer_their_documented_sta
     let up = api.raw(Method::PUT, &format!("/v1/images/{id}/rootfs"), &[], ext4_head()).await.expect(StatusCode::OK);
     assert_eq!(up["hasRootfs"], true);
     assert_eq!(up["rootfsBytes"], 4096);
-    let up = api.raw(Method::PUT, &format!("/v1/images/{id}/kernel"), &[], [b"\x7fELF".as_slice(), &[0u8; 2000]].concat()).await.expect(StatusCode::OK);
+    let up = api
+        .raw(Method::PUT, &format!("/v1/images/{id}/kernel"), &[], [b"\x7fELF".as_slice(), &[0u8; 2000]].concat())
+        .await
+        .expect(StatusCode::OK);
     assert_eq!(up["hasKernel"], true);
     assert_eq!(up["kernelFormat"], "elf");
-    let up = api.raw(Method::PUT, &format!("/v1/images/{id}/initrd"), &[], [b"070701".as_slice(), &[b'0'; 2000]].concat()).await.expect(StatusCode::OK);
+    let up = api
+        .raw(Method::PUT, &format!("/v1/images/{id}/initrd"), &[], [b"070701".as_slice(), &[b'0'; 2000]].concat())
+        .await
+        .expect(StatusCode::OK);
     assert_eq!(up["hasInitrd"], true);
 
     let default = api.call(Method::POST, &format!("/v1/images/{id}/set-default"), None).await.expect(StatusCode::OK);
@@ -758,21 +810,36 @@ async fn images_create_upload_set_default_and_delete_answer_their_documented_sta
     let list = api.call(Method::GET, "/v1/images", None).await.expect(StatusCode::OK);
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["id"], id.as_str());
-    assert_eq!(api.call(Method::GET, &format!("/v1/images/{id}"), None).await.expect(StatusCode::OK)["isDefault"], true);
+    assert_eq!(
+        api.call(Method::GET, &format!("/v1/images/{id}"), None).await.expect(StatusCode::OK)["isDefault"],
+        true
+    );
 
     // A VM created now uses the default image, which then cannot be deleted.
     let vm_id = api.vm().await;
-    assert_eq!(api.call(Method::GET, &format!("/v1/vms/{vm_id}"), None).await.expect(StatusCode::OK)["imageId"], id.as_str());
-    api.call(Method::DELETE, &format!("/v1/images/{id}"), None).await.expect_error(StatusCode::CONFLICT, "conflict", "used by 1 VM");
+    assert_eq!(
+        api.call(Method::GET, &format!("/v1/vms/{vm_id}"), None).await.expect(StatusCode::OK)["imageId"],
+        id.as_str()
+    );
+    api.call(Method::DELETE, &format!("/v1/images/{id}"), None).await.expect_error(
+        StatusCode::CONFLICT,
+        "conflict",
+        "used by 1 VM",
+    );
     api.call(Method::DELETE, &format!("/v1/vms/{vm_id}"), None).await.expect(StatusCode::NO_CONTENT);
     api.call(Method::DELETE, &format!("/v1/images/{id}"), None).await.expect(StatusCode::NO_CONTENT);
-    api.call(Method::GET, &format!("/v1/images/{id}"), None).await.expect_error(StatusCode::NOT_FOUND, "not_found", &id);
+    api.call(Method::GET, &format!("/v1/images/{id}"), None).await.expect_error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &id,
+    );
 }
 
 #[tokio::test]
 async fn image_bundle_upload_installs_its_parts_and_manifest() {
     let api = Api::new(&[]);
-    let id = api.call(Method::POST, "/v1/images", Some(json!({"name": "bundled"}))).await.expect(StatusCode::CREATED)["id"]
+    let id = api.call(Method::POST, "/v1/images", Some(json!({"name": "bundled"}))).await.expect(StatusCode::CREATED)
+        ["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -797,8 +864,14 @@ async fn image_bundle_upload_installs_its_parts_and_manifest() {
 #[tokio::test]
 async fn image_routes_answer_400_for_bad_input_404_for_unknown_ids_and_413_over_max_image_bytes() {
     let api = Api::new(&[("MAX_IMAGE_BYTES", "2048")]);
-    for (body, needle) in [(json!({"name": ""}), "`name`"), (json!({"name": "x", "size": 1}), "size"), (json!({}), "name")] {
-        api.call(Method::POST, "/v1/images", Some(body)).await.expect_error(StatusCode::BAD_REQUEST, "bad_request", needle);
+    for (body, needle) in
+        [(json!({"name": ""}), "`name`"), (json!({"name": "x", "size": 1}), "size"), (json!({}), "name")]
+    {
+        api.call(Method::POST, "/v1/images", Some(body)).await.expect_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            needle,
+        );
     }
     let none = "img-does-not-exist";
     for (m, path) in [
@@ -809,9 +882,14 @@ async fn image_routes_answer_400_for_bad_input_404_for_unknown_ids_and_413_over_
         api.call(m, &path, None).await.expect_error(StatusCode::NOT_FOUND, "not_found", none);
     }
     for part in ["kernel", "initrd", "rootfs", "bundle"] {
-        api.raw(Method::PUT, &format!("/v1/images/{none}/{part}"), &[], ext4_head()).await.expect_error(StatusCode::NOT_FOUND, "not_found", none);
+        api.raw(Method::PUT, &format!("/v1/images/{none}/{part}"), &[], ext4_head()).await.expect_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            none,
+        );
     }
-    let id = api.call(Method::POST, "/v1/images", Some(json!({"name": "small"}))).await.expect(StatusCode::CREATED)["id"]
+    let id = api.call(Method::POST, "/v1/images", Some(json!({"name": "small"}))).await.expect(StatusCode::CREATED)
+        ["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -826,7 +904,11 @@ async fn image_routes_answer_400_for_bad_input_404_for_unknown_ids_and_413_over_
         "2048",
     );
     let image = api.call(Method::GET, &format!("/v1/images/{id}"), None).await.expect(StatusCode::OK);
-    assert_eq!((image["hasKernel"].clone(), image["hasRootfs"].clone()), (json!(false), json!(false)), "refused uploads store nothing");
+    assert_eq!(
+        (image["hasKernel"].clone(), image["hasRootfs"].clone()),
+        (json!(false), json!(false)),
+        "refused uploads store nothing"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -837,13 +919,14 @@ async fn peer_links_are_created_listed_synced_and_deleted_through_their_routes()
     let api = Api::new(&[]);
     let provider = api.vm().await;
     let consumer = api.vm().await;
-    assert_eq!(api.call(Method::GET, &format!("/v1/vms/{consumer}/peers"), None).await.expect(StatusCode::OK), json!([]));
-    // Linking strictly syncs: a provider without a manifest is a 400 naming what is missing.
-    api.call(Method::PATCH, &format!("/v1/vms/{consumer}/peers/calc"), Some(json!({"vmId": provider}))).await.expect_error(
-        StatusCode::BAD_REQUEST,
-        "bad_request",
-        "missing provider manifest",
+    assert_eq!(
+        api.call(Method::GET, &format!("/v1/vms/{consumer}/peers"), None).await.expect(StatusCode::OK),
+        json!([])
     );
+    // Linking strictly syncs: a provider without a manifest is a 400 naming what is missing.
+    api.call(Method::PATCH, &format!("/v1/vms/{consumer}/peers/calc"), Some(json!({"vmId": provider})))
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "bad_request", "missing provider manifest");
     let manifest = json!({
         "sdk": {"name": "calc", "description": "adds"},
         "exports": [{"name": "add", "module": "src/calc.mjs", "description": "a + b"}],
@@ -893,26 +976,40 @@ async fn peer_link_routes_answer_400_naming_the_field_and_409_when_not_running()
     let api = Api::new(&[]);
     let consumer = api.vm().await;
     let path = format!("/v1/vms/{consumer}/peers/calc");
-    api.call(Method::PATCH, &path, Some(json!({}))).await.expect_error(StatusCode::BAD_REQUEST, "bad_request", "`vmId`");
+    api.call(Method::PATCH, &path, Some(json!({}))).await.expect_error(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "`vmId`",
+    );
     api.call(Method::PATCH, &path, Some(json!({"vmId": consumer}))).await.expect_error(
         StatusCode::BAD_REQUEST,
         "bad_request",
         "cannot link to itself",
     );
-    api.call(Method::PATCH, &path, Some(json!({"vmId": NO_VM}))).await.expect_error(StatusCode::BAD_REQUEST, "bad_request", "not found");
-    api.call(Method::PATCH, &path, Some(json!({"vmId": NO_VM, "mode": 1}))).await.expect_error(StatusCode::BAD_REQUEST, "bad_request", "mode");
-    api.call(Method::PATCH, &format!("/v1/vms/{consumer}/peers/bad%20alias"), Some(json!({"vmId": NO_VM}))).await.expect_error(
+    api.call(Method::PATCH, &path, Some(json!({"vmId": NO_VM}))).await.expect_error(
         StatusCode::BAD_REQUEST,
         "bad_request",
-        "alias",
+        "not found",
     );
+    api.call(Method::PATCH, &path, Some(json!({"vmId": NO_VM, "mode": 1}))).await.expect_error(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "mode",
+    );
+    api.call(Method::PATCH, &format!("/v1/vms/{consumer}/peers/bad%20alias"), Some(json!({"vmId": NO_VM})))
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "bad_request", "alias");
     api.call(Method::POST, &format!("/v1/vms/{consumer}/stop"), None).await.expect(StatusCode::NO_CONTENT);
     api.call(Method::POST, &format!("/v1/vms/{consumer}/peers/sync"), None).await.expect_error(
         StatusCode::CONFLICT,
         "conflict",
         "must be RUNNING",
     );
-    api.call(Method::GET, "/v1/peer-calls?limit=many", None).await.expect_error(StatusCode::BAD_REQUEST, "bad_request", "invalid query");
+    api.call(Method::GET, "/v1/peer-calls?limit=many", None).await.expect_error(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "invalid query",
+    );
 }
 
 #[tokio::test]
@@ -920,7 +1017,9 @@ async fn secrets_patch_answers_204_lists_the_keys_and_redacts_the_values_from_ex
     let api = Api::new(&[]);
     let id = api.vm().await;
     let path = format!("/v1/vms/{id}/secrets");
-    api.call(Method::PATCH, &path, Some(json!({"secretEnv": ["TOKEN=hunter2-very-secret"]}))).await.expect(StatusCode::NO_CONTENT);
+    api.call(Method::PATCH, &path, Some(json!({"secretEnv": ["TOKEN=hunter2-very-secret"]})))
+        .await
+        .expect(StatusCode::NO_CONTENT);
     let vm = api.call(Method::GET, &format!("/v1/vms/{id}"), None).await.expect(StatusCode::OK);
     assert_eq!(vm["secretEnvKeys"], json!(["TOKEN"]));
     let out = api.exec(&id, "printf '%s' \"$TOKEN\" | wc -c; echo \"$TOKEN\"").await;
@@ -928,8 +1027,16 @@ async fn secrets_patch_answers_204_lists_the_keys_and_redacts_the_values_from_ex
     assert!(stdout.starts_with("19\n"), "the secret reaches the command: {stdout:?}");
     assert!(!stdout.contains("hunter2-very-secret"), "the secret is redacted from the output: {stdout:?}");
 
-    api.call(Method::PATCH, &path, Some(json!({"secretEnv": ["1BAD=x"]}))).await.expect_error(StatusCode::BAD_REQUEST, "bad_request", "secretEnv[0]");
-    api.call(Method::PATCH, &path, Some(json!({"secrets": []}))).await.expect_error(StatusCode::BAD_REQUEST, "bad_request", "secrets");
+    api.call(Method::PATCH, &path, Some(json!({"secretEnv": ["1BAD=x"]}))).await.expect_error(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "secretEnv[0]",
+    );
+    api.call(Method::PATCH, &path, Some(json!({"secrets": []}))).await.expect_error(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "secrets",
+    );
     api.call(Method::PATCH, &path, Some(json!({"secretEnv": []}))).await.expect(StatusCode::NO_CONTENT);
     let vm = api.call(Method::GET, &format!("/v1/vms/{id}"), None).await.expect(StatusCode::OK);
     assert!(vm.get("secretEnvKeys").is_none(), "an empty list removes the secrets: {vm}");
@@ -939,13 +1046,10 @@ async fn secrets_patch_answers_204_lists_the_keys_and_redacts_the_values_from_ex
 async fn secrets_without_vm_secret_key_answer_400_naming_secret_env() {
     let api = Api::new(&[("VM_SECRET_KEY", "")]);
     let id = api.vm().await;
-    api.call(Method::PATCH, &format!("/v1/vms/{id}/secrets"), Some(json!({"secretEnv": ["TOKEN=x"]}))).await.expect_error(
-        StatusCode::BAD_REQUEST,
-        "bad_request",
-        "no VM_SECRET_KEY",
-    );
+    api.call(Method::PATCH, &format!("/v1/vms/{id}/secrets"), Some(json!({"secretEnv": ["TOKEN=x"]})))
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "bad_request", "no VM_SECRET_KEY");
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // Errors: cause chains, the reporting layer, EXPOSE_INTERNAL_ERRORS
@@ -982,7 +1086,8 @@ async fn vm_with_an_unreadable_console(api: &Api) -> String {
 
 /// The request id in a 500 message `… (request id <uuid>)`.
 fn request_id(message: &str) -> String {
-    let start = message.rfind("(request id ").unwrap_or_else(|| panic!("no request id in {message:?}")) + "(request id ".len();
+    let start =
+        message.rfind("(request id ").unwrap_or_else(|| panic!("no request id in {message:?}")) + "(request id ".len();
     message[start..].trim_end_matches(')').to_string()
 }
 
@@ -1000,14 +1105,19 @@ async fn internal_errors_answer_a_request_id_and_log_the_whole_cause_chain() {
     assert!(!message.contains("console.log"), "the cause stays out of the answer: {message}");
     let rid = request_id(&message);
     let logged = capture.text();
-    let line = logged.lines().find(|l| l.contains(&rid)).unwrap_or_else(|| panic!("no log line names {rid}:\n{logged}"));
+    let line =
+        logged.lines().find(|l| l.contains(&rid)).unwrap_or_else(|| panic!("no log line names {rid}:\n{logged}"));
     // The context (which file) and the OS error below it (EISDIR) are both in the one line.
     assert!(line.contains("cannot read") && line.contains("console.log"), "{line}");
     assert!(line.contains("Is a directory"), "the io error is kept as the cause: {line}");
     assert!(line.contains("status=500") && line.contains("/logs"), "{line}");
     // A 4xx is the caller's business, not an error of the manager: not logged as one.
     let before = capture.text().len();
-    api.call(Method::GET, &format!("/v1/vms/{NO_VM}"), None).await.expect_error(StatusCode::NOT_FOUND, "not_found", NO_VM);
+    api.call(Method::GET, &format!("/v1/vms/{NO_VM}"), None).await.expect_error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        NO_VM,
+    );
     assert!(!capture.text()[before..].contains("request failed"), "{}", &capture.text()[before..]);
 }
 
@@ -1020,7 +1130,10 @@ async fn expose_internal_errors_puts_the_cause_chain_in_the_message() {
     let message = reply.json()["error"]["message"].as_str().unwrap().to_string();
     assert!(message.contains("console.log") && message.contains("Is a directory"), "{message}");
     assert!(!request_id(&message).is_empty(), "{message}");
-    assert!(reply.headers.get(header::CONTENT_LENGTH).is_none_or(|v| v.to_str().unwrap() == reply.body.len().to_string()));
+    assert!(reply
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .is_none_or(|v| v.to_str().unwrap() == reply.body.len().to_string()));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1052,7 +1165,8 @@ async fn openapi(api: &Api) -> Value {
 /// True when the router answered with its "no such route" or "method not allowed" fallback.
 fn is_fallback(reply: &Reply) -> bool {
     let message = || reply.json()["error"]["message"].as_str().unwrap_or_default().to_string();
-    (reply.status == StatusCode::NOT_FOUND && message() == "no such route") || reply.status == StatusCode::METHOD_NOT_ALLOWED
+    (reply.status == StatusCode::NOT_FOUND && message() == "no such route")
+        || reply.status == StatusCode::METHOD_NOT_ALLOWED
 }
 
 #[tokio::test]
@@ -1063,7 +1177,11 @@ async fn the_router_serves_exactly_the_operations_openapi_json_documents() {
     assert!(documented.len() > 20, "{documented:?}");
     for (m, template) in &documented {
         let reply = api.call(method(m), &concrete(template), None).await;
-        assert!(!is_fallback(&reply), "{m} {template} is documented but not served: {}", String::from_utf8_lossy(&reply.body));
+        assert!(
+            !is_fallback(&reply),
+            "{m} {template} is documented but not served: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
     }
     // Every other method on a documented path, and paths next to documented ones, are not served.
     let paths: std::collections::BTreeSet<&String> = documented.iter().map(|(_, p)| p).collect();
@@ -1073,7 +1191,12 @@ async fn the_router_serves_exactly_the_operations_openapi_json_documents() {
                 continue;
             }
             let reply = api.call(method(m), &concrete(path), None).await;
-            assert!(is_fallback(&reply), "{m} {path} is served but not documented: {} {}", reply.status, String::from_utf8_lossy(&reply.body));
+            assert!(
+                is_fallback(&reply),
+                "{m} {path} is served but not documented: {} {}",
+                reply.status,
+                String::from_utf8_lossy(&reply.body)
+            );
         }
         let reply = api.call(Method::GET, &format!("{}/undocumented/x/y", concrete(path)), None).await;
         assert!(is_fallback(&reply), "{path}/undocumented is served: {}", reply.status);
@@ -1092,7 +1215,8 @@ async fn every_protected_operation_documents_401_and_429_and_every_id_path_404_w
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object(), "ErrorBody is a component");
     for (m, path) in documented_operations(&doc) {
         // Which operations are protected is asked of the router, not assumed.
-        let unauthenticated = api.send(Request::builder().method(method(&m)).uri(concrete(&path)).body(Body::empty()).unwrap()).await;
+        let unauthenticated =
+            api.send(Request::builder().method(method(&m)).uri(concrete(&path)).body(Body::empty()).unwrap()).await;
         let protected = unauthenticated.status == StatusCode::UNAUTHORIZED;
         let documented = responses(&doc, &m, &path);
         let mut expected: Vec<&str> = Vec::new();
@@ -1146,9 +1270,15 @@ async fn openapi_json_documents_the_constraints_the_validators_enforce() {
         (format!("{schemas}/CreateVmRequest/properties/diskSizeMb/minimum"), json!(views::MIN_DISK_MB)),
         (format!("{schemas}/CreateVmRequest/properties/peerLinks/maxItems"), json!(views::MAX_PEER_LINKS)),
         (format!("{schemas}/CreateVmRequest/properties/secretEnv/maxItems"), json!(rds_peer::secrets::MAX_ENTRIES)),
-        (format!("{schemas}/CreateVmRequest/properties/secretEnv/items/pattern"), json!(rds_peer::secrets::ENTRY_PATTERN)),
+        (
+            format!("{schemas}/CreateVmRequest/properties/secretEnv/items/pattern"),
+            json!(rds_peer::secrets::ENTRY_PATTERN),
+        ),
         (format!("{schemas}/SecretsRequest/properties/secretEnv/maxItems"), json!(rds_peer::secrets::MAX_ENTRIES)),
-        (format!("{schemas}/SecretsRequest/properties/secretEnv/items/pattern"), json!(rds_peer::secrets::ENTRY_PATTERN)),
+        (
+            format!("{schemas}/SecretsRequest/properties/secretEnv/items/pattern"),
+            json!(rds_peer::secrets::ENTRY_PATTERN),
+        ),
         (format!("{schemas}/PeerLinkRequest/properties/alias/pattern"), json!(rds_peer::ALIAS_PATTERN)),
         (format!("{schemas}/PeerLinkRequest/properties/alias/maxLength"), json!(rds_peer::MAX_ALIAS_LEN)),
         (format!("{schemas}/ExecRequest/properties/cmd/minLength"), json!(1)),
@@ -1156,7 +1286,10 @@ async fn openapi_json_documents_the_constraints_the_validators_enforce() {
         (format!("{schemas}/RunRequest/properties/timeoutMs/minimum"), json!(1)),
         (format!("{schemas}/CreateImageRequest/properties/name/minLength"), json!(1)),
         (format!("{schemas}/CreateImageRequest/properties/name/maxLength"), json!(views::MAX_IMAGE_NAME_CHARS)),
-        (format!("{schemas}/CreateImageRequest/properties/description/maxLength"), json!(views::MAX_IMAGE_DESCRIPTION_CHARS)),
+        (
+            format!("{schemas}/CreateImageRequest/properties/description/maxLength"),
+            json!(views::MAX_IMAGE_DESCRIPTION_CHARS),
+        ),
     ];
     for request in ["CreateVmRequest", "PatchNetworkRequest"] {
         let at = format!("{schemas}/{request}/properties");
@@ -1180,13 +1313,23 @@ async fn openapi_json_documents_the_constraints_the_validators_enforce() {
         assert_eq!(p["schema"]["minimum"], 1, "{path} {name}");
         assert_eq!(p["schema"]["maximum"], max, "{path} {name}");
     }
-    for (m, path, name) in [("post", "/v1/vms/{id}/files/upload", "dest"), ("get", "/v1/vms/{id}/files/download", "path")] {
+    for (m, path, name) in
+        [("post", "/v1/vms/{id}/files/upload", "dest"), ("get", "/v1/vms/{id}/files/download", "path")]
+    {
         let p = parameter(&doc, m, path, name);
-        assert_eq!((&p["in"], &p["required"], &p["schema"]["minLength"]), (&json!("query"), &json!(true), &json!(1)), "{path} {name}");
+        assert_eq!(
+            (&p["in"], &p["required"], &p["schema"]["minLength"]),
+            (&json!("query"), &json!(true), &json!(1)),
+            "{path} {name}"
+        );
     }
     for m in ["patch", "delete"] {
         let alias = &parameter(&doc, m, "/v1/vms/{id}/peers/{alias}", "alias")["schema"];
-        assert_eq!((&alias["pattern"], &alias["maxLength"]), (&json!(rds_peer::ALIAS_PATTERN), &json!(rds_peer::MAX_ALIAS_LEN)), "{m}");
+        assert_eq!(
+            (&alias["pattern"], &alias["maxLength"]),
+            (&json!(rds_peer::ALIAS_PATTERN), &json!(rds_peer::MAX_ALIAS_LEN)),
+            "{m}"
+        );
     }
 }
 
@@ -1194,7 +1337,9 @@ async fn openapi_json_documents_the_constraints_the_validators_enforce() {
 async fn values_just_outside_the_documented_bounds_are_refused_with_400() {
     let api = Api::new(&[]);
     let doc = openapi(&api).await;
-    let vm_schema = |field: &str, key: &str| doc_value(&doc, &format!("/components/schemas/CreateVmRequest/properties/{field}/{key}")).as_u64().unwrap();
+    let vm_schema = |field: &str, key: &str| {
+        doc_value(&doc, &format!("/components/schemas/CreateVmRequest/properties/{field}/{key}")).as_u64().unwrap()
+    };
     let base = || json!({"cpu": 1, "memMb": 128});
     let with = |field: &str, value: Value| {
         let mut body = base();
@@ -1207,13 +1352,28 @@ async fn values_just_outside_the_documented_bounds_are_refused_with_400() {
         (with("memMb", json!(vm_schema("memMb", "minimum") - 1)), "`memMb`"),
         (with("diskSizeMb", json!(vm_schema("diskSizeMb", "minimum") - 1)), "`diskSizeMb`"),
         (with("allowIps", json!([""])), "allowIps[0]"),
-        (with("allowIps", over(vm_schema("allowIps", "maxItems"), &|i| json!(format!("10.0.{}.{}", i / 256, i % 256)))), "allowIps"),
+        (
+            with(
+                "allowIps",
+                over(vm_schema("allowIps", "maxItems"), &|i| json!(format!("10.0.{}.{}", i / 256, i % 256))),
+            ),
+            "allowIps",
+        ),
         (with("allowDomains", json!([""])), "allowDomains"),
         (with("allowDomains", json!([format!("{}.com", "a.".repeat(126))])), "allowDomains"),
-        (with("allowDomains", over(vm_schema("allowDomains", "maxItems"), &|i| json!(format!("h{i}.example.com")))), "allowDomains"),
+        (
+            with("allowDomains", over(vm_schema("allowDomains", "maxItems"), &|i| json!(format!("h{i}.example.com")))),
+            "allowDomains",
+        ),
         (with("secretEnv", json!(["1KEY=x"])), "secretEnv[0]"),
         (with("secretEnv", over(vm_schema("secretEnv", "maxItems"), &|i| json!(format!("K{i}=v")))), "secretEnv"),
-        (with("peerLinks", over(vm_schema("peerLinks", "maxItems"), &|i| json!({"alias": format!("p{i}"), "vmId": NO_VM}))), "peerLinks"),
+        (
+            with(
+                "peerLinks",
+                over(vm_schema("peerLinks", "maxItems"), &|i| json!({"alias": format!("p{i}"), "vmId": NO_VM})),
+            ),
+            "peerLinks",
+        ),
         (with("peerLinks", json!([{"alias": "2x", "vmId": NO_VM}])), "alias"),
         (with("peerLinks", json!([{"alias": "a".repeat(rds_peer::MAX_ALIAS_LEN + 1), "vmId": NO_VM}])), "alias"),
     ];
@@ -1222,16 +1382,34 @@ async fn values_just_outside_the_documented_bounds_are_refused_with_400() {
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{body}: {}", String::from_utf8_lossy(&reply.body));
         reply.expect_error(StatusCode::BAD_REQUEST, "bad_request", needle);
     }
-    let image = |key: &str| doc_value(&doc, &format!("/components/schemas/CreateImageRequest/properties/{key}")).as_u64().unwrap() as usize;
+    let image = |key: &str| {
+        doc_value(&doc, &format!("/components/schemas/CreateImageRequest/properties/{key}")).as_u64().unwrap() as usize
+    };
     for (body, needle) in [
         (json!({"name": ""}), "`name`"),
         (json!({"name": "x".repeat(image("name/maxLength") + 1)}), "`name`"),
         (json!({"name": "ok", "description": "x".repeat(image("description/maxLength") + 1)}), "`description`"),
     ] {
-        api.call(Method::POST, "/v1/images", Some(body)).await.expect_error(StatusCode::BAD_REQUEST, "bad_request", needle);
+        api.call(Method::POST, "/v1/images", Some(body)).await.expect_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            needle,
+        );
     }
     let id = api.vm().await;
-    api.call(Method::POST, &format!("/v1/vms/{id}/exec"), Some(json!({"cmd": ""}))).await.expect_error(StatusCode::BAD_REQUEST, "bad_request", "`cmd`");
-    api.call(Method::PATCH, &format!("/v1/vms/{id}/peers/2x"), Some(json!({"vmId": NO_VM}))).await.expect_error(StatusCode::BAD_REQUEST, "bad_request", "`alias`");
-    api.call(Method::PATCH, &format!("/v1/vms/{id}/secrets"), Some(json!({"secretEnv": ["=x"]}))).await.expect_error(StatusCode::BAD_REQUEST, "bad_request", "secretEnv[0]");
+    api.call(Method::POST, &format!("/v1/vms/{id}/exec"), Some(json!({"cmd": ""}))).await.expect_error(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "`cmd`",
+    );
+    api.call(Method::PATCH, &format!("/v1/vms/{id}/peers/2x"), Some(json!({"vmId": NO_VM}))).await.expect_error(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "`alias`",
+    );
+    api.call(Method::PATCH, &format!("/v1/vms/{id}/secrets"), Some(json!({"secretEnv": ["=x"]}))).await.expect_error(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "secretEnv[0]",
+    );
 }

@@ -59,10 +59,8 @@ pub async fn create_veth(host: &str, vm_id: &str, slot: &Slot, pid: i32, mac: [u
     delete(host).await?;
     let mac = mac_string(mac);
     let pid_text = pid.to_string();
-    cmd::ip(&[
-        "link", "add", host, "type", "veth", "peer", "name", GUEST_IFACE, "address", &mac, "netns", &pid_text,
-    ])
-    .await?;
+    cmd::ip(&["link", "add", host, "type", "veth", "peer", "name", GUEST_IFACE, "address", &mac, "netns", &pid_text])
+        .await?;
     let configured = async {
         configure_host_end(host, vm_id, slot).await?;
         configure_guest_end(netns, pid, slot.guest_ip, slot.host_ip, slot.prefix).await

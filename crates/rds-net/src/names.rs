@@ -76,7 +76,10 @@ impl InstallationId {
     /// The slot index in a host interface name, if the interface is one of this installation's.
     pub fn index_from_iface(&self, name: &str) -> Option<u32> {
         let digits = name.strip_prefix(IFACE_PREFIX)?.strip_prefix(self.0.as_str())?;
-        if digits.is_empty() || (digits.len() > 1 && digits.starts_with('0')) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        if digits.is_empty()
+            || (digits.len() > 1 && digits.starts_with('0'))
+            || !digits.bytes().all(|b| b.is_ascii_digit())
+        {
             return None;
         }
         digits.parse().ok().filter(|index| *index <= MAX_SLOT_INDEX)

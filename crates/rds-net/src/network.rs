@@ -218,9 +218,9 @@ impl Network {
         self.check(vm_id, slot)?;
         let mut vms = self.vms.lock().await;
         let previous = vms.remove(&slot.index);
-        let flush_dns = previous.as_ref().is_none_or(|state| {
-            !state.policy.filters_domains() || state.policy.allow_domains != policy.allow_domains
-        });
+        let flush_dns = previous
+            .as_ref()
+            .is_none_or(|state| !state.policy.filters_domains() || state.policy.allow_domains != policy.allow_domains);
         let epoch = rand::random::<u32>() | 1;
         let rules = VmRules { id: &self.id, vm_id, slot, pool: self.pool.cidr(), policy, epoch, flush_dns };
         if let Err(err) = nft::apply(nft::vm_batch(&rules)).await {
@@ -237,8 +237,15 @@ impl Network {
             }
             (true, None) => {
                 let addr = SocketAddr::from((slot.host_ip, 53));
-                let started =
-                    Resolver::start(self.id.clone(), slot.index, addr, slot.guest_ip, self.upstreams.clone(), policy.clone()).await;
+                let started = Resolver::start(
+                    self.id.clone(),
+                    slot.index,
+                    addr,
+                    slot.guest_ip,
+                    self.upstreams.clone(),
+                    policy.clone(),
+                )
+                .await;
                 match started {
                     Ok(resolver) => Some(resolver),
                     Err(source) => {

@@ -17,8 +17,8 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
 use crate::cmd::{self, ToolError};
-use crate::policy::EgressPolicy;
 use crate::names::InstallationId;
+use crate::policy::EgressPolicy;
 use crate::pool::Slot;
 
 /// Table family.
@@ -141,9 +141,11 @@ pub fn base_batch(id: &InstallationId) -> Vec<Value> {
         add(with(obj(t, "map", "vm-fwd"), "map", json!({ "type": "ifname", "map": "verdict" }))),
         add(with(obj(t, "map", "vm-in"), "map", json!({ "type": "ifname", "map": "verdict" }))),
     ];
-    for (name, kind, hook, prio) in
-        [("forward", "filter", "forward", 0), ("input", "filter", "input", 0), ("postrouting", "nat", "postrouting", 100)]
-    {
+    for (name, kind, hook, prio) in [
+        ("forward", "filter", "forward", 0),
+        ("input", "filter", "input", 0),
+        ("postrouting", "nat", "postrouting", 100),
+    ] {
         batch.push(add(with(
             obj(t, "chain", name),
             "chain",
@@ -155,11 +157,7 @@ pub fn base_batch(id: &InstallationId) -> Vec<Value> {
     batch.extend([
         rule(t, "forward", vec![json!({ "vmap": { "key": meta("iifname"), "data": "@vm-fwd" } })]),
         rule(t, "forward", vec![from_vm(&wildcard), verdict("drop")]),
-        rule(
-            t,
-            "forward",
-            vec![matches("==", meta("oifname"), json!(wildcard)), ct_established(), verdict("accept")],
-        ),
+        rule(t, "forward", vec![matches("==", meta("oifname"), json!(wildcard)), ct_established(), verdict("accept")]),
         rule(t, "forward", vec![matches("==", meta("oifname"), json!(wildcard)), verdict("drop")]),
         rule(t, "input", vec![json!({ "vmap": { "key": meta("iifname"), "data": "@vm-in" } })]),
         rule(t, "input", vec![from_vm(&wildcard), verdict("drop")]),
@@ -480,9 +478,22 @@ mod tests {
         let pool = AddressPool::default();
         let slot = pool.slot(3).unwrap();
         let policy = EgressPolicy::from_request(Some(true), &["8.8.8.8".into()], &["example.com".into()]).unwrap();
-        let rules = VmRules { id: &id, vm_id: "vm-1", slot: &slot, pool: pool.cidr(), policy: &policy, epoch: 1, flush_dns: true };
+        let rules = VmRules {
+            id: &id,
+            vm_id: "vm-1",
+            slot: &slot,
+            pool: pool.cidr(),
+            policy: &policy,
+            epoch: 1,
+            flush_dns: true,
+        };
         let learned = [("93.184.216.34".parse().unwrap(), 60)];
-        for batch in [base_batch(&id), vm_batch(&rules), remove_vm_batch(&id, 3, slot.guest_ip), dns_elements_batch(&id, 3, &learned)] {
+        for batch in [
+            base_batch(&id),
+            vm_batch(&rules),
+            remove_vm_batch(&id, 3, slot.guest_ip),
+            dns_elements_batch(&id, 3, &learned),
+        ] {
             let mut found = BTreeSet::new();
             tables(&Value::Array(batch.clone()), &mut found);
             assert_eq!(found, BTreeSet::from(["rds-abcdef".to_string()]), "{batch:?}");

@@ -158,11 +158,7 @@ fn parse_allow_ip(index: usize, raw: &str) -> Result<IpNet, PolicyError> {
     }
     let net: IpNet = text.parse().map_err(|_| not_an_address())?;
     if net.trunc() != net {
-        return Err(PolicyError::HostBitsSet {
-            index,
-            value: raw.to_string(),
-            suggestion: net.trunc().to_string(),
-        });
+        return Err(PolicyError::HostBitsSet { index, value: raw.to_string(), suggestion: net.trunc().to_string() });
     }
     Ok(net)
 }
@@ -293,8 +289,8 @@ mod tests {
 
     #[test]
     fn bad_ip_error_names_the_entry() {
-        let err = EgressPolicy::from_request(Some(true), &strings(&["1.1.1.1", "::/0", "10.0.0.300"]), &[])
-            .unwrap_err();
+        let err =
+            EgressPolicy::from_request(Some(true), &strings(&["1.1.1.1", "::/0", "10.0.0.300"]), &[]).unwrap_err();
         assert_eq!(err.to_string(), r#"allowIps[2]: "10.0.0.300" is not an IPv4/IPv6 address or CIDR"#);
     }
 

@@ -92,12 +92,7 @@ impl AddressPool {
             return Err(PoolError::OutOfRange { index, cidr: self.cidr, capacity: self.capacity() });
         }
         let base = u32::from(self.cidr.network()) + index * 4;
-        Ok(Slot {
-            index,
-            host_ip: Ipv4Addr::from(base + 1),
-            guest_ip: Ipv4Addr::from(base + 2),
-            prefix: SLOT_PREFIX,
-        })
+        Ok(Slot { index, host_ip: Ipv4Addr::from(base + 1), guest_ip: Ipv4Addr::from(base + 2), prefix: SLOT_PREFIX })
     }
 
     /// The lowest index not in `taken`, or `None` when the pool is exhausted.

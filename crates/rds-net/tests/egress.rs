@@ -91,7 +91,18 @@ fn vm_egress_follows_policy_in_a_namespace_topology() {
         sh("ip", &["-n", &inet, "addr", "add", addr, "dev", "lo"]);
     }
     // No reverse-path filtering in the host ns: nft alone must stop forged sources.
-    sh("ip", &["netns", "exec", &host, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"]);
+    sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &host,
+            "sysctl",
+            "-qw",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.default.rp_filter=0",
+        ],
+    );
 
     let stop = topo.stop.clone();
     tcp_server(&inet, at(X, 80), "X", stop.clone());
@@ -202,7 +213,8 @@ fn vm_egress_follows_policy_in_a_namespace_topology() {
     // 8. apply_policy latency.
     let bench = hostside
         .run(move |net| async move {
-            let policies = [policy(true, &["11.22.33.10", "2001:db8::/32"], &["allowed.test"]), policy(false, &[], &[])];
+            let policies =
+                [policy(true, &["11.22.33.10", "2001:db8::/32"], &["allowed.test"]), policy(false, &[], &[])];
             bench_apply(&net, "vm-one", &slot1, &policies, 50).await
         })
         .expect("bench");

@@ -74,7 +74,11 @@ fn is_dotenv(name: &str) -> bool {
 }
 
 /// Builds a mirror from a provider workspace archive.
-pub fn mirror_from_tar_gz(archive: impl Read, secrets: &SecretEnv, limits: &MirrorLimits) -> Result<Mirror, MirrorError> {
+pub fn mirror_from_tar_gz(
+    archive: impl Read,
+    secrets: &SecretEnv,
+    limits: &MirrorLimits,
+) -> Result<Mirror, MirrorError> {
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
     let mut mirror = Mirror::default();
     let mut total: u64 = 0;
@@ -114,7 +118,11 @@ pub fn mirror_from_tar_gz(archive: impl Read, secrets: &SecretEnv, limits: &Mirr
             return Err(MirrorError::OverLimits { max_files: limits.max_files, max_bytes: limits.max_bytes });
         }
         let mut data = Vec::with_capacity(size as usize);
-        entry.by_ref().take(size).read_to_end(&mut data).map_err(|source| MirrorError::Read { path: rel.clone(), source })?;
+        entry
+            .by_ref()
+            .take(size)
+            .read_to_end(&mut data)
+            .map_err(|source| MirrorError::Read { path: rel.clone(), source })?;
         if secrets.appears_in(&data) || secrets.appears_in(name.as_bytes()) {
             mirror.skipped.push(format!("{rel} (contains a secret value)"));
             continue;
@@ -184,15 +192,22 @@ mod tests {
     fn mirror_enforces_limits() {
         let tgz = archive(&[("a", b"1234"), ("b", b"5678")], None);
         let limits = MirrorLimits { max_files: 1, max_bytes: 100 };
-        assert!(matches!(mirror_from_tar_gz(&tgz[..], &SecretEnv::default(), &limits), Err(MirrorError::OverLimits { .. })));
+        assert!(matches!(
+            mirror_from_tar_gz(&tgz[..], &SecretEnv::default(), &limits),
+            Err(MirrorError::OverLimits { .. })
+        ));
         let limits = MirrorLimits { max_files: 10, max_bytes: 5 };
-        assert!(matches!(mirror_from_tar_gz(&tgz[..], &SecretEnv::default(), &limits), Err(MirrorError::OverLimits { .. })));
+        assert!(matches!(
+            mirror_from_tar_gz(&tgz[..], &SecretEnv::default(), &limits),
+            Err(MirrorError::OverLimits { .. })
+        ));
     }
 
     #[test]
     fn an_unreadable_archive_keeps_the_io_error_as_its_cause() {
         use std::error::Error;
-        let err = mirror_from_tar_gz(&b"not gzip at all"[..], &SecretEnv::default(), &MirrorLimits::default()).unwrap_err();
+        let err =
+            mirror_from_tar_gz(&b"not gzip at all"[..], &SecretEnv::default(), &MirrorLimits::default()).unwrap_err();
         assert!(matches!(err, MirrorError::Unreadable(_)), "{err:?}");
         assert!(err.source().is_some_and(|s| s.is::<std::io::Error>()), "{err:?}");
     }

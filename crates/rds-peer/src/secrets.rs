@@ -173,7 +173,8 @@ impl SecretBox {
         let plain = serde_json::to_vec(&env.0).expect("a string map serialises");
         let mut nonce = [0u8; 12];
         rand::thread_rng().fill_bytes(&mut nonce);
-        let sealed = self.cipher.encrypt(Nonce::from_slice(&nonce), plain.as_ref()).expect("AES-GCM encryption cannot fail");
+        let sealed =
+            self.cipher.encrypt(Nonce::from_slice(&nonce), plain.as_ref()).expect("AES-GCM encryption cannot fail");
         let mut out = nonce.to_vec();
         out.extend(sealed);
         format!("{SEALED_PREFIX}{}", B64.encode(out))
@@ -243,11 +244,9 @@ mod tests {
 
     #[test]
     fn parse_rejects_bad_entries_without_echoing_values() {
-        for (entries, needle) in [
-            (vec!["NOEQUALS"], "secretEnv[0]"),
-            (vec!["1BAD=x"], "secretEnv[0]"),
-            (vec!["A=1", "A=2"], "duplicate"),
-        ] {
+        for (entries, needle) in
+            [(vec!["NOEQUALS"], "secretEnv[0]"), (vec!["1BAD=x"], "secretEnv[0]"), (vec!["A=1", "A=2"], "duplicate")]
+        {
             let entries: Vec<String> = entries.into_iter().map(String::from).collect();
             let err = SecretEnv::parse(&entries).unwrap_err().to_string();
             assert!(err.contains(needle), "{err}");

@@ -35,7 +35,8 @@ impl GuestNet {
         let (cidr, gateway) = value.split_once(',')?;
         let (addr, prefix) = cidr.split_once('/')?;
         let net = GuestNet { addr: addr.parse().ok()?, prefix: prefix.parse().ok()?, gateway: gateway.parse().ok()? };
-        let on_link = (1..=30).contains(&net.prefix) && net.netmask() & u32::from(net.addr) == net.netmask() & u32::from(net.gateway);
+        let on_link = (1..=30).contains(&net.prefix)
+            && net.netmask() & u32::from(net.addr) == net.netmask() & u32::from(net.gateway);
         (on_link && net.addr != net.gateway).then_some(net)
     }
 

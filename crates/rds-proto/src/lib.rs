@@ -81,9 +81,9 @@ impl<'de> Deserialize<'de> for EnvMap {
             Map(BTreeMap<String, String>),
             List(Vec<String>),
         }
-        let map = match Form::deserialize(d).map_err(|_| {
-            serde::de::Error::custom("expected an object of strings or a list of \"KEY=value\" strings")
-        })? {
+        let map = match Form::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected an object of strings or a list of \"KEY=value\" strings"))?
+        {
             Form::Map(m) => m,
             Form::List(list) => {
                 let mut m = BTreeMap::new();
@@ -353,10 +353,8 @@ mod tests {
 
     #[test]
     fn run_result_keeps_null_result_distinct_from_absent() {
-        let with_null: RunResult = serde_json::from_str(
-            r#"{"exitCode":0,"stdout":"","stderr":"","result":null}"#,
-        )
-        .unwrap();
+        let with_null: RunResult =
+            serde_json::from_str(r#"{"exitCode":0,"stdout":"","stderr":"","result":null}"#).unwrap();
         assert_eq!(with_null.result, Some(serde_json::Value::Null));
         let absent: RunResult = serde_json::from_str(r#"{"exitCode":0,"stdout":"","stderr":""}"#).unwrap();
         assert_eq!(absent.result, None);

@@ -115,7 +115,11 @@ async fn main() -> anyhow::Result<()> {
     let ratio = |key: &str| {
         let q = qemu_figures[key]["p50"].as_f64().unwrap_or(0.0);
         let s = sandbox_figures[key]["p50"].as_f64().unwrap_or(0.0);
-        if s > 0.0 { ((q / s) * 10.0).round() / 10.0 } else { 0.0 }
+        if s > 0.0 {
+            ((q / s) * 10.0).round() / 10.0
+        } else {
+            0.0
+        }
     };
     println!(
         "{}",

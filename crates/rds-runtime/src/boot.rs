@@ -129,7 +129,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(KERNEL_ELF), b"elf").unwrap();
         std::fs::write(dir.path().join(INITRD), b"cpio").unwrap();
-        let needs = BootNeeds { kernels: &[], initrd: false, rootfs: RootfsForm::Ext4FileOrDirectory, default_root: false };
+        let needs =
+            BootNeeds { kernels: &[], initrd: false, rootfs: RootfsForm::Ext4FileOrDirectory, default_root: false };
         let files = needs.resolve(dir.path()).unwrap();
         assert_eq!(files, BootFiles { rootfs: Some(dir.path().join(ROOTFS)), kernel: None, initrd: None });
     }

@@ -150,7 +150,13 @@ fn cgroup_mounts(mountinfo: &str) -> Vec<CgroupMount> {
             if !matches!(fs_type, "cgroup" | "cgroup2") || left.get(3) != Some(&"/") {
                 return None;
             }
-            let options = right.get(2).unwrap_or(&"").split(',').filter(|o| !matches!(*o, "rw" | "ro")).collect::<Vec<_>>().join(",");
+            let options = right
+                .get(2)
+                .unwrap_or(&"")
+                .split(',')
+                .filter(|o| !matches!(*o, "rw" | "ro"))
+                .collect::<Vec<_>>()
+                .join(",");
             Some(CgroupMount { mount_point: (*left.get(4)?).to_string(), fs_type: fs_type.to_string(), options })
         })
         .collect()
@@ -192,8 +198,10 @@ fn cgroup_root() -> Result<PathBuf, RuntimeError> {
 /// is not simply a fresh `/sys`, and nothing is guessed).
 fn remount_from_pid1(root: &Path) -> Result<(), String> {
     use nix::mount::{mount, MsFlags};
-    let pid1 = std::fs::read_to_string("/proc/1/mountinfo").map_err(|e| format!("cannot read /proc/1/mountinfo: {e}"))?;
-    let own = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+    let pid1 =
+        std::fs::read_to_string("/proc/1/mountinfo").map_err(|e| format!("cannot read /proc/1/mountinfo: {e}"))?;
+    let own = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
     let prefix = format!("{CGROUP_ROOT}/");
     let beneath = |m: &CgroupMount| m.mount_point == CGROUP_ROOT || m.mount_point.starts_with(&prefix);
     let wanted: Vec<CgroupMount> = cgroup_mounts(&pid1).into_iter().filter(|m| beneath(m)).collect();
@@ -206,11 +214,23 @@ fn remount_from_pid1(root: &Path) -> Result<(), String> {
     }
     let fail = |what: String, e: nix::Error| format!("{what}: {e}");
     if let Some(unified) = wanted.iter().find(|m| m.mount_point == CGROUP_ROOT && m.fs_type == "cgroup2") {
-        return mount(Some("cgroup2"), root, Some("cgroup2"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some(unified.options.as_str()))
-            .map_err(|e| fail(format!("cannot mount cgroup2 at {}", root.display()), e));
+        return mount(
+            Some("cgroup2"),
+            root,
+            Some("cgroup2"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some(unified.options.as_str()),
+        )
+        .map_err(|e| fail(format!("cannot mount cgroup2 at {}", root.display()), e));
     }
-    mount(Some("tmpfs"), root, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("mode=755"))
-        .map_err(|e| fail(format!("cannot mount a tmpfs at {}", root.display()), e))?;
+    mount(
+        Some("tmpfs"),
+        root,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=755"),
+    )
+    .map_err(|e| fail(format!("cannot mount a tmpfs at {}", root.display()), e))?;
     // Nothing mounted below may propagate to another namespace.
     mount(None::<&str>, root, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(|e| fail(format!("cannot make {} private", root.display()), e))?;
@@ -222,8 +242,14 @@ fn remount_from_pid1(root: &Path) -> Result<(), String> {
         let dir = root.join(name);
         std::fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let data = (!m.options.is_empty()).then_some(m.options.as_str());
-        mount(Some(m.fs_type.as_str()), &dir, Some(m.fs_type.as_str()), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, data)
-            .map_err(|e| fail(format!("cannot mount {} ({}) at {}", m.fs_type, m.options, dir.display()), e))?;
+        mount(
+            Some(m.fs_type.as_str()),
+            &dir,
+            Some(m.fs_type.as_str()),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            data,
+        )
+        .map_err(|e| fail(format!("cannot mount {} ({}) at {}", m.fs_type, m.options, dir.display()), e))?;
         // Co-mounted controllers (`cpu,cpuacct`) are also reachable by each name, as systemd does it.
         if name.contains(',') {
             for single in name.split(',') {
@@ -478,7 +504,8 @@ impl CgroupLayout {
             CgroupLayout::V2 { .. } => read(dir.join("memory.events")),
             CgroupLayout::V1 { .. } => {
                 let own = read(dir.join("memory.oom_control"))?;
-                let children = [AGENT_GROUP, USER_GROUP].map(|c| read(dir.join(c).join("memory.oom_control")).unwrap_or(0));
+                let children =
+                    [AGENT_GROUP, USER_GROUP].map(|c| read(dir.join(c).join("memory.oom_control")).unwrap_or(0));
                 Some(own + children.iter().sum::<u64>())
             }
         }
@@ -549,7 +576,8 @@ fn remove_group(dir: &Path) -> Result<(), RuntimeError> {
         for pid in &pids {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL);
         }
-        let rmdir = if pids.is_empty() { std::fs::remove_dir(dir) } else { Err(io::Error::from_raw_os_error(libc::EBUSY)) };
+        let rmdir =
+            if pids.is_empty() { std::fs::remove_dir(dir) } else { Err(io::Error::from_raw_os_error(libc::EBUSY)) };
         match rmdir {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -582,8 +610,18 @@ mod tests {
             50 23 0:32 /some/sub /mnt/sub rw,relatime - cgroup cgroup rw,memory\n";
         let m = cgroup_mounts(text);
         assert_eq!(m.len(), 3, "{m:?}");
-        assert_eq!(m[0], CgroupMount { mount_point: "/sys/fs/cgroup/cpu,cpuacct".into(), fs_type: "cgroup".into(), options: "cpu,cpuacct".into() });
-        assert_eq!((m[1].options.as_str(), m[2].fs_type.as_str(), m[2].options.as_str()), ("memory", "cgroup2", "nsdelegate"));
+        assert_eq!(
+            m[0],
+            CgroupMount {
+                mount_point: "/sys/fs/cgroup/cpu,cpuacct".into(),
+                fs_type: "cgroup".into(),
+                options: "cpu,cpuacct".into()
+            }
+        );
+        assert_eq!(
+            (m[1].options.as_str(), m[2].fs_type.as_str(), m[2].options.as_str()),
+            ("memory", "cgroup2", "nsdelegate")
+        );
     }
 
     #[test]

@@ -15,10 +15,10 @@ use serde::{Deserialize, Serialize};
 pub mod boot;
 pub mod cgroup;
 pub mod process;
-mod vm_common;
-mod vmm;
 pub mod qemu;
 pub mod sandbox;
+mod vm_common;
+mod vmm;
 
 pub use boot::{BootFiles, BootNeeds, ImageIncomplete, KernelFormat, RootfsForm};
 pub use process::process_start_time;

@@ -83,7 +83,12 @@ pub(crate) fn vm_dir_names(storage_root: &Path) -> Vec<String> {
 
 /// Destroys (with `destroy`) every VM of `candidates` that is not in `known`, skipping names this
 /// crate could not have created; returns the ids removed. `what` names the runtime's VMs in logs.
-pub(crate) async fn remove_orphans<F, Fut>(candidates: Vec<String>, known: &HashSet<String>, what: &str, destroy: F) -> Vec<String>
+pub(crate) async fn remove_orphans<F, Fut>(
+    candidates: Vec<String>,
+    known: &HashSet<String>,
+    what: &str,
+    destroy: F,
+) -> Vec<String>
 where
     F: Fn(String) -> Fut,
     Fut: Future<Output = Result<(), RuntimeError>>,
@@ -245,7 +250,12 @@ pub(crate) async fn stop_gracefully(
 /// A fresh sparse file reads as zeros, so nothing is zeroed (`assume_storage_prezeroed`, e2fsprogs
 /// 1.47 or later): the disk costs ~1 MiB on the host until used, and no lazy-init thread writes to
 /// it later. An older mkfs gets lazy initialisation instead.
-pub(crate) async fn make_ext4_disk(path: &Path, size_mb: u64, mkfs_options: &[&str], root_owner: Option<u32>) -> Result<(), RuntimeError> {
+pub(crate) async fn make_ext4_disk(
+    path: &Path,
+    size_mb: u64,
+    mkfs_options: &[&str],
+    root_owner: Option<u32>,
+) -> Result<(), RuntimeError> {
     let partial = path.with_extension("partial");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -254,7 +264,8 @@ pub(crate) async fn make_ext4_disk(path: &Path, size_mb: u64, mkfs_options: &[&s
         .mode(0o600)
         .open(&partial)
         .map_err(|e| RuntimeError::io(format!("cannot create {}", partial.display()), e))?;
-    file.set_len(size_mb * 1024 * 1024).map_err(|e| RuntimeError::io(format!("cannot size {}", partial.display()), e))?;
+    file.set_len(size_mb * 1024 * 1024)
+        .map_err(|e| RuntimeError::io(format!("cannot size {}", partial.display()), e))?;
     drop(file);
     let owner = root_owner.map(|uid| format!("root_owner={uid}:{uid},")).unwrap_or_default();
     let mut failure = String::new();
@@ -328,7 +339,12 @@ mod tests {
         let mut stubborn = tokio::process::Command::new("sleep").arg("30").spawn().unwrap();
         let p = HostProcess::of_child(&stubborn).unwrap();
         let reaper = tokio::spawn(async move { stubborn.wait().await });
-        let stop = GracefulStop { what: "sleep", console: &console, limit: Duration::from_millis(200), forced_wait: Duration::from_secs(2) };
+        let stop = GracefulStop {
+            what: "sleep",
+            console: &console,
+            limit: Duration::from_millis(200),
+            forced_wait: Duration::from_secs(2),
+        };
         stop_gracefully(p, stop, async {}, async {}).await.unwrap();
         assert!(!p.is_alive());
         reaper.await.unwrap().unwrap();
@@ -340,7 +356,12 @@ mod tests {
         let mut obedient = tokio::process::Command::new("sleep").arg("30").spawn().unwrap();
         let p = HostProcess::of_child(&obedient).unwrap();
         let reaper = tokio::spawn(async move { obedient.wait().await });
-        let stop = GracefulStop { what: "sleep", console: &console, limit: Duration::from_secs(10), forced_wait: Duration::from_secs(2) };
+        let stop = GracefulStop {
+            what: "sleep",
+            console: &console,
+            limit: Duration::from_secs(10),
+            forced_wait: Duration::from_secs(2),
+        };
         let ask = async move {
             p.signal(nix::sys::signal::Signal::SIGTERM);
         };

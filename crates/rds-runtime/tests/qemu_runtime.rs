@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use http_body_util::BodyExt;
 use rds_proto::{Language, RunRequest, RunResult, AGENT_VSOCK_PORT, BRIDGE_VSOCK_PORT};
-use rds_runtime::qemu::{QemuConfig, QemuRuntime, GUEST_CID};
 use rds_runtime::process::is_same_process_alive;
+use rds_runtime::qemu::{QemuConfig, QemuRuntime, GUEST_CID};
 use rds_runtime::{Liveness, Runtime, VmHandle};
 use tokio::io::AsyncReadExt;
 
@@ -33,7 +33,10 @@ fn image_dir() -> Result<PathBuf, String> {
         if !nix::unistd::geteuid().is_root() {
             return Err("qemu runtime tests need root".into());
         }
-        for (program, hint) in [("qemu-system-x86_64", "apt-get install qemu-system-x86"), ("vhost-device-vsock", "cargo install --locked vhost-device-vsock")] {
+        for (program, hint) in [
+            ("qemu-system-x86_64", "apt-get install qemu-system-x86"),
+            ("vhost-device-vsock", "cargo install --locked vhost-device-vsock"),
+        ] {
             if !on_path(program) {
                 return Err(format!("{program} not found ({hint})"));
             }
@@ -43,7 +46,8 @@ fn image_dir() -> Result<PathBuf, String> {
         }
         let agent = common::agent_bin()?;
         let cache = PathBuf::from(std::env::var("RDS_IMAGE_CACHE").unwrap_or_else(|_| "/var/cache/rds-image".into()));
-        let out = tempfile::Builder::new().prefix("rds-qemu-image-").tempdir_in("/var/tmp").map_err(|e| e.to_string())?;
+        let out =
+            tempfile::Builder::new().prefix("rds-qemu-image-").tempdir_in("/var/tmp").map_err(|e| e.to_string())?;
         let opts = rds_image::BuildOptions {
             out_dir: out.path().to_path_buf(),
             kernel: rds_image::KernelChoice::Debian,
@@ -52,7 +56,8 @@ fn image_dir() -> Result<PathBuf, String> {
             debian_suite: "bookworm".into(),
             mirror: None,
         };
-        let built = rds_image::build(&opts, &mut |line| eprintln!("image: {line}")).unwrap_or_else(|e| panic!("image build failed: {e}"));
+        let built = rds_image::build(&opts, &mut |line| eprintln!("image: {line}"))
+            .unwrap_or_else(|e| panic!("image build failed: {e}"));
         // The cache keeps the same five files under `image-<key>`: use those, drop the copy.
         let cached = cache.join(format!("image-{}", built.manifest.cache_key));
         if !cached.join("rootfs.ext4").is_file() {
@@ -156,7 +161,8 @@ fn assert_no_trace(rt: &QemuRuntime, id: &str, handle: &VmHandle) {
     assert!(!rt.vm_dir(id).exists(), "VM dir {} still exists", rt.vm_dir(id).display());
     // A zombie awaiting its reaper is gone for our purposes: it holds no resources.
     assert!(!is_same_process_alive(handle.pid, handle.start_time), "QEMU {} still runs", handle.pid);
-    let backend = (handle.extra["backend_pid"].as_i64().unwrap() as i32, handle.extra["backend_start_time"].as_u64().unwrap());
+    let backend =
+        (handle.extra["backend_pid"].as_i64().unwrap() as i32, handle.extra["backend_start_time"].as_u64().unwrap());
     assert!(!is_same_process_alive(backend.0, backend.1), "vhost-device-vsock {} still runs", backend.0);
 }
 
@@ -185,7 +191,10 @@ async fn qemu_vm_boots_the_image_runs_code_keeps_workspace_and_is_readopted() {
     assert_eq!(serde_json::from_str::<serde_json::Value>(py.stdout.trim()).unwrap(), serde_json::json!({ "sum": 45 }));
 
     // Upload a tar into /workspace, see it from a command, download it back.
-    agent(rt, &id).upload("up", tar_gz("hello.txt", b"uploaded bytes\n"), CALL_LIMIT).await.unwrap_or_else(|e| panic!("upload: {e}"));
+    agent(rt, &id)
+        .upload("up", tar_gz("hello.txt", b"uploaded bytes\n"), CALL_LIMIT)
+        .await
+        .unwrap_or_else(|e| panic!("upload: {e}"));
     let r = exec(rt, &id, "cat /workspace/up/hello.txt; stat -c %u /workspace/up/hello.txt /workspace").await;
     assert_eq!(r.stdout, "uploaded bytes\n1000\n1000\n", "{r:?}");
     let archive = agent(rt, &id).download("up", CALL_LIMIT).await.unwrap_or_else(|e| panic!("download: {e}"));
@@ -291,8 +300,15 @@ EOF"#;
 }
 
 /// What a guest kernel prints when a write to a disk fails or a filesystem finds damage.
-const DISK_TROUBLE: [&str; 7] =
-    ["I/O error", "Buffer I/O error", "EXT4-fs error", "EXT4-fs warning", "JBD2", "blk_update_request", "lost async page write"];
+const DISK_TROUBLE: [&str; 7] = [
+    "I/O error",
+    "Buffer I/O error",
+    "EXT4-fs error",
+    "EXT4-fs warning",
+    "JBD2",
+    "blk_update_request",
+    "lost async page write",
+];
 
 /// Contents of the file uploaded in cycle `i`: xorshift bytes, a different length per cycle.
 fn cycle_file(i: usize) -> Vec<u8> {
@@ -339,7 +355,10 @@ fn assert_overlay_clean(overlay: &std::path::Path, cycle: usize) {
     let header = String::from_utf8_lossy(&dump.stdout);
     let field = |name: &str| header.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or("").to_string();
     assert_eq!(field("Filesystem state:"), "clean", "cycle {cycle}:\n{header}");
-    assert!(!field("Filesystem features:").contains("needs_recovery"), "cycle {cycle}: journal left to replay:\n{header}");
+    assert!(
+        !field("Filesystem features:").contains("needs_recovery"),
+        "cycle {cycle}: journal left to replay:\n{header}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -378,7 +397,11 @@ async fn workspace_survives_twenty_stop_start_cycles_with_clean_disks_and_no_io_
         assert!(!console.contains("rds: the guest did not power off"), "cycle {i}: QEMU had to be killed:\n{console}");
         assert_overlay_clean(&overlay, i);
         // The kernel's own power-off path each time, never a panic (PID 1 exiting also ends QEMU).
-        assert_eq!(console.matches("reboot: Power down").count(), i + 1, "cycle {i}: one power-off per stop:\n{console}");
+        assert_eq!(
+            console.matches("reboot: Power down").count(),
+            i + 1,
+            "cycle {i}: one power-off per stop:\n{console}"
+        );
         assert!(!console.contains("Kernel panic"), "cycle {i}: the guest panicked:\n{console}");
         // PID 1 names what it remounted: the root overlay and the overlay disk, in either order.
         let quiesced: Vec<Vec<&str>> = console
@@ -390,8 +413,16 @@ async fn workspace_survives_twenty_stop_start_cycles_with_clean_disks_and_no_io_
                 targets
             })
             .collect();
-        assert_eq!(quiesced, vec![vec!["/", "/run/rds/overlay"]; i + 1], "cycle {i}: one read-only remount of both per stop:\n{console}");
-        assert_eq!(std::fs::metadata(&overlay).unwrap().ino(), overlay_inode, "cycle {i}: the overlay disk was replaced");
+        assert_eq!(
+            quiesced,
+            vec![vec!["/", "/run/rds/overlay"]; i + 1],
+            "cycle {i}: one read-only remount of both per stop:\n{console}"
+        );
+        assert_eq!(
+            std::fs::metadata(&overlay).unwrap().ino(),
+            overlay_inode,
+            "cycle {i}: the overlay disk was replaced"
+        );
 
         let t = std::time::Instant::now();
         handle = rt.start(&spec(&id, 512)).await.unwrap_or_else(|e| panic!("cycle {i} start: {e}"));

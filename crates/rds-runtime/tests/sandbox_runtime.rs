@@ -299,22 +299,27 @@ async fn sandbox_init_and_agent_hold_only_the_capabilities_they_need() {
         .cgroup_dirs(&id)
         .iter()
         .flat_map(|d| [d.clone(), d.join("agent"), d.join("user")])
-        .flat_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines().map(str::to_string).collect::<Vec<_>>())
+        .flat_map(|d| {
+            std::fs::read_to_string(d.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
         .filter_map(|l| l.parse().ok())
         .collect();
     pids.sort_unstable();
     pids.dedup();
     let cap = |pid: u32, field: &str| {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        status.lines().find_map(|l| l.strip_prefix(field)).map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
     };
     let agents: Vec<u32> = pids
         .iter()
         .copied()
-        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default().starts_with(bin_name().as_bytes()))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default().starts_with(bin_name().as_bytes())
+        })
         .collect();
     assert!(agents.len() >= 2, "expected the launcher, PID 1 and the agent among {pids:?}");
     let inside: Vec<u32> = agents.iter().copied().filter(|&p| p != handle.pid as u32).collect();

@@ -53,10 +53,7 @@ impl VmState {
 
     /// Parses the stored spelling.
     pub fn parse(s: &str) -> Result<Self, StoreError> {
-        VmState::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| StoreError::UnknownState(s.to_string()))
+        VmState::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| StoreError::UnknownState(s.to_string()))
     }
 }
 

@@ -14,9 +14,9 @@ use std::time::Duration;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior};
 
 use crate::{
-    migrations, now_ms, ApiKeyRecord, CreatedVm, EventRecord, ExecLogRecord, ImagePart, ImageRecord,
-    NetSlotRequest, NewEvent, NewVm, PeerCallRecord, PeerLinkRecord, Quota, Store, StoreError, StoreResult,
-    VmLimits, VmNetworkRecord, VmRecord, VmState,
+    migrations, now_ms, ApiKeyRecord, CreatedVm, EventRecord, ExecLogRecord, ImagePart, ImageRecord, NetSlotRequest,
+    NewEvent, NewVm, PeerCallRecord, PeerLinkRecord, Quota, Store, StoreError, StoreResult, VmLimits, VmNetworkRecord,
+    VmRecord, VmState,
 };
 
 /// How long a writer waits for another connection's (or manager's) write lock.
@@ -52,7 +52,8 @@ impl Fail {
         match self {
             Fail::Store(e) => e,
             Fail::Db(e) => {
-                let constraint = matches!(&e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation);
+                let constraint =
+                    matches!(&e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation);
                 if constraint {
                     StoreError::Conflict { op, what: "a record with the same key".into(), source: Some(Box::new(e)) }
                 } else {
@@ -80,10 +81,7 @@ impl SqliteStore {
                 .mode(0o700)
                 .create(dir)
                 .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
-                .map_err(|source| StoreError::Dir {
-                    path: dir.display().to_string(),
-                    source,
-                })?;
+                .map_err(|source| StoreError::Dir { path: dir.display().to_string(), source })?;
         }
         // Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the same mode.
         std::fs::OpenOptions::new()
@@ -236,7 +234,11 @@ fn insert_vm_row(conn: &Connection, vm: &VmRecord) -> Res<()> {
     )
     .map_err(|e| match e {
         rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation => {
-            Fail::Store(StoreError::Conflict { op: "insert_vm", what: format!("VM id {}", vm.id), source: Some(Box::new(e)) })
+            Fail::Store(StoreError::Conflict {
+                op: "insert_vm",
+                what: format!("VM id {}", vm.id),
+                source: Some(Box::new(e)),
+            })
         }
         e => Fail::Db(e),
     })?;
@@ -335,9 +337,8 @@ impl Store for SqliteStore {
     async fn get_vm(&self, id: &str) -> StoreResult<Option<VmRecord>> {
         let id = id.to_owned();
         self.run("get_vm", move |c| {
-            let row = c
-                .query_row(&format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1"), [id], vm_from_row)
-                .optional()?;
+            let row =
+                c.query_row(&format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1"), [id], vm_from_row).optional()?;
             row.map(finish_vm).transpose()
         })
         .await
@@ -429,10 +430,8 @@ impl Store for SqliteStore {
                 }
                 held_slots(tx)?; // frees the slot if a tombstone still holds it
             }
-            let n = tx.execute(
-                "UPDATE vms SET net_slot = ?2, updated_at = ?3 WHERE id = ?1",
-                params![id, slot, now_ms()],
-            )?;
+            let n =
+                tx.execute("UPDATE vms SET net_slot = ?2, updated_at = ?3 WHERE id = ?1", params![id, slot, now_ms()])?;
             touched(n, || vm_not_found(&id))
         })
         .await
@@ -844,11 +843,10 @@ impl Store for SqliteStore {
     async fn delete_image(&self, id: &str, default_setting: &str) -> StoreResult<bool> {
         let (id, default_setting) = (id.to_owned(), default_setting.to_owned());
         self.write("delete_image", move |tx| {
-            let users: i64 = tx.query_row(
-                "SELECT COUNT(*) FROM vms WHERE image_id = ?1 AND state <> 'DELETED'",
-                [&id],
-                |r| r.get(0),
-            )?;
+            let users: i64 =
+                tx.query_row("SELECT COUNT(*) FROM vms WHERE image_id = ?1 AND state <> 'DELETED'", [&id], |r| {
+                    r.get(0)
+                })?;
             if users > 0 {
                 return Err(StoreError::InUse { what: format!("image {id}"), users: users as u64 }.into());
             }
@@ -862,11 +860,10 @@ impl Store for SqliteStore {
     async fn count_live_vms_with_image(&self, image_id: &str) -> StoreResult<u64> {
         let image_id = image_id.to_owned();
         self.run("count_live_vms_with_image", move |c| {
-            let n: i64 = c.query_row(
-                "SELECT COUNT(*) FROM vms WHERE image_id = ?1 AND state <> 'DELETED'",
-                [image_id],
-                |r| r.get(0),
-            )?;
+            let n: i64 =
+                c.query_row("SELECT COUNT(*) FROM vms WHERE image_id = ?1 AND state <> 'DELETED'", [image_id], |r| {
+                    r.get(0)
+                })?;
             Ok(n as u64)
         })
         .await
@@ -981,7 +978,8 @@ mod tests {
         SqliteStore::open(&path).unwrap().insert_vm(&vm("a", VmState::Running, 1)).await.unwrap();
         let s = crate::open(&crate::StoreConfig::Sqlite { path: path.clone() }).await.unwrap();
         assert_eq!(s.get_vm("a").await.unwrap().unwrap().state, VmState::Running);
-        let v: i64 = SqliteStore::open(&path).unwrap().conn().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let v: i64 =
+            SqliteStore::open(&path).unwrap().conn().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(v, migrations::LATEST);
     }
 

@@ -19,11 +19,8 @@ pub fn skip(reason: impl std::fmt::Display) {
     let Some(log) = std::env::var_os(SKIP_LOG_ENV) else { return };
     let line = format!("{}\t{}\t{reason}\n", binary_id(), test_name());
     // O_APPEND and a single write: parallel test processes append whole lines, never interleaved.
-    let written = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .and_then(|mut f| f.write_all(line.as_bytes()));
+    let written =
+        std::fs::OpenOptions::new().create(true).append(true).open(&log).and_then(|mut f| f.write_all(line.as_bytes()));
     if let Err(e) = written {
         panic!("cannot record the skip in {SKIP_LOG_ENV}={}: {e}", log.to_string_lossy());
     }
@@ -119,6 +116,9 @@ mod tests {
     #[test]
     fn tar_gz_round_trips() {
         let archive = tar_gz(&[("a.txt", b"alpha"), ("dir/b.txt", b"")]);
-        assert_eq!(untar_gz(&archive), vec![("a.txt".to_string(), b"alpha".to_vec()), ("dir/b.txt".to_string(), vec![])]);
+        assert_eq!(
+            untar_gz(&archive),
+            vec![("a.txt".to_string(), b"alpha".to_vec()), ("dir/b.txt".to_string(), vec![])]
+        );
     }
 }

@@ -249,7 +249,6 @@ impl AsyncWrite for Stream {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

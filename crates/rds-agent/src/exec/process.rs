@@ -37,9 +37,10 @@ pub fn base_env(workspace: &Path) -> BTreeMap<String, String> {
 /// Finds `name` in the sandbox `PATH` (the agent's own `PATH` is irrelevant to user code).
 pub fn find_program(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    SANDBOX_PATH.split(':').map(|dir| Path::new(dir).join(name)).find(|p| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    })
+    SANDBOX_PATH
+        .split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
 /// What to run and how.
@@ -93,10 +94,7 @@ pub fn sandboxed_command(spec: &CommandSpec<'_>) -> io::Result<tokio::process::C
                 for cap in 0..64 {
                     libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
                 }
-                if libc::setgroups(0, std::ptr::null()) < 0
-                    || libc::setgid(gid) < 0
-                    || libc::setuid(uid) < 0
-                {
+                if libc::setgroups(0, std::ptr::null()) < 0 || libc::setgid(gid) < 0 || libc::setuid(uid) < 0 {
                     return Err(io::Error::last_os_error());
                 }
             }

@@ -35,8 +35,6 @@ pub fn session_members(sid: i32) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            rds_host::ProcStat::read(*pid).is_some_and(|stat| stat.session == sid && stat.is_live())
-        })
+        .filter(|pid| rds_host::ProcStat::read(*pid).is_some_and(|stat| stat.session == sid && stat.is_live()))
         .collect()
 }

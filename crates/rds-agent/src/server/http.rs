@@ -157,8 +157,8 @@ pub fn flag(query: &HashMap<String, String>, name: &str, default: bool) -> Resul
         None => Ok(default),
         Some("true") => Ok(true),
         Some("false") => Ok(false),
-        Some(other) => Err(ApiError::bad_request(format!(
-            "query parameter `{name}` must be `true` or `false`, got {other:?}"
-        ))),
+        Some(other) => {
+            Err(ApiError::bad_request(format!("query parameter `{name}` must be `true` or `false`, got {other:?}")))
+        }
     }
 }

@@ -55,11 +55,7 @@ fn health(agent: &Agent) -> Response<Body> {
 }
 
 async fn exec(req: Request<Incoming>, agent: &Agent) -> Result<Response<Body>, ApiError> {
-    let streaming = req
-        .headers()
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains(NDJSON));
+    let streaming = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains(NDJSON));
     let request: ExecRequest = read_json(req).await?;
     if !streaming {
         let result = agent.executor.start(request, None)?.result().await?;

@@ -18,10 +18,7 @@ pub fn skip_reason() -> Option<String> {
         return Some("needs root (the sandbox runtime creates namespaces and cgroups)".into());
     }
     if !agent_bin().is_file() {
-        return Some(format!(
-            "{} missing: run `cargo build -p rds-agent`",
-            agent_bin().display()
-        ));
+        return Some(format!("{} missing: run `cargo build -p rds-agent`", agent_bin().display()));
     }
     None
 }
@@ -99,33 +96,19 @@ impl Server {
     }
 
     fn start_with(env: &[(&str, &str)], prefix: Vec<String>, bind: &str) -> Server {
-        let root = tempfile::Builder::new()
-            .prefix("rds-e2e-")
-            .tempdir()
-            .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let root = tempfile::Builder::new().prefix("rds-e2e-").tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let host = if bind == "0.0.0.0" { "127.0.0.1" } else { bind };
         let mut s = Server {
             url: format!("http://{host}:{port}"),
             root,
             port,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             prefix,
             child: None,
             stdout: vec![],
             installation_id: String::new(),
-            key: env
-                .iter()
-                .find(|(k, _)| *k == "API_KEY")
-                .map(|(_, v)| v.to_string())
-                .unwrap_or_default(),
+            key: env.iter().find(|(k, _)| *k == "API_KEY").map(|(_, v)| v.to_string()).unwrap_or_default(),
         };
         s.spawn();
         s
@@ -155,12 +138,18 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(self.log_file()));
         // Sandbox VMs run over the guest image, as users get them (scripts/run builds it too).
-        let own_root = self.env.iter().any(|(k, _)| matches!(k.as_str(), "RDS_IMAGE_DIR" | "RDS_SANDBOX_ROOT" | "BASE_ROOTFS_PATH"));
+        let own_root = self
+            .env
+            .iter()
+            .any(|(k, _)| matches!(k.as_str(), "RDS_IMAGE_DIR" | "RDS_SANDBOX_ROOT" | "BASE_ROOTFS_PATH"));
         if !self.env.iter().any(|(k, _)| k == "RDS_RUNTIME") {
             cmd.env("RDS_RUNTIME", "sandbox");
         }
         if !own_root {
-            cmd.env("RDS_IMAGE_DIR", guest_image_dir().unwrap_or_else(|e| panic!("no guest image for the sandbox: {e}")));
+            cmd.env(
+                "RDS_IMAGE_DIR",
+                guest_image_dir().unwrap_or_else(|e| panic!("no guest image for the sandbox: {e}")),
+            );
         }
         for (k, v) in &self.env {
             cmd.env(k, v);
@@ -213,11 +202,7 @@ impl Server {
     }
 
     fn log_file(&self) -> std::fs::File {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("open manager.log")
+        std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("open manager.log")
     }
 
     /// Everything the manager logged so far.
@@ -284,11 +269,7 @@ impl Server {
     }
 
     pub fn exec(&self, id: &str, cmd: &str) -> Value {
-        let (st, r) = self.call(
-            "POST",
-            &format!("/v1/vms/{id}/exec"),
-            Some(json!({"cmd": cmd})),
-        );
+        let (st, r) = self.call("POST", &format!("/v1/vms/{id}/exec"), Some(json!({"cmd": cmd})));
         assert_eq!(st, 200, "exec {cmd}: {r}");
         r
     }
@@ -300,12 +281,7 @@ impl Drop for Server {
         if self.child.is_some() {
             if let (200, Value::Array(vms)) = self.call("GET", "/v1/vms", None) {
                 for vm in vms {
-                    let _ = self
-                        .req(
-                            "DELETE",
-                            &format!("/v1/vms/{}", vm["id"].as_str().unwrap_or("")),
-                        )
-                        .call();
+                    let _ = self.req("DELETE", &format!("/v1/vms/{}", vm["id"].as_str().unwrap_or(""))).call();
                 }
             }
         }
@@ -408,7 +384,6 @@ impl NetNs {
         .join();
         joined.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
-
 }
 
 /// Runs a command inside network namespace `ns`, panicking with its stderr on failure; returns stdout.

@@ -21,10 +21,7 @@ pub async fn exec(
     headers: HeaderMap,
     JsonBody(req): JsonBody<ExecRequest>,
 ) -> Result<Response, ApiError> {
-    let wants_stream = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains(NDJSON));
+    let wants_stream = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains(NDJSON));
     if wants_stream {
         service::exec_stream(&s, &id, req).await
     } else {

@@ -58,7 +58,11 @@ async fn put_part(s: AppState, id: String, part: ImagePart, body: RawBody) -> Re
 #[utoipa::path(put, path = "/v1/images/{id}/kernel", tag = "images",
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 200, body = ImageView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
-pub async fn put_kernel(State(s): State<AppState>, Path(id): Path<String>, body: RawBody) -> Result<Json<ImageView>, ApiError> {
+pub async fn put_kernel(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: RawBody,
+) -> Result<Json<ImageView>, ApiError> {
     put_part(s, id, ImagePart::Kernel, body).await
 }
 
@@ -66,7 +70,11 @@ pub async fn put_kernel(State(s): State<AppState>, Path(id): Path<String>, body:
 #[utoipa::path(put, path = "/v1/images/{id}/initrd", tag = "images",
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 200, body = ImageView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
-pub async fn put_initrd(State(s): State<AppState>, Path(id): Path<String>, body: RawBody) -> Result<Json<ImageView>, ApiError> {
+pub async fn put_initrd(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: RawBody,
+) -> Result<Json<ImageView>, ApiError> {
     put_part(s, id, ImagePart::Initrd, body).await
 }
 
@@ -74,7 +82,11 @@ pub async fn put_initrd(State(s): State<AppState>, Path(id): Path<String>, body:
 #[utoipa::path(put, path = "/v1/images/{id}/rootfs", tag = "images",
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 200, body = ImageView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
-pub async fn put_rootfs(State(s): State<AppState>, Path(id): Path<String>, body: RawBody) -> Result<Json<ImageView>, ApiError> {
+pub async fn put_rootfs(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: RawBody,
+) -> Result<Json<ImageView>, ApiError> {
     put_part(s, id, ImagePart::Rootfs, body).await
 }
 

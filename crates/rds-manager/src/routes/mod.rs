@@ -7,8 +7,8 @@
 pub mod exec;
 pub mod files;
 pub mod health;
-pub mod network;
 pub mod images;
+pub mod network;
 pub mod peers;
 pub mod vms;
 
@@ -64,10 +64,8 @@ pub fn router(state: AppState) -> Router {
     // Only these operations get the auth layer, so only they document its 401 and 429.
     ProtectedResponses.modify(protected.get_openapi_mut());
     let protected = protected.route_layer(middleware::from_fn_with_state(state.clone(), auth::require_api_key));
-    let (api, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .merge(protected)
-        .merge(public_routes())
-        .split_for_parts();
+    let (api, doc) =
+        OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(protected).merge(public_routes()).split_for_parts();
     Router::new()
         .merge(api)
         .merge(SwaggerUi::new("/swagger").url("/openapi.json", doc))

@@ -29,10 +29,7 @@ pub async fn list(State(s): State<AppState>) -> Result<Json<Vec<VmView>>, ApiErr
 /// Get one VM.
 #[utoipa::path(get, path = "/v1/vms/{id}", tag = "vms",
     responses((status = 200, body = VmView), (status = 404, body = ErrorBody)))]
-pub async fn get(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<VmView>, ApiError> {
+pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<VmView>, ApiError> {
     let vm = vms::find(&s, &id).await?;
     Ok(Json(vms::view(&s, &vm).await))
 }
@@ -41,10 +38,7 @@ pub async fn get(
 /// an interrupted delete, and a failed one stays DELETING (with the reason) for a retry.
 #[utoipa::path(delete, path = "/v1/vms/{id}", tag = "vms",
     responses((status = 204), (status = 404, body = ErrorBody), (status = 500, body = ErrorBody)))]
-pub async fn delete(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+pub async fn delete(State(s): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     vms::delete(&s, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -52,10 +46,7 @@ pub async fn delete(
 /// Start a STOPPED or ERROR VM (its /workspace is kept).
 #[utoipa::path(post, path = "/v1/vms/{id}/start", tag = "vms",
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn start(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+pub async fn start(State(s): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     vms::start(&s, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -63,10 +54,7 @@ pub async fn start(
 /// Stop a RUNNING VM.
 #[utoipa::path(post, path = "/v1/vms/{id}/stop", tag = "vms",
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn stop(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+pub async fn stop(State(s): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     vms::stop(&s, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -34,24 +34,21 @@ pub async fn ensure_keys(
     };
     if store.active_api_keys(now).await?.is_empty() && (env_key.is_none() || rotate) {
         let key = generate_key();
-        store.insert_api_key(&ApiKeyRecord {
-            id: uuid::Uuid::new_v4().to_string(),
-            name: "default".into(),
-            prefix: key.chars().take(8).collect(),
-            hash: hex::encode(hash_key(&key)),
-            created_at: now,
-            expires_at: None,
-            revoked_at: None,
-        })
-        .await?;
+        store
+            .insert_api_key(&ApiKeyRecord {
+                id: uuid::Uuid::new_v4().to_string(),
+                name: "default".into(),
+                prefix: key.chars().take(8).collect(),
+                hash: hex::encode(hash_key(&key)),
+                created_at: now,
+                expires_at: None,
+                revoked_at: None,
+            })
+            .await?;
         notice = KeyNotice::Generated(key);
     }
-    let mut hashes: Vec<_> = store
-        .active_api_keys(now)
-        .await?
-        .iter()
-        .filter_map(|k| hex::decode(&k.hash).ok()?.try_into().ok())
-        .collect();
+    let mut hashes: Vec<_> =
+        store.active_api_keys(now).await?.iter().filter_map(|k| hex::decode(&k.hash).ok()?.try_into().ok()).collect();
     if let Some(k) = env_key {
         hashes.push(hash_key(k));
     }
@@ -63,10 +60,7 @@ pub fn generate_key() -> String {
     use base64::Engine;
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    format!(
-        "rds_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
+    format!("rds_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 #[cfg(test)]
@@ -78,27 +72,18 @@ mod tests {
     async fn first_start_generates_then_later_starts_reuse_and_rotation_replaces() {
         let store = SqliteStore::open_in_memory().unwrap();
         let (ring, notice) = ensure_keys(&store, None, false).await.unwrap();
-        let KeyNotice::Generated(key) = notice else {
-            panic!("expected a generated key")
-        };
+        let KeyNotice::Generated(key) = notice else { panic!("expected a generated key") };
         assert!(key.starts_with("rds_"));
         assert!(ring.verify(&key).is_some());
         // Only the hash is stored.
-        assert!(store
-            .active_api_keys(now_ms())
-            .await
-            .unwrap()
-            .iter()
-            .all(|k| k.hash != key && !k.hash.contains(&key)));
+        assert!(store.active_api_keys(now_ms()).await.unwrap().iter().all(|k| k.hash != key && !k.hash.contains(&key)));
 
         let (ring, notice) = ensure_keys(&store, None, false).await.unwrap();
         assert_eq!(notice, KeyNotice::Existing);
         assert!(ring.verify(&key).is_some());
 
         let (ring, notice) = ensure_keys(&store, None, true).await.unwrap();
-        let KeyNotice::Generated(fresh) = notice else {
-            panic!("expected a rotated key")
-        };
+        let KeyNotice::Generated(fresh) = notice else { panic!("expected a rotated key") };
         assert!(ring.verify(&fresh).is_some());
         assert!(ring.verify(&key).is_none());
     }

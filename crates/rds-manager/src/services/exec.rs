@@ -11,8 +11,8 @@ use rds_store::{now_ms, ExecLogRecord, VmState};
 use serde_json::json;
 
 use crate::agent::AgentError;
-use crate::services::peers::{redact_value, secrets_of, with_secrets};
 use crate::error::ResultExt;
+use crate::services::peers::{redact_value, secrets_of, with_secrets};
 use crate::services::vms::find_running;
 use crate::{ApiError, AppState};
 
@@ -27,12 +27,10 @@ pub const NDJSON: &str = "application/x-ndjson";
 fn call_limit(state: &AppState, timeout_ms: Option<u64>) -> Result<Duration, ApiError> {
     let max = state.config.max_exec_timeout_ms;
     match timeout_ms {
-        Some(0) => Err(ApiError::BadRequest(
-            "invalid field `timeoutMs`: must be greater than 0".into(),
-        )),
-        Some(t) if t > max => Err(ApiError::BadRequest(format!(
-            "invalid field `timeoutMs`: {t} exceeds MAX_EXEC_TIMEOUT_MS={max}"
-        ))),
+        Some(0) => Err(ApiError::BadRequest("invalid field `timeoutMs`: must be greater than 0".into())),
+        Some(t) if t > max => {
+            Err(ApiError::BadRequest(format!("invalid field `timeoutMs`: {t} exceeds MAX_EXEC_TIMEOUT_MS={max}")))
+        }
         t => Ok(Duration::from_millis(t.unwrap_or(DEFAULT_TIMEOUT_MS)) + TIMEOUT_MARGIN),
     }
 }
@@ -44,16 +42,8 @@ pub async fn exec(state: &AppState, vm_id: &str, req: ExecRequest) -> Result<Exe
     let secrets = secrets_of(state, &vm)?;
     let oom_before = state.runtime.oom_kills(vm_id).await;
     let started = Instant::now();
-    let to_agent = ExecRequest {
-        env: with_secrets(req.env.clone(), &secrets),
-        ..req.clone()
-    };
-    let mut result = state
-        .agent
-        .vm(vm_id)
-        .exec(&to_agent, limit)
-        .await
-        .or_agent_error(state, vm_id).await?;
+    let to_agent = ExecRequest { env: with_secrets(req.env.clone(), &secrets), ..req.clone() };
+    let mut result = state.agent.vm(vm_id).exec(&to_agent, limit).await.or_agent_error(state, vm_id).await?;
     result.oom_killed |= oom_rose(oom_before, state.runtime.oom_kills(vm_id).await);
     // A provider's secrets are never returned, even if its own code prints them.
     result.stdout = secrets.redact(&result.stdout);
@@ -65,17 +55,7 @@ pub async fn exec(state: &AppState, vm_id: &str, req: ExecRequest) -> Result<Exe
         "hasStdin": req.stdin.is_some(),
         "timeoutMs": req.timeout_ms,
     });
-    log_exec(
-        state,
-        vm_id,
-        "exec",
-        req.exec_id,
-        input,
-        result.exit_code,
-        started,
-        &result.stdout,
-        &result.stderr,
-    ).await;
+    log_exec(state, vm_id, "exec", req.exec_id, input, result.exit_code, started, &result.stdout, &result.stderr).await;
     Ok(result)
 }
 
@@ -94,16 +74,15 @@ fn ndjson_response(result: &ExecResult) -> Result<Response, ApiError> {
         serde_json::to_writer(&mut body, event).context("encoding the exec events")?;
         body.push(b'\n');
     }
-    Response::builder().header(header::CONTENT_TYPE, NDJSON).body(Body::from(body)).context("building the exec response")
+    Response::builder()
+        .header(header::CONTENT_TYPE, NDJSON)
+        .body(Body::from(body))
+        .context("building the exec response")
 }
 
 /// Runs a shell command, proxying the agent's NDJSON event stream as it comes (for a provider
 /// with secrets: its redacted result once it finishes).
-pub async fn exec_stream(
-    state: &AppState,
-    vm_id: &str,
-    req: ExecRequest,
-) -> Result<Response, ApiError> {
+pub async fn exec_stream(state: &AppState, vm_id: &str, req: ExecRequest) -> Result<Response, ApiError> {
     let limit = call_limit(state, req.timeout_ms)?;
     let vm = find_running(state, vm_id).await?;
     let secrets = secrets_of(state, &vm)?;
@@ -114,25 +93,9 @@ pub async fn exec_stream(
     }
     let to_agent = ExecRequest { env: with_secrets(req.env.clone(), &secrets), ..req.clone() };
     // The limit covers the response head; the stream itself ends when the agent's command does.
-    let stream = state
-        .agent
-        .vm(vm_id)
-        .exec_stream(&to_agent, limit)
-        .await
-        .or_agent_error(state, vm_id).await?;
-    let input =
-        json!({"cmd": req.cmd, "cwd": req.cwd, "streamed": true, "timeoutMs": req.timeout_ms});
-    log_exec(
-        state,
-        vm_id,
-        "exec",
-        req.exec_id,
-        input,
-        None,
-        Instant::now(),
-        "",
-        "",
-    ).await;
+    let stream = state.agent.vm(vm_id).exec_stream(&to_agent, limit).await.or_agent_error(state, vm_id).await?;
+    let input = json!({"cmd": req.cmd, "cwd": req.cwd, "streamed": true, "timeoutMs": req.timeout_ms});
+    log_exec(state, vm_id, "exec", req.exec_id, input, None, Instant::now(), "", "").await;
     Response::builder()
         .header(header::CONTENT_TYPE, NDJSON)
         .body(Body::new(stream.into_body()))
@@ -140,32 +103,17 @@ pub async fn exec_stream(
 }
 
 /// Runs TypeScript, JavaScript or Python; the `result` is passed through untouched.
-pub async fn run(
-    state: &AppState,
-    vm_id: &str,
-    lang: Language,
-    req: RunRequest,
-) -> Result<RunResult, ApiError> {
+pub async fn run(state: &AppState, vm_id: &str, lang: Language, req: RunRequest) -> Result<RunResult, ApiError> {
     let limit = call_limit(state, req.timeout_ms)?;
     if req.code.is_none() && req.path.is_none() {
-        return Err(ApiError::BadRequest(
-            "one of `code` or `path` is required".into(),
-        ));
+        return Err(ApiError::BadRequest("one of `code` or `path` is required".into()));
     }
     let vm = find_running(state, vm_id).await?;
     let secrets = secrets_of(state, &vm)?;
     let oom_before = state.runtime.oom_kills(vm_id).await;
     let started = Instant::now();
-    let to_agent = RunRequest {
-        env: with_secrets(req.env.clone(), &secrets),
-        ..req.clone()
-    };
-    let mut result = state
-        .agent
-        .vm(vm_id)
-        .run(lang, &to_agent, limit)
-        .await
-        .or_agent_error(state, vm_id).await?;
+    let to_agent = RunRequest { env: with_secrets(req.env.clone(), &secrets), ..req.clone() };
+    let mut result = state.agent.vm(vm_id).run(lang, &to_agent, limit).await.or_agent_error(state, vm_id).await?;
     result.oom_killed |= oom_rose(oom_before, state.runtime.oom_kills(vm_id).await);
     result.stdout = secrets.redact(&result.stdout);
     result.stderr = secrets.redact(&result.stderr);
@@ -179,23 +127,13 @@ pub async fn run(
         "envKeys": req.env.as_ref().map(|e| e.0.keys().cloned().collect::<Vec<_>>()),
         "timeoutMs": req.timeout_ms,
     });
-    log_exec(
-        state,
-        vm_id,
-        lang.route(),
-        req.exec_id,
-        input,
-        result.exit_code,
-        started,
-        &result.stdout,
-        &result.stderr,
-    ).await;
+    log_exec(state, vm_id, lang.route(), req.exec_id, input, result.exit_code, started, &result.stdout, &result.stderr)
+        .await;
     Ok(result)
 }
 
 fn oom_rose(before: Option<u64>, after: Option<u64>) -> bool {
-    matches!((before, after), (Some(b), Some(a)) if a > b)
-        || matches!((before, after), (None, Some(a)) if a > 0)
+    matches!((before, after), (Some(b), Some(a)) if a > b) || matches!((before, after), (None, Some(a)) if a > 0)
 }
 
 /// Maps an agent failure: a VM that stopped meanwhile is a 409, agent 4xx keep their status.

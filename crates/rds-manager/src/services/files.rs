@@ -50,11 +50,7 @@ pub async fn upload(
         Ok(chunk)
     });
     let archive = Archive::from_body(Body::from_stream(counted));
-    let result = state
-        .agent
-        .vm(vm_id)
-        .upload(&dest, archive, TRANSFER_TIMEOUT)
-        .await;
+    let result = state.agent.vm(vm_id).upload(&dest, archive, TRANSFER_TIMEOUT).await;
     if exceeded.load(Ordering::Relaxed) {
         return Err(too_large());
     }
@@ -63,11 +59,7 @@ pub async fn upload(
 }
 
 /// Streams `path` back as tar.gz.
-pub async fn download(
-    state: &AppState,
-    vm_id: &str,
-    path: Option<String>,
-) -> Result<Response, ApiError> {
+pub async fn download(state: &AppState, vm_id: &str, path: Option<String>) -> Result<Response, ApiError> {
     let path = path
         .filter(|p| !p.is_empty())
         .ok_or_else(|| ApiError::BadRequest("query parameter `path` is required".into()))?;
@@ -80,16 +72,6 @@ pub async fn download(
 }
 
 /// Asks a VM's agent for `path` as a tar.gz stream; errors (400/404) arrive before any byte.
-pub async fn agent_download(
-    state: &AppState,
-    vm_id: &str,
-    path: &str,
-    limit: Duration,
-) -> Result<Incoming, ApiError> {
-    state
-        .agent
-        .vm(vm_id)
-        .download(path, limit)
-        .await
-        .or_agent_error(state, vm_id).await
+pub async fn agent_download(state: &AppState, vm_id: &str, path: &str, limit: Duration) -> Result<Incoming, ApiError> {
+    state.agent.vm(vm_id).download(path, limit).await.or_agent_error(state, vm_id).await
 }

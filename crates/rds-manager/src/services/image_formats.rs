@@ -74,9 +74,7 @@ pub fn identify(part: ImagePart, head: &[u8]) -> Result<FileFormat, String> {
     let found = match part {
         ImagePart::Kernel if head.starts_with(ELF_MAGIC) => Some(FileFormat::Elf),
         ImagePart::Kernel if at(head, BZIMAGE_MAGIC) => Some(FileFormat::BzImage),
-        ImagePart::Initrd if head.starts_with(CPIO_NEWC) || head.starts_with(CPIO_NEWC_CRC) => {
-            Some(FileFormat::Cpio)
-        }
+        ImagePart::Initrd if head.starts_with(CPIO_NEWC) || head.starts_with(CPIO_NEWC_CRC) => Some(FileFormat::Cpio),
         ImagePart::Initrd => COMPRESSED
             .iter()
             .find(|(magic, _)| head.starts_with(magic))
@@ -120,10 +118,7 @@ mod tests {
     fn initrds_may_be_plain_or_compressed_cpio() {
         assert_eq!(identify(ImagePart::Initrd, b"070701000000"), Ok(FileFormat::Cpio));
         assert_eq!(identify(ImagePart::Initrd, &[0x1f, 0x8b, 8]), Ok(FileFormat::CompressedCpio("gzip")));
-        assert_eq!(
-            identify(ImagePart::Initrd, &[0x28, 0xb5, 0x2f, 0xfd, 0]),
-            Ok(FileFormat::CompressedCpio("zstd"))
-        );
+        assert_eq!(identify(ImagePart::Initrd, &[0x28, 0xb5, 0x2f, 0xfd, 0]), Ok(FileFormat::CompressedCpio("zstd")));
         assert_eq!(identify(ImagePart::Initrd, b"\xfd7zXZ\x00"), Ok(FileFormat::CompressedCpio("xz")));
         assert!(identify(ImagePart::Initrd, b"\x7fELF").unwrap_err().starts_with("initrd is not"));
     }

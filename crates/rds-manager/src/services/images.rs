@@ -17,10 +17,10 @@ use rds_store::{now_ms, ImagePart, ImageRecord};
 use tempfile::NamedTempFile;
 use tokio::io::AsyncWriteExt;
 
+use crate::error::ResultExt;
 use crate::services::image_formats::{
     identify, FileFormat, HEAD_LEN, INITRD, KERNEL_BZIMAGE, KERNEL_ELF, MANIFEST, ROOTFS,
 };
-use crate::error::ResultExt;
 use crate::views::{CreateImageRequest, ImageView};
 use crate::{ApiError, AppState};
 
@@ -46,8 +46,7 @@ fn image_dir(state: &AppState, id: &str) -> PathBuf {
 
 /// True for `img-<uuid>`: only such ids ever reach a path.
 fn is_image_id(id: &str) -> bool {
-    id.strip_prefix("img-")
-        .is_some_and(|u| uuid::Uuid::try_parse(u).is_ok_and(|p| p.hyphenated().to_string() == u))
+    id.strip_prefix("img-").is_some_and(|u| uuid::Uuid::try_parse(u).is_ok_and(|p| p.hyphenated().to_string() == u))
 }
 
 /// An existing image, else 404.
@@ -103,12 +102,7 @@ fn view(state: &AppState, image: &ImageRecord, default: Option<&str>, with_manif
 /// Every image, oldest first (without manifests).
 pub async fn list(state: &AppState) -> Result<Vec<ImageView>, ApiError> {
     let default = default_image_id(state).await?;
-    Ok(state
-        .store
-        .list_images().await?
-        .iter()
-        .map(|i| view(state, i, default.as_deref(), false))
-        .collect())
+    Ok(state.store.list_images().await?.iter().map(|i| view(state, i, default.as_deref(), false)).collect())
 }
 
 /// One image, with its manifest.
@@ -135,12 +129,8 @@ pub async fn create(state: &AppState, req: CreateImageRequest) -> Result<ImageVi
     check_text("name", &req.name, MAX_NAME_CHARS, true)?;
     let description = req.description.unwrap_or_default();
     check_text("description", &description, MAX_DESCRIPTION_CHARS, false)?;
-    let image = ImageRecord::new(
-        format!("img-{}", uuid::Uuid::new_v4()),
-        req.name.trim().to_string(),
-        description,
-        now_ms(),
-    );
+    let image =
+        ImageRecord::new(format!("img-{}", uuid::Uuid::new_v4()), req.name.trim().to_string(), description, now_ms());
     let dir = image_dir(state, &image.id);
     std::fs::create_dir_all(images_dir(state))
         .and_then(|()| {
@@ -175,10 +165,7 @@ impl Staged {
     /// fsyncs the file and renames it to its format's name in `dir`.
     fn install(self, dir: &Path) -> Result<(), ApiError> {
         let target = dir.join(self.format.file_name());
-        self.tmp
-            .as_file()
-            .sync_all()
-            .with_context(|| format!("cannot fsync an upload for {}", target.display()))?;
+        self.tmp.as_file().sync_all().with_context(|| format!("cannot fsync an upload for {}", target.display()))?;
         self.tmp
             .persist(&target)
             .map_err(|e| ApiError::internal(format!("cannot install {}", target.display()), e.error))?;
@@ -188,9 +175,7 @@ impl Staged {
 
 /// fsyncs a directory so renames into it survive a crash.
 fn sync_dir(dir: &Path) -> Result<(), ApiError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("cannot fsync {}", dir.display()))
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("cannot fsync {}", dir.display()))
 }
 
 fn too_large(max: u64) -> ApiError {
@@ -262,10 +247,7 @@ where
     S: Stream<Item = Result<bytes::Bytes, axum::Error>> + Unpin,
 {
     let tmp = new_temp(dir)?;
-    let std_file = tmp
-        .as_file()
-        .try_clone()
-        .context("cannot open the upload file")?;
+    let std_file = tmp.as_file().try_clone().context("cannot open the upload file")?;
     let mut file = tokio::fs::File::from_std(std_file);
     let write_err = |e: std::io::Error| ApiError::internal(format!("cannot write the {part} upload"), e);
     let mut head: Vec<u8> = Vec::with_capacity(HEAD_LEN);
@@ -418,11 +400,8 @@ fn bad_bundle(e: impl std::fmt::Display) -> ApiError {
 fn stage_bundle(body: &mut impl Read, dir: &Path, max: u64) -> Result<StagedBundle, ApiError> {
     let mut buffered = BufReader::new(body);
     let is_gzip = buffered.fill_buf().map_err(bad_bundle)?.starts_with(&[0x1f, 0x8b]);
-    let reader: Box<dyn Read + '_> = if is_gzip {
-        Box::new(flate2::read::GzDecoder::new(buffered))
-    } else {
-        Box::new(buffered)
-    };
+    let reader: Box<dyn Read + '_> =
+        if is_gzip { Box::new(flate2::read::GzDecoder::new(buffered)) } else { Box::new(buffered) };
     let mut archive = tar::Archive::new(reader);
     let mut bundle = StagedBundle::default();
     for entry in archive.entries().map_err(bad_bundle)? {
@@ -508,9 +487,7 @@ fn stage_manifest(entry: &mut impl Read, dir: &Path) -> Result<(NamedTempFile, S
 pub async fn set_default(state: &AppState, id: &str) -> Result<ImageView, ApiError> {
     let image = find(state, id).await?;
     if image.rootfs_bytes.is_none() {
-        return Err(ApiError::Conflict(format!(
-            "image {id} has no rootfs; upload one before making it the default"
-        )));
+        return Err(ApiError::Conflict(format!("image {id} has no rootfs; upload one before making it the default")));
     }
     state.store.set_setting(DEFAULT_IMAGE_SETTING, Some(id)).await?;
     tracing::info!(image_id = %id, "default image set");
@@ -587,9 +564,7 @@ fn boot_files_of(state: &AppState, image: &ImageRecord) -> Result<BootFiles, Api
     let dir = image_dir(state, &image.id);
     let id = &image.id;
     if image.rootfs_bytes.is_none() {
-        return Err(ApiError::BadRequest(format!(
-            "image {id} is incomplete: it has no rootfs; upload one first"
-        )));
+        return Err(ApiError::BadRequest(format!("image {id} is incomplete: it has no rootfs; upload one first")));
     }
     state.runtime.boot_files(&dir).map_err(|e| {
         ApiError::BadRequest(format!("image {id} is incomplete for the {} runtime: {e}", state.runtime.kind()))
@@ -644,7 +619,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let body = tar_gz(&[("vmlinux", b"\x7fELF"), ("rootfs.ext4", b"not ext4")]);
         let err = stage_bundle(&mut &body[..], dir.path(), 1 << 20).err().unwrap();
-        assert!(matches!(&err, ApiError::BadRequest(m) if m.starts_with("bundle entry rootfs.ext4: rootfs is")), "{err}");
+        assert!(
+            matches!(&err, ApiError::BadRequest(m) if m.starts_with("bundle entry rootfs.ext4: rootfs is")),
+            "{err}"
+        );
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 

@@ -47,8 +47,7 @@ pub async fn policy_of(state: &AppState, vm: &VmRecord) -> Result<EgressPolicy, 
             EgressPolicy::deny_all()
         }));
     }
-    let ips: Vec<String> =
-        vm.allow_ips_json.as_deref().and_then(|j| serde_json::from_str(j).ok()).unwrap_or_default();
+    let ips: Vec<String> = vm.allow_ips_json.as_deref().and_then(|j| serde_json::from_str(j).ok()).unwrap_or_default();
     Ok(EgressPolicy::from_request(Some(vm.outbound_internet), &ips, &[]).unwrap_or_default())
 }
 
@@ -126,10 +125,7 @@ pub async fn before_start(state: &AppState, vm: &VmRecord) -> Result<Option<VmNe
         tap: None,
     };
     if state.runtime.link_kind() == LinkKind::Tap {
-        let tap = network
-            .attach_tap(&vm.id, &slot)
-            .await
-            .context("cannot create the VM's TAP device")?;
+        let tap = network.attach_tap(&vm.id, &slot).await.context("cannot create the VM's TAP device")?;
         enforce(state, network, vm, &slot).await?;
         link.tap = Some(tap);
     }
@@ -146,19 +142,13 @@ pub async fn after_start(state: &AppState, vm: &VmRecord, handle: &VmHandle) -> 
         return Ok(());
     };
     ensure_own_netns(handle.pid)?;
-    network
-        .attach_veth(&vm.id, &slot, handle.pid)
-        .await
-        .context("cannot attach the VM's network")?;
+    network.attach_veth(&vm.id, &slot, handle.pid).await.context("cannot attach the VM's network")?;
     enforce(state, network, vm, &slot).await
 }
 
 async fn enforce(state: &AppState, network: &Network, vm: &VmRecord, slot: &Slot) -> Result<(), ApiError> {
     let policy = policy_of(state, vm).await?;
-    network
-        .apply_policy(&vm.id, slot, &policy)
-        .await
-        .context("cannot apply the VM's egress policy")
+    network.apply_policy(&vm.id, slot, &policy).await.context("cannot apply the VM's egress policy")
 }
 
 /// Refuses to put a link into the manager's own network namespace (a runtime that does not
@@ -209,20 +199,15 @@ pub async fn patch(state: &AppState, id: &str, req: PatchNetworkRequest) -> Resu
     let _lock = state.vm_locks.lock(id).await;
     let vm = vms::find(state, id).await?;
     let current = policy_of(state, &vm).await?;
-    let ips = req
-        .allow_ips
-        .unwrap_or_else(|| current.allow_ips.iter().map(|n| n.to_string()).collect());
-    let domains = req
-        .allow_domains
-        .unwrap_or_else(|| current.allow_domains.iter().map(|d| d.to_string()).collect());
+    let ips = req.allow_ips.unwrap_or_else(|| current.allow_ips.iter().map(|n| n.to_string()).collect());
+    let domains = req.allow_domains.unwrap_or_else(|| current.allow_domains.iter().map(|d| d.to_string()).collect());
     let outbound = req.outbound_internet.unwrap_or(current.outbound_internet);
     let policy = policy_from_request(state, Some(outbound), &ips, &domains)?;
     if vm.state == VmState::Running {
         match (state.network.get(), slot_of(state, id).await?) {
-            (Some(network), Some(slot)) => network
-                .apply_policy(id, &slot, &policy)
-                .await
-                .context("cannot apply the egress policy")?,
+            (Some(network), Some(slot)) => {
+                network.apply_policy(id, &slot, &policy).await.context("cannot apply the egress policy")?
+            }
             (Some(_), None) if policy.outbound_internet => {
                 return Err(ApiError::Conflict(format!(
                     "VM {id} was started without a network link; stop and start it, then retry"
@@ -236,9 +221,14 @@ pub async fn patch(state: &AppState, id: &str, req: PatchNetworkRequest) -> Resu
         state,
         id,
         "vm.network_updated",
-        if policy.outbound_internet { "Egress policy changed: egress open to the allowed destinations" } else { "Egress policy changed: no egress" },
+        if policy.outbound_internet {
+            "Egress policy changed: egress open to the allowed destinations"
+        } else {
+            "Egress policy changed: no egress"
+        },
         Some(json!(policy)),
-    ).await;
+    )
+    .await;
     Ok(vms::view(state, &vms::find(state, id).await?).await)
 }
 

@@ -83,9 +83,10 @@ pub fn secrets_of(state: &AppState, vm: &VmRecord) -> Result<SecretEnv, ApiError
     let Some(sealed) = &vm.secret_env_ciphertext else {
         return Ok(SecretEnv::default());
     };
-    let sealer = state.secrets.as_ref().ok_or_else(|| {
-        ApiError::internal_msg(format!("VM {} holds secrets but VM_SECRET_KEY is not set", vm.id))
-    })?;
+    let sealer = state
+        .secrets
+        .as_ref()
+        .ok_or_else(|| ApiError::internal_msg(format!("VM {} holds secrets but VM_SECRET_KEY is not set", vm.id)))?;
     let text = std::str::from_utf8(sealed).with_context(|| format!("VM {}: sealed secrets are not text", vm.id))?;
     sealer.open(text).with_context(|| format!("VM {}: cannot open its secrets", vm.id))
 }
@@ -143,10 +144,7 @@ pub async fn validate_links(
         let field = format!("peerLinks[{i}]");
         check_alias(&format!("{field}.alias"), &l.alias)?;
         if out.iter().any(|o| o.alias == l.alias) {
-            return Err(ApiError::BadRequest(format!(
-                "invalid field `{field}.alias`: duplicate alias {:?}",
-                l.alias
-            )));
+            return Err(ApiError::BadRequest(format!("invalid field `{field}.alias`: duplicate alias {:?}", l.alias)));
         }
         check_provider(state, &format!("{field}.vmId"), consumer_id, &l.vm_id).await?;
         out.push(new_link(consumer_id, &l.alias, &l.vm_id, l.source_mode.unwrap_or_default()));
@@ -278,7 +276,8 @@ pub async fn delete_link(state: &AppState, consumer_id: &str, alias: &str) -> Re
             return Err(ApiError::NotFound(format!("VM {consumer_id} has no peer {alias:?}")));
         }
     }
-    crate::services::events::vm_event(state, consumer_id, "peer.unlinked", format!("peer {alias} unlinked"), None).await;
+    crate::services::events::vm_event(state, consumer_id, "peer.unlinked", format!("peer {alias} unlinked"), None)
+        .await;
     resync_if_running(state, consumer_id).await.map(|_| ())
 }
 
@@ -319,7 +318,9 @@ async fn sync_locked(state: &AppState, vm: &VmRecord, strict: bool) -> Result<Pe
         return Ok(PeerSyncReport { peers: vec![], skipped: vec![] });
     }
     state.bridges.open(state, &vm.id).context("cannot open the peer bridge")?;
-    let mut synced: Vec<(PeerLinkRecord, Arc<Provider>, Vec<(String, Vec<u8>)>)> = Vec::new();
+    // Per valid link: the link, its provider, and the provider files mirrored for the consumer.
+    type Synced = (PeerLinkRecord, Arc<Provider>, Vec<(String, Vec<u8>)>);
+    let mut synced: Vec<Synced> = Vec::new();
     let mut skipped = Vec::new();
     let mut invalid = Vec::new();
     for link in &links {
@@ -400,8 +401,8 @@ async fn fetch_provider(
     };
     let bytes = single_file(&archive, rds_peer::manifest::MAX_MANIFEST_BYTES)
         .map_err(|m| SyncProblem::Invalid(format!("provider manifest unreadable: {m}")))?;
-    let manifest_json = String::from_utf8(bytes)
-        .map_err(|_| SyncProblem::Invalid("provider manifest is not UTF-8".into()))?;
+    let manifest_json =
+        String::from_utf8(bytes).map_err(|_| SyncProblem::Invalid("provider manifest is not UTF-8".into()))?;
     // Recorded on the link for the user to read: the message names the manifest field.
     let provider = state.manifests.get(&manifest_json).map_err(|e| SyncProblem::Invalid(chain_of(&e)))?;
     let mirror = if mode_of(link) == SourceMode::Mirror {
@@ -420,8 +421,14 @@ async fn download(state: &AppState, vm_id: &str, path: &str, max: usize) -> Resu
     let body = crate::services::files::agent_download(state, vm_id, path, SYNC_TIMEOUT).await?;
     let body = tokio::time::timeout(SYNC_TIMEOUT, http_body_util::Limited::new(body, max).collect())
         .await
-        .map_err(|e| ApiError::Timeout { message: format!("downloading {path} from VM {vm_id} timed out"), source: Some(e.into()) })?
-        .map_err(|e| ApiError::Agent { message: format!("downloading {path} from VM {vm_id} failed"), source: Some(e) })?;
+        .map_err(|e| ApiError::Timeout {
+            message: format!("downloading {path} from VM {vm_id} timed out"),
+            source: Some(e.into()),
+        })?
+        .map_err(|e| ApiError::Agent {
+            message: format!("downloading {path} from VM {vm_id} failed"),
+            source: Some(e),
+        })?;
     Ok(body.to_bytes())
 }
 
@@ -524,7 +531,8 @@ async fn call_inner(
     audit.export_name = req.export.chars().take(128).collect();
     let link = state
         .store
-        .get_peer_link(consumer_id, &req.alias).await?
+        .get_peer_link(consumer_id, &req.alias)
+        .await?
         .ok_or_else(|| ApiError::Forbidden(format!("VM {consumer_id} is not linked to a peer {:?}", req.alias)))?;
     audit.provider_vm_id = Some(link.provider_vm_id.clone());
     let bucket: [u8; 32] = Sha256::digest(format!("{consumer_id}/{}", link.alias)).into();
@@ -537,11 +545,13 @@ async fn call_inner(
             link.sync_message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
         ))
     })?;
-    let provider =
-        state.manifests.get(manifest_json).with_context(|| format!("the synced manifest of peer {:?} does not parse", link.alias))?;
-    let export = provider.export(&req.export).ok_or_else(|| {
-        ApiError::NotFound(format!("peer {:?} declares no export {:?}", link.alias, req.export))
-    })?;
+    let provider = state
+        .manifests
+        .get(manifest_json)
+        .with_context(|| format!("the synced manifest of peer {:?} does not parse", link.alias))?;
+    let export = provider
+        .export(&req.export)
+        .ok_or_else(|| ApiError::NotFound(format!("peer {:?} declares no export {:?}", link.alias, req.export)))?;
     provider
         .check_args(&export.name, &req.args)
         .map_err(|v| ApiError::BadRequest(format!("invalid arguments at `{}`: {}", v.pointer, v.message)))?;
@@ -575,7 +585,11 @@ async fn call_inner(
                 matches!(state.store.get_vm(&provider_vm.id).await, Ok(Some(vm)) if vm.state == VmState::Running);
             return Err(if still_running {
                 // Redacted text only: the raw error may hold the provider's secrets.
-                ApiError::agent_msg(format!("provider of peer {:?} failed: {}", link.alias, secrets.redact(&e.to_string())))
+                ApiError::agent_msg(format!(
+                    "provider of peer {:?} failed: {}",
+                    link.alias,
+                    secrets.redact(&e.to_string())
+                ))
             } else {
                 ApiError::Conflict(format!("peer {:?}: provider VM stopped during the call", link.alias))
             });
@@ -636,11 +650,16 @@ fn sanitize(secrets: &SecretEnv, message: &str) -> String {
 }
 
 /// `GET /v1/peer-calls`: the audit log, newest first.
-pub async fn list_calls(state: &AppState, vm_id: Option<&str>, limit: Option<u32>) -> Result<Vec<PeerCallView>, ApiError> {
+pub async fn list_calls(
+    state: &AppState,
+    vm_id: Option<&str>,
+    limit: Option<u32>,
+) -> Result<Vec<PeerCallView>, ApiError> {
     let limit = limit.unwrap_or(100).clamp(1, crate::views::MAX_PEER_CALLS_LIMIT);
     Ok(state
         .store
-        .list_peer_calls(vm_id, limit).await?
+        .list_peer_calls(vm_id, limit)
+        .await?
         .into_iter()
         .map(|c| PeerCallView {
             id: c.id,

@@ -8,11 +8,11 @@ use rds_store::{now_ms, NewVm, Quota, SealedSecrets, StoreError, VmLimits, VmRec
 use serde_json::json;
 
 use crate::error::ResultExt;
-use crate::{lifecycle, liveness};
-use crate::services::{network, peers};
 use crate::services::events::vm_event;
 use crate::services::images;
+use crate::services::{network, peers};
 use crate::views::{CreateVmRequest, VmView};
+use crate::{lifecycle, liveness};
 use crate::{ApiError, AppState};
 
 use crate::views::{MIN_DISK_MB, MIN_MEM_MB};
@@ -54,10 +54,7 @@ pub async fn find(state: &AppState, id: &str) -> Result<VmRecord, ApiError> {
 pub async fn find_running(state: &AppState, id: &str) -> Result<VmRecord, ApiError> {
     let vm = find(state, id).await?;
     if vm.state != VmState::Running {
-        return Err(ApiError::Conflict(format!(
-            "VM {id} is {}; it must be RUNNING",
-            vm.state
-        )));
+        return Err(ApiError::Conflict(format!("VM {id} is {}; it must be RUNNING", vm.state)));
     }
     Ok(vm)
 }
@@ -75,26 +72,16 @@ pub async fn list(state: &AppState) -> Result<Vec<VmView>, ApiError> {
 fn validate(state: &AppState, req: &CreateVmRequest) -> Result<(), ApiError> {
     let c = &state.config;
     if req.cpu == 0 {
-        return Err(ApiError::BadRequest(
-            "invalid field `cpu`: must be at least 1".into(),
-        ));
+        return Err(ApiError::BadRequest("invalid field `cpu`: must be at least 1".into()));
     }
     if req.cpu > c.max_cpu {
-        return Err(ApiError::Quota(format!(
-            "cpu {} exceeds MAX_CPU={}",
-            req.cpu, c.max_cpu
-        )));
+        return Err(ApiError::Quota(format!("cpu {} exceeds MAX_CPU={}", req.cpu, c.max_cpu)));
     }
     if req.mem_mb < MIN_MEM_MB {
-        return Err(ApiError::BadRequest(format!(
-            "invalid field `memMb`: must be at least {MIN_MEM_MB}"
-        )));
+        return Err(ApiError::BadRequest(format!("invalid field `memMb`: must be at least {MIN_MEM_MB}")));
     }
     if req.mem_mb > c.max_mem_mb {
-        return Err(ApiError::Quota(format!(
-            "memMb {} exceeds MAX_MEM_MB={}",
-            req.mem_mb, c.max_mem_mb
-        )));
+        return Err(ApiError::Quota(format!("memMb {} exceeds MAX_MEM_MB={}", req.mem_mb, c.max_mem_mb)));
     }
     if let Some(disk) = req.disk_size_mb {
         if disk < MIN_DISK_MB {
@@ -136,9 +123,7 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
         image_id: None,
         handle_json: None,
         outbound_internet: policy.outbound_internet,
-        allow_ips_json: Some(
-            serde_json::to_string(&policy.allow_ips).context("encoding allowIps")?,
-        ),
+        allow_ips_json: Some(serde_json::to_string(&policy.allow_ips).context("encoding allowIps")?),
         secret_env_ciphertext: None,
         created_at: now,
         updated_at: now,
@@ -178,10 +163,9 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
         &id,
         "vm.created",
         format!("VM created ({} vCPU, {} MiB)", record.cpu, record.mem_mb),
-        Some(
-            json!({"cpu": record.cpu, "memMb": record.mem_mb, "outboundInternet": record.outbound_internet}),
-        ),
-    ).await;
+        Some(json!({"cpu": record.cpu, "memMb": record.mem_mb, "outboundInternet": record.outbound_internet})),
+    )
+    .await;
     let handle = match boot(state, &record).await {
         Ok(handle) => handle,
         Err(e) => {
@@ -249,10 +233,7 @@ pub async fn start(state: &AppState, id: &str) -> Result<(), ApiError> {
     let _lock = state.vm_locks.lock(id).await;
     let vm = find(state, id).await?;
     lifecycle::check(vm.state, VmState::Starting).map_err(|_| {
-        ApiError::Conflict(format!(
-            "VM {id} is {}; only a STOPPED or ERROR VM can be started",
-            vm.state
-        ))
+        ApiError::Conflict(format!("VM {id} is {}; only a STOPPED or ERROR VM can be started", vm.state))
     })?;
     transition(state, id, vm.state, VmState::Starting, None).await?;
     // A VM created while networking was off gets its addresses now.
@@ -260,7 +241,12 @@ pub async fn start(state: &AppState, id: &str) -> Result<(), ApiError> {
         let _gate = state.create_gate.lock().await;
         network::allocate_slot(state, id).await
     };
-    match async { slot?; boot(state, &vm).await }.await {
+    match async {
+        slot?;
+        boot(state, &vm).await
+    }
+    .await
+    {
         Ok(handle) => {
             transition(state, id, VmState::Starting, VmState::Running, None).await?;
             liveness::watch(state, id, &handle);
@@ -274,13 +260,7 @@ pub async fn start(state: &AppState, id: &str) -> Result<(), ApiError> {
             }
             network::detach(state, id).await;
             state.store.set_vm_handle(id, None).await?;
-            transition(
-                state,
-                id,
-                VmState::Starting,
-                VmState::Stopped,
-                Some(&format!("start failed: {e}")),
-            ).await?;
+            transition(state, id, VmState::Starting, VmState::Stopped, Some(&format!("start failed: {e}"))).await?;
             Err(e)
         }
     }
@@ -290,12 +270,8 @@ pub async fn start(state: &AppState, id: &str) -> Result<(), ApiError> {
 pub async fn stop(state: &AppState, id: &str) -> Result<(), ApiError> {
     let _lock = state.vm_locks.lock(id).await;
     let vm = find(state, id).await?;
-    lifecycle::check(vm.state, VmState::Stopping).map_err(|_| {
-        ApiError::Conflict(format!(
-            "VM {id} is {}; only a RUNNING VM can be stopped",
-            vm.state
-        ))
-    })?;
+    lifecycle::check(vm.state, VmState::Stopping)
+        .map_err(|_| ApiError::Conflict(format!("VM {id} is {}; only a RUNNING VM can be stopped", vm.state)))?;
     transition(state, id, vm.state, VmState::Stopping, None).await?;
     state.bridges.close(state, id);
     // Best effort: lets the guest sync and exit cleanly; the runtime forces what is left.
@@ -372,22 +348,14 @@ pub async fn transition(
     }
     state.store.set_vm_state(id, to, reason).await?;
     if to == VmState::Error {
-        vm_event(
-            state,
-            id,
-            "vm.error",
-            reason.unwrap_or("VM failed").to_string(),
-            None,
-        ).await;
+        vm_event(state, id, "vm.error", reason.unwrap_or("VM failed").to_string(), None).await;
     }
     Ok(())
 }
 
 /// The runtime handle persisted for a VM, if it parses.
 pub fn parse_handle(vm: &VmRecord) -> Option<VmHandle> {
-    vm.handle_json
-        .as_deref()
-        .and_then(|j| serde_json::from_str(j).ok())
+    vm.handle_json.as_deref().and_then(|j| serde_json::from_str(j).ok())
 }
 
 async fn current_handle(state: &AppState, id: &str) -> Result<Option<VmHandle>, ApiError> {

@@ -35,8 +35,10 @@ pub use accel::{kvm_boots_guests, Accel, AccelChoice};
 
 use crate::process::HostProcess;
 use crate::vmm::{self, GracefulStop, Spawned};
-use crate::{vm_common, BootNeeds, Capabilities, Isolation, KernelFormat, RootfsForm, RuntimeEntry, RuntimeSettings, Unavailable};
 use crate::{check_vm_id, Liveness, Runtime, RuntimeError, RuntimeKind, VmHandle, VmNetwork, VmSpec};
+use crate::{
+    vm_common, BootNeeds, Capabilities, Isolation, KernelFormat, RootfsForm, RuntimeEntry, RuntimeSettings, Unavailable,
+};
 
 /// The guest's vsock CID. Each VM has its own backend process, so CIDs never meet.
 pub const GUEST_CID: u32 = 3;
@@ -335,7 +337,10 @@ impl QemuRuntime {
                 return Err(RuntimeError::Boot(format!("vhost-device-vsock exited at start ({status})")));
             }
             if tokio::time::Instant::now() >= end {
-                return Err(RuntimeError::Boot(format!("vhost-device-vsock did not create {}", p.vhost_user.display())));
+                return Err(RuntimeError::Boot(format!(
+                    "vhost-device-vsock did not create {}",
+                    p.vhost_user.display()
+                )));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -370,9 +375,8 @@ impl QemuRuntime {
             // TCG guests cannot calibrate against the PIT (no timer interrupts that early): the
             // delay loop hangs without `lpj`, and the APIC timer calibration without a known TSC
             // rate. TCG's TSC follows the host clock, so it is reliable once its rate is given.
-            cmdline.extend(
-                ["lpj=4000000", "no_timer_check", "tsc_early_khz=2000000", "tsc=reliable"].map(String::from),
-            );
+            cmdline
+                .extend(["lpj=4000000", "no_timer_check", "tsc_early_khz=2000000", "tsc=reliable"].map(String::from));
         }
         let mem = spec.mem_mb;
         let mut args: Vec<String> = vec![
@@ -505,7 +509,12 @@ impl QemuRuntime {
         let force = async {
             let _ = qmp::execute(&p.qmp, "quit", Duration::from_secs(2)).await;
         };
-        let stop = GracefulStop { what: "QEMU", console: &p.console, limit: graceful_stop(procs.accel), forced_wait: FORCED_STOP };
+        let stop = GracefulStop {
+            what: "QEMU",
+            console: &p.console,
+            limit: graceful_stop(procs.accel),
+            forced_wait: FORCED_STOP,
+        };
         vmm::stop_gracefully(qemu, stop, ask, force).await?;
         procs.backend().terminate("vhost-device-vsock", FORCED_STOP, FORCED_STOP).await
     }
@@ -570,7 +579,8 @@ fn check_spec(spec: &VmSpec) -> Result<(), RuntimeError> {
         let tap = net.tap.as_deref().ok_or_else(|| {
             RuntimeError::InvalidSpec("a networked qemu VM needs the TAP device the manager made for it".into())
         })?;
-        let name_ok = (1..16).contains(&tap.len()) && tap.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let name_ok =
+            (1..16).contains(&tap.len()) && tap.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if !name_ok {
             return Err(RuntimeError::InvalidSpec(format!("{tap:?} is not a network interface name")));
         }
@@ -628,7 +638,9 @@ impl Runtime for QemuRuntime {
                     let _ = std::fs::remove_dir_all(&p.dir);
                 }
                 Err(match e {
-                    RuntimeError::Boot(msg) if !tail.is_empty() => RuntimeError::Boot(format!("{msg}; console:\n{tail}")),
+                    RuntimeError::Boot(msg) if !tail.is_empty() => {
+                        RuntimeError::Boot(format!("{msg}; console:\n{tail}"))
+                    }
                     other => other,
                 })
             }
@@ -644,7 +656,10 @@ impl Runtime for QemuRuntime {
             let qemu = HostProcess { pid: handle.pid, start_time: handle.start_time };
             if qemu.signal(Signal::SIGKILL) {
                 // A handle without extras: at least QEMU goes.
-                tracing::error!(pid = handle.pid, "no process record for this VM; QEMU killed without a guest shutdown");
+                tracing::error!(
+                    pid = handle.pid,
+                    "no process record for this VM; QEMU killed without a guest shutdown"
+                );
                 qemu.wait_gone(FORCED_STOP).await;
             }
         }
@@ -700,7 +715,17 @@ mod tests {
     }
 
     fn spec() -> VmSpec {
-        VmSpec { id: "vm-1".into(), cpu: 2, mem_mb: 512, disk_mb: crate::DEFAULT_DISK_MB, rootfs: None, kernel: None, initrd: None, hostname: "box".into(), network: None }
+        VmSpec {
+            id: "vm-1".into(),
+            cpu: 2,
+            mem_mb: 512,
+            disk_mb: crate::DEFAULT_DISK_MB,
+            rootfs: None,
+            kernel: None,
+            initrd: None,
+            hostname: "box".into(),
+            network: None,
+        }
     }
 
     #[test]

@@ -34,8 +34,10 @@ use uid_range::UidRange;
 
 mod uid_range;
 use crate::process::HostProcess;
-use crate::{vm_common, vmm, BootNeeds, Capabilities, Isolation, RootfsForm, RuntimeEntry, RuntimeSettings, Unavailable};
 use crate::{check_vm_id, Liveness, Runtime, RuntimeError, RuntimeKind, VmHandle, VmSpec};
+use crate::{
+    vm_common, vmm, BootNeeds, Capabilities, Isolation, RootfsForm, RuntimeEntry, RuntimeSettings, Unavailable,
+};
 
 /// How long `start` waits for the agent to accept connections.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -146,7 +148,9 @@ impl SandboxRuntime {
     /// in the same cgroup never treat each other's VMs as orphans.
     pub fn with_cgroup_group(cfg: SandboxConfig, group: &str) -> Result<Self, RuntimeError> {
         if !crate::is_valid_vm_id(group) {
-            return Err(RuntimeError::InvalidSpec(format!("cgroup group name {group:?} must match [A-Za-z0-9-]{{1,64}}")));
+            return Err(RuntimeError::InvalidSpec(format!(
+                "cgroup group name {group:?} must match [A-Za-z0-9-]{{1,64}}"
+            )));
         }
         let cgroups = CgroupLayout::detect(group)?;
         Ok(SandboxRuntime { cfg, cgroups })
@@ -179,7 +183,8 @@ impl SandboxRuntime {
         let mut hide = vec![self.cfg.storage_root.clone()];
         hide.extend(self.cfg.hide_paths.iter().cloned());
         // Hide the real location too when the configured path goes through a symlink.
-        let mut all: Vec<PathBuf> = hide.iter().filter_map(|p| std::fs::canonicalize(p).ok()).chain(hide.clone()).collect();
+        let mut all: Vec<PathBuf> =
+            hide.iter().filter_map(|p| std::fs::canonicalize(p).ok()).chain(hide.clone()).collect();
         all.sort();
         all.dedup();
         all
@@ -226,13 +231,22 @@ impl SandboxRuntime {
 
     /// Spawns the launcher detached, already inside the VM's cgroups, inheriting the fds `inherit`
     /// (the listening socket and the uid-range lock).
-    fn spawn_launcher(&self, spec: &SandboxSpec, inherit: &[RawFd], id: &str, console: &Path) -> Result<tokio::process::Child, RuntimeError> {
+    fn spawn_launcher(
+        &self,
+        spec: &SandboxSpec,
+        inherit: &[RawFd],
+        id: &str,
+        console: &Path,
+    ) -> Result<tokio::process::Child, RuntimeError> {
         let procs: Vec<File> = self
             .cgroups
             .procs_files(id)
             .iter()
             .map(|f| {
-                OpenOptions::new().write(true).open(f).map_err(|e| RuntimeError::io(format!("cannot open {}", f.display()), e))
+                OpenOptions::new()
+                    .write(true)
+                    .open(f)
+                    .map_err(|e| RuntimeError::io(format!("cannot open {}", f.display()), e))
             })
             .collect::<Result<_, _>>()?;
         let procs_fds: Vec<RawFd> = procs.iter().map(|f| f.as_raw_fd()).collect();
@@ -273,14 +287,18 @@ impl SandboxRuntime {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .map_err(|e| RuntimeError::Boot(format!("cannot run {}: {e}", self.cfg.agent_bin.display())))?;
+        let child =
+            cmd.spawn().map_err(|e| RuntimeError::Boot(format!("cannot run {}: {e}", self.cfg.agent_bin.display())))?;
         drop(procs);
         Ok(child)
     }
 
-    async fn start_inner(&self, spec: &VmSpec, p: &VmPaths, child_slot: &mut Option<tokio::process::Child>) -> Result<VmHandle, RuntimeError> {
+    async fn start_inner(
+        &self,
+        spec: &VmSpec,
+        p: &VmPaths,
+        child_slot: &mut Option<tokio::process::Child>,
+    ) -> Result<VmHandle, RuntimeError> {
         let _ = std::fs::remove_file(&p.agent_sock);
         let listener = std::os::unix::net::UnixListener::bind(&p.agent_sock)
             .map_err(|e| RuntimeError::io(format!("cannot bind {}", p.agent_sock.display()), e))?;
@@ -357,7 +375,10 @@ fn check_spec(spec: &VmSpec, host_root: bool) -> Result<(), RuntimeError> {
         ));
     }
     if spec.disk_mb < MIN_DISK_MB {
-        return Err(RuntimeError::InvalidSpec(format!("disk size {} MiB is below the minimum of {MIN_DISK_MB} MiB", spec.disk_mb)));
+        return Err(RuntimeError::InvalidSpec(format!(
+            "disk size {} MiB is below the minimum of {MIN_DISK_MB} MiB",
+            spec.disk_mb
+        )));
     }
     if let Some(rootfs) = &spec.rootfs {
         // An ext4 image file is loop-mounted read-only by the launcher; a directory is bound.
@@ -427,7 +448,9 @@ impl Runtime for SandboxRuntime {
                 let tail = vm_common::console_tail(&p.console, CONSOLE_TAIL);
                 self.undo_start(&spec.id, &p, child.as_mut(), workspace_existed || dir_existed).await;
                 Err(match e {
-                    RuntimeError::Boot(msg) if !tail.is_empty() => RuntimeError::Boot(format!("{msg}; console:\n{tail}")),
+                    RuntimeError::Boot(msg) if !tail.is_empty() => {
+                        RuntimeError::Boot(format!("{msg}; console:\n{tail}"))
+                    }
                     other => other,
                 })
             }
