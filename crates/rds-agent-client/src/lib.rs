@@ -4,7 +4,8 @@
 //! Every route the host uses is a method taking and returning `rds-proto` types; paths, methods
 //! and query names come from [`AgentRoute`], on which the agent's router dispatches.
 //!
-//! Retry rule (the reference re-ran commands, behaviour.md §3.5): a request is retried only when it
+//! Retry rule (the service rds replaces re-ran commands whose connection failed mid-request, so a
+//! command could run twice): a request is retried only when it
 //! provably never left this process — the connection could not be made, or hyper hands the request
 //! back unsent because a pooled connection had closed. Once request bytes are written, any failure
 //! is returned to the caller.

@@ -2,7 +2,8 @@
 //!
 //! Every runtime exposes the guest agent the same way: a host Unix socket where the host writes
 //! `CONNECT <port>\n` and reads `OK <n>\n` before speaking the application protocol
-//! (`shared/firecracker/vsock.md`). This crate holds both halves:
+//! (Firecracker's vsock design document, "Host-initiated connections"). This crate holds both
+//! halves:
 //!
 //! * host side: [`connect`] / [`connect_retry`] dial a VM's socket and perform the handshake;
 //! * guest side: [`Listener`] accepts on `AF_VSOCK` (inside a microVM) or on a Unix socket that
