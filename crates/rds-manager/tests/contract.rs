@@ -4,7 +4,6 @@
 //! Needs no root and starts no manager or agent process. What needs real isolation (namespaces,
 //! cgroups, egress, guests) stays in the e2e suites of rds-cli.
 
-use std::io::Read;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -14,6 +13,7 @@ use http_body_util::BodyExt;
 use rds_manager::auth::{hash_key, ApiKeyRing};
 use rds_manager::testing::InProcessRuntime;
 use rds_manager::{routes, server, AppState, Config};
+use rds_testkit::{tar_gz, untar_gz};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -178,35 +178,6 @@ impl Api {
     async fn exec(&self, id: &str, cmd: &str) -> Value {
         self.call(Method::POST, &format!("/v1/vms/{id}/exec"), Some(json!({"cmd": cmd}))).await.expect(StatusCode::OK)
     }
-}
-
-/// A tar.gz holding `files` (path, contents).
-fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
-    for (path, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        tar.append_data(&mut h, path, *data).expect("appending to the test tar");
-    }
-    tar.into_inner().expect("finishing the tar").finish().expect("finishing the gzip")
-}
-
-/// The files of a tar.gz, as (path, contents).
-fn untar_gz(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
-    let mut files = Vec::new();
-    for entry in archive.entries().expect("a tar.gz") {
-        let mut entry = entry.expect("a tar entry");
-        if entry.header().entry_type().is_file() {
-            let path = entry.path().expect("an entry path").display().to_string();
-            let mut data = Vec::new();
-            entry.read_to_end(&mut data).expect("reading a tar entry");
-            files.push((path, data));
-        }
-    }
-    files
 }
 
 /// `HEAD_LEN` bytes carrying the ext4 superblock magic: what the manager accepts as a rootfs.

@@ -11,7 +11,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -129,33 +128,6 @@ async fn run(rt: &QemuRuntime, id: &str, language: Language, code: &str) -> RunR
     agent(rt, id).run(language, &request, CALL_LIMIT).await.unwrap_or_else(|e| panic!("{}: {e}", language.route()))
 }
 
-/// A gzipped tar holding one file.
-fn tar_gz(name: &str, data: &[u8]) -> Vec<u8> {
-    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
-    let mut header = tar::Header::new_gnu();
-    header.set_size(data.len() as u64);
-    header.set_mode(0o644);
-    header.set_cksum();
-    tar.append_data(&mut header, name, data).unwrap();
-    tar.into_inner().unwrap().finish().unwrap()
-}
-
-/// Every (path, contents) of regular files in a gzipped tar.
-fn untar_gz(data: &[u8]) -> Vec<(String, Vec<u8>)> {
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(data));
-    let mut files = Vec::new();
-    for entry in archive.entries().unwrap() {
-        let mut entry = entry.unwrap();
-        if entry.header().entry_type().is_file() {
-            let path = entry.path().unwrap().to_string_lossy().into_owned();
-            let mut contents = Vec::new();
-            entry.read_to_end(&mut contents).unwrap();
-            files.push((path, contents));
-        }
-    }
-    files
-}
-
 /// Asserts VM `id` left nothing behind: no directory (sockets, overlay, logs) and no process.
 fn assert_no_trace(rt: &QemuRuntime, id: &str, handle: &VmHandle) {
     assert!(!rt.vm_dir(id).exists(), "VM dir {} still exists", rt.vm_dir(id).display());
@@ -192,13 +164,13 @@ async fn qemu_vm_boots_the_image_runs_code_keeps_workspace_and_is_readopted() {
 
     // Upload a tar into /workspace, see it from a command, download it back.
     agent(rt, &id)
-        .upload("up", tar_gz("hello.txt", b"uploaded bytes\n"), CALL_LIMIT)
+        .upload("up", rds_testkit::tar_gz(&[("hello.txt", b"uploaded bytes\n")]), CALL_LIMIT)
         .await
         .unwrap_or_else(|e| panic!("upload: {e}"));
     let r = exec(rt, &id, "cat /workspace/up/hello.txt; stat -c %u /workspace/up/hello.txt /workspace").await;
     assert_eq!(r.stdout, "uploaded bytes\n1000\n1000\n", "{r:?}");
     let archive = agent(rt, &id).download("up", CALL_LIMIT).await.unwrap_or_else(|e| panic!("download: {e}"));
-    let files = untar_gz(&archive.collect().await.unwrap().to_bytes());
+    let files = rds_testkit::untar_gz(&archive.collect().await.unwrap().to_bytes());
     assert!(files.iter().any(|(p, c)| p.ends_with("hello.txt") && c == b"uploaded bytes\n"), "{files:?}");
 
     // Stop keeps the overlay disk (and so /workspace); start boots the same disk again.
@@ -379,7 +351,7 @@ async fn workspace_survives_twenty_stop_start_cycles_with_clean_disks_and_no_io_
         // page cache (no fsync: stop must flush it), a line appended to a shared log.
         let name = format!("{i:02}.bin");
         agent(rt, &id)
-            .upload("files", tar_gz(&name, &cycle_file(i)), CALL_LIMIT)
+            .upload("files", rds_testkit::tar_gz(&[(&name, &cycle_file(i))]), CALL_LIMIT)
             .await
             .unwrap_or_else(|e| panic!("cycle {i} upload: {e}"));
         let r = exec(rt, &id, &format!("mkdir -p /workspace/bulk && yes cycle-{i} | head -c 524288 > /workspace/bulk/{i:02} && printf 'cycle %02d\\n' {i} >> /workspace/cycles.log")).await;
