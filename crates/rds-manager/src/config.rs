@@ -80,6 +80,9 @@ pub struct Config {
     pub peer_calls_per_min: u32,
     /// `RDS_NETWORK`, `RDS_VM_CIDR`, `RDS_DNS_UPSTREAMS`: VM networking.
     pub network: crate::network::NetworkSettings,
+    /// Variables of the original run-dat-sheesh that are set but have no effect here; reported at
+    /// start-up.
+    pub not_applied: Vec<crate::original_env::NotApplied>,
 }
 
 /// The files a VM boots from, as `rds image build` writes them.
@@ -192,11 +195,20 @@ impl Config {
             }
         }
         let max_disk_mb: u32 = positive(&get, "MAX_DISK_MB", 10_240)?;
-        let default_disk_mb: u32 = positive(&get, "DEFAULT_DISK_MB", rds_runtime::DEFAULT_DISK_MB)?;
+        let not_applied = crate::original_env::check(&get)?;
+        // The original's OVERLAY_SIZE_BYTES is the same thing as DEFAULT_DISK_MB, in bytes.
+        let overlay_mb = crate::original_env::overlay_size_mb(&get)?;
+        let disk_var = if get("DEFAULT_DISK_MB").is_none() && overlay_mb.is_some() {
+            "OVERLAY_SIZE_BYTES"
+        } else {
+            "DEFAULT_DISK_MB"
+        };
+        let default_disk_mb: u32 =
+            positive(&get, "DEFAULT_DISK_MB", overlay_mb.unwrap_or(rds_runtime::DEFAULT_DISK_MB))?;
         let min_disk = rds_runtime::MIN_DISK_MB;
         if default_disk_mb < min_disk || default_disk_mb > max_disk_mb {
             return Err(ConfigError {
-                var: "DEFAULT_DISK_MB",
+                var: disk_var,
                 message: format!("must be between {min_disk} and MAX_DISK_MB ({max_disk_mb})"),
             });
         }
@@ -244,6 +256,7 @@ impl Config {
             vm_secret_key: vm_secret_key.map(Secret),
             network: crate::network::NetworkSettings::from_lookup(&get)?,
             peer_calls_per_min: parse(&get, "PEER_CALLS_PER_MIN", 600, "a non-negative integer (0 disables)")?,
+            not_applied,
         })
     }
 
@@ -311,6 +324,18 @@ mod tests {
         assert!(!c.expose_internal_errors);
         assert_eq!(c.cgroup_group, None, "the default group is derived from the installation id");
         assert_eq!(cfg(&[("RDS_CGROUP_GROUP", "rds-blue")]).unwrap().cgroup_group.as_deref(), Some("rds-blue"));
+    }
+
+    #[test]
+    fn an_original_env_file_starts_with_its_unused_variables_named() {
+        let c =
+            cfg(&[("OVERLAY_SIZE_BYTES", "536870912"), ("ENABLE_SNAPSHOTS", "false"), ("JAILER_UID", "1234")]).unwrap();
+        assert_eq!(c.default_disk_mb, 512);
+        let named: Vec<&str> = c.not_applied.iter().map(|n| n.var).collect();
+        assert_eq!(named, ["JAILER_UID", "ENABLE_SNAPSHOTS"]);
+        assert_eq!(cfg(&[("OVERLAY_SIZE_BYTES", "1024")]).unwrap_err().var, "OVERLAY_SIZE_BYTES", "below the minimum");
+        assert_eq!(cfg(&[("OVERLAY_SIZE_BYTES", "1"), ("DEFAULT_DISK_MB", "64")]).unwrap().default_disk_mb, 64);
+        assert_eq!(cfg(&[("DB_DIALECT", "postgres")]).unwrap_err().var, "DB_DIALECT");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod lifecycle;
 pub mod liveness;
 pub mod network;
 pub mod openapi;
+pub mod original_env;
 pub mod rate_limit;
 pub mod reconciler;
 pub mod routes;

@@ -48,6 +48,9 @@ pub struct Prepared {
 
 /// Opens everything with the configured runtime.
 pub async fn prepare(config: Config, rotate_key: bool) -> Result<Prepared, StartError> {
+    for n in &config.not_applied {
+        tracing::warn!(var = n.var, "{} is set but has no effect: {}", n.var, n.reason);
+    }
     let (store, installation, host_locks) = open_store(&config).await?;
     let runtime = crate::runtime_select::select(&config, &installation)?;
     prepare_with(config, store, installation, host_locks, runtime, rotate_key).await
