@@ -4,30 +4,39 @@
 
 use serde::de::{self, Deserializer, Unexpected};
 use serde::Deserialize;
+use serde_json::Value;
 
-/// A number, or a string holding one.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum NumOrText {
-    Num(u64),
-    Text(String),
-}
+// Each reads a `Value` first, so a syntax error in the body keeps serde_json's own message
+// (`malformed JSON`) instead of being reported as a wrong type.
 
 fn number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    match Option::<NumOrText>::deserialize(d).map_err(|_| de::Error::custom("expected a non-negative integer"))? {
+    let expected = &"a non-negative integer";
+    match Option::<Value>::deserialize(d)? {
         None => Ok(None),
-        Some(NumOrText::Num(n)) => Ok(Some(n)),
-        Some(NumOrText::Text(t)) => t
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| de::Error::invalid_value(Unexpected::Str(&t), &"a non-negative integer")),
+        Some(Value::Number(n)) => {
+            n.as_u64().map(Some).ok_or_else(|| de::Error::invalid_value(Unexpected::Other(&n.to_string()), expected))
+        }
+        Some(Value::String(t)) => {
+            t.trim().parse().map(Some).map_err(|_| de::Error::invalid_value(Unexpected::Str(&t), expected))
+        }
+        Some(other) => Err(de::Error::invalid_type(unexpected(&other), expected)),
+    }
+}
+
+fn unexpected(v: &Value) -> Unexpected<'_> {
+    match v {
+        Value::Null => Unexpected::Unit,
+        Value::Bool(b) => Unexpected::Bool(*b),
+        Value::Number(_) => Unexpected::Other("a number"),
+        Value::String(s) => Unexpected::Str(s),
+        Value::Array(_) => Unexpected::Seq,
+        Value::Object(_) => Unexpected::Map,
     }
 }
 
 /// `u32` from a number or a numeric string.
 pub fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    opt_u32(d)?.ok_or_else(|| de::Error::custom("expected a non-negative integer, found null"))
+    opt_u32(d)?.ok_or_else(|| de::Error::invalid_type(Unexpected::Unit, &"a non-negative integer"))
 }
 
 /// Optional `u32` from a number or a numeric string (`null` = omitted).
@@ -44,36 +53,31 @@ pub fn opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error>
 
 /// Optional `bool` from a boolean or the strings `"true"` / `"false"` (`null` = omitted).
 pub fn opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum BoolOrText {
-        Bool(bool),
-        Text(String),
-    }
-    match Option::<BoolOrText>::deserialize(d).map_err(|_| de::Error::custom("expected a boolean"))? {
+    match Option::<Value>::deserialize(d)? {
         None => Ok(None),
-        Some(BoolOrText::Bool(b)) => Ok(Some(b)),
-        Some(BoolOrText::Text(t)) => match t.as_str() {
-            "true" => Ok(Some(true)),
-            "false" => Ok(Some(false)),
-            _ => Err(de::Error::invalid_value(Unexpected::Str(&t), &"a boolean")),
-        },
+        Some(Value::Bool(b)) => Ok(Some(b)),
+        Some(Value::String(t)) if t == "true" => Ok(Some(true)),
+        Some(Value::String(t)) if t == "false" => Ok(Some(false)),
+        Some(other) => Err(de::Error::invalid_type(unexpected(&other), &"a boolean")),
     }
 }
 
 /// Optional list of strings; a lone string is a one-element list (`null` = omitted).
 pub fn opt_strings<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum ListOrOne {
-        List(Vec<String>),
-        One(String),
+    let expected = &"a list of strings";
+    match Option::<Value>::deserialize(d)? {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(vec![s])),
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s),
+                other => Err(de::Error::invalid_type(unexpected(&other), expected)),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(other) => Err(de::Error::invalid_type(unexpected(&other), expected)),
     }
-    Ok(match Option::<ListOrOne>::deserialize(d).map_err(|_| de::Error::custom("expected a list of strings"))? {
-        None => None,
-        Some(ListOrOne::List(l)) => Some(l),
-        Some(ListOrOne::One(s)) => Some(vec![s]),
-    })
 }
 
 #[cfg(test)]
@@ -115,9 +119,18 @@ mod tests {
             (r#"{"cpu":1,"flag":"yes"}"#, "flag"),
             (r#"{"cpu":1,"list":[1]}"#, "list"),
             (r#"{"cpu":"99999999999"}"#, "cpu"),
+            (r#"{"cpu":null}"#, "cpu"),
         ] {
             let err = parse(json).unwrap_err();
             assert!(err.contains(&format!("`{field}`")), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_truncated_body_is_still_malformed_json() {
+        for json in [r#"{"cpu":"#, r#"{"cpu":1,"flag":"#, r#"{"cpu":1,"list":["a""#] {
+            let err = parse(json).unwrap_err();
+            assert!(err.starts_with("malformed JSON"), "{json}: {err}");
         }
     }
 }
