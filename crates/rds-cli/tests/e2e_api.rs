@@ -43,7 +43,7 @@ fn invalid_bodies_are_400_naming_the_field() {
     };
     for (body, field) in [
         (r#"{"memMb":256}"#, "cpu"),
-        (r#"{"cpu":"2","memMb":256}"#, "cpu"),
+        (r#"{"cpu":"two","memMb":256}"#, "cpu"),
         (r#"{"cpu":1,"memMb":256,"bogus":true}"#, "bogus"),
         (r#"{"cpu":1,"memMb":"#, "malformed JSON"),
         (r#"{"cpu":1,"memMb":256,"allowIps":["not-an-ip"]}"#, "allowIps[0]"),

@@ -54,7 +54,7 @@ fn upload(s: &Server, id: &str, files: &[(&str, &str)]) {
         .set("content-type", "application/gzip")
         .send_bytes(&tar_gz(&files.iter().map(|(path, text)| (*path, text.as_bytes())).collect::<Vec<_>>()))
         .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.status(), 204);
 }
 
 const WEATHER_MANIFEST: &str = r#"{

@@ -61,7 +61,7 @@ fn core_flow_runs_on_the_real_guest_under_qemu() {
         .set("content-type", "application/gzip")
         .send_bytes(&tar_gz(&[("data.bin", &payload)]))
         .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.status(), 204);
     let resp = s.req("GET", &format!("/v1/vms/{id}/files/download?path=/workspace/proj/data.bin")).call().unwrap();
     let mut gz = Vec::new();
     resp.into_reader().read_to_end(&mut gz).unwrap();

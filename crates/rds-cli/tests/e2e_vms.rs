@@ -63,7 +63,7 @@ fn upload_then_download_round_trips_a_tree_byte_for_byte() {
         .set("Content-Type", "application/gzip")
         .send_bytes(&upload)
         .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.status(), 204);
     assert_eq!(s.exec(&id, "cat /workspace/proj/a.txt")["stdout"], "alpha\n");
 
     let resp = s.req("GET", &format!("/v1/vms/{id}/files/download?path=/workspace/proj")).call().unwrap();

@@ -1,5 +1,6 @@
 //! Request and response bodies of the manager API (camelCase on the wire, with OpenAPI schemas).
 
+use rds_proto::coerce;
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::schema::SchemaType;
 use utoipa::openapi::{ArrayBuilder, ObjectBuilder, Type};
@@ -73,25 +74,27 @@ fn secret_env_entries(array: ArrayBuilder) -> ArrayBuilder {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateVmRequest {
     /// vCPUs (1..=MAX_CPU; over MAX_CPU is a 429).
+    #[serde(deserialize_with = "coerce::u32")]
     #[schema(minimum = 1)]
     pub cpu: u32,
     /// Memory in MiB (32..=MAX_MEM_MB; over MAX_MEM_MB is a 429).
+    #[serde(deserialize_with = "coerce::u32")]
     #[schema(minimum = 32)]
     pub mem_mb: u32,
     /// Size of the VM's writable disk (`/workspace`) in MiB (16..=MAX_DISK_MB; default
     /// DEFAULT_DISK_MB, 1024). Writes past it fail with ENOSPC inside the VM.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "coerce::opt_u32")]
     #[schema(minimum = 16)]
     pub disk_size_mb: Option<u32>,
     /// Guest image; omitted = the runtime's default root filesystem.
     #[serde(default)]
     pub image_id: Option<String>,
     /// Egress allow-list (CIDRs); only used with `outboundInternet`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "coerce::opt_strings")]
     #[schema(schema_with = allow_ips_schema)]
     pub allow_ips: Option<Vec<String>>,
     /// Allow egress to `allowIps` (default false: no network).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "coerce::opt_bool")]
     pub outbound_internet: Option<bool>,
     /// Names (`example.com`, `*.example.com`) the VM may resolve and then reach; only used with
     /// `outboundInternet`. Empty = every name resolves, only `allowIps` are reachable.
@@ -107,6 +110,13 @@ pub struct CreateVmRequest {
     #[serde(default)]
     #[schema(max_items = 32)]
     pub peer_links: Option<Vec<PeerLinkRequest>>,
+    /// The original API's snapshot baseline: not supported yet, so any value answers 501 rather
+    /// than booting a VM without the snapshot's files.
+    #[serde(default)]
+    pub user_overlay_snapshot_id: Option<String>,
+    /// The original API's deprecated alias of `userOverlaySnapshotId` (501 likewise).
+    #[serde(default)]
+    pub snapshot_id: Option<String>,
 }
 
 /// One entry of `peerLinks`.
@@ -235,7 +245,22 @@ pub struct VmView {
     /// The VM's address and effective egress policy.
     #[serde(default)]
     pub network: NetworkView,
+    /// The original API's top-level copy of `network.guestIp`: the VM's IPv4 address, `null` when
+    /// it has loopback only.
+    #[serde(default)]
+    pub guest_ip: Option<String>,
+    /// How the VM was provisioned, as in the original API: `boot` (cold boot; every VM today) or
+    /// `snapshot`.
+    #[serde(default = "boot")]
+    pub provision_mode: String,
 }
+
+fn boot() -> String {
+    PROVISION_BOOT.to_string()
+}
+
+/// `provisionMode` of a cold-booted VM.
+pub const PROVISION_BOOT: &str = "boot";
 
 /// A VM's network as the API shows it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -328,16 +353,6 @@ pub struct HealthView {
     pub installation_id: String,
 }
 
-/// `POST /v1/vms/{id}/files/upload` response, from the agent.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct UploadResult {
-    /// Entries written.
-    pub entries: u64,
-    /// Bytes written.
-    pub bytes: u64,
-}
-
 /// `?dest=` of an upload.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -420,6 +435,27 @@ pub struct ImageView {
     pub initrd_uploaded_at: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rootfs_uploaded_at: Option<i64>,
+    /// The original API's name of the kernel file (`vmlinux`, else `vmlinuz`); `null` without one.
+    #[serde(default)]
+    pub kernel_filename: Option<String>,
+    /// The original API's name of the root filesystem file (`rootfs.ext4`); `null` without one.
+    #[serde(default)]
+    pub rootfs_filename: Option<String>,
+    /// The original API's name for `rootfsBytes`.
+    #[serde(default)]
+    pub base_rootfs_bytes: Option<u64>,
+    /// Always `null`: images have no seed snapshot here (the original's warm-boot seed).
+    #[serde(default)]
+    pub seed_snapshot_id: Option<String>,
+    /// Always `null` (see `seedSnapshotId`).
+    #[serde(default)]
+    pub seed_status: Option<String>,
+    /// Always `null` (see `seedSnapshotId`).
+    #[serde(default)]
+    pub seed_updated_at: Option<String>,
+    /// Always `null` (see `seedSnapshotId`).
+    #[serde(default)]
+    pub seed_error: Option<String>,
     /// The builder's manifest (kernel, packages, artifact hashes), when a bundle carried one.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]

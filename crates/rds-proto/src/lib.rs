@@ -28,10 +28,14 @@ pub const SANDBOX_UID: u32 = 1000;
 /// The only directory callers may read and write.
 pub const WORKSPACE: &str = "/workspace";
 
-/// Error body returned by every rds HTTP endpoint: `{"error":{"code","message"}}`.
+/// Error body returned by every rds HTTP endpoint: `{"error":{"code","message"},"message"}`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
+    /// The same text as `error.message`, at the top level where the original API's clients read
+    /// it (`{"message": ...}`).
+    #[serde(default)]
+    pub message: String,
 }
 
 /// Machine-readable code plus a human message.
@@ -44,7 +48,8 @@ pub struct ErrorDetail {
 
 impl ErrorBody {
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
-        ErrorBody { error: ErrorDetail { code: code.into(), message: message.into() } }
+        let message = message.into();
+        ErrorBody { error: ErrorDetail { code: code.into(), message: message.clone() }, message }
     }
 }
 
@@ -138,7 +143,7 @@ pub struct ExecRequest {
     pub stdin: Option<String>,
     /// Milliseconds before the command is killed (default 30000; at most the manager's
     /// `MAX_EXEC_TIMEOUT_MS`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "coerce::opt_u64")]
     #[schema(minimum = 1)]
     pub timeout_ms: Option<u64>,
     /// Idempotency key: a retry with the same id never runs the command twice.
@@ -248,9 +253,16 @@ pub struct RunRequest {
     pub env: Option<EnvMap>,
     /// Milliseconds before the run is killed (default 30000; at most the manager's
     /// `MAX_EXEC_TIMEOUT_MS`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "coerce::opt_u64")]
     #[schema(minimum = 1)]
     pub timeout_ms: Option<u64>,
+    /// The original API's extra `deno run` flags: accepted, but only an empty list (the
+    /// manager answers 400 otherwise; permissions derive from the VM's policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deno_flags: Option<Vec<String>>,
+    /// The original API's extra `node` flags: accepted, but only an empty list (400 otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_flags: Option<Vec<String>>,
     /// Deno only: grant network access.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_net: Option<bool>,
@@ -362,5 +374,6 @@ mod tests {
     }
 }
 pub mod agent_api;
+pub mod coerce;
 pub mod guest_net;
 pub mod sandbox;

@@ -1,26 +1,28 @@
 //! `/v1/vms/{id}/files/upload|download`: tar.gz streams.
 
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::Response;
-use axum::Json;
 use rds_proto::ErrorBody;
 
 use crate::extract::{ApiQuery, RawBody};
 use crate::services::files;
-use crate::views::{DownloadQuery, UploadQuery, UploadResult};
+use crate::views::{DownloadQuery, UploadQuery};
 use crate::{ApiError, AppState};
 
 /// Extract a tar.gz body into `dest` under /workspace (links and paths escaping it are refused).
+/// Answers 204 with no body, as the original API does (its clients assert it).
 #[utoipa::path(post, path = "/v1/vms/{id}/files/upload", tag = "files", params(UploadQuery),
     request_body(content = Vec<u8>, content_type = "application/gzip"),
-    responses((status = 200, body = UploadResult), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
+    responses((status = 204, description = "Extracted."), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub async fn upload(
     State(s): State<AppState>,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<UploadQuery>,
     RawBody(body, len): RawBody,
-) -> Result<Json<UploadResult>, ApiError> {
-    Ok(Json(files::upload(&s, &id, q.dest, body, len).await?))
+) -> Result<StatusCode, ApiError> {
+    files::upload(&s, &id, q.dest, body, len).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Download a file or directory under /workspace as tar.gz.

@@ -108,11 +108,21 @@ pub async fn run(state: &AppState, vm_id: &str, lang: Language, req: RunRequest)
     if req.code.is_none() && req.path.is_none() {
         return Err(ApiError::BadRequest("one of `code` or `path` is required".into()));
     }
+    // The original passed these to the interpreter; here they could widen the run's permissions,
+    // so they are refused rather than silently dropped.
+    for (field, flags) in [("denoFlags", &req.deno_flags), ("nodeFlags", &req.node_flags)] {
+        if flags.as_ref().is_some_and(|f| !f.is_empty()) {
+            return Err(ApiError::BadRequest(format!(
+                "`{field}` is not supported: interpreter flags are fixed (permissions derive from the VM's policy)"
+            )));
+        }
+    }
     let vm = find_running(state, vm_id).await?;
     let secrets = secrets_of(state, &vm)?;
     let oom_before = state.runtime.oom_kills(vm_id).await;
     let started = Instant::now();
-    let to_agent = RunRequest { env: with_secrets(req.env.clone(), &secrets), ..req.clone() };
+    let to_agent =
+        RunRequest { env: with_secrets(req.env.clone(), &secrets), deno_flags: None, node_flags: None, ..req.clone() };
     let mut result = state.agent.vm(vm_id).run(lang, &to_agent, limit).await.or_agent_error(state, vm_id).await?;
     result.oom_killed |= oom_rose(oom_before, state.runtime.oom_kills(vm_id).await);
     result.stdout = secrets.redact(&result.stdout);

@@ -14,7 +14,6 @@ use rds_agent_client::{Archive, Incoming};
 use crate::error::ResultExt;
 use crate::services::exec::OrAgentError;
 use crate::services::vms::find_running;
-use crate::views::UploadResult;
 use crate::{ApiError, AppState};
 
 /// Time allowed for a whole upload or for a download's response head.
@@ -27,7 +26,7 @@ pub async fn upload(
     dest: Option<String>,
     body: Body,
     declared_len: Option<u64>,
-) -> Result<UploadResult, ApiError> {
+) -> Result<(), ApiError> {
     let dest = dest
         .filter(|d| !d.is_empty())
         .ok_or_else(|| ApiError::BadRequest("query parameter `dest` is required".into()))?;
@@ -54,8 +53,9 @@ pub async fn upload(
     if exceeded.load(Ordering::Relaxed) {
         return Err(too_large());
     }
-    let summary = result.or_agent_error(state, vm_id).await?;
-    Ok(UploadResult { entries: summary.entries, bytes: summary.bytes })
+    // The agent's entry and byte counts are not returned: the original API answers 204.
+    result.or_agent_error(state, vm_id).await?;
+    Ok(())
 }
 
 /// Streams `path` back as tar.gz.

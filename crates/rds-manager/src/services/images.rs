@@ -73,7 +73,9 @@ fn kernel_formats(dir: &Path) -> Vec<String> {
 
 /// The API view; `with_manifest` adds the (large) builder manifest.
 fn view(state: &AppState, image: &ImageRecord, default: Option<&str>, with_manifest: bool) -> ImageView {
-    let formats = kernel_formats(&image_dir(state, &image.id));
+    let dir = image_dir(state, &image.id);
+    let formats = kernel_formats(&dir);
+    let kernel_filename = [KERNEL_ELF, KERNEL_BZIMAGE].into_iter().find(|name| dir.join(name).is_file());
     ImageView {
         id: image.id.clone(),
         name: image.name.clone(),
@@ -91,6 +93,13 @@ fn view(state: &AppState, image: &ImageRecord, default: Option<&str>, with_manif
         kernel_uploaded_at: image.kernel_uploaded_at,
         initrd_uploaded_at: image.initrd_uploaded_at,
         rootfs_uploaded_at: image.rootfs_uploaded_at,
+        kernel_filename: kernel_filename.map(str::to_string),
+        rootfs_filename: image.rootfs_bytes.map(|_| ROOTFS.to_string()),
+        base_rootfs_bytes: image.rootfs_bytes,
+        seed_snapshot_id: None,
+        seed_status: None,
+        seed_updated_at: None,
+        seed_error: None,
         manifest: if with_manifest {
             image.manifest_json.as_deref().and_then(|m| serde_json::from_str(m).ok())
         } else {

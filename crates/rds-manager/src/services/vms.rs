@@ -11,7 +11,7 @@ use crate::error::ResultExt;
 use crate::services::events::vm_event;
 use crate::services::images;
 use crate::services::{network, peers};
-use crate::views::{CreateVmRequest, VmView};
+use crate::views::{CreateVmRequest, VmView, PROVISION_BOOT};
 use crate::{lifecycle, liveness};
 use crate::{ApiError, AppState};
 
@@ -23,6 +23,7 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The API view of a record.
 pub async fn view(state: &AppState, vm: &VmRecord) -> VmView {
+    let net = network::view(state, vm).await;
     VmView {
         id: vm.id.clone(),
         state: vm.state.as_str().to_string(),
@@ -38,12 +39,19 @@ pub async fn view(state: &AppState, vm: &VmRecord) -> VmView {
         updated_at: vm.updated_at,
         secret_env_keys: state.store.vm_secret_keys(&vm.id).await.unwrap_or_default(),
         peer_links: peers::link_views(state, &vm.id).await.unwrap_or_default(),
-        network: network::view(state, vm).await,
+        network: net.clone(),
+        guest_ip: net.guest_ip,
+        provision_mode: PROVISION_BOOT.to_string(),
     }
 }
 
-/// A VM that exists and is not deleted, else 404.
+/// A VM that exists and is not deleted, else 404 (400 for an id a client built from a missing
+/// value, as the original answers).
 pub async fn find(state: &AppState, id: &str) -> Result<VmRecord, ApiError> {
+    let trimmed = id.trim();
+    if trimmed.is_empty() || ["undefined", "null"].iter().any(|s| trimmed.eq_ignore_ascii_case(s)) {
+        return Err(ApiError::BadRequest("Invalid VM id".into()));
+    }
     match state.store.get_vm(id).await? {
         Some(vm) if vm.state != VmState::Deleted => Ok(vm),
         _ => Err(ApiError::NotFound(format!("VM {id} not found"))),
@@ -98,6 +106,11 @@ fn validate(state: &AppState, req: &CreateVmRequest) -> Result<(), ApiError> {
 /// no free address) leaves no record; a later failure leaves nothing behind but an ERROR record
 /// with the reason.
 pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, ApiError> {
+    for (field, value) in [("userOverlaySnapshotId", &req.user_overlay_snapshot_id), ("snapshotId", &req.snapshot_id)] {
+        if value.is_some() {
+            return Err(ApiError::not_implemented(format!("`{field}`: snapshots are not supported yet")));
+        }
+    }
     validate(state, &req)?;
     let policy = network::policy_from_request(
         state,

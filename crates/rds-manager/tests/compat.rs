@@ -1,0 +1,462 @@
+//! Drop-in compatibility with the original run-dat-sheesh API, in-process: each test sends what a
+//! client written against the original's contract sends, and checks the status and the body shape
+//! that client reads (a top-level `message` on errors, `guestIp` and `provisionMode` on VMs, 204 on
+//! upload, ...). Our own extensions are not checked here (contract.rs does); the deliberate
+//! differences are listed in docs/compatibility.md.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::Router;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use rds_manager::auth::{hash_key, ApiKeyRing};
+use rds_manager::testing::InProcessRuntime;
+use rds_manager::{routes, server, AppState, Config};
+use rds_testkit::{tar_gz, untar_gz};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+const KEY: &str = "rds_compat_test_key_0123456789ab";
+
+/// The router and the directory holding the database and the VMs.
+struct Api {
+    router: Router,
+    state: AppState,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        // Read-only trees the agents left would outlive `TempDir` when not root.
+        if let Err(e) = rds_manager::testing::remove_tree(self._dir.path()) {
+            eprintln!("could not remove {}: {e}", self._dir.path().display());
+        }
+    }
+}
+
+/// A response: status and body.
+struct Reply {
+    status: StatusCode,
+    content_type: Option<String>,
+    body: Bytes,
+}
+
+impl Reply {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Asserts the status and returns the JSON body.
+    #[track_caller]
+    fn expect(&self, status: StatusCode) -> Value {
+        assert_eq!(self.status, status, "body: {}", self.text());
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+    }
+
+    /// Asserts the status and the original's error shape: a non-empty top-level `message`
+    /// containing `needle`.
+    #[track_caller]
+    fn expect_message(&self, status: StatusCode, needle: &str) {
+        let body = self.expect(status);
+        let message = body["message"].as_str().unwrap_or_else(|| panic!("no top-level `message`: {body}"));
+        assert!(!message.is_empty(), "{body}");
+        assert!(message.contains(needle), "message {message:?} should contain {needle:?}");
+    }
+
+    /// Asserts 204 with no body, as the original's clients do.
+    #[track_caller]
+    fn expect_no_content(&self) {
+        assert_eq!(self.status, StatusCode::NO_CONTENT, "body: {}", self.text());
+        assert!(self.body.is_empty(), "204 has no body, got {}", self.text());
+    }
+}
+
+impl Api {
+    fn new(vars: &[(&str, &str)]) -> Api {
+        let dir = tempfile::tempdir().expect("creating the test directory");
+        let storage = dir.path().join("storage");
+        std::fs::create_dir_all(&storage).expect("creating STORAGE_ROOT");
+        let storage = storage.to_str().expect("the temporary directory is UTF-8").to_string();
+        let defaults = [("STORAGE_ROOT", storage.as_str()), ("RDS_SANDBOX_ROOT", "host")];
+        let lookup =
+            |k: &str| vars.iter().chain(defaults.iter()).find(|(name, _)| *name == k).map(|(_, v)| v.to_string());
+        let config = Config::from_lookup(lookup).expect("a valid test configuration");
+        // On a runtime of its own: `new` is called from inside the tests' runtime.
+        let store_config = config.store_config();
+        let (store, installation) = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            rt.block_on(async {
+                let store = rds_store::open(&store_config).await.expect("opening the test database");
+                let (installation, _) =
+                    rds_manager::installation::load_or_create(store.as_ref()).await.expect("an installation id");
+                (store, installation)
+            })
+        })
+        .join()
+        .expect("opening the store panicked");
+        let runtime = Arc::new(InProcessRuntime::new(dir.path().join("vms")));
+        let keys = ApiKeyRing::new(vec![hash_key(KEY)]);
+        let state =
+            AppState::new(config, store, runtime, keys, server::host_capabilities()).with_installation(installation);
+        Api { router: routes::router(state.clone()), state, _dir: dir }
+    }
+
+    async fn send(&self, req: Request<Body>) -> Reply {
+        let resp = self.router.clone().oneshot(req).await.expect("the router is infallible");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("reading the response body").to_bytes();
+        let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        Reply { status: parts.status, content_type, body }
+    }
+
+    /// A request with the API key (`X-API-Key`, as the original's clients send it) and a raw body.
+    async fn raw(&self, method: Method, path: &str, content_type: &str, body: impl Into<Body>) -> Reply {
+        let req = Request::builder().method(method).uri(path).header("X-API-Key", KEY);
+        let req = if content_type.is_empty() { req } else { req.header(header::CONTENT_TYPE, content_type) };
+        self.send(req.body(body.into()).unwrap()).await
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+        match body {
+            Some(b) => self.raw(method, path, "application/json", b.to_string()).await,
+            None => self.raw(method, path, "", Body::empty()).await,
+        }
+    }
+
+    /// The original's integration fixture `vmDeny`-like VM, without egress: RUNNING, its id.
+    async fn vm(&self) -> String {
+        let body = json!({"cpu": 1, "memMb": 256, "allowIps": ["1.2.3.4/32"]});
+        let vm = self.call(Method::POST, "/v1/vms", Some(body)).await.expect(StatusCode::CREATED);
+        vm["id"].as_str().expect("the VM has an id").to_string()
+    }
+}
+
+/// The fields of the original's `VmPublic` a client reads, with their types.
+#[track_caller]
+fn assert_vm_public(vm: &Value) {
+    let obj = vm.as_object().unwrap_or_else(|| panic!("a VM is an object: {vm}"));
+    assert!(obj["id"].is_string(), "{vm}");
+    let state = obj["state"].as_str().unwrap_or_else(|| panic!("state: {vm}"));
+    assert!(["CREATED", "STARTING", "RUNNING", "STOPPING", "STOPPED", "ERROR"].contains(&state), "{vm}");
+    assert!(obj["cpu"].is_u64() && obj["memMb"].is_u64(), "{vm}");
+    assert!(obj["outboundInternet"].is_boolean(), "{vm}");
+    assert!(obj.contains_key("createdAt"), "{vm}");
+    // Top level, as the original has it; the same address as our `network.guestIp`.
+    assert!(obj.contains_key("guestIp"), "top-level guestIp: {vm}");
+    assert!(obj["guestIp"].is_string() || obj["guestIp"].is_null(), "{vm}");
+    assert_eq!(obj["guestIp"], vm["network"]["guestIp"], "{vm}");
+    assert_eq!(obj["provisionMode"], "boot", "{vm}");
+    let links = obj["peerLinks"].as_array().unwrap_or_else(|| panic!("peerLinks: {vm}"));
+    for link in links {
+        assert!(link["alias"].is_string() && link["vmId"].is_string() && link["sourceMode"].is_string(), "{vm}");
+    }
+    for secret in ["allowIps", "secretEnv", "tapName", "vsockCid"] {
+        assert!(!obj.contains_key(secret), "{secret} is never returned: {vm}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// §1.1 global behaviour, §12.1 routes.test.ts
+
+#[tokio::test]
+async fn missing_or_wrong_api_key_answers_401_with_a_message() {
+    let api = Api::new(&[]);
+    for path in ["/v1/vms", "/v1/images"] {
+        let none = api.send(Request::get(path).body(Body::empty()).unwrap()).await;
+        none.expect_message(StatusCode::UNAUTHORIZED, "");
+        let wrong = api.send(Request::get(path).header("X-API-Key", "rds_wrong").body(Body::empty()).unwrap()).await;
+        wrong.expect_message(StatusCode::UNAUTHORIZED, "");
+    }
+}
+
+#[tokio::test]
+async fn unknown_vm_answers_404_with_a_message_on_every_vm_route() {
+    let api = Api::new(&[]);
+    let missing = "00000000-0000-4000-8000-000000000000";
+    api.call(Method::GET, &format!("/v1/vms/{missing}"), None).await.expect_message(StatusCode::NOT_FOUND, missing);
+    for (m, path, body) in [
+        (Method::POST, "start", None),
+        (Method::POST, "stop", None),
+        (Method::DELETE, "", None),
+        (Method::POST, "exec", Some(json!({"cmd": "id"}))),
+        (Method::POST, "run-ts", Some(json!({"code": "1"}))),
+        (Method::POST, "run-js", Some(json!({"code": "1"}))),
+        (Method::GET, "logs", None),
+        (Method::GET, "exec-logs", None),
+        (Method::GET, "files/download?path=/workspace", None),
+    ] {
+        let uri = if path.is_empty() { format!("/v1/vms/{missing}") } else { format!("/v1/vms/{missing}/{path}") };
+        api.call(m, &uri, body).await.expect_message(StatusCode::NOT_FOUND, missing);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// §1.6 VMs
+
+#[tokio::test]
+async fn create_answers_201_running_with_top_level_guest_ip_and_provision_mode_on_create_get_and_list() {
+    let api = Api::new(&[]);
+    let vm = api
+        .call(Method::POST, "/v1/vms", Some(json!({"cpu": 1, "memMb": 256, "allowIps": ["1.2.3.4/32"]})))
+        .await
+        .expect(StatusCode::CREATED);
+    assert_vm_public(&vm);
+    assert_eq!(vm["state"], "RUNNING");
+    assert_eq!((vm["cpu"].as_u64(), vm["memMb"].as_u64()), (Some(1), Some(256)));
+    assert_eq!(vm["outboundInternet"], false);
+    assert_eq!(vm["peerLinks"], json!([]));
+    let id = vm["id"].as_str().unwrap();
+
+    let got = api.call(Method::GET, &format!("/v1/vms/{id}"), None).await.expect(StatusCode::OK);
+    assert_vm_public(&got);
+    assert_eq!((&got["id"], &got["guestIp"]), (&vm["id"], &vm["guestIp"]));
+    let list = api.call(Method::GET, "/v1/vms", None).await.expect(StatusCode::OK);
+    let list = list.as_array().expect("a list");
+    assert_eq!(list.len(), 1);
+    assert_vm_public(&list[0]);
+    assert_eq!(list[0]["id"], id);
+}
+
+#[tokio::test]
+async fn create_accepts_string_numbers_booleans_and_a_lone_allow_ip_as_the_originals_validator_does() {
+    let api = Api::new(&[]);
+    let body =
+        json!({"cpu": "1", "memMb": "256", "diskSizeMb": "64", "outboundInternet": "false", "allowIps": "1.2.3.4/32"});
+    let vm = api.call(Method::POST, "/v1/vms", Some(body)).await.expect(StatusCode::CREATED);
+    assert_vm_public(&vm);
+    assert_eq!((vm["cpu"].as_u64(), vm["memMb"].as_u64(), vm["diskSizeMb"].as_u64()), (Some(1), Some(256), Some(64)));
+    assert_eq!(vm["outboundInternet"], false);
+    assert_eq!(vm["network"]["allowIps"], json!(["1.2.3.4/32"]));
+}
+
+#[tokio::test]
+async fn create_refuses_a_bad_body_with_400_and_snapshot_baselines_with_501_each_with_a_message() {
+    let api = Api::new(&[]);
+    for (body, needle) in [
+        (json!({"memMb": 256, "allowIps": []}), "cpu"),
+        (json!({"cpu": 1, "allowIps": []}), "memMb"),
+        (json!({"cpu": "two", "memMb": 256, "allowIps": []}), "cpu"),
+        (json!({"cpu": 1, "memMb": 256, "outboundInternet": "yes"}), "outboundInternet"),
+    ] {
+        api.call(Method::POST, "/v1/vms", Some(body)).await.expect_message(StatusCode::BAD_REQUEST, needle);
+    }
+    // Booting without the snapshot's files would look like success and lose them: refused.
+    for field in ["userOverlaySnapshotId", "snapshotId"] {
+        let body = json!({"cpu": 1, "memMb": 256, "allowIps": [], field: "snap-1"});
+        api.call(Method::POST, "/v1/vms", Some(body)).await.expect_message(StatusCode::NOT_IMPLEMENTED, field);
+    }
+    let list = api.call(Method::GET, "/v1/vms", None).await.expect(StatusCode::OK);
+    assert_eq!(list, json!([]), "a refused create leaves no VM behind");
+}
+
+#[tokio::test]
+async fn stop_start_delete_answer_204_and_the_wrong_state_409_with_a_message() {
+    let api = Api::new(&[]);
+    let id = api.vm().await;
+    api.call(Method::POST, &format!("/v1/vms/{id}/stop"), None).await.expect_no_content();
+    let vm = api.call(Method::GET, &format!("/v1/vms/{id}"), None).await.expect(StatusCode::OK);
+    assert_vm_public(&vm);
+    assert_eq!(vm["state"], "STOPPED");
+    api.call(Method::POST, &format!("/v1/vms/{id}/stop"), None).await.expect_message(StatusCode::CONFLICT, "RUNNING");
+    // §12.2 test 44: exec on a stopped VM answers a status >= 400.
+    api.call(Method::POST, &format!("/v1/vms/{id}/exec"), Some(json!({"cmd": "true"})))
+        .await
+        .expect_message(StatusCode::CONFLICT, "RUNNING");
+    api.call(Method::POST, &format!("/v1/vms/{id}/start"), None).await.expect_no_content();
+    api.call(Method::DELETE, &format!("/v1/vms/{id}"), None).await.expect_no_content();
+    api.call(Method::GET, &format!("/v1/vms/{id}"), None).await.expect_message(StatusCode::NOT_FOUND, &id);
+    api.call(Method::DELETE, &format!("/v1/vms/{id}"), None).await.expect_message(StatusCode::NOT_FOUND, &id);
+}
+
+// ---------------------------------------------------------------------------------------------
+// §1.6.2–1.6.4 exec, run-ts, run-js
+
+#[tokio::test]
+async fn exec_answers_200_exit_code_stdout_stderr_for_the_originals_body() {
+    let api = Api::new(&[]);
+    let id = api.vm().await;
+    // In-process, /workspace is a host directory: its last component is what can be checked.
+    let cmd = "echo \"$GREETING\"; basename \"$PWD\"; echo err >&2";
+    let body = json!({"cmd": cmd, "cwd": "/workspace", "env": {"GREETING": "hi"}, "timeoutMs": "10000"});
+    let r = api.call(Method::POST, &format!("/v1/vms/{id}/exec"), Some(body)).await.expect(StatusCode::OK);
+    assert_eq!(r["exitCode"], 0, "{r}");
+    assert_eq!(r["stdout"], "hi\nworkspace\n", "{r}");
+    assert_eq!(r["stderr"], "err\n", "{r}");
+    let r = api.call(Method::POST, &format!("/v1/vms/{id}/exec"), Some(json!({"cmd": "exit 3"}))).await;
+    assert_eq!(r.expect(StatusCode::OK)["exitCode"], 3);
+    api.call(Method::POST, &format!("/v1/vms/{id}/exec"), Some(json!({"cwd": "/workspace"})))
+        .await
+        .expect_message(StatusCode::BAD_REQUEST, "cmd");
+    // §12.1 test 13: an id built from a missing value.
+    for bad in ["undefined", "null", "%20"] {
+        api.call(Method::POST, &format!("/v1/vms/{bad}/exec"), Some(json!({"cmd": "id"})))
+            .await
+            .expect_message(StatusCode::BAD_REQUEST, "Invalid VM id");
+    }
+}
+
+#[tokio::test]
+async fn run_ts_and_run_js_take_the_originals_body_and_answer_result_or_error() {
+    let api = Api::new(&[]);
+    let id = api.vm().await;
+    let caps = api.state.capabilities.clone();
+    for (route, flags, available, code) in [
+        ("run-ts", "denoFlags", caps.deno, "console.log(Deno.env.get('A')); result.set({ok: true, n: 123})"),
+        ("run-js", "nodeFlags", caps.node, "console.log(process.env.A); result.set({ok: true, n: 123})"),
+    ] {
+        let path = format!("/v1/vms/{id}/{route}");
+        // Every field of the original's body, with its env as a `KEY=value` list.
+        let body = json!({"code": code, "args": [], flags: [], "timeoutMs": 20000, "env": ["A=from-env"]});
+        let reply = api.call(Method::POST, &path, Some(body)).await;
+        if !available {
+            reply.expect_message(StatusCode::NOT_IMPLEMENTED, "");
+            rds_testkit::skip(&format!("{route}: the interpreter is not installed; only the refusals are checked"));
+        } else {
+            let r = reply.expect(StatusCode::OK);
+            assert_eq!(r["exitCode"], 0, "{route}: {r}");
+            assert_eq!(r["stdout"], "from-env\n", "{route}: {r}");
+            assert!(r["stderr"].is_string(), "{route}: {r}");
+            assert_eq!(r["result"], json!({"ok": true, "n": 123}), "{route}: {r}");
+            let failed = json!({"code": "result.error({code: 'E_TEST', detail: 'boom'})"});
+            let r = api.call(Method::POST, &path, Some(failed)).await.expect(StatusCode::OK);
+            assert_ne!(r["exitCode"], 0, "{route}: {r}");
+            assert_eq!(r["error"], json!({"code": "E_TEST", "detail": "boom"}), "{route}: {r}");
+        }
+        // Interpreter flags could widen what the run may do: refused, never dropped silently.
+        let body = json!({"code": "1", flags: ["--allow-all"]});
+        api.call(Method::POST, &path, Some(body)).await.expect_message(StatusCode::BAD_REQUEST, flags);
+        // §12.2 tests 24 and 27: a path outside /workspace is a 400.
+        let body = json!({"path": "/home/user/app/main.ts"});
+        api.call(Method::POST, &path, Some(body)).await.expect_message(StatusCode::BAD_REQUEST, "");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// §1.6 files, §12.2 tests 12–18
+
+#[tokio::test]
+async fn upload_answers_204_with_no_body_and_download_answers_the_tar_gz() {
+    let api = Api::new(&[]);
+    let id = api.vm().await;
+    let archive = tar_gz(&[("hello.txt", b"hello run-dat-sheesh")]);
+    api.raw(Method::POST, &format!("/v1/vms/{id}/files/upload?dest=/workspace/project"), "application/gzip", archive)
+        .await
+        .expect_no_content();
+
+    let down =
+        api.raw(Method::GET, &format!("/v1/vms/{id}/files/download?path=/workspace/project"), "", Body::empty()).await;
+    assert_eq!(down.status, StatusCode::OK, "{}", down.text());
+    assert_eq!(down.content_type.as_deref(), Some("application/gzip"));
+    let files = untar_gz(&down.body);
+    assert!(
+        files.iter().any(|(p, d)| p.ends_with("hello.txt") && d == b"hello run-dat-sheesh"),
+        "{:?}",
+        files.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn files_routes_answer_400_and_413_with_a_message() {
+    let api = Api::new(&[("MAX_UPLOAD_BYTES", "1024")]);
+    let id = api.vm().await;
+    let small = || tar_gz(&[("a", b"a")]);
+    let upload = |q: &str| format!("/v1/vms/{id}/files/upload{q}");
+    api.raw(Method::POST, &upload(""), "application/gzip", small())
+        .await
+        .expect_message(StatusCode::BAD_REQUEST, "dest");
+    for dest in ["/home/user/project", "/etc"] {
+        api.raw(Method::POST, &upload(&format!("?dest={dest}")), "application/gzip", small())
+            .await
+            .expect_message(StatusCode::BAD_REQUEST, "");
+    }
+    // Random bytes do not compress: over MAX_UPLOAD_BYTES, a 413 the client can read.
+    let noise: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    api.raw(Method::POST, &upload("?dest=/workspace"), "application/gzip", tar_gz(&[("big", &noise)]))
+        .await
+        .expect_message(StatusCode::PAYLOAD_TOO_LARGE, "MAX_UPLOAD_BYTES");
+    let download = |q: &str| format!("/v1/vms/{id}/files/download{q}");
+    api.call(Method::GET, &download(""), None).await.expect_message(StatusCode::BAD_REQUEST, "path");
+    for path in ["/etc", "/home/user/project"] {
+        api.call(Method::GET, &download(&format!("?path={path}")), None)
+            .await
+            .expect_message(StatusCode::BAD_REQUEST, "");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// §1.3 images
+
+/// The fields of the original's image list item, with their types.
+#[track_caller]
+fn assert_image_item(image: &Value) {
+    let obj = image.as_object().unwrap_or_else(|| panic!("an image is an object: {image}"));
+    assert!(obj["id"].as_str().is_some_and(|id| id.starts_with("img-")), "{image}");
+    assert!(obj["name"].is_string() && obj["description"].is_string(), "{image}");
+    assert!(obj.contains_key("createdAt"), "{image}");
+    for field in ["isDefault", "hasKernel", "hasRootfs"] {
+        assert!(obj[field].is_boolean(), "{field}: {image}");
+    }
+    for field in ["kernelFilename", "rootfsFilename", "seedSnapshotId", "seedStatus", "seedUpdatedAt", "seedError"] {
+        assert!(obj.get(field).is_some_and(|v| v.is_string() || v.is_null()), "{field}: {image}");
+    }
+    assert!(obj.get("baseRootfsBytes").is_some_and(|v| v.is_u64() || v.is_null()), "{image}");
+}
+
+#[tokio::test]
+async fn images_answer_the_originals_fields_and_errors_with_a_message() {
+    let api = Api::new(&[]);
+    let created = api
+        .call(Method::POST, "/v1/images", Some(json!({"name": "debian", "description": "test image"})))
+        .await
+        .expect(StatusCode::CREATED);
+    assert_image_item(&created);
+    assert_eq!((&created["kernelFilename"], &created["rootfsFilename"]), (&Value::Null, &Value::Null));
+    assert_eq!(created["baseRootfsBytes"], Value::Null);
+    let id = created["id"].as_str().unwrap().to_string();
+
+    let mut rootfs = vec![0u8; 4096];
+    rootfs[1080..1082].copy_from_slice(&[0x53, 0xef]);
+    let put = api.raw(Method::PUT, &format!("/v1/images/{id}/rootfs"), "application/octet-stream", rootfs).await;
+    assert!(put.status.is_success(), "{}", put.text());
+    let kernel = [b"\x7fELF".as_slice(), &[0u8; 2000]].concat();
+    let put = api.raw(Method::PUT, &format!("/v1/images/{id}/kernel"), "application/octet-stream", kernel).await;
+    assert!(put.status.is_success(), "{}", put.text());
+
+    let list = api.call(Method::GET, "/v1/images", None).await.expect(StatusCode::OK);
+    let item = &list.as_array().expect("a list")[0];
+    assert_image_item(item);
+    assert_eq!(item["kernelFilename"], "vmlinux", "{item}");
+    assert_eq!(item["rootfsFilename"], "rootfs.ext4", "{item}");
+    assert_eq!(item["baseRootfsBytes"], 4096, "{item}");
+    assert_eq!((&item["hasKernel"], &item["hasRootfs"]), (&json!(true), &json!(true)));
+    for field in ["seedSnapshotId", "seedStatus", "seedUpdatedAt", "seedError"] {
+        assert_eq!(item[field], Value::Null, "no seed snapshots here: {item}");
+    }
+
+    let missing = "img-00000000-0000-4000-8000-000000000000";
+    api.call(Method::POST, &format!("/v1/images/{missing}/set-default"), None)
+        .await
+        .expect_message(StatusCode::NOT_FOUND, "");
+    api.call(Method::POST, "/v1/images", Some(json!({"name": "", "description": "x"})))
+        .await
+        .expect_message(StatusCode::BAD_REQUEST, "name");
+    api.call(Method::DELETE, &format!("/v1/images/{id}"), None).await.expect_no_content();
+    api.call(Method::DELETE, &format!("/v1/images/{id}"), None).await.expect_message(StatusCode::NOT_FOUND, "");
+}
+
+// ---------------------------------------------------------------------------------------------
+// OpenAPI
+
+#[tokio::test]
+async fn openapi_shows_the_top_level_error_message_and_the_204_upload() {
+    let api = Api::new(&[]);
+    let doc = api.send(Request::get("/openapi.json").body(Body::empty()).unwrap()).await.expect(StatusCode::OK);
+    let error = &doc["components"]["schemas"]["ErrorBody"];
+    assert_eq!(error["properties"]["message"]["type"], "string", "{error}");
+    assert!(error["properties"]["error"].is_object(), "{error}");
+    let upload = &doc["paths"]["/v1/vms/{id}/files/upload"]["post"]["responses"];
+    assert!(upload["204"].is_object() && upload.get("200").is_none(), "{upload}");
+    let vm = &doc["components"]["schemas"]["VmView"]["properties"];
+    assert!(vm["guestIp"].is_object() && vm["provisionMode"].is_object(), "{vm}");
+}
