@@ -29,6 +29,15 @@ pub enum SourceMode {
     Hidden,
     /// Also a sanitized read-only copy of the provider's source.
     Mirror,
+    /// The original product's name for the same: identical to `Mirror`.
+    Mounted,
+}
+
+impl SourceMode {
+    /// True when the consumer gets the provider's sanitized source.
+    pub fn shows_source(self) -> bool {
+        matches!(self, SourceMode::Mirror | SourceMode::Mounted)
+    }
 }
 
 /// One linked provider, as input to [`peers_tree`].
@@ -66,13 +75,13 @@ pub fn peers_tree(peers: &[LinkedPeer<'_>]) -> Vec<(String, Vec<u8>)> {
             "readme": format!("/workspace/peers/{dir}/README.md"),
             "typescript": format!("/workspace/peers/{dir}/index.ts"),
             "python": format!("peers.{dir}"),
-            "source": (p.source_mode == SourceMode::Mirror).then(|| format!("/workspace/peers/{dir}/source")),
+            "source": p.source_mode.shows_source().then(|| format!("/workspace/peers/{dir}/source")),
         }));
         files.push((format!("{dir}/manifest.json"), pretty(&serde_json::to_value(m).expect("manifest serialises"))));
         files.push((format!("{dir}/README.md"), readme(p).into_bytes()));
         files.push((format!("{dir}/index.ts"), proxy_ts(p).into_bytes()));
         files.push((format!("{dir}/__init__.py"), proxy_py(p).into_bytes()));
-        if p.source_mode == SourceMode::Mirror {
+        if p.source_mode.shows_source() {
             for (path, data) in p.source {
                 files.push((format!("{dir}/source/{path}"), data.clone()));
             }
@@ -229,7 +238,7 @@ fn readme(p: &LinkedPeer<'_>) -> String {
         vm = p.provider_vm_id,
         source = match p.source_mode {
             SourceMode::Hidden => "hidden".to_string(),
-            SourceMode::Mirror => format!("mirrored read-only at `/workspace/peers/{alias}/source/` (secrets and dotenv files removed)"),
+            SourceMode::Mirror | SourceMode::Mounted => format!("mirrored read-only at `/workspace/peers/{alias}/source/` (secrets and dotenv files removed)"),
         },
     );
     for e in &m.exports {
