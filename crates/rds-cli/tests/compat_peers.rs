@@ -177,6 +177,8 @@ fn a_provider_whose_manifest_cannot_work_is_refused_at_create_and_patch_leaving_
     let before = traces(&s);
     let providers: BTreeSet<String> = [&no_manifest, &bad_json, &not_callable].into_iter().cloned().collect();
     assert_eq!(before.0, providers);
+    assert_eq!(before.1, providers, "each VM has its directory");
+    assert!(before.2.is_superset(&providers), "each running VM has its cgroups: {:?}", before.2);
 
     let cases = [
         (&no_manifest, "missing provider manifest at /workspace/.rds-peer/manifest.json"),
