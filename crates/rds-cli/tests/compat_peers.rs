@@ -113,6 +113,17 @@ fn original_manifest_shape_is_callable_and_mounted_source_is_sanitised_and_read_
     assert_eq!(st, 200, "{r}");
     assert_eq!(r["result"], json!({"g": "hello Ada! (key 3)", "s": "HEY"}), "{r}");
 
+    // Consumer code written for the original imports the proxy of the module and passes positional arguments.
+    let (st, r) = s.call(
+        "POST",
+        &format!("/v1/vms/{consumer}/run-ts"),
+        Some(json!({"timeoutMs": 60000, "code": r#"import { greet } from "file:///workspace/peers/greeter/proxy/src/greet.ts";
+            import shout from "file:///workspace/peers/greeter/proxy/lib/shout.mjs";
+            result.set({ g: await greet("Bob", "?"), s: await shout() });"#})),
+    );
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["result"], json!({"g": "hello Bob? (key 3)", "s": "HEY"}), "{r}");
+
     // The provider's source is there, without dotenv files, and cannot be changed.
     let out = s.exec(
         &consumer,
