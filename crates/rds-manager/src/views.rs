@@ -129,7 +129,7 @@ pub struct PeerLinkRequest {
     pub alias: String,
     /// The provider VM.
     pub vm_id: String,
-    /// `hidden` (default) or `mirror`.
+    /// `hidden` (default), `mirror`, or the original's name for it, `mounted`.
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     pub source_mode: Option<rds_peer::files::SourceMode>,
@@ -142,7 +142,7 @@ pub struct PatchPeerLinkRequest {
     /// The provider VM (required when the link is new).
     #[serde(default)]
     pub vm_id: Option<String>,
-    /// `hidden` or `mirror`.
+    /// `hidden`, `mirror` or `mounted`.
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     pub source_mode: Option<rds_peer::files::SourceMode>,
@@ -163,7 +163,7 @@ pub struct SecretsRequest {
 pub struct PeerLinkView {
     pub alias: String,
     pub vm_id: String,
-    /// `hidden` or `mirror`.
+    /// `hidden`, `mirror` or `mounted`.
     pub source_mode: String,
     /// `pending`, `synced`, `unavailable` (provider not running) or `invalid` (bad manifest).
     pub sync_status: String,

@@ -900,6 +900,11 @@ async fn peer_links_are_created_listed_synced_and_deleted_through_their_routes()
     api.call(Method::PATCH, &format!("/v1/vms/{consumer}/peers/calc"), Some(json!({"vmId": provider})))
         .await
         .expect_error(StatusCode::BAD_REQUEST, "bad_request", "missing provider manifest");
+    assert_eq!(
+        api.call(Method::GET, &format!("/v1/vms/{consumer}/peers"), None).await.expect(StatusCode::OK),
+        json!([]),
+        "a refused link is not stored"
+    );
     let manifest = json!({
         "sdk": {"name": "calc", "description": "adds"},
         "exports": [{"name": "add", "module": "src/calc.mjs", "description": "a + b"}],

@@ -15,6 +15,13 @@
 //! }
 //! ```
 //! Every export takes one JSON object of named arguments and returns one JSON value.
+//!
+//! The original run-dat-sheesh shape is accepted too and normalised to the one above:
+//! `{"sdk": {..}, "modules": [{"path", "description"?, "exports": [{"name", "description",
+//! "params": [{"name", "description", "schema"}], "returns": {"description", "schema"},
+//! "examples": [..]}]}]}`. Its positional `params` become one object of named arguments (all
+//! required) and the call passes them to the function in their declared order; a `default`
+//! export is named after its module's file stem.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -130,6 +137,10 @@ pub struct Export {
     pub returns: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Original-shape exports: the argument names, passed to the function positionally in this
+    /// order. Only set by normalisation, never read from a manifest of our own shape.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub positional: Option<Vec<String>>,
 }
 
 fn any_schema() -> Value {
@@ -181,18 +192,13 @@ impl Provider {
         if bytes.len() > MAX_MANIFEST_BYTES {
             return Err(bad("", format!("is larger than {MAX_MANIFEST_BYTES} bytes")));
         }
-        let de = &mut serde_json::Deserializer::from_slice(bytes);
-        let manifest: Manifest = serde_path_to_error::deserialize(de).map_err(|e| {
-            let field = e.path().to_string();
-            let inner = e.into_inner();
-            if inner.is_syntax() || inner.is_eof() {
-                bad_because("", "is not valid JSON", inner)
-            } else {
-                let field = if field == "." { String::new() } else { field };
-                bad_because(field, "does not match the manifest format", inner)
-            }
-        })?;
-        Provider::new(manifest)
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| bad_because("", "is not valid JSON", e))?;
+        if value.get("modules").is_some() {
+            let original: OriginalManifest = typed(value)?;
+            let (manifest, origins) = original.normalise()?;
+            return Provider::new(manifest).map_err(|e| origins.remap(e));
+        }
+        Provider::new(typed(value)?)
     }
 
     /// Validates a manifest and compiles its schemas.
@@ -271,6 +277,153 @@ impl Provider {
             Err(e) => Err(SchemaViolation { pointer: e.instance_path().to_string(), message: e.to_string() }),
         }
     }
+}
+
+/// Deserialises `value`, naming the first field that does not fit.
+fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ManifestError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." { String::new() } else { field };
+        bad_because(field, "does not match the manifest format", e.into_inner())
+    })
+}
+
+/// The original product's manifest shape (unknown fields ignored, as the original did).
+#[derive(Deserialize)]
+struct OriginalManifest {
+    sdk: OriginalSdk,
+    modules: Vec<OriginalModule>,
+}
+
+#[derive(Deserialize)]
+struct OriginalSdk {
+    name: String,
+    description: String,
+}
+
+#[derive(Deserialize)]
+struct OriginalModule {
+    path: String,
+    exports: Vec<OriginalExport>,
+}
+
+#[derive(Deserialize)]
+struct OriginalExport {
+    name: String,
+    description: String,
+    #[serde(default)]
+    params: Vec<OriginalParam>,
+    #[serde(default)]
+    returns: Option<OriginalReturns>,
+}
+
+#[derive(Deserialize)]
+struct OriginalParam {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default = "any_schema")]
+    schema: Value,
+}
+
+#[derive(Deserialize)]
+struct OriginalReturns {
+    #[serde(default = "any_schema")]
+    schema: Value,
+}
+
+/// For each normalised export, where it came from: `(module index, export index)`.
+struct Origins(Vec<(usize, usize)>);
+
+impl Origins {
+    /// Rewrites a field path of the normalised form (`exports[k].module`) into the original's
+    /// (`modules[i].path`), so the provider's author finds the field in their own file.
+    fn remap(&self, mut e: ManifestError) -> ManifestError {
+        if e.field == "exports" {
+            e.field = "modules".into();
+            return e;
+        }
+        let Some(rest) = e.field.strip_prefix("exports[") else { return e };
+        let Some((k, rest)) = rest.split_once(']') else { return e };
+        let Some(&(i, j)) = k.parse::<usize>().ok().and_then(|k| self.0.get(k)) else { return e };
+        e.field = match rest {
+            ".module" => format!("modules[{i}].path"),
+            ".args" => format!("modules[{i}].exports[{j}].params"),
+            ".returns" => format!("modules[{i}].exports[{j}].returns.schema"),
+            _ => format!("modules[{i}].exports[{j}]{rest}"),
+        };
+        e
+    }
+}
+
+impl OriginalManifest {
+    fn normalise(self) -> Result<(Manifest, Origins), ManifestError> {
+        let mut exports = Vec::new();
+        let mut origins = Vec::new();
+        for (i, m) in self.modules.into_iter().enumerate() {
+            if m.exports.is_empty() {
+                return Err(bad(format!("modules[{i}].exports"), "must declare at least one export"));
+            }
+            for (j, e) in m.exports.into_iter().enumerate() {
+                let at = |f: &str| format!("modules[{i}].exports[{j}].{f}");
+                let function = e.name.trim().to_string();
+                let name = if function == "default" {
+                    stem_identifier(&m.path)
+                        .ok_or_else(|| bad(at("name"), format!("cannot name the default export of {:?}", m.path)))?
+                } else {
+                    function.clone()
+                };
+                let mut properties = serde_json::Map::new();
+                let mut names = Vec::new();
+                for (k, p) in e.params.into_iter().enumerate() {
+                    let pname = p.name.trim().to_string();
+                    if pname.is_empty() || names.contains(&pname) {
+                        return Err(bad(at(&format!("params[{k}].name")), "must be a non-empty, unique name"));
+                    }
+                    if !p.schema.is_object() {
+                        return Err(bad(at(&format!("params[{k}].schema")), "must be a JSON Schema (an object)"));
+                    }
+                    let mut schema = p.schema;
+                    if let (Some(d), Some(o)) = (p.description.filter(|d| !d.trim().is_empty()), schema.as_object_mut())
+                    {
+                        o.entry("description").or_insert(Value::String(d));
+                    }
+                    properties.insert(pname.clone(), schema);
+                    names.push(pname);
+                }
+                let args = serde_json::json!({
+                    "type": "object",
+                    "properties": properties,
+                    "required": names,
+                    "additionalProperties": false,
+                });
+                exports.push(Export {
+                    name,
+                    module: m.path.trim().to_string(),
+                    function: Some(function),
+                    description: e.description.trim().to_string(),
+                    args,
+                    returns: e.returns.map(|r| r.schema).unwrap_or_else(any_schema),
+                    timeout_ms: None,
+                    positional: Some(names),
+                });
+                origins.push((i, j));
+            }
+        }
+        let sdk = Sdk { name: self.sdk.name.trim().to_string(), description: self.sdk.description.trim().to_string() };
+        Ok((Manifest { sdk, exports }, Origins(origins)))
+    }
+}
+
+/// `src/my-tool.ts` → `my_tool`: the name a module's default export gets.
+fn stem_identifier(path: &str) -> Option<String> {
+    let file = path.rsplit('/').next()?;
+    let stem = file.split('.').next()?;
+    let mut id: String = stem.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    if id.starts_with(|c: char| c.is_ascii_digit()) {
+        id.insert(0, '_');
+    }
+    is_identifier(&id).then_some(id)
 }
 
 fn compile(schema: &Value) -> Result<jsonschema::Validator, SchemaError> {
@@ -397,6 +550,87 @@ mod tests {
         let source = std::error::Error::source(&err).expect("a cause");
         assert!(matches!(source.downcast_ref::<SchemaError>(), Some(SchemaError::Invalid(_))), "{source:?}");
         assert!(std::error::Error::source(source).is_some(), "the compiler's error is kept too");
+    }
+
+    fn original() -> Value {
+        json!({
+            "sdk": {"name": " weather ", "description": "Forecasts"},
+            "modules": [{
+                "path": "src/weather.ts", "description": "Weather calls",
+                "exports": [{
+                    "name": "forecast", "description": "Forecast for a city",
+                    "params": [
+                        {"name": "city", "description": "City name", "schema": {"type": "string"}},
+                        {"name": "days", "description": "How many", "schema": {"type": "integer"}}
+                    ],
+                    "returns": {"description": "The forecast", "schema": {"type": "object"}},
+                    "examples": [{"description": "Paris", "code": "await forecast('Paris', 2)"}]
+                }]
+            }, {
+                "path": "lib/my-tool.js",
+                "exports": [{"name": "default", "description": "Default", "params": [], "returns": {"description": "x", "schema": {}}, "examples": []}]
+            }]
+        })
+    }
+
+    #[test]
+    fn original_shape_normalises_to_named_arguments_passed_positionally() {
+        let p = parse(&original()).unwrap();
+        assert_eq!(p.manifest.sdk.name, "weather");
+        let f = p.export("forecast").unwrap();
+        assert_eq!(f.module, "src/weather.ts");
+        assert_eq!(f.function(), "forecast");
+        assert_eq!(f.positional.as_deref(), Some(&["city".to_string(), "days".to_string()][..]));
+        assert_eq!(f.args["properties"]["city"], json!({"type": "string", "description": "City name"}));
+        p.check_args("forecast", &json!({"city": "Paris", "days": 2})).unwrap();
+        assert_eq!(p.check_args("forecast", &json!({"city": 1, "days": 2})).unwrap_err().pointer, "/city");
+        assert!(p.check_args("forecast", &json!({"city": "Paris"})).is_err(), "every param is required");
+        assert!(p.check_result("forecast", &json!("text")).is_err());
+        let d = p.export("my_tool").expect("default export named after the module");
+        assert_eq!(d.function(), "default");
+        assert_eq!(d.positional.as_deref(), Some(&[][..]));
+        // The normalised form is what consumers get; it serialises in our shape.
+        let round = serde_json::to_value(&p.manifest).unwrap();
+        assert!(round.get("exports").is_some() && round.get("modules").is_none());
+    }
+
+    #[test]
+    fn original_shape_errors_name_the_original_field() {
+        type Edit = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(Edit, &str)> = vec![
+            (Box::new(|m| m["sdk"]["name"] = json!(" ")), "sdk.name"),
+            (Box::new(|m| m["sdk"]["description"] = json!(3)), "sdk.description"),
+            (Box::new(|m| m["modules"] = json!({})), "modules"),
+            (Box::new(|m| m["modules"] = json!([])), "modules"),
+            (Box::new(|m| m["modules"][1]["exports"] = json!([])), "modules[1].exports"),
+            (Box::new(|m| m["modules"][0]["path"] = json!("../x.ts")), "modules[0].path"),
+            (Box::new(|m| m["modules"][1]["path"] = json!("lib/x.sh")), "modules[1].path"),
+            (Box::new(|m| m["modules"][0]["exports"][0]["name"] = json!("not-ident")), "modules[0].exports[0].name"),
+            (
+                Box::new(|m| m["modules"][0]["exports"][0]["description"] = json!("")),
+                "modules[0].exports[0].description",
+            ),
+            (Box::new(|m| m["modules"][0]["exports"][0]["params"] = json!("x")), "modules[0].exports[0].params"),
+            (
+                Box::new(|m| m["modules"][0]["exports"][0]["params"][1]["schema"] = json!(1)),
+                "modules[0].exports[0].params[1].schema",
+            ),
+            (
+                Box::new(|m| m["modules"][0]["exports"][0]["params"][1]["name"] = json!("city")),
+                "modules[0].exports[0].params[1].name",
+            ),
+            (
+                Box::new(|m| m["modules"][0]["exports"][0]["returns"]["schema"] = json!({"type": 5})),
+                "modules[0].exports[0].returns.schema",
+            ),
+            (Box::new(|m| m["modules"][1]["exports"][0]["name"] = json!("forecast")), "modules[1].exports[0].name"),
+        ];
+        for (mutate, field) in cases {
+            let mut m = original();
+            mutate(&mut m);
+            let err = parse(&m).unwrap_err();
+            assert!(err.field.starts_with(field), "expected {field}, got {err}");
+        }
     }
 
     #[test]

@@ -41,6 +41,8 @@ const MAX_MIRROR_ARCHIVE: usize = 64 << 20;
 const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 /// Transport time allowed beyond an export's own timeout.
 const CALL_MARGIN: Duration = Duration::from_secs(5);
+/// Time allowed to import a provider module and list its functions.
+const INSPECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest provider error message passed back to a consumer.
 const MAX_ERROR_MESSAGE: usize = 500;
 
@@ -147,6 +149,7 @@ pub async fn validate_links(
             return Err(ApiError::BadRequest(format!("invalid field `{field}.alias`: duplicate alias {:?}", l.alias)));
         }
         check_provider(state, &format!("{field}.vmId"), consumer_id, &l.vm_id).await?;
+        check_manifest(state, &format!("{field}.vmId"), &l.alias, &l.vm_id).await?;
         out.push(new_link(consumer_id, &l.alias, &l.vm_id, l.source_mode.unwrap_or_default()));
     }
     Ok(out)
@@ -172,6 +175,22 @@ async fn check_provider(state: &AppState, field: &str, consumer_id: &str, provid
     }
 }
 
+/// Fails fast when a running provider's manifest is missing, wrong, or declares an export its
+/// module does not have, so nothing is created or stored for a link that could never work. A
+/// provider that is not running is checked at sync instead, and its problem kept on the link.
+async fn check_manifest(state: &AppState, field: &str, alias: &str, provider_id: &str) -> Result<(), ApiError> {
+    let Some(provider_vm) = state.store.get_vm(provider_id).await?.filter(|vm| vm.state == VmState::Running) else {
+        return Ok(());
+    };
+    match load_provider(state, &provider_vm).await {
+        Ok(_) => Ok(()),
+        Err(SyncProblem::Invalid(m)) | Err(SyncProblem::Unavailable(m)) => {
+            Err(ApiError::BadRequest(format!("invalid field `{field}`: provider {alias:?} (VM {provider_id}): {m}")))
+        }
+        Err(SyncProblem::Failed(e)) => Err(e),
+    }
+}
+
 fn new_link(consumer: &str, alias: &str, provider: &str, mode: SourceMode) -> PeerLinkRecord {
     PeerLinkRecord {
         consumer_vm_id: consumer.to_string(),
@@ -189,14 +208,15 @@ fn mode_name(mode: SourceMode) -> &'static str {
     match mode {
         SourceMode::Hidden => "hidden",
         SourceMode::Mirror => "mirror",
+        SourceMode::Mounted => "mounted",
     }
 }
 
 fn mode_of(link: &PeerLinkRecord) -> SourceMode {
-    if link.source_mode == "mirror" {
-        SourceMode::Mirror
-    } else {
-        SourceMode::Hidden
+    match link.source_mode.as_str() {
+        "mirror" => SourceMode::Mirror,
+        "mounted" => SourceMode::Mounted,
+        _ => SourceMode::Hidden,
     }
 }
 
@@ -255,6 +275,8 @@ pub async fn set_link(
                 )))
             }
         };
+        // Nothing is stored for a provider whose manifest is already known to be unusable.
+        check_manifest(state, "vmId", alias, &link.provider_vm_id).await?;
         // The limit is checked in the store's transaction, so concurrent adds cannot pass it.
         state.store.put_peer_link(&link, MAX_LINKS as u32).await.map_err(|e| match e {
             StoreError::QuotaExceeded(Quota::PeerLinks { .. }) => {
@@ -391,6 +413,21 @@ async fn fetch_provider(
         }
         _ => return Err(SyncProblem::Unavailable("provider VM was deleted".into())),
     };
+    let (manifest_json, provider) = load_provider(state, &provider_vm).await?;
+    let mirror = if mode_of(link).shows_source() {
+        let secrets = secrets_of(state, &provider_vm)?;
+        let archive = download(state, &provider_vm.id, "/workspace", MAX_MIRROR_ARCHIVE).await?;
+        mirror_from_tar_gz(&archive[..], &secrets, &MirrorLimits::default())
+            .map_err(|e| SyncProblem::Invalid(chain_of(&e)))?
+    } else {
+        Default::default()
+    };
+    Ok((manifest_json, provider, mirror))
+}
+
+/// Reads and validates a running provider's manifest, then checks inside the provider that every
+/// declared export is a function of its module.
+async fn load_provider(state: &AppState, provider_vm: &VmRecord) -> Result<(String, Arc<Provider>), SyncProblem> {
     let manifest_path = format!("/workspace/{}", rds_peer::MANIFEST_PATH);
     let archive = match download(state, &provider_vm.id, &manifest_path, MAX_MANIFEST_ARCHIVE).await {
         Ok(a) => a,
@@ -405,15 +442,56 @@ async fn fetch_provider(
         String::from_utf8(bytes).map_err(|_| SyncProblem::Invalid("provider manifest is not UTF-8".into()))?;
     // Recorded on the link for the user to read: the message names the manifest field.
     let provider = state.manifests.get(&manifest_json).map_err(|e| SyncProblem::Invalid(chain_of(&e)))?;
-    let mirror = if mode_of(link) == SourceMode::Mirror {
-        let secrets = secrets_of(state, &provider_vm)?;
-        let archive = download(state, &provider_vm.id, "/workspace", MAX_MIRROR_ARCHIVE).await?;
-        mirror_from_tar_gz(&archive[..], &secrets, &MirrorLimits::default())
-            .map_err(|e| SyncProblem::Invalid(chain_of(&e)))?
-    } else {
-        Default::default()
-    };
-    Ok((manifest_json, provider, mirror))
+    inspect_exports(state, provider_vm, &provider).await?;
+    Ok((manifest_json, provider))
+}
+
+/// Imports each declared module inside the provider (with its secrets, as a call would) and
+/// fails naming the first declared export that is not a function there.
+async fn inspect_exports(state: &AppState, provider_vm: &VmRecord, provider: &Provider) -> Result<(), SyncProblem> {
+    let mut modules: Vec<(&str, ModuleLanguage, Vec<&str>)> = Vec::new();
+    for e in &provider.manifest.exports {
+        match modules.iter_mut().find(|m| m.0 == e.module) {
+            Some(m) => m.2.push(e.function()),
+            None => modules.push((&e.module, e.language(), vec![e.function()])),
+        }
+    }
+    let secrets = secrets_of(state, provider_vm)?;
+    for (module, language, functions) in modules {
+        let run = RunRequest {
+            code: Some(rds_peer::invoke::inspection_source(module, language, &functions)),
+            env: with_secrets(None, &secrets),
+            timeout_ms: Some(INSPECT_TIMEOUT.as_millis() as u64),
+            allow_net: Some(provider_vm.outbound_internet),
+            ..Default::default()
+        };
+        let language = match language {
+            ModuleLanguage::Deno => Language::Ts,
+            ModuleLanguage::Python => Language::Python,
+        };
+        let result =
+            state.agent.vm(&provider_vm.id).run(language, &run, INSPECT_TIMEOUT + CALL_MARGIN).await.map_err(|e| {
+                SyncProblem::Failed(ApiError::agent_msg(format!(
+                    "inspecting /workspace/{module} in provider VM {} failed: {}",
+                    provider_vm.id,
+                    secrets.redact(&e.to_string())
+                )))
+            })?;
+        if result.timed_out || result.error.is_some() || result.exit_code != Some(0) {
+            return Err(SyncProblem::Invalid(format!(
+                "unable to inspect /workspace/{module}: {}",
+                sanitize(&secrets, &failure_message(&result))
+            )));
+        }
+        let missing: Vec<String> = result
+            .result
+            .and_then(|v| serde_json::from_value(v).ok())
+            .ok_or_else(|| SyncProblem::Invalid(format!("unable to inspect /workspace/{module}: no result")))?;
+        if let Some(name) = missing.first() {
+            return Err(SyncProblem::Invalid(format!("declared export {name} is not callable in /workspace/{module}")));
+        }
+    }
+    Ok(())
 }
 
 /// Downloads `path` from a VM as tar.gz, at most `max` bytes.
