@@ -32,8 +32,7 @@ fn upload(s: &Server, id: &str, files: &[(&str, &str)]) {
         .set("content-type", "application/gzip")
         .send_bytes(&tar_gz(&files.iter().map(|(path, text)| (*path, text.as_bytes())).collect::<Vec<_>>()))
         .unwrap();
-    // 200 today, 204 once uploads answer as the original does: either way a success.
-    assert!(matches!(resp.status(), 200 | 204), "upload answered {}", resp.status());
+    assert_eq!(resp.status(), 204, "uploads answer as the original's: 204, no body");
 }
 
 /// The error text, wherever the body carries it (ours nests it, the original's is top-level).
