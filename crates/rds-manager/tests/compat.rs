@@ -311,7 +311,7 @@ async fn run_ts_and_run_js_take_the_originals_body_and_answer_result_or_error() 
         let reply = api.call(Method::POST, &path, Some(body)).await;
         if !available {
             reply.expect_message(StatusCode::NOT_IMPLEMENTED, "");
-            rds_testkit::skip(&format!("{route}: the interpreter is not installed; only the refusals are checked"));
+            rds_testkit::skip(format!("{route}: the interpreter is not installed; only the refusals are checked"));
         } else {
             let r = reply.expect(StatusCode::OK);
             assert_eq!(r["exitCode"], 0, "{route}: {r}");
