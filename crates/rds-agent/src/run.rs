@@ -29,6 +29,11 @@ pub const RESULT_CAP: usize = 8 * 1024 * 1024;
 /// Where run directories are created (root-owned, one per run).
 const RUN_ROOT: &str = "/tmp";
 
+/// System files Deno may read besides the workspace and temporary directories: name resolution
+/// and the CA bundle, which ordinary networking code (and the original's grant) needs.
+const DENO_SYSTEM_READS: [&str; 5] =
+    ["/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl/certs", "/usr/share/ca-certificates"];
+
 const JS_WRAPPER: &str = include_str!("run/wrapper.mjs");
 const PY_WRAPPER: &str = include_str!("run/wrapper.py");
 
@@ -166,19 +171,21 @@ impl Interpreter {
     }
 
     /// Interpreter arguments before the wrapper path. Deno's permissions are fixed here and never
-    /// taken from the caller.
+    /// taken from the caller; `allow_net` is the manager's grant, derived from the VM's egress
+    /// policy (the VM's firewall is what limits destinations).
     fn leading_args(&self, workspace: &Path, allow_net: bool) -> Vec<String> {
         match self.language {
             Language::Ts => {
                 let ws = workspace.display();
                 // The peer bridge socket is the one extra path: proxies in /workspace/peers call it.
                 let bridge = rds_proto::GUEST_BRIDGE_SOCKET;
+                let read = DENO_SYSTEM_READS.join(",");
                 let mut args = vec![
                     "run".to_string(),
                     "--quiet".into(),
                     "--no-prompt".into(),
-                    format!("--allow-read={ws},/tmp,{bridge}"),
-                    format!("--allow-write={ws},/tmp,{bridge}"),
+                    format!("--allow-read={ws},/tmp,/var/tmp,{bridge},{read}"),
+                    format!("--allow-write={ws},/tmp,/var/tmp,{bridge}"),
                     "--allow-env".into(),
                 ];
                 args.push(if allow_net { "--allow-net".into() } else { format!("--allow-net=unix:{bridge}") });

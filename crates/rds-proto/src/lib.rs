@@ -251,7 +251,8 @@ pub struct RunRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1)]
     pub timeout_ms: Option<u64>,
-    /// Deno only: grant network access.
+    /// Deno only: `false` withholds network access. The VM's policy decides the grant (network
+    /// when it has outbound internet, allowed IPs/domains or peer links); this can only narrow it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_net: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
