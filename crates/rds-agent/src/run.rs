@@ -102,7 +102,7 @@ impl Runner {
             .replace("__RDS_WORKSPACE__", &json_string(&cwd));
         let wrapper = dir.write(&format!("wrapper.{}", interpreter.wrapper_ext), wrapper_text.as_bytes())?;
 
-        let mut args = interpreter.leading_args(&self.workspace, req.allow_net.unwrap_or(false));
+        let mut args = interpreter.leading_args(&self.workspace, &dir.path, req)?;
         args.push(wrapper.display().to_string());
         for (i, arg) in req.args.iter().flatten().enumerate() {
             reject_nul(&format!("args[{i}]"), arg)?;
@@ -171,31 +171,63 @@ impl Interpreter {
     }
 
     /// Interpreter arguments before the wrapper path. Deno's permissions are fixed here and never
-    /// taken from the caller; `allow_net` is the manager's grant, derived from the VM's egress
-    /// policy (the VM's firewall is what limits destinations).
-    fn leading_args(&self, workspace: &Path, allow_net: bool) -> Vec<String> {
-        match self.language {
-            Language::Ts => {
-                let ws = workspace.display();
-                // The peer bridge socket is the one extra path: proxies in /workspace/peers call it.
-                let bridge = rds_proto::GUEST_BRIDGE_SOCKET;
-                let read = DENO_SYSTEM_READS.join(",");
-                let mut args = vec![
-                    "run".to_string(),
-                    "--quiet".into(),
-                    "--no-prompt".into(),
-                    format!("--allow-read={ws},/tmp,/var/tmp,{bridge},{read}"),
-                    format!("--allow-write={ws},/tmp,/var/tmp,{bridge}"),
-                    "--allow-env".into(),
-                ];
-                args.push(if allow_net { "--allow-net".into() } else { format!("--allow-net=unix:{bridge}") });
-                args
-            }
-            Language::Js => Vec::new(),
+    /// taken from the caller's flags; `allowNet` is the manager's grant, derived from the VM's
+    /// egress policy (the VM's firewall is what limits destinations), and `allowRead` /
+    /// `allowWrite` can only narrow the default paths. The run directory and the peer bridge
+    /// socket (proxies in /workspace/peers call it) are always granted.
+    fn leading_args(&self, workspace: &Path, run_dir: &Path, req: &RunRequest) -> Result<Vec<String>, ExecError> {
+        if self.language != Language::Ts {
             // Unbuffered, so stdout and stderr keep their relative order.
-            Language::Python => vec!["-u".into()],
+            return Ok(if self.language == Language::Python { vec!["-u".into()] } else { Vec::new() });
         }
+        let ws = workspace.display().to_string();
+        let bridge = rds_proto::GUEST_BRIDGE_SOCKET;
+        let own = [run_dir.display().to_string(), bridge.to_string()];
+        let mut writable = vec![ws, "/tmp".to_string(), "/var/tmp".to_string()];
+        let mut readable = writable.clone();
+        readable.extend(DENO_SYSTEM_READS.iter().map(|p| p.to_string()));
+        writable = narrowed("allowWrite", req.allow_write.as_deref(), writable)?;
+        readable = narrowed("allowRead", req.allow_read.as_deref(), readable)?;
+        let net =
+            if req.allow_net.unwrap_or(false) { "--allow-net".into() } else { format!("--allow-net=unix:{bridge}") };
+        Ok(vec![
+            "run".to_string(),
+            "--quiet".into(),
+            "--no-prompt".into(),
+            format!("--allow-read={}", readable.iter().chain(&own).cloned().collect::<Vec<_>>().join(",")),
+            format!("--allow-write={}", writable.iter().chain(&own).cloned().collect::<Vec<_>>().join(",")),
+            "--allow-env".into(),
+            net,
+        ])
     }
+}
+
+/// The caller's narrowing of a path grant: each entry absolute, plain (no `..`, no comma, which
+/// would split Deno's list) and inside one of `grant`; `None` keeps the whole grant.
+fn narrowed(field: &str, requested: Option<&[String]>, grant: Vec<String>) -> Result<Vec<String>, ExecError> {
+    let Some(requested) = requested else { return Ok(grant) };
+    let mut paths = Vec::with_capacity(requested.len());
+    for (i, entry) in requested.iter().enumerate() {
+        let name = format!("{field}[{i}]");
+        reject_nul(&name, entry)?;
+        let path = Path::new(entry);
+        let plain = path.is_absolute()
+            && !entry.contains(',')
+            && path.components().all(|c| !matches!(c, std::path::Component::ParentDir));
+        if !plain {
+            return Err(ExecError::Invalid(format!(
+                "invalid field `{name}`: {entry:?} must be an absolute path without `..` or commas"
+            )));
+        }
+        if !grant.iter().any(|g| path.starts_with(g)) {
+            return Err(ExecError::Invalid(format!(
+                "invalid field `{name}`: {entry:?} is outside what runs may access ({})",
+                grant.join(", ")
+            )));
+        }
+        paths.push(entry.clone());
+    }
+    Ok(paths)
 }
 
 /// A fresh root-owned directory under `/tmp` holding one run's wrapper, snippet and result FIFO;
@@ -283,4 +315,30 @@ fn run_result(finished: &Finished) -> RunResult {
         out.error = fields.remove("error");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant() -> Vec<String> {
+        vec!["/workspace".into(), "/tmp".into(), "/etc/hosts".into()]
+    }
+
+    #[test]
+    fn narrowing_keeps_paths_inside_the_grant_and_names_the_bad_entry() {
+        let asked = vec!["/workspace/data".to_string(), "/etc/hosts".into()];
+        assert_eq!(narrowed("allowRead", Some(&asked), grant()).unwrap(), asked);
+        assert_eq!(narrowed("allowRead", None, grant()).unwrap(), grant());
+        for (bad, index) in [
+            (vec!["/workspace".to_string(), "/etc".into()], 1),
+            (vec!["/workspace/../etc".into()], 0),
+            (vec!["/tmp,/etc".into()], 0),
+            (vec!["workspace".into()], 0),
+            (vec!["/tmpx".into()], 0),
+        ] {
+            let err = narrowed("allowWrite", Some(&bad), grant()).unwrap_err().to_string();
+            assert!(err.contains(&format!("allowWrite[{index}]")), "{bad:?}: {err}");
+        }
+    }
 }

@@ -175,6 +175,17 @@ result = {"resolv": "nameserver" in resolv, "hosts": len(hosts) > 0, "x": open("
     let other = s.exec(&egress, "test -e /var/tmp/only-closed; echo $?");
     assert_eq!(other["stdout"], "1\n", "{other}");
 
+    // allowRead / allowWrite narrow the paths too, and cannot name anything outside them.
+    let write_var_tmp = r#"try { Deno.writeTextFileSync("/var/tmp/y", "y"); result.set("written"); } catch (e) { result.set(e.name); }"#;
+    let r = run(&s, &closed, "ts", json!({"code": write_var_tmp, "allowWrite": ["/workspace"]}));
+    assert_eq!(r["result"], "NotCapable", "{r}");
+    let r = run(&s, &closed, "ts", json!({"code": write_var_tmp, "allowWrite": ["/var/tmp"]}));
+    assert_eq!(r["result"], "written", "{r}");
+    let (st, r) =
+        s.call("POST", &format!("/v1/vms/{closed}/run-ts"), Some(json!({"code": "1", "allowRead": ["/etc"]})));
+    assert_eq!(st, 400, "{r}");
+    assert!(r.to_string().contains("allowRead[0]"), "{r}");
+
     // No egress: no network for Deno, even when the request asks for it.
     let closed_run = run(&s, &closed, "ts", json!({"code": probe_ts(&[X]), "allowNet": true}));
     assert_ne!(closed_run["result"]["net"], "granted", "{closed_run}");
