@@ -113,6 +113,27 @@ fn run_permissions_follow_the_vm_policy_like_the_original() {
         rds_testkit::skip(reason);
         return;
     }
+    permissions_follow_policy(Vec::new());
+}
+
+/// The same on qemu microVMs, whose guest mounts its own `/tmp` and `/var/tmp`.
+#[test]
+fn qemu_run_permissions_follow_the_vm_policy_like_the_original() {
+    let image = match skip_reason().map_or_else(common::qemu_image_dir, Err) {
+        Ok(image) => image,
+        Err(reason) => {
+            rds_testkit::skip(reason);
+            return;
+        }
+    };
+    permissions_follow_policy(vec![
+        ("RDS_RUNTIME".into(), "qemu".into()),
+        ("RDS_IMAGE_DIR".into(), image.to_string_lossy().into_owned()),
+    ]);
+}
+
+/// Builds the fake internet, then runs [`scenario`] against a manager started with `env`.
+fn permissions_follow_policy(env: Vec<(String, String)>) {
     let mgr = NetNs::new("rdscr");
     let inet = NetNs::new("rdsci");
     ip(&["-n", &mgr.0, "link", "add", "up0", "type", "veth", "peer", "name", "up1", "netns", &inet.0]);
@@ -129,7 +150,7 @@ fn run_permissions_follow_the_vm_policy_like_the_original() {
     tcp_server(&inet, SocketAddr::new(Y.parse().unwrap(), 80), "Y", stop.clone());
 
     let ns = mgr.0.clone();
-    let outcome = std::panic::catch_unwind(|| mgr.run(move || scenario(&ns)));
+    let outcome = std::panic::catch_unwind(|| mgr.run(move || scenario(&ns, &env)));
     stop.store(true, Ordering::SeqCst);
     drop((mgr, inet));
     if let Err(panic) = outcome {
@@ -137,9 +158,10 @@ fn run_permissions_follow_the_vm_policy_like_the_original() {
     }
 }
 
-fn scenario(ns: &str) {
-    let env = [("RDS_NETWORK", "on"), ("RDS_DNS_UPSTREAMS", UPSTREAM_DNS), ("RATE_LIMIT_PER_MIN", "0")];
-    let s = Server::start_in_netns(ns, "0.0.0.0", &env);
+fn scenario(ns: &str, env: &[(String, String)]) {
+    let mut all = vec![("RDS_NETWORK", "on"), ("RDS_DNS_UPSTREAMS", UPSTREAM_DNS), ("RATE_LIMIT_PER_MIN", "0")];
+    all.extend(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let s = Server::start_in_netns(ns, "0.0.0.0", &all);
     let closed = create(&s, json!({"cpu": 1, "memMb": 256}));
     let egress = create(&s, json!({"cpu": 1, "memMb": 256, "outboundInternet": true, "allowIps": [X]}));
 
