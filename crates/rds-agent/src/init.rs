@@ -83,7 +83,7 @@ struct MountSpec {
     data: Option<&'static str>,
 }
 
-/// proc, sys, dev, devpts, shm, cgroup2, tmpfs /tmp and /run. Already-mounted ones are fine.
+/// proc, sys, dev, devpts, shm, cgroup2, tmpfs /tmp, /var/tmp and /run. Already-mounted ones are fine.
 fn mount_kernel_filesystems() {
     let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let mounts = [
@@ -114,6 +114,14 @@ fn mount_kernel_filesystems() {
         MountSpec {
             source: "tmpfs",
             target: "/tmp",
+            fstype: "tmpfs",
+            flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            data: Some("mode=1777"),
+        },
+        // Private and writable whatever the image's /var/tmp looks like, as in the sandbox runtime.
+        MountSpec {
+            source: "tmpfs",
+            target: "/var/tmp",
             fstype: "tmpfs",
             flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             data: Some("mode=1777"),

@@ -29,6 +29,11 @@ pub const RESULT_CAP: usize = 8 * 1024 * 1024;
 /// Where run directories are created (root-owned, one per run).
 const RUN_ROOT: &str = "/tmp";
 
+/// System files Deno may read besides the workspace and temporary directories: name resolution
+/// and the CA bundle, which ordinary networking code (and the original's grant) needs.
+const DENO_SYSTEM_READS: [&str; 5] =
+    ["/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl/certs", "/usr/share/ca-certificates"];
+
 const JS_WRAPPER: &str = include_str!("run/wrapper.mjs");
 const PY_WRAPPER: &str = include_str!("run/wrapper.py");
 
@@ -97,7 +102,7 @@ impl Runner {
             .replace("__RDS_WORKSPACE__", &json_string(&cwd));
         let wrapper = dir.write(&format!("wrapper.{}", interpreter.wrapper_ext), wrapper_text.as_bytes())?;
 
-        let mut args = interpreter.leading_args(&self.workspace, req.allow_net.unwrap_or(false));
+        let mut args = interpreter.leading_args(&self.workspace, &dir.path, req)?;
         args.push(wrapper.display().to_string());
         for (i, arg) in req.args.iter().flatten().enumerate() {
             reject_nul(&format!("args[{i}]"), arg)?;
@@ -166,29 +171,63 @@ impl Interpreter {
     }
 
     /// Interpreter arguments before the wrapper path. Deno's permissions are fixed here and never
-    /// taken from the caller.
-    fn leading_args(&self, workspace: &Path, allow_net: bool) -> Vec<String> {
-        match self.language {
-            Language::Ts => {
-                let ws = workspace.display();
-                // The peer bridge socket is the one extra path: proxies in /workspace/peers call it.
-                let bridge = rds_proto::GUEST_BRIDGE_SOCKET;
-                let mut args = vec![
-                    "run".to_string(),
-                    "--quiet".into(),
-                    "--no-prompt".into(),
-                    format!("--allow-read={ws},/tmp,{bridge}"),
-                    format!("--allow-write={ws},/tmp,{bridge}"),
-                    "--allow-env".into(),
-                ];
-                args.push(if allow_net { "--allow-net".into() } else { format!("--allow-net=unix:{bridge}") });
-                args
-            }
-            Language::Js => Vec::new(),
+    /// taken from the caller's flags; `allowNet` is the manager's grant, derived from the VM's
+    /// egress policy (the VM's firewall is what limits destinations), and `allowRead` /
+    /// `allowWrite` can only narrow the default paths. The run directory and the peer bridge
+    /// socket (proxies in /workspace/peers call it) are always granted.
+    fn leading_args(&self, workspace: &Path, run_dir: &Path, req: &RunRequest) -> Result<Vec<String>, ExecError> {
+        if self.language != Language::Ts {
             // Unbuffered, so stdout and stderr keep their relative order.
-            Language::Python => vec!["-u".into()],
+            return Ok(if self.language == Language::Python { vec!["-u".into()] } else { Vec::new() });
         }
+        let ws = workspace.display().to_string();
+        let bridge = rds_proto::GUEST_BRIDGE_SOCKET;
+        let own = [run_dir.display().to_string(), bridge.to_string()];
+        let mut writable = vec![ws, "/tmp".to_string(), "/var/tmp".to_string()];
+        let mut readable = writable.clone();
+        readable.extend(DENO_SYSTEM_READS.iter().map(|p| p.to_string()));
+        writable = narrowed("allowWrite", req.allow_write.as_deref(), writable)?;
+        readable = narrowed("allowRead", req.allow_read.as_deref(), readable)?;
+        let net =
+            if req.allow_net.unwrap_or(false) { "--allow-net".into() } else { format!("--allow-net=unix:{bridge}") };
+        Ok(vec![
+            "run".to_string(),
+            "--quiet".into(),
+            "--no-prompt".into(),
+            format!("--allow-read={}", readable.iter().chain(&own).cloned().collect::<Vec<_>>().join(",")),
+            format!("--allow-write={}", writable.iter().chain(&own).cloned().collect::<Vec<_>>().join(",")),
+            "--allow-env".into(),
+            net,
+        ])
     }
+}
+
+/// The caller's narrowing of a path grant: each entry absolute, plain (no `..`, no comma, which
+/// would split Deno's list) and inside one of `grant`; `None` keeps the whole grant.
+fn narrowed(field: &str, requested: Option<&[String]>, grant: Vec<String>) -> Result<Vec<String>, ExecError> {
+    let Some(requested) = requested else { return Ok(grant) };
+    let mut paths = Vec::with_capacity(requested.len());
+    for (i, entry) in requested.iter().enumerate() {
+        let name = format!("{field}[{i}]");
+        reject_nul(&name, entry)?;
+        let path = Path::new(entry);
+        let plain = path.is_absolute()
+            && !entry.contains(',')
+            && path.components().all(|c| !matches!(c, std::path::Component::ParentDir));
+        if !plain {
+            return Err(ExecError::Invalid(format!(
+                "invalid field `{name}`: {entry:?} must be an absolute path without `..` or commas"
+            )));
+        }
+        if !grant.iter().any(|g| path.starts_with(g)) {
+            return Err(ExecError::Invalid(format!(
+                "invalid field `{name}`: {entry:?} is outside what runs may access ({})",
+                grant.join(", ")
+            )));
+        }
+        paths.push(entry.clone());
+    }
+    Ok(paths)
 }
 
 /// A fresh root-owned directory under `/tmp` holding one run's wrapper, snippet and result FIFO;
@@ -276,4 +315,30 @@ fn run_result(finished: &Finished) -> RunResult {
         out.error = fields.remove("error");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant() -> Vec<String> {
+        vec!["/workspace".into(), "/tmp".into(), "/etc/hosts".into()]
+    }
+
+    #[test]
+    fn narrowing_keeps_paths_inside_the_grant_and_names_the_bad_entry() {
+        let asked = vec!["/workspace/data".to_string(), "/etc/hosts".into()];
+        assert_eq!(narrowed("allowRead", Some(&asked), grant()).unwrap(), asked);
+        assert_eq!(narrowed("allowRead", None, grant()).unwrap(), grant());
+        for (bad, index) in [
+            (vec!["/workspace".to_string(), "/etc".into()], 1),
+            (vec!["/workspace/../etc".into()], 0),
+            (vec!["/tmp,/etc".into()], 0),
+            (vec!["workspace".into()], 0),
+            (vec!["/tmpx".into()], 0),
+        ] {
+            let err = narrowed("allowWrite", Some(&bad), grant()).unwrap_err().to_string();
+            assert!(err.contains(&format!("allowWrite[{index}]")), "{bad:?}: {err}");
+        }
+    }
 }

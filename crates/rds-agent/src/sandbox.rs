@@ -5,7 +5,7 @@
 //! inside = a host uid range no other VM has), enters fresh mount/pid/net/ipc/uts/cgroup namespaces,
 //! moves into the VM's `agent` cgroup and forks: the child becomes PID 1 of the new pid namespace,
 //! assembles the root — the image's ext4 root read-only, private `/proc`, `/dev`, sized `/tmp`,
-//! `/dev/shm` and `/run`, the VM's workspace disk at `/workspace`, its `user` cgroups — with the
+//! `/var/tmp`, `/dev/shm` and `/run`, the VM's workspace disk at `/workspace`, its `user` cgroups — with the
 //! image and workspace idmapped into the user namespace, `pivot_root`s into it, enters the user
 //! namespace, drops capabilities, installs the seccomp filter and supervises the agent. The parent
 //! stays outside the pid namespace, forwards SIGTERM/SIGINT to PID 1 and exits with its status;
@@ -468,6 +468,7 @@ fn build_root(spec: &SandboxSpec, userns: &OwnedFd) -> Result<()> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some(&tmp_opts),
     )?;
+    mount_var_tmp(&root, &format!("mode=1777,size={}m,{owner}", (spec.tmp_mb / 2).max(1)))?;
     mount_run(&root.join("run"), &bridge, &owner)?;
     let ws_target = root.join("workspace");
     if workspace.is_file() {
@@ -613,6 +614,19 @@ fn mount_dev(dev: &Path, shm_opts: &str) -> Result<()> {
     }
     // Nothing more is created in /dev itself; its submounts (pts, shm) stay writable.
     set_mount_attrs(dev, libc::MOUNT_ATTR_RDONLY, false)
+}
+
+/// `/var/tmp` as a private tmpfs of half `/tmp`'s size (programs and Deno expect it writable; the root
+/// below it is read-only). Skipped, with a note on the console, when the root has no real
+/// `/var/tmp` directory: a symlink there (an uploaded image is hostile) would aim the mount elsewhere.
+fn mount_var_tmp(root: &Path, opts: &str) -> Result<()> {
+    let real_dir = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+    let target = root.join("var/tmp");
+    if !real_dir(&root.join("var")) || !real_dir(&target) {
+        eprintln!("rds-agent sandbox: the root has no /var/tmp directory; /var/tmp is not writable");
+        return Ok(());
+    }
+    mount_at(Some(Path::new("tmpfs")), &target, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(opts))
 }
 
 /// `/run` (root-only writable tmpfs) with the VM's bridge directory at [`SANDBOX_BRIDGE_DIR`], where

@@ -127,6 +127,13 @@ fn clean(tree: &Path) -> Result<(), ImageError> {
     for dir in ["var/cache/apt", "var/lib/apt/lists", "var/log", "tmp", "var/tmp"] {
         empty_dir(&tree.join(dir))?;
     }
+    // World-writable with the sticky bit, so uid 1000 can use them even where no tmpfs covers them.
+    for dir in ["tmp", "var/tmp"] {
+        let path = tree.join(dir);
+        std::fs::create_dir_all(&path).map_err(ImageError::io("creating", &path))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o1777))
+            .map_err(ImageError::io("chmod", &path))?;
+    }
     Ok(())
 }
 

@@ -263,9 +263,18 @@ pub struct RunRequest {
     /// The original API's extra `node` flags: accepted, but only an empty list (400 otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_flags: Option<Vec<String>>,
-    /// Deno only: grant network access.
+    /// Deno only: `false` withholds network access. The VM's policy decides the grant (network
+    /// when it has outbound internet, allowed IPs/domains or peer links); this can only narrow it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_net: Option<bool>,
+    /// Deno only: absolute paths to allow reading, each inside the default grant (`/workspace`,
+    /// `/tmp`, `/var/tmp`, name-resolution files, the CA bundle); replaces that grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_read: Option<Vec<String>>,
+    /// Deno only: absolute paths to allow writing, each inside `/workspace`, `/tmp` or `/var/tmp`;
+    /// replaces that grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_write: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec_id: Option<String>,
 }

@@ -7,7 +7,7 @@ use axum::response::Response;
 use http::header;
 use rds_proto::{ExecEvent, ExecExit, ExecRequest, ExecResult, Language, RunRequest, RunResult, DEFAULT_TIMEOUT_MS};
 use rds_runtime::process::is_same_process_alive;
-use rds_store::{now_ms, ExecLogRecord, VmState};
+use rds_store::{now_ms, ExecLogRecord, VmRecord, VmState};
 use serde_json::json;
 
 use crate::agent::AgentError;
@@ -121,8 +121,16 @@ pub async fn run(state: &AppState, vm_id: &str, lang: Language, req: RunRequest)
     let secrets = secrets_of(state, &vm)?;
     let oom_before = state.runtime.oom_kills(vm_id).await;
     let started = Instant::now();
-    let to_agent =
-        RunRequest { env: with_secrets(req.env.clone(), &secrets), deno_flags: None, node_flags: None, ..req.clone() };
+    // The request may narrow the VM's grant (`allowNet:false`), never widen it: clients of the
+    // original send `allowNet:true` routinely, so asking more than the VM allows is not an error.
+    let allow_net = net_grant(state, &vm).await? && req.allow_net.unwrap_or(true);
+    let to_agent = RunRequest {
+        env: with_secrets(req.env.clone(), &secrets),
+        allow_net: Some(allow_net),
+        deno_flags: None,
+        node_flags: None,
+        ..req.clone()
+    };
     let mut result = state.agent.vm(vm_id).run(lang, &to_agent, limit).await.or_agent_error(state, vm_id).await?;
     result.oom_killed |= oom_rose(oom_before, state.runtime.oom_kills(vm_id).await);
     result.stdout = secrets.redact(&result.stdout);
@@ -140,6 +148,17 @@ pub async fn run(state: &AppState, vm_id: &str, lang: Language, req: RunRequest)
     log_exec(state, vm_id, lang.route(), req.exec_id, input, result.exit_code, started, &result.stdout, &result.stderr)
         .await;
     Ok(result)
+}
+
+/// Whether a VM's runs get network access, as the original decides it: when the VM may reach
+/// anything beyond itself (outbound internet, allowed IPs or domains) or has peer links. Which
+/// destinations are reachable is the host firewall's business, not Deno's.
+pub async fn net_grant(state: &AppState, vm: &VmRecord) -> Result<bool, ApiError> {
+    let policy = crate::services::network::policy_of(state, vm).await?;
+    if policy.outbound_internet || !policy.allow_ips.is_empty() || !policy.allow_domains.is_empty() {
+        return Ok(true);
+    }
+    Ok(!state.store.list_peer_links(&vm.id).await?.is_empty())
 }
 
 fn oom_rose(before: Option<u64>, after: Option<u64>) -> bool {

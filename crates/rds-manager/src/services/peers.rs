@@ -462,7 +462,7 @@ async fn inspect_exports(state: &AppState, provider_vm: &VmRecord, provider: &Pr
             code: Some(rds_peer::invoke::inspection_source(module, language, &functions)),
             env: with_secrets(None, &secrets),
             timeout_ms: Some(INSPECT_TIMEOUT.as_millis() as u64),
-            allow_net: Some(provider_vm.outbound_internet),
+            allow_net: Some(crate::services::exec::net_grant(state, provider_vm).await?),
             ..Default::default()
         };
         let language = match language {
@@ -645,7 +645,7 @@ async fn call_inner(
         code: Some(rds_peer::invoke::invocation_source(export, &req.args)),
         env: with_secrets(None, &secrets),
         timeout_ms: Some(export.timeout_ms()),
-        allow_net: Some(provider_vm.outbound_internet),
+        allow_net: Some(crate::services::exec::net_grant(state, &provider_vm).await?),
         ..Default::default()
     };
     let language = match export.language() {
