@@ -176,6 +176,14 @@ impl Interpreter {
     /// `allowWrite` can only narrow the default paths. The run directory and the peer bridge
     /// socket (proxies in /workspace/peers call it) are always granted.
     fn leading_args(&self, workspace: &Path, run_dir: &Path, req: &RunRequest) -> Result<Vec<String>, ExecError> {
+        // The manager refuses these too; the agent is the boundary, so it never trusts that.
+        for (field, flags) in [("denoFlags", &req.deno_flags), ("nodeFlags", &req.node_flags)] {
+            if flags.as_ref().is_some_and(|f| !f.is_empty()) {
+                return Err(ExecError::Invalid(format!(
+                    "invalid field `{field}`: interpreter flags are fixed by the agent"
+                )));
+            }
+        }
         if self.language != Language::Ts {
             // Unbuffered, so stdout and stderr keep their relative order.
             return Ok(if self.language == Language::Python { vec!["-u".into()] } else { Vec::new() });
