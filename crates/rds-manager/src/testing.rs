@@ -170,3 +170,33 @@ pub fn remove_tree(path: &Path) -> std::io::Result<()> {
     writable(path)?;
     std::fs::remove_dir_all(path)
 }
+
+/// The in-process manager the contract tests drive: an [`AppState`](crate::AppState) over an
+/// [`InProcessRuntime`] (VMs under `dir/vms`) and a fresh SQLite store under `dir/storage`,
+/// configured by `vars` over the test defaults (`STORAGE_ROOT`, `RDS_SANDBOX_ROOT=host`), with
+/// `api_key` its one key. Works from inside a tokio runtime: the store is opened on a thread of
+/// its own.
+pub fn in_process_state(dir: &Path, vars: &[(&str, &str)], api_key: &str) -> crate::AppState {
+    let storage = dir.join("storage");
+    std::fs::create_dir_all(&storage).expect("creating STORAGE_ROOT");
+    let storage = storage.to_str().expect("the temporary directory is UTF-8").to_string();
+    let defaults = [("STORAGE_ROOT", storage.as_str()), ("RDS_SANDBOX_ROOT", "host")];
+    let lookup = |k: &str| vars.iter().chain(defaults.iter()).find(|(name, _)| *name == k).map(|(_, v)| v.to_string());
+    let config = crate::Config::from_lookup(lookup).expect("a valid test configuration");
+    let store_config = config.store_config();
+    let (store, installation) = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        rt.block_on(async {
+            let store = rds_store::open(&store_config).await.expect("opening the test database");
+            let (installation, _) =
+                crate::installation::load_or_create(store.as_ref()).await.expect("an installation id");
+            (store, installation)
+        })
+    })
+    .join()
+    .expect("opening the store panicked");
+    let runtime = std::sync::Arc::new(InProcessRuntime::new(dir.join("vms")));
+    let keys = crate::auth::ApiKeyRing::new(vec![crate::auth::hash_key(api_key)]);
+    crate::AppState::new(config, store, runtime, keys, crate::server::host_capabilities())
+        .with_installation(installation)
+}

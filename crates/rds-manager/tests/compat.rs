@@ -4,15 +4,11 @@
 //! upload, ...). Our own extensions are not checked here (contract.rs does); the deliberate
 //! differences are listed in docs/compatibility.md.
 
-use std::sync::Arc;
-
 use axum::body::{Body, Bytes};
 use axum::Router;
 use http::{header, Method, Request, StatusCode};
 use http_body_util::BodyExt;
-use rds_manager::auth::{hash_key, ApiKeyRing};
-use rds_manager::testing::InProcessRuntime;
-use rds_manager::{routes, server, AppState, Config};
+use rds_manager::{routes, AppState};
 use rds_testkit::{tar_gz, untar_gz};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -75,30 +71,7 @@ impl Reply {
 impl Api {
     fn new(vars: &[(&str, &str)]) -> Api {
         let dir = tempfile::tempdir().expect("creating the test directory");
-        let storage = dir.path().join("storage");
-        std::fs::create_dir_all(&storage).expect("creating STORAGE_ROOT");
-        let storage = storage.to_str().expect("the temporary directory is UTF-8").to_string();
-        let defaults = [("STORAGE_ROOT", storage.as_str()), ("RDS_SANDBOX_ROOT", "host")];
-        let lookup =
-            |k: &str| vars.iter().chain(defaults.iter()).find(|(name, _)| *name == k).map(|(_, v)| v.to_string());
-        let config = Config::from_lookup(lookup).expect("a valid test configuration");
-        // On a runtime of its own: `new` is called from inside the tests' runtime.
-        let store_config = config.store_config();
-        let (store, installation) = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-            rt.block_on(async {
-                let store = rds_store::open(&store_config).await.expect("opening the test database");
-                let (installation, _) =
-                    rds_manager::installation::load_or_create(store.as_ref()).await.expect("an installation id");
-                (store, installation)
-            })
-        })
-        .join()
-        .expect("opening the store panicked");
-        let runtime = Arc::new(InProcessRuntime::new(dir.path().join("vms")));
-        let keys = ApiKeyRing::new(vec![hash_key(KEY)]);
-        let state =
-            AppState::new(config, store, runtime, keys, server::host_capabilities()).with_installation(installation);
+        let state = rds_manager::testing::in_process_state(dir.path(), vars, KEY);
         Api { router: routes::router(state.clone()), state, _dir: dir }
     }
 
