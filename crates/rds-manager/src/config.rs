@@ -22,7 +22,7 @@ pub enum RuntimeChoice {
     Sandbox,
     /// QEMU microvm (needs QEMU, vhost-device-vsock and a guest image).
     Qemu,
-    /// Firecracker (not available yet).
+    /// Firecracker microVMs (needs the firecracker binary, KVM and a guest image).
     Firecracker,
 }
 
@@ -78,6 +78,9 @@ pub struct Config {
     pub vm_secret_key: Option<Secret>,
     /// `PEER_CALLS_PER_MIN`: bridge calls per minute per consumer link (0 disables).
     pub peer_calls_per_min: u32,
+    /// `FIRECRACKER_BIN`, `JAILER_BIN`, `RDS_FIRECRACKER_JAILER`, `RDS_FIRECRACKER_SECCOMP`,
+    /// `ROOTFS_CLONE_MODE`: the firecracker runtime.
+    pub firecracker: rds_runtime::firecracker::FirecrackerSettings,
     /// `RDS_NETWORK`, `RDS_VM_CIDR`, `RDS_DNS_UPSTREAMS`: VM networking.
     pub network: crate::network::NetworkSettings,
     /// Variables of the original run-dat-sheesh that are set but have no effect here; reported at
@@ -254,6 +257,7 @@ impl Config {
             rate_limit_per_min: parse(&get, "RATE_LIMIT_PER_MIN", 600, "a non-negative integer (0 disables)")?,
             expose_internal_errors: parse(&get, "EXPOSE_INTERNAL_ERRORS", false, "true or false")?,
             vm_secret_key: vm_secret_key.map(Secret),
+            firecracker: firecracker_settings(&get)?,
             network: crate::network::NetworkSettings::from_lookup(&get)?,
             peer_calls_per_min: parse(&get, "PEER_CALLS_PER_MIN", 600, "a non-negative integer (0 disables)")?,
             not_applied,
@@ -269,6 +273,52 @@ impl Config {
     pub fn store_config(&self) -> rds_store::StoreConfig {
         rds_store::StoreConfig::Sqlite { path: self.database_path() }
     }
+}
+
+/// The firecracker runtime's variables.
+fn firecracker_settings(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<rds_runtime::firecracker::FirecrackerSettings, ConfigError> {
+    use rds_runtime::firecracker::{CloneMode, FirecrackerSettings, Seccomp};
+    let jailer_off = match get("RDS_FIRECRACKER_JAILER").as_deref() {
+        None | Some("auto") => false,
+        Some("off") => true,
+        Some(other) => {
+            return Err(ConfigError {
+                var: "RDS_FIRECRACKER_JAILER",
+                message: format!("{other:?} is not one of auto, off"),
+            })
+        }
+    };
+    let seccomp = match get("RDS_FIRECRACKER_SECCOMP").as_deref() {
+        None | Some("default") => Seccomp::Default,
+        Some("off") => Seccomp::Off,
+        Some(path) if path.starts_with('/') => Seccomp::Filter(PathBuf::from(path)),
+        Some(other) => {
+            return Err(ConfigError {
+                var: "RDS_FIRECRACKER_SECCOMP",
+                message: format!("{other:?} is not one of default, off or an absolute path to a filter"),
+            })
+        }
+    };
+    let clone_mode = match get("ROOTFS_CLONE_MODE").as_deref() {
+        None | Some("auto") => CloneMode::Auto,
+        Some("reflink") => CloneMode::Reflink,
+        Some("copy") => CloneMode::Copy,
+        Some(other) => {
+            return Err(ConfigError {
+                var: "ROOTFS_CLONE_MODE",
+                message: format!("{other:?} is not one of auto, reflink, copy"),
+            })
+        }
+    };
+    Ok(FirecrackerSettings {
+        firecracker_bin: get("FIRECRACKER_BIN").map(PathBuf::from),
+        jailer_bin: get("JAILER_BIN").map(PathBuf::from),
+        jailer_off,
+        seccomp,
+        clone_mode,
+    })
 }
 
 /// `rds-agent` next to the running executable.

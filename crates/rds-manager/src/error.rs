@@ -66,6 +66,16 @@ pub enum ApiError {
         #[source]
         source: Option<Cause>,
     },
+    /// 502: the VM did not come up, or its VMM refused it (the message carries the VMM's fault and
+    /// the tails of the VM's console and VMM log: what the caller needs to fix an image).
+    #[error("{message}")]
+    VmFailed {
+        /// What failed, for the caller.
+        message: String,
+        /// The runtime's error.
+        #[source]
+        source: Option<Cause>,
+    },
     /// 504: the guest agent did not answer in time.
     #[error("{message}")]
     Timeout {
@@ -133,6 +143,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::NotImplemented { .. } => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
             ApiError::Agent { .. } => (StatusCode::BAD_GATEWAY, "agent_error"),
+            ApiError::VmFailed { .. } => (StatusCode::BAD_GATEWAY, "vm_failed"),
             ApiError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "agent_timeout"),
             ApiError::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -202,7 +213,8 @@ impl From<std::io::Error> for ApiError {
 }
 
 impl From<rds_runtime::RuntimeError> for ApiError {
-    /// 501 for what the runtime cannot do, 400 for a spec it refuses, 500 for the rest.
+    /// 501 for what the runtime cannot do, 400 for a spec it refuses, 502 for a VM that did not
+    /// boot or that its VMM refused, 500 for the rest.
     fn from(e: rds_runtime::RuntimeError) -> Self {
         use rds_runtime::RuntimeError;
         match e {
@@ -210,6 +222,9 @@ impl From<rds_runtime::RuntimeError> for ApiError {
                 ApiError::NotImplemented { message: e.to_string(), source: Some(Box::new(e)) }
             }
             RuntimeError::InvalidSpec(m) => ApiError::BadRequest(m),
+            RuntimeError::Boot(_) | RuntimeError::Vmm(_) => {
+                ApiError::VmFailed { message: e.to_string(), source: Some(Box::new(e)) }
+            }
             other => ApiError::internal("the runtime failed", other),
         }
     }

@@ -2,7 +2,8 @@
 //!
 //! Most of them mean the same here and are read by [`crate::Config`] under the same name
 //! (`API_KEY`, `PORT`, `STORAGE_ROOT`, `KERNEL_PATH`, `BASE_ROOTFS_PATH`, `VM_SECRET_KEY`,
-//! `MAX_VMS`, `MAX_CPU`, `MAX_MEM_MB`, `MAX_EXEC_TIMEOUT_MS`, `EXPOSE_INTERNAL_ERRORS`);
+//! `MAX_VMS`, `MAX_CPU`, `MAX_MEM_MB`, `MAX_EXEC_TIMEOUT_MS`, `EXPOSE_INTERNAL_ERRORS`,
+//! `FIRECRACKER_BIN`, `JAILER_BIN`, `ROOTFS_CLONE_MODE`);
 //! `OVERLAY_SIZE_BYTES` sets the default disk size. The rest are listed in [`NOT_APPLIED`]: one
 //! that is set is reported by name at start-up with what this build does instead, never silently
 //! ignored. `DB_DIALECT=postgres` stops start-up: quietly using SQLite would split the operator's data.
@@ -19,7 +20,6 @@ pub struct NotApplied {
 }
 
 const NO_CONSOLE: &str = "this build has no admin console yet; use API keys";
-const NO_FIRECRACKER: &str = "this build has no firecracker runtime yet (RDS_RUNTIME: auto, qemu, sandbox)";
 const NO_SNAPSHOTS: &str = "this build has no snapshots or warm pool yet; every VM boots";
 const NO_OTEL: &str = "this build has no OpenTelemetry export; logs go to stderr (RUST_LOG)";
 const UNDER_STORAGE_ROOT: &str = "rds keeps its database and images under STORAGE_ROOT, private to the manager";
@@ -40,16 +40,13 @@ pub const NOT_APPLIED: &[NotApplied] = &[
         reason: "consumers reach the peer bridge over vsock, not a URL on the host network",
     },
     NotApplied { var: "AGENT_VSOCK_PORT", reason: "the agent's vsock port is fixed by the guest image" },
-    NotApplied { var: "FIRECRACKER_BIN", reason: NO_FIRECRACKER },
-    NotApplied { var: "JAILER_BIN", reason: NO_FIRECRACKER },
-    NotApplied { var: "JAILER_CHROOT_BASE_DIR", reason: NO_FIRECRACKER },
-    NotApplied { var: "JAILER_UID", reason: NO_FIRECRACKER },
-    NotApplied { var: "JAILER_GID", reason: NO_FIRECRACKER },
-    NotApplied { var: "FIRECRACKER_LOG_LEVEL", reason: NO_FIRECRACKER },
+    NotApplied { var: "JAILER_CHROOT_BASE_DIR", reason: "firecracker jails live under STORAGE_ROOT/jail" },
     NotApplied {
-        var: "ROOTFS_CLONE_MODE",
-        reason: "each VM writes to its own overlay disk over the shared read-only root; nothing is cloned",
+        var: "JAILER_UID",
+        reason: "each firecracker VM runs as a uid of its own (from 805306368 up), never a shared one",
     },
+    NotApplied { var: "JAILER_GID", reason: "each firecracker VM runs as a gid of its own, equal to its uid" },
+    NotApplied { var: "FIRECRACKER_LOG_LEVEL", reason: "Firecracker logs at Info into the VM's firecracker log" },
     NotApplied { var: "OVERLAY_DEVICE_WAIT_MS", reason: "the guest's init waits for its overlay disk by itself" },
     NotApplied { var: "ENABLE_SNAPSHOTS", reason: NO_SNAPSHOTS },
     NotApplied { var: "ENABLE_WARM_POOL", reason: NO_SNAPSHOTS },
@@ -116,9 +113,10 @@ mod tests {
 
     #[test]
     fn set_variables_are_reported_by_name_and_unset_ones_not() {
-        let get = lookup(&[("FIRECRACKER_BIN", "/usr/local/bin/firecracker"), ("ENABLE_WARM_POOL", "true")]);
+        let get = lookup(&[("JAILER_UID", "1000"), ("ENABLE_WARM_POOL", "true"), ("FIRECRACKER_BIN", "/x")]);
         let names: Vec<&str> = check(&get).unwrap().iter().map(|n| n.var).collect();
-        assert_eq!(names, ["FIRECRACKER_BIN", "ENABLE_WARM_POOL"]);
+        // FIRECRACKER_BIN means the same here: not reported.
+        assert_eq!(names, ["JAILER_UID", "ENABLE_WARM_POOL"]);
         assert!(check(&lookup(&[])).unwrap().is_empty());
     }
 

@@ -10,13 +10,22 @@ use crate::config::{ConfigError, RuntimeChoice};
 use crate::Config;
 
 /// The runtimes this build has, in the order `RDS_RUNTIME=auto` tries them.
-const RUNTIMES: &[RuntimeEntry] = &[rds_runtime::qemu::ENTRY, rds_runtime::sandbox::ENTRY];
+const RUNTIMES: &[RuntimeEntry] =
+    &[rds_runtime::firecracker::ENTRY, rds_runtime::qemu::ENTRY, rds_runtime::sandbox::ENTRY];
+
+/// The runtime chosen, and why (logged at start-up and reported by `/v1/health`).
+pub struct Selected {
+    /// The runtime.
+    pub runtime: Arc<dyn Runtime>,
+    /// Why it was chosen, e.g. "RDS_RUNTIME=auto: not firecracker (…); not qemu (…); sandbox".
+    pub reason: String,
+}
 
 /// Builds the runtime `RDS_RUNTIME` asks for; `auto` takes the first of [`RUNTIMES`] that wants
-/// this host and builds (qemu with a guest image and a KVM that boots ordinary guests, else the
-/// sandbox). Asking explicitly for an unavailable runtime is an error. Host resources are named
+/// this host and builds (firecracker, else qemu, with a guest image and a KVM that boots ordinary
+/// guests, else the sandbox). Asking explicitly for an unavailable runtime is an error. Host resources are named
 /// after `installation`.
-pub fn select(config: &Config, installation: &InstallationId) -> Result<Arc<dyn Runtime>, ConfigError> {
+pub fn select(config: &Config, installation: &InstallationId) -> Result<Selected, ConfigError> {
     let settings = settings(config, installation);
     let kind = match config.runtime {
         RuntimeChoice::Auto => return auto(&settings),
@@ -30,22 +39,29 @@ pub fn select(config: &Config, installation: &InstallationId) -> Result<Arc<dyn 
             message: format!("this build has no {kind} runtime yet; use auto or one of {}", names()),
         });
     };
-    build(entry, &settings)
+    let runtime = build(entry, &settings)?;
+    Ok(Selected { runtime, reason: format!("RDS_RUNTIME={kind}") })
 }
 
 /// The first runtime that wants this host and builds; the last one's failure is the error.
-fn auto(settings: &RuntimeSettings) -> Result<Arc<dyn Runtime>, ConfigError> {
+fn auto(settings: &RuntimeSettings) -> Result<Selected, ConfigError> {
     let (last, preferred) = RUNTIMES.split_last().expect("at least one runtime");
+    let mut passed = Vec::new();
     for entry in preferred {
         match (entry.auto)(settings) {
-            Err(reason) => tracing::info!("not using {}: {reason}", entry.kind),
+            Err(reason) => passed.push(format!("not {}: {reason}", entry.kind)),
             Ok(()) => match build(entry, settings) {
-                Ok(runtime) => return Ok(runtime),
-                Err(e) => tracing::info!("not using {} ({e}); falling back", entry.kind),
+                Ok(runtime) => {
+                    passed.push(format!("{} (it wants this host and built)", entry.kind));
+                    return Ok(Selected { runtime, reason: format!("RDS_RUNTIME=auto: {}", passed.join("; ")) });
+                }
+                Err(e) => passed.push(format!("not {}: {e}", entry.kind)),
             },
         }
     }
-    build(last, settings)
+    let runtime = build(last, settings)?;
+    passed.push(format!("{} (the last resort)", last.kind));
+    Ok(Selected { runtime, reason: format!("RDS_RUNTIME=auto: {}", passed.join("; ")) })
 }
 
 fn build(entry: &RuntimeEntry, settings: &RuntimeSettings) -> Result<Arc<dyn Runtime>, ConfigError> {
@@ -70,6 +86,7 @@ fn settings(config: &Config, installation: &InstallationId) -> RuntimeSettings {
             .clone()
             .unwrap_or_else(|| crate::installation::default_cgroup_group(installation)),
         sandbox_host_root: config.sandbox_host_root,
+        firecracker: config.firecracker.clone(),
     }
 }
 

@@ -52,8 +52,9 @@ pub async fn prepare(config: Config, rotate_key: bool) -> Result<Prepared, Start
         tracing::warn!(var = n.var, "{} is set but has no effect: {}", n.var, n.reason);
     }
     let (store, installation, host_locks) = open_store(&config).await?;
-    let runtime = crate::runtime_select::select(&config, &installation)?;
-    prepare_with(config, store, installation, host_locks, runtime, rotate_key).await
+    let selected = crate::runtime_select::select(&config, &installation)?;
+    tracing::info!(runtime = %selected.runtime.kind(), "{}", selected.reason);
+    prepare_with(config, store, installation, host_locks, (selected.runtime, selected.reason), rotate_key).await
 }
 
 /// Opens everything with a given runtime (tests use a fake behind the same seam).
@@ -63,7 +64,8 @@ pub async fn prepare_with_runtime(
     rotate_key: bool,
 ) -> Result<Prepared, StartError> {
     let (store, installation, host_locks) = open_store(&config).await?;
-    prepare_with(config, store, installation, host_locks, runtime, rotate_key).await
+    let reason = format!("{} runtime given by the caller", runtime.kind());
+    prepare_with(config, store, installation, host_locks, (runtime, reason), rotate_key).await
 }
 
 /// Opens the database, reads (or, on first start, makes) the installation id, and locks it and the
@@ -88,7 +90,7 @@ async fn prepare_with(
     store: Arc<dyn Store>,
     installation: InstallationId,
     host_locks: HostLocks,
-    runtime: Arc<dyn Runtime>,
+    (runtime, runtime_reason): (Arc<dyn Runtime>, String),
     rotate_key: bool,
 ) -> Result<Prepared, StartError> {
     let (keys, key_notice) = ensure_keys(store.as_ref(), config.api_key.as_deref(), rotate_key).await?;
@@ -97,6 +99,7 @@ async fn prepare_with(
     let networking = crate::network::VmNetworking::start(&config.network, runtime.as_ref(), &installation).await?;
     let state = AppState::new(config, store, runtime, keys, host_capabilities())
         .with_installation(installation)
+        .with_runtime_reason(runtime_reason)
         .with_network(networking);
     let reconciled = reconcile(&state).await?;
     Ok(Prepared { state, key_notice, reconciled, listener, host_locks })

@@ -55,6 +55,8 @@ pub struct Inner {
     pub network: crate::network::VmNetworking,
     /// This installation's id (see [`crate::installation`]).
     pub installation: rds_net::InstallationId,
+    /// Why this runtime runs VMs (`RDS_RUNTIME` and what `auto` found), for `/v1/health`.
+    pub runtime_reason: String,
 }
 
 impl AppState {
@@ -89,6 +91,7 @@ impl AppState {
             network: crate::network::VmNetworking::disabled("VM networking was not set up on this manager"),
             // Replaced by the stored id through `with_installation` before the state is shared.
             installation: rds_net::InstallationId::generate(),
+            runtime_reason: "chosen by the code that built this manager".into(),
         }))
     }
 }
@@ -98,6 +101,13 @@ impl AppState {
     pub fn with_installation(mut self, installation: rds_net::InstallationId) -> Self {
         Arc::get_mut(&mut self.0).expect("with_installation is called before the state is shared").installation =
             installation;
+        self
+    }
+
+    /// Records why the runtime was chosen; only while building the state, before it is shared.
+    pub fn with_runtime_reason(mut self, reason: String) -> Self {
+        Arc::get_mut(&mut self.0).expect("with_runtime_reason is called before the state is shared").runtime_reason =
+            reason;
         self
     }
 

@@ -346,6 +346,9 @@ pub struct HealthView {
     pub status: String,
     pub version: String,
     pub runtime: String,
+    /// Why this runtime runs VMs: `RDS_RUNTIME`, and under `auto` why each runtime before it was
+    /// passed over.
+    pub runtime_reason: String,
     pub isolation: String,
     pub capabilities: HostCapabilities,
     /// This manager's installation id: part of the name of its cgroup group, nft table and VM

@@ -68,6 +68,17 @@ impl Limits {
     }
 }
 
+/// Limits of a flat VM group (see [`CgroupLayout::create_flat`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlatLimits {
+    /// Hard memory limit of everything in the group (no swap on top of it).
+    pub memory_bytes: u64,
+    /// CPU quota in whole cores.
+    pub cpus: u32,
+    /// Maximum number of tasks.
+    pub pids_max: u64,
+}
+
 /// Where VM cgroups live on this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CgroupLayout {
@@ -465,6 +476,70 @@ impl CgroupLayout {
             }
         }
         Ok(())
+    }
+
+    /// Creates VM `id`'s group as one flat group limited to `limits` (removing a stale one
+    /// first): a microVM's whole VMM process goes there, its agent is inside the guest. On failure
+    /// nothing is left behind.
+    pub fn create_flat(&self, id: &str, limits: FlatLimits) -> Result<(), RuntimeError> {
+        self.remove(id)?;
+        let result = self.create_flat_inner(id, limits);
+        if result.is_err() {
+            let _ = self.remove(id);
+        }
+        result
+    }
+
+    fn create_flat_inner(&self, id: &str, limits: FlatLimits) -> Result<(), RuntimeError> {
+        let quota = (u64::from(limits.cpus.max(1)) * CPU_PERIOD_US).to_string();
+        for dir in self.vm_dirs(id) {
+            std::fs::create_dir(&dir).map_err(|e| cg_err("cannot create", &dir, e))?;
+        }
+        match self {
+            CgroupLayout::V2 { parent } => {
+                let d = parent.join(id);
+                write_file(&d.join("memory.max"), &limits.memory_bytes.to_string())?;
+                if d.join("memory.swap.max").exists() {
+                    write_file(&d.join("memory.swap.max"), "0")?;
+                }
+                write_file(&d.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
+                write_file(&d.join("pids.max"), &limits.pids_max.to_string())?;
+            }
+            CgroupLayout::V1 { parents } => {
+                for (ctrl, parent) in parents {
+                    let d = parent.join(id);
+                    match *ctrl {
+                        "memory" => write_v1_memory(&d, limits.memory_bytes)?,
+                        "cpu" => {
+                            write_file(&d.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                            write_file(&d.join("cpu.cfs_quota_us"), &quota)?;
+                        }
+                        "pids" => write_file(&d.join("pids.max"), &limits.pids_max.to_string())?,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The cgroup version of this host's layout (1 or 2).
+    pub fn version(&self) -> u8 {
+        match self {
+            CgroupLayout::V2 { .. } => 2,
+            CgroupLayout::V1 { .. } => 1,
+        }
+    }
+
+    /// On cgroup v2, VM `id`'s group as a path relative to the hierarchy's root (what the
+    /// Firecracker jailer's `--parent-cgroup` takes); `None` on v1.
+    pub fn v2_relative(&self, id: &str) -> Option<String> {
+        let CgroupLayout::V2 { parent } = self else { return None };
+        let dir = parent.join(id);
+        [CGROUP_ROOT, PID1_CGROUP_ROOT]
+            .iter()
+            .find_map(|root| dir.strip_prefix(root).ok())
+            .map(|rel| rel.to_string_lossy().into_owned())
     }
 
     /// Completes VM `id`'s groups once its launcher has moved from `<id>` into `<id>/agent`

@@ -1,5 +1,5 @@
 //! The [`Runtime`] trait — the seam between the manager and the things that run guests — and its
-//! implementations: [`sandbox`] (Linux namespaces) and [`qemu`] (QEMU microvm); firecracker behind the same trait.
+//! implementations: [`sandbox`] (Linux namespaces), [`qemu`] (QEMU microvm) and [`firecracker`].
 //!
 //! A runtime starts, stops, destroys and probes VMs. Whatever it is, it exposes the guest agent as a
 //! host Unix socket speaking the hybrid-vsock handshake ([`Runtime::agent_socket`]), so the manager
@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod boot;
 pub mod cgroup;
+pub mod firecracker;
 pub mod process;
 pub mod qemu;
 pub mod sandbox;
@@ -113,6 +114,8 @@ pub struct RuntimeSettings {
     pub cgroup_group: String,
     /// `RDS_SANDBOX_ROOT=host`: a sandbox VM without an image gets the host's root, read-only.
     pub sandbox_host_root: bool,
+    /// The firecracker runtime's binaries and options.
+    pub firecracker: firecracker::FirecrackerSettings,
 }
 
 /// The files of the manager's configured guest image.
@@ -282,6 +285,10 @@ pub enum RuntimeError {
     /// Creating, limiting or removing a cgroup failed.
     #[error("cgroup error: {0}")]
     Cgroup(String),
+    /// The VMM refused a request (Firecracker's `fault_message`); the message includes the tails
+    /// of the VM's logs.
+    #[error("the VMM refused the VM: {0}")]
+    Vmm(String),
     /// Stopping the VM's processes failed.
     #[error("could not stop VM: {0}")]
     Stop(String),
@@ -360,6 +367,16 @@ pub trait Runtime: Send + Sync + 'static {
     /// it runs: non-zero means the VM itself ran out of memory. `None` when the runtime cannot tell.
     async fn agent_oom_kills(&self, _id: &str) -> Option<u64> {
         None
+    }
+
+    /// Pauses a running VM: its vCPUs stop, its process and memory stay (snapshots need it).
+    async fn pause(&self, _id: &str) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Unsupported("pausing a VM"))
+    }
+
+    /// Resumes a paused VM.
+    async fn resume(&self, _id: &str) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Unsupported("resuming a VM"))
     }
 
     /// Removes leftovers (VM dirs, cgroups, processes) of VM ids not in `known`; returns the ids removed.

@@ -13,7 +13,6 @@ mod common;
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
@@ -27,44 +26,15 @@ use common::{agent, exec, new_id, spec, CALL_LIMIT};
 
 /// The image directory (vmlinuz, initrd.img, rootfs.ext4), or why these tests cannot run.
 fn image_dir() -> Result<PathBuf, String> {
-    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    DIR.get_or_init(|| {
-        if !nix::unistd::geteuid().is_root() {
-            return Err("qemu runtime tests need root".into());
+    for (program, hint) in [
+        ("qemu-system-x86_64", "apt-get install qemu-system-x86"),
+        ("vhost-device-vsock", "cargo install --locked vhost-device-vsock"),
+    ] {
+        if !on_path(program) {
+            return Err(format!("{program} not found ({hint})"));
         }
-        for (program, hint) in [
-            ("qemu-system-x86_64", "apt-get install qemu-system-x86"),
-            ("vhost-device-vsock", "cargo install --locked vhost-device-vsock"),
-        ] {
-            if !on_path(program) {
-                return Err(format!("{program} not found ({hint})"));
-            }
-        }
-        if std::env::var("RDS_SKIP_IMAGE_BUILD").as_deref() == Ok("1") {
-            return Err("RDS_SKIP_IMAGE_BUILD=1".into());
-        }
-        let agent = common::agent_bin()?;
-        let cache = PathBuf::from(std::env::var("RDS_IMAGE_CACHE").unwrap_or_else(|_| "/var/cache/rds-image".into()));
-        let out =
-            tempfile::Builder::new().prefix("rds-qemu-image-").tempdir_in("/var/tmp").map_err(|e| e.to_string())?;
-        let opts = rds_image::BuildOptions {
-            out_dir: out.path().to_path_buf(),
-            kernel: rds_image::KernelChoice::Debian,
-            agent_bin: agent,
-            cache_dir: cache.clone(),
-            debian_suite: "bookworm".into(),
-            mirror: None,
-        };
-        let built = rds_image::build(&opts, &mut |line| eprintln!("image: {line}"))
-            .unwrap_or_else(|e| panic!("image build failed: {e}"));
-        // The cache keeps the same five files under `image-<key>`: use those, drop the copy.
-        let cached = cache.join(format!("image-{}", built.manifest.cache_key));
-        if !cached.join("rootfs.ext4").is_file() {
-            panic!("the image cache has no {}", cached.display());
-        }
-        Ok(cached)
-    })
-    .clone()
+    }
+    common::guest_image()
 }
 
 fn on_path(program: &str) -> bool {

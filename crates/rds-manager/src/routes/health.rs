@@ -13,6 +13,7 @@ pub async fn health(State(s): State<AppState>) -> Json<HealthView> {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         runtime: s.runtime.kind().as_str().into(),
+        runtime_reason: s.runtime_reason.clone(),
         isolation: s.runtime.isolation().as_str().into(),
         capabilities: s.capabilities.clone(),
         installation_id: s.installation.to_string(),

@@ -780,6 +780,7 @@ mod tests {
             image: None,
             cgroup_group: "rds-test".into(),
             sandbox_host_root: false,
+            firecracker: Default::default(),
         };
         assert!(auto_choice(&settings).unwrap_err().contains("no guest image"));
         let err = QemuRuntime::from_settings(&settings).err().expect("no image, no runtime");

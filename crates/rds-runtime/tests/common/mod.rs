@@ -29,6 +29,42 @@ pub fn agent_bin() -> Result<PathBuf, String> {
     bin.canonicalize().map_err(|e| format!("{}: {e}", bin.display()))
 }
 
+/// The guest image directory (vmlinux, vmlinuz, initrd.img, rootfs.ext4), built once per agent
+/// binary into the image cache (`$RDS_IMAGE_CACHE`, default `/var/cache/rds-image`), or why it
+/// cannot be had here (not root, `RDS_SKIP_IMAGE_BUILD=1`). A failed build is a failure.
+pub fn guest_image() -> Result<PathBuf, String> {
+    static DIR: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        if !nix::unistd::geteuid().is_root() {
+            return Err("runtime tests with the guest image need root".into());
+        }
+        if std::env::var("RDS_SKIP_IMAGE_BUILD").as_deref() == Ok("1") {
+            return Err("RDS_SKIP_IMAGE_BUILD=1".into());
+        }
+        let agent = agent_bin()?;
+        let cache = PathBuf::from(std::env::var("RDS_IMAGE_CACHE").unwrap_or_else(|_| "/var/cache/rds-image".into()));
+        let out =
+            tempfile::Builder::new().prefix("rds-test-image-").tempdir_in("/var/tmp").map_err(|e| e.to_string())?;
+        let opts = rds_image::BuildOptions {
+            out_dir: out.path().to_path_buf(),
+            kernel: rds_image::KernelChoice::Debian,
+            agent_bin: agent,
+            cache_dir: cache.clone(),
+            debian_suite: "bookworm".into(),
+            mirror: None,
+        };
+        let built = rds_image::build(&opts, &mut |line| eprintln!("image: {line}"))
+            .unwrap_or_else(|e| panic!("image build failed: {e}"));
+        // The cache keeps the same files under `image-<key>`: use those, drop the copy.
+        let cached = cache.join(format!("image-{}", built.manifest.cache_key));
+        if !cached.join("rootfs.ext4").is_file() {
+            panic!("the image cache has no {}", cached.display());
+        }
+        Ok(cached)
+    })
+    .clone()
+}
+
 /// A one-vCPU VM without network.
 pub fn spec(id: &str, mem_mb: u32) -> VmSpec {
     VmSpec { id: id.into(), cpu: 1, mem_mb, hostname: format!("vm-{}", &id[..8]), ..VmSpec::default() }

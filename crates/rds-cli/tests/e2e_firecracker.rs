@@ -1,0 +1,154 @@
+//! End-to-end on the firecracker runtime: the real `rds serve` with `RDS_RUNTIME=firecracker`
+//! drives the real Firecracker v1.16.1 and jailer (`$FIRECRACKER_BIN`/`$JAILER_BIN`, else
+//! `../shared/firecracker/bin/`) over HTTP. Needs root and `/dev/kvm`.
+//!
+//! Where KVM cannot boot ordinary guests (this kind of machine: a PVM KVM), a create gets as far
+//! as a started VM whose guest never calls in: these tests show that the caller is told why, with
+//! the logs' tails, and that nothing of the VM is left on the host; and that a fault Firecracker
+//! reports reaches the caller. The agent end to end on firecracker is in
+//! `rds-runtime --test firecracker_runtime` (`boot_runs_code_in_the_guest`).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::Server;
+use serde_json::json;
+
+/// The real binaries, or why they are not here.
+fn binaries() -> Result<(String, String), String> {
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/firecracker/bin");
+    let pick = |var: &str, name: &str| std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| shared.join(name));
+    let (fc, jailer) = (pick("FIRECRACKER_BIN", "firecracker"), pick("JAILER_BIN", "jailer"));
+    for bin in [&fc, &jailer] {
+        if !bin.is_file() {
+            return Err(format!("{} is missing (set FIRECRACKER_BIN and JAILER_BIN)", bin.display()));
+        }
+    }
+    let text = |p: PathBuf| p.canonicalize().unwrap_or(p).to_string_lossy().into_owned();
+    Ok((text(fc), text(jailer)))
+}
+
+/// A manager on the firecracker runtime over the guest image, or why there cannot be one here.
+fn server() -> Result<Server, String> {
+    if let Some(reason) = common::skip_reason() {
+        return Err(reason);
+    }
+    let (fc, jailer) = binaries()?;
+    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+        return Err("/dev/kvm cannot be opened".into());
+    }
+    let image = common::guest_image_dir()?.to_string_lossy().into_owned();
+    Ok(Server::start(&[
+        ("RDS_RUNTIME", "firecracker"),
+        ("RDS_IMAGE_DIR", &image),
+        ("FIRECRACKER_BIN", &fc),
+        ("JAILER_BIN", &jailer),
+        // These binaries have no seccomp filter compiled in (shared/firecracker/bin/README.md).
+        ("RDS_FIRECRACKER_SECCOMP", "off"),
+    ]))
+}
+
+macro_rules! require_server {
+    () => {
+        match server() {
+            Ok(s) => s,
+            Err(reason) => {
+                rds_testkit::skip(reason);
+                return;
+            }
+        }
+    };
+}
+
+/// Asserts that the manager left no VM on the host: no VM directory, jail, process running from
+/// its storage root, VM cgroup, network namespace or VM number.
+fn assert_nothing_left(s: &Server) {
+    let root = s.root.path();
+    for dir in ["vms", "jail/firecracker"] {
+        let left: Vec<_> =
+            std::fs::read_dir(root.join(dir)).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        assert!(left.is_empty(), "{dir} left: {left:?}");
+    }
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(exe) = std::fs::read_link(entry.path().join("exe")) {
+            assert!(!exe.starts_with(root), "process {:?} runs {}", entry.file_name(), exe.display());
+        }
+    }
+    let group = s.cgroup_group();
+    let layout = rds_runtime::cgroup::CgroupLayout::detect(&group).unwrap();
+    for parent in layout.parents() {
+        let children: Vec<_> = std::fs::read_dir(&parent)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        assert!(children.is_empty(), "VM cgroups left: {children:?}");
+    }
+    let netns: Vec<_> = std::fs::read_dir("/var/run/netns")
+        .map(|d| d.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+        .unwrap_or_default();
+    assert!(!netns.iter().any(|n: &String| n.starts_with(&format!("{group}-"))), "namespaces left: {netns:?}");
+    let claims = rds_runtime::firecracker::ids::Claims::new(rds_runtime::firecracker::ids::CLAIMS_DIR, root);
+    assert!(claims.owned().is_empty(), "VM numbers left: {:?}", claims.owned());
+}
+
+#[test]
+fn a_create_whose_guest_never_calls_in_fails_with_the_logs_and_leaves_nothing() {
+    let s = require_server!();
+    let (st, health) = s.call("GET", "/v1/health", None);
+    assert_eq!(st, 200);
+    assert_eq!((health["runtime"].as_str(), health["isolation"].as_str()), (Some("firecracker"), Some("microvm")));
+    assert_eq!(health["runtimeReason"], "RDS_RUNTIME=firecracker", "{health}");
+
+    let started = std::time::Instant::now();
+    let (st, body) = s.call("POST", "/v1/vms", Some(json!({"cpu": 1, "memMb": 256})));
+    eprintln!("create failed after {:?}", started.elapsed());
+    if st == 201 {
+        // A host whose KVM boots ordinary guests: the VM came up.
+        assert!(rds_runtime::qemu::kvm_boots_guests(), "{body}");
+        return;
+    }
+    assert_eq!(st, 502, "{body}; log:\n{}", s.log());
+    assert_eq!(body["error"]["code"], "vm_failed", "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("no readiness call from the guest") || message.contains("Firecracker exited during boot"),
+        "{message}"
+    );
+    assert!(message.contains("(tail) ---"), "the logs' tails are quoted: {message}");
+    let (_, vms) = s.call("GET", "/v1/vms", None);
+    assert!(vms.as_array().unwrap().iter().all(|v| v["state"] != "RUNNING"), "{vms}");
+    assert_nothing_left(&s);
+}
+
+#[test]
+fn a_fault_firecracker_reports_reaches_the_caller() {
+    let s = require_server!();
+    let (st, img) = s.call("POST", "/v1/images", Some(json!({"name": "bad-kernel"})));
+    assert_eq!(st, 201, "{img}");
+    let id = img["id"].as_str().unwrap().to_string();
+    // An ELF header and nothing a loader can use.
+    let mut kernel = b"\x7fELF\x02\x01\x01".to_vec();
+    kernel.resize(4096, 0);
+    let image = common::guest_image_dir().unwrap();
+    for (part, data) in [
+        ("kernel", kernel),
+        ("initrd", std::fs::read(image.join("initrd.img")).unwrap()),
+        ("rootfs", std::fs::read(image.join("rootfs.ext4")).unwrap()),
+    ] {
+        let (st, body) = common::into_status_json(
+            s.req("PUT", &format!("/v1/images/{id}/{part}"))
+                .set("Content-Type", "application/octet-stream")
+                .send_bytes(&data),
+        );
+        assert!(st == 200 || st == 204, "{part}: {st} {body}");
+    }
+    let (st, body) = s.call("POST", "/v1/vms", Some(json!({"cpu": 1, "memMb": 256, "imageId": id})));
+    assert_eq!(st, 502, "{body}; log:\n{}", s.log());
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("Firecracker refused InstanceStart"), "{message}");
+    assert!(message.to_lowercase().contains("kernel"), "Firecracker's fault_message: {message}");
+    assert_nothing_left(&s);
+}
