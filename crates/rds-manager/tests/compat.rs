@@ -668,3 +668,127 @@ async fn logs_answer_type_lines_truncated_and_updated_at_for_the_originals_types
     bad.expect_message(StatusCode::BAD_REQUEST, "Invalid log type");
     assert!(bad.text().contains("`type`"), "names the field: {}", bad.text());
 }
+
+// ---------------------------------------------------------------------------------------------
+// §11 the original's n8n node (`n8n-nodes-run-dat-sheesh` 0.1.8): every operation it offers but
+// the snapshot ones (not implemented here yet), sent as the node sends it, checked for what the
+// node reads.
+
+/// A request as the node's `runDatsheeshApiRequest` makes it through n8n: the credential's
+/// `x-api-key` header; with `json` (the node's default) `accept: application/json` and a JSON
+/// body, else the raw body with the node's own content type.
+async fn n8n(api: &Api, method: Method, path: &str, body: Option<Value>) -> Reply {
+    let req =
+        Request::builder().method(method).uri(path).header("x-api-key", KEY).header(header::ACCEPT, "application/json");
+    let req = match body {
+        Some(b) => req.header(header::CONTENT_TYPE, "application/json").body(Body::from(b.to_string())),
+        None => req.body(Body::empty()),
+    };
+    api.send(req.unwrap()).await
+}
+
+/// The same with `json: false`: the node sends no accept header and ignores the answer's body.
+async fn n8n_raw(api: &Api, method: Method, path: &str, content_type: Option<&str>, body: Vec<u8>) -> Reply {
+    let req = Request::builder().method(method).uri(path).header("x-api-key", KEY);
+    let req = match content_type {
+        Some(t) => req.header(header::CONTENT_TYPE, t),
+        None => req,
+    };
+    api.send(req.body(Body::from(body)).unwrap()).await
+}
+
+#[tokio::test]
+async fn every_operation_of_the_originals_n8n_node_gets_what_the_node_reads() {
+    let api = Api::new(&[]);
+    // Images → List: one n8n item per element, so an array of objects.
+    let images = n8n(&api, Method::GET, "/v1/images", None).await.expect(StatusCode::OK);
+    assert!(images.as_array().is_some_and(|a| a.iter().all(Value::is_object)), "{images}");
+
+    // VMs → Create, as built from the node's fields (allowIps split on commas, diskSizeMb when > 0).
+    // Its default `outboundInternet: true` needs VM networking, which this in-process manager has
+    // not: compat_run.rs (rds-cli) runs VMs with egress.
+    let body = json!({"cpu": 1, "memMb": 256, "allowIps": ["172.16.0.1/32", "10.0.0.0/8"], "outboundInternet": false, "diskSizeMb": 64});
+    let vm = n8n(&api, Method::POST, "/v1/vms", Some(body)).await.expect(StatusCode::CREATED);
+    assert_vm_public(&vm);
+    assert_eq!(vm["state"], "RUNNING");
+    let id = vm["id"].as_str().unwrap().to_string();
+
+    // VMs → List and Get.
+    let list = n8n(&api, Method::GET, "/v1/vms", None).await.expect(StatusCode::OK);
+    assert!(list.as_array().is_some_and(|a| a.len() == 1 && a.iter().all(Value::is_object)), "{list}");
+    let got = n8n(&api, Method::GET, &format!("/v1/vms/{id}"), None).await.expect(StatusCode::OK);
+    assert_vm_public(&got);
+
+    // VMs → Execute Command: env from the name/value collection as an object; cwd and timeoutMs
+    // only when set.
+    let exec = format!("/v1/vms/{id}/exec");
+    let body = json!({"cmd": "echo hello $NAME", "cwd": "/workspace", "env": {"NAME": "n8n"}, "timeoutMs": 5000});
+    let r = n8n(&api, Method::POST, &exec, Some(body)).await.expect(StatusCode::OK);
+    assert_eq!((&r["exitCode"], &r["stdout"], &r["stderr"]), (&json!(0), &json!("hello n8n\n"), &json!("")), "{r}");
+    let r = n8n(&api, Method::POST, &exec, Some(json!({"cmd": "echo hello"}))).await.expect(StatusCode::OK);
+    assert_eq!(r["stdout"], "hello\n", "{r}");
+
+    // Files → Upload tar.gz (`json: false`, `content-type: application/gzip`, `dest` in the query).
+    let archive = tar_gz(&[
+        ("main.ts", b"console.log('from-file', Deno.args.join(','))"),
+        ("main.js", b"console.log('from-file', process.argv.slice(2).join(','))"),
+    ]);
+    let up = n8n_raw(
+        &api,
+        Method::POST,
+        &format!("/v1/vms/{id}/files/upload?dest=%2Fworkspace%2Fn8n"),
+        Some("application/gzip"),
+        archive,
+    )
+    .await;
+    assert!(up.status.is_success(), "{}", up.text());
+    // Files → Download tar.gz (`json: false`, `encoding: null`): the bytes, a tar.gz.
+    let down =
+        n8n_raw(&api, Method::GET, &format!("/v1/vms/{id}/files/download?path=%2Fworkspace%2Fn8n"), None, vec![]).await;
+    assert_eq!(down.status, StatusCode::OK, "{}", down.text());
+    let files = untar_gz(&down.body);
+    assert!(files.iter().any(|(p, _)| p.ends_with("main.ts")), "{:?}", files.iter().map(|f| &f.0).collect::<Vec<_>>());
+
+    // VMs → Run TypeScript / Run JavaScript: code or path, args and flags split on commas, env as
+    // `K=V` strings, timeoutMs when set.
+    let caps = api.state.capabilities.clone();
+    for (route, available, code, path) in [
+        (
+            "run-ts",
+            caps.deno,
+            "console.log(Deno.args.join(','), Deno.env.get('K')); result.set({ok: true})",
+            "/workspace/n8n/main.ts",
+        ),
+        (
+            "run-js",
+            caps.node,
+            "console.log(process.argv.slice(2).join(','), process.env.K); result.set({ok: true})",
+            "/workspace/n8n/main.js",
+        ),
+    ] {
+        let url = format!("/v1/vms/{id}/{route}");
+        let body = json!({"code": code, "args": ["a", "b"], "timeoutMs": 20000, "env": ["K=V"]});
+        let reply = n8n(&api, Method::POST, &url, Some(body)).await;
+        if !available {
+            reply.expect_message(StatusCode::NOT_IMPLEMENTED, "");
+            rds_testkit::skip(format!("n8n {route}: the interpreter is not installed; only the refusal is checked"));
+            continue;
+        }
+        let r = reply.expect(StatusCode::OK);
+        assert_eq!(
+            (&r["exitCode"], &r["stdout"], &r["result"]),
+            (&json!(0), &json!("a,b V\n"), &json!({"ok": true})),
+            "{route}: {r}"
+        );
+        assert!(r["stderr"].is_string(), "{route}: {r}");
+        let r = n8n(&api, Method::POST, &url, Some(json!({"path": path, "args": ["c"]}))).await.expect(StatusCode::OK);
+        assert_eq!((&r["exitCode"], &r["stdout"]), (&json!(0), &json!("from-file c\n")), "{route}: {r}");
+    }
+
+    // VMs → Stop, Start, Destroy (`json: false`; the node answers `{success, vmId}` on any 2xx).
+    for (method, path) in [(Method::POST, "/stop"), (Method::POST, "/start"), (Method::DELETE, "")] {
+        let r = n8n_raw(&api, method.clone(), &format!("/v1/vms/{id}{path}"), None, vec![]).await;
+        assert!(r.status.is_success(), "{method} {path}: {}", r.text());
+    }
+    n8n(&api, Method::GET, &format!("/v1/vms/{id}"), None).await.expect_message(StatusCode::NOT_FOUND, &id);
+}
