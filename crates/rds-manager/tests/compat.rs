@@ -471,6 +471,9 @@ async fn openapi_shows_the_top_level_error_message_and_the_204_upload() {
     for field in ["type", "lines", "truncated", "updatedAt"] {
         assert!(logs[field].is_object(), "{field}: {logs}");
     }
+    let params = doc["paths"]["/v1/vms/{id}/logs"]["get"]["parameters"].as_array().expect("logs parameters").clone();
+    let names: Vec<&str> = params.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert!(names.contains(&"type") && names.contains(&"tail"), "{names:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
