@@ -188,7 +188,13 @@ pub(crate) fn start_manager(env: &[(&str, &str)]) -> anyhow::Result<(OwnManager,
         .env("PORT", port.to_string())
         .env("STORAGE_ROOT", dir.path())
         .env("API_KEY", &key)
+        // A benchmark outruns any client: the API's rate limits are off.
         .env("RATE_LIMIT_PER_MIN", "0")
+        .env("RATE_LIMIT_CREATE_PER_MIN", "0")
+        .env("RATE_LIMIT_EXEC_PER_MIN", "0")
+        .env("RATE_LIMIT_RUN_PER_MIN", "0")
+        .env("RATE_LIMIT_UPLOAD_PER_MIN", "0")
+        .env("RATE_LIMIT_DOWNLOAD_PER_MIN", "0")
         .env("MAX_VMS", "100")
         .env("VM_SECRET_KEY", format!("bench-{:032x}", rand::random::<u128>()))
         .env("PEER_CALLS_PER_MIN", "0")

@@ -129,7 +129,8 @@ impl Manager {
     }
 }
 
-/// Turns a ureq result into JSON, or an error quoting the manager's message.
+/// Turns a ureq result into JSON (`null` for an empty body, such as a 204's), or an error quoting
+/// the manager's message.
 fn answer(what: &str, res: Result<ureq::Response, ureq::Error>) -> Result<Value> {
     match res {
         Ok(r) => Ok(r.into_json().unwrap_or(Value::Null)),
@@ -160,15 +161,16 @@ fn register(m: &Manager, name: &str, out: &BuildOutput, set_default: bool) -> Re
         files.push(initrd);
     }
     let body = tar_gz_stream(files.into_iter().map(Path::to_path_buf).collect());
-    let mut image = answer(
+    // Uploads and set-default answer 204 with no body (as the original API): the image is read back.
+    answer(
         "uploading the bundle",
         m.request("PUT", &format!("/v1/images/{id}/bundle")).set("Content-Type", "application/gzip").send(body),
     )?;
     if set_default {
-        image = answer("setting the default image", m.request("POST", &format!("/v1/images/{id}/set-default")).call())?;
+        answer("setting the default image", m.request("POST", &format!("/v1/images/{id}/set-default")).call())?;
         eprintln!("image {id} is now the default");
     }
-    Ok(image)
+    answer("reading the registered image", m.request("GET", &format!("/v1/images/{id}")).call())
 }
 
 /// A tar.gz of `files` (flat, by file name), produced by a thread while it is read: nothing is

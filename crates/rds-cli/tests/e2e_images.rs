@@ -130,13 +130,15 @@ fn part_uploads_are_checked_sized_and_streamed_to_disk() {
     let dir = s.root.path().join("images").join(&id);
     assert!(dir.is_dir(), "image dir {} missing", dir.display());
 
-    let (st, img) = put(&s, &id, "kernel", &fake_elf());
-    assert_eq!(st, 200, "{img}");
+    // Each upload answers 204 with no body, as the original API; GET shows what it stored.
+    let (st, body) = put(&s, &id, "kernel", &fake_elf());
+    assert_eq!((st, &body), (204, &Value::Null));
+    let (_, img) = s.call("GET", &format!("/v1/images/{id}"), None);
     assert_eq!((img["hasKernel"].clone(), img["kernelFormat"].clone()), (json!(true), json!("elf")));
-    let (st, img) = put(&s, &id, "initrd", &[0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0]);
-    assert_eq!(st, 200, "{img}");
-    let (st, img) = put_streamed(&s, &id, "rootfs", fake_ext4());
-    assert_eq!(st, 200, "{img}");
+    let (st, body) = put(&s, &id, "initrd", &[0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0]);
+    assert_eq!((st, &body), (204, &Value::Null));
+    let (st, body) = put_streamed(&s, &id, "rootfs", fake_ext4());
+    assert_eq!((st, &body), (204, &Value::Null));
 
     let (st, img) = s.call("GET", &format!("/v1/images/{id}"), None);
     assert_eq!(st, 200);
@@ -193,12 +195,13 @@ fn bundle_upload_installs_every_file_or_none() {
         ("out/manifest.json", manifest),
         ("out/notes.txt", b"ignored"),
     ]);
-    let (st, img) = common::into_status_json(
+    let (st, body) = common::into_status_json(
         s.req("PUT", &format!("/v1/images/{id}/bundle"))
             .set("Content-Type", "application/gzip")
             .send(std::io::Cursor::new(good)),
     );
-    assert_eq!(st, 200, "{img}");
+    assert_eq!((st, &body), (204, &Value::Null));
+    let (_, img) = s.call("GET", &format!("/v1/images/{id}"), None);
     assert_eq!(img["kernelFormats"], json!(["bzimage", "elf"]));
     assert_eq!(img["kernelFormat"], "bzimage");
     assert_eq!((img["hasInitrd"].clone(), img["hasRootfs"].clone()), (json!(true), json!(true)));
@@ -245,7 +248,7 @@ fn vms_pin_their_image_which_cannot_be_deleted_while_used() {
     );
     assert_eq!(st, 404, "{body}");
     let partial = create_image(&s, "kernel-only");
-    assert_eq!(put(&s, &partial, "kernel", &fake_elf()).0, 200);
+    assert_eq!(put(&s, &partial, "kernel", &fake_elf()).0, 204);
     let (st, body) = s.call("POST", "/v1/vms", Some(json!({"cpu": 1, "memMb": 128, "imageId": partial})));
     assert_eq!(st, 400, "{body}");
     assert!(error_message(&body).contains("no rootfs"), "{body}");
@@ -253,10 +256,10 @@ fn vms_pin_their_image_which_cannot_be_deleted_while_used() {
     assert_eq!(st, 409, "{body}");
 
     let id = create_image(&s, "tiny");
-    assert_eq!(put(&s, &id, "rootfs", &rootfs).0, 200);
-    let (st, img) = s.call("POST", &format!("/v1/images/{id}/set-default"), None);
-    assert_eq!(st, 200, "{img}");
-    assert_eq!(img["isDefault"], true);
+    assert_eq!(put(&s, &id, "rootfs", &rootfs).0, 204);
+    let (st, body) = s.call("POST", &format!("/v1/images/{id}/set-default"), None);
+    assert_eq!((st, &body), (204, &Value::Null));
+    assert_eq!(s.call("GET", &format!("/v1/images/{id}"), None).1["isDefault"], true);
 
     // Created without imageId while the image is default: it records and boots from it.
     let (st, vm) = s.call("POST", "/v1/vms", Some(json!({"cpu": 1, "memMb": 128})));
@@ -300,7 +303,7 @@ fn real_debian_image_registers_and_boots_as_a_sandbox_root() {
         .arg(out.path())
         .args(["--cache-dir", &cache, "--agent-bin"])
         .arg(common::agent_bin())
-        .args(["--register", "--url", &s.url, "--api-key", &s.key, "--name", "debian-e2e"])
+        .args(["--register", "--url", &s.url, "--api-key", &s.key, "--name", "debian-e2e", "--set-default"])
         .output()
         .expect("run rds image build");
     let stderr = String::from_utf8_lossy(&run.stderr);
@@ -312,6 +315,8 @@ fn real_debian_image_registers_and_boots_as_a_sandbox_root() {
     assert_eq!(image["hasInitrd"], true, "{image}");
     assert_eq!(image["kernelFormats"], json!(["bzimage", "elf"]), "{image}");
     assert_eq!(image["manifest"]["suite"], "bookworm");
+    // The uploads and set-default answer 204: what it printed is the image read back.
+    assert_eq!(image["isDefault"], true, "{image}");
 
     let (st, vm) = s.call("POST", "/v1/vms", Some(json!({"cpu": 1, "memMb": 512, "imageId": image_id})));
     assert_eq!(st, 201, "{vm}; log:\n{}", s.log());

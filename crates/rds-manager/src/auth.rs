@@ -1,11 +1,12 @@
 //! `X-API-Key` authentication and per-key rate limiting for `/v1` routes.
 
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::rate_limit::Route;
 use crate::{ApiError, AppState};
 
 /// Header carrying the key.
@@ -43,12 +44,18 @@ impl ApiKeyRing {
     }
 }
 
-/// Middleware: 401 without a valid key, 429 when the key's rate is exhausted.
+/// Middleware: 401 without a valid key, 429 when the key's rate for this route is exhausted;
+/// admitted answers carry the `x-ratelimit-*` headers of the budget they counted against.
 pub async fn require_api_key(State(state): State<AppState>, req: Request, next: Next) -> Result<Response, ApiError> {
     let key = req.headers().get(API_KEY_HEADER).and_then(|v| v.to_str().ok()).ok_or(ApiError::Unauthorized)?;
     let hash = state.keys.verify(key).ok_or(ApiError::Unauthorized)?;
-    state.limiter.check(&hash)?;
-    Ok(next.run(req).await)
+    let route = req.extensions().get::<MatchedPath>().and_then(|p| Route::of(req.method(), p.as_str()));
+    let allowance = state.limiter.check(&hash, route)?;
+    let mut resp = next.run(req).await;
+    if let Some(a) = allowance {
+        a.write(resp.headers_mut());
+    }
+    Ok(resp)
 }
 
 #[cfg(test)]

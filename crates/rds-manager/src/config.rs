@@ -63,14 +63,18 @@ pub struct Config {
     pub sandbox_host_root: bool,
     /// `MAX_EXEC_TIMEOUT_MS`: longest `timeoutMs` accepted.
     pub max_exec_timeout_ms: u64,
-    /// `MAX_JSON_BODY_BYTES`.
+    /// `MAX_JSON_BODY_BYTES`: JSON bodies of every route but exec and the run routes (64 KiB, the
+    /// original's `jsonSmall`).
     pub max_json_body_bytes: usize,
-    /// `MAX_UPLOAD_BYTES`.
+    /// `MAX_EXEC_BODY_BYTES`: JSON bodies of exec, run-ts, run-js and run-python (1 MiB, the
+    /// original's `jsonMedium`).
+    pub max_exec_body_bytes: usize,
+    /// `MAX_UPLOAD_BYTES`: a `files/upload` body as sent, compressed (10 MiB, as the original).
     pub max_upload_bytes: u64,
     /// `MAX_IMAGE_BYTES`: largest guest image upload (one part, or a whole bundle); default 4 GiB.
     pub max_image_bytes: u64,
-    /// `RATE_LIMIT_PER_MIN`: requests per minute per API key (0 disables).
-    pub rate_limit_per_min: u32,
+    /// `RATE_LIMIT_*_PER_MIN`: requests per minute per API key (see [`crate::rate_limit`]).
+    pub rate_limits: RateLimits,
     /// `EXPOSE_INTERNAL_ERRORS`: put the cause chain in 500 messages (the router's error layer reads it).
     pub expose_internal_errors: bool,
     /// `VM_SECRET_KEY`: key material for encrypting provider `secretEnv` at rest (≥ 16 chars).
@@ -86,6 +90,37 @@ pub struct Config {
     /// Variables of the original run-dat-sheesh that are set but have no effect here; reported at
     /// start-up.
     pub not_applied: Vec<crate::original_env::NotApplied>,
+}
+
+/// Requests per minute per API key; 0 disables a limit. The defaults are the original API's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    /// `RATE_LIMIT_PER_MIN` (120): every route without a limit of its own.
+    pub global: u32,
+    /// `RATE_LIMIT_CREATE_PER_MIN` (30): `POST /v1/vms`.
+    pub create: u32,
+    /// `RATE_LIMIT_EXEC_PER_MIN` (300): `POST /v1/vms/{id}/exec`.
+    pub exec: u32,
+    /// `RATE_LIMIT_RUN_PER_MIN` (60): each of run-ts, run-js, run-python.
+    pub run: u32,
+    /// `RATE_LIMIT_UPLOAD_PER_MIN` (30): `files/upload`.
+    pub upload: u32,
+    /// `RATE_LIMIT_DOWNLOAD_PER_MIN` (60): `files/download`.
+    pub download: u32,
+}
+
+impl RateLimits {
+    fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let per_min = |var: &'static str, default: u32| parse(get, var, default, "a non-negative integer (0 disables)");
+        Ok(RateLimits {
+            global: per_min("RATE_LIMIT_PER_MIN", 120)?,
+            create: per_min("RATE_LIMIT_CREATE_PER_MIN", 30)?,
+            exec: per_min("RATE_LIMIT_EXEC_PER_MIN", 300)?,
+            run: per_min("RATE_LIMIT_RUN_PER_MIN", 60)?,
+            upload: per_min("RATE_LIMIT_UPLOAD_PER_MIN", 30)?,
+            download: per_min("RATE_LIMIT_DOWNLOAD_PER_MIN", 60)?,
+        })
+    }
 }
 
 /// The files a VM boots from, as `rds image build` writes them.
@@ -251,10 +286,11 @@ impl Config {
                 }
             },
             max_exec_timeout_ms: positive(&get, "MAX_EXEC_TIMEOUT_MS", 120_000)?,
-            max_json_body_bytes: positive(&get, "MAX_JSON_BODY_BYTES", 1 << 20)?,
-            max_upload_bytes: positive(&get, "MAX_UPLOAD_BYTES", 256 << 20)?,
+            max_json_body_bytes: positive(&get, "MAX_JSON_BODY_BYTES", 64 << 10)?,
+            max_exec_body_bytes: positive(&get, "MAX_EXEC_BODY_BYTES", 1 << 20)?,
+            max_upload_bytes: positive(&get, "MAX_UPLOAD_BYTES", 10 << 20)?,
             max_image_bytes: positive(&get, "MAX_IMAGE_BYTES", 4 << 30)?,
-            rate_limit_per_min: parse(&get, "RATE_LIMIT_PER_MIN", 600, "a non-negative integer (0 disables)")?,
+            rate_limits: RateLimits::from_lookup(&get)?,
             expose_internal_errors: parse(&get, "EXPOSE_INTERNAL_ERRORS", false, "true or false")?,
             vm_secret_key: vm_secret_key.map(Secret),
             firecracker: firecracker_settings(&get)?,
@@ -369,11 +405,35 @@ mod tests {
         assert_eq!(c.bind.to_string(), "127.0.0.1");
         assert_eq!(c.port, 3000);
         assert_eq!(c.max_vms, 20);
-        assert_eq!(c.max_json_body_bytes, 1 << 20);
+        assert_eq!(c.max_json_body_bytes, 64 << 10);
         assert_eq!(c.runtime, RuntimeChoice::Auto);
         assert!(!c.expose_internal_errors);
         assert_eq!(c.cgroup_group, None, "the default group is derived from the installation id");
         assert_eq!(cfg(&[("RDS_CGROUP_GROUP", "rds-blue")]).unwrap().cgroup_group.as_deref(), Some("rds-blue"));
+    }
+
+    #[test]
+    fn rate_and_body_limits_default_to_the_originals_and_are_configurable() {
+        let c = cfg(&[]).unwrap();
+        let original = RateLimits { global: 120, create: 30, exec: 300, run: 60, upload: 30, download: 60 };
+        assert_eq!(c.rate_limits, original);
+        assert_eq!((c.max_json_body_bytes, c.max_exec_body_bytes, c.max_upload_bytes), (64 << 10, 1 << 20, 10 << 20));
+        let c = cfg(&[
+            ("RATE_LIMIT_PER_MIN", "0"),
+            ("RATE_LIMIT_CREATE_PER_MIN", "1"),
+            ("RATE_LIMIT_EXEC_PER_MIN", "2"),
+            ("RATE_LIMIT_RUN_PER_MIN", "3"),
+            ("RATE_LIMIT_UPLOAD_PER_MIN", "4"),
+            ("RATE_LIMIT_DOWNLOAD_PER_MIN", "5"),
+            ("MAX_EXEC_BODY_BYTES", "2048"),
+        ])
+        .unwrap();
+        assert_eq!(c.rate_limits, RateLimits { global: 0, create: 1, exec: 2, run: 3, upload: 4, download: 5 });
+        assert_eq!(c.max_exec_body_bytes, 2048);
+        for var in ["RATE_LIMIT_RUN_PER_MIN", "RATE_LIMIT_DOWNLOAD_PER_MIN"] {
+            assert_eq!(cfg(&[(var, "-1")]).unwrap_err().var, var);
+        }
+        assert_eq!(cfg(&[("MAX_EXEC_BODY_BYTES", "0")]).unwrap_err().var, "MAX_EXEC_BODY_BYTES");
     }
 
     #[test]

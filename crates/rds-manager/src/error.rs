@@ -42,11 +42,17 @@ pub enum ApiError {
     /// 429: a quota (VM count, cpu, memory) is exhausted.
     #[error("{0}")]
     Quota(String),
-    /// 429: the API key's request rate is exhausted.
-    #[error("rate limit exceeded; retry in {retry_after_secs} s")]
+    /// 429: the request rate of the API key (or peer link) is exhausted.
+    #[error("rate limit exceeded ({setting}={limit} per minute); retry in {retry_after_secs} s")]
     RateLimited {
         /// Seconds until a request will be accepted again.
         retry_after_secs: u64,
+        /// Requests per minute of the exhausted budget.
+        limit: u32,
+        /// The setting that chose it.
+        setting: &'static str,
+        /// Seconds until the whole budget is available again.
+        reset_secs: u64,
     },
     /// 501: the runtime (or the guest) cannot do this.
     #[error("{message}")]
@@ -274,8 +280,9 @@ impl IntoResponse for ApiError {
             other => other.chain(),
         };
         let mut resp = (status, axum::Json(ErrorBody::new(code, message))).into_response();
-        if let ApiError::RateLimited { retry_after_secs } = self {
+        if let ApiError::RateLimited { retry_after_secs, limit, reset_secs, .. } = self {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            crate::rate_limit::Allowance { limit, remaining: 0, reset_secs }.write(resp.headers_mut());
         }
         resp.extensions_mut().insert(ErrorDetails { request_id, code, chain: self.chain() });
         resp

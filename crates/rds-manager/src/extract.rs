@@ -8,32 +8,49 @@ use serde::de::DeserializeOwned;
 
 use crate::{ApiError, AppState};
 
-/// A JSON body parsed with [`rds_proto::parse_json`], limited to `MAX_JSON_BODY_BYTES`.
+/// A JSON body parsed with [`rds_proto::parse_json`], limited to `MAX_JSON_BODY_BYTES` (64 KiB by
+/// default, the original's limit for these routes).
 pub struct JsonBody<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let limit = state.config.max_json_body_bytes;
-        let too_large = || ApiError::TooLarge(format!("JSON body exceeds MAX_JSON_BODY_BYTES={limit}"));
-        let declared =
-            req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(too_large());
-        }
-        let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
-            if is_length_limit(&e) {
-                too_large()
-            } else {
-                ApiError::BadRequest(format!("could not read the request body: {e}"))
-            }
-        })?;
-        if bytes.is_empty() {
-            return Err(ApiError::BadRequest("request body is empty; expected a JSON object".into()));
-        }
-        rds_proto::parse_json(&bytes).map(JsonBody).map_err(ApiError::BadRequest)
+        read_json(req, state.config.max_json_body_bytes, "MAX_JSON_BODY_BYTES").await.map(JsonBody)
     }
+}
+
+/// The JSON body of exec and the run routes, which carry code: limited to `MAX_EXEC_BODY_BYTES`
+/// (1 MiB by default, as the original).
+pub struct ExecBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ExecBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        read_json(req, state.config.max_exec_body_bytes, "MAX_EXEC_BODY_BYTES").await.map(ExecBody)
+    }
+}
+
+/// Reads at most `limit` bytes of JSON (413 naming `setting` past it) and parses them.
+async fn read_json<T: DeserializeOwned>(req: Request, limit: usize, setting: &str) -> Result<T, ApiError> {
+    let too_large = || ApiError::TooLarge(format!("JSON body exceeds {setting}={limit}"));
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
+        if is_length_limit(&e) {
+            too_large()
+        } else {
+            ApiError::BadRequest(format!("could not read the request body: {e}"))
+        }
+    })?;
+    if bytes.is_empty() {
+        return Err(ApiError::BadRequest("request body is empty; expected a JSON object".into()));
+    }
+    rds_proto::parse_json(&bytes).map_err(ApiError::BadRequest)
 }
 
 fn is_length_limit(e: &axum::Error) -> bool {

@@ -41,7 +41,12 @@ impl ProtectedResponses {
     fn responses(path: &str) -> Vec<(&'static str, &'static str, bool)> {
         let mut out = vec![
             ("401", "Missing or invalid `X-API-Key`.", false),
-            ("429", "Request rate of this API key (`RATE_LIMIT_PER_MIN`) or a quota exhausted.", true),
+            (
+                "429",
+                "Request rate of this API key (`RATE_LIMIT_PER_MIN`, or the route's own `RATE_LIMIT_*_PER_MIN`) or a \
+                 quota exhausted.",
+                true,
+            ),
         ];
         if path.contains('{') {
             out.push(("404", "No such resource (or no such route).", false));

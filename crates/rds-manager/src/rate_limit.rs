@@ -1,83 +1,292 @@
-//! Token bucket per API key: `RATE_LIMIT_PER_MIN` burst, refilled continuously.
+//! Request rate limits: a budget of requests per minute, counted in fixed one-minute windows as
+//! the original's limiter counts them (a window opens with a key's first request; once its
+//! budget is spent, requests are refused until the window ends).
+//!
+//! The API's limits are the original's defaults: one budget per client for most routes
+//! (`RATE_LIMIT_PER_MIN`, 120), and a budget of its own for each expensive route instead
+//! (`POST /v1/vms` 30, exec 300, each run route 60, upload 30, download 60 per minute): a request
+//! to such a route counts against that route's budget only, as the original's per-route limits
+//! replaced its global one. Unlike the original, which counted per client IP (so every client
+//! behind a proxy shared one budget), a client is its API key.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, HeaderValue, Method};
 
 use crate::auth::KeyHash;
+use crate::config::RateLimits;
 use crate::ApiError;
 
-/// Per-key token buckets.
-pub struct RateLimiter {
-    per_min: u32,
-    buckets: Mutex<HashMap<KeyHash, Bucket>>,
+/// A budget: requests per minute (0 = unlimited) and the setting that chose it, named in 429s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    /// Requests per minute; 0 disables the limit.
+    pub per_min: u32,
+    /// The environment variable that sets it.
+    pub setting: &'static str,
 }
 
-struct Bucket {
-    tokens: f64,
-    refilled: Instant,
+/// Where an admitted request stands: sent as `x-ratelimit-*` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowance {
+    /// Requests per minute of the budget.
+    pub limit: u32,
+    /// Requests left right now.
+    pub remaining: u32,
+    /// Seconds until the window ends and the whole budget is available again.
+    pub reset_secs: u64,
+}
+
+impl Allowance {
+    /// Adds `x-ratelimit-limit`, `x-ratelimit-remaining` and `x-ratelimit-reset` (the original's
+    /// headers) to `headers`.
+    pub fn write(&self, headers: &mut HeaderMap) {
+        headers.insert("x-ratelimit-limit", HeaderValue::from(self.limit));
+        headers.insert("x-ratelimit-remaining", HeaderValue::from(self.remaining));
+        headers.insert("x-ratelimit-reset", HeaderValue::from(self.reset_secs));
+    }
+}
+
+/// Length of a counting window.
+const WINDOW: Duration = Duration::from_secs(60);
+
+struct Window {
+    opened: Instant,
+    used: u32,
+}
+
+/// Counting windows by key, all with the limit the caller passes.
+struct Buckets<K>(Mutex<HashMap<K, Window>>);
+
+impl<K: Hash + Eq> Buckets<K> {
+    fn new() -> Self {
+        Buckets(Mutex::new(HashMap::new()))
+    }
+
+    /// Counts one request of `key`: `Ok(None)` when `limit` is disabled, else the allowance left,
+    /// or a 429 saying how long to wait.
+    fn take(&self, key: K, limit: Limit, now: Instant) -> Result<Option<Allowance>, ApiError> {
+        if limit.per_min == 0 {
+            return Ok(None);
+        }
+        let mut windows = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let w = windows.entry(key).or_insert(Window { opened: now, used: 0 });
+        if now.saturating_duration_since(w.opened) >= WINDOW {
+            *w = Window { opened: now, used: 0 };
+        }
+        let left = WINDOW.saturating_sub(now.saturating_duration_since(w.opened));
+        let reset_secs = left.as_secs_f64().ceil().max(1.0) as u64;
+        if w.used < limit.per_min {
+            w.used += 1;
+            Ok(Some(Allowance { limit: limit.per_min, remaining: limit.per_min - w.used, reset_secs }))
+        } else {
+            Err(ApiError::RateLimited {
+                retry_after_secs: reset_secs,
+                limit: limit.per_min,
+                setting: limit.setting,
+                reset_secs,
+            })
+        }
+    }
+}
+
+/// One limit for every key (the peer bridge's per-link limit).
+pub struct RateLimiter {
+    limit: Limit,
+    buckets: Buckets<KeyHash>,
 }
 
 impl RateLimiter {
-    /// A limiter allowing `per_min` requests per minute per key; 0 disables it.
-    pub fn new(per_min: u32) -> Self {
-        RateLimiter { per_min, buckets: Mutex::new(HashMap::new()) }
+    /// A limiter allowing `limit.per_min` requests per minute per key; 0 disables it.
+    pub fn new(limit: Limit) -> Self {
+        RateLimiter { limit, buckets: Buckets::new() }
     }
 
     /// Takes one token for `key` or says how long to wait.
     pub fn check(&self, key: &KeyHash) -> Result<(), ApiError> {
-        self.check_at(key, Instant::now())
+        self.buckets.take(*key, self.limit, Instant::now()).map(|_| ())
+    }
+}
+
+/// The routes with a budget of their own; every other protected route uses the global one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// `POST /v1/vms`.
+    CreateVm,
+    /// `POST /v1/vms/{id}/exec`.
+    Exec,
+    /// `POST /v1/vms/{id}/run-ts`.
+    RunTs,
+    /// `POST /v1/vms/{id}/run-js`.
+    RunJs,
+    /// `POST /v1/vms/{id}/run-python` (ours; limited like the other run routes).
+    RunPython,
+    /// `POST /v1/vms/{id}/files/upload`.
+    Upload,
+    /// `GET /v1/vms/{id}/files/download`.
+    Download,
+}
+
+impl Route {
+    /// The route a request matched (`path` as the router declares it, `/v1/vms/{id}/exec`), if it
+    /// has a budget of its own.
+    pub fn of(method: &Method, path: &str) -> Option<Route> {
+        let route = match path {
+            "/v1/vms" => Route::CreateVm,
+            "/v1/vms/{id}/exec" => Route::Exec,
+            "/v1/vms/{id}/run-ts" => Route::RunTs,
+            "/v1/vms/{id}/run-js" => Route::RunJs,
+            "/v1/vms/{id}/run-python" => Route::RunPython,
+            "/v1/vms/{id}/files/upload" => Route::Upload,
+            "/v1/vms/{id}/files/download" => return (method == Method::GET).then_some(Route::Download),
+            _ => return None,
+        };
+        (method == Method::POST).then_some(route)
     }
 
-    fn check_at(&self, key: &KeyHash, now: Instant) -> Result<(), ApiError> {
-        if self.per_min == 0 {
-            return Ok(());
-        }
-        let capacity = self.per_min as f64;
-        let per_sec = capacity / 60.0;
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let b = buckets.entry(*key).or_insert(Bucket { tokens: capacity, refilled: now });
-        let elapsed = now.saturating_duration_since(b.refilled).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * per_sec).min(capacity);
-        b.refilled = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            Ok(())
-        } else {
-            let wait = ((1.0 - b.tokens) / per_sec).ceil().max(1.0) as u64;
-            Err(ApiError::RateLimited { retry_after_secs: wait })
-        }
+    fn limit(self, limits: &RateLimits) -> Limit {
+        let (per_min, setting) = match self {
+            Route::CreateVm => (limits.create, "RATE_LIMIT_CREATE_PER_MIN"),
+            Route::Exec => (limits.exec, "RATE_LIMIT_EXEC_PER_MIN"),
+            Route::RunTs | Route::RunJs | Route::RunPython => (limits.run, "RATE_LIMIT_RUN_PER_MIN"),
+            Route::Upload => (limits.upload, "RATE_LIMIT_UPLOAD_PER_MIN"),
+            Route::Download => (limits.download, "RATE_LIMIT_DOWNLOAD_PER_MIN"),
+        };
+        Limit { per_min, setting }
+    }
+}
+
+/// The API's limits per API key: a bucket per (key, route) for the routes with their own budget,
+/// one per key for the rest.
+pub struct ApiRateLimiter {
+    limits: RateLimits,
+    buckets: Buckets<(KeyHash, Option<Route>)>,
+}
+
+impl ApiRateLimiter {
+    /// Limits as configured.
+    pub fn new(limits: RateLimits) -> Self {
+        ApiRateLimiter { limits, buckets: Buckets::new() }
+    }
+
+    /// Counts a request of `key` to `route` (`None`: a route without a budget of its own).
+    /// `Ok(None)` when that budget is disabled.
+    pub fn check(&self, key: &KeyHash, route: Option<Route>) -> Result<Option<Allowance>, ApiError> {
+        self.check_at(key, route, Instant::now())
+    }
+
+    fn check_at(&self, key: &KeyHash, route: Option<Route>, now: Instant) -> Result<Option<Allowance>, ApiError> {
+        let limit = match route {
+            Some(r) => r.limit(&self.limits),
+            None => Limit { per_min: self.limits.global, setting: "RATE_LIMIT_PER_MIN" },
+        };
+        self.buckets.take((*key, route), limit, now)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+
+    fn limits(global: u32, create: u32, exec: u32, run: u32) -> RateLimits {
+        RateLimits { global, create, exec, run, upload: 30, download: 60 }
+    }
 
     #[test]
-    fn bucket_allows_burst_then_refuses_then_refills() {
-        let l = RateLimiter::new(3);
+    fn a_window_allows_its_budget_then_refuses_until_it_ends() {
+        let l = RateLimiter::new(Limit { per_min: 3, setting: "X" });
         let k = [1u8; 32];
         let t0 = Instant::now();
         for _ in 0..3 {
-            l.check_at(&k, t0).unwrap();
+            l.buckets.take(k, l.limit, t0).unwrap();
         }
-        match l.check_at(&k, t0) {
-            Err(ApiError::RateLimited { retry_after_secs }) => assert_eq!(retry_after_secs, 20),
+        match l.buckets.take(k, l.limit, t0 + Duration::from_secs(15)) {
+            Err(ApiError::RateLimited { retry_after_secs, limit, setting, reset_secs }) => {
+                assert_eq!((retry_after_secs, reset_secs, limit, setting), (45, 45, 3, "X"))
+            }
             other => panic!("expected rate limit, got {other:?}"),
         }
-        // Another key has its own bucket.
-        l.check_at(&[2u8; 32], t0).unwrap();
-        // 20 s refills one token at 3/min.
-        l.check_at(&k, t0 + Duration::from_secs(20)).unwrap();
+        // Another key has its own window.
+        l.buckets.take([2u8; 32], l.limit, t0).unwrap();
+        // Still refused just before the minute is over; a new window after it.
+        assert!(l.buckets.take(k, l.limit, t0 + Duration::from_millis(59_900)).is_err());
+        let a = l.buckets.take(k, l.limit, t0 + WINDOW).unwrap().unwrap();
+        assert_eq!((a.remaining, a.reset_secs), (2, 60));
     }
 
     #[test]
     fn zero_disables_limiting() {
-        let l = RateLimiter::new(0);
+        let l = RateLimiter::new(Limit { per_min: 0, setting: "X" });
         for _ in 0..1000 {
             l.check(&[0u8; 32]).unwrap();
         }
+        let api = ApiRateLimiter::new(limits(0, 0, 0, 0));
+        for _ in 0..1000 {
+            assert_eq!(api.check(&[0u8; 32], Some(Route::Exec)).unwrap(), None);
+            assert_eq!(api.check(&[0u8; 32], None).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn routes_with_their_own_limit_count_only_against_it() {
+        let api = ApiRateLimiter::new(limits(5, 2, 4, 1));
+        let (k, t0) = ([7u8; 32], Instant::now());
+        for _ in 0..2 {
+            api.check_at(&k, Some(Route::CreateVm), t0).unwrap();
+        }
+        match api.check_at(&k, Some(Route::CreateVm), t0) {
+            Err(ApiError::RateLimited { setting, limit, .. }) => {
+                assert_eq!((setting, limit), ("RATE_LIMIT_CREATE_PER_MIN", 2))
+            }
+            other => panic!("the third create is refused, got {other:?}"),
+        }
+        // Exec has its own budget, untouched by the creates; the global one too.
+        for n in 0..4 {
+            let a = api.check_at(&k, Some(Route::Exec), t0).unwrap().expect("limited");
+            assert_eq!((a.limit, a.remaining), (4, 3 - n));
+        }
+        assert!(api.check_at(&k, Some(Route::Exec), t0).is_err(), "the fifth exec is refused");
+        for _ in 0..5 {
+            api.check_at(&k, None, t0).unwrap();
+        }
+        assert!(api.check_at(&k, None, t0).is_err(), "the sixth other request is refused");
+        // Each run route has a bucket of its own, with the same limit.
+        api.check_at(&k, Some(Route::RunTs), t0).unwrap();
+        assert!(api.check_at(&k, Some(Route::RunTs), t0).is_err());
+        api.check_at(&k, Some(Route::RunJs), t0).unwrap();
+        api.check_at(&k, Some(Route::RunPython), t0).unwrap();
+        // Another key is not affected by any of it.
+        api.check_at(&[8u8; 32], Some(Route::CreateVm), t0).unwrap();
+        api.check_at(&[8u8; 32], None, t0).unwrap();
+    }
+
+    #[test]
+    fn allowance_counts_down_and_says_when_the_window_ends() {
+        let api = ApiRateLimiter::new(limits(60, 1, 1, 1));
+        let (k, t0) = ([3u8; 32], Instant::now());
+        let first = api.check_at(&k, None, t0).unwrap().unwrap();
+        assert_eq!(first, Allowance { limit: 60, remaining: 59, reset_secs: 60 });
+        let second = api.check_at(&k, None, t0 + Duration::from_millis(10_500)).unwrap().unwrap();
+        assert_eq!(second, Allowance { limit: 60, remaining: 58, reset_secs: 50 });
+        let mut headers = HeaderMap::new();
+        second.write(&mut headers);
+        assert_eq!(headers["x-ratelimit-remaining"], "58");
+        assert_eq!(headers["x-ratelimit-limit"], "60");
+        assert_eq!(headers["x-ratelimit-reset"], "50");
+    }
+
+    #[test]
+    fn only_the_expensive_routes_have_their_own_budget() {
+        assert_eq!(Route::of(&Method::POST, "/v1/vms"), Some(Route::CreateVm));
+        assert_eq!(Route::of(&Method::GET, "/v1/vms"), None);
+        assert_eq!(Route::of(&Method::POST, "/v1/vms/{id}/exec"), Some(Route::Exec));
+        assert_eq!(Route::of(&Method::POST, "/v1/vms/{id}/run-js"), Some(Route::RunJs));
+        assert_eq!(Route::of(&Method::POST, "/v1/vms/{id}/files/upload"), Some(Route::Upload));
+        assert_eq!(Route::of(&Method::GET, "/v1/vms/{id}/files/download"), Some(Route::Download));
+        assert_eq!(Route::of(&Method::POST, "/v1/vms/{id}/start"), None);
+        assert_eq!(Route::of(&Method::GET, "/v1/images"), None);
     }
 }

@@ -12,7 +12,7 @@ use rds_peer::secrets::SecretBox;
 use crate::agent::AgentClient;
 use crate::auth::ApiKeyRing;
 use crate::bridge::Bridges;
-use crate::rate_limit::RateLimiter;
+use crate::rate_limit::{ApiRateLimiter, Limit, RateLimiter};
 use crate::services::peers::ManifestCache;
 use crate::views::HostCapabilities;
 use crate::Config;
@@ -39,8 +39,8 @@ pub struct Inner {
     pub create_gate: tokio::sync::Mutex<()>,
     /// Accepted API keys (hashes).
     pub keys: ApiKeyRing,
-    /// Per-key request rate limiter.
-    pub limiter: RateLimiter,
+    /// Per-key (and per-route) request rate limiter.
+    pub limiter: ApiRateLimiter,
     /// Interpreters user code can run.
     pub capabilities: HostCapabilities,
     /// Seals provider secrets at rest (`VM_SECRET_KEY`); `None` when unset.
@@ -68,8 +68,9 @@ impl AppState {
         keys: ApiKeyRing,
         capabilities: HostCapabilities,
     ) -> Self {
-        let limiter = RateLimiter::new(config.rate_limit_per_min);
-        let peer_limiter = RateLimiter::new(config.peer_calls_per_min);
+        let limiter = ApiRateLimiter::new(config.rate_limits);
+        let peer_limiter =
+            RateLimiter::new(Limit { per_min: config.peer_calls_per_min, setting: "PEER_CALLS_PER_MIN" });
         let secrets = config
             .vm_secret_key
             .as_ref()

@@ -320,13 +320,19 @@ pub struct ExecLogPage {
     pub has_more: bool,
 }
 
-/// `GET /v1/vms/{id}/logs` body: the tail of the console log.
+/// `GET /v1/vms/{id}/logs` body: the tail of one of the VM's logs, the original's shape.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ConsoleLogView {
+pub struct LogView {
+    /// The log type as requested (`console` when none was).
+    #[serde(rename = "type")]
+    pub kind: String,
     pub lines: Vec<String>,
     /// True when older lines were left out.
     pub truncated: bool,
+    /// When the log was last written (ISO-8601, UTC); absent when there is no log file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
 }
 
 /// Interpreters user code can run.
@@ -374,13 +380,18 @@ pub struct DownloadQuery {
     pub path: Option<String>,
 }
 
-/// `?tail=` of the console log.
+/// `?type=&tail=` of the VM logs.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct TailQuery {
-    /// Lines to return (1..=1000, default 200; larger values are clamped).
+pub struct LogsQuery {
+    /// `console` (default: the guest console with the VMM's stdout and stderr), `firecracker` (the
+    /// VMM's own log) or `metrics`; the original's `firecracker.stdout.log` and
+    /// `firecracker.stderr.log` mean `console`, `firecracker.log` means `firecracker`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// Lines to return (1..=1000, default 200; other values are clamped).
     #[param(minimum = 1, maximum = 1000)]
-    pub tail: Option<u32>,
+    pub tail: Option<i64>,
 }
 
 /// `?limit=` of the exec logs.

@@ -31,10 +31,11 @@ impl Drop for Api {
     }
 }
 
-/// A response: status and body.
+/// A response: status, headers and body.
 struct Reply {
     status: StatusCode,
     content_type: Option<String>,
+    headers: http::HeaderMap,
     body: Bytes,
 }
 
@@ -80,7 +81,7 @@ impl Api {
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.expect("reading the response body").to_bytes();
         let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
-        Reply { status: parts.status, content_type, body }
+        Reply { status: parts.status, content_type, headers: parts.headers, body }
     }
 
     /// A request with the API key (`X-API-Key`, as the original's clients send it) and a raw body.
@@ -388,13 +389,16 @@ async fn images_answer_the_originals_fields_and_errors_with_a_message() {
     assert_eq!(created["baseRootfsBytes"], Value::Null);
     let id = created["id"].as_str().unwrap().to_string();
 
+    // Part uploads answer 204 with no body, as the original's integration harness expects.
     let mut rootfs = vec![0u8; 4096];
     rootfs[1080..1082].copy_from_slice(&[0x53, 0xef]);
-    let put = api.raw(Method::PUT, &format!("/v1/images/{id}/rootfs"), "application/octet-stream", rootfs).await;
-    assert!(put.status.is_success(), "{}", put.text());
+    api.raw(Method::PUT, &format!("/v1/images/{id}/rootfs"), "application/octet-stream", rootfs.clone())
+        .await
+        .expect_no_content();
     let kernel = [b"\x7fELF".as_slice(), &[0u8; 2000]].concat();
-    let put = api.raw(Method::PUT, &format!("/v1/images/{id}/kernel"), "application/octet-stream", kernel).await;
-    assert!(put.status.is_success(), "{}", put.text());
+    api.raw(Method::PUT, &format!("/v1/images/{id}/kernel"), "application/octet-stream", kernel)
+        .await
+        .expect_no_content();
 
     let list = api.call(Method::GET, "/v1/images", None).await.expect(StatusCode::OK);
     let item = &list.as_array().expect("a list")[0];
@@ -406,6 +410,28 @@ async fn images_answer_the_originals_fields_and_errors_with_a_message() {
     for field in ["seedSnapshotId", "seedStatus", "seedUpdatedAt", "seedError"] {
         assert_eq!(item[field], Value::Null, "no seed snapshots here: {item}");
     }
+
+    assert_eq!(item["isDefault"], false);
+    api.call(Method::POST, &format!("/v1/images/{id}/set-default"), None).await.expect_no_content();
+    let list = api.call(Method::GET, "/v1/images", None).await.expect(StatusCode::OK);
+    assert_eq!(list[0]["isDefault"], true, "{list}");
+    // A bundle (ours is a tar.gz of the parts) answers 204 too.
+    let other = api
+        .call(Method::POST, "/v1/images", Some(json!({"name": "bundled", "description": "test image"})))
+        .await
+        .expect(StatusCode::CREATED)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    api.raw(
+        Method::PUT,
+        &format!("/v1/images/{other}/bundle"),
+        "application/gzip",
+        tar_gz(&[("rootfs.ext4", &rootfs)]),
+    )
+    .await
+    .expect_no_content();
+    api.call(Method::DELETE, &format!("/v1/images/{other}"), None).await.expect_no_content();
 
     let missing = "img-00000000-0000-4000-8000-000000000000";
     api.call(Method::POST, &format!("/v1/images/{missing}/set-default"), None)
@@ -432,4 +458,340 @@ async fn openapi_shows_the_top_level_error_message_and_the_204_upload() {
     assert!(upload["204"].is_object() && upload.get("200").is_none(), "{upload}");
     let vm = &doc["components"]["schemas"]["VmView"]["properties"];
     assert!(vm["guestIp"].is_object() && vm["provisionMode"].is_object(), "{vm}");
+    for (method, path) in [
+        ("put", "/v1/images/{id}/kernel"),
+        ("put", "/v1/images/{id}/rootfs"),
+        ("put", "/v1/images/{id}/bundle"),
+        ("post", "/v1/images/{id}/set-default"),
+    ] {
+        let responses = &doc["paths"][path][method]["responses"];
+        assert!(responses["204"].is_object() && responses.get("200").is_none(), "{method} {path}: {responses}");
+    }
+    let logs = &doc["components"]["schemas"]["LogView"]["properties"];
+    for field in ["type", "lines", "truncated", "updatedAt"] {
+        assert!(logs[field].is_object(), "{field}: {logs}");
+    }
+    let params = doc["paths"]["/v1/vms/{id}/logs"]["get"]["parameters"].as_array().expect("logs parameters").clone();
+    let names: Vec<&str> = params.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert!(names.contains(&"type") && names.contains(&"tail"), "{names:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// §1.1 rate limits and body limits
+
+/// `x-ratelimit-limit` of a reply.
+#[track_caller]
+fn limit_header(reply: &Reply) -> u32 {
+    let v = reply.headers.get("x-ratelimit-limit").unwrap_or_else(|| panic!("no x-ratelimit-limit: {}", reply.text()));
+    v.to_str().unwrap().parse().expect("a number")
+}
+
+#[tokio::test]
+async fn rate_limits_default_to_the_originals_per_route_budgets() {
+    let api = Api::new(&[]);
+    let create = api.call(Method::POST, "/v1/vms", Some(json!({"cpu": 1, "memMb": 256, "allowIps": []}))).await;
+    assert_eq!(limit_header(&create), 30, "POST /v1/vms");
+    let id = create.expect(StatusCode::CREATED)["id"].as_str().unwrap().to_string();
+    let exec = api.call(Method::POST, &format!("/v1/vms/{id}/exec"), Some(json!({"cmd": "true"}))).await;
+    assert_eq!(limit_header(&exec), 300, "exec");
+    for route in ["run-ts", "run-js"] {
+        let run = api.call(Method::POST, &format!("/v1/vms/{id}/{route}"), Some(json!({"code": "1"}))).await;
+        assert_eq!(limit_header(&run), 60, "{route}");
+    }
+    let archive = tar_gz(&[("a.txt", b"a")]);
+    let upload = format!("/v1/vms/{id}/files/upload?dest=/workspace");
+    let up = api.raw(Method::POST, &upload, "application/gzip", archive).await;
+    assert_eq!(limit_header(&up), 30, "upload");
+    let down = api.call(Method::GET, &format!("/v1/vms/{id}/files/download?path=/workspace"), None).await;
+    assert_eq!(limit_header(&down), 60, "download");
+    // Every other route shares the global budget of 120 a minute: the 121st request is refused...
+    let mut last = None;
+    for n in 1..=120 {
+        let r = api.call(Method::GET, "/v1/vms", None).await;
+        assert_eq!(r.status, StatusCode::OK, "request {n}: {}", r.text());
+        last = Some(r);
+    }
+    let last = last.unwrap();
+    assert_eq!((limit_header(&last), last.headers["x-ratelimit-remaining"].to_str().unwrap()), (120, "0"));
+    let refused = api.call(Method::GET, &format!("/v1/vms/{id}"), None).await;
+    refused.expect_message(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMIT_PER_MIN=120");
+    assert!(refused.headers.contains_key(header::RETRY_AFTER), "429 has Retry-After");
+    assert_eq!(refused.headers["x-ratelimit-remaining"], "0");
+    // ... while a route with its own budget still answers.
+    api.call(Method::POST, &format!("/v1/vms/{id}/exec"), Some(json!({"cmd": "true"}))).await.expect(StatusCode::OK);
+    // The docs routes are never limited (§1.1 allow-list).
+    let doc = api.send(Request::get("/openapi.json").body(Body::empty()).unwrap()).await;
+    assert_eq!(doc.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_create_past_its_budget_answers_429_while_exec_still_passes() {
+    // The original's 31st create in a minute, with the budget configured down to 3 to stay fast.
+    let api = Api::new(&[("RATE_LIMIT_CREATE_PER_MIN", "3")]);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(api.vm().await);
+    }
+    let refused = api.call(Method::POST, "/v1/vms", Some(json!({"cpu": 1, "memMb": 256, "allowIps": []}))).await;
+    refused.expect_message(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMIT_CREATE_PER_MIN=3");
+    let retry: u64 = refused.headers[header::RETRY_AFTER].to_str().unwrap().parse().expect("Retry-After is seconds");
+    assert!((1..=60).contains(&retry), "the window is a minute: {retry}");
+    assert_eq!((limit_header(&refused), refused.headers["x-ratelimit-remaining"].to_str().unwrap()), (3, "0"));
+    let list = api.call(Method::GET, "/v1/vms", None).await.expect(StatusCode::OK);
+    assert_eq!(list.as_array().unwrap().len(), 3, "the refused create made no VM");
+    let r = api.call(Method::POST, &format!("/v1/vms/{}/exec", ids[0]), Some(json!({"cmd": "echo ok"}))).await;
+    assert_eq!(r.expect(StatusCode::OK)["stdout"], "ok\n");
+}
+
+#[tokio::test]
+async fn json_bodies_are_limited_to_64_kib_and_exec_bodies_to_1_mib() {
+    let api = Api::new(&[]);
+    let id = api.vm().await;
+    // 64 KiB (the original's jsonSmall) for a create: one allowIps entry padded past it.
+    let padded = json!({"cpu": 1, "memMb": 256, "allowIps": ["1.2.3.4/32"], "imageId": "x".repeat(65 << 10)});
+    api.call(Method::POST, "/v1/vms", Some(padded))
+        .await
+        .expect_message(StatusCode::PAYLOAD_TOO_LARGE, "MAX_JSON_BODY_BYTES=65536");
+    // 1 MiB (jsonMedium) for exec: 100 KiB of command is fine, past 1 MiB is a 413.
+    let cmd = format!("echo ok #{}", "x".repeat(100 << 10));
+    let r = api.call(Method::POST, &format!("/v1/vms/{id}/exec"), Some(json!({"cmd": cmd}))).await;
+    assert_eq!(r.expect(StatusCode::OK)["stdout"], "ok\n");
+    let cmd = format!("echo ok #{}", "x".repeat(1 << 20));
+    api.call(Method::POST, &format!("/v1/vms/{id}/exec"), Some(json!({"cmd": cmd})))
+        .await
+        .expect_message(StatusCode::PAYLOAD_TOO_LARGE, "MAX_EXEC_BODY_BYTES=1048576");
+    for route in ["run-ts", "run-js"] {
+        let code = format!("//{}", "x".repeat(1 << 20));
+        api.call(Method::POST, &format!("/v1/vms/{id}/{route}"), Some(json!({"code": code})))
+            .await
+            .expect_message(StatusCode::PAYLOAD_TOO_LARGE, "MAX_EXEC_BODY_BYTES");
+    }
+}
+
+/// Sends `body` whole over a real connection before reading anything, as a client that does not
+/// use `Expect: 100-continue` does (Node's fetch in the original's tests), and returns the status
+/// and the JSON body of the answer. `chunked` sends it without a Content-Length.
+fn send_whole_then_read(addr: std::net::SocketAddr, path: &str, body: &[u8], chunked: bool) -> (u16, Value) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect");
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+    let length =
+        if chunked { "Transfer-Encoding: chunked".to_string() } else { format!("Content-Length: {}", body.len()) };
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {KEY}\r\nContent-Type: application/gzip\r\n{length}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).expect("writing the request head");
+    let sent = if chunked {
+        body.chunks(64 << 10)
+            .try_for_each(|c| {
+                conn.write_all(format!("{:x}\r\n", c.len()).as_bytes())
+                    .and(conn.write_all(c))
+                    .and(conn.write_all(b"\r\n"))
+            })
+            .and(conn.write_all(b"0\r\n\r\n"))
+    } else {
+        conn.write_all(body)
+    };
+    if let Err(e) = sent {
+        panic!("the server broke the connection while the body was being sent: {e}");
+    }
+    let mut reader = BufReader::new(conn);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).expect("reading the status line (not a reset connection)");
+    let status =
+        status_line.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("{status_line:?}"));
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).expect("reading the answer (not a reset connection)");
+    let text = String::from_utf8_lossy(&rest).into_owned();
+    let json = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    (status, serde_json::from_str(json).unwrap_or_else(|e| panic!("body is not JSON ({e}): {text}")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_11_mib_upload_without_expect_continue_reads_413_with_a_message() {
+    let api = Api::new(&[]);
+    let id = api.vm().await;
+    // Served as `rds serve` serves it, on a real socket: a reset would show here, not in `oneshot`.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding a port");
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(std::future::IntoFuture::into_future(axum::serve(listener, api.router.clone())));
+    let path = format!("/v1/vms/{id}/files/upload?dest=/workspace");
+    for chunked in [false, true] {
+        let path = path.clone();
+        // §12.2 test 13: 11 MiB of zeros, over the default MAX_UPLOAD_BYTES of 10 MiB.
+        let (status, body) =
+            tokio::task::spawn_blocking(move || send_whole_then_read(addr, &path, &vec![0u8; 11 << 20], chunked))
+                .await
+                .expect("the client thread");
+        assert_eq!(status, 413, "chunked={chunked}: {body}");
+        let message = body["message"].as_str().unwrap_or_else(|| panic!("no top-level message: {body}"));
+        assert!(message.contains("MAX_UPLOAD_BYTES=10485760"), "chunked={chunked}: {message}");
+    }
+    server.abort();
+    // Nothing of it was kept.
+    let r = api.call(Method::POST, &format!("/v1/vms/{id}/exec"), Some(json!({"cmd": "ls -A; echo done"}))).await;
+    assert_eq!(r.expect(StatusCode::OK)["stdout"], "done\n");
+}
+
+// ---------------------------------------------------------------------------------------------
+// §1.6 logs
+
+#[tokio::test]
+async fn logs_answer_type_lines_truncated_and_updated_at_for_the_originals_types() {
+    let api = Api::new(&[]);
+    let id = api.vm().await;
+    let logs = |q: &str| format!("/v1/vms/{id}/logs{q}");
+    let console = api.call(Method::GET, &logs(""), None).await.expect(StatusCode::OK);
+    assert_eq!(console["type"], "console", "{console}");
+    assert_eq!(console["truncated"], false, "{console}");
+    let lines = console["lines"].as_array().unwrap_or_else(|| panic!("lines: {console}"));
+    assert!(lines.iter().any(|l| l.as_str().is_some_and(|l| l.contains("rds-agent serving"))), "{console}");
+    let updated = console["updatedAt"].as_str().unwrap_or_else(|| panic!("updatedAt: {console}"));
+    assert!(updated.len() == 24 && updated.ends_with('Z') && updated.as_bytes()[10] == b'T', "ISO-8601: {updated}");
+    // The original's serial-console names read our console log; the type comes back as sent.
+    for name in ["firecracker.stdout.log", "firecracker.stderr.log"] {
+        let r = api.call(Method::GET, &logs(&format!("?type={name}&tail=1")), None).await.expect(StatusCode::OK);
+        assert_eq!((&r["type"], &r["lines"]), (&json!(name), &json!([lines.last().unwrap()])), "{r}");
+    }
+    // `tail` is clamped to 1..1000, never refused.
+    for tail in ["0", "-5", "5000"] {
+        api.call(Method::GET, &logs(&format!("?tail={tail}")), None).await.expect(StatusCode::OK);
+    }
+    // A log this runtime does not keep answers the original's shape for a missing file.
+    for name in ["firecracker.log", "firecracker", "metrics"] {
+        let r = api.call(Method::GET, &logs(&format!("?type={name}")), None).await.expect(StatusCode::OK);
+        assert_eq!(r, json!({"type": name, "lines": [], "truncated": false}));
+    }
+    // So does a console log not written yet.
+    std::fs::remove_file(api.state.runtime.console_log(&id)).expect("removing the console log");
+    let r = api.call(Method::GET, &logs(""), None).await.expect(StatusCode::OK);
+    assert_eq!(r, json!({"type": "console", "lines": [], "truncated": false}));
+    let bad = api.call(Method::GET, &logs("?type=../../etc/passwd"), None).await;
+    bad.expect_message(StatusCode::BAD_REQUEST, "Invalid log type");
+    assert!(bad.text().contains("`type`"), "names the field: {}", bad.text());
+}
+
+// ---------------------------------------------------------------------------------------------
+// §11 the original's n8n node (`n8n-nodes-run-dat-sheesh` 0.1.8): every operation it offers but
+// the snapshot ones (not implemented here yet), sent as the node sends it, checked for what the
+// node reads.
+
+/// A request as the node's `runDatsheeshApiRequest` makes it through n8n: the credential's
+/// `x-api-key` header; with `json` (the node's default) `accept: application/json` and a JSON
+/// body, else the raw body with the node's own content type.
+async fn n8n(api: &Api, method: Method, path: &str, body: Option<Value>) -> Reply {
+    let req =
+        Request::builder().method(method).uri(path).header("x-api-key", KEY).header(header::ACCEPT, "application/json");
+    let req = match body {
+        Some(b) => req.header(header::CONTENT_TYPE, "application/json").body(Body::from(b.to_string())),
+        None => req.body(Body::empty()),
+    };
+    api.send(req.unwrap()).await
+}
+
+/// The same with `json: false`: the node sends no accept header and ignores the answer's body.
+async fn n8n_raw(api: &Api, method: Method, path: &str, content_type: Option<&str>, body: Vec<u8>) -> Reply {
+    let req = Request::builder().method(method).uri(path).header("x-api-key", KEY);
+    let req = match content_type {
+        Some(t) => req.header(header::CONTENT_TYPE, t),
+        None => req,
+    };
+    api.send(req.body(Body::from(body)).unwrap()).await
+}
+
+#[tokio::test]
+async fn every_operation_of_the_originals_n8n_node_gets_what_the_node_reads() {
+    let api = Api::new(&[]);
+    // Images → List: one n8n item per element, so an array of objects.
+    let images = n8n(&api, Method::GET, "/v1/images", None).await.expect(StatusCode::OK);
+    assert!(images.as_array().is_some_and(|a| a.iter().all(Value::is_object)), "{images}");
+
+    // VMs → Create, as built from the node's fields (allowIps split on commas, diskSizeMb when > 0).
+    // Its default `outboundInternet: true` needs VM networking, which this in-process manager has
+    // not: compat_run.rs (rds-cli) runs VMs with egress.
+    let body = json!({"cpu": 1, "memMb": 256, "allowIps": ["172.16.0.1/32", "10.0.0.0/8"], "outboundInternet": false, "diskSizeMb": 64});
+    let vm = n8n(&api, Method::POST, "/v1/vms", Some(body)).await.expect(StatusCode::CREATED);
+    assert_vm_public(&vm);
+    assert_eq!(vm["state"], "RUNNING");
+    let id = vm["id"].as_str().unwrap().to_string();
+
+    // VMs → List and Get.
+    let list = n8n(&api, Method::GET, "/v1/vms", None).await.expect(StatusCode::OK);
+    assert!(list.as_array().is_some_and(|a| a.len() == 1 && a.iter().all(Value::is_object)), "{list}");
+    let got = n8n(&api, Method::GET, &format!("/v1/vms/{id}"), None).await.expect(StatusCode::OK);
+    assert_vm_public(&got);
+
+    // VMs → Execute Command: env from the name/value collection as an object; cwd and timeoutMs
+    // only when set.
+    let exec = format!("/v1/vms/{id}/exec");
+    let body = json!({"cmd": "echo hello $NAME", "cwd": "/workspace", "env": {"NAME": "n8n"}, "timeoutMs": 5000});
+    let r = n8n(&api, Method::POST, &exec, Some(body)).await.expect(StatusCode::OK);
+    assert_eq!((&r["exitCode"], &r["stdout"], &r["stderr"]), (&json!(0), &json!("hello n8n\n"), &json!("")), "{r}");
+    let r = n8n(&api, Method::POST, &exec, Some(json!({"cmd": "echo hello"}))).await.expect(StatusCode::OK);
+    assert_eq!(r["stdout"], "hello\n", "{r}");
+
+    // Files → Upload tar.gz (`json: false`, `content-type: application/gzip`, `dest` in the query).
+    let archive = tar_gz(&[
+        ("main.ts", b"console.log('from-file', Deno.args.join(','))"),
+        ("main.js", b"console.log('from-file', process.argv.slice(2).join(','))"),
+    ]);
+    let up = n8n_raw(
+        &api,
+        Method::POST,
+        &format!("/v1/vms/{id}/files/upload?dest=%2Fworkspace%2Fn8n"),
+        Some("application/gzip"),
+        archive,
+    )
+    .await;
+    assert!(up.status.is_success(), "{}", up.text());
+    // Files → Download tar.gz (`json: false`, `encoding: null`): the bytes, a tar.gz.
+    let down =
+        n8n_raw(&api, Method::GET, &format!("/v1/vms/{id}/files/download?path=%2Fworkspace%2Fn8n"), None, vec![]).await;
+    assert_eq!(down.status, StatusCode::OK, "{}", down.text());
+    let files = untar_gz(&down.body);
+    assert!(files.iter().any(|(p, _)| p.ends_with("main.ts")), "{:?}", files.iter().map(|f| &f.0).collect::<Vec<_>>());
+
+    // VMs → Run TypeScript / Run JavaScript: code or path, args and flags split on commas, env as
+    // `K=V` strings, timeoutMs when set.
+    let caps = api.state.capabilities.clone();
+    for (route, available, code, path) in [
+        (
+            "run-ts",
+            caps.deno,
+            "console.log(Deno.args.join(','), Deno.env.get('K')); result.set({ok: true})",
+            "/workspace/n8n/main.ts",
+        ),
+        (
+            "run-js",
+            caps.node,
+            "console.log(process.argv.slice(2).join(','), process.env.K); result.set({ok: true})",
+            "/workspace/n8n/main.js",
+        ),
+    ] {
+        let url = format!("/v1/vms/{id}/{route}");
+        let body = json!({"code": code, "args": ["a", "b"], "timeoutMs": 20000, "env": ["K=V"]});
+        let reply = n8n(&api, Method::POST, &url, Some(body)).await;
+        if !available {
+            reply.expect_message(StatusCode::NOT_IMPLEMENTED, "");
+            rds_testkit::skip(format!("n8n {route}: the interpreter is not installed; only the refusal is checked"));
+            continue;
+        }
+        let r = reply.expect(StatusCode::OK);
+        assert_eq!(
+            (&r["exitCode"], &r["stdout"], &r["result"]),
+            (&json!(0), &json!("a,b V\n"), &json!({"ok": true})),
+            "{route}: {r}"
+        );
+        assert!(r["stderr"].is_string(), "{route}: {r}");
+        let r = n8n(&api, Method::POST, &url, Some(json!({"path": path, "args": ["c"]}))).await.expect(StatusCode::OK);
+        assert_eq!((&r["exitCode"], &r["stdout"]), (&json!(0), &json!("from-file c\n")), "{route}: {r}");
+    }
+
+    // VMs → Stop, Start, Destroy (`json: false`; the node answers `{success, vmId}` on any 2xx).
+    for (method, path) in [(Method::POST, "/stop"), (Method::POST, "/start"), (Method::DELETE, "")] {
+        let r = n8n_raw(&api, method.clone(), &format!("/v1/vms/{id}{path}"), None, vec![]).await;
+        assert!(r.status.is_success(), "{method} {path}: {}", r.text());
+    }
+    n8n(&api, Method::GET, &format!("/v1/vms/{id}"), None).await.expect_message(StatusCode::NOT_FOUND, &id);
 }

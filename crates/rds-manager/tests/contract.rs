@@ -737,23 +737,26 @@ async fn images_create_upload_set_default_and_delete_answer_their_documented_sta
         "conflict",
         "has no rootfs",
     );
-    let up = api.raw(Method::PUT, &format!("/v1/images/{id}/rootfs"), &[], ext4_head()).await.expect(StatusCode::OK);
-    assert_eq!(up["hasRootfs"], true);
-    assert_eq!(up["rootfsBytes"], 4096);
-    let up = api
-        .raw(Method::PUT, &format!("/v1/images/{id}/kernel"), &[], [b"\x7fELF".as_slice(), &[0u8; 2000]].concat())
-        .await
-        .expect(StatusCode::OK);
-    assert_eq!(up["hasKernel"], true);
-    assert_eq!(up["kernelFormat"], "elf");
-    let up = api
-        .raw(Method::PUT, &format!("/v1/images/{id}/initrd"), &[], [b"070701".as_slice(), &[b'0'; 2000]].concat())
-        .await
-        .expect(StatusCode::OK);
-    assert_eq!(up["hasInitrd"], true);
+    // Uploads and set-default answer 204 with no body (as the original); GET shows the result.
+    let get = || async { api.call(Method::GET, &format!("/v1/images/{id}"), None).await.expect(StatusCode::OK) };
+    let up = api.raw(Method::PUT, &format!("/v1/images/{id}/rootfs"), &[], ext4_head()).await;
+    assert_eq!(up.expect(StatusCode::NO_CONTENT), Value::Null);
+    let image = get().await;
+    assert_eq!(image["hasRootfs"], true);
+    assert_eq!(image["rootfsBytes"], 4096);
+    let kernel = [b"\x7fELF".as_slice(), &[0u8; 2000]].concat();
+    let up = api.raw(Method::PUT, &format!("/v1/images/{id}/kernel"), &[], kernel).await;
+    assert_eq!(up.expect(StatusCode::NO_CONTENT), Value::Null);
+    let image = get().await;
+    assert_eq!(image["hasKernel"], true);
+    assert_eq!(image["kernelFormat"], "elf");
+    let initrd = [b"070701".as_slice(), &[b'0'; 2000]].concat();
+    let up = api.raw(Method::PUT, &format!("/v1/images/{id}/initrd"), &[], initrd).await;
+    assert_eq!(up.expect(StatusCode::NO_CONTENT), Value::Null);
+    assert_eq!(get().await["hasInitrd"], true);
 
-    let default = api.call(Method::POST, &format!("/v1/images/{id}/set-default"), None).await.expect(StatusCode::OK);
-    assert_eq!(default["isDefault"], true);
+    let default = api.call(Method::POST, &format!("/v1/images/{id}/set-default"), None).await;
+    assert_eq!(default.expect(StatusCode::NO_CONTENT), Value::Null);
     let list = api.call(Method::GET, "/v1/images", None).await.expect(StatusCode::OK);
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["id"], id.as_str());
@@ -791,10 +794,11 @@ async fn image_bundle_upload_installs_its_parts_and_manifest() {
         .unwrap()
         .to_string();
     let bundle = tar_gz(&[("rootfs.ext4", &ext4_head()), ("manifest.json", br#"{"builder":"contract-test"}"#)]);
-    let image = api.raw(Method::PUT, &format!("/v1/images/{id}/bundle"), &[], bundle).await.expect(StatusCode::OK);
-    assert_eq!(image["hasRootfs"], true);
-    assert_eq!(image["hasKernel"], false);
+    let up = api.raw(Method::PUT, &format!("/v1/images/{id}/bundle"), &[], bundle).await;
+    assert_eq!(up.expect(StatusCode::NO_CONTENT), Value::Null);
     let got = api.call(Method::GET, &format!("/v1/images/{id}"), None).await.expect(StatusCode::OK);
+    assert_eq!(got["hasRootfs"], true);
+    assert_eq!(got["hasKernel"], false);
     assert_eq!(got["manifest"]["builder"], "contract-test", "{got}");
     api.raw(Method::PUT, &format!("/v1/images/{id}/bundle"), &[], tar_gz(&[("evil.sh", b"x")])).await.expect_error(
         StatusCode::BAD_REQUEST,

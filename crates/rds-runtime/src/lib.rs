@@ -310,6 +310,17 @@ impl RuntimeError {
     }
 }
 
+/// A log a runtime keeps per VM (`GET /v1/vms/{id}/logs?type=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogKind {
+    /// The guest's serial console with the VMM's own stdout and stderr ([`Runtime::console_log`]).
+    Console,
+    /// The VMM's own log (Firecracker's `--log-path`).
+    Vmm,
+    /// The VMM's metrics (Firecracker's `--metrics-path`).
+    Metrics,
+}
+
 /// Runs guests. Implemented by the sandbox, qemu and firecracker runtimes; used by the manager only
 /// through this trait.
 #[async_trait::async_trait]
@@ -359,6 +370,14 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Guest console / launcher output (capped).
     fn console_log(&self, id: &str) -> PathBuf;
+
+    /// The file holding the VM's log of `kind`; `None` when this runtime keeps no such log.
+    fn log_file(&self, id: &str, kind: LogKind) -> Option<PathBuf> {
+        match kind {
+            LogKind::Console => Some(self.console_log(id)),
+            LogKind::Vmm | LogKind::Metrics => None,
+        }
+    }
 
     /// OOM kills so far in this VM's memory cgroup; `None` when unknown (no cgroup, not running).
     async fn oom_kills(&self, id: &str) -> Option<u64>;

@@ -46,6 +46,16 @@ pub fn agent_bin() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_rds")).with_file_name("rds-agent")
 }
 
+/// Every request rate limit of the API (each 0 = off).
+pub const RATE_LIMIT_VARS: [&str; 6] = [
+    "RATE_LIMIT_PER_MIN",
+    "RATE_LIMIT_CREATE_PER_MIN",
+    "RATE_LIMIT_EXEC_PER_MIN",
+    "RATE_LIMIT_RUN_PER_MIN",
+    "RATE_LIMIT_UPLOAD_PER_MIN",
+    "RATE_LIMIT_DOWNLOAD_PER_MIN",
+];
+
 /// A running `rds serve`; killed on drop.
 pub struct Server {
     pub url: String,
@@ -150,6 +160,11 @@ impl Server {
                 "RDS_IMAGE_DIR",
                 guest_image_dir().unwrap_or_else(|e| panic!("no guest image for the sandbox: {e}")),
             );
+        }
+        // The API's rate limits default to the original's (30 creates a minute, ...), which tests
+        // outrun: off unless a test sets them.
+        for var in RATE_LIMIT_VARS {
+            cmd.env(var, "0");
         }
         for (k, v) in &self.env {
             cmd.env(k, v);

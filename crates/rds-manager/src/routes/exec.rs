@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use rds_proto::{ErrorBody, ExecEvent, ExecRequest, ExecResult, Language, RunRequest, RunResult};
 
-use crate::extract::JsonBody;
+use crate::extract::ExecBody;
 use crate::services::exec::{self as service, NDJSON};
 use crate::{ApiError, AppState};
 
@@ -19,7 +19,7 @@ pub async fn exec(
     State(s): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    JsonBody(req): JsonBody<ExecRequest>,
+    ExecBody(req): ExecBody<ExecRequest>,
 ) -> Result<Response, ApiError> {
     let wants_stream = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains(NDJSON));
     if wants_stream {
@@ -35,7 +35,7 @@ pub async fn exec(
 pub async fn run_ts(
     State(s): State<AppState>,
     Path(id): Path<String>,
-    JsonBody(req): JsonBody<RunRequest>,
+    ExecBody(req): ExecBody<RunRequest>,
 ) -> Result<Json<RunResult>, ApiError> {
     Ok(Json(service::run(&s, &id, Language::Ts, req).await?))
 }
@@ -46,7 +46,7 @@ pub async fn run_ts(
 pub async fn run_js(
     State(s): State<AppState>,
     Path(id): Path<String>,
-    JsonBody(req): JsonBody<RunRequest>,
+    ExecBody(req): ExecBody<RunRequest>,
 ) -> Result<Json<RunResult>, ApiError> {
     Ok(Json(service::run(&s, &id, Language::Js, req).await?))
 }
@@ -57,7 +57,7 @@ pub async fn run_js(
 pub async fn run_python(
     State(s): State<AppState>,
     Path(id): Path<String>,
-    JsonBody(req): JsonBody<RunRequest>,
+    ExecBody(req): ExecBody<RunRequest>,
 ) -> Result<Json<RunResult>, ApiError> {
     Ok(Json(service::run(&s, &id, Language::Python, req).await?))
 }

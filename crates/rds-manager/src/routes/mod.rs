@@ -28,7 +28,7 @@ fn protected_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(vms::get, vms::delete))
         .routes(routes!(vms::start))
         .routes(routes!(vms::stop))
-        .routes(routes!(vms::console_log))
+        .routes(routes!(vms::logs))
         .routes(routes!(vms::exec_logs))
         .routes(routes!(exec::exec))
         .routes(routes!(exec::run_ts))
@@ -58,7 +58,10 @@ fn public_routes() -> OpenApiRouter<AppState> {
 
 /// The complete application router.
 pub fn router(state: AppState) -> Router {
-    let drain_limit = crate::unread_body::MIN_DRAIN_BYTES.max(2 * state.config.max_json_body_bytes as u64);
+    // Twice the largest body limit: a body a little over its limit still gets a readable answer.
+    let largest = (state.config.max_json_body_bytes.max(state.config.max_exec_body_bytes) as u64)
+        .max(state.config.max_upload_bytes);
+    let drain_limit = crate::unread_body::MIN_DRAIN_BYTES.max(largest.saturating_mul(2));
     let expose_internal = state.config.expose_internal_errors;
     let mut protected = protected_routes();
     // Only these operations get the auth layer, so only they document its 401 and 429.

@@ -6,7 +6,7 @@ use axum::Json;
 
 use crate::extract::{ApiQuery, JsonBody};
 use crate::services::{logs, vms};
-use crate::views::{ConsoleLogView, CreateVmRequest, ExecLogPage, LimitQuery, TailQuery, VmView};
+use crate::views::{CreateVmRequest, ExecLogPage, LimitQuery, LogView, LogsQuery, VmView};
 use crate::{ApiError, AppState};
 use rds_proto::ErrorBody;
 
@@ -59,15 +59,16 @@ pub async fn stop(State(s): State<AppState>, Path(id): Path<String>) -> Result<S
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Tail of the VM's console log.
-#[utoipa::path(get, path = "/v1/vms/{id}/logs", tag = "vms", params(TailQuery),
-    responses((status = 200, body = ConsoleLogView), (status = 404, body = ErrorBody)))]
-pub async fn console_log(
+/// Tail of one of the VM's logs (the console by default); a log the runtime does not keep, or
+/// that is not written yet, answers no lines.
+#[utoipa::path(get, path = "/v1/vms/{id}/logs", tag = "vms", params(LogsQuery),
+    responses((status = 200, body = LogView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn logs(
     State(s): State<AppState>,
     Path(id): Path<String>,
-    ApiQuery(q): ApiQuery<TailQuery>,
-) -> Result<Json<ConsoleLogView>, ApiError> {
-    Ok(Json(logs::console_tail(&s, &id, q.tail).await?))
+    ApiQuery(q): ApiQuery<LogsQuery>,
+) -> Result<Json<LogView>, ApiError> {
+    Ok(Json(logs::tail(&s, &id, q.kind, q.tail).await?))
 }
 
 /// Recent exec/run calls of the VM, newest first.
