@@ -1,12 +1,14 @@
 //! End-to-end on the firecracker runtime: the real `rds serve` with `RDS_RUNTIME=firecracker`
 //! drives the real Firecracker v1.16.1 and jailer (`$FIRECRACKER_BIN`/`$JAILER_BIN`, else
-//! `../shared/firecracker/bin/`) over HTTP. Needs root and `/dev/kvm`.
+//! `../shared/firecracker/bin/`) over HTTP. Need root.
 //!
-//! Where KVM cannot boot ordinary guests (this kind of machine: a PVM KVM), a create gets as far
-//! as a started VM whose guest never calls in: these tests show that the caller is told why, with
-//! the logs' tails, and that nothing of the VM is left on the host; and that a fault Firecracker
-//! reports reaches the caller. The agent end to end on firecracker is in
-//! `rds-runtime --test firecracker_runtime` (`boot_runs_code_in_the_guest`).
+//! The start-up checks run everywhere: without `/dev/kvm` the runtime is refused by name, and
+//! `auto` says in `/v1/health` why it passed firecracker by. The creates need `/dev/kvm` (skipped
+//! without it, allow-listed): where KVM cannot boot ordinary guests (a PVM KVM), a create gets as
+//! far as a started VM whose guest never calls in, and the caller is told why, with the logs'
+//! tails, and nothing of the VM is left on the host; a fault Firecracker reports reaches the
+//! caller. The agent end to end on firecracker is in `rds-runtime --test firecracker_runtime`
+//! (`boot_runs_code_in_the_guest`).
 
 mod common;
 
@@ -29,24 +31,35 @@ fn binaries() -> Result<(String, String), String> {
     Ok((text(fc), text(jailer)))
 }
 
-/// A manager on the firecracker runtime over the guest image, or why there cannot be one here.
-fn server() -> Result<Server, String> {
+/// The manager's variables for the firecracker runtime over the guest image, or why there can be
+/// none here.
+fn firecracker_env() -> Result<Vec<(&'static str, String)>, String> {
     if let Some(reason) = common::skip_reason() {
         return Err(reason);
     }
     let (fc, jailer) = binaries()?;
-    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
-        return Err("/dev/kvm cannot be opened".into());
-    }
     let image = common::guest_image_dir()?.to_string_lossy().into_owned();
-    Ok(Server::start(&[
-        ("RDS_RUNTIME", "firecracker"),
-        ("RDS_IMAGE_DIR", &image),
-        ("FIRECRACKER_BIN", &fc),
-        ("JAILER_BIN", &jailer),
+    Ok(vec![
+        ("RDS_IMAGE_DIR", image),
+        ("FIRECRACKER_BIN", fc),
+        ("JAILER_BIN", jailer),
         // These binaries have no seccomp filter compiled in (shared/firecracker/bin/README.md).
-        ("RDS_FIRECRACKER_SECCOMP", "off"),
-    ]))
+        ("RDS_FIRECRACKER_SECCOMP", "off".into()),
+    ])
+}
+
+/// Whether `/dev/kvm` opens here.
+fn kvm_usable() -> bool {
+    rds_runtime::firecracker::kvm_api_ok().is_ok()
+}
+
+/// A manager on the firecracker runtime, or why there cannot be one here.
+fn server() -> Result<Server, String> {
+    let env = firecracker_env()?;
+    rds_runtime::firecracker::kvm_api_ok().map_err(|e| format!("the firecracker runtime needs KVM: {e}"))?;
+    let mut vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    vars.push(("RDS_RUNTIME", "firecracker"));
+    Ok(Server::start(&vars))
 }
 
 macro_rules! require_server {
@@ -59,6 +72,52 @@ macro_rules! require_server {
             }
         }
     };
+}
+
+#[test]
+fn start_up_checks_name_what_is_missing_and_auto_says_why() {
+    let env = match firecracker_env() {
+        Ok(env) => env,
+        Err(reason) => {
+            rds_testkit::skip(reason);
+            return;
+        }
+    };
+    let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    if kvm_usable() {
+        let s = Server::start(&[vars.as_slice(), &[("RDS_RUNTIME", "firecracker")]].concat());
+        let (_, health) = s.call("GET", "/v1/health", None);
+        assert_eq!(
+            (health["runtime"].as_str(), health["runtimeReason"].as_str()),
+            (Some("firecracker"), Some("RDS_RUNTIME=firecracker"))
+        );
+    } else {
+        // Asked for explicitly, a runtime that cannot run VMs here stops the start, by name.
+        let root = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rds"))
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("STORAGE_ROOT", root.path())
+            .env("PORT", "0")
+            .env("RDS_NETWORK", "off")
+            .env("RDS_RUNTIME", "firecracker")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("run rds serve");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains("the firecracker runtime is unavailable") && stderr.contains("/dev/kvm"), "{stderr}");
+    }
+    // `auto` reports what it chose and why it passed the others by.
+    let s = Server::start(&[vars.as_slice(), &[("RDS_RUNTIME", "auto"), ("RUST_LOG", "info")]].concat());
+    let (_, health) = s.call("GET", "/v1/health", None);
+    let reason = health["runtimeReason"].as_str().unwrap();
+    assert!(reason.starts_with("RDS_RUNTIME=auto: "), "{reason}");
+    if health["runtime"] != "firecracker" {
+        assert!(reason.contains("not firecracker: "), "{reason}");
+    }
+    assert!(s.log().contains(reason), "the reason is logged at start-up too:\n{}", s.log());
 }
 
 /// Asserts that the manager left no VM on the host: no VM directory, jail, process running from
@@ -97,10 +156,8 @@ fn assert_nothing_left(s: &Server) {
 #[test]
 fn a_create_whose_guest_never_calls_in_fails_with_the_logs_and_leaves_nothing() {
     let s = require_server!();
-    let (st, health) = s.call("GET", "/v1/health", None);
-    assert_eq!(st, 200);
+    let (_, health) = s.call("GET", "/v1/health", None);
     assert_eq!((health["runtime"].as_str(), health["isolation"].as_str()), (Some("firecracker"), Some("microvm")));
-    assert_eq!(health["runtimeReason"], "RDS_RUNTIME=firecracker", "{health}");
 
     let started = std::time::Instant::now();
     let (st, body) = s.call("POST", "/v1/vms", Some(json!({"cpu": 1, "memMb": 256})));

@@ -125,11 +125,15 @@ pub async fn cap_consoles(state: AppState) {
         tick.tick().await;
         let Ok(vms) = state.store.list_vms().await else { continue };
         for vm in vms.iter().filter(|vm| vm.state == VmState::Running) {
-            let log = state.runtime.console_log(&vm.id);
-            match rds_runtime::cap_console_log(&log) {
-                Ok(true) => tracing::info!(vm_id = %vm.id, "console log reached its cap; kept its newest half"),
-                Ok(false) => {}
-                Err(e) => tracing::warn!(vm_id = %vm.id, error = %e, "cannot cap the console log"),
+            let kinds = [rds_runtime::LogKind::Console, rds_runtime::LogKind::Vmm, rds_runtime::LogKind::Metrics];
+            for log in kinds.into_iter().filter_map(|kind| state.runtime.log_file(&vm.id, kind)) {
+                match rds_runtime::cap_console_log(&log) {
+                    Ok(true) => {
+                        tracing::info!(vm_id = %vm.id, log = %log.display(), "log reached its cap; kept its newest half")
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(vm_id = %vm.id, log = %log.display(), error = %e, "cannot cap the log"),
+                }
             }
         }
     }

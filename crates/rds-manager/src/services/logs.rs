@@ -60,6 +60,9 @@ fn read_tail(path: &Path, tail: usize) -> std::io::Result<(Vec<String>, bool, Op
     file.seek(SeekFrom::Start(start))?;
     let mut buf = Vec::new();
     file.take(TAIL_WINDOW).read_to_end(&mut buf)?;
+    // A VMM that writes its log without O_APPEND (Firecracker) keeps its offset when the log is
+    // cut at its cap: the bytes before it read back as a hole of NULs, which are not log text.
+    buf.retain(|b| *b != 0);
     let text = String::from_utf8_lossy(&buf);
     let mut lines: Vec<&str> = text.lines().collect();
     if start > 0 && !lines.is_empty() {

@@ -1180,6 +1180,15 @@ impl Runtime for FirecrackerRuntime {
         self.paths(id).console
     }
 
+    fn log_file(&self, id: &str, kind: crate::LogKind) -> Option<PathBuf> {
+        let p = self.paths(id);
+        Some(match kind {
+            crate::LogKind::Console => p.console,
+            crate::LogKind::Vmm => p.vmm_log,
+            crate::LogKind::Metrics => p.metrics,
+        })
+    }
+
     async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
         check_vm_id(id)?;
         self.client(id).pause().await.map_err(|e| vmm_refused("pausing the VM", e))
