@@ -57,7 +57,7 @@ pub struct Jail {
     pub uid: u32,
     /// `--gid` Firecracker runs as.
     pub gid: u32,
-    /// `--chroot-base-dir` (absolute).
+    /// `--chroot-base-dir` (absolute; must exist: the jailer canonicalizes it first).
     pub chroot_base: PathBuf,
     /// `--cgroup-version`.
     pub cgroup_version: CgroupVersion,

@@ -368,6 +368,30 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_silent_api_times_out_and_a_dropped_connection_is_an_http_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("api.sock");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+        let client = Client::new(&path).with_timeout(Duration::from_millis(100));
+        // Accepted by the kernel's backlog, never answered.
+        let err = client.instance_info().await.err().expect("no answer");
+        assert!(
+            matches!(&err, Error::Timeout { method: "GET", path, after } if path == "/" && *after == Duration::from_millis(100)),
+            "{err:?}"
+        );
+        // Accepted and closed before any answer.
+        let closer = tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.expect("accept");
+                drop(stream);
+            }
+        });
+        let err = client.pause().await.err().expect("connection closed");
+        assert!(matches!(&err, Error::Http { method: "PATCH", path, .. } if path == "/vm"), "{err:?}");
+        closer.abort();
+    }
+
     #[test]
     fn truncation_keeps_short_bodies_and_cuts_long_ones() {
         assert_eq!(truncated(b"short"), "short");
