@@ -523,9 +523,9 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
 
     #[tokio::test]
     async fn binary_version_reports_a_binary_that_prints_no_version() {
-        let err = binary_version(Path::new("/bin/true")).await.err().expect("no version line");
+        let err = binary_version(Path::new("/bin/true")).await.expect_err("no version line");
         assert!(matches!(err, VersionError::Unrecognized { .. }), "{err:?}");
-        let err = binary_version(Path::new("/nonexistent/firecracker")).await.err().expect("missing");
+        let err = binary_version(Path::new("/nonexistent/firecracker")).await.expect_err("missing");
         assert!(matches!(err, VersionError::Spawn { .. }), "{err:?}");
     }
 }

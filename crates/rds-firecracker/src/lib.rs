@@ -260,6 +260,7 @@ impl Client {
 }
 
 /// A success answer whose body, if any, is not needed (204 No Content).
+#[derive(Debug)]
 struct Discard;
 
 impl<'de> serde::Deserialize<'de> for Discard {
@@ -318,12 +319,11 @@ mod tests {
     #[test]
     fn faults_carry_firecrackers_message_and_the_request() {
         let err = answer::<Discard>("PUT", "/drives/x".into(), 400, br#"{"fault_message":"No such file"}"#)
-            .err()
-            .expect("a 400 is an error");
+            .expect_err("a 400 is an error");
         assert_eq!(err.fault_message(), Some("No such file"));
         assert_eq!(err.status(), Some(400));
         assert_eq!(err.to_string(), "firecracker PUT /drives/x: 400: No such file");
-        let odd = answer::<Discard>("GET", "/".into(), 500, b"not json").err().expect("a 500 is an error");
+        let odd = answer::<Discard>("GET", "/".into(), 500, b"not json").expect_err("a 500 is an error");
         assert_eq!(odd.fault_message(), Some("not json"));
     }
 
@@ -333,7 +333,7 @@ mod tests {
         let v: FirecrackerVersion =
             answer("GET", "/version".into(), 200, br#"{"firecracker_version":"1.16.1"}"#).expect("parse");
         assert_eq!(v.firecracker_version, "1.16.1");
-        let err = answer::<FirecrackerVersion>("GET", "/version".into(), 200, b"{}").err().expect("missing field");
+        let err = answer::<FirecrackerVersion>("GET", "/version".into(), 200, b"{}").expect_err("missing field");
         assert!(matches!(&err, Error::Decode { body, .. } if body == "{}"), "{err:?}");
     }
 
@@ -343,14 +343,14 @@ mod tests {
         let client = Client::new("/nonexistent/rds-firecracker-test.sock");
         for id in ["", "../vm", "a/b", "a b", "a?x=1", &"x".repeat(65)] {
             let drive = Drive { drive_id: id.into(), path_on_host: "/d".into(), ..Default::default() };
-            let err = client.put_drive(&drive).await.err().expect("refused");
+            let err = client.put_drive(&drive).await.expect_err("refused");
             assert!(matches!(&err, Error::InvalidId { field: "drive_id", .. }), "{id:?}: {err:?}");
             let net = NetworkInterface { iface_id: id.into(), host_dev_name: "tap0".into(), ..Default::default() };
-            let err = client.put_network_interface(&net).await.err().expect("refused");
+            let err = client.put_network_interface(&net).await.expect_err("refused");
             assert!(matches!(&err, Error::InvalidId { field: "iface_id", .. }), "{id:?}: {err:?}");
         }
         let ok = Drive { drive_id: "root_fs1".into(), path_on_host: "/d".into(), ..Default::default() };
-        let err = client.put_drive(&ok).await.err().expect("no socket");
+        let err = client.put_drive(&ok).await.expect_err("no socket");
         assert!(matches!(&err, Error::Connect { .. }), "{err:?}");
     }
 
@@ -358,7 +358,7 @@ mod tests {
     async fn wait_ready_gives_up_with_the_connect_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         let client = Client::new(dir.path().join("api.sock"));
-        let err = client.wait_ready(Duration::from_millis(50)).await.err().expect("nothing listens");
+        let err = client.wait_ready(Duration::from_millis(50)).await.expect_err("nothing listens");
         match err {
             Error::Connect { socket, source } => {
                 assert_eq!(socket, dir.path().join("api.sock"));
@@ -375,7 +375,7 @@ mod tests {
         let listener = tokio::net::UnixListener::bind(&path).expect("bind");
         let client = Client::new(&path).with_timeout(Duration::from_millis(100));
         // Accepted by the kernel's backlog, never answered.
-        let err = client.instance_info().await.err().expect("no answer");
+        let err = client.instance_info().await.expect_err("no answer");
         assert!(
             matches!(&err, Error::Timeout { method: "GET", path, after } if path == "/" && *after == Duration::from_millis(100)),
             "{err:?}"
@@ -387,7 +387,7 @@ mod tests {
                 drop(stream);
             }
         });
-        let err = client.pause().await.err().expect("connection closed");
+        let err = client.pause().await.expect_err("connection closed");
         assert!(matches!(&err, Error::Http { method: "PATCH", path, .. } if path == "/vm"), "{err:?}");
         closer.abort();
     }

@@ -184,7 +184,7 @@ async fn configuration_is_accepted_and_a_missing_drive_file_is_a_fault() {
     let applied = c.machine_config().await.expect("GET /machine-config");
     assert_eq!((applied.vcpu_count, applied.mem_size_mib), (1, MEM_MIB));
     // Actions need a started VM: Firecracker refuses them with a fault, and the client says so.
-    let early = c.flush_metrics().await.err().expect("FlushMetrics before InstanceStart");
+    let early = c.flush_metrics().await.expect_err("FlushMetrics before InstanceStart");
     assert_eq!(
         (early.status(), early.fault_message().is_some_and(|m| m.contains("before starting"))),
         (Some(400), true)
@@ -206,7 +206,7 @@ async fn configuration_is_accepted_and_a_missing_drive_file_is_a_fault() {
         }
         other => panic!("a drive without its file must be a 400 fault, got {other:?}"),
     }
-    let err = c.put_machine_config(&MachineConfiguration { vcpu_count: 0, ..machine }).await.err().expect("0 vCPUs");
+    let err = c.put_machine_config(&MachineConfiguration { vcpu_count: 0, ..machine }).await.expect_err("0 vCPUs");
     assert_eq!(err.status(), Some(400), "{err}");
     assert!(err.fault_message().is_some_and(|m| !m.is_empty()), "{err}");
     // A refused request leaves the process as it was.
