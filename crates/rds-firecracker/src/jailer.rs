@@ -178,6 +178,35 @@ impl Jail {
         self.root().join(format!("{}.pid", self.exec_file_name()))
     }
 
+    /// Puts the host file `host` at `inside` in the jail, before the jailer starts Firecracker
+    /// (the jailer leaves an existing root as it is): a hard link, or a copy when the two are on
+    /// different filesystems. `writable` makes it the jail's uid/gid's — only for per-VM files, as
+    /// a hard link shares its owner with the original; shared read-only files (kernel, image
+    /// rootfs) keep theirs and must be world-readable. Returns the host path in the jail.
+    pub fn link_in(&self, host: &Path, inside: &str, writable: bool) -> std::io::Result<PathBuf> {
+        let relative = Path::new(inside.trim_start_matches('/'));
+        let plain = relative.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !plain || relative.as_os_str().is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("path in the jail {inside:?} must be a plain path without '.' or '..'"),
+            ));
+        }
+        let target = self.root().join(relative);
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        match std::fs::hard_link(host, &target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => copy_new(host, &target)?,
+            Err(e) => return Err(e),
+        }
+        if writable {
+            std::os::unix::fs::chown(&target, Some(self.uid), Some(self.gid))?;
+        }
+        Ok(target)
+    }
+
     /// Firecracker's pid, from [`Jail::pid_file`].
     pub fn read_pid(&self) -> std::io::Result<u32> {
         let path = self.pid_file();
@@ -259,6 +288,17 @@ impl Jail {
         args.extend(firecracker_args.iter().cloned());
         args
     }
+}
+
+/// Copies `from` to a new file `to` with its mode, never writing through an existing file or
+/// symlink at `to`.
+fn copy_new(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut source = std::fs::File::open(from)?;
+    let mode = std::os::unix::fs::PermissionsExt::mode(&source.metadata()?.permissions());
+    let mut dest = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode & 0o7777).open(to)?;
+    std::io::copy(&mut source, &mut dest)?;
+    Ok(())
 }
 
 /// `/proc/mounts` escapes space, tab, newline and backslash as octal (`\040`).
@@ -511,6 +551,45 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
         assert_eq!(j.cgroup_dirs_in(mounts), [PathBuf::from("/sys/fs/cgroup/unified/rds/vms/vm-1")]);
         j.cgroups.clear();
         assert!(j.cgroup_dirs_in(mounts).is_empty());
+    }
+
+    #[test]
+    fn link_in_hard_links_or_copies_into_the_jail_and_owns_writable_files() {
+        use std::os::unix::fs::MetadataExt;
+        let base = tempfile::tempdir().expect("tempdir");
+        let mut j = Jail { chroot_base: base.path().to_path_buf(), ..jail(CgroupVersion::V1) };
+        // SAFETY: geteuid/getegid have no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            // Without root, chown may only give a file to one's own ids.
+            (j.uid, j.gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        }
+        let kernel = base.path().join("vmlinux");
+        std::fs::write(&kernel, b"kernel").expect("write");
+        let linked = j.link_in(&kernel, "/vmlinux", false).expect("link the kernel");
+        assert_eq!(linked, j.host_path("/vmlinux"));
+        let (a, b) = (std::fs::metadata(&kernel).expect("stat"), std::fs::metadata(&linked).expect("stat"));
+        assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()), "same filesystem: a hard link");
+        assert_eq!(b.uid(), a.uid(), "a shared file keeps its owner");
+        // An existing file is never replaced or written through.
+        let again = j.link_in(&kernel, "vmlinux", false).expect_err("exists");
+        assert_eq!(again.kind(), std::io::ErrorKind::AlreadyExists);
+        for bad in ["", "/", "../escape", "a/../../b", "./x"] {
+            let err = j.link_in(&kernel, bad, false).expect_err("refused");
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{bad:?}");
+        }
+
+        // /dev/shm is a tmpfs on most hosts: another filesystem, so a copy.
+        let other = tempfile::tempdir_in("/dev/shm").expect("tempdir in /dev/shm");
+        let overlay = other.path().join("overlay.ext4");
+        std::fs::write(&overlay, b"overlay").expect("write");
+        let placed = j.link_in(&overlay, "/disks/overlay.ext4", true).expect("place the overlay");
+        assert_eq!(std::fs::read(&placed).expect("read"), b"overlay");
+        let meta = std::fs::metadata(&placed).expect("stat");
+        assert_eq!((meta.uid(), meta.gid()), (j.uid, j.gid), "a writable file is the jail's");
+        let source = std::fs::metadata(&overlay).expect("stat");
+        if source.dev() != meta.dev() {
+            assert_ne!(source.ino(), meta.ino());
+        }
     }
 
     #[test]

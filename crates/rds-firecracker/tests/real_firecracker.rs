@@ -450,6 +450,11 @@ fn own_cgroup(version: CgroupVersion, controller: &str) -> String {
         .unwrap_or_else(|| panic!("no {controller} cgroup in /proc/self/cgroup:\n{text}"))
 }
 
+/// The host path of the overlay file, which does not exist inside the jail.
+fn overlay_host(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("overlay.ext4")
+}
+
 /// The `Uid:`/`Gid:` line of /proc/<pid>/status: real, effective, saved, fs ids.
 fn status_ids(pid: u32, key: &str) -> Vec<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
@@ -505,6 +510,22 @@ async fn the_jailer_confines_firecracker_to_its_chroot_uid_netns_and_cgroup() {
     let parent_dir = leaf_dirs[0].parent().expect("leaf has a parent").to_path_buf();
     let _cgroups = CgroupDirs(vec![leaf_dirs[0].clone(), parent_dir]);
     let jailed = Jailed(jail.clone());
+
+    // The VM's files, placed before the jailer runs: shared ones (root's, world-readable) hard
+    // linked, the per-VM overlay made the jail's, and one Firecracker must not be able to open.
+    let host_files = tempfile::tempdir().expect("tempdir");
+    let kernel = file(host_files.path(), "vmlinux", 4096);
+    let rootfs = file(host_files.path(), "rootfs.ext4", 1 << 20);
+    let overlay = file(host_files.path(), "overlay.ext4", 1 << 20);
+    let secret = file(host_files.path(), "secret.ext4", 1 << 20);
+    for path in [&kernel, &rootfs] {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
+    }
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    jail.link_in(&kernel, "/vmlinux", false).expect("link the kernel");
+    jail.link_in(&rootfs, "/rootfs.ext4", false).expect("link the rootfs");
+    jail.link_in(&overlay, "/disks/overlay.ext4", true).expect("place the overlay");
+    jail.link_in(&secret, "/disks/secret.ext4", false).expect("link the root-only file");
 
     let fc_args: Vec<OsString> = ["--api-sock", "/run/api.sock", "--no-seccomp"].map(OsString::from).to_vec();
     let spawned = Instant::now();
@@ -573,6 +594,39 @@ async fn the_jailer_confines_firecracker_to_its_chroot_uid_netns_and_cgroup() {
         let meta = std::fs::metadata(jail.host_path(inside)).unwrap_or_else(|e| panic!("{inside} in the jail: {e}"));
         assert_eq!((meta.uid(), meta.gid()), (JAIL_ID, JAIL_ID), "owner of {inside}");
     }
+
+    // Configuration with paths inside the jail, as the unprivileged uid.
+    let boot = BootSource { kernel_image_path: "/vmlinux".into(), boot_args: None, initrd_path: None };
+    client.put_boot_source(&boot).await.expect("PUT /boot-source inside the jail");
+    let rootfs = Drive {
+        drive_id: "rootfs".into(),
+        path_on_host: "/rootfs.ext4".into(),
+        is_root_device: true,
+        is_read_only: Some(true),
+        ..Default::default()
+    };
+    client.put_drive(&rootfs).await.expect("PUT /drives/rootfs inside the jail");
+    let overlay = Drive {
+        drive_id: "overlay".into(),
+        path_on_host: "/disks/overlay.ext4".into(),
+        is_root_device: false,
+        is_read_only: Some(false),
+        ..Default::default()
+    };
+    client.put_drive(&overlay).await.expect("PUT /drives/overlay (read-write) inside the jail");
+    client
+        .put_vsock(&Vsock { guest_cid: 3, uds_path: "/run/v.sock".into(), vsock_id: None })
+        .await
+        .expect("PUT /vsock inside the jail");
+    let vsock = std::fs::metadata(jail.host_path("/run/v.sock")).expect("Firecracker binds the vsock socket at once");
+    assert_eq!(vsock.uid(), JAIL_ID, "the vsock socket is the jailed uid's");
+    let secret = Drive { drive_id: "secret".into(), path_on_host: "/disks/secret.ext4".into(), ..overlay.clone() };
+    let refused = client.put_drive(&secret).await.expect_err("a root-only file is out of the jailed uid's reach");
+    assert_eq!(refused.status(), Some(400), "{refused}");
+    assert!(refused.fault_message().is_some_and(|m| m.contains("ermission denied")), "{refused}");
+    let outside = Drive { drive_id: "outside".into(), path_on_host: s(&overlay_host(&host_files)), ..overlay };
+    let refused = client.put_drive(&outside).await.expect_err("host paths do not exist in the jail");
+    assert_eq!(refused.status(), Some(400), "{refused}");
 
     drop(jailed);
     assert!(!is_alive(pid), "the jailed Firecracker survived SIGKILL");
