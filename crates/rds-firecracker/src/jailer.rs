@@ -253,7 +253,7 @@ impl Jail {
         dirs
     }
 
-    /// The jailer's arguments, then `--`, then `firecracker_args`.
+    /// The jailer's arguments, then `--`, then `firecracker_args` (check [`Jail::validate`] first).
     pub fn args(&self, firecracker_args: &[OsString]) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
         let mut push = |flag: &str, value: OsString| {
