@@ -213,6 +213,59 @@ async fn configuration_is_accepted_and_a_missing_drive_file_is_a_fault() {
     assert_eq!(c.instance_info().await.expect("GET /").state, STATE_NOT_STARTED);
 }
 
+#[tokio::test]
+async fn snapshot_calls_need_a_started_vm_and_a_failed_load_ends_the_process() {
+    let Some(bin) = firecracker_or_skip() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let fc = Firecracker::spawn(&bin, tmp.path(), "rds-early");
+    fc.wait_ready().await;
+    let before_start =
+        |e: Error| e.status() == Some(400) && e.fault_message().is_some_and(|m| m.contains("before starting"));
+    let paused = fc.client.pause().await.expect_err("pause before InstanceStart");
+    assert!(before_start(paused), "pause before start");
+    let create = SnapshotCreateParams {
+        snapshot_type: Some(SnapshotType::Full),
+        snapshot_path: s(&tmp.path().join("vm.snap")),
+        mem_file_path: s(&tmp.path().join("vm.mem")),
+    };
+    let created = fc.client.create_snapshot(&create).await.expect_err("snapshot before InstanceStart");
+    assert!(before_start(created), "snapshot before start");
+    assert!(!tmp.path().join("vm.snap").exists());
+
+    // Every field of a load request is understood: the refusal is about the missing file.
+    let mut fresh = Firecracker::spawn(&bin, tmp.path(), "rds-load");
+    fresh.wait_ready().await;
+    let missing = tmp.path().join("missing.snap");
+    let load = SnapshotLoadParams {
+        snapshot_path: s(&missing),
+        mem_backend: Some(MemoryBackend {
+            backend_type: MemoryBackendType::File,
+            backend_path: s(&tmp.path().join("missing.mem")),
+        }),
+        track_dirty_pages: Some(false),
+        resume_vm: Some(true),
+        network_overrides: Some(vec![]),
+        vsock_override: Some(VsockOverride { uds_path: s(&tmp.path().join("v2.sock")) }),
+        ..Default::default()
+    };
+    let err = fresh.client.load_snapshot(&load).await.expect_err("no snapshot file");
+    assert_eq!(err.status(), Some(400), "{err}");
+    assert!(err.fault_message().is_some_and(|m| m.contains("No such file")), "{err}");
+    // Firecracker does not survive a failed load: the process exits, the socket stops answering.
+    let deadline = Instant::now() + READY_WITHIN;
+    let status = loop {
+        if let Some(status) = fresh.child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "Firecracker still runs after a failed snapshot load");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    eprintln!("after a failed snapshot load Firecracker exited: {status}");
+    assert!(!status.success(), "{status}");
+    let gone = fresh.client.instance_info().await.expect_err("nobody answers");
+    assert!(matches!(gone, Error::Connect { .. }), "{gone:?}");
+}
+
 /// A guest kernel Firecracker can load: `RDS_TEST_KERNEL`, the newest cached `vmlinux`, or a
 /// freshly built guest image's.
 fn kernel_or_skip() -> Option<PathBuf> {
@@ -450,11 +503,6 @@ fn own_cgroup(version: CgroupVersion, controller: &str) -> String {
         .unwrap_or_else(|| panic!("no {controller} cgroup in /proc/self/cgroup:\n{text}"))
 }
 
-/// The host path of the overlay file, which does not exist inside the jail.
-fn overlay_host(dir: &tempfile::TempDir) -> PathBuf {
-    dir.path().join("overlay.ext4")
-}
-
 /// The `Uid:`/`Gid:` line of /proc/<pid>/status: real, effective, saved, fs ids.
 fn status_ids(pid: u32, key: &str) -> Vec<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
@@ -516,7 +564,7 @@ async fn the_jailer_confines_firecracker_to_its_chroot_uid_netns_and_cgroup() {
     let host_files = tempfile::tempdir().expect("tempdir");
     let kernel = file(host_files.path(), "vmlinux", 4096);
     let rootfs = file(host_files.path(), "rootfs.ext4", 1 << 20);
-    let overlay = file(host_files.path(), "overlay.ext4", 1 << 20);
+    let overlay_file = file(host_files.path(), "overlay.ext4", 1 << 20);
     let secret = file(host_files.path(), "secret.ext4", 1 << 20);
     for path in [&kernel, &rootfs] {
         std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
@@ -524,7 +572,7 @@ async fn the_jailer_confines_firecracker_to_its_chroot_uid_netns_and_cgroup() {
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
     jail.link_in(&kernel, "/vmlinux", false).expect("link the kernel");
     jail.link_in(&rootfs, "/rootfs.ext4", false).expect("link the rootfs");
-    jail.link_in(&overlay, "/disks/overlay.ext4", true).expect("place the overlay");
+    jail.link_in(&overlay_file, "/disks/overlay.ext4", true).expect("place the overlay");
     jail.link_in(&secret, "/disks/secret.ext4", false).expect("link the root-only file");
 
     let fc_args: Vec<OsString> = ["--api-sock", "/run/api.sock", "--no-seccomp"].map(OsString::from).to_vec();
@@ -624,7 +672,7 @@ async fn the_jailer_confines_firecracker_to_its_chroot_uid_netns_and_cgroup() {
     let refused = client.put_drive(&secret).await.expect_err("a root-only file is out of the jailed uid's reach");
     assert_eq!(refused.status(), Some(400), "{refused}");
     assert!(refused.fault_message().is_some_and(|m| m.contains("ermission denied")), "{refused}");
-    let outside = Drive { drive_id: "outside".into(), path_on_host: s(&overlay_host(&host_files)), ..overlay };
+    let outside = Drive { drive_id: "outside".into(), path_on_host: s(&overlay_file), ..overlay };
     let refused = client.put_drive(&outside).await.expect_err("host paths do not exist in the jail");
     assert_eq!(refused.status(), Some(400), "{refused}");
 
