@@ -210,13 +210,13 @@ impl Client {
             .await
             .map_err(|source| Error::Connect { socket: self.socket.clone(), source })?;
         let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(http_err)?;
-        // The connection task ends with the exchange (or when this future is dropped on timeout,
-        // which closes the stream under it).
-        tokio::spawn(async move {
+        // The connection is driven by its own task, aborted when this exchange ends or is dropped
+        // (timeout): a Firecracker that never answers must not keep a task and a socket alive.
+        let _connection = AbortOnDrop(tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "firecracker API connection ended with an error");
             }
-        });
+        }));
         tracing::debug!(
             socket = %self.socket.display(),
             method = name,
@@ -256,6 +256,15 @@ impl Client {
             "firecracker API response"
         );
         Ok((status, bytes))
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -370,6 +379,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_silent_api_times_out_and_a_dropped_connection_is_an_http_error() {
+        use tokio::io::AsyncReadExt;
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("api.sock");
         let listener = tokio::net::UnixListener::bind(&path).expect("bind");
@@ -380,6 +390,12 @@ mod tests {
             matches!(&err, Error::Timeout { method: "GET", path, after } if path == "/" && *after == Duration::from_millis(100)),
             "{err:?}"
         );
+        // The request was sent, and the connection closed when the call gave up.
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let mut sent = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut sent)).await;
+        assert!(matches!(read, Ok(Ok(_))), "the client kept the connection open: {read:?}");
+        assert!(sent.starts_with(b"GET / HTTP/1.1\r\n"), "{}", String::from_utf8_lossy(&sent));
         // Accepted and closed before any answer.
         let closer = tokio::spawn(async move {
             loop {
