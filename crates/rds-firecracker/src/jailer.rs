@@ -253,6 +253,23 @@ impl Jail {
         dirs
     }
 
+    /// Removes what the jailer left behind once Firecracker is gone: [`Jail::jail_dir`] and the
+    /// [`Jail::cgroup_dirs`] (not their parents). What is already gone is not an error; a cgroup
+    /// still holding a process is (`EBUSY`).
+    pub fn remove(&self) -> std::io::Result<()> {
+        let gone_is_fine = |r: std::io::Result<()>| match r {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        };
+        // remove_dir_all does not follow symlinks, so nothing Firecracker planted leads outside.
+        gone_is_fine(std::fs::remove_dir_all(self.jail_dir()))?;
+        for dir in self.cgroup_dirs()? {
+            gone_is_fine(std::fs::remove_dir(&dir))
+                .map_err(|e| std::io::Error::new(e.kind(), format!("remove cgroup {}: {e}", dir.display())))?;
+        }
+        Ok(())
+    }
+
     /// The jailer's arguments, then `--`, then `firecracker_args` (check [`Jail::validate`] first).
     pub fn args(&self, firecracker_args: &[OsString]) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();

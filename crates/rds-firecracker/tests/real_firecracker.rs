@@ -678,4 +678,12 @@ async fn the_jailer_confines_firecracker_to_its_chroot_uid_netns_and_cgroup() {
 
     drop(jailed);
     assert!(!is_alive(pid), "the jailed Firecracker survived SIGKILL");
+    // A killed process leaves its cgroup a moment after it is reaped.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Err(e) = jail.remove() {
+        assert!(Instant::now() < deadline, "removing the jail: {e}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!jail.jail_dir().exists() && !leaf_dirs[0].exists(), "the jail and its cgroup are gone");
+    assert!(leaf_dirs[0].parent().is_some_and(Path::is_dir), "the parent cgroup is the caller's, left in place");
 }
