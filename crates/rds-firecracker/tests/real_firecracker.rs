@@ -214,7 +214,7 @@ async fn configuration_is_accepted_and_a_missing_drive_file_is_a_fault() {
 }
 
 #[tokio::test]
-async fn snapshot_calls_need_a_started_vm_and_a_failed_load_ends_the_process() {
+async fn vm_actions_need_a_started_vm_and_a_failed_snapshot_load_ends_the_process() {
     let Some(bin) = firecracker_or_skip() else { return };
     let tmp = tempfile::tempdir().expect("tempdir");
     let fc = Firecracker::spawn(&bin, tmp.path(), "rds-early");
@@ -223,6 +223,10 @@ async fn snapshot_calls_need_a_started_vm_and_a_failed_load_ends_the_process() {
         |e: Error| e.status() == Some(400) && e.fault_message().is_some_and(|m| m.contains("before starting"));
     let paused = fc.client.pause().await.expect_err("pause before InstanceStart");
     assert!(before_start(paused), "pause before start");
+    let resumed = fc.client.resume().await.expect_err("resume before InstanceStart");
+    assert!(before_start(resumed), "resume before start");
+    let ctrl_alt_del = fc.client.send_ctrl_alt_del().await.expect_err("SendCtrlAltDel before InstanceStart");
+    assert!(before_start(ctrl_alt_del), "SendCtrlAltDel before start");
     let create = SnapshotCreateParams {
         snapshot_type: Some(SnapshotType::Full),
         snapshot_path: s(&tmp.path().join("vm.snap")),
