@@ -57,7 +57,7 @@ pub struct Jail {
     pub uid: u32,
     /// `--gid` Firecracker runs as.
     pub gid: u32,
-    /// `--chroot-base-dir` (absolute).
+    /// `--chroot-base-dir` (absolute; must exist: the jailer canonicalizes it first).
     pub chroot_base: PathBuf,
     /// `--cgroup-version`.
     pub cgroup_version: CgroupVersion,
@@ -89,8 +89,8 @@ pub enum JailError {
         /// Its value.
         path: PathBuf,
     },
-    /// `exec_file` has no file name, or one the jailer refuses (it must contain `firecracker`).
-    #[error("jail exec_file {0:?} must name a file whose name contains \"firecracker\"")]
+    /// `exec_file` has no file name.
+    #[error("jail exec_file {0:?} must name a file")]
     ExecFile(PathBuf),
     /// `parent_cgroup` is empty, absolute, or has `.`/`..` components.
     #[error("jail parent_cgroup {0:?} must be a relative path without '.' or '..'")]
@@ -126,7 +126,7 @@ impl Jail {
                 return Err(JailError::NotAbsolute { field, path: path.clone() });
             }
         }
-        if !self.exec_file_name().contains("firecracker") {
+        if self.exec_file.file_name().is_none() {
             return Err(JailError::ExecFile(self.exec_file.clone()));
         }
         if let Some(parent) = &self.parent_cgroup {
@@ -178,6 +178,35 @@ impl Jail {
         self.root().join(format!("{}.pid", self.exec_file_name()))
     }
 
+    /// Puts the host file `host` at `inside` in the jail, before the jailer starts Firecracker
+    /// (the jailer leaves an existing root as it is): a hard link, or a copy when the two are on
+    /// different filesystems. `writable` makes it the jail's uid/gid's — only for per-VM files, as
+    /// a hard link shares its owner with the original; shared read-only files (kernel, image
+    /// rootfs) keep theirs and must be world-readable. Returns the host path in the jail.
+    pub fn link_in(&self, host: &Path, inside: &str, writable: bool) -> std::io::Result<PathBuf> {
+        let relative = Path::new(inside.trim_start_matches('/'));
+        let plain = relative.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !plain || relative.as_os_str().is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("path in the jail {inside:?} must be a plain path without '.' or '..'"),
+            ));
+        }
+        let target = self.root().join(relative);
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        match std::fs::hard_link(host, &target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => copy_new(host, &target)?,
+            Err(e) => return Err(e),
+        }
+        if writable {
+            std::os::unix::fs::chown(&target, Some(self.uid), Some(self.gid))?;
+        }
+        Ok(target)
+    }
+
     /// Firecracker's pid, from [`Jail::pid_file`].
     pub fn read_pid(&self) -> std::io::Result<u32> {
         let path = self.pid_file();
@@ -224,7 +253,24 @@ impl Jail {
         dirs
     }
 
-    /// The jailer's arguments, then `--`, then `firecracker_args`.
+    /// Removes what the jailer left behind once Firecracker is gone: [`Jail::jail_dir`] and the
+    /// [`Jail::cgroup_dirs`] (not their parents). What is already gone is not an error; a cgroup
+    /// still holding a process is (`EBUSY`).
+    pub fn remove(&self) -> std::io::Result<()> {
+        let gone_is_fine = |r: std::io::Result<()>| match r {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        };
+        // remove_dir_all does not follow symlinks, so nothing Firecracker planted leads outside.
+        gone_is_fine(std::fs::remove_dir_all(self.jail_dir()))?;
+        for dir in self.cgroup_dirs()? {
+            gone_is_fine(std::fs::remove_dir(&dir))
+                .map_err(|e| std::io::Error::new(e.kind(), format!("remove cgroup {}: {e}", dir.display())))?;
+        }
+        Ok(())
+    }
+
+    /// The jailer's arguments, then `--`, then `firecracker_args` (check [`Jail::validate`] first).
     pub fn args(&self, firecracker_args: &[OsString]) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
         let mut push = |flag: &str, value: OsString| {
@@ -259,6 +305,17 @@ impl Jail {
         args.extend(firecracker_args.iter().cloned());
         args
     }
+}
+
+/// Copies `from` to a new file `to` with its mode, never writing through an existing file or
+/// symlink at `to`.
+fn copy_new(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut source = std::fs::File::open(from)?;
+    let mode = std::os::unix::fs::PermissionsExt::mode(&source.metadata()?.permissions());
+    let mut dest = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode & 0o7777).open(to)?;
+    std::io::copy(&mut source, &mut dest)?;
+    Ok(())
 }
 
 /// `/proc/mounts` escapes space, tab, newline and backslash as octal (`\040`).
@@ -468,8 +525,8 @@ mod tests {
         assert_eq!(j.validate(), Err(JailError::NotAbsolute { field: "chroot_base", path: "srv".into() }));
         let j = Jail { netns: Some("netns/x".into()), ..base.clone() };
         assert_eq!(j.validate(), Err(JailError::NotAbsolute { field: "netns", path: "netns/x".into() }));
-        let j = Jail { exec_file: "/usr/bin/qemu".into(), ..base.clone() };
-        assert_eq!(j.validate(), Err(JailError::ExecFile("/usr/bin/qemu".into())));
+        let j = Jail { exec_file: "/usr/bin/..".into(), ..base.clone() };
+        assert_eq!(j.validate(), Err(JailError::ExecFile("/usr/bin/..".into())));
         for parent in ["", "/abs", "a/../b", "./a", "a/./b", "a//b", "a/"] {
             let j = Jail { parent_cgroup: Some(parent.into()), ..base.clone() };
             assert_eq!(j.validate(), Err(JailError::ParentCgroup(parent.into())), "{parent:?}");
@@ -514,6 +571,45 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
     }
 
     #[test]
+    fn link_in_hard_links_or_copies_into_the_jail_and_owns_writable_files() {
+        use std::os::unix::fs::MetadataExt;
+        let base = tempfile::tempdir().expect("tempdir");
+        let mut j = Jail { chroot_base: base.path().to_path_buf(), ..jail(CgroupVersion::V1) };
+        // SAFETY: geteuid/getegid have no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            // Without root, chown may only give a file to one's own ids.
+            (j.uid, j.gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        }
+        let kernel = base.path().join("vmlinux");
+        std::fs::write(&kernel, b"kernel").expect("write");
+        let linked = j.link_in(&kernel, "/vmlinux", false).expect("link the kernel");
+        assert_eq!(linked, j.host_path("/vmlinux"));
+        let (a, b) = (std::fs::metadata(&kernel).expect("stat"), std::fs::metadata(&linked).expect("stat"));
+        assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()), "same filesystem: a hard link");
+        assert_eq!(b.uid(), a.uid(), "a shared file keeps its owner");
+        // An existing file is never replaced or written through.
+        let again = j.link_in(&kernel, "vmlinux", false).expect_err("exists");
+        assert_eq!(again.kind(), std::io::ErrorKind::AlreadyExists);
+        for bad in ["", "/", "../escape", "a/../../b", "./x"] {
+            let err = j.link_in(&kernel, bad, false).expect_err("refused");
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{bad:?}");
+        }
+
+        // /dev/shm is a tmpfs on most hosts: another filesystem, so a copy.
+        let other = tempfile::tempdir_in("/dev/shm").expect("tempdir in /dev/shm");
+        let overlay = other.path().join("overlay.ext4");
+        std::fs::write(&overlay, b"overlay").expect("write");
+        let placed = j.link_in(&overlay, "/disks/overlay.ext4", true).expect("place the overlay");
+        assert_eq!(std::fs::read(&placed).expect("read"), b"overlay");
+        let meta = std::fs::metadata(&placed).expect("stat");
+        assert_eq!((meta.uid(), meta.gid()), (j.uid, j.gid), "a writable file is the jail's");
+        let source = std::fs::metadata(&overlay).expect("stat");
+        if source.dev() != meta.dev() {
+            assert_ne!(source.ino(), meta.ino());
+        }
+    }
+
+    #[test]
     fn version_lines_parse() {
         assert_eq!(parse_version_line("Firecracker v1.16.1").as_deref(), Some("1.16.1"));
         assert_eq!(parse_version_line("Jailer v1.16.1").as_deref(), Some("1.16.1"));
@@ -523,9 +619,9 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
 
     #[tokio::test]
     async fn binary_version_reports_a_binary_that_prints_no_version() {
-        let err = binary_version(Path::new("/bin/true")).await.err().expect("no version line");
+        let err = binary_version(Path::new("/bin/true")).await.expect_err("no version line");
         assert!(matches!(err, VersionError::Unrecognized { .. }), "{err:?}");
-        let err = binary_version(Path::new("/nonexistent/firecracker")).await.err().expect("missing");
+        let err = binary_version(Path::new("/nonexistent/firecracker")).await.expect_err("missing");
         assert!(matches!(err, VersionError::Spawn { .. }), "{err:?}");
     }
 }

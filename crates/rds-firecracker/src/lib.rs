@@ -210,13 +210,13 @@ impl Client {
             .await
             .map_err(|source| Error::Connect { socket: self.socket.clone(), source })?;
         let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(http_err)?;
-        // The connection task ends with the exchange (or when this future is dropped on timeout,
-        // which closes the stream under it).
-        tokio::spawn(async move {
+        // The connection is driven by its own task, aborted when this exchange ends or is dropped
+        // (timeout): a Firecracker that never answers must not keep a task and a socket alive.
+        let _connection = AbortOnDrop(tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "firecracker API connection ended with an error");
             }
-        });
+        }));
         tracing::debug!(
             socket = %self.socket.display(),
             method = name,
@@ -259,7 +259,17 @@ impl Client {
     }
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A success answer whose body, if any, is not needed (204 No Content).
+#[derive(Debug)]
 struct Discard;
 
 impl<'de> serde::Deserialize<'de> for Discard {
@@ -318,12 +328,11 @@ mod tests {
     #[test]
     fn faults_carry_firecrackers_message_and_the_request() {
         let err = answer::<Discard>("PUT", "/drives/x".into(), 400, br#"{"fault_message":"No such file"}"#)
-            .err()
-            .expect("a 400 is an error");
+            .expect_err("a 400 is an error");
         assert_eq!(err.fault_message(), Some("No such file"));
         assert_eq!(err.status(), Some(400));
         assert_eq!(err.to_string(), "firecracker PUT /drives/x: 400: No such file");
-        let odd = answer::<Discard>("GET", "/".into(), 500, b"not json").err().expect("a 500 is an error");
+        let odd = answer::<Discard>("GET", "/".into(), 500, b"not json").expect_err("a 500 is an error");
         assert_eq!(odd.fault_message(), Some("not json"));
     }
 
@@ -333,7 +342,7 @@ mod tests {
         let v: FirecrackerVersion =
             answer("GET", "/version".into(), 200, br#"{"firecracker_version":"1.16.1"}"#).expect("parse");
         assert_eq!(v.firecracker_version, "1.16.1");
-        let err = answer::<FirecrackerVersion>("GET", "/version".into(), 200, b"{}").err().expect("missing field");
+        let err = answer::<FirecrackerVersion>("GET", "/version".into(), 200, b"{}").expect_err("missing field");
         assert!(matches!(&err, Error::Decode { body, .. } if body == "{}"), "{err:?}");
     }
 
@@ -343,14 +352,14 @@ mod tests {
         let client = Client::new("/nonexistent/rds-firecracker-test.sock");
         for id in ["", "../vm", "a/b", "a b", "a?x=1", &"x".repeat(65)] {
             let drive = Drive { drive_id: id.into(), path_on_host: "/d".into(), ..Default::default() };
-            let err = client.put_drive(&drive).await.err().expect("refused");
+            let err = client.put_drive(&drive).await.expect_err("refused");
             assert!(matches!(&err, Error::InvalidId { field: "drive_id", .. }), "{id:?}: {err:?}");
             let net = NetworkInterface { iface_id: id.into(), host_dev_name: "tap0".into(), ..Default::default() };
-            let err = client.put_network_interface(&net).await.err().expect("refused");
+            let err = client.put_network_interface(&net).await.expect_err("refused");
             assert!(matches!(&err, Error::InvalidId { field: "iface_id", .. }), "{id:?}: {err:?}");
         }
         let ok = Drive { drive_id: "root_fs1".into(), path_on_host: "/d".into(), ..Default::default() };
-        let err = client.put_drive(&ok).await.err().expect("no socket");
+        let err = client.put_drive(&ok).await.expect_err("no socket");
         assert!(matches!(&err, Error::Connect { .. }), "{err:?}");
     }
 
@@ -358,7 +367,7 @@ mod tests {
     async fn wait_ready_gives_up_with_the_connect_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         let client = Client::new(dir.path().join("api.sock"));
-        let err = client.wait_ready(Duration::from_millis(50)).await.err().expect("nothing listens");
+        let err = client.wait_ready(Duration::from_millis(50)).await.expect_err("nothing listens");
         match err {
             Error::Connect { socket, source } => {
                 assert_eq!(socket, dir.path().join("api.sock"));
@@ -366,6 +375,37 @@ mod tests {
             }
             other => panic!("expected Connect, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_silent_api_times_out_and_a_dropped_connection_is_an_http_error() {
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("api.sock");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+        let client = Client::new(&path).with_timeout(Duration::from_millis(100));
+        // Accepted by the kernel's backlog, never answered.
+        let err = client.instance_info().await.expect_err("no answer");
+        assert!(
+            matches!(&err, Error::Timeout { method: "GET", path, after } if path == "/" && *after == Duration::from_millis(100)),
+            "{err:?}"
+        );
+        // The request was sent, and the connection closed when the call gave up.
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let mut sent = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut sent)).await;
+        assert!(matches!(read, Ok(Ok(_))), "the client kept the connection open: {read:?}");
+        assert!(sent.starts_with(b"GET / HTTP/1.1\r\n"), "{}", String::from_utf8_lossy(&sent));
+        // Accepted and closed before any answer.
+        let closer = tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.expect("accept");
+                drop(stream);
+            }
+        });
+        let err = client.pause().await.expect_err("connection closed");
+        assert!(matches!(&err, Error::Http { method: "PATCH", path, .. } if path == "/vm"), "{err:?}");
+        closer.abort();
     }
 
     #[test]
