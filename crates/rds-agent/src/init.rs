@@ -206,6 +206,11 @@ fn prepare_guest() {
     }
 }
 
+/// Whether the kernel command line says the VMM ends the VM on a reset rather than a power-off.
+fn resets_to_power_off(cmdline: &str) -> bool {
+    cmdline.split_ascii_whitespace().any(|arg| arg == "rds.poweroff=reset")
+}
+
 /// `rds.hostname=` from the kernel command line, if it is a valid hostname.
 fn hostname_from_cmdline(cmdline: &str) -> Option<&str> {
     let name = cmdline.split_ascii_whitespace().find_map(|arg| arg.strip_prefix("rds.hostname="))?;
@@ -287,9 +292,18 @@ pub fn supervise(agent: impl FnOnce() -> i32, exit: ExitAction) -> ! {
             // devices shut down.
             quiesce_filesystems();
             nix::unistd::sync();
-            console("powering off");
+            // Firecracker has no power-off device: its VM ends when the guest resets (`reboot=k`),
+            // so its kernel command line asks for a reset instead (`rds.poweroff=reset`).
+            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+            let mode = if resets_to_power_off(&cmdline) {
+                console("powering off (by a reset)");
+                nix::sys::reboot::RebootMode::RB_AUTOBOOT
+            } else {
+                console("powering off");
+                nix::sys::reboot::RebootMode::RB_POWER_OFF
+            };
             // Only returns on failure; PID 1 exiting then at least stops the guest (kernel panic).
-            let Err(e) = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+            let Err(e) = nix::sys::reboot::reboot(mode);
             console(&format!("power off failed: {e}"));
             std::process::exit(code)
         }
@@ -491,6 +505,13 @@ fn wait_signal(signals: &SigSet, timeout: Option<Duration>) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reset_replaces_the_power_off_only_when_the_cmdline_asks() {
+        assert!(resets_to_power_off("console=ttyS0 reboot=k rds.poweroff=reset quiet"));
+        assert!(!resets_to_power_off("console=ttyS0 rds.poweroff=resetx"));
+        assert!(!resets_to_power_off("console=ttyS0"));
+    }
 
     #[test]
     fn hostname_comes_from_cmdline_only_when_valid() {

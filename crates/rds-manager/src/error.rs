@@ -380,4 +380,20 @@ mod tests {
         assert_eq!(transport.status_and_code(), (StatusCode::BAD_GATEWAY, "agent_error"));
         assert!(transport.chain().contains("reset by peer"), "{}", transport.chain());
     }
+
+    #[tokio::test]
+    async fn a_vm_that_failed_or_was_refused_by_its_vmm_answers_502_with_the_reason() {
+        use http_body_util::BodyExt;
+        for (err, says) in [
+            (rds_runtime::RuntimeError::Vmm("Firecracker refused InstanceStart: bad kernel".into()), "bad kernel"),
+            (rds_runtime::RuntimeError::Boot("no readiness call; --- console (tail) ---".into()), "console (tail)"),
+        ] {
+            let resp = ApiError::from(err).into_response();
+            assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(body["error"]["code"], "vm_failed", "{body}");
+            assert!(body["message"].as_str().unwrap().contains(says), "{body}");
+        }
+    }
 }

@@ -75,6 +75,8 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
 const LOG_TAIL: u64 = 2048;
 /// How long a probe waits for the API.
 const PROBE_API: Duration = Duration::from_secs(2);
+/// Longest path a Unix socket address holds (`sun_path` less its terminating NUL).
+const SOCKET_PATH_MAX: usize = 107;
 /// File-descriptor limit of a jailed Firecracker.
 const JAILED_NOFILE: u64 = 4096;
 
@@ -356,7 +358,10 @@ impl FirecrackerRuntime {
         }
         let cgroups = CgroupLayout::detect(&cfg.cgroup_group)?;
         let claims = Claims::new(&cfg.claims_dir, &cfg.storage_root);
-        Ok(FirecrackerRuntime { cfg, cgroups, claims })
+        let runtime = FirecrackerRuntime { cfg, cgroups, claims };
+        // The manager's VM ids are UUIDs: their sockets must fit in a Unix socket address.
+        runtime.check_socket_paths(&"0".repeat(36))?;
+        Ok(runtime)
     }
 
     /// The settings it runs with.
@@ -384,6 +389,21 @@ impl FirecrackerRuntime {
             jail_dir,
             dir,
         }
+    }
+
+    /// Refuses a VM whose longest socket path (`vsock.sock_1025` in its jail) would not fit in a
+    /// Unix socket address, naming `STORAGE_ROOT` (which makes up the rest of the path).
+    fn check_socket_paths(&self, id: &str) -> Result<(), RuntimeError> {
+        let longest = rds_vsock::host_side_path(&self.paths(id).vsock, BRIDGE_VSOCK_PORT);
+        let len = longest.as_os_str().len();
+        if len > SOCKET_PATH_MAX {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "the VM's socket {} is {len} bytes, longer than a Unix socket address takes ({SOCKET_PATH_MAX}): \
+                 use a shorter STORAGE_ROOT",
+                longest.display()
+            )));
+        }
+        Ok(())
     }
 
     /// The network namespace a VM without network runs in (named after this manager's cgroup
@@ -560,6 +580,8 @@ impl FirecrackerRuntime {
             // Firecracker ends the VM when the guest reboots (its i8042 reset): reboot=k, panic=1.
             "reboot=k".into(),
             "panic=1".into(),
+            // It has no power-off device either: the agent's shutdown resets the guest instead.
+            "rds.poweroff=reset".into(),
             "pci=off".into(),
             "quiet".into(),
             "cryptomgr.notests".into(),
@@ -688,6 +710,7 @@ impl FirecrackerRuntime {
     /// On failure everything it made is removed.
     pub async fn launch(&self, spec: &VmSpec, instance_start: bool) -> Result<VmHandle, RuntimeError> {
         check_spec(spec)?;
+        self.check_socket_paths(&spec.id)?;
         let p = self.paths(&spec.id);
         let dir_existed = p.dir.exists();
         let mut starting = Spawned::default();
@@ -758,6 +781,19 @@ impl FirecrackerRuntime {
     /// [`GRACEFUL_STOP`] SIGKILL (noted in the console log).
     async fn stop_process(&self, p: &VmPaths, record: &VmProcess) -> Result<(), RuntimeError> {
         let client = Client::new(&p.api).with_timeout(Duration::from_secs(2));
+        match client.instance_info().await.map(|info| info.state) {
+            // No guest ever ran: nothing to quiesce.
+            Ok(state) if state == rds_firecracker::STATE_NOT_STARTED => {
+                return record.process().kill("Firecracker", FORCED_STOP).await;
+            }
+            // A paused guest cannot shut down: let it run to do so.
+            Ok(state) if state == rds_firecracker::STATE_PAUSED => {
+                if let Err(e) = client.resume().await {
+                    tracing::warn!(pid = record.pid, error = %e, "cannot resume the paused VM to stop it");
+                }
+            }
+            _ => {}
+        }
         let ask = async {
             let agent = rds_agent_client::AgentClient::hybrid_vsock(&p.vsock).connect_retry(Duration::ZERO).max_idle(0);
             if agent.shutdown(SHUTDOWN_CALL).await.is_err() {
@@ -1072,6 +1108,7 @@ impl Runtime for FirecrackerRuntime {
 
     async fn start(&self, spec: &VmSpec) -> Result<VmHandle, RuntimeError> {
         check_spec(spec)?;
+        self.check_socket_paths(&spec.id)?;
         let p = self.paths(&spec.id);
         let dir_existed = p.dir.exists();
         let mut starting = Spawned::default();
@@ -1160,7 +1197,7 @@ impl Runtime for FirecrackerRuntime {
         // The API answering says the process is a working Firecracker. A running guest must also
         // have its agent answering; a paused (or not yet started) one cannot.
         match self.client(id).with_timeout(PROBE_API).instance_info().await {
-            Ok(info) if info.state == "Running" => {
+            Ok(info) if info.state == rds_firecracker::STATE_RUNNING => {
                 vm_common::probe(id, handle, "Firecracker", &self.agent_socket(id)).await
             }
             Ok(_) => Liveness::Alive,
