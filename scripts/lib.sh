@@ -66,3 +66,26 @@ ensure_vhost_device_vsock() {
   # Pinned: the qemu runtime depends on this version's command-line syntax.
   cargo install --locked --version 0.3.0 vhost-device-vsock
 }
+
+# The firecracker runtime's binaries: Firecracker's official static release (with its seccomp
+# filters), installed to /usr/local/bin on hosts whose KVM boots ordinary guests. The archive is
+# checked against the SHA-256 published beside it in the release. Elsewhere (no such KVM) nothing
+# is installed: the runtime cannot run VMs there, and its tests use FIRECRACKER_BIN/JAILER_BIN.
+FIRECRACKER_VERSION=v1.16.1
+ensure_firecracker() {
+  command -v firecracker >/dev/null && command -v jailer >/dev/null && return 0
+  [ -e /dev/kvm ] && { [ -d /sys/module/kvm_intel ] || [ -d /sys/module/kvm_amd ]; } || return 0
+  [ "$(uname -m)" = x86_64 ] || { step "no Firecracker release for $(uname -m) installed"; return 0; }
+  apt_install curl ca-certificates
+  step "installing Firecracker $FIRECRACKER_VERSION (official release)"
+  local base="https://github.com/firecracker-microvm/firecracker/releases/download/$FIRECRACKER_VERSION"
+  local name="firecracker-$FIRECRACKER_VERSION-x86_64.tgz" dir
+  dir="$(mktemp -d)"
+  curl -fsSL --retry 3 -o "$dir/$name" "$base/$name"
+  curl -fsSL --retry 3 -o "$dir/$name.sha256.txt" "$base/$name.sha256.txt"
+  (cd "$dir" && sha256sum -c "$name.sha256.txt" >/dev/null) || die "$name does not match its published SHA-256"
+  tar -xzf "$dir/$name" -C "$dir"
+  install -m 0755 "$dir/release-$FIRECRACKER_VERSION-x86_64/firecracker-$FIRECRACKER_VERSION-x86_64" /usr/local/bin/firecracker
+  install -m 0755 "$dir/release-$FIRECRACKER_VERSION-x86_64/jailer-$FIRECRACKER_VERSION-x86_64" /usr/local/bin/jailer
+  rm -rf "$dir"
+}

@@ -176,17 +176,16 @@ impl Interpreter {
     /// `allowWrite` can only narrow the default paths. The run directory and the peer bridge
     /// socket (proxies in /workspace/peers call it) are always granted.
     fn leading_args(&self, workspace: &Path, run_dir: &Path, req: &RunRequest) -> Result<Vec<String>, ExecError> {
-        // The manager refuses these too; the agent is the boundary, so it never trusts that.
+        // The manager checks these too; the agent is the boundary, so it never trusts that.
         for (field, flags) in [("denoFlags", &req.deno_flags), ("nodeFlags", &req.node_flags)] {
-            if flags.as_ref().is_some_and(|f| !f.is_empty()) {
-                return Err(ExecError::Invalid(format!(
-                    "invalid field `{field}`: interpreter flags are fixed by the agent"
-                )));
-            }
+            rds_proto::interpreter_flags::check(field, flags.as_deref().unwrap_or_default())
+                .map_err(ExecError::Invalid)?;
         }
-        if self.language != Language::Ts {
+        match self.language {
             // Unbuffered, so stdout and stderr keep their relative order.
-            return Ok(if self.language == Language::Python { vec!["-u".into()] } else { Vec::new() });
+            Language::Python => return Ok(vec!["-u".into()]),
+            Language::Js => return Ok(req.node_flags.clone().unwrap_or_default()),
+            Language::Ts => {}
         }
         let ws = workspace.display().to_string();
         let bridge = rds_proto::GUEST_BRIDGE_SOCKET;
@@ -198,7 +197,7 @@ impl Interpreter {
         readable = narrowed("allowRead", req.allow_read.as_deref(), readable)?;
         let net =
             if req.allow_net.unwrap_or(false) { "--allow-net".into() } else { format!("--allow-net=unix:{bridge}") };
-        Ok(vec![
+        let mut args = vec![
             "run".to_string(),
             "--quiet".into(),
             "--no-prompt".into(),
@@ -206,7 +205,9 @@ impl Interpreter {
             format!("--allow-write={}", writable.iter().chain(&own).cloned().collect::<Vec<_>>().join(",")),
             "--allow-env".into(),
             net,
-        ])
+        ];
+        args.extend(req.deno_flags.iter().flatten().cloned());
+        Ok(args)
     }
 }
 

@@ -138,6 +138,27 @@ async fn run_ts_has_no_network_or_extra_permissions_by_default() {
     assert_eq!(out["error"]["name"], "NotCapable", "{out}");
     let reply = agent.post_json("/run-ts", &json!({"code": "1", "denoFlags": ["--allow-all"]})).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "caller permission flags are refused");
+    // A harmless flag reaches Deno: a seeded Math.random repeats.
+    let seeded = json!({"code": "result.set(Math.random())", "denoFlags": ["--seed=42", "--no-check"]});
+    let (a, b) = (agent.run("/run-ts", seeded.clone()).await, agent.run("/run-ts", seeded).await);
+    assert_eq!(a["exitCode"], 0, "{a}");
+    assert_eq!(a["result"], b["result"], "--seed was passed to deno");
+}
+
+#[tokio::test]
+async fn run_js_takes_harmless_node_flags_only() {
+    let Some(agent) = Agent::start().await else { return };
+    if !has_program("node") {
+        return;
+    }
+    let code = "process.emitWarning('careful'); result.set(1)";
+    let plain = agent.run("/run-js", json!({"code": code})).await;
+    assert!(plain["stderr"].as_str().unwrap().contains("careful"), "{plain}");
+    let quiet = agent.run("/run-js", json!({"code": code, "nodeFlags": ["--no-warnings"]})).await;
+    assert_eq!(quiet["exitCode"], 0, "{quiet}");
+    assert!(!quiet["stderr"].as_str().unwrap().contains("careful"), "--no-warnings was passed to node: {quiet}");
+    let reply = agent.post_json("/run-js", &json!({"code": "1", "nodeFlags": ["--require=/tmp/x.js"]})).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "flags that load other code are refused");
 }
 
 #[tokio::test]

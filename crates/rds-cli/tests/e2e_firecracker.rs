@@ -12,23 +12,18 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::Server;
 use serde_json::json;
 
 /// The real binaries, or why they are not here.
 fn binaries() -> Result<(String, String), String> {
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/firecracker/bin");
-    let pick = |var: &str, name: &str| std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| shared.join(name));
-    let (fc, jailer) = (pick("FIRECRACKER_BIN", "firecracker"), pick("JAILER_BIN", "jailer"));
-    for bin in [&fc, &jailer] {
-        if !bin.is_file() {
-            return Err(format!("{} is missing (set FIRECRACKER_BIN and JAILER_BIN)", bin.display()));
-        }
-    }
-    let text = |p: PathBuf| p.canonicalize().unwrap_or(p).to_string_lossy().into_owned();
-    Ok((text(fc), text(jailer)))
+    let text = |p: PathBuf| p.to_string_lossy().into_owned();
+    Ok((
+        text(rds_testkit::firecracker_program("FIRECRACKER_BIN", "firecracker")?),
+        text(rds_testkit::firecracker_program("JAILER_BIN", "jailer")?),
+    ))
 }
 
 /// The manager's variables for the firecracker runtime over the guest image, or why there can be

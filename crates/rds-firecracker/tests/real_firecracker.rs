@@ -23,10 +23,7 @@ const MEM_MIB: u32 = 128;
 
 /// `FIRECRACKER_BIN`/`JAILER_BIN`, else the binaries in `shared/` beside the repository.
 fn binary(env: &str, name: &str) -> PathBuf {
-    match std::env::var_os(env) {
-        Some(path) => PathBuf::from(path),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/firecracker/bin").join(name),
-    }
+    rds_testkit::firecracker_program(env, name).unwrap_or_else(|_| PathBuf::from(name))
 }
 
 /// The Firecracker binary, or why these tests cannot run here (after recording the skip).

@@ -275,13 +275,26 @@ async fn run_ts_and_run_js_take_the_originals_body_and_answer_result_or_error() 
     let api = Api::new(&[]);
     let id = api.vm().await;
     let caps = api.state.capabilities.clone();
-    for (route, flags, available, code) in [
-        ("run-ts", "denoFlags", caps.deno, "console.log(Deno.env.get('A')); result.set({ok: true, n: 123})"),
-        ("run-js", "nodeFlags", caps.node, "console.log(process.env.A); result.set({ok: true, n: 123})"),
+    for (route, flags, harmless, available, code) in [
+        (
+            "run-ts",
+            "denoFlags",
+            json!(["--no-check", "--quiet"]),
+            caps.deno,
+            "console.log(Deno.env.get('A')); result.set({ok: true, n: 123})",
+        ),
+        (
+            "run-js",
+            "nodeFlags",
+            json!(["--no-warnings"]),
+            caps.node,
+            "console.log(process.env.A); result.set({ok: true, n: 123})",
+        ),
     ] {
         let path = format!("/v1/vms/{id}/{route}");
-        // Every field of the original's body, with its env as a `KEY=value` list.
-        let body = json!({"code": code, "args": [], flags: [], "timeoutMs": 20000, "env": ["A=from-env"]});
+        // Every field of the original's body, with its env as a `KEY=value` list and flags such as
+        // the n8n node's example.
+        let body = json!({"code": code, "args": [], flags: harmless, "timeoutMs": 20000, "env": ["A=from-env"]});
         let reply = api.call(Method::POST, &path, Some(body)).await;
         if !available {
             reply.expect_message(StatusCode::NOT_IMPLEMENTED, "");
@@ -297,7 +310,7 @@ async fn run_ts_and_run_js_take_the_originals_body_and_answer_result_or_error() 
             assert_ne!(r["exitCode"], 0, "{route}: {r}");
             assert_eq!(r["error"], json!({"code": "E_TEST", "detail": "boom"}), "{route}: {r}");
         }
-        // Interpreter flags could widen what the run may do: refused, never dropped silently.
+        // Flags that could widen what the run may do: refused by name, never dropped silently.
         let body = json!({"code": "1", flags: ["--allow-all"]});
         api.call(Method::POST, &path, Some(body)).await.expect_message(StatusCode::BAD_REQUEST, flags);
         // §12.2 tests 24 and 27: a path outside /workspace is a 400.

@@ -256,11 +256,13 @@ pub struct RunRequest {
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "coerce::opt_u64")]
     #[schema(minimum = 1)]
     pub timeout_ms: Option<u64>,
-    /// The original API's extra `deno run` flags: accepted, but only an empty list (the
-    /// manager answers 400 otherwise; permissions derive from the VM's policy).
+    /// The original API's extra `deno run` flags: only those that cannot change permissions or
+    /// load other code (`--no-check`, `--quiet`, `--seed=N`, ...; see
+    /// [`interpreter_flags`]); any other is a 400 naming it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deno_flags: Option<Vec<String>>,
-    /// The original API's extra `node` flags: accepted, but only an empty list (400 otherwise).
+    /// The original API's extra `node` flags: only harmless ones (`--no-warnings`,
+    /// `--max-old-space-size=N`, ...; see [`interpreter_flags`]); any other is a 400 naming it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_flags: Option<Vec<String>>,
     /// Deno only: `false` withholds network access. The VM's policy decides the grant (network
@@ -385,4 +387,5 @@ mod tests {
 pub mod agent_api;
 pub mod coerce;
 pub mod guest_net;
+pub mod interpreter_flags;
 pub mod sandbox;

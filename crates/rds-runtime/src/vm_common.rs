@@ -31,6 +31,43 @@ pub(crate) fn check_spec_basics(spec: &VmSpec, max_cpu: u32, min_mem_mb: u32) ->
     Ok(())
 }
 
+/// Checks a microVM's spec: the shared basics, a TAP device name for a networked VM (the VMM
+/// takes it on its command line or API), and absolute image files that exist. `runtime` names the
+/// runtime in messages.
+pub(crate) fn check_microvm_spec(
+    spec: &VmSpec,
+    max_cpu: u32,
+    min_mem_mb: u32,
+    runtime: &str,
+) -> Result<(), RuntimeError> {
+    check_spec_basics(spec, max_cpu, min_mem_mb)?;
+    if let Some(net) = &spec.network {
+        let tap = net.tap.as_deref().ok_or_else(|| {
+            RuntimeError::InvalidSpec(format!("a networked {runtime} VM needs the TAP device the manager made for it"))
+        })?;
+        let name_ok =
+            (1..16).contains(&tap.len()) && tap.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !name_ok {
+            return Err(RuntimeError::InvalidSpec(format!("{tap:?} is not a network interface name")));
+        }
+    }
+    for (what, file) in [("rootfs", &spec.rootfs), ("kernel", &spec.kernel), ("initrd", &spec.initrd)] {
+        if let Some(path) = file {
+            if !path.is_absolute() || !path.is_file() {
+                return Err(RuntimeError::InvalidSpec(format!("{what} {} is not a file", path.display())));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `POST /shutdown` to the agent behind `vsock` with one connection attempt (a guest that does not
+/// answer at once gets the VMM's own request instead); true when it accepted.
+pub(crate) async fn request_agent_shutdown(vsock: &Path, limit: Duration) -> bool {
+    let agent = rds_agent_client::AgentClient::hybrid_vsock(vsock).connect_retry(Duration::ZERO).max_idle(0);
+    agent.shutdown(limit).await.is_ok()
+}
+
 /// Size past which a console log is cut (see [`cap_console_log`]).
 pub const CONSOLE_CAP: u64 = 1024 * 1024;
 

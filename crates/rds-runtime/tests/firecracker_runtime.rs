@@ -13,7 +13,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rds_runtime::firecracker::{ids, CloneMode, FirecrackerConfig, FirecrackerRuntime, Seccomp, VmProcess};
@@ -24,15 +24,10 @@ use common::{new_id, spec};
 
 /// The real binaries, or why they are not here.
 fn binaries() -> Result<(PathBuf, PathBuf), String> {
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/firecracker/bin");
-    let pick = |var: &str, name: &str| std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| shared.join(name));
-    let (fc, jailer) = (pick("FIRECRACKER_BIN", "firecracker"), pick("JAILER_BIN", "jailer"));
-    for bin in [&fc, &jailer] {
-        if !bin.is_file() {
-            return Err(format!("{} is missing (set FIRECRACKER_BIN and JAILER_BIN)", bin.display()));
-        }
-    }
-    Ok((fc, jailer))
+    Ok((
+        rds_testkit::firecracker_program("FIRECRACKER_BIN", "firecracker")?,
+        rds_testkit::firecracker_program("JAILER_BIN", "jailer")?,
+    ))
 }
 
 /// What every test needs: root, the binaries and the image.

@@ -89,6 +89,21 @@ pub fn untar_gz(archive: &[u8]) -> Vec<(String, Vec<u8>)> {
     files
 }
 
+/// A Firecracker program for tests: `$<var>` (`FIRECRACKER_BIN`, `JAILER_BIN`), else `name` in
+/// `shared/firecracker/bin` beside the checkout (where CI puts the real v1.16.1 binaries); `Err`
+/// says why it is not there.
+pub fn firecracker_program(var: &str, name: &str) -> Result<std::path::PathBuf, String> {
+    let path = match std::env::var_os(var) {
+        Some(path) => std::path::PathBuf::from(path),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/firecracker/bin").join(name),
+    };
+    if path.is_file() {
+        Ok(path.canonicalize().unwrap_or(path))
+    } else {
+        Err(format!("no {name} binary at {} (set {var})", path.display()))
+    }
+}
+
 /// The `q` quantile (0.0..=1.0) of `samples` by nearest rank, sorting them; 0.0 when empty.
 pub fn percentile(samples: &mut [f64], q: f64) -> f64 {
     if samples.is_empty() {

@@ -108,14 +108,11 @@ pub async fn run(state: &AppState, vm_id: &str, lang: Language, req: RunRequest)
     if req.code.is_none() && req.path.is_none() {
         return Err(ApiError::BadRequest("one of `code` or `path` is required".into()));
     }
-    // The original passed these to the interpreter; here they could widen the run's permissions,
-    // so they are refused rather than silently dropped.
+    // The original passed these to the interpreter verbatim; here only flags that cannot widen
+    // the run's permissions pass, and any other is refused by name rather than silently dropped.
     for (field, flags) in [("denoFlags", &req.deno_flags), ("nodeFlags", &req.node_flags)] {
-        if flags.as_ref().is_some_and(|f| !f.is_empty()) {
-            return Err(ApiError::BadRequest(format!(
-                "`{field}` is not supported: interpreter flags are fixed (permissions derive from the VM's policy)"
-            )));
-        }
+        rds_proto::interpreter_flags::check(field, flags.as_deref().unwrap_or_default())
+            .map_err(ApiError::BadRequest)?;
     }
     let vm = find_running(state, vm_id).await?;
     let secrets = secrets_of(state, &vm)?;
@@ -124,13 +121,8 @@ pub async fn run(state: &AppState, vm_id: &str, lang: Language, req: RunRequest)
     // The request may narrow the VM's grant (`allowNet:false`), never widen it: clients of the
     // original send `allowNet:true` routinely, so asking more than the VM allows is not an error.
     let allow_net = net_grant(state, &vm).await? && req.allow_net.unwrap_or(true);
-    let to_agent = RunRequest {
-        env: with_secrets(req.env.clone(), &secrets),
-        allow_net: Some(allow_net),
-        deno_flags: None,
-        node_flags: None,
-        ..req.clone()
-    };
+    let to_agent =
+        RunRequest { env: with_secrets(req.env.clone(), &secrets), allow_net: Some(allow_net), ..req.clone() };
     let mut result = state.agent.vm(vm_id).run(lang, &to_agent, limit).await.or_agent_error(state, vm_id).await?;
     result.oom_killed |= oom_rose(oom_before, state.runtime.oom_kills(vm_id).await);
     result.stdout = secrets.redact(&result.stdout);

@@ -795,8 +795,7 @@ impl FirecrackerRuntime {
             _ => {}
         }
         let ask = async {
-            let agent = rds_agent_client::AgentClient::hybrid_vsock(&p.vsock).connect_retry(Duration::ZERO).max_idle(0);
-            if agent.shutdown(SHUTDOWN_CALL).await.is_err() {
+            if !vm_common::request_agent_shutdown(&p.vsock, SHUTDOWN_CALL).await {
                 tracing::warn!(
                     pid = record.pid,
                     "the guest agent did not accept the shutdown call; sending Ctrl+Alt+Del"
@@ -1063,25 +1062,7 @@ async fn wait_for_agent(ready: &tokio::net::UnixListener, vsock: &Path) -> Resul
 }
 
 fn check_spec(spec: &VmSpec) -> Result<(), RuntimeError> {
-    vm_common::check_spec_basics(spec, MAX_VCPUS, MIN_MEM_MB)?;
-    if let Some(net) = &spec.network {
-        let tap = net.tap.as_deref().ok_or_else(|| {
-            RuntimeError::InvalidSpec("a networked firecracker VM needs the TAP device the manager made for it".into())
-        })?;
-        let name_ok =
-            (1..16).contains(&tap.len()) && tap.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !name_ok {
-            return Err(RuntimeError::InvalidSpec(format!("{tap:?} is not a network interface name")));
-        }
-    }
-    for (what, file) in [("rootfs", &spec.rootfs), ("kernel", &spec.kernel), ("initrd", &spec.initrd)] {
-        if let Some(path) = file {
-            if !path.is_absolute() || !path.is_file() {
-                return Err(RuntimeError::InvalidSpec(format!("{what} {} is not a file", path.display())));
-            }
-        }
-    }
-    Ok(())
+    vm_common::check_microvm_spec(spec, MAX_VCPUS, MIN_MEM_MB, "firecracker")
 }
 
 #[async_trait::async_trait]
@@ -1249,6 +1230,12 @@ impl Runtime for FirecrackerRuntime {
         }
         names.extend(self.cgroups.vm_ids());
         names.extend(self.claims.owned().into_iter().map(|(_, id)| id));
+        let prefix = format!("{}-", self.cfg.cgroup_group);
+        if let Ok(entries) = std::fs::read_dir("/var/run/netns") {
+            let ours =
+                entries.flatten().filter_map(|e| e.file_name().to_str()?.strip_prefix(&prefix).map(String::from));
+            names.extend(ours);
+        }
         names.sort();
         names.dedup();
         vmm::remove_orphans(names, known, "Firecracker VM", |id| async move { self.destroy(&id, None).await }).await

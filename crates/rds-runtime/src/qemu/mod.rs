@@ -497,7 +497,7 @@ impl QemuRuntime {
         let qemu = procs.qemu();
         let pid = qemu.pid;
         let ask = async {
-            if !request_agent_shutdown(&p.vsock).await {
+            if !vm_common::request_agent_shutdown(&p.vsock, SHUTDOWN_CALL).await {
                 // The image's guest has no ACPI button driver: unless it is already shutting down,
                 // this ends in the forced stop.
                 tracing::warn!(pid, "the guest agent did not accept the shutdown call; pressing the ACPI power button");
@@ -566,33 +566,8 @@ fn graceful_stop(accel: Accel) -> Duration {
     }
 }
 
-/// `POST /shutdown` to the agent; true when it accepted.
-async fn request_agent_shutdown(vsock: &Path) -> bool {
-    // One connection attempt: a guest that does not answer at once gets the ACPI button instead.
-    let agent = rds_agent_client::AgentClient::hybrid_vsock(vsock).connect_retry(Duration::ZERO).max_idle(0);
-    agent.shutdown(SHUTDOWN_CALL).await.is_ok()
-}
-
 fn check_spec(spec: &VmSpec) -> Result<(), RuntimeError> {
-    vm_common::check_spec_basics(spec, 64, MIN_MEM_MB)?;
-    if let Some(net) = &spec.network {
-        let tap = net.tap.as_deref().ok_or_else(|| {
-            RuntimeError::InvalidSpec("a networked qemu VM needs the TAP device the manager made for it".into())
-        })?;
-        let name_ok =
-            (1..16).contains(&tap.len()) && tap.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !name_ok {
-            return Err(RuntimeError::InvalidSpec(format!("{tap:?} is not a network interface name")));
-        }
-    }
-    for (what, file) in [("rootfs", &spec.rootfs), ("kernel", &spec.kernel), ("initrd", &spec.initrd)] {
-        if let Some(path) = file {
-            if !path.is_absolute() || !path.is_file() {
-                return Err(RuntimeError::InvalidSpec(format!("{what} {} is not a file", path.display())));
-            }
-        }
-    }
-    Ok(())
+    vm_common::check_microvm_spec(spec, 64, MIN_MEM_MB, "qemu")
 }
 
 #[async_trait::async_trait]
