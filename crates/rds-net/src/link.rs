@@ -83,6 +83,64 @@ pub async fn create_tap(host: &str, vm_id: &str, slot: &Slot) -> Result<(), Link
     Ok(())
 }
 
+/// The TAP a VMM running in a network namespace of its own attaches (inside that namespace).
+pub const NETNS_TAP: &str = "tap0";
+
+/// Creates the network namespace `netns` holding the TAP [`NETNS_TAP`], bridged to a veth whose
+/// host end `host` carries the host address. A VMM that joins `netns` reaches nothing but this
+/// link; from the host the link is a veth like a sandbox's (same name, address and rules).
+pub async fn create_netns_tap(host: &str, vm_id: &str, slot: &Slot, netns: &str) -> Result<(), LinkError> {
+    delete(host).await?;
+    delete_netns(netns).await?;
+    cmd::ip(&["netns", "add", netns]).await?;
+    let made = async {
+        cmd::ip(&["link", "add", host, "type", "veth", "peer", "name", "veth0", "netns", netns]).await?;
+        let inside: [&[&str]; 6] = [
+            &["link", "set", "lo", "up"],
+            &["tuntap", "add", "dev", NETNS_TAP, "mode", "tap"],
+            &["link", "add", "br0", "type", "bridge"],
+            &["link", "set", "veth0", "master", "br0", "up"],
+            &["link", "set", NETNS_TAP, "master", "br0", "up"],
+            &["link", "set", "br0", "up"],
+        ];
+        for args in inside {
+            cmd::ip(&[&["-n", netns][..], args].concat()).await?;
+        }
+        configure_host_end(host, vm_id, slot).await
+    };
+    if let Err(err) = made.await {
+        let _ = delete(host).await;
+        let _ = delete_netns(netns).await;
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// Deletes the named network namespace (and every interface in it); absent is fine.
+pub async fn delete_netns(name: &str) -> Result<(), LinkError> {
+    if !std::path::Path::new(NETNS_DIR).join(name).exists() {
+        return Ok(());
+    }
+    cmd::ip(&["netns", "del", name]).await?;
+    Ok(())
+}
+
+/// Where `ip netns` keeps named network namespaces.
+pub const NETNS_DIR: &str = "/var/run/netns";
+
+/// Names of this installation's network namespaces (named like its interfaces).
+pub fn list_netns(id: &InstallationId) -> Vec<(String, u32)> {
+    let Ok(entries) = std::fs::read_dir(NETNS_DIR) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let index = id.index_from_iface(&name)?;
+            Some((name, index))
+        })
+        .collect()
+}
+
 async fn configure_host_end(host: &str, vm_id: &str, slot: &Slot) -> Result<(), LinkError> {
     let addr = format!("{}/{}", slot.host_ip, slot.prefix);
     let alias = format!("{ALIAS_PREFIX}{vm_id}");

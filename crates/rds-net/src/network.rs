@@ -212,6 +212,16 @@ impl Network {
         Ok(name)
     }
 
+    /// Creates the network namespace `rds<id><idx>` holding a TAP bridged to the host veth
+    /// `rds<id><idx>` (host_ip/30) and returns the TAP's name inside it and the namespace's name,
+    /// for a VMM that runs in that namespace. Until `apply_policy` runs, every packet is dropped.
+    pub async fn attach_netns_tap(&self, vm_id: &str, slot: &Slot) -> Result<(String, String), NetError> {
+        self.check(vm_id, slot)?;
+        let name = self.iface_name(slot);
+        link::create_netns_tap(&name, vm_id, slot, &name).await?;
+        Ok((link::NETNS_TAP.to_string(), name))
+    }
+
     /// Enforces `policy` for the VM in one atomic nft batch and points its resolver at it.
     /// Calling it again replaces the policy live (existing connections are re-checked).
     pub async fn apply_policy(&self, vm_id: &str, slot: &Slot, policy: &EgressPolicy) -> Result<(), NetError> {
@@ -287,6 +297,15 @@ impl Network {
                 report.links_removed.push(found.name);
             }
         }
+        // A VMM's namespace goes with its host link: one left without it belongs to no VM.
+        let links: HashSet<String> = link::list(&self.id).await?.into_iter().map(|l| l.name).collect();
+        for (name, index) in link::list_netns(&self.id) {
+            if !links.contains(&name) {
+                self.vms.lock().await.remove(&index);
+                link::delete_netns(&name).await?;
+                report.links_removed.push(name);
+            }
+        }
         Ok(report)
     }
 
@@ -296,6 +315,7 @@ impl Network {
         let guest_ip = self.pool.slot(index).map_or(Ipv4Addr::UNSPECIFIED, |slot| slot.guest_ip);
         nft::apply(nft::remove_vm_batch(&self.id, index, guest_ip)).await?;
         link::delete(&self.id.iface_name(index)).await?;
+        link::delete_netns(&self.id.iface_name(index)).await?;
         Ok(())
     }
 

@@ -222,8 +222,11 @@ pub struct VmNetwork {
     /// The guest interface's MAC address.
     pub mac: [u8; 6],
     /// The TAP device the manager created for the VM, for runtimes whose link is a
-    /// [`LinkKind::Tap`]; `None` for [`LinkKind::Veth`].
+    /// [`LinkKind::Tap`] or [`LinkKind::NetnsTap`]; `None` for [`LinkKind::Veth`].
     pub tap: Option<String>,
+    /// For [`LinkKind::NetnsTap`]: the network namespace (`/var/run/netns/<name>`) holding the
+    /// TAP, which the VMM must join.
+    pub netns: Option<String>,
 }
 
 /// How a runtime's VMs are linked to the host network (the manager creates the link).
@@ -234,6 +237,10 @@ pub enum LinkKind {
     /// A TAP device made before `start` and named in [`VmNetwork::tap`]; the VMM attaches it and
     /// the guest configures itself from [`VmNetwork::guest`] (microVMs).
     Tap,
+    /// The same TAP, made before `start` inside a network namespace of its own
+    /// ([`VmNetwork::netns`]) that the VMM joins, bridged to a host veth: the VMM process reaches
+    /// no other network (jailed firecracker).
+    NetnsTap,
 }
 
 impl VmNetwork {

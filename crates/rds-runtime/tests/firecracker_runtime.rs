@@ -239,6 +239,47 @@ async fn a_jailed_vm_is_configured_confined_readopted_and_stopped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_networked_jailed_vm_opens_its_tap_inside_a_namespace_that_reaches_only_the_host_link() {
+    let found = require_env!();
+    let env = Env::new(found, Duration::from_secs(8));
+    let rt = env.runtime();
+    assert_eq!(rt.link_kind(), rds_runtime::LinkKind::NetnsTap);
+    // What the manager makes for a networked VM (rds-net): a namespace with a TAP bridged to a
+    // host veth carrying the host address.
+    let name = format!("rdsfct{}", std::process::id() % 100_000);
+    let third = (std::process::id() % 200) as u8;
+    let slot = rds_net::Slot {
+        index: 0,
+        host_ip: std::net::Ipv4Addr::new(10, 251, third, 1),
+        guest_ip: std::net::Ipv4Addr::new(10, 251, third, 2),
+        prefix: 30,
+    };
+    let id = new_id();
+    rds_net::link::create_netns_tap(&name, &id, &slot, &name).await.expect("namespace, bridge, TAP, veth");
+    let network = rds_runtime::VmNetwork {
+        guest_ip: slot.guest_ip,
+        host_ip: slot.host_ip,
+        prefix: 30,
+        mac: rds_net::mac_for(&id),
+        tap: Some(rds_net::link::NETNS_TAP.into()),
+        netns: Some(name.clone()),
+    };
+    let vm = rds_runtime::VmSpec { network: Some(network), ..spec(&id, 256) };
+    // Firecracker opens the TAP when its network interface is configured: inside the namespace.
+    let launched = rt.launch(&vm, false).await;
+    let joined = launched.as_ref().ok().map(|h| std::fs::metadata(format!("/proc/{}/ns/net", h.pid)).unwrap().ino());
+    let expected = std::fs::metadata(format!("/var/run/netns/{name}")).unwrap().ino();
+    if let Ok(handle) = &launched {
+        rt.destroy(&id, Some(handle)).await.expect("destroy");
+    }
+    rds_net::link::delete(&name).await.unwrap();
+    rds_net::link::delete_netns(&name).await.unwrap();
+    let handle = launched.expect("the TAP in the VM's namespace is accepted");
+    assert_eq!(joined, Some(expected), "Firecracker runs in the namespace holding its TAP");
+    assert_no_trace(&env, &id, Some((handle.pid, handle.start_time)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn firecrackers_fault_message_reaches_the_caller_and_nothing_is_left() {
     let found = require_env!();
     let env = Env::new(found, Duration::from_secs(8));

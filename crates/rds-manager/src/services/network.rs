@@ -123,11 +123,24 @@ pub async fn before_start(state: &AppState, vm: &VmRecord) -> Result<Option<VmNe
         prefix: slot.prefix,
         mac: mac_for(&vm.id),
         tap: None,
+        netns: None,
     };
-    if state.runtime.link_kind() == LinkKind::Tap {
-        let tap = network.attach_tap(&vm.id, &slot).await.context("cannot create the VM's TAP device")?;
-        enforce(state, network, vm, &slot).await?;
-        link.tap = Some(tap);
+    match state.runtime.link_kind() {
+        LinkKind::Veth => {}
+        LinkKind::Tap => {
+            let tap = network.attach_tap(&vm.id, &slot).await.context("cannot create the VM's TAP device")?;
+            enforce(state, network, vm, &slot).await?;
+            link.tap = Some(tap);
+        }
+        LinkKind::NetnsTap => {
+            let (tap, netns) = network
+                .attach_netns_tap(&vm.id, &slot)
+                .await
+                .context("cannot create the VM's network namespace and TAP device")?;
+            enforce(state, network, vm, &slot).await?;
+            link.tap = Some(tap);
+            link.netns = Some(netns);
+        }
     }
     Ok(Some(link))
 }

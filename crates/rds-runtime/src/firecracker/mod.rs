@@ -175,7 +175,8 @@ pub struct VmProcess {
     pub number: VmNumber,
     /// Whether it runs under the jailer.
     pub jailed: bool,
-    /// The network namespace the runtime made for it, if any.
+    /// The network namespace the runtime made for it (a VM without network), if any; removed
+    /// with the VM. A networked VM's namespace is the manager's.
     pub netns: Option<String>,
 }
 
@@ -677,20 +678,23 @@ impl FirecrackerRuntime {
             pids_max: VMM_PIDS,
         };
         self.cgroups.create_flat(&spec.id, limits)?;
-        // A VM with network attaches the manager's TAP, which lives in the host's namespace.
-        let netns = if jailed && spec.network.is_none() {
-            let name = self.netns_name(&spec.id);
-            create_netns(&name).await?;
-            made.netns = Some(name.clone());
-            Some(name)
-        } else {
-            None
+        // A jailed VMM joins a network namespace: the one holding the TAP the manager made for a
+        // networked VM, else an empty one of its own. Unjailed, it stays in the host's.
+        let netns = match spec.network.as_ref().and_then(|n| n.netns.clone()) {
+            Some(theirs) if jailed => Some(theirs),
+            _ if jailed && spec.network.is_none() => {
+                let name = self.netns_name(&spec.id);
+                create_netns(&name).await?;
+                made.netns = Some(name.clone());
+                Some(name)
+            }
+            _ => None,
         };
         let index = self.spawn_vmm(spec, p, number, netns.as_deref(), starting)?;
         let process = HostProcess::of_child(starting.child(index))
             .ok_or_else(|| RuntimeError::Boot("Firecracker exited immediately".into()))?;
         let record =
-            VmProcess { pid: process.pid, start_time: process.start_time, number, jailed, netns: netns.clone() };
+            VmProcess { pid: process.pid, start_time: process.start_time, number, jailed, netns: made.netns.clone() };
         vmm::write_record(&p.processes, &record)?;
         let client = Client::new(&p.api).with_timeout(API_CALL);
         tokio::select! {
@@ -1062,7 +1066,14 @@ async fn wait_for_agent(ready: &tokio::net::UnixListener, vsock: &Path) -> Resul
 }
 
 fn check_spec(spec: &VmSpec) -> Result<(), RuntimeError> {
-    vm_common::check_microvm_spec(spec, MAX_VCPUS, MIN_MEM_MB, "firecracker")
+    vm_common::check_microvm_spec(spec, MAX_VCPUS, MIN_MEM_MB, "firecracker")?;
+    if let Some(netns) = spec.network.as_ref().and_then(|n| n.netns.as_deref()) {
+        let name_ok = (1..=64).contains(&netns.len()) && netns.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !name_ok || !Path::new("/var/run/netns").join(netns).exists() {
+            return Err(RuntimeError::InvalidSpec(format!("{netns:?} is not a network namespace in /var/run/netns")));
+        }
+    }
+    Ok(())
 }
 
 #[async_trait::async_trait]
@@ -1076,7 +1087,13 @@ impl Runtime for FirecrackerRuntime {
     }
 
     fn link_kind(&self) -> crate::LinkKind {
-        crate::LinkKind::Tap
+        // Jailed, the VMM runs in a namespace of its own, where the TAP must be; unjailed it opens
+        // a TAP in the host's.
+        if self.cfg.jailer_bin.is_some() {
+            crate::LinkKind::NetnsTap
+        } else {
+            crate::LinkKind::Tap
+        }
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -1268,6 +1285,7 @@ mod tests {
             prefix: 30,
             mac: [2, 0xab, 0, 0, 0, 1],
             tap: Some("rdsv1".into()),
+            netns: None,
         });
         assert!(FirecrackerRuntime::boot_args(&spec).contains(" rds.net=10.213.0.6/30,10.213.0.5"));
         check_spec(&VmSpec { cpu: 1, mem_mb: 256, ..spec.clone() }).unwrap();

@@ -727,6 +727,7 @@ mod tests {
             prefix: 30,
             mac: [0x02, 0xab, 0, 0, 0, 0x01],
             tap: Some("rdsv1".into()),
+            netns: None,
         };
         let networked = VmSpec { network: Some(net.clone()), ..spec() };
         check_spec(&networked).unwrap();
