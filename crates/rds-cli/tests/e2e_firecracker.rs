@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use common::Server;
 use serde_json::json;
@@ -118,7 +118,11 @@ fn start_up_checks_name_what_is_missing_and_auto_says_why() {
 /// Asserts that the manager left no VM on the host: no VM directory, jail, process running from
 /// its storage root, VM cgroup, network namespace or VM number.
 fn assert_nothing_left(s: &Server) {
-    let root = s.root.path();
+    assert_nothing_left_under(s.root.path(), &s.cgroup_group());
+}
+
+/// [`assert_nothing_left`] for the manager with storage root `root` and cgroup group `group`.
+fn assert_nothing_left_under(root: &Path, group: &str) {
     for dir in ["vms", "jail/firecracker"] {
         let left: Vec<_> =
             std::fs::read_dir(root.join(dir)).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
@@ -129,8 +133,7 @@ fn assert_nothing_left(s: &Server) {
             assert!(!exe.starts_with(root), "process {:?} runs {}", entry.file_name(), exe.display());
         }
     }
-    let group = s.cgroup_group();
-    let layout = rds_runtime::cgroup::CgroupLayout::detect(&group).unwrap();
+    let layout = rds_runtime::cgroup::CgroupLayout::detect(group).unwrap();
     for parent in layout.parents() {
         let children: Vec<_> = std::fs::read_dir(&parent)
             .unwrap()
@@ -203,4 +206,82 @@ fn a_fault_firecracker_reports_reaches_the_caller() {
     assert!(message.contains("Firecracker refused InstanceStart"), "{message}");
     assert!(message.to_lowercase().contains("kernel"), "Firecracker's fault_message: {message}");
     assert_nothing_left(&s);
+}
+
+/// The real manager (in this process, over the real firecracker runtime, which needs no KVM to be
+/// built this way) answers a create that Firecracker refuses with Firecracker's `fault_message`,
+/// and leaves nothing. Runs on any host: without `/dev/kvm` the fault is KVM's absence, with it the
+/// bad kernel's.
+#[test]
+fn through_the_manager_a_fault_firecracker_reports_reaches_the_caller_and_nothing_is_left() {
+    let env = match firecracker_env() {
+        Ok(env) => env,
+        Err(reason) => {
+            rds_testkit::skip(reason);
+            return;
+        }
+    };
+    let get = |k: &str| env.iter().find(|(key, _)| *key == k).map(|(_, v)| PathBuf::from(v));
+    let image = get("RDS_IMAGE_DIR").unwrap();
+    let root = tempfile::Builder::new().prefix("rds-fc-").tempdir().unwrap();
+    let group = format!("rds-fctest-{}", std::process::id());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let vars: Vec<(String, String)> = vec![
+        ("API_KEY".into(), common::KEY.into()),
+        ("PORT".into(), port.to_string()),
+        ("STORAGE_ROOT".into(), root.path().to_string_lossy().into()),
+        ("RDS_NETWORK".into(), "off".into()),
+        ("RDS_CGROUP_GROUP".into(), group.clone()),
+        ("RDS_IMAGE_DIR".into(), image.to_string_lossy().into()),
+    ];
+    let config = rds_manager::Config::from_lookup(|k| vars.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone()))
+        .expect("configuration");
+    let runtime = rds_runtime::firecracker::FirecrackerRuntime::new(rds_runtime::firecracker::FirecrackerConfig {
+        storage_root: root.path().to_path_buf(),
+        firecracker_bin: get("FIRECRACKER_BIN").unwrap(),
+        jailer_bin: get("JAILER_BIN"),
+        kernel: image.join("vmlinux"),
+        initrd: image.join("initrd.img"),
+        base_rootfs: image.join("rootfs.ext4"),
+        seccomp: rds_runtime::firecracker::Seccomp::Off,
+        clone_mode: rds_runtime::firecracker::CloneMode::Auto,
+        boot_timeout: std::time::Duration::from_secs(10),
+        cgroup_group: group.clone(),
+        claims_dir: PathBuf::from(rds_runtime::firecracker::ids::CLAIMS_DIR),
+    })
+    .expect("the firecracker runtime");
+    let tokio_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let prepared = tokio_rt
+        .block_on(rds_manager::server::prepare_with_runtime(config, std::sync::Arc::new(runtime), false))
+        .expect("the manager starts");
+    tokio_rt.spawn(rds_manager::server::serve(prepared));
+    let url = format!("http://127.0.0.1:{port}");
+    let call = |method: &str, path: &str| ureq::request(method, &format!("{url}{path}")).set("X-API-Key", common::KEY);
+
+    let (st, img) = common::into_status_json(call("POST", "/v1/images").send_json(json!({"name": "bad-kernel"})));
+    assert_eq!(st, 201, "{img}");
+    let id = img["id"].as_str().unwrap().to_string();
+    let mut kernel = b"\x7fELF\x02\x01\x01".to_vec();
+    kernel.resize(4096, 0);
+    for (part, data) in [
+        ("kernel", kernel),
+        ("initrd", std::fs::read(image.join("initrd.img")).unwrap()),
+        ("rootfs", std::fs::read(image.join("rootfs.ext4")).unwrap()),
+    ] {
+        let put = call("PUT", &format!("/v1/images/{id}/{part}")).set("Content-Type", "application/octet-stream");
+        let (st, body) = common::into_status_json(put.send_bytes(&data));
+        assert_eq!(st, 204, "{part}: {body}");
+    }
+    let (st, body) =
+        common::into_status_json(call("POST", "/v1/vms").send_json(json!({"cpu": 1, "memMb": 256, "imageId": id})));
+    assert_eq!(st, 502, "{body}");
+    assert_eq!(body["error"]["code"], "vm_failed", "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("Firecracker refused InstanceStart: "), "Firecracker's fault_message: {message}");
+    assert!(message.contains("--- firecracker.log (tail) ---"), "{message}");
+    let (_, vms) = common::into_status_json(call("GET", "/v1/vms").call());
+    assert!(vms.as_array().unwrap().iter().all(|v| v["state"] != "RUNNING"), "{vms}");
+    assert_nothing_left_under(root.path(), &group);
+    drop(tokio_rt);
+    rds_runtime::cgroup::CgroupLayout::remove_empty_group(&group);
 }

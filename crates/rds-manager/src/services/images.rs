@@ -8,6 +8,7 @@
 //! (`MAX_IMAGE_BYTES`, 413) and the first bytes are checked against the part's format (400).
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use axum::body::Body;
@@ -163,9 +164,12 @@ struct Staged {
 }
 
 fn new_temp(dir: &Path) -> Result<NamedTempFile, ApiError> {
+    // Readable by all: a jailed VMM (firecracker) opens the hard links of an image's files as its
+    // own uid. The image directory itself (0700) keeps everyone else out.
     tempfile::Builder::new()
         .prefix(".upload-")
         .suffix(".tmp")
+        .permissions(std::fs::Permissions::from_mode(0o644))
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))
 }

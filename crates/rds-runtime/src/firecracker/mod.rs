@@ -30,7 +30,7 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -454,7 +454,16 @@ impl FirecrackerRuntime {
             (spec.rootfs.as_ref().unwrap_or(&self.cfg.base_rootfs), IN_ROOTFS),
         ];
         for (from, name) in image {
-            clone_into(from, &p.jail.join(name), self.cfg.clone_mode)?;
+            let to = p.jail.join(name);
+            let readable = std::fs::metadata(from).map(|m| m.permissions().mode() & 0o004 != 0).unwrap_or(false);
+            if !jailed || readable {
+                clone_into(from, &to, self.cfg.clone_mode)?;
+            } else {
+                // A link would share the file's mode, which the VM's uid cannot read: a clone it owns.
+                clone_file(from, &to, self.cfg.clone_mode)?;
+                std::os::unix::fs::chown(&to, Some(number.uid()), Some(number.uid()))
+                    .map_err(|e| RuntimeError::io(format!("cannot chown {}", to.display()), e))?;
+            }
         }
         for log in [&p.vmm_log, &p.metrics] {
             OpenOptions::new()
