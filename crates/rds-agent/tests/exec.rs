@@ -195,9 +195,12 @@ async fn stdin_is_written_then_closed() {
 #[tokio::test]
 async fn commands_inherit_no_descriptors_beyond_stdio() {
     let Some(agent) = Agent::start().await else { return };
-    // Looked at in a background child started before the pipeline: the shell itself holds the
-    // pipeline's pipes for a moment, which `ls` could catch under load.
-    let result = agent.exec(json!({"cmd": "sleep 30 & ls /proc/$!/fd | sort -n | tr '\\n' ' '; kill $!"})).await;
+    // Looked at in a background child started before the pipeline (the shell itself holds the
+    // pipeline's pipes for a moment, which `ls` could catch under load), once it is `sleep`: until
+    // its exec it is a copy of the shell, with the shell's descriptors.
+    let cmd = "sleep 30 & p=$!; for i in $(seq 500); do grep -qx sleep /proc/$p/comm && break; sleep 0.01; done; \
+               ls /proc/$p/fd | sort -n | tr '\\n' ' '; kill $p";
+    let result = agent.exec(json!({ "cmd": cmd })).await;
     assert_eq!(result["stdout"], "0 1 2 ", "{result}");
 }
 
