@@ -737,12 +737,27 @@ impl FirecrackerRuntime {
             }
             Ok::<_, RuntimeError>(record)
         };
-        match launched.await {
+        let outcome = launched.await;
+        self.settle(&spec.id, &p, &mut starting, made, dir_existed, outcome).await
+    }
+
+    /// Ends a start: on success the VMM is handed over (it outlives this call and the manager); on
+    /// failure everything the start made is removed ([`Self::abandon`]).
+    async fn settle(
+        &self,
+        id: &str,
+        p: &VmPaths,
+        starting: &mut Spawned,
+        made: Made,
+        dir_existed: bool,
+        outcome: Result<VmProcess, RuntimeError>,
+    ) -> Result<VmHandle, RuntimeError> {
+        match outcome {
             Ok(record) => {
                 starting.release();
                 Ok(handle_of(&record))
             }
-            Err(e) => Err(self.abandon(&spec.id, &p, &mut starting, made, dir_existed, e).await),
+            Err(e) => Err(self.abandon(id, p, starting, made, dir_existed, e).await),
         }
     }
 
@@ -914,13 +929,8 @@ impl FirecrackerRuntime {
                 .map_err(|e| vmm_refused("the snapshot", e))?;
             Ok::<_, RuntimeError>(record)
         };
-        match restored.await {
-            Ok(record) => {
-                starting.release();
-                Ok(handle_of(&record))
-            }
-            Err(e) => Err(self.abandon(&spec.id, &p, &mut starting, made, false, e).await),
-        }
+        let outcome = restored.await;
+        self.settle(&spec.id, &p, &mut starting, made, false, outcome).await
     }
 }
 
@@ -1148,13 +1158,8 @@ impl Runtime for FirecrackerRuntime {
             let _ = std::fs::remove_file(&p.ready);
             outcome.map(|()| record)
         };
-        match started.await {
-            Ok(record) => {
-                starting.release();
-                Ok(handle_of(&record))
-            }
-            Err(e) => Err(self.abandon(&spec.id, &p, &mut starting, made, dir_existed, e).await),
-        }
+        let outcome = started.await;
+        self.settle(&spec.id, &p, &mut starting, made, dir_existed, outcome).await
     }
 
     async fn stop(&self, id: &str, handle: &VmHandle) -> Result<(), RuntimeError> {
