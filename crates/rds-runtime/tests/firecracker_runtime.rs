@@ -395,6 +395,27 @@ async fn a_running_guest_that_does_not_power_off_gets_ctrl_alt_del_then_a_kill()
     assert_no_trace(&env, &id, Some((handle.pid, handle.start_time)));
 }
 
+#[test]
+fn the_boot_probe_tells_whether_kvm_runs_the_guest_and_caches_its_verdict() {
+    let ((fc, _), image) = require_env!();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("probe");
+    let off = ["--no-seccomp".to_string()];
+    let probe = || rds_runtime::firecracker::probe::kvm_boots_kernel(&fc, &off, &image.join("vmlinux"), &cache);
+    let first = probe();
+    eprintln!("boot probe: {first:?}");
+    // Only a KVM of kvm_intel/kvm_amd runs an ordinary guest kernel.
+    assert_eq!(first.is_ok(), rds_runtime::qemu::kvm_boots_guests(), "{first:?}");
+    match rds_runtime::firecracker::kvm_api_ok() {
+        // Without a usable /dev/kvm nothing boots and nothing is cached: the probe says why.
+        Err(why) => assert_eq!(first, Err(why)),
+        Ok(()) => {
+            assert!(cache.is_file(), "the verdict is cached");
+            assert_eq!(probe(), first, "and read back");
+        }
+    }
+}
+
 /// The agent end to end on firecracker: boots the image and runs a command in the guest. Needs a
 /// KVM that boots ordinary guests (kvm_intel/kvm_amd), which this kind of machine lacks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,6 +25,7 @@
 //! running; the [`VmHandle`] re-adopts it.
 
 pub mod ids;
+pub mod probe;
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -238,13 +239,24 @@ pub struct FirecrackerRuntime {
 /// `RDS_RUNTIME=auto` takes firecracker only where KVM boots ordinary guests, with an image and
 /// the binaries present.
 fn auto_choice(settings: &RuntimeSettings) -> Result<(), String> {
-    if settings.image.is_none() {
-        return Err("no guest image is configured".into());
-    }
+    let Some(image) = &settings.image else { return Err("no guest image is configured".into()) };
     if !crate::qemu::kvm_boots_guests() {
         return Err("no KVM that boots ordinary guests here (kvm_intel/kvm_amd not loaded)".into());
     }
-    find_firecracker(&settings.firecracker).map(drop)
+    let firecracker = find_firecracker(&settings.firecracker)?;
+    let seccomp: Vec<String> =
+        seccomp_args(&settings.firecracker.seccomp).iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    let cache = settings.storage_root.join("firecracker-boot-probe");
+    probe::kvm_boots_kernel(&firecracker, &seccomp, &image.kernel, &cache)
+}
+
+/// Firecracker's seccomp arguments for `seccomp`.
+fn seccomp_args(seccomp: &Seccomp) -> Vec<OsString> {
+    match seccomp {
+        Seccomp::Default => Vec::new(),
+        Seccomp::Off => vec!["--no-seccomp".into()],
+        Seccomp::Filter(path) => vec!["--seccomp-filter".into(), path.into()],
+    }
 }
 
 fn build(settings: &RuntimeSettings) -> Result<Arc<dyn Runtime>, Unavailable> {
@@ -493,14 +505,7 @@ impl FirecrackerRuntime {
     /// Firecracker's own arguments.
     fn firecracker_args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec!["--api-sock".into(), IN_API.into()];
-        match &self.cfg.seccomp {
-            Seccomp::Default => {}
-            Seccomp::Off => args.push("--no-seccomp".into()),
-            Seccomp::Filter(path) => {
-                args.push("--seccomp-filter".into());
-                args.push(path.into());
-            }
-        }
+        args.extend(seccomp_args(&self.cfg.seccomp));
         args
     }
 
