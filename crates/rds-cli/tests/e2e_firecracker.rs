@@ -225,6 +225,15 @@ fn through_the_manager_a_fault_firecracker_reports_reaches_the_caller_and_nothin
     let image = get("RDS_IMAGE_DIR").unwrap();
     let root = tempfile::Builder::new().prefix("rds-fc-").tempdir().unwrap();
     let group = format!("rds-fctest-{}", std::process::id());
+    // Removes the manager's (empty) cgroup group however the test ends; declared first, so it is
+    // dropped after the manager's runtime.
+    struct GroupGuard(String);
+    impl Drop for GroupGuard {
+        fn drop(&mut self) {
+            rds_runtime::cgroup::CgroupLayout::remove_empty_group(&self.0);
+        }
+    }
+    let _group_guard = GroupGuard(group.clone());
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let vars: Vec<(String, String)> = vec![
         ("API_KEY".into(), common::KEY.into()),
@@ -283,5 +292,4 @@ fn through_the_manager_a_fault_firecracker_reports_reaches_the_caller_and_nothin
     assert!(vms.as_array().unwrap().iter().all(|v| v["state"] != "RUNNING"), "{vms}");
     assert_nothing_left_under(root.path(), &group);
     drop(tokio_rt);
-    rds_runtime::cgroup::CgroupLayout::remove_empty_group(&group);
 }
