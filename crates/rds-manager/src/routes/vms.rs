@@ -12,7 +12,8 @@ use rds_proto::ErrorBody;
 
 /// Create a VM and boot it; returns when it is RUNNING and ready to exec.
 #[utoipa::path(post, path = "/v1/vms", tag = "vms", request_body = CreateVmRequest,
-    responses((status = 201, body = VmView), (status = 400, body = ErrorBody), (status = 429, body = ErrorBody)))]
+    responses((status = 201, body = VmView), (status = 400, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 502, description = "`vm_failed`: the VM did not boot or its VMM refused it; the message says why", body = ErrorBody)))]
 pub async fn create(
     State(s): State<AppState>,
     JsonBody(req): JsonBody<CreateVmRequest>,
@@ -45,7 +46,8 @@ pub async fn delete(State(s): State<AppState>, Path(id): Path<String>) -> Result
 
 /// Start a STOPPED or ERROR VM (its /workspace is kept).
 #[utoipa::path(post, path = "/v1/vms/{id}/start", tag = "vms",
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 502, description = "`vm_failed`: the VM did not boot or its VMM refused it; the message says why", body = ErrorBody)))]
 pub async fn start(State(s): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     vms::start(&s, &id).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -419,6 +419,16 @@ impl FirecrackerRuntime {
         Ok(())
     }
 
+    /// Checks `spec` (and that its sockets fit) and returns its paths and whether its directory
+    /// exists already (a restart: its disk and number stay whatever happens).
+    fn checked_paths(&self, spec: &VmSpec) -> Result<(VmPaths, bool), RuntimeError> {
+        check_spec(spec)?;
+        self.check_socket_paths(&spec.id)?;
+        let p = self.paths(&spec.id);
+        let dir_existed = p.dir.exists();
+        Ok((p, dir_existed))
+    }
+
     /// The network namespace a VM without network runs in (named after this manager's cgroup
     /// group, which names its installation).
     fn netns_name(&self, id: &str) -> String {
@@ -727,10 +737,7 @@ impl FirecrackerRuntime {
     /// what snapshot seeding and a pool of ready VMMs build on (`start` waits for the agent).
     /// On failure everything it made is removed.
     pub async fn launch(&self, spec: &VmSpec, instance_start: bool) -> Result<VmHandle, RuntimeError> {
-        check_spec(spec)?;
-        self.check_socket_paths(&spec.id)?;
-        let p = self.paths(&spec.id);
-        let dir_existed = p.dir.exists();
+        let (p, dir_existed) = self.checked_paths(spec)?;
         let mut starting = Spawned::default();
         let mut made = Made::default();
         let launched = async {
@@ -894,12 +901,11 @@ impl FirecrackerRuntime {
         snapshot: &SnapshotFiles,
         resume: bool,
     ) -> Result<VmHandle, RuntimeError> {
-        check_spec(spec)?;
+        let (p, dir_existed) = self.checked_paths(spec)?;
         if spec.network.is_some() {
             return Err(RuntimeError::Unsupported("restoring a snapshot into a VM with network"));
         }
-        let p = self.paths(&spec.id);
-        if p.dir.exists() {
+        if dir_existed {
             return Err(RuntimeError::InvalidSpec(format!("VM {} exists already", spec.id)));
         }
         vmm::create_vm_dir(&self.cfg.storage_root, &p.dir)?;
@@ -1129,10 +1135,7 @@ impl Runtime for FirecrackerRuntime {
     }
 
     async fn start(&self, spec: &VmSpec) -> Result<VmHandle, RuntimeError> {
-        check_spec(spec)?;
-        self.check_socket_paths(&spec.id)?;
-        let p = self.paths(&spec.id);
-        let dir_existed = p.dir.exists();
+        let (p, dir_existed) = self.checked_paths(spec)?;
         let mut starting = Spawned::default();
         let mut made = Made::default();
         let started = async {
