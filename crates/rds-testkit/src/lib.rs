@@ -89,6 +89,38 @@ pub fn untar_gz(archive: &[u8]) -> Vec<(String, Vec<u8>)> {
     files
 }
 
+/// The directory `compute` finds, remembered across test processes for as long as the files of
+/// `inputs` (path, size and modification time) and this test binary stay the same: nextest runs
+/// every test in its own process, and finding the guest image copies ~0.5 GiB each time.
+pub fn memoized_dir(
+    inputs: &[&std::path::Path],
+    compute: impl FnOnce() -> Result<std::path::PathBuf, String>,
+) -> Result<std::path::PathBuf, String> {
+    let mut identity = String::new();
+    let exe = std::env::current_exe().unwrap_or_default();
+    for path in inputs.iter().copied().chain([exe.as_path()]) {
+        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        identity.push_str(&format!("{}:{}:{:?};", path.display(), meta.len(), meta.modified().ok()));
+    }
+    // FNV-1a: stable across processes, unlike std's hasher.
+    let hash =
+        identity.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let memo = std::env::temp_dir().join(format!("rds-test-memo-{hash:016x}"));
+    if let Ok(text) = std::fs::read_to_string(&memo) {
+        let dir = std::path::PathBuf::from(text);
+        if dir.is_dir() {
+            return Ok(dir);
+        }
+    }
+    let dir = compute()?;
+    // Written beside and renamed: a concurrent reader never sees half a path.
+    let partial = memo.with_extension(format!("{}", std::process::id()));
+    if std::fs::write(&partial, dir.as_os_str().as_encoded_bytes()).is_ok() {
+        let _ = std::fs::rename(&partial, &memo);
+    }
+    Ok(dir)
+}
+
 /// A Firecracker program for tests: `$<var>` (`FIRECRACKER_BIN`, `JAILER_BIN`), else `name` in
 /// `shared/firecracker/bin` beside the checkout (where CI puts the real v1.16.1 binaries); `Err`
 /// says why it is not there.

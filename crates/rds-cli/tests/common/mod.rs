@@ -352,6 +352,10 @@ fn build_guest_image() -> Result<PathBuf, String> {
     if std::env::var("RDS_SKIP_IMAGE_BUILD").as_deref() == Ok("1") {
         return Err("RDS_SKIP_IMAGE_BUILD=1".into());
     }
+    rds_testkit::memoized_dir(&[&agent_bin()], build_into_cache)
+}
+
+fn build_into_cache() -> Result<PathBuf, String> {
     let cache = PathBuf::from(std::env::var("RDS_IMAGE_CACHE").unwrap_or_else(|_| "/var/cache/rds-image".into()));
     let out = tempfile::Builder::new().prefix("rds-e2e-image-").tempdir_in("/var/tmp").map_err(|e| e.to_string())?;
     let built = rds_image::build(

@@ -42,27 +42,31 @@ pub fn guest_image() -> Result<PathBuf, String> {
             return Err("RDS_SKIP_IMAGE_BUILD=1".into());
         }
         let agent = agent_bin()?;
-        let cache = PathBuf::from(std::env::var("RDS_IMAGE_CACHE").unwrap_or_else(|_| "/var/cache/rds-image".into()));
-        let out =
-            tempfile::Builder::new().prefix("rds-test-image-").tempdir_in("/var/tmp").map_err(|e| e.to_string())?;
-        let opts = rds_image::BuildOptions {
-            out_dir: out.path().to_path_buf(),
-            kernel: rds_image::KernelChoice::Debian,
-            agent_bin: agent,
-            cache_dir: cache.clone(),
-            debian_suite: "bookworm".into(),
-            mirror: None,
-        };
-        let built = rds_image::build(&opts, &mut |line| eprintln!("image: {line}"))
-            .unwrap_or_else(|e| panic!("image build failed: {e}"));
-        // The cache keeps the same files under `image-<key>`: use those, drop the copy.
-        let cached = cache.join(format!("image-{}", built.manifest.cache_key));
-        if !cached.join("rootfs.ext4").is_file() {
-            panic!("the image cache has no {}", cached.display());
-        }
-        Ok(cached)
+        rds_testkit::memoized_dir(&[&agent], || build_into_cache(agent.clone()))
     })
     .clone()
+}
+
+/// Builds (or finds) the image for `agent` in the image cache and returns its cache directory.
+fn build_into_cache(agent: PathBuf) -> Result<PathBuf, String> {
+    let cache = PathBuf::from(std::env::var("RDS_IMAGE_CACHE").unwrap_or_else(|_| "/var/cache/rds-image".into()));
+    let out = tempfile::Builder::new().prefix("rds-test-image-").tempdir_in("/var/tmp").map_err(|e| e.to_string())?;
+    let opts = rds_image::BuildOptions {
+        out_dir: out.path().to_path_buf(),
+        kernel: rds_image::KernelChoice::Debian,
+        agent_bin: agent,
+        cache_dir: cache.clone(),
+        debian_suite: "bookworm".into(),
+        mirror: None,
+    };
+    let built = rds_image::build(&opts, &mut |line| eprintln!("image: {line}"))
+        .unwrap_or_else(|e| panic!("image build failed: {e}"));
+    // The cache keeps the same files under `image-<key>`: use those, drop the copy.
+    let cached = cache.join(format!("image-{}", built.manifest.cache_key));
+    if !cached.join("rootfs.ext4").is_file() {
+        panic!("the image cache has no {}", cached.display());
+    }
+    Ok(cached)
 }
 
 /// A one-vCPU VM without network.
