@@ -25,7 +25,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use rds_proto::agent_api::{query, AgentRoute, TransferSummary, TreeOwner, GZIP, NDJSON};
+use rds_proto::agent_api::{query, AgentRoute, Identity, TransferSummary, TreeOwner, GZIP, NDJSON};
 use rds_proto::{AgentHealth, ExecRequest, ExecResult, Language, RunRequest, RunResult, AGENT_VSOCK_PORT};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -214,6 +214,17 @@ impl AgentClient {
     /// `POST /shutdown`: asks the guest to sync and power off; `Ok` once the agent accepted.
     pub async fn shutdown(&self, limit: Duration) -> Result<(), AgentError> {
         self.call_bytes(request(AgentRoute::Shutdown, &[], None, None, empty())?, limit).await.map(drop)
+    }
+
+    /// `POST /internal/sync`: flushes the guest's file systems; `Ok` once they are on disk.
+    pub async fn sync(&self, limit: Duration) -> Result<(), AgentError> {
+        self.call_bytes(request(AgentRoute::Sync, &[], None, None, empty())?, limit).await.map(drop)
+    }
+
+    /// `POST /internal/identity`: gives a guest resumed from a memory snapshot its own hostname,
+    /// link, entropy and clock.
+    pub async fn set_identity(&self, identity: &Identity, limit: Duration) -> Result<(), AgentError> {
+        self.call_bytes(json_request(AgentRoute::Identity, identity, None)?, limit).await.map(drop)
     }
 
     /// Sends `req` and decodes a JSON success body.

@@ -221,7 +221,7 @@ fn hostname_from_cmdline(cmdline: &str) -> Option<&str> {
 }
 
 /// Replaces `/etc/resolv.conf` (a file or a symlink in the image) with `text`, root-owned 0644.
-fn write_resolv_conf(text: &str) -> io::Result<()> {
+pub(crate) fn write_resolv_conf(text: &str) -> io::Result<()> {
     let path = Path::new("/etc/resolv.conf");
     let staged = Path::new("/etc/.resolv.conf.rds");
     std::fs::write(staged, text)?;

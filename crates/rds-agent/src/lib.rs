@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod exec;
 pub mod files;
+pub mod identity;
 pub mod init;
 pub mod initramfs;
 pub mod loop_device;

@@ -40,6 +40,41 @@ pub fn configure(iface: &str, net: &GuestNet) -> io::Result<()> {
     }
 }
 
+/// Gives `iface` a new MAC address and link (a guest resumed from a snapshot taken with another
+/// VM's): the old default route goes, the interface is readdressed and routed as [`configure`] does.
+pub fn reconfigure(iface: &str, net: &GuestNet, mac: Option<[u8; 6]>) -> io::Result<()> {
+    let socket = control_socket()?;
+    // SAFETY: rtentry is plain old data for which all-zero is a valid value.
+    let mut route: libc::rtentry = unsafe { std::mem::zeroed() };
+    route.rt_dst = sockaddr(Ipv4Addr::UNSPECIFIED);
+    route.rt_genmask = sockaddr(Ipv4Addr::UNSPECIFIED);
+    // SAFETY: SIOCDELRT reads `route`, a valid rtentry. No default route (ESRCH) is fine.
+    match check(unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCDELRT, &route) }) {
+        Err(e) if e.raw_os_error() != Some(libc::ESRCH) => return Err(e),
+        _ => {}
+    }
+    if let Some(mac) = mac {
+        let mut request = ifreq(iface)?;
+        // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write `request`, a valid ifreq naming `iface`.
+        unsafe {
+            check(libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request))?;
+            request.ifr_ifru.ifru_flags &= !(libc::IFF_UP as libc::c_short);
+            check(libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request))?;
+        }
+        let mut request = ifreq(iface)?;
+        // SAFETY: the union's hwaddr member is a plain sockaddr.
+        unsafe {
+            request.ifr_ifru.ifru_hwaddr.sa_family = libc::ARPHRD_ETHER;
+            for (dst, src) in request.ifr_ifru.ifru_hwaddr.sa_data.iter_mut().zip(mac) {
+                *dst = src as libc::c_char;
+            }
+        }
+        // SAFETY: SIOCSIFHWADDR reads `request`, a valid ifreq with an Ethernet address.
+        check(unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFHWADDR, &request) })?;
+    }
+    configure(iface, net)
+}
+
 fn control_socket() -> io::Result<OwnedFd> {
     // SAFETY: socket() has no memory preconditions; the result is checked before being owned.
     let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };

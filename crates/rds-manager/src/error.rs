@@ -228,7 +228,7 @@ impl From<rds_runtime::RuntimeError> for ApiError {
                 ApiError::NotImplemented { message: e.to_string(), source: Some(Box::new(e)) }
             }
             RuntimeError::InvalidSpec(m) => ApiError::BadRequest(m),
-            RuntimeError::Boot(_) | RuntimeError::Vmm(_) => {
+            RuntimeError::Boot(_) | RuntimeError::Vmm(_) | RuntimeError::Agent(_) => {
                 ApiError::VmFailed { message: e.to_string(), source: Some(Box::new(e)) }
             }
             other => ApiError::internal("the runtime failed", other),

@@ -65,7 +65,7 @@ impl Runtime for InProcessRuntime {
 
     fn capabilities(&self) -> Capabilities {
         // Its agents share the test's network namespace: there is no link to give them.
-        Capabilities { snapshots: false, pause: false, network: false }
+        Capabilities { snapshots: None, pause: false, network: false }
     }
 
     fn boot_needs(&self) -> BootNeeds {

@@ -24,11 +24,15 @@ pub enum AgentRoute {
     ReplaceTree,
     /// `POST /shutdown`: syncs the guest's disks and powers it off.
     Shutdown,
+    /// `POST /internal/sync`: flushes every file system to its disk (before a disk snapshot).
+    Sync,
+    /// `POST /internal/identity`: who a guest resumed from a memory snapshot now is ([`Identity`]).
+    Identity,
 }
 
 impl AgentRoute {
     /// Every route, for dispatch and for telling 404 from 405.
-    pub const ALL: [AgentRoute; 9] = [
+    pub const ALL: [AgentRoute; 11] = [
         AgentRoute::Health,
         AgentRoute::Exec,
         AgentRoute::Run(Language::Ts),
@@ -38,6 +42,8 @@ impl AgentRoute {
         AgentRoute::Download,
         AgentRoute::ReplaceTree,
         AgentRoute::Shutdown,
+        AgentRoute::Sync,
+        AgentRoute::Identity,
     ];
 
     /// The route's path, without query.
@@ -52,6 +58,8 @@ impl AgentRoute {
             AgentRoute::Download => "/files/download",
             AgentRoute::ReplaceTree => "/internal/replace-tree",
             AgentRoute::Shutdown => "/shutdown",
+            AgentRoute::Sync => "/internal/sync",
+            AgentRoute::Identity => "/internal/identity",
         }
     }
 
@@ -117,6 +125,33 @@ pub struct TransferSummary {
     pub entries: u64,
     /// Bytes of file content written.
     pub bytes: u64,
+}
+
+/// Body of `POST /internal/identity`: what a guest resumed from a memory snapshot must change so
+/// that it is not a twin of every other VM started from that snapshot. Sent by the host only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Identity {
+    /// The VM's hostname.
+    pub hostname: String,
+    /// Its network link, when it has one: the agent readdresses the interface and rewrites
+    /// `/etc/resolv.conf`.
+    #[serde(default)]
+    pub net: Option<crate::guest_net::GuestNet>,
+    /// The interface's MAC address, set with the link.
+    #[serde(default)]
+    pub mac: Option<[u8; 6]>,
+    /// Fresh host entropy ([`Identity::ENTROPY_BYTES`]): mixed into the guest's pool and credited,
+    /// then the kernel's CRNG reseeds, so clones stop sharing the snapshot's random state.
+    pub entropy: Vec<u8>,
+    /// The host's clock (milliseconds since the Unix epoch): the guest's stood still while the
+    /// snapshot was on disk.
+    pub unix_time_ms: u64,
+}
+
+impl Identity {
+    /// How much entropy the host sends.
+    pub const ENTROPY_BYTES: usize = 64;
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 pub const NET_PARAM: &str = "rds.net=";
 
 /// The guest side of a VM's /30 link.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GuestNet {
     /// The guest's address.
     pub addr: Ipv4Addr,
@@ -35,9 +35,15 @@ impl GuestNet {
         let (cidr, gateway) = value.split_once(',')?;
         let (addr, prefix) = cidr.split_once('/')?;
         let net = GuestNet { addr: addr.parse().ok()?, prefix: prefix.parse().ok()?, gateway: gateway.parse().ok()? };
-        let on_link = (1..=30).contains(&net.prefix)
-            && net.netmask() & u32::from(net.addr) == net.netmask() & u32::from(net.gateway);
-        (on_link && net.addr != net.gateway).then_some(net)
+        net.is_usable().then_some(net)
+    }
+
+    /// Whether the link makes sense: a prefix of 1..=30, the gateway on the link and not the
+    /// guest's own address (a [`GuestNet`] read from JSON is checked with this).
+    pub fn is_usable(&self) -> bool {
+        let on_link = (1..=30).contains(&self.prefix)
+            && self.netmask() & u32::from(self.addr) == self.netmask() & u32::from(self.gateway);
+        on_link && self.addr != self.gateway
     }
 
     /// The link's netmask as a host-order integer.

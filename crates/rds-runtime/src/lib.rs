@@ -91,8 +91,10 @@ impl std::fmt::Display for Isolation {
 /// What a runtime can do beyond start, stop and destroy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Capabilities {
-    /// Snapshots of a VM (disk and memory) that a new VM can start from.
-    pub snapshots: bool,
+    /// The richest snapshot a VM can be started from ([`Runtime::snapshot`]); `None` = no
+    /// snapshots at all. A runtime that takes [`SnapshotKind::Memory`] snapshots takes disk ones
+    /// too, and starts VMs from a memory snapshot's disk alone when asked.
+    pub snapshots: Option<SnapshotKind>,
     /// Pausing and resuming a running VM.
     pub pause: bool,
     /// The manager can give its VMs a network link (of [`Runtime::link_kind`]).
@@ -299,6 +301,10 @@ pub enum RuntimeError {
     /// Stopping the VM's processes failed.
     #[error("could not stop VM: {0}")]
     Stop(String),
+    /// The guest's agent did not do what the runtime asked of it (sync its disks before a
+    /// snapshot); the VM runs on.
+    #[error("the guest's agent failed: {0}")]
+    Agent(String),
     /// A host file operation failed; the message names the path.
     #[error("{context}: {source}")]
     Io {
@@ -314,6 +320,28 @@ impl RuntimeError {
     /// Wraps an I/O error with what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         RuntimeError::Io { context: context.into(), source }
+    }
+}
+
+/// What a snapshot holds (the API's `kind` of a snapshot's content).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotKind {
+    /// The VM's writable disk only (the sandbox: its `/workspace`): a VM started from it boots
+    /// afresh on a copy of that disk.
+    Disk,
+    /// Its disk, memory and device state: a VM started from it resumes where the snapshot was
+    /// taken, its processes still running, without booting.
+    Memory,
+}
+
+impl SnapshotKind {
+    /// The lowercase name the API reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotKind::Disk => "disk",
+            SnapshotKind::Memory => "memory",
+        }
     }
 }
 
@@ -403,6 +431,38 @@ pub trait Runtime: Send + Sync + 'static {
     /// Resumes a paused VM.
     async fn resume(&self, _id: &str) -> Result<(), RuntimeError> {
         Err(RuntimeError::Unsupported("resuming a VM"))
+    }
+
+    /// Writes a snapshot of running VM `id` (`handle`) into `dir` (which this call creates; it must not
+    /// exist): [`SnapshotKind::Memory`] when `memory` (the VM pauses while its memory is written,
+    /// then runs on), else [`SnapshotKind::Disk`]. Either way the guest's file systems are synced
+    /// first and the disk copy is crash-consistent. Returns what it wrote; on failure `dir` is
+    /// removed and the VM runs on.
+    async fn snapshot(
+        &self,
+        _id: &str,
+        _handle: &VmHandle,
+        _dir: &Path,
+        _memory: bool,
+    ) -> Result<SnapshotKind, RuntimeError> {
+        Err(RuntimeError::Unsupported("snapshots"))
+    }
+
+    /// Starts VM `spec` from the snapshot in `dir` (written by [`Runtime::snapshot`] of a VM of the
+    /// same image; `kind` is what it returned). A disk snapshot boots afresh on a copy of its disk
+    /// (`spec` may size the VM differently); a memory snapshot resumes the guest where it was,
+    /// with the snapshot's vCPUs and memory (the caller passes them in `spec`), and before
+    /// returning gives the guest the identity `spec` names ([`rds_proto::identity::Identity`]:
+    /// hostname, network, fresh entropy, the host's clock) through its agent, so no two clones
+    /// share one. `dir` is only read, so many VMs may start from it at once.
+    /// On failure it removes everything this call created.
+    async fn start_from_snapshot(
+        &self,
+        _spec: &VmSpec,
+        _dir: &Path,
+        _kind: SnapshotKind,
+    ) -> Result<VmHandle, RuntimeError> {
+        Err(RuntimeError::Unsupported("starting a VM from a snapshot"))
     }
 
     /// Removes leftovers (VM dirs, cgroups, processes) of VM ids not in `known`; returns the ids removed.

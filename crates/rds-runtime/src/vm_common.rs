@@ -68,6 +68,74 @@ pub(crate) async fn request_agent_shutdown(vsock: &Path, limit: Duration) -> boo
     agent.shutdown(limit).await.is_ok()
 }
 
+/// How long the agent of a guest resumed from a memory snapshot may take to answer, and to take
+/// its new identity.
+const IDENTITY_CALL: Duration = Duration::from_secs(10);
+
+/// Gives the agent behind `vsock` of a guest just resumed from a memory snapshot the identity
+/// `spec` names: hostname, link and MAC, fresh entropy from the host and the host's clock.
+pub(crate) async fn give_identity(vsock: &Path, spec: &VmSpec) -> Result<(), RuntimeError> {
+    let mut entropy = vec![0u8; rds_proto::agent_api::Identity::ENTROPY_BYTES];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut entropy))
+        .map_err(|e| RuntimeError::io("cannot read /dev/urandom", e))?;
+    let unix_time_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    let identity = rds_proto::agent_api::Identity {
+        hostname: spec.hostname.clone(),
+        net: spec.network.as_ref().map(|n| n.guest()),
+        mac: spec.network.as_ref().map(|n| n.mac),
+        entropy,
+        unix_time_ms,
+    };
+    let agent = rds_agent_client::AgentClient::hybrid_vsock(vsock).connect_retry(IDENTITY_CALL).max_idle(0);
+    agent
+        .set_identity(&identity, IDENTITY_CALL)
+        .await
+        .map_err(|e| RuntimeError::Boot(format!("the restored guest's agent did not take its new identity: {e}")))
+}
+
+/// Asks the agent behind `vsock` to flush the guest's file systems (before its disk is copied).
+pub(crate) async fn sync_guest(vsock: &Path) -> Result<(), RuntimeError> {
+    let agent = rds_agent_client::AgentClient::hybrid_vsock(vsock).connect_retry(Duration::ZERO).max_idle(0);
+    agent
+        .sync(SYNC_CALL)
+        .await
+        .map_err(|e| RuntimeError::Agent(format!("it did not sync its disks before the snapshot: {e}")))
+}
+
+/// Starts new VM `spec` of `runtime` on a copy of a snapshot's disk: makes the VM's directory
+/// (which must not exist), copies `disk` to `vm_disk` in it, and starts the VM, which finds its
+/// disk made (as on a restart). On failure everything is removed again.
+pub(crate) async fn start_on_disk_copy<R: crate::Runtime + ?Sized>(
+    runtime: &R,
+    storage_root: &Path,
+    spec: &VmSpec,
+    disk: &Path,
+    vm_disk: &Path,
+) -> Result<VmHandle, RuntimeError> {
+    check_vm_id(&spec.id)?;
+    let dir = crate::vmm::vm_dir(storage_root, &spec.id);
+    if dir.exists() {
+        return Err(RuntimeError::InvalidSpec(format!("VM {} exists already", spec.id)));
+    }
+    crate::vmm::create_vm_dir(storage_root, &dir)?;
+    let started = match crate::vmm::clone_file(disk, vm_disk, crate::vmm::CloneMode::Auto) {
+        Ok(()) => runtime.start(spec).await,
+        Err(e) => Err(e),
+    };
+    if started.is_err() {
+        // A start on an existing directory keeps it (a restart would); this one is new.
+        let _ = runtime.destroy(&spec.id, None).await;
+    }
+    started
+}
+
+/// How long a guest may take to flush its file systems.
+const SYNC_CALL: Duration = Duration::from_secs(60);
+
 /// Size past which a console log is cut (see [`cap_console_log`]).
 pub const CONSOLE_CAP: u64 = 1024 * 1024;
 

@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 use std::fs::{DirBuilder, OpenOptions};
 use std::future::Future;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -369,5 +370,92 @@ mod tests {
         assert!(!p.is_alive());
         reaper.await.unwrap().unwrap();
         assert_eq!(std::fs::read_to_string(&console).unwrap(), "");
+    }
+}
+
+/// How a file is duplicated: an image file into a VM's jail when a hard link cannot (another
+/// filesystem), a VM's disk into a snapshot and back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CloneMode {
+    /// A reflink where the filesystem has them, else a copy.
+    #[default]
+    Auto,
+    /// A reflink, or fail.
+    Reflink,
+    /// A copy.
+    Copy,
+}
+
+/// Copies `from` to `to` as `mode` says: a reflink (`FICLONE`), else (auto) a sparse-aware copy.
+pub(crate) fn clone_file(from: &Path, to: &Path, mode: CloneMode) -> Result<(), RuntimeError> {
+    let fail = |what: &str, e: std::io::Error| {
+        RuntimeError::io(format!("cannot {what} {} to {}", from.display(), to.display()), e)
+    };
+    let src = std::fs::File::open(from).map_err(|e| fail("open", e))?;
+    let dst = OpenOptions::new().write(true).create_new(true).mode(0o600).open(to).map_err(|e| fail("create", e))?;
+    if mode != CloneMode::Copy {
+        // FICLONE = _IOW(0x94, 9, int).
+        // SAFETY: an ioctl taking a descriptor we own as its argument.
+        let rc = unsafe { libc::ioctl(dst.as_raw_fd(), 0x4004_9409, src.as_raw_fd()) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        if mode == CloneMode::Reflink {
+            drop(dst);
+            let _ = std::fs::remove_file(to);
+            return Err(fail("reflink (ROOTFS_CLONE_MODE=reflink)", err));
+        }
+    }
+    drop(dst);
+    // std::fs::copy uses copy_file_range, which keeps holes on the filesystems that matter here.
+    std::fs::remove_file(to).map_err(|e| fail("replace", e))?;
+    std::fs::copy(from, to).map(drop).map_err(|e| fail("copy", e))
+}
+
+/// A file system frozen with `FIFREEZE` (writes block until it thaws): what a disk copy taken
+/// under a running VM needs to be a consistent image. Thawed by [`Frozen::thaw`] or on drop.
+pub(crate) struct Frozen {
+    dir: std::fs::File,
+    path: PathBuf,
+    thawed: bool,
+}
+
+/// `FIFREEZE` = `_IOWR('X', 119, int)`.
+const FIFREEZE: libc::c_ulong = 0xC004_5877;
+/// `FITHAW` = `_IOWR('X', 120, int)`.
+const FITHAW: libc::c_ulong = 0xC004_5878;
+
+impl Frozen {
+    /// Freezes the file system mounted at `mount_point`.
+    pub(crate) fn freeze(mount_point: &Path) -> Result<Frozen, RuntimeError> {
+        let dir = std::fs::File::open(mount_point)
+            .map_err(|e| RuntimeError::io(format!("cannot open {}", mount_point.display()), e))?;
+        // SAFETY: FIFREEZE takes no argument beyond the descriptor of a directory on the file system.
+        if unsafe { libc::ioctl(dir.as_raw_fd(), FIFREEZE, 0) } < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(RuntimeError::io(format!("cannot freeze the file system at {}", mount_point.display()), e));
+        }
+        Ok(Frozen { dir, path: mount_point.to_path_buf(), thawed: false })
+    }
+
+    /// Thaws it, reporting a failure.
+    pub(crate) fn thaw(mut self) -> Result<(), RuntimeError> {
+        self.thawed = true;
+        // SAFETY: as in `freeze`.
+        if unsafe { libc::ioctl(self.dir.as_raw_fd(), FITHAW, 0) } < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(RuntimeError::io(format!("cannot thaw the file system at {}", self.path.display()), e));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if !self.thawed {
+            // SAFETY: as in `freeze`.
+            unsafe { libc::ioctl(self.dir.as_raw_fd(), FITHAW, 0) };
+        }
     }
 }

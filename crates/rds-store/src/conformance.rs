@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use crate::{
     ApiKeyRecord, ExecLogRecord, ImagePart, ImageRecord, NetSlotRequest, NewEvent, NewVm, PeerCallRecord,
-    PeerLinkRecord, Quota, SealedSecrets, Store, StoreError, VmLimits, VmNetworkRecord, VmRecord, VmState,
+    PeerLinkRecord, Quota, SealedSecrets, SnapshotRecord, SnapshotState, Store, StoreError, VmLimits, VmNetworkRecord,
+    VmRecord, VmState,
 };
 
 /// Makes stores of one backend for the suite.
@@ -58,6 +59,8 @@ macro_rules! conformance_tests {
             concurrent_creates_on_two_stores_never_share_a_slot,
             concurrent_slot_allocations_on_two_stores_never_share_a_slot,
             concurrent_init_setting_on_two_stores_agrees,
+            snapshots_are_created_finished_listed_and_deleted,
+            provision_mode_and_snapshot_origin_round_trip,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -87,6 +90,8 @@ pub fn vm(id: &str, state: VmState, created_at: i64) -> VmRecord {
         secret_env_ciphertext: None,
         created_at,
         updated_at: created_at,
+        provision_mode: None,
+        snapshot_id: None,
     }
 }
 
@@ -640,4 +645,57 @@ pub async fn concurrent_init_setting_on_two_stores_agrees(f: &impl StoreFactory)
     let (a, b) = (a.unwrap().unwrap(), b.unwrap().unwrap());
     assert_eq!(a, b);
     assert!(a == "one" || a == "two");
+}
+
+fn snapshot(id: &str, created_at: i64) -> SnapshotRecord {
+    SnapshotRecord {
+        id: id.into(),
+        kind: "user_overlay".into(),
+        content: "disk".into(),
+        state: SnapshotState::Creating,
+        internal: false,
+        runtime: "sandbox".into(),
+        source_vm_id: Some("vm-1".into()),
+        image_id: Some("img-1".into()),
+        cpu: 2,
+        mem_mb: 512,
+        disk_mb: 2048,
+        bytes: 0,
+        created_at,
+    }
+}
+
+/// A snapshot is written `creating`, becomes `ready` with its content and size, is listed oldest
+/// first, and is gone once deleted; a taken id is a conflict.
+pub async fn snapshots_are_created_finished_listed_and_deleted(factory: &dyn StoreFactory) {
+    let store = factory.fresh().await;
+    store.insert_snapshot(&snapshot("snap-b", 20)).await.unwrap();
+    store
+        .insert_snapshot(&SnapshotRecord { internal: true, kind: "image_seed".into(), ..snapshot("seed-a", 10) })
+        .await
+        .unwrap();
+    assert!(matches!(store.insert_snapshot(&snapshot("snap-b", 30)).await, Err(StoreError::Conflict { .. })));
+    assert_eq!(store.get_snapshot("snap-b").await.unwrap(), Some(snapshot("snap-b", 20)));
+    store.finish_snapshot("snap-b", "memory", 4096).await.unwrap();
+    let ready = store.get_snapshot("snap-b").await.unwrap().unwrap();
+    assert_eq!((ready.state, ready.content.as_str(), ready.bytes), (SnapshotState::Ready, "memory", 4096));
+    let ids: Vec<String> = store.list_snapshots().await.unwrap().into_iter().map(|s| s.id).collect();
+    assert_eq!(ids, ["seed-a", "snap-b"]);
+    assert!(store.list_snapshots().await.unwrap()[0].internal);
+    assert!(store.delete_snapshot("snap-b").await.unwrap());
+    assert!(!store.delete_snapshot("snap-b").await.unwrap());
+    assert_eq!(store.get_snapshot("snap-b").await.unwrap(), None);
+    assert!(matches!(store.finish_snapshot("snap-b", "disk", 1).await, Err(StoreError::NotFound(_))));
+}
+
+/// A VM keeps the snapshot it came from and how it was last provisioned.
+pub async fn provision_mode_and_snapshot_origin_round_trip(factory: &dyn StoreFactory) {
+    let store = factory.fresh().await;
+    let record = VmRecord { snapshot_id: Some("snap-1".into()), ..vm("vm-1", VmState::Creating, 1) };
+    store.insert_vm(&record).await.unwrap();
+    assert_eq!(store.get_vm("vm-1").await.unwrap().unwrap().provision_mode, None);
+    store.set_vm_provision("vm-1", "snapshot").await.unwrap();
+    let got = store.get_vm("vm-1").await.unwrap().unwrap();
+    assert_eq!((got.provision_mode.as_deref(), got.snapshot_id.as_deref()), (Some("snapshot"), Some("snap-1")));
+    assert!(matches!(store.set_vm_provision("nope", "boot").await, Err(StoreError::NotFound(_))));
 }

@@ -245,6 +245,19 @@ pub trait Store: Send + Sync + 'static {
     /// Stores `value` under `key` unless the key already has one; returns the stored value
     /// (so concurrent first starts agree on one).
     async fn init_setting(&self, key: &str, value: &str) -> StoreResult<String>;
+
+    /// Records how VM `id` was last brought up (`boot`, `snapshot`, `pool`); `NotFound` if no such VM.
+    async fn set_vm_provision(&self, id: &str, mode: &str) -> StoreResult<()>;
+    /// Inserts a snapshot (normally [`SnapshotState::Creating`]); a taken id is a `Conflict`.
+    async fn insert_snapshot(&self, snap: &SnapshotRecord) -> StoreResult<()>;
+    /// Marks a snapshot ready with what it holds and its size; `NotFound` if it is gone.
+    async fn finish_snapshot(&self, id: &str, content: &str, bytes: u64) -> StoreResult<()>;
+    /// Reads one snapshot.
+    async fn get_snapshot(&self, id: &str) -> StoreResult<Option<SnapshotRecord>>;
+    /// Every snapshot, oldest first (`created_at`, then id).
+    async fn list_snapshots(&self) -> StoreResult<Vec<SnapshotRecord>>;
+    /// Removes a snapshot row; returns whether it existed.
+    async fn delete_snapshot(&self, id: &str) -> StoreResult<bool>;
 }
 
 /// Milliseconds since the Unix epoch, the timestamp unit of every record.

@@ -112,6 +112,27 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE vms ADD COLUMN disk_mb INTEGER NOT NULL DEFAULT 1024;
     "#,
+    // 5: snapshots; how each VM was provisioned and from which snapshot.
+    r#"
+    ALTER TABLE vms ADD COLUMN provision_mode TEXT;
+    ALTER TABLE vms ADD COLUMN snapshot_id TEXT;
+    CREATE TABLE snapshots (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        content TEXT NOT NULL,
+        state TEXT NOT NULL,
+        internal INTEGER NOT NULL DEFAULT 0,
+        runtime TEXT NOT NULL,
+        source_vm_id TEXT,
+        image_id TEXT,
+        cpu INTEGER NOT NULL,
+        mem_mb INTEGER NOT NULL,
+        disk_mb INTEGER NOT NULL,
+        bytes INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX snapshots_created_idx ON snapshots (created_at);
+    "#,
 ];
 
 /// The schema version this build writes.

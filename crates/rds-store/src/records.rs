@@ -86,6 +86,11 @@ pub struct VmRecord {
     pub secret_env_ciphertext: Option<Vec<u8>>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// How the VM was last brought up: `boot`, `snapshot` (started from a snapshot) or `pool`
+    /// (handed out from the warm pool); `None` before its first start.
+    pub provision_mode: Option<String>,
+    /// The snapshot the VM was created from, if any.
+    pub snapshot_id: Option<String>,
 }
 
 /// A VM's network allocation and egress policy, as persisted.
@@ -306,4 +311,57 @@ pub struct VmLimits {
 pub struct CreatedVm {
     /// The VM's network slot, when one was asked for.
     pub net_slot: Option<u32>,
+}
+
+/// Where a snapshot is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SnapshotState {
+    /// Its files are being written; a restart finds it so and removes it.
+    Creating,
+    /// Complete: VMs can start from it.
+    Ready,
+}
+
+impl SnapshotState {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotState::Creating => "creating",
+            SnapshotState::Ready => "ready",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Result<Self, StoreError> {
+        [SnapshotState::Creating, SnapshotState::Ready]
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| StoreError::UnknownState(s.to_string()))
+    }
+}
+
+/// A snapshot of a VM: its files live in `STORAGE_ROOT/snapshots/<id>/`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotRecord {
+    /// `snap-<uuid>` (user snapshots) or `seed-<image>` (image seeds).
+    pub id: String,
+    /// The original API's kind: `user_overlay` or `image_seed`.
+    pub kind: String,
+    /// What it holds: `disk` or `memory` (the runtime's snapshot kind).
+    pub content: String,
+    pub state: SnapshotState,
+    /// Hidden from the default listing (image seeds).
+    pub internal: bool,
+    /// The runtime whose VMs can start from it.
+    pub runtime: String,
+    /// The VM it was taken of.
+    pub source_vm_id: Option<String>,
+    /// The image that VM ran (`None`: the manager's configured default image).
+    pub image_id: Option<String>,
+    pub cpu: u32,
+    pub mem_mb: u32,
+    pub disk_mb: u32,
+    /// Bytes its files take on disk (allocated blocks), once ready.
+    pub bytes: u64,
+    pub created_at: i64,
 }

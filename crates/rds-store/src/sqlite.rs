@@ -15,8 +15,8 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, Transactio
 
 use crate::{
     migrations, now_ms, ApiKeyRecord, CreatedVm, EventRecord, ExecLogRecord, ImagePart, ImageRecord, NetSlotRequest,
-    NewEvent, NewVm, PeerCallRecord, PeerLinkRecord, Quota, Store, StoreError, StoreResult, VmLimits, VmNetworkRecord,
-    VmRecord, VmState,
+    NewEvent, NewVm, PeerCallRecord, PeerLinkRecord, Quota, SnapshotRecord, SnapshotState, Store, StoreError,
+    StoreResult, VmLimits, VmNetworkRecord, VmRecord, VmState,
 };
 
 /// How long a writer waits for another connection's (or manager's) write lock.
@@ -67,7 +67,11 @@ impl Fail {
 type Res<T> = Result<T, Fail>;
 
 const VM_COLUMNS: &str = "id, state, state_reason, cpu, mem_mb, runtime, image_id, handle_json, \
-     outbound_internet, allow_ips_json, secret_env_ciphertext, created_at, updated_at, disk_mb";
+     outbound_internet, allow_ips_json, secret_env_ciphertext, created_at, updated_at, disk_mb, provision_mode, \
+     snapshot_id";
+
+const SNAPSHOT_COLUMNS: &str = "id, kind, content, state, internal, runtime, source_vm_id, image_id, cpu, mem_mb, \
+     disk_mb, bytes, created_at";
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and migrates it to the latest schema.
@@ -181,9 +185,38 @@ fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<(VmRecord, String)> {
             created_at: r.get(11)?,
             updated_at: r.get(12)?,
             disk_mb: r.get(13)?,
+            provision_mode: r.get(14)?,
+            snapshot_id: r.get(15)?,
         },
         state,
     ))
+}
+
+fn snapshot_from_row(r: &Row<'_>) -> rusqlite::Result<(SnapshotRecord, String)> {
+    let state: String = r.get(3)?;
+    Ok((
+        SnapshotRecord {
+            id: r.get(0)?,
+            kind: r.get(1)?,
+            content: r.get(2)?,
+            state: SnapshotState::Creating, // replaced by the caller after parsing `state`
+            internal: r.get(4)?,
+            runtime: r.get(5)?,
+            source_vm_id: r.get(6)?,
+            image_id: r.get(7)?,
+            cpu: r.get(8)?,
+            mem_mb: r.get(9)?,
+            disk_mb: r.get(10)?,
+            bytes: r.get::<_, i64>(11)? as u64,
+            created_at: r.get(12)?,
+        },
+        state,
+    ))
+}
+
+fn finish_snapshot((mut snap, state): (SnapshotRecord, String)) -> Res<SnapshotRecord> {
+    snap.state = SnapshotState::parse(&state)?;
+    Ok(snap)
 }
 
 fn finish_vm((mut vm, state): (VmRecord, String)) -> Res<VmRecord> {
@@ -214,7 +247,7 @@ fn touched(n: usize, what: impl FnOnce() -> Fail) -> Res<()> {
 
 fn insert_vm_row(conn: &Connection, vm: &VmRecord) -> Res<()> {
     conn.execute(
-        &format!("INSERT INTO vms ({VM_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)"),
+        &format!("INSERT INTO vms ({VM_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)"),
         params![
             vm.id,
             vm.state.as_str(),
@@ -229,7 +262,9 @@ fn insert_vm_row(conn: &Connection, vm: &VmRecord) -> Res<()> {
             vm.secret_env_ciphertext,
             vm.created_at,
             vm.updated_at,
-            vm.disk_mb
+            vm.disk_mb,
+            vm.provision_mode,
+            vm.snapshot_id
         ],
     )
     .map_err(|e| match e {
@@ -903,6 +938,94 @@ impl Store for SqliteStore {
             Ok(tx.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))?)
         })
         .await
+    }
+
+    async fn set_vm_provision(&self, id: &str, mode: &str) -> StoreResult<()> {
+        let (id, mode) = (id.to_owned(), mode.to_owned());
+        self.run("set_vm_provision", move |c| {
+            let n = c.execute(
+                "UPDATE vms SET provision_mode = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id, mode, now_ms()],
+            )?;
+            touched(n, || vm_not_found(&id))
+        })
+        .await
+    }
+
+    async fn insert_snapshot(&self, snap: &SnapshotRecord) -> StoreResult<()> {
+        let snap = snap.clone();
+        self.run("insert_snapshot", move |c| {
+            c.execute(
+                &format!(
+                    "INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)"
+                ),
+                params![
+                    snap.id,
+                    snap.kind,
+                    snap.content,
+                    snap.state.as_str(),
+                    snap.internal,
+                    snap.runtime,
+                    snap.source_vm_id,
+                    snap.image_id,
+                    snap.cpu,
+                    snap.mem_mb,
+                    snap.disk_mb,
+                    snap.bytes as i64,
+                    snap.created_at
+                ],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation => {
+                    Fail::Store(StoreError::Conflict {
+                        op: "insert_snapshot",
+                        what: format!("snapshot id {}", snap.id),
+                        source: Some(Box::new(e)),
+                    })
+                }
+                e => Fail::Db(e),
+            })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn finish_snapshot(&self, id: &str, content: &str, bytes: u64) -> StoreResult<()> {
+        let (id, content) = (id.to_owned(), content.to_owned());
+        self.run("finish_snapshot", move |c| {
+            let n = c.execute(
+                "UPDATE snapshots SET state = 'ready', content = ?2, bytes = ?3 WHERE id = ?1",
+                params![id, content, bytes as i64],
+            )?;
+            touched(n, || Fail::Store(StoreError::NotFound(format!("snapshot {id}"))))
+        })
+        .await
+    }
+
+    async fn get_snapshot(&self, id: &str) -> StoreResult<Option<SnapshotRecord>> {
+        let id = id.to_owned();
+        self.run("get_snapshot", move |c| {
+            let row = c
+                .query_row(&format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE id = ?1"), [id], snapshot_from_row)
+                .optional()?;
+            row.map(finish_snapshot).transpose()
+        })
+        .await
+    }
+
+    async fn list_snapshots(&self) -> StoreResult<Vec<SnapshotRecord>> {
+        self.run("list_snapshots", |c| {
+            let mut stmt =
+                c.prepare_cached(&format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots ORDER BY created_at, id"))?;
+            let rows = stmt.query_map([], snapshot_from_row)?.collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(finish_snapshot).collect()
+        })
+        .await
+    }
+
+    async fn delete_snapshot(&self, id: &str) -> StoreResult<bool> {
+        let id = id.to_owned();
+        self.run("delete_snapshot", move |c| Ok(c.execute("DELETE FROM snapshots WHERE id = ?1", [id])? > 0)).await
     }
 }
 

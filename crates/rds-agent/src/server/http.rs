@@ -56,6 +56,18 @@ impl ApiError {
     }
 }
 
+impl From<crate::identity::IdentityError> for ApiError {
+    fn from(e: crate::identity::IdentityError) -> Self {
+        use crate::identity::IdentityError;
+        match e {
+            IdentityError::Invalid(message) => ApiError::bad_request(message),
+            IdentityError::Apply { .. } => {
+                ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, code: "identity_failed", message: e.to_string() }
+            }
+        }
+    }
+}
+
 impl From<ExecError> for ApiError {
     fn from(e: ExecError) -> Self {
         let (status, code) = match &e {

@@ -33,6 +33,8 @@ pub async fn handle(req: Request<Incoming>, agent: Arc<Agent>) -> Result<Respons
         Some(AgentRoute::Download) => download(req, &agent).await,
         Some(AgentRoute::ReplaceTree) => replace_tree(req, &agent).await,
         Some(AgentRoute::Shutdown) => Ok(shutdown(&agent)),
+        Some(AgentRoute::Sync) => Ok(sync().await),
+        Some(AgentRoute::Identity) => identity(req).await,
     };
     Ok(result.unwrap_or_else(ApiError::into_response))
 }
@@ -212,6 +214,23 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
         code: "internal",
         message: format!("file task failed: {e}"),
     })
+}
+
+/// Flushes every file system (`sync(2)` waits for the writes) so a disk copy taken next holds
+/// everything written before the call.
+async fn sync() -> Response<Body> {
+    let _ = tokio::task::spawn_blocking(nix::unistd::sync).await;
+    json_response(StatusCode::OK, &serde_json::json!({ "status": "synced" }))
+}
+
+async fn identity(req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let identity: rds_proto::agent_api::Identity = read_json(req).await?;
+    tokio::task::spawn_blocking(move || crate::identity::apply(&identity)).await.map_err(|e| ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        code: "identity_failed",
+        message: format!("applying the identity stopped: {e}"),
+    })??;
+    Ok(json_response(StatusCode::OK, &serde_json::json!({ "status": "applied" })))
 }
 
 fn shutdown(agent: &Agent) -> Response<Body> {

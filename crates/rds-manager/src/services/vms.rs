@@ -140,6 +140,8 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
         secret_env_ciphertext: None,
         created_at: now,
         updated_at: now,
+        provision_mode: None,
+        snapshot_id: None,
     };
     let _lock = state.vm_locks.lock(&id).await;
     {

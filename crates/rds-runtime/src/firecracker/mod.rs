@@ -43,9 +43,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::cgroup::{CgroupLayout, FlatLimits};
 use crate::process::HostProcess;
-use crate::vmm::{self, GracefulStop, Spawned};
+pub use crate::vmm::CloneMode;
+use crate::vmm::{self, clone_file, GracefulStop, Spawned};
 use crate::{check_vm_id, vm_common, Liveness, Runtime, RuntimeError, RuntimeKind, VmHandle, VmSpec};
-use crate::{BootNeeds, Capabilities, Isolation, KernelFormat, RootfsForm, RuntimeEntry, RuntimeSettings, Unavailable};
+use crate::{
+    BootNeeds, Capabilities, Isolation, KernelFormat, RootfsForm, RuntimeEntry, RuntimeSettings, SnapshotKind,
+    Unavailable,
+};
 use ids::{Claims, VmNumber};
 
 /// ext4 label of the per-VM overlay disk (the same initramfs as qemu's finds it by label).
@@ -109,18 +113,6 @@ pub enum Seccomp {
     Off,
     /// A filter file (`--seccomp-filter <path>`).
     Filter(PathBuf),
-}
-
-/// How an image file reaches a VM's jail when a hard link cannot (another filesystem).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum CloneMode {
-    /// A reflink where the filesystem has them, else a copy.
-    #[default]
-    Auto,
-    /// A reflink, or fail.
-    Reflink,
-    /// A copy.
-    Copy,
 }
 
 /// The firecracker settings of the manager's configuration.
@@ -1028,33 +1020,6 @@ fn clone_into(from: &Path, to: &Path, mode: CloneMode) -> Result<(), RuntimeErro
     }
 }
 
-/// Copies `from` to `to` as `mode` says: a reflink (`FICLONE`), else (auto) a sparse-aware copy.
-fn clone_file(from: &Path, to: &Path, mode: CloneMode) -> Result<(), RuntimeError> {
-    let fail = |what: &str, e: std::io::Error| {
-        RuntimeError::io(format!("cannot {what} {} to {}", from.display(), to.display()), e)
-    };
-    let src = std::fs::File::open(from).map_err(|e| fail("open", e))?;
-    let dst = OpenOptions::new().write(true).create_new(true).mode(0o600).open(to).map_err(|e| fail("create", e))?;
-    if mode != CloneMode::Copy {
-        // FICLONE = _IOW(0x94, 9, int).
-        // SAFETY: an ioctl taking a descriptor we own as its argument.
-        let rc = unsafe { libc::ioctl(dst.as_raw_fd(), 0x4004_9409, src.as_raw_fd()) };
-        if rc == 0 {
-            return Ok(());
-        }
-        let err = std::io::Error::last_os_error();
-        if mode == CloneMode::Reflink {
-            drop(dst);
-            let _ = std::fs::remove_file(to);
-            return Err(fail("reflink (ROOTFS_CLONE_MODE=reflink)", err));
-        }
-    }
-    drop(dst);
-    // std::fs::copy uses copy_file_range, which keeps holes on the filesystems that matter here.
-    std::fs::remove_file(to).map_err(|e| fail("replace", e))?;
-    std::fs::copy(from, to).map(drop).map_err(|e| fail("copy", e))
-}
-
 /// `ip netns add <name>` with loopback up.
 async fn create_netns(name: &str) -> Result<(), RuntimeError> {
     let _ = delete_netns(name).await;
@@ -1127,7 +1092,7 @@ impl Runtime for FirecrackerRuntime {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { snapshots: true, pause: true, network: true }
+        Capabilities { snapshots: Some(SnapshotKind::Memory), pause: true, network: true }
     }
 
     fn boot_needs(&self) -> BootNeeds {
@@ -1254,6 +1219,63 @@ impl Runtime for FirecrackerRuntime {
     async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
         check_vm_id(id)?;
         self.client(id).resume().await.map_err(|e| vmm_refused("resuming the VM", e))
+    }
+
+    async fn snapshot(
+        &self,
+        id: &str,
+        _handle: &VmHandle,
+        dir: &Path,
+        memory: bool,
+    ) -> Result<SnapshotKind, RuntimeError> {
+        check_vm_id(id)?;
+        if dir.exists() {
+            return Err(RuntimeError::InvalidSpec(format!("snapshot directory {} exists already", dir.display())));
+        }
+        let p = self.paths(id);
+        vm_common::sync_guest(&p.vsock).await?;
+        self.pause(id).await?;
+        let written = if memory {
+            self.create_snapshot(id, dir).await.map(|_| SnapshotKind::Memory)
+        } else {
+            // Paused, the guest writes nothing more: the copy is what it had synced, plus
+            // whatever the journal makes consistent.
+            vmm::create_dir(dir, 0o700)
+                .and_then(|()| {
+                    clone_file(&p.overlay, &SnapshotFiles { dir: dir.to_path_buf() }.overlay(), CloneMode::Auto)
+                })
+                .map(|()| SnapshotKind::Disk)
+        };
+        let resumed = self.resume(id).await;
+        if written.is_err() || resumed.is_err() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        let kind = written?;
+        resumed.map(|()| kind)
+    }
+
+    async fn start_from_snapshot(
+        &self,
+        spec: &VmSpec,
+        dir: &Path,
+        kind: SnapshotKind,
+    ) -> Result<VmHandle, RuntimeError> {
+        let files = SnapshotFiles { dir: dir.to_path_buf() };
+        match kind {
+            SnapshotKind::Memory => {
+                let handle = self.restore(spec, &files, true).await?;
+                if let Err(e) = vm_common::give_identity(&self.paths(&spec.id).vsock, spec).await {
+                    let _ = self.destroy(&spec.id, Some(&handle)).await;
+                    return Err(with_tails(e, &self.paths(&spec.id)));
+                }
+                Ok(handle)
+            }
+            SnapshotKind::Disk => {
+                self.check_socket_paths(&spec.id)?;
+                let vm_disk = self.paths(&spec.id).overlay;
+                vm_common::start_on_disk_copy(self, &self.cfg.storage_root, spec, &files.overlay(), &vm_disk).await
+            }
+        }
     }
 
     async fn oom_kills(&self, id: &str) -> Option<u64> {

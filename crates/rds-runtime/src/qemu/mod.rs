@@ -585,7 +585,7 @@ impl Runtime for QemuRuntime {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { snapshots: false, pause: false, network: true }
+        Capabilities { snapshots: None, pause: false, network: true }
     }
 
     fn boot_needs(&self) -> BootNeeds {

@@ -36,8 +36,12 @@ mod uid_range;
 use crate::process::HostProcess;
 use crate::{check_vm_id, Liveness, Runtime, RuntimeError, RuntimeKind, VmHandle, VmSpec};
 use crate::{
-    vm_common, vmm, BootNeeds, Capabilities, Isolation, RootfsForm, RuntimeEntry, RuntimeSettings, Unavailable,
+    vm_common, vmm, BootNeeds, Capabilities, Isolation, RootfsForm, RuntimeEntry, RuntimeSettings, SnapshotKind,
+    Unavailable,
 };
+
+/// The workspace disk's name in a snapshot directory.
+const SNAPSHOT_DISK: &str = "workspace.img";
 
 /// How long `start` waits for the agent to accept connections.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -407,7 +411,7 @@ impl Runtime for SandboxRuntime {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { snapshots: false, pause: false, network: true }
+        Capabilities { snapshots: Some(SnapshotKind::Disk), pause: false, network: true }
     }
 
     fn boot_needs(&self) -> BootNeeds {
@@ -489,6 +493,69 @@ impl Runtime for SandboxRuntime {
 
     fn console_log(&self, id: &str) -> PathBuf {
         self.paths(id).console
+    }
+
+    async fn snapshot(
+        &self,
+        id: &str,
+        handle: &VmHandle,
+        dir: &Path,
+        memory: bool,
+    ) -> Result<SnapshotKind, RuntimeError> {
+        check_vm_id(id)?;
+        if memory {
+            return Err(RuntimeError::Unsupported(
+                "memory snapshots on the sandbox runtime (it has no VM memory to save: its snapshots hold /workspace)",
+            ));
+        }
+        let p = self.paths(id);
+        if !p.workspace_img.is_file() {
+            return Err(RuntimeError::Unsupported(
+                "snapshots of a sandbox whose workspace is a directory (made before workspace disks)",
+            ));
+        }
+        if dir.exists() {
+            return Err(RuntimeError::InvalidSpec(format!("snapshot directory {} exists already", dir.display())));
+        }
+        vm_common::sync_guest(&p.agent_sock).await?;
+        let launcher = HostProcess { pid: handle.pid, start_time: handle.start_time };
+        if !launcher.is_alive() {
+            return Err(RuntimeError::Stop(format!("VM {id} is not running")));
+        }
+        // The workspace is mounted in the sandbox's own mount namespace; frozen through it, the
+        // disk file is a consistent image while it is copied.
+        let mounted = PathBuf::from(format!("/proc/{}/root/workspace", handle.pid));
+        let to = dir.join(SNAPSHOT_DISK);
+        let img = p.workspace_img.clone();
+        let dir_owned = dir.to_path_buf();
+        let copied = tokio::task::spawn_blocking(move || {
+            vmm::create_dir(&dir_owned, 0o700)?;
+            let frozen = vmm::Frozen::freeze(&mounted)?;
+            let copied = vmm::clone_file(&img, &to, vmm::CloneMode::Auto);
+            frozen.thaw()?;
+            copied
+        })
+        .await
+        .map_err(|e| RuntimeError::Stop(format!("the snapshot task stopped: {e}")))
+        .and_then(|r| r);
+        if copied.is_err() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        copied.map(|()| SnapshotKind::Disk)
+    }
+
+    async fn start_from_snapshot(
+        &self,
+        spec: &VmSpec,
+        dir: &Path,
+        kind: SnapshotKind,
+    ) -> Result<VmHandle, RuntimeError> {
+        if kind != SnapshotKind::Disk {
+            return Err(RuntimeError::Unsupported("memory snapshots on the sandbox runtime"));
+        }
+        check_spec(spec, self.cfg.host_root)?;
+        let vm_disk = self.paths(&spec.id).workspace_img;
+        vm_common::start_on_disk_copy(self, &self.cfg.storage_root, spec, &dir.join(SNAPSHOT_DISK), &vm_disk).await
     }
 
     async fn oom_kills(&self, id: &str) -> Option<u64> {
