@@ -58,6 +58,9 @@ pub struct Config {
     pub max_disk_mb: u32,
     /// `DEFAULT_DISK_MB`: disk size of a VM created without `diskSizeMb`.
     pub default_disk_mb: u32,
+    /// `ENABLE_SNAPSHOTS` (default true): the snapshot routes and creates from a snapshot; false
+    /// answers them 501.
+    pub enable_snapshots: bool,
     /// `RDS_SANDBOX_ROOT=host`: sandbox VMs without an image get the host's root, read-only
     /// (development only; the default, `image`, refuses them).
     pub sandbox_host_root: bool,
@@ -275,6 +278,7 @@ impl Config {
             max_mem_mb: positive(&get, "MAX_MEM_MB", 2048)?,
             max_disk_mb,
             default_disk_mb,
+            enable_snapshots: parse(&get, "ENABLE_SNAPSHOTS", true, "true or false")?,
             sandbox_host_root: match get("RDS_SANDBOX_ROOT").as_deref() {
                 None | Some("image") => false,
                 Some("host") => true,
@@ -439,10 +443,13 @@ mod tests {
     #[test]
     fn an_original_env_file_starts_with_its_unused_variables_named() {
         let c =
-            cfg(&[("OVERLAY_SIZE_BYTES", "536870912"), ("ENABLE_SNAPSHOTS", "false"), ("JAILER_UID", "1234")]).unwrap();
+            cfg(&[("OVERLAY_SIZE_BYTES", "536870912"), ("ENABLE_WARM_POOL", "false"), ("JAILER_UID", "1234")]).unwrap();
         assert_eq!(c.default_disk_mb, 512);
         let named: Vec<&str> = c.not_applied.iter().map(|n| n.var).collect();
-        assert_eq!(named, ["JAILER_UID", "ENABLE_SNAPSHOTS"]);
+        assert_eq!(named, ["JAILER_UID", "ENABLE_WARM_POOL"]);
+        assert!(c.enable_snapshots);
+        assert!(!cfg(&[("ENABLE_SNAPSHOTS", "false")]).unwrap().enable_snapshots);
+        assert_eq!(cfg(&[("ENABLE_SNAPSHOTS", "maybe")]).unwrap_err().var, "ENABLE_SNAPSHOTS");
         assert_eq!(cfg(&[("OVERLAY_SIZE_BYTES", "1024")]).unwrap_err().var, "OVERLAY_SIZE_BYTES", "below the minimum");
         assert_eq!(cfg(&[("OVERLAY_SIZE_BYTES", "1"), ("DEFAULT_DISK_MB", "64")]).unwrap().default_disk_mb, 64);
         assert_eq!(cfg(&[("DB_DIALECT", "postgres")]).unwrap_err().var, "DB_DIALECT");

@@ -108,6 +108,7 @@ pub async fn reconcile(state: &AppState) -> Result<Reconciled, ReconcileError> {
         }
     }
     crate::services::network::reconcile(state, &adopted).await;
+    crate::services::snapshots::remove_unfinished(state).await?;
     let known: HashSet<String> = vms.into_iter().map(|v| v.id).collect();
     out.orphans_removed = state.runtime.remove_orphans(&known).await;
     Ok(out)

@@ -33,6 +33,8 @@ pub struct Inner {
     pub agent: AgentClient,
     /// Serialises lifecycle operations per VM.
     pub vm_locks: VmLocks,
+    /// Held shared by creates reading a snapshot, exclusively by its delete.
+    pub snapshot_locks: SnapshotLocks,
     /// Queues this manager's creates (and image deletes) in memory rather than on the database's
     /// lock; only an optimisation: the store checks `MAX_VMS` and allocates slots in its own
     /// transactions, which also hold across managers sharing the database.
@@ -81,6 +83,7 @@ impl AppState {
             store,
             runtime,
             vm_locks: VmLocks::default(),
+            snapshot_locks: SnapshotLocks::default(),
             create_gate: tokio::sync::Mutex::new(()),
             keys,
             limiter,
@@ -143,5 +146,29 @@ impl VmLocks {
     /// Drops the lock entry of a deleted VM.
     pub fn forget(&self, id: &str) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+}
+
+/// A read-write lock per snapshot id: many VMs may start from one snapshot at once, and its
+/// delete waits for them.
+#[derive(Default)]
+pub struct SnapshotLocks(Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>);
+
+impl SnapshotLocks {
+    fn entry(&self, id: &str) -> Arc<tokio::sync::RwLock<()>> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Entries nobody holds are dropped as others are added, so the map stays small.
+        map.retain(|_, lock| Arc::strong_count(lock) > 1);
+        map.entry(id.to_string()).or_default().clone()
+    }
+
+    /// Shared: a VM is being started from the snapshot.
+    pub async fn read(&self, id: &str) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        self.entry(id).read_owned().await
+    }
+
+    /// Exclusive: the snapshot is being deleted.
+    pub async fn write(&self, id: &str) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.entry(id).write_owned().await
     }
 }

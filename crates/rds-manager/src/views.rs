@@ -110,11 +110,13 @@ pub struct CreateVmRequest {
     #[serde(default)]
     #[schema(max_items = 32)]
     pub peer_links: Option<Vec<PeerLinkRequest>>,
-    /// The original API's snapshot baseline: not supported yet, so any value answers 501 rather
-    /// than booting a VM without the snapshot's files.
+    /// Start from this snapshot (`POST /v1/vms/{id}/snapshots`) instead of booting afresh: the VM
+    /// gets a copy of the snapshot's disk and, when the snapshot holds memory and the VM has the
+    /// snapshot's `cpu` and `memMb`, resumes where it was (its processes still running). The
+    /// image must be the snapshot's.
     #[serde(default)]
     pub user_overlay_snapshot_id: Option<String>,
-    /// The original API's deprecated alias of `userOverlaySnapshotId` (501 likewise).
+    /// The original API's deprecated alias of `userOverlaySnapshotId`.
     #[serde(default)]
     pub snapshot_id: Option<String>,
 }
@@ -249,10 +251,13 @@ pub struct VmView {
     /// it has loopback only.
     #[serde(default)]
     pub guest_ip: Option<String>,
-    /// How the VM was provisioned, as in the original API: `boot` (cold boot; every VM today) or
-    /// `snapshot`.
+    /// How the VM was last brought up, as in the original API: `boot` (a cold boot) or
+    /// `snapshot` (started from `snapshotId`; `restoredMemory` says whether it resumed).
     #[serde(default = "boot")]
     pub provision_mode: String,
+    /// The snapshot the VM was created from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
 }
 
 fn boot() -> String {
@@ -261,6 +266,78 @@ fn boot() -> String {
 
 /// `provisionMode` of a cold-booted VM.
 pub const PROVISION_BOOT: &str = "boot";
+/// `provisionMode` of a VM started from a snapshot (its disk, and its memory where it could).
+pub const PROVISION_SNAPSHOT: &str = "snapshot";
+
+/// `POST /v1/vms/{id}/snapshots` (the body is optional: the original sends none).
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateSnapshotRequest {
+    /// Also save the VM's memory, so VMs started from the snapshot resume with their processes
+    /// running instead of booting. Default: yes where the runtime can (qemu, firecracker) and the
+    /// VM holds no `secretEnv`; `true` on a runtime that cannot answers 501.
+    #[serde(default, deserialize_with = "coerce::opt_bool")]
+    pub include_memory: Option<bool>,
+}
+
+/// Which snapshots `GET /v1/snapshots` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotScope {
+    /// Snapshots users took (the default).
+    User,
+    /// The manager's own (image seeds).
+    Internal,
+    /// Both.
+    All,
+}
+
+/// `?scope=` of the snapshot list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SnapshotsQuery {
+    /// `user` (default), `internal` or `all`.
+    pub scope: Option<SnapshotScope>,
+}
+
+/// A snapshot: the original API's `meta.json` fields, plus what it holds and its size.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotView {
+    /// `snap-<uuid>`.
+    pub id: String,
+    /// `user_overlay` (taken by a user) or `image_seed` (internal).
+    pub kind: String,
+    /// `disk` (the VM's disk: VMs started from it boot on a copy) or `memory` (disk, memory and
+    /// device state: VMs started from it resume).
+    pub content: String,
+    /// `creating` or `ready`.
+    pub state: String,
+    /// Hidden from the default listing.
+    pub internal: bool,
+    /// The runtime whose VMs can start from it.
+    pub runtime: String,
+    /// The VM it was taken of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_vm_id: Option<String>,
+    /// That VM's image (absent: the manager's configured image).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    pub cpu: u32,
+    pub mem_mb: u32,
+    /// The disk size of VMs started from it.
+    pub disk_size_mb: u32,
+    /// Bytes its files take on the host.
+    pub size_bytes: u64,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+    /// The original's legacy full-disk flag: always false.
+    pub has_disk: bool,
+    /// The original's overlay flag: always true (every snapshot holds the VM's disk).
+    pub has_overlay: bool,
+    /// Whether it holds memory (`content` is `memory`).
+    pub has_memory: bool,
+}
 
 /// A VM's network as the API shows it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]

@@ -205,7 +205,7 @@ async fn create_accepts_string_numbers_booleans_and_a_lone_allow_ip_as_the_origi
 }
 
 #[tokio::test]
-async fn create_refuses_a_bad_body_with_400_and_snapshot_baselines_with_501_each_with_a_message() {
+async fn create_refuses_a_bad_body_with_400_and_a_missing_snapshot_with_404_each_with_a_message() {
     let api = Api::new(&[]);
     for (body, needle) in [
         (json!({"memMb": 256, "allowIps": []}), "cpu"),
@@ -215,13 +215,30 @@ async fn create_refuses_a_bad_body_with_400_and_snapshot_baselines_with_501_each
     ] {
         api.call(Method::POST, "/v1/vms", Some(body)).await.expect_message(StatusCode::BAD_REQUEST, needle);
     }
-    // Booting without the snapshot's files would look like success and lose them: refused.
+    // §1.6.1: a baseline that does not exist is the original's 404 "User overlay snapshot not found".
     for field in ["userOverlaySnapshotId", "snapshotId"] {
         let body = json!({"cpu": 1, "memMb": 256, "allowIps": [], field: "snap-1"});
-        api.call(Method::POST, "/v1/vms", Some(body)).await.expect_message(StatusCode::NOT_IMPLEMENTED, field);
+        api.call(Method::POST, "/v1/vms", Some(body)).await.expect_message(StatusCode::NOT_FOUND, "snapshot not found");
     }
     let list = api.call(Method::GET, "/v1/vms", None).await.expect(StatusCode::OK);
     assert_eq!(list, json!([]), "a refused create leaves no VM behind");
+}
+
+/// §1.5: the snapshot list answers an array for each scope and 400 for another; a runtime that
+/// takes no snapshots answers 501 naming itself, a missing VM 404.
+#[tokio::test]
+async fn snapshot_routes_answer_the_original_statuses() {
+    let api = Api::new(&[]);
+    for scope in ["", "?scope=user", "?scope=internal", "?scope=all"] {
+        let list = api.call(Method::GET, &format!("/v1/snapshots{scope}"), None).await.expect(StatusCode::OK);
+        assert_eq!(list, json!([]), "{scope}");
+    }
+    api.call(Method::GET, "/v1/snapshots?scope=mine", None).await.expect_message(StatusCode::BAD_REQUEST, "scope");
+    let id = api.vm().await;
+    api.call(Method::POST, &format!("/v1/vms/{id}/snapshots"), None)
+        .await
+        .expect_message(StatusCode::NOT_IMPLEMENTED, "snapshots");
+    api.call(Method::POST, "/v1/vms/nope/snapshots", None).await.expect(StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]

@@ -262,6 +262,11 @@ impl Server {
         self.root.path().join("vms").join(id)
     }
 
+    /// The manager's `STORAGE_ROOT`.
+    pub fn storage_root(&self) -> PathBuf {
+        self.root.path().to_path_buf()
+    }
+
     pub fn req(&self, method: &str, path: &str) -> ureq::Request {
         ureq::request(method, &format!("{}{path}", self.url)).set("X-API-Key", &self.key)
     }

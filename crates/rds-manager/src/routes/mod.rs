@@ -10,6 +10,7 @@ pub mod health;
 pub mod images;
 pub mod network;
 pub mod peers;
+pub mod snapshots;
 pub mod vms;
 
 use axum::{middleware, Router};
@@ -30,6 +31,9 @@ fn protected_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(vms::stop))
         .routes(routes!(vms::logs))
         .routes(routes!(vms::exec_logs))
+        .routes(routes!(snapshots::create))
+        .routes(routes!(snapshots::list))
+        .routes(routes!(snapshots::get, snapshots::delete))
         .routes(routes!(exec::exec))
         .routes(routes!(exec::run_ts))
         .routes(routes!(exec::run_js))

@@ -9,4 +9,5 @@ pub mod images;
 pub mod logs;
 pub mod network;
 pub mod peers;
+pub mod snapshots;
 pub mod vms;

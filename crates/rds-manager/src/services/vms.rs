@@ -3,15 +3,15 @@
 
 use std::time::Duration;
 
-use rds_runtime::{RuntimeError, VmHandle, VmSpec};
+use rds_runtime::{RuntimeError, SnapshotKind, VmHandle, VmSpec};
 use rds_store::{now_ms, NewVm, Quota, SealedSecrets, StoreError, VmLimits, VmRecord, VmState};
 use serde_json::json;
 
 use crate::error::ResultExt;
 use crate::services::events::vm_event;
 use crate::services::images;
-use crate::services::{network, peers};
-use crate::views::{CreateVmRequest, VmView, PROVISION_BOOT};
+use crate::services::{network, peers, snapshots};
+use crate::views::{CreateVmRequest, VmView, PROVISION_BOOT, PROVISION_SNAPSHOT};
 use crate::{lifecycle, liveness};
 use crate::{ApiError, AppState};
 
@@ -41,7 +41,8 @@ pub async fn view(state: &AppState, vm: &VmRecord) -> VmView {
         peer_links: peers::link_views(state, &vm.id).await.unwrap_or_default(),
         network: net.clone(),
         guest_ip: net.guest_ip,
-        provision_mode: PROVISION_BOOT.to_string(),
+        provision_mode: vm.provision_mode.clone().unwrap_or_else(|| PROVISION_BOOT.to_string()),
+        snapshot_id: vm.snapshot_id.clone(),
     }
 }
 
@@ -106,11 +107,14 @@ fn validate(state: &AppState, req: &CreateVmRequest) -> Result<(), ApiError> {
 /// no free address) leaves no record; a later failure leaves nothing behind but an ERROR record
 /// with the reason.
 pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, ApiError> {
-    for (field, value) in [("userOverlaySnapshotId", &req.user_overlay_snapshot_id), ("snapshotId", &req.snapshot_id)] {
-        if value.is_some() {
-            return Err(ApiError::not_implemented(format!("`{field}`: snapshots are not supported yet")));
+    let snapshot_id = match (req.user_overlay_snapshot_id.as_deref(), req.snapshot_id.as_deref()) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(ApiError::BadRequest(
+                "`userOverlaySnapshotId` and its alias `snapshotId` name different snapshots".into(),
+            ))
         }
-    }
+        (a, b) => a.or(b).map(str::to_string),
+    };
     validate(state, &req)?;
     let policy = network::policy_from_request(
         state,
@@ -141,9 +145,15 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
         created_at: now,
         updated_at: now,
         provision_mode: None,
-        snapshot_id: None,
+        snapshot_id: snapshot_id.clone(),
     };
     let _lock = state.vm_locks.lock(&id).await;
+    // Held until the VM runs: the snapshot's delete waits for it.
+    let _snapshot_lock = match &snapshot_id {
+        Some(sid) => Some(state.snapshot_locks.read(sid).await),
+        None => None,
+    };
+    let mut baseline = None;
     {
         // Only spares this manager's creates from waiting on each other in the database: the
         // store checks MAX_VMS and picks the slot in the transaction that writes the VM, which
@@ -151,6 +161,12 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
         let _gate = state.create_gate.lock().await;
         record.image_id = images::image_for_new_vm(state, req.image_id.as_deref()).await?;
         require_root_image(state, record.image_id.as_deref()).await?;
+        if let Some(sid) = &snapshot_id {
+            let found = snapshots::baseline(state, sid, record.image_id.as_deref()).await?;
+            // The VM gets a copy of the snapshot's disk, whatever size it asked for.
+            record.disk_mb = found.snapshot.disk_mb;
+            baseline = Some(found);
+        }
         let new = NewVm {
             record: record.clone(),
             egress_policy_json: Some(network::policy_json(&policy)?),
@@ -181,7 +197,8 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
         Some(json!({"cpu": record.cpu, "memMb": record.mem_mb, "outboundInternet": record.outbound_internet})),
     )
     .await;
-    let handle = match boot(state, &record).await {
+    let from = baseline.as_ref().map(|b| Origin { baseline: b, resume: b.resumable(record.cpu, record.mem_mb) });
+    let handle = match boot(state, &record, from).await {
         Ok(handle) => handle,
         Err(e) => {
             let reason = format!("create failed: {e}");
@@ -216,8 +233,16 @@ async fn require_root_image(state: &AppState, image_id: Option<&str>) -> Result<
     Ok(())
 }
 
-/// Starts the runtime VM, persists its handle and waits for the agent's health.
-async fn boot(state: &AppState, vm: &VmRecord) -> Result<VmHandle, ApiError> {
+/// The snapshot a new VM starts from, and whether it resumes from its memory.
+#[derive(Clone, Copy)]
+struct Origin<'a> {
+    baseline: &'a snapshots::Baseline,
+    resume: bool,
+}
+
+/// Starts the runtime VM (afresh, or `from` a snapshot), persists its handle, records how it was
+/// provisioned and waits for the agent's health.
+async fn boot(state: &AppState, vm: &VmRecord, from: Option<Origin<'_>>) -> Result<VmHandle, ApiError> {
     let files = images::boot_files(state, vm.image_id.as_deref()).await?;
     let spec = VmSpec {
         id: vm.id.clone(),
@@ -230,9 +255,15 @@ async fn boot(state: &AppState, vm: &VmRecord) -> Result<VmHandle, ApiError> {
         hostname: format!("rds-{}", &vm.id[..8.min(vm.id.len())]),
         network: network::before_start(state, vm).await?,
     };
-    let handle = state.runtime.start(&spec).await.map_err(runtime_error)?;
+    let handle = match from {
+        None => state.runtime.start(&spec).await,
+        Some(from) => start_from(state, &spec, from).await,
+    }
+    .map_err(runtime_error)?;
     let json = serde_json::to_string(&handle).context("encoding the runtime handle")?;
     state.store.set_vm_handle(&vm.id, Some(&json)).await?;
+    let mode = if from.is_some() { PROVISION_SNAPSHOT } else { PROVISION_BOOT };
+    state.store.set_vm_provision(&vm.id, mode).await?;
     network::after_start(state, vm, &handle).await?;
     state
         .agent
@@ -241,6 +272,22 @@ async fn boot(state: &AppState, vm: &VmRecord) -> Result<VmHandle, ApiError> {
         .await
         .map_err(|e| ApiError::internal(format!("VM {}: agent did not become healthy", vm.id), e))?;
     Ok(handle)
+}
+
+/// Starts VM `spec` from a snapshot: resumed from its memory when `from.resume`, unless the
+/// runtime cannot for this VM (e.g. firecracker with a network link), when it boots on the
+/// snapshot's disk instead (which a memory snapshot holds too).
+async fn start_from(state: &AppState, spec: &VmSpec, from: Origin<'_>) -> Result<VmHandle, RuntimeError> {
+    let dir = &from.baseline.dir;
+    if from.resume {
+        match state.runtime.start_from_snapshot(spec, dir, SnapshotKind::Memory).await {
+            Err(RuntimeError::Unsupported(what)) => {
+                tracing::info!(vm_id = %spec.id, what, "memory restore not possible here; booting on the snapshot's disk");
+            }
+            other => return other,
+        }
+    }
+    state.runtime.start_from_snapshot(spec, dir, SnapshotKind::Disk).await
 }
 
 /// Starts a STOPPED (or ERROR) VM; its `/workspace` is kept. A failed start returns it to STOPPED.
@@ -258,7 +305,7 @@ pub async fn start(state: &AppState, id: &str) -> Result<(), ApiError> {
     };
     match async {
         slot?;
-        boot(state, &vm).await
+        boot(state, &vm, None).await
     }
     .await
     {

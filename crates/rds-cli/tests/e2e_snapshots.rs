@@ -1,0 +1,129 @@
+//! End-to-end: snapshots through the real `rds serve` on the sandbox runtime (disk snapshots of
+//! `/workspace`): take, list by scope, start VMs from one, delete, and every refusal.
+
+mod common;
+
+use common::Server;
+use serde_json::json;
+
+#[test]
+fn a_snapshot_restores_the_files_it_saw_into_independent_vms() {
+    require_sandbox!();
+    let s = Server::start(&[]);
+    let source = s.create_vm(256);
+    s.exec(&source, "echo before > /workspace/state.txt && mkdir -p /workspace/d && echo kept > /workspace/d/f");
+
+    // The original sends no body; our includeMemory defaults to what the runtime can (disk here).
+    let (st, snap) = s.call("POST", &format!("/v1/vms/{source}/snapshots"), None);
+    assert_eq!(st, 201, "{snap}");
+    let snap_id = snap["id"].as_str().unwrap().to_string();
+    assert!(snap_id.starts_with("snap-"), "{snap}");
+    assert_eq!(snap["kind"], "user_overlay");
+    assert_eq!(snap["content"], "disk");
+    assert_eq!(snap["state"], "ready");
+    assert_eq!(snap["sourceVmId"], source.as_str());
+    assert_eq!(snap["hasOverlay"], true);
+    assert!(snap["sizeBytes"].as_u64().unwrap() > 0, "{snap}");
+
+    // The source changes after the snapshot; the snapshot does not.
+    s.exec(&source, "echo after > /workspace/state.txt && rm -r /workspace/d");
+
+    let mut clones = Vec::new();
+    for field in ["userOverlaySnapshotId", "snapshotId"] {
+        let (st, vm) = s.call("POST", "/v1/vms", Some(json!({"cpu": 1, "memMb": 256, field: snap_id})));
+        assert_eq!(st, 201, "{field}: {vm}");
+        assert_eq!(vm["provisionMode"], "snapshot", "{vm}");
+        assert_eq!(vm["snapshotId"], snap_id.as_str());
+        clones.push(vm["id"].as_str().unwrap().to_string());
+    }
+    for clone in &clones {
+        let r = s.exec(clone, "cat /workspace/state.txt /workspace/d/f && stat -c %u /workspace/state.txt");
+        assert_eq!(r["stdout"], "before\nkept\n1000\n", "{clone}");
+    }
+    // Clones are independent of each other and of the source.
+    s.exec(&clones[0], "echo mine > /workspace/state.txt");
+    assert_eq!(s.exec(&clones[1], "cat /workspace/state.txt")["stdout"], "before\n");
+    assert_eq!(s.exec(&source, "cat /workspace/state.txt")["stdout"], "after\n");
+
+    // A plain create boots.
+    let (_, plain) = s.call("GET", &format!("/v1/vms/{source}"), None);
+    assert_eq!(plain["provisionMode"], "boot");
+
+    // Listed in the default scope and `all`, not in `internal`; readable by id.
+    let ids = |scope: &str| -> Vec<String> {
+        let (st, list) = s.call("GET", &format!("/v1/snapshots{scope}"), None);
+        assert_eq!(st, 200, "{list}");
+        list.as_array().unwrap().iter().map(|v| v["id"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(ids(""), [snap_id.clone()]);
+    assert_eq!(ids("?scope=all"), [snap_id.clone()]);
+    assert!(ids("?scope=internal").is_empty());
+    let (st, _) = s.call("GET", "/v1/snapshots?scope=everything", None);
+    assert_eq!(st, 400);
+    let (st, got) = s.call("GET", &format!("/v1/snapshots/{snap_id}"), None);
+    assert_eq!((st, got["id"].as_str()), (200, Some(snap_id.as_str())));
+
+    // Deleting it removes its files; the clones keep running on their own copies.
+    let dir = s.storage_root().join("snapshots").join(&snap_id);
+    assert!(dir.is_dir());
+    let (st, _) = s.call("DELETE", &format!("/v1/snapshots/{snap_id}"), None);
+    assert_eq!(st, 204);
+    assert!(!dir.exists());
+    let (st, _) = s.call("GET", &format!("/v1/snapshots/{snap_id}"), None);
+    assert_eq!(st, 404);
+    assert_eq!(s.exec(&clones[1], "cat /workspace/d/f")["stdout"], "kept\n");
+    let (st, gone) = s.call("POST", "/v1/vms", Some(json!({"cpu": 1, "memMb": 256, "snapshotId": snap_id})));
+    assert_eq!(st, 404, "{gone}");
+}
+
+#[test]
+fn snapshot_refusals_name_the_problem_and_leave_nothing() {
+    require_sandbox!();
+    let s = Server::start(&[]);
+    let id = s.create_vm(256);
+
+    // The sandbox has no VM memory to save.
+    let (st, r) = s.call("POST", &format!("/v1/vms/{id}/snapshots"), Some(json!({"includeMemory": true})));
+    assert_eq!(st, 501, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("includeMemory"), "{r}");
+    let (st, r) = s.call("POST", &format!("/v1/vms/{id}/snapshots"), Some(json!({"bogus": 1})));
+    assert_eq!(st, 400, "{r}");
+
+    // Only a RUNNING VM.
+    let (st, _) = s.call("POST", &format!("/v1/vms/{id}/stop"), None);
+    assert_eq!(st, 204);
+    let (st, r) = s.call("POST", &format!("/v1/vms/{id}/snapshots"), None);
+    assert_eq!(st, 409, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("RUNNING"), "{r}");
+    let (st, _) = s.call("POST", "/v1/vms/no-such-vm/snapshots", None);
+    assert_eq!(st, 404);
+
+    // Ids that cannot be snapshots never reach a path; unknown ones are 404, and a refused
+    // create leaves no VM behind.
+    for (bad, status) in [("..%2F..%2Fetc", 400), ("snap-00000000-0000-0000-0000-000000000000", 404)] {
+        let (st, r) = s.call("GET", &format!("/v1/snapshots/{bad}"), None);
+        assert_eq!(st, status, "{bad}: {r}");
+    }
+    let before = s.call("GET", "/v1/vms", None).1.as_array().unwrap().len();
+    for body in [
+        json!({"cpu": 1, "memMb": 256, "userOverlaySnapshotId": "../../x"}),
+        json!({"cpu": 1, "memMb": 256, "userOverlaySnapshotId": "snap-a", "snapshotId": "snap-b"}),
+    ] {
+        let (st, r) = s.call("POST", "/v1/vms", Some(body.clone()));
+        assert_eq!(st, 400, "{body}: {r}");
+    }
+    let (st, r) = s.call("POST", "/v1/vms", Some(json!({"cpu": 1, "memMb": 256, "snapshotId": "snap-missing"})));
+    assert_eq!(st, 404, "{r}");
+    assert_eq!(s.call("GET", "/v1/vms", None).1.as_array().unwrap().len(), before);
+    assert!(s.call("GET", "/v1/snapshots?scope=all", None).1.as_array().unwrap().is_empty());
+}
+
+#[test]
+fn enable_snapshots_false_turns_the_routes_off() {
+    require_sandbox!();
+    let s = Server::start(&[("ENABLE_SNAPSHOTS", "false")]);
+    let id = s.create_vm(256);
+    let (st, r) = s.call("POST", &format!("/v1/vms/{id}/snapshots"), None);
+    assert_eq!(st, 501, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("ENABLE_SNAPSHOTS"), "{r}");
+}
