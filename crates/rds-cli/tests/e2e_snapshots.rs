@@ -127,3 +127,29 @@ fn enable_snapshots_false_turns_the_routes_off() {
     assert_eq!(st, 501, "{r}");
     assert!(r["error"]["message"].as_str().unwrap().contains("ENABLE_SNAPSHOTS"), "{r}");
 }
+
+/// The original's n8n node (0.1.8): Snapshots → Create From VM (`POST` with its JSON headers and
+/// no body), Snapshots → List, VMs → Create with its `Snapshot ID` field (the legacy alias),
+/// each read as the node reads them.
+#[test]
+fn the_n8n_nodes_snapshot_operations_work() {
+    require_sandbox!();
+    let s = Server::start(&[]);
+    let vm = s.create_vm(256);
+    s.exec(&vm, "echo n8n > /workspace/mark");
+    let created = s
+        .req("POST", &format!("/v1/vms/{vm}/snapshots"))
+        .set("accept", "application/json")
+        .call()
+        .expect("Create From VM");
+    assert_eq!(created.status(), 201);
+    let snap: serde_json::Value = created.into_json().unwrap();
+    let listed: serde_json::Value =
+        s.req("GET", "/v1/snapshots").set("accept", "application/json").call().unwrap().into_json().unwrap();
+    assert!(listed.as_array().is_some_and(|a| a.iter().all(|v| v.is_object()) && a.len() == 1), "{listed}");
+    let body = json!({"cpu": 1, "memMb": 256, "allowIps": ["10.0.0.0/8"], "outboundInternet": false, "snapshotId": snap["id"]});
+    let (st, clone) = s.call("POST", "/v1/vms", Some(body));
+    assert_eq!(st, 201, "{clone}");
+    assert_eq!(clone["provisionMode"], "snapshot");
+    assert_eq!(s.exec(clone["id"].as_str().unwrap(), "cat /workspace/mark")["stdout"], "n8n\n");
+}
