@@ -391,6 +391,15 @@ fn qemu_vm_egress_follows_policy_through_the_api_and_survives_a_manager_crash() 
 
 /// Builds the fake internet, then runs [`scenario`] against a manager started with `env`.
 fn egress_follows_policy(env: Vec<(String, String)>) {
+    let (topo, mgr) = internet();
+    let mgr_ns = mgr.clone();
+    in_ns(&mgr, move || scenario(&mgr_ns, &env));
+    drop(topo);
+}
+
+/// A manager namespace whose uplink leads to an "internet" namespace serving X, Y, the metadata
+/// address and a DNS server (allowed.test → X, blocked.test → Y) until the topology drops.
+fn internet() -> (Topology, String) {
     let mut topo = Topology::new();
     let mgr = topo.add_ns("mgr");
     let inet = topo.add_ns("inet");
@@ -412,9 +421,35 @@ fn egress_follows_policy(env: Vec<(String, String)>) {
     udp_echo(&inet, at(Y, ECHO_PORT), stop.clone());
     let records = vec![("allowed.test", X.parse().unwrap()), ("blocked.test", Y.parse().unwrap())];
     dns_server(&inet, at(UPSTREAM_DNS, 53), records, stop.clone());
+    (topo, mgr)
+}
 
+/// Issue G: the warm pool serves a create with `allowIps` too, and the pooled VM enforces the
+/// policy it was created with (its member booted with none).
+#[test]
+fn a_pooled_vm_enforces_the_egress_policy_of_its_create() {
+    if let Some(reason) = skip_reason() {
+        rds_testkit::skip(reason);
+        return;
+    }
+    let (topo, mgr) = internet();
     let mgr_ns = mgr.clone();
-    in_ns(&mgr, move || scenario(&mgr_ns, &env));
+    in_ns(&mgr, move || {
+        let env = [
+            ("RDS_NETWORK", "on"),
+            ("RDS_DNS_UPSTREAMS", UPSTREAM_DNS),
+            ("RATE_LIMIT_PER_MIN", "0"),
+            ("ENABLE_WARM_POOL", "true"),
+            ("WARM_POOL_TARGET", "1"),
+        ];
+        let s = Server::start_in_netns(&mgr_ns, "0.0.0.0", &env);
+        common::wait_for_pool(&s, 1);
+        let (id, vm) = create(&s, json!({"cpu": 1, "memMb": 256, "outboundInternet": true, "allowIps": [X]}));
+        assert_eq!(vm["provisionMode"], "pool", "{vm}");
+        assert_eq!(vm["network"]["allowIps"], json!(["11.22.33.10/32"]), "{vm}");
+        let port = WEB_PORT.to_string();
+        assert_probes(&s, &id, "pooled vm", &[(p(&["tcp", X, &port]), "open:X"), (p(&["tcp", Y, &port]), "blocked")]);
+    });
     drop(topo);
 }
 

@@ -61,6 +61,9 @@ pub struct Config {
     /// `ENABLE_SNAPSHOTS` (default true): the snapshot routes and creates from a snapshot; false
     /// answers them 501.
     pub enable_snapshots: bool,
+    /// The warm pool (`ENABLE_WARM_POOL`, `WARM_POOL_TARGET`, `WARM_POOL_MAX_VMS`,
+    /// `SNAPSHOT_TEMPLATE_CPU`, `SNAPSHOT_TEMPLATE_MEM_MB`); `None` when it is off.
+    pub warm_pool: Option<WarmPoolSettings>,
     /// `RDS_SANDBOX_ROOT=host`: sandbox VMs without an image get the host's root, read-only
     /// (development only; the default, `image`, refuses them).
     pub sandbox_host_root: bool,
@@ -279,6 +282,7 @@ impl Config {
             max_disk_mb,
             default_disk_mb,
             enable_snapshots: parse(&get, "ENABLE_SNAPSHOTS", true, "true or false")?,
+            warm_pool: warm_pool_settings(&get)?,
             sandbox_host_root: match get("RDS_SANDBOX_ROOT").as_deref() {
                 None | Some("image") => false,
                 Some("host") => true,
@@ -393,6 +397,29 @@ fn positive<T: std::str::FromStr + PartialOrd + Default>(
     Ok(v)
 }
 
+/// The warm pool's settings: VMs booted ahead of demand with the template sizes, handed to
+/// creates that ask for those sizes and the default image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WarmPoolSettings {
+    /// Members kept ready: `min(WARM_POOL_TARGET, WARM_POOL_MAX_VMS)`.
+    pub target: u32,
+    /// `SNAPSHOT_TEMPLATE_CPU`: vCPUs of a member.
+    pub cpu: u32,
+    /// `SNAPSHOT_TEMPLATE_MEM_MB`: memory of a member.
+    pub mem_mb: u32,
+}
+
+/// `ENABLE_WARM_POOL=true` (as the original: anything else is off) with its target, cap and sizes.
+fn warm_pool_settings(get: &impl Fn(&str) -> Option<String>) -> Result<Option<WarmPoolSettings>, ConfigError> {
+    let target: u32 = parse(get, "WARM_POOL_TARGET", 1, "a non-negative integer")?;
+    let max: u32 = parse(get, "WARM_POOL_MAX_VMS", 4, "a non-negative integer")?;
+    let cpu: u32 = positive(get, "SNAPSHOT_TEMPLATE_CPU", 1)?;
+    let mem_mb: u32 = positive(get, "SNAPSHOT_TEMPLATE_MEM_MB", 256)?;
+    let enabled = get("ENABLE_WARM_POOL").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    let target = target.min(max);
+    Ok((enabled && target > 0).then_some(WarmPoolSettings { target, cpu, mem_mb }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -442,14 +469,25 @@ mod tests {
 
     #[test]
     fn an_original_env_file_starts_with_its_unused_variables_named() {
-        let c =
-            cfg(&[("OVERLAY_SIZE_BYTES", "536870912"), ("ENABLE_WARM_POOL", "false"), ("JAILER_UID", "1234")]).unwrap();
+        let c = cfg(&[("OVERLAY_SIZE_BYTES", "536870912"), ("FIRECRACKER_LOG_LEVEL", "Debug"), ("JAILER_UID", "1234")])
+            .unwrap();
         assert_eq!(c.default_disk_mb, 512);
         let named: Vec<&str> = c.not_applied.iter().map(|n| n.var).collect();
-        assert_eq!(named, ["JAILER_UID", "ENABLE_WARM_POOL"]);
+        assert_eq!(named, ["JAILER_UID", "FIRECRACKER_LOG_LEVEL"]);
         assert!(c.enable_snapshots);
         assert!(!cfg(&[("ENABLE_SNAPSHOTS", "false")]).unwrap().enable_snapshots);
         assert_eq!(cfg(&[("ENABLE_SNAPSHOTS", "maybe")]).unwrap_err().var, "ENABLE_SNAPSHOTS");
+        // The warm pool, as the original reads it: only "true" turns it on; the cap bounds the target.
+        assert_eq!(c.warm_pool, None);
+        let pool = |vars: &[(&str, &str)]| cfg(vars).unwrap().warm_pool;
+        assert_eq!(pool(&[("ENABLE_WARM_POOL", "yes")]), None);
+        assert_eq!(
+            pool(&[("ENABLE_WARM_POOL", "TRUE")]),
+            Some(crate::config::WarmPoolSettings { target: 1, cpu: 1, mem_mb: 256 })
+        );
+        let capped = pool(&[("ENABLE_WARM_POOL", "true"), ("WARM_POOL_TARGET", "9"), ("WARM_POOL_MAX_VMS", "3")]);
+        assert_eq!(capped.map(|p| p.target), Some(3));
+        assert_eq!(pool(&[("ENABLE_WARM_POOL", "true"), ("WARM_POOL_TARGET", "0")]), None);
         assert_eq!(cfg(&[("OVERLAY_SIZE_BYTES", "1024")]).unwrap_err().var, "OVERLAY_SIZE_BYTES", "below the minimum");
         assert_eq!(cfg(&[("OVERLAY_SIZE_BYTES", "1"), ("DEFAULT_DISK_MB", "64")]).unwrap().default_disk_mb, 64);
         assert_eq!(cfg(&[("DB_DIALECT", "postgres")]).unwrap_err().var, "DB_DIALECT");

@@ -3,7 +3,8 @@
 //! Most of them mean the same here and are read by [`crate::Config`] under the same name
 //! (`API_KEY`, `PORT`, `STORAGE_ROOT`, `KERNEL_PATH`, `BASE_ROOTFS_PATH`, `VM_SECRET_KEY`,
 //! `MAX_VMS`, `MAX_CPU`, `MAX_MEM_MB`, `MAX_EXEC_TIMEOUT_MS`, `EXPOSE_INTERNAL_ERRORS`,
-//! `FIRECRACKER_BIN`, `JAILER_BIN`, `ROOTFS_CLONE_MODE`, `ENABLE_SNAPSHOTS`);
+//! `FIRECRACKER_BIN`, `JAILER_BIN`, `ROOTFS_CLONE_MODE`, `ENABLE_SNAPSHOTS`, `ENABLE_WARM_POOL`,
+//! `WARM_POOL_TARGET`, `WARM_POOL_MAX_VMS`, `SNAPSHOT_TEMPLATE_CPU`, `SNAPSHOT_TEMPLATE_MEM_MB`);
 //! `OVERLAY_SIZE_BYTES` sets the default disk size. The rest are listed in [`NOT_APPLIED`]: one
 //! that is set is reported by name at start-up with what this build does instead, never silently
 //! ignored. `DB_DIALECT=postgres` stops start-up: quietly using SQLite would split the operator's data.
@@ -20,7 +21,6 @@ pub struct NotApplied {
 }
 
 const NO_CONSOLE: &str = "this build has no admin console yet; use API keys";
-const NO_POOL: &str = "this build has no warm pool yet; every VM boots (or starts from a snapshot it names)";
 const NO_OTEL: &str = "this build has no OpenTelemetry export; logs go to stderr (RUST_LOG)";
 const UNDER_STORAGE_ROOT: &str = "rds keeps its database and images under STORAGE_ROOT, private to the manager";
 const FIXED_TRANSPORT: &str = "the agent transport's time and size limits are fixed (see docs/api.md)";
@@ -48,11 +48,6 @@ pub const NOT_APPLIED: &[NotApplied] = &[
     NotApplied { var: "JAILER_GID", reason: "each firecracker VM runs as a gid of its own, equal to its uid" },
     NotApplied { var: "FIRECRACKER_LOG_LEVEL", reason: "Firecracker logs at Info into the VM's firecracker log" },
     NotApplied { var: "OVERLAY_DEVICE_WAIT_MS", reason: "the guest's init waits for its overlay disk by itself" },
-    NotApplied { var: "ENABLE_WARM_POOL", reason: NO_POOL },
-    NotApplied { var: "WARM_POOL_TARGET", reason: NO_POOL },
-    NotApplied { var: "WARM_POOL_MAX_VMS", reason: NO_POOL },
-    NotApplied { var: "SNAPSHOT_TEMPLATE_CPU", reason: NO_POOL },
-    NotApplied { var: "SNAPSHOT_TEMPLATE_MEM_MB", reason: NO_POOL },
     NotApplied {
         var: "DNS_SERVER_IP",
         reason: "guests resolve through the manager's own resolver on their link, which enforces allowDomains",

@@ -35,6 +35,8 @@ pub struct Inner {
     pub vm_locks: VmLocks,
     /// Held shared by creates reading a snapshot, exclusively by its delete.
     pub snapshot_locks: SnapshotLocks,
+    /// The warm pool's counters and refill wake-up.
+    pub pool: crate::services::pool::WarmPool,
     /// Queues this manager's creates (and image deletes) in memory rather than on the database's
     /// lock; only an optimisation: the store checks `MAX_VMS` and allocates slots in its own
     /// transactions, which also hold across managers sharing the database.
@@ -84,6 +86,7 @@ impl AppState {
             runtime,
             vm_locks: VmLocks::default(),
             snapshot_locks: SnapshotLocks::default(),
+            pool: Default::default(),
             create_gate: tokio::sync::Mutex::new(()),
             keys,
             limiter,

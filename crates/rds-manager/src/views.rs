@@ -70,7 +70,7 @@ fn secret_env_entries(array: ArrayBuilder) -> ArrayBuilder {
 }
 
 /// `POST /v1/vms` body.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateVmRequest {
     /// vCPUs (1..=MAX_CPU; over MAX_CPU is a 429).
@@ -251,8 +251,8 @@ pub struct VmView {
     /// it has loopback only.
     #[serde(default)]
     pub guest_ip: Option<String>,
-    /// How the VM was last brought up, as in the original API: `boot` (a cold boot) or
-    /// `snapshot` (started from `snapshotId`; `restoredMemory` says whether it resumed).
+    /// How the VM was last brought up: `boot` (a cold boot), `snapshot` (started from
+    /// `snapshotId`) or `pool` (handed out by the warm pool, booted ahead of the create).
     #[serde(default = "boot")]
     pub provision_mode: String,
     /// The snapshot the VM was created from.
@@ -268,6 +268,34 @@ fn boot() -> String {
 pub const PROVISION_BOOT: &str = "boot";
 /// `provisionMode` of a VM started from a snapshot (its disk, and its memory where it could).
 pub const PROVISION_SNAPSHOT: &str = "snapshot";
+/// `provisionMode` of a VM handed out by the warm pool (booted ahead of the create).
+pub const PROVISION_POOL: &str = "pool";
+
+/// `GET /v1/pool`: the warm pool's state and counters since the manager started.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolView {
+    /// `ENABLE_WARM_POOL=true` with a target above 0.
+    pub enabled: bool,
+    /// Members kept ready (`min(WARM_POOL_TARGET, WARM_POOL_MAX_VMS)`).
+    pub target: u32,
+    /// The sizes a create must ask for to be served (`SNAPSHOT_TEMPLATE_CPU`, `_MEM_MB`), with
+    /// the default image and disk size.
+    pub cpu: Option<u32>,
+    pub mem_mb: Option<u32>,
+    /// Members running and ready to hand out.
+    pub ready: u32,
+    /// Members booting.
+    pub starting: u32,
+    /// Creates served by a member.
+    pub hits: u64,
+    /// Creates the pool could have served but found it empty (they booted).
+    pub misses: u64,
+    /// Failed refills.
+    pub refill_errors: u64,
+    /// The last refill failure.
+    pub last_error: Option<String>,
+}
 
 /// `POST /v1/vms/{id}/snapshots` (the body is optional: the original sends none).
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]

@@ -35,6 +35,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/snapshots"),
     ("get", "/v1/snapshots/{id}"),
     ("delete", "/v1/snapshots/{id}"),
+    ("get", "/v1/pool"),
     ("post", "/v1/vms/{id}/exec"),
     ("post", "/v1/vms/{id}/run-ts"),
     ("post", "/v1/vms/{id}/run-js"),

@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use crate::{
     ApiKeyRecord, ExecLogRecord, ImagePart, ImageRecord, NetSlotRequest, NewEvent, NewVm, PeerCallRecord,
-    PeerLinkRecord, Quota, SealedSecrets, SnapshotRecord, SnapshotState, Store, StoreError, VmLimits, VmNetworkRecord,
-    VmRecord, VmState,
+    PeerLinkRecord, PoolClaim, Quota, SealedSecrets, SnapshotRecord, SnapshotState, Store, StoreError, VmLimits,
+    VmNetworkRecord, VmRecord, VmState,
 };
 
 /// Makes stores of one backend for the suite.
@@ -61,6 +61,7 @@ macro_rules! conformance_tests {
             concurrent_init_setting_on_two_stores_agrees,
             snapshots_are_created_finished_listed_and_deleted,
             provision_mode_and_snapshot_origin_round_trip,
+            pool_members_sit_outside_the_quota_until_claimed_whole,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -92,6 +93,7 @@ pub fn vm(id: &str, state: VmState, created_at: i64) -> VmRecord {
         updated_at: created_at,
         provision_mode: None,
         snapshot_id: None,
+        pool: false,
     }
 }
 
@@ -698,4 +700,45 @@ pub async fn provision_mode_and_snapshot_origin_round_trip(factory: &dyn StoreFa
     let got = store.get_vm("vm-1").await.unwrap().unwrap();
     assert_eq!((got.provision_mode.as_deref(), got.snapshot_id.as_deref()), (Some("snapshot"), Some("snap-1")));
     assert!(matches!(store.set_vm_provision("nope", "boot").await, Err(StoreError::NotFound(_))));
+}
+
+/// Warm-pool members do not count toward `MAX_VMS`; a claim takes the oldest RUNNING member of
+/// the right runtime, sizes and image, counts it from then on and gives it the claim's policy,
+/// secrets and links in the same step; no match is `None`, a full quota a refusal.
+pub async fn pool_members_sit_outside_the_quota_until_claimed_whole(f: &dyn StoreFactory) {
+    let s = f.fresh().await;
+    let limits = VmLimits { max_vms: 1 };
+    for (id, created, state) in
+        [("p-new", 3, VmState::Running), ("p-old", 2, VmState::Running), ("p-booting", 1, VmState::Creating)]
+    {
+        let mut new = new_vm(id, None);
+        new.record = VmRecord { pool: true, ..vm(id, state, created) };
+        s.create_vm(&new, &limits).await.unwrap();
+    }
+    assert_eq!(s.count_live_vms().await.unwrap(), 0, "members are outside the quota");
+    let claim = PoolClaim {
+        runtime: "sandbox".into(),
+        cpu: 1,
+        mem_mb: 256,
+        disk_mb: 1024,
+        image_id: None,
+        outbound_internet: true,
+        allow_ips_json: Some(r#"["10.0.0.0/8"]"#.into()),
+        egress_policy_json: Some(r#"{"outboundInternet":true}"#.into()),
+        secrets: Some(SealedSecrets { ciphertext: b"sealed".to_vec(), keys: vec!["TOKEN".into()] }),
+        links: vec![link("ignored", "weather", "p-new")],
+    };
+    let wrong_size = PoolClaim { mem_mb: 512, ..claim.clone() };
+    assert_eq!(s.claim_pool_vm(&wrong_size, &limits).await.unwrap(), None);
+    assert_eq!(s.claim_pool_vm(&claim, &limits).await.unwrap().as_deref(), Some("p-old"), "the oldest RUNNING one");
+    let got = s.get_vm("p-old").await.unwrap().unwrap();
+    assert!(!got.pool && got.outbound_internet, "{got:?}");
+    assert_eq!(got.allow_ips_json, claim.allow_ips_json);
+    assert_eq!(s.vm_network("p-old").await.unwrap().unwrap().egress_policy_json, claim.egress_policy_json);
+    assert_eq!(s.vm_secret_keys("p-old").await.unwrap(), ["TOKEN"]);
+    let links = s.list_peer_links("p-old").await.unwrap();
+    assert_eq!((links.len(), links[0].consumer_vm_id.as_str()), (1, "p-old"));
+    assert_eq!(s.count_live_vms().await.unwrap(), 1);
+    assert!(matches!(s.claim_pool_vm(&claim, &limits).await, Err(StoreError::QuotaExceeded(Quota::Vms { max: 1 }))));
+    assert!(s.get_vm("p-new").await.unwrap().unwrap().pool, "a refused claim takes nothing");
 }

@@ -136,7 +136,8 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_vm(&self, vm: &VmRecord) -> StoreResult<()>;
     /// Creates a VM with its egress policy, sealed secrets, peer links and (if `new.net` asks for
     /// one) the lowest free network slot, in one transaction that first checks `limits` against
-    /// the live VMs in the database and that `record.image_id`, if any, still exists. Refusals:
+    /// the live VMs in the database (a warm-pool member, `record.pool`, is outside the quota) and
+    /// that `record.image_id`, if any, still exists. Refusals:
     /// [`StoreError::QuotaExceeded`] (VMs or slots), [`StoreError::NotFound`] (image),
     /// [`StoreError::Conflict`] (id). A refused create leaves no row behind.
     async fn create_vm(&self, new: &NewVm, limits: &VmLimits) -> StoreResult<CreatedVm>;
@@ -144,7 +145,7 @@ pub trait Store: Send + Sync + 'static {
     async fn get_vm(&self, id: &str) -> StoreResult<Option<VmRecord>>;
     /// Lists every VM that is not DELETED, oldest first (`created_at`, then id).
     async fn list_vms(&self) -> StoreResult<Vec<VmRecord>>;
-    /// Counts VMs that are not DELETED (the `MAX_VMS` quota).
+    /// Counts VMs that are not DELETED nor warm-pool members (the `MAX_VMS` quota).
     async fn count_live_vms(&self) -> StoreResult<u64>;
     /// Sets a VM's state and reason (`None` clears the reason); `NotFound` if no such VM.
     async fn set_vm_state(&self, id: &str, state: VmState, reason: Option<&str>) -> StoreResult<()>;
@@ -246,6 +247,11 @@ pub trait Store: Send + Sync + 'static {
     /// (so concurrent first starts agree on one).
     async fn init_setting(&self, key: &str, value: &str) -> StoreResult<String>;
 
+    /// Hands a create the oldest RUNNING warm-pool member matching `claim` (runtime, sizes,
+    /// image), in one transaction that first checks `limits` (the member now counts) and then
+    /// makes it an ordinary VM with the claim's policy, secrets and links. `None` when no member
+    /// matches; [`StoreError::QuotaExceeded`] when the quota is full.
+    async fn claim_pool_vm(&self, claim: &PoolClaim, limits: &VmLimits) -> StoreResult<Option<String>>;
     /// Records how VM `id` was last brought up (`boot`, `snapshot`, `pool`); `NotFound` if no such VM.
     async fn set_vm_provision(&self, id: &str, mode: &str) -> StoreResult<()>;
     /// Inserts a snapshot (normally [`SnapshotState::Creating`]); a taken id is a `Conflict`.

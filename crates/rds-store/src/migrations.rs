@@ -112,10 +112,11 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE vms ADD COLUMN disk_mb INTEGER NOT NULL DEFAULT 1024;
     "#,
-    // 5: snapshots; how each VM was provisioned and from which snapshot.
+    // 5: snapshots; how each VM was provisioned and from which snapshot; warm-pool members.
     r#"
     ALTER TABLE vms ADD COLUMN provision_mode TEXT;
     ALTER TABLE vms ADD COLUMN snapshot_id TEXT;
+    ALTER TABLE vms ADD COLUMN pool INTEGER NOT NULL DEFAULT 0;
     CREATE TABLE snapshots (
         id TEXT PRIMARY KEY,
         kind TEXT NOT NULL,

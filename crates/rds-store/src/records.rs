@@ -91,6 +91,9 @@ pub struct VmRecord {
     pub provision_mode: Option<String>,
     /// The snapshot the VM was created from, if any.
     pub snapshot_id: Option<String>,
+    /// A warm-pool member: hidden from the API and outside `MAX_VMS` until a create claims it
+    /// ([`crate::Store::claim_pool_vm`]).
+    pub pool: bool,
 }
 
 /// A VM's network allocation and egress policy, as persisted.
@@ -304,6 +307,25 @@ pub struct NetSlotRequest {
 pub struct VmLimits {
     /// Most VMs that are not DELETED (`MAX_VMS`).
     pub max_vms: u64,
+}
+
+/// What a create asks of a warm-pool member, and what the member takes on when claimed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolClaim {
+    /// The member must run on this runtime, with these sizes and image.
+    pub runtime: String,
+    pub cpu: u32,
+    pub mem_mb: u32,
+    pub disk_mb: u32,
+    pub image_id: Option<String>,
+    /// The creator's egress policy, as [`NewVm`] carries it.
+    pub outbound_internet: bool,
+    pub allow_ips_json: Option<String>,
+    pub egress_policy_json: Option<String>,
+    /// The creator's sealed `secretEnv`.
+    pub secrets: Option<SealedSecrets>,
+    /// The creator's peer links; their `consumer_vm_id` becomes the claimed member's id.
+    pub links: Vec<PeerLinkRecord>,
 }
 
 /// What [`crate::Store::create_vm`] allocated.

@@ -15,8 +15,8 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, Transactio
 
 use crate::{
     migrations, now_ms, ApiKeyRecord, CreatedVm, EventRecord, ExecLogRecord, ImagePart, ImageRecord, NetSlotRequest,
-    NewEvent, NewVm, PeerCallRecord, PeerLinkRecord, Quota, SnapshotRecord, SnapshotState, Store, StoreError,
-    StoreResult, VmLimits, VmNetworkRecord, VmRecord, VmState,
+    NewEvent, NewVm, PeerCallRecord, PeerLinkRecord, PoolClaim, Quota, SnapshotRecord, SnapshotState, Store,
+    StoreError, StoreResult, VmLimits, VmNetworkRecord, VmRecord, VmState,
 };
 
 /// How long a writer waits for another connection's (or manager's) write lock.
@@ -68,7 +68,7 @@ type Res<T> = Result<T, Fail>;
 
 const VM_COLUMNS: &str = "id, state, state_reason, cpu, mem_mb, runtime, image_id, handle_json, \
      outbound_internet, allow_ips_json, secret_env_ciphertext, created_at, updated_at, disk_mb, provision_mode, \
-     snapshot_id";
+     snapshot_id, pool";
 
 const SNAPSHOT_COLUMNS: &str = "id, kind, content, state, internal, runtime, source_vm_id, image_id, cpu, mem_mb, \
      disk_mb, bytes, created_at";
@@ -187,6 +187,7 @@ fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<(VmRecord, String)> {
             disk_mb: r.get(13)?,
             provision_mode: r.get(14)?,
             snapshot_id: r.get(15)?,
+            pool: r.get(16)?,
         },
         state,
     ))
@@ -247,7 +248,7 @@ fn touched(n: usize, what: impl FnOnce() -> Fail) -> Res<()> {
 
 fn insert_vm_row(conn: &Connection, vm: &VmRecord) -> Res<()> {
     conn.execute(
-        &format!("INSERT INTO vms ({VM_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)"),
+        &format!("INSERT INTO vms ({VM_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)"),
         params![
             vm.id,
             vm.state.as_str(),
@@ -264,7 +265,8 @@ fn insert_vm_row(conn: &Connection, vm: &VmRecord) -> Res<()> {
             vm.updated_at,
             vm.disk_mb,
             vm.provision_mode,
-            vm.snapshot_id
+            vm.snapshot_id,
+            vm.pool
         ],
     )
     .map_err(|e| match e {
@@ -281,7 +283,7 @@ fn insert_vm_row(conn: &Connection, vm: &VmRecord) -> Res<()> {
 }
 
 fn count_live(conn: &Connection) -> Res<u64> {
-    let n: i64 = conn.query_row("SELECT COUNT(*) FROM vms WHERE state <> 'DELETED'", [], |r| r.get(0))?;
+    let n: i64 = conn.query_row("SELECT COUNT(*) FROM vms WHERE state <> 'DELETED' AND pool = 0", [], |r| r.get(0))?;
     Ok(n as u64)
 }
 
@@ -331,7 +333,7 @@ impl Store for SqliteStore {
         let new = new.clone();
         let limits = *limits;
         self.write("create_vm", move |tx| {
-            if count_live(tx)? >= limits.max_vms {
+            if !new.record.pool && count_live(tx)? >= limits.max_vms {
                 return Err(StoreError::QuotaExceeded(Quota::Vms { max: limits.max_vms }).into());
             }
             let vm = &new.record;
@@ -936,6 +938,37 @@ impl Store for SqliteStore {
                 params![key, value],
             )?;
             Ok(tx.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))?)
+        })
+        .await
+    }
+
+    async fn claim_pool_vm(&self, claim: &PoolClaim, limits: &VmLimits) -> StoreResult<Option<String>> {
+        let (claim, limits) = (claim.clone(), *limits);
+        self.write("claim_pool_vm", move |tx| {
+            if count_live(tx)? >= limits.max_vms {
+                return Err(StoreError::QuotaExceeded(Quota::Vms { max: limits.max_vms }).into());
+            }
+            let id: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM vms WHERE pool = 1 AND state = 'RUNNING' AND runtime = ?1 AND cpu = ?2 \
+                     AND mem_mb = ?3 AND disk_mb = ?4 AND image_id IS ?5 ORDER BY created_at, id LIMIT 1",
+                    params![claim.runtime, claim.cpu, claim.mem_mb, claim.disk_mb, claim.image_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(id) = id else { return Ok(None) };
+            tx.execute(
+                "UPDATE vms SET pool = 0, outbound_internet = ?2, allow_ips_json = ?3, egress_policy_json = ?4, \
+                 updated_at = ?5 WHERE id = ?1",
+                params![id, claim.outbound_internet, claim.allow_ips_json, claim.egress_policy_json, now_ms()],
+            )?;
+            if let Some(s) = &claim.secrets {
+                set_secrets_row(tx, &id, Some(&s.ciphertext), &s.keys)?;
+            }
+            for link in &claim.links {
+                upsert_link_row(tx, &PeerLinkRecord { consumer_vm_id: id.clone(), ..link.clone() })?;
+            }
+            Ok(Some(id))
         })
         .await
     }

@@ -41,6 +41,20 @@ macro_rules! require_sandbox {
     };
 }
 
+/// Waits (bounded, 90 s) until manager `s`'s warm pool holds `ready` running members.
+pub fn wait_for_pool(s: &Server, ready: u64) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let (st, pool) = s.call("GET", "/v1/pool", None);
+        assert_eq!(st, 200, "{pool}");
+        if pool["ready"].as_u64() == Some(ready) {
+            return pool;
+        }
+        assert!(std::time::Instant::now() < deadline, "the pool never held {ready} ready members: {pool}\n{}", s.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// `target/debug/rds-agent`, next to the `rds` binary under test.
 pub fn agent_bin() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_rds")).with_file_name("rds-agent")
@@ -246,6 +260,16 @@ impl Server {
         rt.block_on(async {
             let store = rds_store::open(&config).await.expect("open rds.db");
             store.get_vm(id).await.expect("read the VM")
+        })
+    }
+
+    /// Ids of the warm-pool members in the manager's database (any state but DELETED).
+    pub fn stored_pool_members(&self) -> Vec<String> {
+        let config = rds_store::StoreConfig::Sqlite { path: self.root.path().join("rds.db") };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        rt.block_on(async {
+            let store = rds_store::open(&config).await.expect("open rds.db");
+            store.list_vms().await.expect("list VMs").into_iter().filter(|v| v.pool).map(|v| v.id).collect()
         })
     }
 

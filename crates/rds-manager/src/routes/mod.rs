@@ -10,6 +10,7 @@ pub mod health;
 pub mod images;
 pub mod network;
 pub mod peers;
+pub mod pool;
 pub mod snapshots;
 pub mod vms;
 
@@ -34,6 +35,7 @@ fn protected_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(snapshots::create))
         .routes(routes!(snapshots::list))
         .routes(routes!(snapshots::get, snapshots::delete))
+        .routes(routes!(pool::get))
         .routes(routes!(exec::exec))
         .routes(routes!(exec::run_ts))
         .routes(routes!(exec::run_js))

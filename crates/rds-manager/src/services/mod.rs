@@ -9,5 +9,6 @@ pub mod images;
 pub mod logs;
 pub mod network;
 pub mod peers;
+pub mod pool;
 pub mod snapshots;
 pub mod vms;

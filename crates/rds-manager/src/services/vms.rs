@@ -4,14 +4,14 @@
 use std::time::Duration;
 
 use rds_runtime::{RuntimeError, SnapshotKind, VmHandle, VmSpec};
-use rds_store::{now_ms, NewVm, Quota, SealedSecrets, StoreError, VmLimits, VmRecord, VmState};
+use rds_store::{now_ms, NewVm, PoolClaim, Quota, SealedSecrets, StoreError, VmLimits, VmRecord, VmState};
 use serde_json::json;
 
 use crate::error::ResultExt;
 use crate::services::events::vm_event;
 use crate::services::images;
-use crate::services::{network, peers, snapshots};
-use crate::views::{CreateVmRequest, VmView, PROVISION_BOOT, PROVISION_SNAPSHOT};
+use crate::services::{network, peers, pool, snapshots};
+use crate::views::{CreateVmRequest, VmView, PROVISION_BOOT, PROVISION_POOL, PROVISION_SNAPSHOT};
 use crate::{lifecycle, liveness};
 use crate::{ApiError, AppState};
 
@@ -54,7 +54,7 @@ pub async fn find(state: &AppState, id: &str) -> Result<VmRecord, ApiError> {
         return Err(ApiError::BadRequest("Invalid VM id".into()));
     }
     match state.store.get_vm(id).await? {
-        Some(vm) if vm.state != VmState::Deleted => Ok(vm),
+        Some(vm) if vm.state != VmState::Deleted && !vm.pool => Ok(vm),
         _ => Err(ApiError::NotFound(format!("VM {id} not found"))),
     }
 }
@@ -71,7 +71,7 @@ pub async fn find_running(state: &AppState, id: &str) -> Result<VmRecord, ApiErr
 /// Lists VMs that are not deleted.
 pub async fn list(state: &AppState) -> Result<Vec<VmView>, ApiError> {
     let mut views = Vec::new();
-    for vm in state.store.list_vms().await? {
+    for vm in state.store.list_vms().await?.into_iter().filter(|v| !v.pool) {
         views.push(view(state, &vm).await);
     }
     Ok(views)
@@ -107,6 +107,16 @@ fn validate(state: &AppState, req: &CreateVmRequest) -> Result<(), ApiError> {
 /// no free address) leaves no record; a later failure leaves nothing behind but an ERROR record
 /// with the reason.
 pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, ApiError> {
+    create_as(state, req, false).await
+}
+
+/// Boots a warm-pool member ([`crate::services::pool`]): a create outside `MAX_VMS`, hidden from
+/// the API, never itself served from the pool.
+pub async fn create_pool_member(state: &AppState, req: CreateVmRequest) -> Result<VmView, ApiError> {
+    create_as(state, req, true).await
+}
+
+async fn create_as(state: &AppState, req: CreateVmRequest, pool: bool) -> Result<VmView, ApiError> {
     let snapshot_id = match (req.user_overlay_snapshot_id.as_deref(), req.snapshot_id.as_deref()) {
         (Some(a), Some(b)) if a != b => {
             return Err(ApiError::BadRequest(
@@ -146,6 +156,7 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
         updated_at: now,
         provision_mode: None,
         snapshot_id: snapshot_id.clone(),
+        pool,
     };
     let _lock = state.vm_locks.lock(&id).await;
     // Held until the VM runs: the snapshot's delete waits for it.
@@ -167,10 +178,29 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
             record.disk_mb = found.snapshot.disk_mb;
             baseline = Some(found);
         }
+        let secrets = secrets.map(|(ciphertext, keys)| SealedSecrets { ciphertext, keys });
+        if !pool && baseline.is_none() {
+            let claim = PoolClaim {
+                runtime: record.runtime.clone(),
+                cpu: record.cpu,
+                mem_mb: record.mem_mb,
+                disk_mb: record.disk_mb,
+                image_id: record.image_id.clone(),
+                outbound_internet: record.outbound_internet,
+                allow_ips_json: record.allow_ips_json.clone(),
+                egress_policy_json: Some(network::policy_json(&policy)?),
+                secrets: secrets.clone(),
+                links: links.clone(),
+            };
+            if let Some(member) = pool::checkout(state, &record, claim).await? {
+                drop(_gate);
+                return take_over(state, &member, &policy).await;
+            }
+        }
         let new = NewVm {
             record: record.clone(),
             egress_policy_json: Some(network::policy_json(&policy)?),
-            secrets: secrets.map(|(ciphertext, keys)| SealedSecrets { ciphertext, keys }),
+            secrets,
             links,
             net: network::slot_request(state),
         };
@@ -189,14 +219,16 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
             return Err(e);
         }
     }
-    vm_event(
-        state,
-        &id,
-        "vm.created",
-        format!("VM created ({} vCPU, {} MiB)", record.cpu, record.mem_mb),
-        Some(json!({"cpu": record.cpu, "memMb": record.mem_mb, "outboundInternet": record.outbound_internet})),
-    )
-    .await;
+    if !pool {
+        vm_event(
+            state,
+            &id,
+            "vm.created",
+            format!("VM created ({} vCPU, {} MiB)", record.cpu, record.mem_mb),
+            Some(json!({"cpu": record.cpu, "memMb": record.mem_mb, "outboundInternet": record.outbound_internet})),
+        )
+        .await;
+    }
     let from = baseline.as_ref().map(|b| Origin { baseline: b, resume: b.resumable(record.cpu, record.mem_mb) });
     let handle = match boot(state, &record, from).await {
         Ok(handle) => handle,
@@ -213,8 +245,36 @@ pub async fn create(state: &AppState, req: CreateVmRequest) -> Result<VmView, Ap
     };
     transition(state, &id, VmState::Creating, VmState::Running, None).await?;
     liveness::watch(state, &id, &handle);
-    vm_event(state, &id, "vm.started", "VM started", None).await;
-    let vm = find(state, &id).await?;
+    let vm = state.store.get_vm(&id).await?.ok_or_else(|| ApiError::NotFound(format!("VM {id} not found")))?;
+    if !pool {
+        vm_event(state, &id, "vm.started", "VM started", None).await;
+        peers::on_running(state, &vm).await;
+    }
+    Ok(view(state, &vm).await)
+}
+
+/// Makes warm-pool member `id`, just claimed for a create (its record already carries the
+/// create's policy, secrets and links), the caller's VM: applies the egress policy to its running
+/// link, opens its bridge and writes its peer files. If the policy cannot be applied the VM is
+/// removed rather than handed out with the wrong one.
+async fn take_over(state: &AppState, id: &str, policy: &rds_net::EgressPolicy) -> Result<VmView, ApiError> {
+    let _lock = state.vm_locks.lock(id).await;
+    if let (Some(net), Some(slot)) = (state.network.get(), network::slot_of(state, id).await?) {
+        if let Err(e) = net.apply_policy(id, &slot, policy).await {
+            let _ = finish_delete_of(state, id).await;
+            return Err(ApiError::internal(format!("warm VM {id}: cannot apply the egress policy"), e));
+        }
+    }
+    state.store.set_vm_provision(id, PROVISION_POOL).await?;
+    let vm = find(state, id).await?;
+    vm_event(
+        state,
+        id,
+        "vm.created",
+        format!("VM created from the warm pool ({} vCPU, {} MiB)", vm.cpu, vm.mem_mb),
+        Some(json!({"cpu": vm.cpu, "memMb": vm.mem_mb, "outboundInternet": vm.outbound_internet, "provisionMode": PROVISION_POOL})),
+    )
+    .await;
     peers::on_running(state, &vm).await;
     Ok(view(state, &vm).await)
 }
@@ -364,14 +424,29 @@ pub async fn stop(state: &AppState, id: &str) -> Result<(), ApiError> {
 /// VM back; a failed delete stays DELETING with the reason and can be retried.
 pub async fn delete(state: &AppState, id: &str) -> Result<(), ApiError> {
     let lock = state.vm_locks.lock(id).await;
-    let vm = find(state, id).await?;
-    if vm.state != VmState::Deleting {
-        transition(state, id, vm.state, VmState::Deleting, None).await?;
-    }
-    finish_delete(state, &vm).await?;
+    find(state, id).await?;
+    finish_delete_of(state, id).await?;
     drop(lock);
     state.vm_locks.forget(id);
     Ok(())
+}
+
+/// Deletes VM `id` whatever it is (a warm-pool member too); a VM already gone is fine.
+pub async fn remove(state: &AppState, id: &str) -> Result<(), ApiError> {
+    let lock = state.vm_locks.lock(id).await;
+    finish_delete_of(state, id).await?;
+    drop(lock);
+    state.vm_locks.forget(id);
+    Ok(())
+}
+
+/// Records VM `id` DELETING and destroys it. The caller holds the VM's lock.
+async fn finish_delete_of(state: &AppState, id: &str) -> Result<(), ApiError> {
+    let Some(vm) = state.store.get_vm(id).await?.filter(|v| v.state != VmState::Deleted) else { return Ok(()) };
+    if vm.state != VmState::Deleting {
+        transition(state, id, vm.state, VmState::Deleting, None).await?;
+    }
+    finish_delete(state, &vm).await
 }
 
 /// Destroys what a DELETING VM still holds and records it DELETED. The caller holds the VM's lock.
