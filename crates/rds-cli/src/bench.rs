@@ -12,8 +12,9 @@ use serde_json::{json, Value};
 /// Flags of `rds bench`.
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// What to measure: `create`, `peers` or `network` (see [`crate::bench_network`]).
-    #[arg(value_parser = ["create", "peers", "network"])]
+    /// What to measure: `create`, `peers`, `network` (see [`crate::bench_network`]) or
+    /// `snapshots` (see [`crate::bench_snapshots`]).
+    #[arg(value_parser = ["create", "peers", "network", "snapshots"])]
     what: String,
     /// Use a running manager instead of starting one.
     #[arg(long, requires = "api_key")]
@@ -52,6 +53,9 @@ impl Drop for OwnManager {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.what == "network" {
         return crate::bench_network::run(args.vms, args.execs);
+    }
+    if args.what == "snapshots" {
+        return crate::bench_snapshots::run(args.vms);
     }
     let (url, key, storage_root, _own) = match &args.url {
         Some(url) => (url.clone(), args.api_key.clone().unwrap_or_default(), args.storage_root.clone(), None),

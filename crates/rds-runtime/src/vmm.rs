@@ -297,6 +297,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_copy_keeps_a_sparse_file_sparse_and_byte_for_byte() {
+        use std::io::{Seek, SeekFrom, Write};
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("disk"), dir.path().join("copy"));
+        let mut f = std::fs::File::create(&from).unwrap();
+        f.set_len(64 << 20).unwrap();
+        for at in [0u64, 20 << 20, (64 << 20) - 4096] {
+            f.seek(SeekFrom::Start(at)).unwrap();
+            f.write_all(&[0xa5; 4096]).unwrap();
+        }
+        drop(f);
+        clone_file(&from, &to, CloneMode::Copy).unwrap();
+        assert_eq!(std::fs::read(&from).unwrap(), std::fs::read(&to).unwrap());
+        let copy = std::fs::metadata(&to).unwrap();
+        assert_eq!(copy.len(), 64 << 20);
+        assert!(copy.blocks() * 512 < 1 << 20, "the copy stays sparse: {} bytes allocated", copy.blocks() * 512);
+        assert!(clone_file(&from, &to, CloneMode::Copy).is_err(), "never overwrites");
+    }
+
+    #[test]
     fn vm_dirs_of_invalid_ids_never_leave_the_vms_directory() {
         let root = Path::new("/var/lib/rds");
         assert_eq!(vm_dir(root, "vm-1"), PathBuf::from("/var/lib/rds/vms/vm-1"));
@@ -407,10 +428,49 @@ pub(crate) fn clone_file(from: &Path, to: &Path, mode: CloneMode) -> Result<(), 
             return Err(fail("reflink (ROOTFS_CLONE_MODE=reflink)", err));
         }
     }
-    drop(dst);
-    // std::fs::copy uses copy_file_range, which keeps holes on the filesystems that matter here.
-    std::fs::remove_file(to).map_err(|e| fail("replace", e))?;
-    std::fs::copy(from, to).map(drop).map_err(|e| fail("copy", e))
+    sparse_copy(&src, &dst).map_err(|e| {
+        drop(std::fs::remove_file(to));
+        fail("copy", e)
+    })
+}
+
+/// Copies `src` into the empty `dst` extent by extent (`SEEK_DATA`/`SEEK_HOLE`), so a sparse disk
+/// stays sparse and only the bytes it holds are copied: `copy_file_range` alone fills the holes
+/// on ext4 (a 1 GiB disk holding 1 MiB took 1.7 s and 1 GiB).
+fn sparse_copy(src: &std::fs::File, dst: &std::fs::File) -> std::io::Result<()> {
+    let len = src.metadata()?.len() as libc::off_t;
+    dst.set_len(len as u64)?;
+    let mut at: libc::off_t = 0;
+    while at < len {
+        // SAFETY: lseek on a descriptor we own.
+        let data = unsafe { libc::lseek(src.as_raw_fd(), at, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break; // only a hole is left
+            }
+            return Err(e);
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(src.as_raw_fd(), data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let (mut from, mut to) = (data, data);
+        while from < hole {
+            let want = (hole - from) as usize;
+            // SAFETY: copy_file_range between two descriptors we own, with offsets we own.
+            let n = unsafe { libc::copy_file_range(src.as_raw_fd(), &mut from, dst.as_raw_fd(), &mut to, want, 0) };
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if n == 0 {
+                break; // the file shrank under us
+            }
+        }
+        at = hole;
+    }
+    dst.sync_all()
 }
 
 /// A file system frozen with `FIFREEZE` (writes block until it thaws): what a disk copy taken
