@@ -153,3 +153,77 @@ fn the_n8n_nodes_snapshot_operations_work() {
     assert_eq!(clone["provisionMode"], "snapshot");
     assert_eq!(s.exec(clone["id"].as_str().unwrap(), "cat /workspace/mark")["stdout"], "n8n\n");
 }
+
+/// A provider snapshotted after its SDK upload starts again with the secrets its create passes:
+/// they are never in the snapshot (its files are scanned for the value), and the SDK files are.
+/// A consumer snapshotted after its peer sync starts with its links synced again.
+#[test]
+fn provider_and_consumer_snapshots_carry_files_and_never_secrets() {
+    require_sandbox!();
+    let s = Server::start(&[("VM_SECRET_KEY", "0123456789abcdef0123456789abcdef-snap")]);
+    let secret = "tok-5ecr3t-never-on-disk-7f3a";
+    let (st, provider) =
+        // A small disk: the test reads the snapshot's disk file whole.
+        s.call("POST", "/v1/vms", Some(json!({"cpu": 1, "memMb": 256, "diskSizeMb": 64, "secretEnv": [format!("API_TOKEN={secret}")]})));
+    assert_eq!(st, 201, "{provider}");
+    let provider = provider["id"].as_str().unwrap().to_string();
+    let manifest = r#"{"sdk": {"name": "calc", "description": "adds"}, "exports": [{"name": "add", "module": "calc.py", "description": "a + b"}]}"#;
+    let files = [(".rds-peer/manifest.json", manifest.as_bytes()), ("calc.py", &b"def add(args):\n    return 1\n"[..])];
+    let resp = s
+        .req("POST", &format!("/v1/vms/{provider}/files/upload?dest=/workspace"))
+        .set("content-type", "application/gzip")
+        .send_bytes(&rds_testkit::tar_gz(&files))
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    // The provider uses its secret (a hash of it lands on disk, the value does not).
+    let r = s.exec(&provider, "printf %s \"$API_TOKEN\" | sha256sum > /workspace/token.sha && sync && echo used");
+    assert_eq!(r["stdout"], "used\n", "{r}");
+
+    let (st, snap) = s.call("POST", &format!("/v1/vms/{provider}/snapshots"), None);
+    assert_eq!(st, 201, "{snap}");
+    let snap_id = snap["id"].as_str().unwrap().to_string();
+    let dir = s.storage_root().join("snapshots").join(&snap_id);
+    let mut scanned = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        scanned += bytes.len();
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "the secret is in the snapshot");
+    }
+    assert!(scanned > 0, "the snapshot has files to scan");
+    // ...while the hash it wrote is there, so the scan does look at the VM's data.
+    let sha = s.exec(&provider, "cut -c1-64 /workspace/token.sha")["stdout"].as_str().unwrap().trim().to_string();
+    let found = std::fs::read_dir(&dir)
+        .unwrap()
+        .any(|e| std::fs::read(e.unwrap().path()).unwrap().windows(sha.len()).any(|w| w == sha.as_bytes()));
+    assert!(found, "the snapshot holds the provider's files");
+
+    // A new provider from it: SDK files there, the secret only because its create passes it.
+    let body = json!({"cpu": 1, "memMb": 256, "snapshotId": snap_id, "secretEnv": [format!("API_TOKEN={secret}")]});
+    let (st, clone) = s.call("POST", "/v1/vms", Some(body));
+    assert_eq!(st, 201, "{clone}");
+    let clone = clone["id"].as_str().unwrap().to_string();
+    let r = s.exec(&clone, &format!("test -f /workspace/calc.py && [ \"$API_TOKEN\" = {secret} ] && echo provider"));
+    assert_eq!(r["stdout"], "provider\n", "{r}");
+    let (_, bare) = s.call("POST", "/v1/vms", Some(json!({"cpu": 1, "memMb": 256, "snapshotId": snap_id})));
+    let bare = bare["id"].as_str().unwrap().to_string();
+    let r = s.exec(&bare, "test -f /workspace/calc.py && echo \"[${API_TOKEN:-none}]\"");
+    assert_eq!(r["stdout"], "[none]\n", "no secret unless the create passes it: {r}");
+
+    // A consumer snapshotted after its sync, restored with its link: synced again.
+    let body = json!({"cpu": 1, "memMb": 256, "diskSizeMb": 64, "peerLinks": [{"alias": "calc", "vmId": clone}]});
+    let (st, consumer) = s.call("POST", "/v1/vms", Some(body.clone()));
+    assert_eq!(st, 201, "{consumer}");
+    let consumer = consumer["id"].as_str().unwrap().to_string();
+    s.exec(&consumer, "echo mine > /workspace/notes.txt");
+    let (st, csnap) = s.call("POST", &format!("/v1/vms/{consumer}/snapshots"), None);
+    assert_eq!(st, 201, "{csnap}");
+    let mut restored = body;
+    restored["snapshotId"] = csnap["id"].clone();
+    let (st, c2) = s.call("POST", "/v1/vms", Some(restored));
+    assert_eq!(st, 201, "{c2}");
+    let r = s.exec(
+        c2["id"].as_str().unwrap(),
+        "cat /workspace/notes.txt && test -f /workspace/peers/calc/index.ts && echo synced",
+    );
+    assert_eq!(r["stdout"], "mine\nsynced\n", "{r}");
+}
