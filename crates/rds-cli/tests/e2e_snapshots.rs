@@ -227,3 +227,39 @@ fn provider_and_consumer_snapshots_carry_files_and_never_secrets() {
     );
     assert_eq!(r["stdout"], "mine\nsynced\n", "{r}");
 }
+
+/// Issue G: the image seed is built by itself, listed only in `scope=internal`, and used: a
+/// create of its disk size starts from it (on the sandbox a disk seed: the VM boots on the
+/// seed's ready-made disk instead of a fresh one).
+#[test]
+fn the_image_seed_is_internal_and_starts_vms() {
+    require_sandbox!();
+    let s = Server::start(&[("IMAGE_SEEDS", "on")]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let seed = loop {
+        let (st, list) = s.call("GET", "/v1/snapshots?scope=internal", None);
+        assert_eq!(st, 200, "{list}");
+        if let Some(seed) = list.as_array().unwrap().iter().find(|v| v["state"] == "ready") {
+            break seed.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no seed was built: {list}\n{}", s.log());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!((seed["kind"].as_str(), seed["internal"].as_bool()), (Some("image_seed"), Some(true)), "{seed}");
+    assert_eq!(seed["content"], "disk");
+    assert_eq!(s.call("GET", "/v1/snapshots", None).1, json!([]), "never in the default scope");
+    let (st, all) = s.call("GET", "/v1/snapshots?scope=all", None);
+    assert_eq!((st, all.as_array().map(Vec::len)), (200, Some(1)));
+
+    let (st, vm) = s.call("POST", "/v1/vms", Some(json!({"cpu": 1, "memMb": 256})));
+    assert_eq!(st, 201, "{vm}");
+    assert_eq!(vm["provisionMode"], "boot", "a disk seed still boots: {vm}");
+    assert_eq!(vm["snapshotId"], seed["id"], "{vm}");
+    let id = vm["id"].as_str().unwrap();
+    let r = s.exec(id, "echo fresh > /workspace/f && cat /workspace/f && stat -c %u /workspace");
+    assert_eq!(r["stdout"], "fresh\n1000\n", "{r}");
+    // Another disk size boots on a disk of its own.
+    let (st, other) = s.call("POST", "/v1/vms", Some(json!({"cpu": 1, "memMb": 256, "diskSizeMb": 64})));
+    assert_eq!(st, 201, "{other}");
+    assert!(other.get("snapshotId").is_none(), "{other}");
+}

@@ -64,6 +64,12 @@ pub struct Config {
     /// The warm pool (`ENABLE_WARM_POOL`, `WARM_POOL_TARGET`, `WARM_POOL_MAX_VMS`,
     /// `SNAPSHOT_TEMPLATE_CPU`, `SNAPSHOT_TEMPLATE_MEM_MB`); `None` when it is off.
     pub warm_pool: Option<WarmPoolSettings>,
+    /// `SNAPSHOT_TEMPLATE_CPU`, `SNAPSHOT_TEMPLATE_MEM_MB` (1, 256): the sizes of image seeds and
+    /// warm-pool members.
+    pub template: Template,
+    /// `IMAGE_SEEDS`: `auto` (default: where the runtime takes memory snapshots, so a seed saves
+    /// the boot), `on` (also disk seeds, which save only a `mkfs`), `off`.
+    pub image_seeds: ImageSeeds,
     /// `RDS_SANDBOX_ROOT=host`: sandbox VMs without an image get the host's root, read-only
     /// (development only; the default, `image`, refuses them).
     pub sandbox_host_root: bool,
@@ -283,6 +289,21 @@ impl Config {
             default_disk_mb,
             enable_snapshots: parse(&get, "ENABLE_SNAPSHOTS", true, "true or false")?,
             warm_pool: warm_pool_settings(&get)?,
+            image_seeds: match get("IMAGE_SEEDS").as_deref().map(str::to_ascii_lowercase).as_deref() {
+                None | Some("auto") => ImageSeeds::Auto,
+                Some("on") => ImageSeeds::On,
+                Some("off") => ImageSeeds::Off,
+                Some(other) => {
+                    return Err(ConfigError {
+                        var: "IMAGE_SEEDS",
+                        message: format!("{other:?} is not one of auto, on, off"),
+                    })
+                }
+            },
+            template: Template {
+                cpu: positive(&get, "SNAPSHOT_TEMPLATE_CPU", 1)?,
+                mem_mb: positive(&get, "SNAPSHOT_TEMPLATE_MEM_MB", 256)?,
+            },
             sandbox_host_root: match get("RDS_SANDBOX_ROOT").as_deref() {
                 None | Some("image") => false,
                 Some("host") => true,
@@ -397,6 +418,26 @@ fn positive<T: std::str::FromStr + PartialOrd + Default>(
     Ok(v)
 }
 
+/// Which runtimes build image seeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageSeeds {
+    /// Runtimes that take memory snapshots.
+    Auto,
+    /// Every runtime that takes snapshots.
+    On,
+    /// None.
+    Off,
+}
+
+/// The sizes of image seeds and warm-pool members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Template {
+    /// vCPUs.
+    pub cpu: u32,
+    /// Memory in MiB.
+    pub mem_mb: u32,
+}
+
 /// The warm pool's settings: VMs booted ahead of demand with the template sizes, handed to
 /// creates that ask for those sizes and the default image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -415,6 +456,7 @@ fn warm_pool_settings(get: &impl Fn(&str) -> Option<String>) -> Result<Option<Wa
     let max: u32 = parse(get, "WARM_POOL_MAX_VMS", 4, "a non-negative integer")?;
     let cpu: u32 = positive(get, "SNAPSHOT_TEMPLATE_CPU", 1)?;
     let mem_mb: u32 = positive(get, "SNAPSHOT_TEMPLATE_MEM_MB", 256)?;
+    // (The same variables size image seeds: `Config::template`.)
     let enabled = get("ENABLE_WARM_POOL").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
     let target = target.min(max);
     Ok((enabled && target > 0).then_some(WarmPoolSettings { target, cpu, mem_mb }))

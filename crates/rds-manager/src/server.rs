@@ -108,6 +108,7 @@ async fn prepare_with(
 /// Serves until the process ends.
 pub async fn serve(prepared: Prepared) -> std::io::Result<()> {
     tokio::spawn(crate::reconciler::cap_consoles(prepared.state.clone()));
+    crate::services::seeds::ensure_default(&prepared.state).await;
     tokio::spawn(crate::services::pool::run(prepared.state.clone()));
     let _locks = prepared.host_locks;
     let app = routes::router(prepared.state);

@@ -37,6 +37,8 @@ pub struct Inner {
     pub snapshot_locks: SnapshotLocks,
     /// The warm pool's counters and refill wake-up.
     pub pool: crate::services::pool::WarmPool,
+    /// Image seeds being built.
+    pub seeds: crate::services::seeds::Seeds,
     /// Queues this manager's creates (and image deletes) in memory rather than on the database's
     /// lock; only an optimisation: the store checks `MAX_VMS` and allocates slots in its own
     /// transactions, which also hold across managers sharing the database.
@@ -87,6 +89,7 @@ impl AppState {
             vm_locks: VmLocks::default(),
             snapshot_locks: SnapshotLocks::default(),
             pool: Default::default(),
+            seeds: Default::default(),
             create_gate: tokio::sync::Mutex::new(()),
             keys,
             limiter,

@@ -255,7 +255,9 @@ pub struct VmView {
     /// `snapshotId`) or `pool` (handed out by the warm pool, booted ahead of the create).
     #[serde(default = "boot")]
     pub provision_mode: String,
-    /// The snapshot the VM was created from.
+    /// The snapshot the VM was created from: the one its create named, or its image's seed
+    /// (`seed-…`), which the VM started from instead of booting (memory seeds, `provisionMode:
+    /// snapshot`) or whose ready-made disk it booted on (disk seeds, `provisionMode: boot`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_id: Option<String>,
 }

@@ -696,10 +696,13 @@ pub async fn provision_mode_and_snapshot_origin_round_trip(factory: &dyn StoreFa
     let record = VmRecord { snapshot_id: Some("snap-1".into()), ..vm("vm-1", VmState::Creating, 1) };
     store.insert_vm(&record).await.unwrap();
     assert_eq!(store.get_vm("vm-1").await.unwrap().unwrap().provision_mode, None);
-    store.set_vm_provision("vm-1", "snapshot").await.unwrap();
+    store.set_vm_provision("vm-1", "snapshot", None).await.unwrap();
     let got = store.get_vm("vm-1").await.unwrap().unwrap();
     assert_eq!((got.provision_mode.as_deref(), got.snapshot_id.as_deref()), (Some("snapshot"), Some("snap-1")));
-    assert!(matches!(store.set_vm_provision("nope", "boot").await, Err(StoreError::NotFound(_))));
+    store.set_vm_provision("vm-1", "boot", Some("seed-img")).await.unwrap();
+    let got = store.get_vm("vm-1").await.unwrap().unwrap();
+    assert_eq!((got.provision_mode.as_deref(), got.snapshot_id.as_deref()), (Some("boot"), Some("seed-img")));
+    assert!(matches!(store.set_vm_provision("nope", "boot", None).await, Err(StoreError::NotFound(_))));
 }
 
 /// Warm-pool members do not count toward `MAX_VMS`; a claim takes the oldest RUNNING member of

@@ -252,8 +252,9 @@ pub trait Store: Send + Sync + 'static {
     /// makes it an ordinary VM with the claim's policy, secrets and links. `None` when no member
     /// matches; [`StoreError::QuotaExceeded`] when the quota is full.
     async fn claim_pool_vm(&self, claim: &PoolClaim, limits: &VmLimits) -> StoreResult<Option<String>>;
-    /// Records how VM `id` was last brought up (`boot`, `snapshot`, `pool`); `NotFound` if no such VM.
-    async fn set_vm_provision(&self, id: &str, mode: &str) -> StoreResult<()>;
+    /// Records how VM `id` was last brought up (`boot`, `snapshot`, `pool`) and, when given, the
+    /// snapshot it started from; `NotFound` if no such VM.
+    async fn set_vm_provision(&self, id: &str, mode: &str, snapshot_id: Option<&str>) -> StoreResult<()>;
     /// Inserts a snapshot (normally [`SnapshotState::Creating`]); a taken id is a `Conflict`.
     async fn insert_snapshot(&self, snap: &SnapshotRecord) -> StoreResult<()>;
     /// Marks a snapshot ready with what it holds and its size; `NotFound` if it is gone.

@@ -973,12 +973,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn set_vm_provision(&self, id: &str, mode: &str) -> StoreResult<()> {
-        let (id, mode) = (id.to_owned(), mode.to_owned());
+    async fn set_vm_provision(&self, id: &str, mode: &str, snapshot_id: Option<&str>) -> StoreResult<()> {
+        let (id, mode, snapshot_id) = (id.to_owned(), mode.to_owned(), snapshot_id.map(str::to_owned));
         self.run("set_vm_provision", move |c| {
             let n = c.execute(
-                "UPDATE vms SET provision_mode = ?2, updated_at = ?3 WHERE id = ?1",
-                params![id, mode, now_ms()],
+                "UPDATE vms SET provision_mode = ?2, snapshot_id = COALESCE(?3, snapshot_id), updated_at = ?4 WHERE id = ?1",
+                params![id, mode, snapshot_id, now_ms()],
             )?;
             touched(n, || vm_not_found(&id))
         })

@@ -250,6 +250,8 @@ pub async fn upload_part(
         other => other.into(),
     })?;
     tracing::info!(image_id = %id, %part, bytes, format = format.as_str(), "image part uploaded");
+    // Its seed was taken of the old files: the next create builds a new one.
+    crate::services::seeds::discard(state, Some(id)).await?;
     get(state, id).await
 }
 
@@ -386,6 +388,7 @@ pub async fn upload_bundle(
     if let Some(m) = &manifest {
         state.store.set_image_manifest(id, Some(m)).await?;
     }
+    crate::services::seeds::discard(state, Some(id)).await?;
     get(state, id).await
 }
 
@@ -535,6 +538,7 @@ pub async fn delete(state: &AppState, id: &str) -> Result<(), ApiError> {
             .context("the image removal task failed")?
             .with_context(|| format!("cannot remove the files of image {id}"))?;
     }
+    crate::services::seeds::discard(state, Some(id)).await?;
     tracing::info!(image_id = %id, "image deleted");
     Ok(())
 }

@@ -10,5 +10,6 @@ pub mod logs;
 pub mod network;
 pub mod peers;
 pub mod pool;
+pub mod seeds;
 pub mod snapshots;
 pub mod vms;

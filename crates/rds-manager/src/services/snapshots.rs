@@ -255,7 +255,7 @@ pub async fn baseline(state: &AppState, id: &str, image_id: Option<&str>) -> Res
 }
 
 /// Allocated size of every file under `dir` (sparse disks count what they hold).
-fn disk_usage(dir: &Path) -> u64 {
+pub fn disk_usage(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries

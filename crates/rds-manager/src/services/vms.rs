@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::error::ResultExt;
 use crate::services::events::vm_event;
 use crate::services::images;
-use crate::services::{network, peers, pool, snapshots};
+use crate::services::{network, peers, pool, seeds, snapshots};
 use crate::views::{CreateVmRequest, VmView, PROVISION_BOOT, PROVISION_POOL, PROVISION_SNAPSHOT};
 use crate::{lifecycle, liveness};
 use crate::{ApiError, AppState};
@@ -229,7 +229,20 @@ async fn create_as(state: &AppState, req: CreateVmRequest, pool: bool) -> Result
         )
         .await;
     }
-    let from = baseline.as_ref().map(|b| Origin { baseline: b, resume: b.resumable(record.cpu, record.mem_mb) });
+    // Without a snapshot of its own, the VM starts from its image's seed where there is one.
+    let seed = match &baseline {
+        None => seeds::usable(state, &record).await?,
+        Some(_) => None,
+    };
+    let _seed_lock = match &seed {
+        Some(s) => Some(state.snapshot_locks.read(&s.snapshot.id).await),
+        None => None,
+    };
+    let from = match (&baseline, &seed) {
+        (Some(b), _) => Some(Origin { baseline: b, resume: b.resumable(record.cpu, record.mem_mb), seed: false }),
+        (None, Some(s)) => Some(Origin { baseline: s, resume: s.resumable(record.cpu, record.mem_mb), seed: true }),
+        (None, None) => None,
+    };
     let handle = match boot(state, &record, from).await {
         Ok(handle) => handle,
         Err(e) => {
@@ -265,7 +278,7 @@ async fn take_over(state: &AppState, id: &str, policy: &rds_net::EgressPolicy) -
             return Err(ApiError::internal(format!("warm VM {id}: cannot apply the egress policy"), e));
         }
     }
-    state.store.set_vm_provision(id, PROVISION_POOL).await?;
+    state.store.set_vm_provision(id, PROVISION_POOL, None).await?;
     let vm = find(state, id).await?;
     vm_event(
         state,
@@ -293,11 +306,13 @@ async fn require_root_image(state: &AppState, image_id: Option<&str>) -> Result<
     Ok(())
 }
 
-/// The snapshot a new VM starts from, and whether it resumes from its memory.
+/// The snapshot a new VM starts from, whether it resumes from its memory, and whether it is its
+/// image's seed (a VM booted on a seed's disk is still a boot).
 #[derive(Clone, Copy)]
 struct Origin<'a> {
     baseline: &'a snapshots::Baseline,
     resume: bool,
+    seed: bool,
 }
 
 /// Starts the runtime VM (afresh, or `from` a snapshot), persists its handle, records how it was
@@ -315,15 +330,19 @@ async fn boot(state: &AppState, vm: &VmRecord, from: Option<Origin<'_>>) -> Resu
         hostname: format!("rds-{}", &vm.id[..8.min(vm.id.len())]),
         network: network::before_start(state, vm).await?,
     };
-    let handle = match from {
-        None => state.runtime.start(&spec).await,
+    let (handle, resumed) = match from {
+        None => state.runtime.start(&spec).await.map(|h| (h, false)),
         Some(from) => start_from(state, &spec, from).await,
     }
     .map_err(runtime_error)?;
     let json = serde_json::to_string(&handle).context("encoding the runtime handle")?;
     state.store.set_vm_handle(&vm.id, Some(&json)).await?;
-    let mode = if from.is_some() { PROVISION_SNAPSHOT } else { PROVISION_BOOT };
-    state.store.set_vm_provision(&vm.id, mode).await?;
+    let mode = match from {
+        Some(from) if resumed || !from.seed => PROVISION_SNAPSHOT,
+        _ => PROVISION_BOOT,
+    };
+    let seed = from.filter(|f| f.seed).map(|f| f.baseline.snapshot.id.as_str());
+    state.store.set_vm_provision(&vm.id, mode, seed).await?;
     network::after_start(state, vm, &handle).await?;
     state
         .agent
@@ -337,17 +356,18 @@ async fn boot(state: &AppState, vm: &VmRecord, from: Option<Origin<'_>>) -> Resu
 /// Starts VM `spec` from a snapshot: resumed from its memory when `from.resume`, unless the
 /// runtime cannot for this VM (e.g. firecracker with a network link), when it boots on the
 /// snapshot's disk instead (which a memory snapshot holds too).
-async fn start_from(state: &AppState, spec: &VmSpec, from: Origin<'_>) -> Result<VmHandle, RuntimeError> {
+/// Returns the handle and whether the VM resumed.
+async fn start_from(state: &AppState, spec: &VmSpec, from: Origin<'_>) -> Result<(VmHandle, bool), RuntimeError> {
     let dir = &from.baseline.dir;
     if from.resume {
         match state.runtime.start_from_snapshot(spec, dir, SnapshotKind::Memory).await {
             Err(RuntimeError::Unsupported(what)) => {
                 tracing::info!(vm_id = %spec.id, what, "memory restore not possible here; booting on the snapshot's disk");
             }
-            other => return other,
+            other => return other.map(|h| (h, true)),
         }
     }
-    state.runtime.start_from_snapshot(spec, dir, SnapshotKind::Disk).await
+    state.runtime.start_from_snapshot(spec, dir, SnapshotKind::Disk).await.map(|h| (h, false))
 }
 
 /// Starts a STOPPED (or ERROR) VM; its `/workspace` is kept. A failed start returns it to STOPPED.
