@@ -5,9 +5,9 @@
 //! the template sizes; any seed gives a VM of its disk size a ready-made disk instead of a fresh
 //! `mkfs`. The original built seeds and never used them.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rds_runtime::{SnapshotKind, VmSpec};
 use rds_store::{SnapshotRecord, SnapshotState, VmRecord};
@@ -20,10 +20,15 @@ use crate::{ApiError, AppState};
 /// How long a seed VM may take to answer its agent's health check after booting.
 const SEED_HEALTH: Duration = Duration::from_secs(60);
 
-/// Seeds being built by this manager (their ids), so each is built once at a time.
+/// How long after a failed build a seed is not tried again (creates boot meanwhile).
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(300);
+
+/// Seeds being built by this manager (their ids), so each is built once at a time, and when
+/// each last failed.
 #[derive(Default)]
 pub struct Seeds {
     building: Mutex<HashSet<String>>,
+    failed: Mutex<HashMap<String, Instant>>,
 }
 
 /// The seed id of an image (`None`: the manager's configured image).
@@ -38,13 +43,21 @@ pub fn ensure(state: &AppState, image_id: Option<String>) {
         return;
     }
     let id = seed_id(image_id.as_deref());
-    if !state.seeds.building.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone()) {
+    let failed_lately = state
+        .seeds
+        .failed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&id)
+        .is_some_and(|at| at.elapsed() < RETRY_AFTER_FAILURE);
+    if failed_lately || !state.seeds.building.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone()) {
         return;
     }
     let state = state.clone();
     tokio::spawn(async move {
         if let Err(e) = build(&state, image_id.as_deref(), &id).await {
-            tracing::warn!(seed = %id, error = %e, "building the image seed failed");
+            tracing::warn!(seed = %id, error = %e, "building the image seed failed; creates boot, retried in 5 min");
+            state.seeds.failed.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), Instant::now());
         }
         state.seeds.building.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     });
