@@ -565,16 +565,17 @@ pub struct ImageView {
     /// The original API's name for `rootfsBytes`.
     #[serde(default)]
     pub base_rootfs_bytes: Option<u64>,
-    /// Always `null`: images have no seed snapshot here (the original's warm-boot seed).
+    /// `null`: the image's seed (the original's warm-boot seed) is listed by
+    /// `GET /v1/snapshots?scope=internal` as `seed-<imageId>`.
     #[serde(default)]
     pub seed_snapshot_id: Option<String>,
-    /// Always `null` (see `seedSnapshotId`).
+    /// `null` (see `seedSnapshotId`).
     #[serde(default)]
     pub seed_status: Option<String>,
-    /// Always `null` (see `seedSnapshotId`).
+    /// `null` (see `seedSnapshotId`).
     #[serde(default)]
     pub seed_updated_at: Option<String>,
-    /// Always `null` (see `seedSnapshotId`).
+    /// `null` (see `seedSnapshotId`).
     #[serde(default)]
     pub seed_error: Option<String>,
     /// The builder's manifest (kernel, packages, artifact hashes), when a bundle carried one.
