@@ -58,14 +58,7 @@ fn a_consumer_served_warm_gets_its_peer_files() {
     let (st, provider) = s.call("POST", "/v1/vms", Some(json!({"cpu": 1, "memMb": 320})));
     assert_eq!(st, 201, "{provider}");
     let provider = provider["id"].as_str().unwrap().to_string();
-    let manifest = r#"{"sdk": {"name": "calc", "description": "adds"}, "exports": [{"name": "add", "module": "calc.py", "description": "a + b"}]}"#;
-    let files = [(".rds-peer/manifest.json", manifest.as_bytes()), ("calc.py", &b"def add(args):\n    return 1\n"[..])];
-    let resp = s
-        .req("POST", &format!("/v1/vms/{provider}/files/upload?dest=/workspace"))
-        .set("content-type", "application/gzip")
-        .send_bytes(&rds_testkit::tar_gz(&files))
-        .unwrap();
-    assert_eq!(resp.status(), 204);
+    s.make_calc_provider(&provider);
     wait_for_pool(&s, 1);
     let body = json!({"cpu": 1, "memMb": 256, "peerLinks": [{"alias": "calc", "vmId": provider}]});
     let (st, consumer) = s.call("POST", "/v1/vms", Some(body));

@@ -167,14 +167,7 @@ fn provider_and_consumer_snapshots_carry_files_and_never_secrets() {
         s.call("POST", "/v1/vms", Some(json!({"cpu": 1, "memMb": 256, "diskSizeMb": 64, "secretEnv": [format!("API_TOKEN={secret}")]})));
     assert_eq!(st, 201, "{provider}");
     let provider = provider["id"].as_str().unwrap().to_string();
-    let manifest = r#"{"sdk": {"name": "calc", "description": "adds"}, "exports": [{"name": "add", "module": "calc.py", "description": "a + b"}]}"#;
-    let files = [(".rds-peer/manifest.json", manifest.as_bytes()), ("calc.py", &b"def add(args):\n    return 1\n"[..])];
-    let resp = s
-        .req("POST", &format!("/v1/vms/{provider}/files/upload?dest=/workspace"))
-        .set("content-type", "application/gzip")
-        .send_bytes(&rds_testkit::tar_gz(&files))
-        .unwrap();
-    assert_eq!(resp.status(), 204);
+    s.make_calc_provider(&provider);
     // The provider uses its secret (a hash of it lands on disk, the value does not).
     let r = s.exec(&provider, "printf %s \"$API_TOKEN\" | sha256sum > /workspace/token.sha && sync && echo used");
     assert_eq!(r["stdout"], "used\n", "{r}");

@@ -263,6 +263,19 @@ impl Server {
         })
     }
 
+    /// Makes VM `id` a minimal peer provider: uploads a manifest exporting `add` from `calc.py`.
+    pub fn make_calc_provider(&self, id: &str) {
+        let manifest = r#"{"sdk": {"name": "calc", "description": "adds"}, "exports": [{"name": "add", "module": "calc.py", "description": "a + b"}]}"#;
+        let files =
+            [(".rds-peer/manifest.json", manifest.as_bytes()), ("calc.py", &b"def add(args):\n    return 1\n"[..])];
+        let resp = self
+            .req("POST", &format!("/v1/vms/{id}/files/upload?dest=/workspace"))
+            .set("content-type", "application/gzip")
+            .send_bytes(&rds_testkit::tar_gz(&files))
+            .unwrap();
+        assert_eq!(resp.status(), 204);
+    }
+
     /// Ids of the warm-pool members in the manager's database (any state but DELETED).
     pub fn stored_pool_members(&self) -> Vec<String> {
         let config = rds_store::StoreConfig::Sqlite { path: self.root.path().join("rds.db") };
