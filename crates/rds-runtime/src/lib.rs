@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 pub mod boot;
 pub mod cgroup;
 pub mod firecracker;
+mod probe_cache;
 pub mod process;
 pub mod qemu;
 pub mod sandbox;

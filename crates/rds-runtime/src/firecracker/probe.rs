@@ -22,44 +22,7 @@ pub fn kvm_boots_kernel(
     cache: &Path,
 ) -> Result<(), String> {
     super::kvm_api_ok()?;
-    let key = cache_key(firecracker, kernel);
-    if let Some(verdict) = std::fs::read_to_string(cache).ok().and_then(|text| cached(&text, &key)) {
-        return verdict;
-    }
-    let verdict = boot(firecracker, seccomp_args, kernel);
-    let line = match &verdict {
-        Ok(()) => format!("{key}\nok\n"),
-        Err(why) => format!("{key}\nno {}\n", why.replace('\n', " ")),
-    };
-    if let Err(e) = std::fs::write(cache, line) {
-        tracing::warn!(path = %cache.display(), error = %e, "cannot cache the firecracker boot probe");
-    }
-    verdict
-}
-
-/// What the verdict depends on: this boot of the host, the binary and the kernel file.
-fn cache_key(firecracker: &Path, kernel: &Path) -> String {
-    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let stamp = |p: &Path| {
-        std::fs::metadata(p)
-            .map(|m| format!("{}:{}:{:?}", p.display(), m.len(), m.modified().ok()))
-            .unwrap_or_else(|_| p.display().to_string())
-    };
-    format!("{} {} {}", boot_id.trim(), stamp(firecracker), stamp(kernel))
-}
-
-/// The cached verdict for `key`, if the cache holds one.
-fn cached(text: &str, key: &str) -> Option<Result<(), String>> {
-    let (stored, verdict) = text.split_once('\n')?;
-    if stored != key {
-        return None;
-    }
-    let verdict = verdict.trim_end();
-    if verdict == "ok" {
-        Some(Ok(()))
-    } else {
-        verdict.strip_prefix("no ").map(|why| Err(why.to_string()))
-    }
+    crate::probe_cache::verdict(cache, firecracker, kernel, || boot(firecracker, seccomp_args, kernel))
 }
 
 /// Boots `kernel` without a root filesystem and watches the serial console for the panic.
@@ -113,20 +76,5 @@ fn boot(firecracker: &Path, seccomp_args: &[String], kernel: &Path) -> Result<()
             "KVM did not run the guest kernel under Firecracker to its first panic within {PROBE_LIMIT:?} \
              (a paravirtual KVM such as kvm_pvm runs only kernels built for it)"
         )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_verdict_is_cached_only_for_its_own_key() {
-        assert_eq!(cached("k1\nok\n", "k1"), Some(Ok(())));
-        assert_eq!(cached("k1\nno too slow\n", "k1"), Some(Err("too slow".into())));
-        assert_eq!(cached("k1\nok\n", "k2"), None, "another boot, binary or kernel");
-        assert_eq!(cached("garbage", "k1"), None);
-        let key = cache_key(Path::new("/nonexistent/fc"), Path::new("/nonexistent/vmlinux"));
-        assert!(key.contains("/nonexistent/fc") && key.contains("/nonexistent/vmlinux"), "{key}");
     }
 }

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// Where the probe's verdict is kept (tmpfs: gone with the boot it is valid for).
+pub const PROBE_CACHE: &str = "/run/rds/qemu-kvm-probe";
 /// How long the KVM probe may take before KVM is declared unusable.
 const PROBE_LIMIT: Duration = Duration::from_secs(6);
 
@@ -58,11 +60,22 @@ fn kvm_device_usable() -> bool {
 }
 
 /// Boots `kernel` under KVM with no root filesystem and reports whether it got as far as the
-/// kernel's panic about the missing root.
-pub async fn kvm_boots(qemu: &Path, kernel: &Path) -> bool {
+/// kernel's panic about the missing root. The verdict is cached in `cache` for this boot of the
+/// host, QEMU binary and kernel, so only the first manager start pays for the probe (up to
+/// [`PROBE_LIMIT`]).
+pub async fn kvm_boots(qemu: &Path, kernel: &Path, cache: &Path) -> bool {
     if !kvm_device_usable() {
         return false;
     }
+    if let Some(verdict) = crate::probe_cache::lookup(cache, qemu, kernel) {
+        return verdict.is_ok();
+    }
+    let verdict = probe(qemu, kernel).await;
+    crate::probe_cache::store(cache, qemu, kernel, &verdict);
+    verdict.is_ok()
+}
+
+async fn probe(qemu: &Path, kernel: &Path) -> Result<(), String> {
     let mut cmd = tokio::process::Command::new(qemu);
     cmd.args(["-accel", "kvm", "-cpu", "host", "-machine", "microvm,pit=on,pic=on,rtc=on"])
         .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-m", "128"])
@@ -73,10 +86,22 @@ pub async fn kvm_boots(qemu: &Path, kernel: &Path) -> bool {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true);
-    let Ok(child) = cmd.spawn() else { return false };
+    // The probe dies with the manager: `kill_on_drop` does not run when the process exits.
+    // SAFETY: the closure runs in the child between fork and exec and only calls prctl, which is
+    // async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|e| format!("cannot run {}: {e}", qemu.display()))?;
     match tokio::time::timeout(PROBE_LIMIT, child.wait_with_output()).await {
-        Ok(Ok(out)) => String::from_utf8_lossy(&out.stdout).contains("Kernel panic"),
+        Ok(Ok(out)) if String::from_utf8_lossy(&out.stdout).contains("Kernel panic") => Ok(()),
+        Ok(_) => Err("QEMU exited before the kernel's first panic".into()),
         // Timed out: dropping the future kills QEMU (kill_on_drop).
-        _ => false,
+        Err(_) => Err(format!("the kernel made no progress under KVM within {PROBE_LIMIT:?}")),
     }
 }

@@ -272,7 +272,9 @@ impl QemuRuntime {
                     AccelChoice::Kvm => Accel::Kvm,
                     AccelChoice::Tcg => Accel::Tcg,
                     AccelChoice::Auto => {
-                        if accel::kvm_boots(&self.cfg.qemu_bin, &self.cfg.kernel).await {
+                        // Host-wide: the verdict is the host's, whichever manager asks.
+                        let cache = Path::new(accel::PROBE_CACHE);
+                        if accel::kvm_boots(&self.cfg.qemu_bin, &self.cfg.kernel, cache).await {
                             Accel::Kvm
                         } else {
                             tracing::info!("KVM cannot boot a guest here; QEMU VMs use TCG emulation");
