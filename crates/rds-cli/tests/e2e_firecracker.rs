@@ -40,6 +40,9 @@ fn firecracker_env() -> Result<Vec<(&'static str, String)>, String> {
         ("JAILER_BIN", jailer),
         // These binaries have no seccomp filter compiled in (shared/firecracker/bin/README.md).
         ("RDS_FIRECRACKER_SECCOMP", "off".into()),
+        // These tests check what one VM leaves behind; an image seed would boot a VM of its own
+        // in the background meanwhile.
+        ("IMAGE_SEEDS", "off".into()),
     ])
 }
 
@@ -242,6 +245,8 @@ fn through_the_manager_a_fault_firecracker_reports_reaches_the_caller_and_nothin
         ("RDS_NETWORK".into(), "off".into()),
         ("RDS_CGROUP_GROUP".into(), group.clone()),
         ("RDS_IMAGE_DIR".into(), image.to_string_lossy().into()),
+        // The test checks what a failed create leaves; an image seed would boot a VM meanwhile.
+        ("IMAGE_SEEDS".into(), "off".into()),
     ];
     let config = rds_manager::Config::from_lookup(|k| vars.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone()))
         .expect("configuration");
