@@ -330,9 +330,24 @@ async fn boot(state: &AppState, vm: &VmRecord, from: Option<Origin<'_>>) -> Resu
         hostname: format!("rds-{}", &vm.id[..8.min(vm.id.len())]),
         network: network::before_start(state, vm).await?,
     };
-    let (handle, resumed) = match from {
-        None => state.runtime.start(&spec).await.map(|h| (h, false)),
-        Some(from) => start_from(state, &spec, from).await,
+    let (handle, resumed, from) = match from {
+        None => state.runtime.start(&spec).await.map(|h| (h, false, None)),
+        Some(from) => match start_from(state, &spec, from).await {
+            Ok((h, resumed)) => Ok((h, resumed, Some(from))),
+            // A seed that does not start is dropped (and rebuilt later); this VM boots.
+            Err(e) if from.seed => {
+                tracing::warn!(vm_id = %vm.id, seed = %from.baseline.snapshot.id, error = %e, "starting from the image seed failed; booting");
+                let discard_state = state.clone();
+                let image = vm.image_id.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = seeds::discard(&discard_state, image.as_deref()).await {
+                        tracing::warn!(error = %e, "cannot drop a seed that failed to start a VM");
+                    }
+                });
+                state.runtime.start(&spec).await.map(|h| (h, false, None))
+            }
+            Err(e) => Err(e),
+        },
     }
     .map_err(runtime_error)?;
     let json = serde_json::to_string(&handle).context("encoding the runtime handle")?;
