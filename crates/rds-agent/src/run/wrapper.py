@@ -1,14 +1,12 @@
-# rds run-python wrapper: runs the target file as __main__, collects its result and reports it as
-# one JSON document on the result FIFO the agent reads.
-# The agent substitutes the three __RDS_*__ placeholders with JSON string literals.
+# rds run-python wrapper. It starts knowing nothing of the run: it reads the run (one JSON
+# document: target, result FIFO, cwd, env, args) from stdin until EOF — at once for a cold run,
+# when handed the run for a pre-started interpreter — then runs the target file as __main__,
+# collects its result and writes it, newline-terminated, to the result FIFO.
 import json
+import os
 import runpy
 import sys
 import traceback
-
-TARGET = __RDS_TARGET__
-RESULT_FIFO = __RDS_RESULT__
-SEARCH_DIR = __RDS_WORKSPACE__
 
 
 class _Result:
@@ -43,7 +41,7 @@ def _describe(exc):
     return {"name": type(exc).__name__, "message": str(exc), "stack": stack}
 
 
-def _report(helper, module_globals):
+def _report(run, helper, module_globals):
     payload = {}
     has_value, value = helper.has_value, helper.value
     if module_globals is not None and "result" in module_globals and module_globals["result"] is not helper:
@@ -60,25 +58,60 @@ def _report(helper, module_globals):
         data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
     except (TypeError, ValueError) as exc:
         data = json.dumps({"error": {"name": "TypeError", "message": str(exc)}}).encode("utf-8")
-    with open(RESULT_FIFO, "wb") as fifo:
-        fifo.write(data)
+    # JSON without indent has no raw newline: the terminator marks the report complete.
+    with open(run["result"], "wb") as fifo:
+        fifo.write(data + b"\n")
     return 1 if helper.has_error else 0
 
 
+def _read_run():
+    """The run, read to EOF (the agent writes it and closes the pipe); stdin is then /dev/null."""
+    data = sys.stdin.buffer.read()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    return json.loads(data)
+
+
+def _add_user_site():
+    """The user's site-packages, when it appeared after start-up (`pip install --user` since),
+    where start-up would have put it: before the system's."""
+    import site
+
+    user_site = site.getusersitepackages()
+    if not site.ENABLE_USER_SITE or user_site in sys.path or not os.path.isdir(user_site):
+        return
+    before = len(sys.path)
+    site.addsitedir(user_site)
+    added = sys.path[before:]
+    del sys.path[before:]
+    system = site.getsitepackages()
+    at = next((i for i, entry in enumerate(sys.path) if entry in system), len(sys.path))
+    sys.path[at:at] = added
+
+
 def _main():
+    run = _read_run()
+    if run.get("warm"):
+        # A pre-started interpreter takes the run's environment and directory now (a cold one
+        # was started with them).
+        os.environ.clear()
+        os.environ.update(run["env"])
+        os.chdir(run["cwd"])
+        _add_user_site()
     helper = _Result()
-    sys.argv = [TARGET] + sys.argv[1:]
-    sys.path[0] = SEARCH_DIR
+    sys.argv = [run["target"]] + run["args"]
+    sys.path[0] = run["cwd"]
     module_globals = None
     exit_request = None
     try:
-        module_globals = runpy.run_path(TARGET, init_globals={"result": helper}, run_name="__main__")
+        module_globals = runpy.run_path(run["target"], init_globals={"result": helper}, run_name="__main__")
     except SystemExit as exc:
         exit_request = exc
     except BaseException as exc:  # noqa: BLE001 - every failure of user code is reported
         traceback.print_exception(type(exc), exc, _user_traceback(exc))
         helper.error(exc)
-    status = _report(helper, module_globals)
+    status = _report(run, helper, module_globals)
     sys.stdout.flush()
     if exit_request is not None:
         raise exit_request
