@@ -154,12 +154,12 @@ impl Shared {
             Source::Snippet(_) => (self.workspace.clone(), self.workspace.display().to_string()),
         };
 
-        // The run's own directory must exist for a warm interpreter to enter it; a missing one
-        // goes the cold way, which reports it as the caller's error.
-        let warm_cwd_ok = || fs::metadata(&cwd).is_ok_and(|m| m.is_dir());
-        if let Some(Warm { dir, mut running, fifo, .. }) =
-            self.pool.take(language, &profile, &env).filter(|_| warm_cwd_ok())
-        {
+        // The run's directory must exist for a warm interpreter to enter it, and its variables
+        // must travel as KEY=VALUE; otherwise the run goes the cold way, which reports a missing
+        // directory or a bad key as the caller's error.
+        let fits = fs::metadata(&cwd).is_ok_and(|m| m.is_dir()) && env_keys_plain(&env);
+        let warm = if fits { self.pool.take(language, &profile, &env) } else { None };
+        if let Some(Warm { dir, mut running, fifo, .. }) = warm {
             let target = source.target(&dir, &interpreter)?;
             let handed = RunDoc { warm: true, target: &target, result: &fifo, cwd: &cwd, env: Some(&env), args: &args };
             running.hand_over(handed.to_bytes(), timeout);
@@ -256,24 +256,43 @@ impl Source<'_> {
     }
 }
 
-/// The run as the wrapper reads it from stdin. `env` is sent to a pre-started interpreter only
-/// (a cold one was started with it).
-#[derive(serde::Serialize)]
+/// The run as the wrapper reads it from stdin: NUL-separated fields (no JSON, which would cost
+/// Python a `json` import): `1`, warm (`0`/`1`), target, result FIFO, cwd, the number of args,
+/// the args, then `KEY=VALUE` per variable. `env` is sent to a pre-started interpreter only (a
+/// cold one was started with it). No field holds a NUL: paths, args and values are checked for
+/// one, and keys by [`env_keys_plain`].
 struct RunDoc<'a> {
     warm: bool,
     target: &'a Path,
     result: &'a Path,
     cwd: &'a Path,
-    #[serde(skip_serializing_if = "Option::is_none")]
     env: Option<&'a BTreeMap<String, String>>,
     args: &'a [String],
 }
 
 impl RunDoc<'_> {
     fn to_bytes(&self) -> Vec<u8> {
-        // Paths the agent built from UTF-8 input and its own names; a failure is not reachable.
-        serde_json::to_vec(self).unwrap_or_default()
+        use std::os::unix::ffi::OsStrExt;
+        let count = self.args.len().to_string();
+        let mut fields: Vec<&[u8]> = vec![
+            b"1",
+            if self.warm { b"1" } else { b"0" },
+            self.target.as_os_str().as_bytes(),
+            self.result.as_os_str().as_bytes(),
+            self.cwd.as_os_str().as_bytes(),
+            count.as_bytes(),
+        ];
+        fields.extend(self.args.iter().map(|a| a.as_bytes()));
+        let vars: Vec<String> = self.env.into_iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
+        fields.extend(vars.iter().map(|v| v.as_bytes()));
+        fields.join(&0u8)
     }
+}
+
+/// True when every key can travel as `KEY=VALUE` (a key with `=` or NUL cannot be set in an
+/// environment anyway; such a run goes the cold way, which reports it).
+fn env_keys_plain(env: &BTreeMap<String, String>) -> bool {
+    env.keys().all(|k| !k.is_empty() && !k.contains(['=', '\0']))
 }
 
 /// Opens the result FIFO for reading. Read-write, so it never reports EOF before the wrapper has

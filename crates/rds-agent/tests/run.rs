@@ -208,3 +208,23 @@ async fn errors_are_structured_with_the_users_line_numbers() {
         }
     }
 }
+
+#[tokio::test]
+async fn results_are_converted_to_json_or_reported_as_not_serialisable() {
+    let Some(agent) = Agent::start().await else { return };
+    if has_program("python3") {
+        let out = agent.run("/run-python", json!({"code": "result = {1: 'a', 'b': [None, True, 1.5, 'é']}"})).await;
+        assert_eq!(out["result"], json!({"1": "a", "b": [null, true, 1.5, "é"]}), "{out}");
+        for bad in ["float('nan')", "object()", "{'s': {1, 2}}"] {
+            let out = agent.run("/run-python", json!({"code": format!("result = {bad}")})).await;
+            assert_eq!(out["error"]["name"], "TypeError", "{bad}: {out}");
+            assert!(out["error"]["message"].as_str().unwrap().contains("not JSON-serialisable"), "{bad}: {out}");
+            assert!(out.get("result").is_none(), "{bad}: {out}");
+        }
+    }
+    if has_program("deno") {
+        let code = "const a: Record<string, unknown> = {x: 1n}; a.self = a; result.set(a);";
+        let out = agent.run("/run-ts", json!({"code": code})).await;
+        assert_eq!(out["result"], json!({"x": "1", "self": "[Circular]"}), "{out}");
+    }
+}

@@ -1,7 +1,8 @@
 // rds run-ts / run-js wrapper (runs under Deno and Node). It starts knowing nothing of the run: it
-// reads the run (one JSON document: target, result FIFO, cwd, env, args) from stdin until EOF —
-// at once for a cold run, when handed the run for a pre-started interpreter — then imports the
-// target module, collects its result and writes it, newline-terminated, to the result FIFO.
+// reads the run from stdin until EOF — at once for a cold run, when handed the run for a
+// pre-started interpreter — then imports the target module, collects its result and writes it,
+// newline-terminated, to the result FIFO. The run is NUL-separated: "1", warm ("0"/"1"), target,
+// result FIFO, cwd, the number of args, the args, then (warm only) the environment as KEY=VALUE.
 // Under Deno only the Deno namespace is used: touching `process` or a `node:` module costs ~30 ms.
 
 const deno = globalThis.Deno;
@@ -62,7 +63,21 @@ function readRun() {
     all.set(chunk, at);
     at += chunk.length;
   }
-  return JSON.parse(new TextDecoder().decode(all));
+  const fields = new TextDecoder().decode(all).split("\0");
+  const count = Number(fields[5]);
+  const env = {};
+  for (const entry of fields.slice(6 + count)) {
+    const eq = entry.indexOf("=");
+    env[entry.slice(0, eq)] = entry.slice(eq + 1);
+  }
+  return {
+    warm: fields[1] === "1",
+    target: fields[2],
+    result: fields[3],
+    cwd: fields[4],
+    args: fields.slice(6, 6 + count),
+    env,
+  };
 }
 
 const run = readRun();
