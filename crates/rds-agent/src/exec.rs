@@ -149,11 +149,6 @@ pub fn spawn(launch: Launch) -> Result<Running, ExecError> {
 }
 
 impl Running {
-    /// Pid of the command.
-    pub fn pid(&self) -> u32 {
-        self.pid as u32
-    }
-
     /// True once the command has exited or is exiting (a pre-started interpreter that died while
     /// waiting; a multi-threaded one killed shows as a zombie before it can be reaped).
     pub fn has_exited(&mut self) -> bool {

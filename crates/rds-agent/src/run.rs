@@ -35,6 +35,8 @@ use pool::{Warm, WarmPool};
 
 /// Largest result document accepted from a wrapper.
 pub const RESULT_CAP: usize = 8 * 1024 * 1024;
+/// How long a run may go on before the interpreter it took is replaced anyway.
+const REFILL_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 /// Where the agent's runs directory is created.
 const RUN_ROOT_PARENT: &str = "/tmp";
 
@@ -90,23 +92,31 @@ impl Runner {
             &self.cache,
             id.as_deref(),
             &fingerprint,
-            || {
-                let prepared = self.shared.prepare(language, &req)?;
-                // The interpreter just used (warm or cold) is replaced in the background.
-                Shared::refill(&self.shared, language, Profile::of(language, &req));
-                Ok(prepared)
-            },
-            |(dir, running): Prepared| async move {
-                let finished = running.finish(None).await;
-                drop(dir);
-                run_result(&finished)
+            || self.shared.prepare(language, &req),
+            |(dir, running): Prepared| {
+                let shared = self.shared.clone();
+                let profile = Profile::of(language, &req);
+                async move {
+                    // The interpreter just used (warm or cold) is replaced in the background once
+                    // the run is over, or has run for a while: not while it starts, which would
+                    // slow the run down on a VM's few CPUs.
+                    let finish = running.finish(None);
+                    tokio::pin!(finish);
+                    let finished = tokio::select! {
+                        finished = &mut finish => {
+                            Shared::refill(&shared, language, profile);
+                            finished
+                        }
+                        _ = tokio::time::sleep(REFILL_DELAY) => {
+                            Shared::refill(&shared, language, profile);
+                            finish.await
+                        }
+                    };
+                    drop(dir);
+                    run_result(&finished)
+                }
             },
         )
-    }
-
-    /// Pids of the pre-started interpreters waiting for a run (for the bench's memory figure).
-    pub fn warm_pids(&self) -> Vec<u32> {
-        self.shared.pool.pids()
     }
 }
 

@@ -73,7 +73,7 @@ pub(super) fn bench(bin: &Path, dir: &Path, calls: usize, gap: Duration) -> anyh
             // What the waiting interpreters cost, once they have settled.
             std::thread::sleep(gap.max(Duration::from_millis(500)));
             for lang in &langs {
-                let rss: u64 = waiting_interpreters(agent.process.0.id(), lang.wrapper)
+                let rss: u64 = waiting_interpreters(agent.process.0.id(), lang.program, lang.wrapper)
                     .into_iter()
                     .filter_map(|pid| vm_rss_kib(pid).ok())
                     .sum();
@@ -167,15 +167,18 @@ async fn run(client: &AgentClient, lang: &Lang, request: &RunRequest) -> anyhow:
     Ok(())
 }
 
-/// Children of `agent` running `wrapper`: between runs, its waiting interpreters.
-fn waiting_interpreters(agent: u32, wrapper: &str) -> Vec<u32> {
+/// Children of `agent` running `program` with `wrapper`: between runs, its waiting interpreters.
+fn waiting_interpreters(agent: u32, program: &str, wrapper: &str) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| rds_host::ProcStat::read(*pid).is_some_and(|s| s.ppid == agent as i32 && s.is_live()))
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&format!("{wrapper}\0")))
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            let argv0 = cmdline.split('\0').next().unwrap_or_default();
+            Path::new(argv0).file_name().is_some_and(|name| name == program)
+                && cmdline.contains(&format!("{wrapper}\0"))
         })
         .map(|pid| pid as u32)
         .collect()

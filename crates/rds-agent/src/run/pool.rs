@@ -156,11 +156,6 @@ impl WarmPool {
             }
         }
     }
-
-    /// Pids of the interpreters waiting now.
-    pub fn pids(&self) -> Vec<u32> {
-        self.slots().iter().flatten().flat_map(|slot| slot.ready.iter().map(|warm| warm.running.pid())).collect()
-    }
 }
 
 /// Where `language`'s pool is in [`WarmPool::slots`].
