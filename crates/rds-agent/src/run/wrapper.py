@@ -5,6 +5,7 @@
 # args, the args, then (warm only) the environment as KEY=VALUE.
 # Only modules start-up has loaded already are imported up front: json (through re), runpy (through
 # pkgutil and typing) and traceback would cost more than the interpreter's own start.
+import gc
 import os
 import sys
 
@@ -136,6 +137,9 @@ def _run_main(target, helper):
 
 
 def _main():
+    # What start-up and the wrapper made is never garbage: kept out of the collector, the
+    # interpreter's exit is ~2x faster (no final collection walks it).
+    gc.freeze()
     run = _read_run()
     if run["warm"]:
         # A pre-started interpreter takes the run's environment and directory now (a cold one
