@@ -1,5 +1,9 @@
-//! `rds-agent bench`: exec round-trip through a real `rds-agent serve` on a Unix socket versus a
-//! bare fork/exec of the same command, measured in the same run; prints one line of JSON last.
+//! `rds-agent bench [exec|run]`, measured through a real `rds-agent serve` on a Unix socket
+//! against a bare start of the same program in the same run; each prints one line of JSON last.
+//!
+//! * `exec`: the round-trip of `true` versus a bare fork/exec (and `bash -c true`).
+//! * `run`: `run-ts`, `run-js` and `run-python` of a trivial result with the warm pool off and on,
+//!   versus bare `deno eval 1`, `deno run`, `node -e 0` and `python3 -c pass`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -9,60 +13,107 @@ use anyhow::Context;
 use rds_agent_client::AgentClient;
 use rds_proto::{ExecRequest, AGENT_VSOCK_PORT};
 
+mod run;
+
 /// `rds-agent bench` flags.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum, default_value_t = BenchKind::Exec)]
+    kind: BenchKind,
     /// Agent binary to start (default: this executable).
     #[arg(long, value_name = "PATH")]
     agent_bin: Option<PathBuf>,
-    /// Calls per measurement.
-    #[arg(long, default_value_t = 1000)]
-    calls: usize,
+    /// Calls per measurement (default: 1000 for exec, 40 for run).
+    #[arg(long)]
+    calls: Option<usize>,
+    /// run: pause before each timed call, standing for a caller's think time between snippets
+    /// (the pool refills meanwhile); back-to-back figures are reported beside.
+    #[arg(long, default_value_t = 150)]
+    gap_ms: u64,
+}
+
+/// The benchmarks `rds-agent bench` has.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum BenchKind {
+    /// Exec of `true`.
+    Exec,
+    /// run-ts / run-js / run-python of a trivial result, warm pool off and on.
+    Run,
 }
 
 /// `rds-agent bench`.
 pub fn main(args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.calls > 0, "--calls must be at least 1");
+    let calls = args.calls.unwrap_or(match args.kind {
+        BenchKind::Exec => 1000,
+        BenchKind::Run => 40,
+    });
+    anyhow::ensure!(calls > 0, "--calls must be at least 1");
     let bin = match args.agent_bin {
         Some(bin) => bin,
         None => std::env::current_exe().context("finding this executable")?,
     };
     let dir = std::env::temp_dir().join(format!("rds-bench-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("ws")).context("creating the bench directory")?;
-    let result = bench(&bin, &dir, args.calls);
+    std::fs::create_dir_all(&dir).context("creating the bench directory")?;
+    let result = match args.kind {
+        BenchKind::Exec => bench(&bin, &dir, calls),
+        BenchKind::Run => crate::bench::run::bench(&bin, &dir, calls, Duration::from_millis(args.gap_ms)),
+    };
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-fn bench(bin: &Path, dir: &Path, calls: usize) -> anyhow::Result<()> {
-    let socket = dir.join("agent.sock");
-    let workspace = dir.join("ws");
-    // Root runs commands as uid 1000 like a guest; anyone else runs them as themselves.
-    let (uid, gid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
-    let (uid, gid) = if uid == 0 { (1000, 1000) } else { (uid, gid) };
-    if uid == 1000 {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
-        std::os::unix::fs::chown(&workspace, Some(uid), Some(gid))?;
+/// A started `rds-agent serve` with its own workspace under `dir`.
+struct BenchAgent {
+    process: AgentProcess,
+    socket: PathBuf,
+}
+
+impl BenchAgent {
+    /// Starts `bin` serving `dir/<name>.sock` over `dir/<name>-ws`, with `env` added to its own
+    /// environment, and waits until it answers.
+    fn start(
+        bin: &Path,
+        dir: &Path,
+        name: &str,
+        env: &[(&str, &str)],
+        runtime: &tokio::runtime::Runtime,
+    ) -> anyhow::Result<Self> {
+        let socket = dir.join(format!("{name}.sock"));
+        let workspace = dir.join(format!("{name}-ws"));
+        std::fs::create_dir_all(&workspace).context("creating the bench workspace")?;
+        // Root runs commands as uid 1000 like a guest; anyone else runs them as themselves.
+        let (uid, gid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
+        let (uid, gid) = if uid == 0 { (1000, 1000) } else { (uid, gid) };
+        if uid == 1000 {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+            std::os::unix::fs::chown(&workspace, Some(uid), Some(gid))?;
+        }
+        let process = AgentProcess(
+            Command::new(bin)
+                .args(["serve", "--listen-uds"])
+                .arg(&socket)
+                .arg("--workspace")
+                .arg(&workspace)
+                .args(["--uid", &uid.to_string(), "--gid", &gid.to_string()])
+                .envs(env.iter().copied())
+                .stdin(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting {}", bin.display()))?,
+        );
+        runtime.block_on(async {
+            rds_vsock::connect_retry(&socket, AGENT_VSOCK_PORT, Duration::from_secs(10))
+                .await
+                .context("the agent did not come up")
+        })?;
+        Ok(BenchAgent { process, socket })
     }
-    let mut agent = AgentProcess(
-        Command::new(bin)
-            .args(["serve", "--listen-uds"])
-            .arg(&socket)
-            .arg("--workspace")
-            .arg(&workspace)
-            .args(["--uid", &uid.to_string(), "--gid", &gid.to_string()])
-            .stdin(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?,
-    );
+}
+
+fn bench(bin: &Path, dir: &Path, calls: usize) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async {
-        rds_vsock::connect_retry(&socket, AGENT_VSOCK_PORT, Duration::from_secs(10))
-            .await
-            .context("the agent did not come up")?;
-        anyhow::Ok(())
-    })?;
+    let BenchAgent { process: mut agent, socket } = BenchAgent::start(bin, dir, "agent", &[], &runtime)?;
     let pid = agent.0.id();
     let rss_start = vm_rss_kib(pid)?;
 

@@ -27,10 +27,6 @@ use idempotency::{Claim, IdempotencyCache, Outcome};
 pub use process::Identity;
 use process::{base_env, find_program, sandboxed_command, CommandSpec};
 
-/// How long output pipes may stay open after the command itself ended (a background process
-/// holding them) before the exec answers anyway.
-const PIPE_GRACE: Duration = Duration::from_millis(200);
-
 /// Why an exec or run could not be carried out.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -69,6 +65,8 @@ pub struct Launch {
     pub cwd: PathBuf,
     /// How the caller named `cwd`, for error messages.
     pub cwd_label: String,
+    /// Written to the command's stdin, then closed; `None` gives it `/dev/null`. A command
+    /// started ahead of its run gets an empty one (piped) and its input at [`Running::hand_over`].
     pub stdin: Option<Vec<u8>>,
     pub timeout: Duration,
     pub output_cap: usize,
@@ -151,6 +149,28 @@ pub fn spawn(launch: Launch) -> Result<Running, ExecError> {
 }
 
 impl Running {
+    /// True once the command has exited or is exiting (a pre-started interpreter that died while
+    /// waiting; a multi-threaded one killed shows as a zombie before it can be reaped).
+    pub fn has_exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None)) || !rds_host::ProcStat::read(self.pid).is_some_and(|s| s.is_live())
+    }
+
+    /// Hands a command started ahead of its run (stdin piped, see [`Launch::stdin`]) its input:
+    /// `stdin` is written and closed once [`Running::finish`] runs, the timeout and the duration
+    /// count from now, and whatever it printed while waiting is dropped (it is not the run's).
+    pub fn hand_over(&mut self, stdin: Vec<u8>, timeout: Duration) {
+        use std::os::fd::AsFd;
+        if let Some(out) = &self.child.stdout {
+            capture::discard_now(out.as_fd());
+        }
+        if let Some(err) = &self.child.stderr {
+            capture::discard_now(err.as_fd());
+        }
+        self.stdin = Some(stdin);
+        self.timeout = timeout;
+        self.started = Instant::now();
+    }
+
     /// Kills everything the command started: its cgroup, or else its session.
     async fn kill_all(&self) {
         match &self.group {
@@ -198,24 +218,13 @@ impl Running {
         };
         let duration = self.started.elapsed();
 
-        // Pipes normally reach EOF with the command; give stragglers a short grace, then stop.
-        let stopper = async {
-            tokio::time::sleep(PIPE_GRACE).await;
-            let _ = stop.send(true);
-            std::future::pending::<()>().await
-        };
-        let drained = async {
-            let stdout = out.await.unwrap_or_default();
-            let stderr = err.await.unwrap_or_default();
-            let side = match side {
-                Some(task) => Some(task.await.unwrap_or_default()),
-                None => None,
-            };
-            (stdout, stderr, side)
-        };
-        let (stdout, stderr, side_channel) = tokio::select! {
-            drained = drained => drained,
-            _ = stopper => unreachable!("the stopper never completes"),
+        // Everything the command wrote is in its pipes now: take it and stop (see `capture`).
+        let _ = stop.send(true);
+        let stdout = out.await.unwrap_or_default();
+        let stderr = err.await.unwrap_or_default();
+        let side_channel = match side {
+            Some(task) => Some(task.await.unwrap_or_default()),
+            None => None,
         };
         if let Some(task) = stdin_task {
             task.abort();

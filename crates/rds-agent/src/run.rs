@@ -1,18 +1,26 @@
 //! `POST /run-ts|run-js|run-python`: run a snippet or a workspace file under Deno, Node or
 //! Python as the sandbox user and collect its structured result.
 //!
-//! A small wrapper (see `run/wrapper.*`) imports the user's module, collects `result.set(...)`,
-//! the default export (TS/JS) or the module-level `result` (Python), and writes one JSON document
-//! to a FIFO. The wrapper, the snippet and the FIFO live in a fresh root-owned directory under
-//! `/tmp` that the user cannot modify and that is removed afterwards, so nothing is left in the
-//! workspace and the root agent only ever opens a path it created itself.
+//! A small wrapper (see `run/wrapper.*`) reads the run from its stdin (target, result FIFO, and
+//! for a pre-started interpreter the run's env, cwd and args), imports the user's module, collects
+//! `result.set(...)`, the default export (TS/JS) or the module-level `result` (Python), and writes
+//! one newline-terminated JSON document to a FIFO. The snippet and the FIFO live in a fresh
+//! root-owned directory inside the agent's private runs directory under `/tmp` (see [`RunRoot`]),
+//! removed afterwards, so nothing is left in the workspace and the root agent only ever opens a
+//! path it created itself.
+//!
+//! A run ends when its interpreter has exited: everything it wrote to the FIFO is then in the
+//! pipe (see [`crate::exec::capture`]); nothing waits out a grace period. With a warm pool (see
+//! [`pool`]) the interpreter was started before the run and is handed it over its stdin.
+
+pub mod pool;
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rds_proto::{Language, RunRequest, RunResult};
 use serde_json::Value;
@@ -23,11 +31,14 @@ use crate::exec::process::find_program;
 use crate::exec::{self, reject_nul, sandbox_env, timeout_of, ExecError, Finished, Handle, Identity, Launch};
 use crate::files;
 use crate::server::AgentConfig;
+use pool::{Warm, WarmPool};
 
 /// Largest result document accepted from a wrapper.
 pub const RESULT_CAP: usize = 8 * 1024 * 1024;
-/// Where run directories are created (root-owned, one per run).
-const RUN_ROOT: &str = "/tmp";
+/// How long a run may go on before the interpreter it took is replaced anyway.
+const REFILL_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+/// Where the agent's runs directory is created.
+const RUN_ROOT_PARENT: &str = "/tmp";
 
 /// System files Deno may read besides the workspace and temporary directories: name resolution
 /// and the CA bundle, which ordinary networking code (and the original's grant) needs.
@@ -39,21 +50,36 @@ const PY_WRAPPER: &str = include_str!("run/wrapper.py");
 
 /// Runs `run-*` requests.
 pub struct Runner {
+    shared: Arc<Shared>,
+    cache: IdempotencyCache<RunResult>,
+}
+
+/// What runs and the pool's background refills share.
+struct Shared {
     workspace: PathBuf,
     identity: Identity,
     output_cap: usize,
-    cache: IdempotencyCache<RunResult>,
     cgroups: Option<Arc<ExecCgroups>>,
+    /// Created at the first run, removed when the last run directory is gone.
+    root: Mutex<Option<Arc<RunRoot>>>,
+    pool: WarmPool,
 }
+
+/// A run ready to be driven: its directory (removed after the run) and its interpreter.
+type Prepared = (RunDir, exec::Running);
 
 impl Runner {
     /// A runner for the agent configured by `cfg`.
     pub fn new(cfg: &AgentConfig, cgroups: Option<Arc<ExecCgroups>>) -> Self {
         Runner {
-            cgroups,
-            workspace: cfg.workspace.clone(),
-            identity: Identity { uid: cfg.uid, gid: cfg.gid },
-            output_cap: cfg.output_cap,
+            shared: Arc::new(Shared {
+                cgroups,
+                workspace: cfg.workspace.clone(),
+                identity: Identity { uid: cfg.uid, gid: cfg.gid },
+                output_cap: cfg.output_cap,
+                root: Mutex::new(None),
+                pool: WarmPool::new(cfg.warm_pool),
+            }),
             cache: IdempotencyCache::new(idempotency::DEFAULT_CAPACITY),
         }
     }
@@ -66,62 +92,107 @@ impl Runner {
             &self.cache,
             id.as_deref(),
             &fingerprint,
-            || self.prepare(language, &req),
-            |(dir, running): (RunDir, exec::Running)| async move {
-                let finished = running.finish(None).await;
-                drop(dir);
-                run_result(&finished)
+            || self.shared.prepare(language, &req),
+            |(dir, running): Prepared| {
+                let shared = self.shared.clone();
+                let profile = Profile::of(language, &req);
+                async move {
+                    // The interpreter just used (warm or cold) is replaced in the background once
+                    // the run is over, or has run for a while: not while it starts, which would
+                    // slow the run down on a VM's few CPUs.
+                    let finish = running.finish(None);
+                    tokio::pin!(finish);
+                    let finished = tokio::select! {
+                        finished = &mut finish => {
+                            Shared::refill(&shared, language, profile);
+                            finished
+                        }
+                        _ = tokio::time::sleep(REFILL_DELAY) => {
+                            Shared::refill(&shared, language, profile);
+                            finish.await
+                        }
+                    };
+                    drop(dir);
+                    run_result(&finished)
+                }
             },
         )
     }
+}
 
-    fn prepare(&self, language: Language, req: &RunRequest) -> Result<(RunDir, exec::Running), ExecError> {
+/// What a run is asked to execute, resolved.
+enum Source<'a> {
+    /// A workspace file, run from its own directory.
+    File { file: PathBuf, cwd: PathBuf, label: String },
+    /// Snippet text, run from the workspace.
+    Snippet(&'a str),
+}
+
+impl Shared {
+    fn prepare(&self, language: Language, req: &RunRequest) -> Result<Prepared, ExecError> {
         let interpreter = Interpreter::of(language)?;
-        let dir = RunDir::create()?;
+        let profile = Profile::of(language, req);
         // `path` wins over `code`; a file runs from its own directory, a snippet from the workspace.
-        let (target, cwd, cwd_label) = match (&req.path, &req.code) {
+        let source = match (&req.path, &req.code) {
             (Some(path), _) => {
                 reject_nul("path", path)?;
                 let relative = files::resolve_workspace_path(&self.workspace, path)
                     .map_err(|e| ExecError::Invalid(format!("invalid field `path`: {e}")))?;
                 let file = self.workspace.join(relative);
-                let parent = file.parent().unwrap_or(&self.workspace).to_path_buf();
-                (file, parent, path.clone())
+                let cwd = file.parent().unwrap_or(&self.workspace).to_path_buf();
+                Source::File { file, cwd, label: path.clone() }
             }
-            (None, Some(code)) => {
-                let snippet = dir.write(&format!("snippet.{}", interpreter.snippet_ext), code.as_bytes())?;
-                (snippet, self.workspace.clone(), self.workspace.display().to_string())
-            }
+            (None, Some(code)) => Source::Snippet(code),
             (None, None) => return Err(ExecError::Invalid("either `code` or `path` is required".into())),
         };
-        let fifo = dir.result_fifo(self.identity)?;
-        let wrapper_text = interpreter
-            .wrapper
-            .replace("__RDS_TARGET__", &json_string(&target))
-            .replace("__RDS_RESULT__", &json_string(&fifo))
-            .replace("__RDS_WORKSPACE__", &json_string(&cwd));
-        let wrapper = dir.write(&format!("wrapper.{}", interpreter.wrapper_ext), wrapper_text.as_bytes())?;
-
-        let mut args = interpreter.leading_args(&self.workspace, &dir.path, req)?;
-        args.push(wrapper.display().to_string());
+        let mut args = Vec::new();
         for (i, arg) in req.args.iter().flatten().enumerate() {
             reject_nul(&format!("args[{i}]"), arg)?;
             args.push(arg.clone());
         }
-        // Opened read-write so the FIFO never reports EOF before the wrapper has opened it.
-        let receiver = tokio::net::unix::pipe::OpenOptions::new()
-            .read_write(true)
-            .open_receiver(&fifo)
-            .map_err(|source| ExecError::Io { context: "opening the result FIFO".into(), source })?;
         let env = sandbox_env(&self.workspace, &interpreter.env_for(&self.workspace), req.env.as_ref())?;
+        let timeout = timeout_of(req.timeout_ms)?;
+        // The manager checks these too; the agent is the boundary, so it never trusts that.
+        for (field, flags) in [("denoFlags", &req.deno_flags), ("nodeFlags", &req.node_flags)] {
+            rds_proto::interpreter_flags::check(field, flags.as_deref().unwrap_or_default())
+                .map_err(ExecError::Invalid)?;
+        }
+        // Checked for every run, so a refused path is refused whether or not a warm one waits.
+        interpreter.leading_args(&self.workspace, Path::new("/"), &profile)?;
+        let (cwd, cwd_label) = match &source {
+            Source::File { cwd, label, .. } => (cwd.clone(), label.clone()),
+            Source::Snippet(_) => (self.workspace.clone(), self.workspace.display().to_string()),
+        };
+
+        // The run's directory must exist for a warm interpreter to enter it, and its variables
+        // must travel as KEY=VALUE; otherwise the run goes the cold way, which reports a missing
+        // directory or a bad key as the caller's error.
+        let fits = fs::metadata(&cwd).is_ok_and(|m| m.is_dir()) && env_keys_plain(&env);
+        let warm = if fits { self.pool.take(language, &profile, &env) } else { None };
+        if let Some(Warm { dir, mut running, fifo, .. }) = warm {
+            let target = source.target(&dir, &interpreter)?;
+            let handed = RunDoc { warm: true, target: &target, result: &fifo, cwd: &cwd, env: Some(&env), args: &args };
+            running.hand_over(handed.to_bytes(), timeout);
+            return Ok((dir, running));
+        }
+
+        let root = self.root()?;
+        let dir = RunDir::create(&root)?;
+        let target = source.target(&dir, &interpreter)?;
+        let fifo = dir.result_fifo(self.identity)?;
+        let receiver = open_result_fifo(&fifo)?;
+        let mut argv = interpreter.leading_args(&self.workspace, &dir.path, &profile)?;
+        argv.push(root.wrapper(language).display().to_string());
+        argv.extend(args.iter().cloned());
+        let doc = RunDoc { warm: false, target: &target, result: &fifo, cwd: &cwd, env: None, args: &args }.to_bytes();
         let launch = Launch {
             program: interpreter.program,
-            args,
+            args: argv,
             env,
             cwd,
             cwd_label,
-            stdin: None,
-            timeout: timeout_of(req.timeout_ms)?,
+            stdin: Some(doc),
+            timeout,
             output_cap: self.output_cap,
             identity: self.identity,
             side_channel: Some((receiver, RESULT_CAP)),
@@ -130,34 +201,167 @@ impl Runner {
         let running = exec::spawn(launch)?;
         Ok((dir, running))
     }
+
+    /// Starts an interpreter for a later run of `language` with `profile`: as the sandbox user,
+    /// in its own cgroup, in the workspace, with the environment every run starts from and its
+    /// wrapper loaded, waiting on stdin for the run. It knows nothing of any run yet.
+    fn start_warm(&self, language: Language, profile: &Profile) -> Result<Warm, ExecError> {
+        let interpreter = Interpreter::of(language)?;
+        let root = self.root()?;
+        let dir = RunDir::create(&root)?;
+        let fifo = dir.result_fifo(self.identity)?;
+        let receiver = open_result_fifo(&fifo)?;
+        let mut args = interpreter.leading_args(&self.workspace, &dir.path, profile)?;
+        args.push(root.wrapper(language).display().to_string());
+        let env = sandbox_env(&self.workspace, &interpreter.env_for(&self.workspace), None)?;
+        let launch = Launch {
+            program: interpreter.program.clone(),
+            args,
+            env: env.clone(),
+            cwd: self.workspace.clone(),
+            cwd_label: self.workspace.display().to_string(),
+            // Piped; the run is written when it is handed over.
+            stdin: Some(Vec::new()),
+            // Counted from the hand-over.
+            timeout: timeout_of(None)?,
+            output_cap: self.output_cap,
+            identity: self.identity,
+            side_channel: Some((receiver, RESULT_CAP)),
+            cgroups: self.cgroups.clone(),
+        };
+        let running = exec::spawn(launch)?;
+        Ok(Warm { dir, running, fifo, env })
+    }
+
+    /// Tops up the pool of `language` for runs like the last one, off the request's path.
+    fn refill(shared: &Arc<Shared>, language: Language, profile: Profile) {
+        if !shared.pool.wants(language, &profile) {
+            return;
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            shared.pool.fill(language, &profile, || shared.start_warm(language, &profile));
+        });
+    }
+
+    /// The agent's runs directory, created on first use.
+    fn root(&self) -> Result<Arc<RunRoot>, ExecError> {
+        let mut root = self.root.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(root) = root.as_ref() {
+            return Ok(root.clone());
+        }
+        let created = Arc::new(RunRoot::create()?);
+        *root = Some(created.clone());
+        Ok(created)
+    }
+}
+
+impl Source<'_> {
+    /// The file the wrapper imports: the workspace file, or the snippet written into `dir`.
+    fn target(&self, dir: &RunDir, interpreter: &Interpreter) -> Result<PathBuf, ExecError> {
+        match self {
+            Source::File { file, .. } => Ok(file.clone()),
+            Source::Snippet(code) => dir.write(&format!("snippet.{}", interpreter.snippet_ext), code.as_bytes()),
+        }
+    }
+}
+
+/// The run as the wrapper reads it from stdin: NUL-separated fields (no JSON, which would cost
+/// Python a `json` import): `1`, warm (`0`/`1`), target, result FIFO, cwd, the number of args,
+/// the args, then `KEY=VALUE` per variable. `env` is sent to a pre-started interpreter only (a
+/// cold one was started with it). No field holds a NUL: paths, args and values are checked for
+/// one, and keys by [`env_keys_plain`].
+struct RunDoc<'a> {
+    warm: bool,
+    target: &'a Path,
+    result: &'a Path,
+    cwd: &'a Path,
+    env: Option<&'a BTreeMap<String, String>>,
+    args: &'a [String],
+}
+
+impl RunDoc<'_> {
+    fn to_bytes(&self) -> Vec<u8> {
+        use std::os::unix::ffi::OsStrExt;
+        let count = self.args.len().to_string();
+        let mut fields: Vec<&[u8]> = vec![
+            b"1",
+            if self.warm { b"1" } else { b"0" },
+            self.target.as_os_str().as_bytes(),
+            self.result.as_os_str().as_bytes(),
+            self.cwd.as_os_str().as_bytes(),
+            count.as_bytes(),
+        ];
+        fields.extend(self.args.iter().map(|a| a.as_bytes()));
+        let vars: Vec<String> = self.env.into_iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
+        fields.extend(vars.iter().map(|v| v.as_bytes()));
+        fields.join(&0u8)
+    }
+}
+
+/// True when every key can travel as `KEY=VALUE` (a key with `=` or NUL cannot be set in an
+/// environment anyway; such a run goes the cold way, which reports it).
+fn env_keys_plain(env: &BTreeMap<String, String>) -> bool {
+    env.keys().all(|k| !k.is_empty() && !k.contains(['=', '\0']))
+}
+
+/// Opens the result FIFO for reading. Read-write, so it never reports EOF before the wrapper has
+/// opened it; the run ends with the interpreter, not with EOF (see the module docs).
+fn open_result_fifo(fifo: &Path) -> Result<tokio::net::unix::pipe::Receiver, ExecError> {
+    tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_receiver(fifo)
+        .map_err(|source| ExecError::Io { context: "opening the result FIFO".into(), source })
+}
+
+/// The part of a request that decides how its interpreter is started (Deno's permissions and
+/// flags, Node's flags): a pre-started interpreter serves only runs with the same profile.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Profile {
+    deno_flags: Vec<String>,
+    node_flags: Vec<String>,
+    allow_net: bool,
+    allow_read: Option<Vec<String>>,
+    allow_write: Option<Vec<String>>,
+}
+
+impl Profile {
+    /// The profile of `req` in `language` (fields other interpreters ignore are left out).
+    fn of(language: Language, req: &RunRequest) -> Self {
+        match language {
+            Language::Ts => Profile {
+                deno_flags: req.deno_flags.clone().unwrap_or_default(),
+                allow_net: req.allow_net.unwrap_or(false),
+                allow_read: req.allow_read.clone(),
+                allow_write: req.allow_write.clone(),
+                ..Profile::default()
+            },
+            Language::Js => Profile { node_flags: req.node_flags.clone().unwrap_or_default(), ..Profile::default() },
+            Language::Python => Profile::default(),
+        }
+    }
 }
 
 /// How one language is run.
 struct Interpreter {
     language: Language,
     program: PathBuf,
-    wrapper: &'static str,
-    wrapper_ext: &'static str,
     snippet_ext: &'static str,
     env: BTreeMap<String, String>,
 }
 
 impl Interpreter {
     fn of(language: Language) -> Result<Self, ExecError> {
-        let (name, wrapper, wrapper_ext, snippet_ext, env): (_, _, _, _, &[(&str, &str)]) = match language {
-            Language::Ts => (
-                "deno",
-                JS_WRAPPER,
-                "mjs",
-                "ts",
-                &[("DENO_DIR", "/tmp/.deno"), ("DENO_NO_UPDATE_CHECK", "1"), ("NO_COLOR", "1")],
-            ),
-            Language::Js => ("node", JS_WRAPPER, "mjs", "mjs", &[]),
-            Language::Python => ("python3", PY_WRAPPER, "py", "py", &[]),
+        let (name, snippet_ext, env): (_, _, &[(&str, &str)]) = match language {
+            Language::Ts => {
+                ("deno", "ts", &[("DENO_DIR", "/tmp/.deno"), ("DENO_NO_UPDATE_CHECK", "1"), ("NO_COLOR", "1")])
+            }
+            Language::Js => ("node", "mjs", &[]),
+            Language::Python => ("python3", "py", &[]),
         };
         let program = find_program(name).ok_or(ExecError::Unsupported(name))?;
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Ok(Interpreter { language, program, wrapper, wrapper_ext, snippet_ext, env })
+        Ok(Interpreter { language, program, snippet_ext, env })
     }
 
     /// Extra environment for this interpreter. Python gets the workspace on its import path so
@@ -174,17 +378,13 @@ impl Interpreter {
     /// taken from the caller's flags; `allowNet` is the manager's grant, derived from the VM's
     /// egress policy (the VM's firewall is what limits destinations), and `allowRead` /
     /// `allowWrite` can only narrow the default paths. The run directory and the peer bridge
-    /// socket (proxies in /workspace/peers call it) are always granted.
-    fn leading_args(&self, workspace: &Path, run_dir: &Path, req: &RunRequest) -> Result<Vec<String>, ExecError> {
-        // The manager checks these too; the agent is the boundary, so it never trusts that.
-        for (field, flags) in [("denoFlags", &req.deno_flags), ("nodeFlags", &req.node_flags)] {
-            rds_proto::interpreter_flags::check(field, flags.as_deref().unwrap_or_default())
-                .map_err(ExecError::Invalid)?;
-        }
+    /// socket (proxies in /workspace/peers call it) are always granted. `--no-config`: the
+    /// wrapper lives under `/tmp`, where a `deno.json` anyone planted would otherwise apply.
+    fn leading_args(&self, workspace: &Path, run_dir: &Path, profile: &Profile) -> Result<Vec<String>, ExecError> {
         match self.language {
             // Unbuffered, so stdout and stderr keep their relative order.
             Language::Python => return Ok(vec!["-u".into()]),
-            Language::Js => return Ok(req.node_flags.clone().unwrap_or_default()),
+            Language::Js => return Ok(profile.node_flags.clone()),
             Language::Ts => {}
         }
         let ws = workspace.display().to_string();
@@ -193,20 +393,20 @@ impl Interpreter {
         let mut writable = vec![ws, "/tmp".to_string(), "/var/tmp".to_string()];
         let mut readable = writable.clone();
         readable.extend(DENO_SYSTEM_READS.iter().map(|p| p.to_string()));
-        writable = narrowed("allowWrite", req.allow_write.as_deref(), writable)?;
-        readable = narrowed("allowRead", req.allow_read.as_deref(), readable)?;
-        let net =
-            if req.allow_net.unwrap_or(false) { "--allow-net".into() } else { format!("--allow-net=unix:{bridge}") };
+        writable = narrowed("allowWrite", profile.allow_write.as_deref(), writable)?;
+        readable = narrowed("allowRead", profile.allow_read.as_deref(), readable)?;
+        let net = if profile.allow_net { "--allow-net".into() } else { format!("--allow-net=unix:{bridge}") };
         let mut args = vec![
             "run".to_string(),
             "--quiet".into(),
             "--no-prompt".into(),
+            "--no-config".into(),
             format!("--allow-read={}", readable.iter().chain(&own).cloned().collect::<Vec<_>>().join(",")),
             format!("--allow-write={}", writable.iter().chain(&own).cloned().collect::<Vec<_>>().join(",")),
             "--allow-env".into(),
             net,
         ];
-        args.extend(req.deno_flags.iter().flatten().cloned());
+        args.extend(profile.deno_flags.iter().cloned());
         Ok(args)
     }
 }
@@ -239,33 +439,81 @@ fn narrowed(field: &str, requested: Option<&[String]>, grant: Vec<String>) -> Re
     Ok(paths)
 }
 
-/// A fresh root-owned directory under `/tmp` holding one run's wrapper, snippet and result FIFO;
-/// removed when dropped.
-struct RunDir {
+/// The agent's private directory of runs: `/tmp/rds-runs-<uuid>`, root-owned, mode 0711, so the
+/// sandbox user reaches a run's files by their names but cannot list the directory (the runs of
+/// pre-started interpreters stay out of sight). Holds the two wrappers, written once; removed
+/// with the last run directory.
+pub struct RunRoot {
     path: PathBuf,
+    js_wrapper: PathBuf,
+    py_wrapper: PathBuf,
+}
+
+impl RunRoot {
+    fn create() -> Result<Self, ExecError> {
+        let path = Path::new(RUN_ROOT_PARENT).join(format!("rds-runs-{}", uuid::Uuid::new_v4()));
+        make_private_dir(&path, 0o711)?;
+        let mut root = RunRoot { js_wrapper: path.join("wrapper.mjs"), py_wrapper: path.join("wrapper.py"), path };
+        root.js_wrapper = write_readonly(&root.path, "wrapper.mjs", JS_WRAPPER.as_bytes())?;
+        root.py_wrapper = write_readonly(&root.path, "wrapper.py", PY_WRAPPER.as_bytes())?;
+        Ok(root)
+    }
+
+    fn wrapper(&self, language: Language) -> &Path {
+        match language {
+            Language::Ts | Language::Js => &self.js_wrapper,
+            Language::Python => &self.py_wrapper,
+        }
+    }
+}
+
+impl Drop for RunRoot {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.path) {
+            tracing::warn!("could not remove the runs directory {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// Creates `path` afresh (mkdir fails rather than reuse anything a user may have planted) with
+/// exactly `mode`.
+fn make_private_dir(path: &Path, mode: u32) -> Result<(), ExecError> {
+    fs::DirBuilder::new()
+        .mode(mode)
+        .create(path)
+        .map_err(|source| ExecError::Io { context: format!("creating {}", path.display()), source })?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|source| ExecError::Io { context: format!("chmod {}", path.display()), source })
+}
+
+/// Writes a world-readable file the sandbox user can read but not change.
+fn write_readonly(dir: &Path, name: &str, contents: &[u8]) -> Result<PathBuf, ExecError> {
+    let path = dir.join(name);
+    let io = |source| ExecError::Io { context: format!("writing {}", path.display()), source };
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&path).map_err(io)?;
+    file.write_all(contents).map_err(io)?;
+    file.set_permissions(fs::Permissions::from_mode(0o644)).map_err(io)?;
+    Ok(path)
+}
+
+/// A fresh root-owned directory in the [`RunRoot`] holding one run's snippet and result FIFO;
+/// removed when dropped.
+pub struct RunDir {
+    path: PathBuf,
+    /// Keeps the runs directory until this run is gone.
+    _root: Arc<RunRoot>,
 }
 
 impl RunDir {
-    fn create() -> Result<Self, ExecError> {
-        let path = Path::new(RUN_ROOT).join(format!("rds-run-{}", uuid::Uuid::new_v4()));
-        // A fresh name: mkdir fails rather than reuse anything a user may have planted.
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&path)
-            .map_err(|source| ExecError::Io { context: format!("creating {}", path.display()), source })?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
-            .map_err(|source| ExecError::Io { context: format!("chmod {}", path.display()), source })?;
-        Ok(RunDir { path })
+    fn create(root: &Arc<RunRoot>) -> Result<Self, ExecError> {
+        let path = root.path.join(uuid::Uuid::new_v4().to_string());
+        make_private_dir(&path, 0o755)?;
+        Ok(RunDir { path, _root: root.clone() })
     }
 
     /// Writes a world-readable file the sandbox user can read but not change.
     fn write(&self, name: &str, contents: &[u8]) -> Result<PathBuf, ExecError> {
-        let path = self.path.join(name);
-        let io = |source| ExecError::Io { context: format!("writing {}", path.display()), source };
-        let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&path).map_err(io)?;
-        file.write_all(contents).map_err(io)?;
-        file.set_permissions(fs::Permissions::from_mode(0o644)).map_err(io)?;
-        Ok(path)
+        write_readonly(&self.path, name, contents)
     }
 
     /// Creates the FIFO the wrapper reports through, writable only by the sandbox user.
@@ -291,11 +539,6 @@ impl Drop for RunDir {
     }
 }
 
-/// A path as a JSON string literal (valid in JavaScript and Python source alike).
-fn json_string(path: &Path) -> String {
-    serde_json::to_string(&path.to_string_lossy()).expect("strings always serialise")
-}
-
 /// Combines the process outcome with the wrapper's report.
 fn run_result(finished: &Finished) -> RunResult {
     let (exit_code, signal, timed_out) = finished.status_fields();
@@ -318,8 +561,10 @@ fn run_result(finished: &Finished) -> RunResult {
         }));
         return out;
     }
-    // An empty or garbled report (killed mid-write, user code wrote to the FIFO) means no result.
-    if let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(&report.bytes) {
+    // Only a newline-terminated report is complete. An empty, cut or garbled one (killed
+    // mid-write, user code wrote to the FIFO) means no result.
+    let Some(document) = report.bytes.strip_suffix(b"\n") else { return out };
+    if let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(document) {
         out.result = fields.remove("result");
         out.error = fields.remove("error");
     }

@@ -46,6 +46,8 @@ pub struct AgentConfig {
     /// Run each command in a cgroup of its own (guests and sandboxes; never an agent on a host,
     /// whose cgroups are not its to change). See [`crate::exec::cgroup`].
     pub exec_cgroups: bool,
+    /// Pre-started interpreters per language for `run-*` (0: every run starts its own).
+    pub warm_pool: usize,
 }
 
 impl Default for AgentConfig {
@@ -56,6 +58,7 @@ impl Default for AgentConfig {
             gid: SANDBOX_UID,
             output_cap: DEFAULT_OUTPUT_CAP,
             exec_cgroups: false,
+            warm_pool: crate::run::pool::DEFAULT_WARM_POOL,
         }
     }
 }
@@ -88,6 +91,9 @@ pub struct ServeArgs {
     /// Cap in bytes on each of stdout and stderr.
     #[arg(long, default_value_t = DEFAULT_OUTPUT_CAP)]
     output_cap: usize,
+    /// Pre-started interpreters per language for run-ts/js/python (0 disables them).
+    #[arg(long, env = "RDS_AGENT_WARM_POOL", default_value_t = crate::run::pool::DEFAULT_WARM_POOL)]
+    warm_pool: usize,
 }
 
 /// Exactly one listening mode.
@@ -119,6 +125,7 @@ pub fn main(args: ServeArgs) -> anyhow::Result<()> {
         gid: args.gid,
         output_cap: args.output_cap,
         exec_cgroups: false,
+        warm_pool: args.warm_pool,
     };
     run(listen, cfg)
 }

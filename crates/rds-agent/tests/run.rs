@@ -183,3 +183,48 @@ async fn run_timeout_is_reported() {
     assert_eq!(out["exitCode"], Value::Null);
     assert!(agent.workspace_entries().is_empty());
 }
+
+#[tokio::test]
+async fn errors_are_structured_with_the_users_line_numbers() {
+    let Some(agent) = Agent::start().await else { return };
+    let cases = [
+        (&TS, "const a: number = 1;\n\nthrow new RangeError(`bad ${a}`);\n", "RangeError", "bad 1", "snippet.ts:3:"),
+        (&JS, "const a = 1;\n\nthrow new RangeError(`bad ${a}`);\n", "RangeError", "bad 1", "snippet.mjs:3:"),
+        (&PY, "a = 1\n\nraise KeyError(f'bad {a}')\n", "KeyError", "'bad 1'", "line 3"),
+    ];
+    for (lang, code, name, message, line) in cases {
+        if !has_program(lang.program) {
+            continue;
+        }
+        // Twice: the first run of a language is cold, the second warm.
+        for _ in 0..2 {
+            let out = agent.run(lang.route, json!({"code": code})).await;
+            assert_eq!(out["exitCode"], 1, "{out}");
+            assert_eq!(out["error"]["name"], name, "{out}");
+            assert_eq!(out["error"]["message"], message, "{out}");
+            let stack = out["error"]["stack"].as_str().unwrap_or_default();
+            assert!(stack.contains(line), "{} stack without `{line}`: {out}", lang.route);
+            assert!(!stack.contains("wrapper."), "the wrapper's frames are not the user's: {out}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn results_are_converted_to_json_or_reported_as_not_serialisable() {
+    let Some(agent) = Agent::start().await else { return };
+    if has_program("python3") {
+        let out = agent.run("/run-python", json!({"code": "result = {1: 'a', 'b': [None, True, 1.5, 'é']}"})).await;
+        assert_eq!(out["result"], json!({"1": "a", "b": [null, true, 1.5, "é"]}), "{out}");
+        for bad in ["float('nan')", "object()", "{'s': {1, 2}}"] {
+            let out = agent.run("/run-python", json!({"code": format!("result = {bad}")})).await;
+            assert_eq!(out["error"]["name"], "TypeError", "{bad}: {out}");
+            assert!(out["error"]["message"].as_str().unwrap().contains("not JSON-serialisable"), "{bad}: {out}");
+            assert!(out.get("result").is_none(), "{bad}: {out}");
+        }
+    }
+    if has_program("deno") {
+        let code = "const a: Record<string, unknown> = {x: 1n}; a.self = a; result.set(a);";
+        let out = agent.run("/run-ts", json!({"code": code})).await;
+        assert_eq!(out["result"], json!({"x": "1", "self": "[Circular]"}), "{out}");
+    }
+}

@@ -1,7 +1,10 @@
 //! Capped capture of a child's output pipes.
 //!
-//! A pipe is always read to its end (or until told to stop): once the cap is reached further bytes
-//! are discarded, never left in the pipe, so the child can never block on a full pipe.
+//! A pipe is always read to its end (or, once the command has exited, to what it holds then): once
+//! the cap is reached further bytes are discarded, never left in the pipe, so the child can never
+//! block on a full pipe.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, watch};
@@ -38,48 +41,109 @@ pub struct LiveOutput {
 
 /// Reads `reader` to its end, keeping at most `cap` bytes and forwarding kept bytes to `live`.
 ///
-/// When `stop` becomes true the capture still takes whatever is already readable, then returns:
-/// a background process that keeps the pipe open must not hold the exec hostage.
-pub async fn capture<R: AsyncRead + Unpin>(
+/// When `stop` becomes true (the command has exited) the capture reads whatever the pipe holds
+/// right now, without waiting, and returns: at end of file when nothing else holds the pipe's
+/// write end, else at the first read that would block. A background process that keeps the pipe
+/// open therefore never holds the exec hostage, and nothing waits out a grace period.
+pub async fn capture<R: AsyncRead + AsFd + Unpin>(
     mut reader: R,
     cap: usize,
     live: Option<LiveOutput>,
     mut stop: watch::Receiver<bool>,
 ) -> Captured {
-    let mut captured = Captured::default();
-    let mut text = Utf8Stream::default();
+    let mut sink = Sink { cap, live, captured: Captured::default(), text: Utf8Stream::default() };
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let n = tokio::select! {
+        tokio::select! {
             biased;
             read = reader.read(&mut buf) => match read {
                 Ok(0) | Err(_) => break,
-                Ok(n) => n,
+                Ok(n) => sink.keep(&buf[..n]),
             },
-            _ = stop.wait_for(|stopped| *stopped) => break,
-        };
-        let room = cap.saturating_sub(captured.bytes.len());
-        let kept = n.min(room);
-        if kept < n {
-            captured.truncated = true;
+            _ = stop.wait_for(|stopped| *stopped) => {
+                drain_now(reader.as_fd(), &mut buf, &mut sink);
+                break;
+            }
+        }
+    }
+    sink.finish()
+}
+
+/// Most bytes [`drain_now`] reads beyond the cap: a background writer faster than the agent must
+/// not keep it reading forever.
+const DRAIN_SLACK: usize = 1 << 20;
+
+/// Reads what `fd` (non-blocking, as tokio's pipes are) holds now, up to end of file or the first
+/// read that would block.
+///
+/// Raw reads rather than the async reader: they do not depend on the reactor having seen the
+/// pipe's readiness yet, so once the writer has exited everything it wrote is taken.
+fn drain_now(fd: BorrowedFd<'_>, buf: &mut [u8], sink: &mut Sink) {
+    let mut budget = sink.cap.saturating_add(DRAIN_SLACK);
+    while budget > 0 {
+        match nix::unistd::read(fd.as_raw_fd(), buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                sink.keep(&buf[..n]);
+                budget = budget.saturating_sub(n);
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            // EAGAIN: another process still holds the write end and has nothing more for now.
+            Err(_) => return,
+        }
+    }
+    sink.captured.truncated = true;
+}
+
+/// Reads and drops what `fd` (non-blocking) holds now: output from before a run was handed over.
+pub fn discard_now(fd: BorrowedFd<'_>) {
+    let mut buf = [0u8; 4096];
+    let mut budget = DRAIN_SLACK;
+    while budget > 0 {
+        match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
+            Ok(0) => return,
+            Ok(n) => budget = budget.saturating_sub(n),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+/// Where captured bytes go: kept up to the cap, forwarded live as text.
+struct Sink {
+    cap: usize,
+    live: Option<LiveOutput>,
+    captured: Captured,
+    text: Utf8Stream,
+}
+
+impl Sink {
+    fn keep(&mut self, bytes: &[u8]) {
+        let room = self.cap.saturating_sub(self.captured.bytes.len());
+        let kept = bytes.len().min(room);
+        if kept < bytes.len() {
+            self.captured.truncated = true;
         }
         if kept > 0 {
-            captured.bytes.extend_from_slice(&buf[..kept]);
-            if let Some(live) = &live {
-                let chunk = text.push(&buf[..kept]);
+            self.captured.bytes.extend_from_slice(&bytes[..kept]);
+            if let Some(live) = &self.live {
+                let chunk = self.text.push(&bytes[..kept]);
                 if !chunk.is_empty() {
                     let _ = live.sender.send((live.pipe, chunk));
                 }
             }
         }
     }
-    if let Some(live) = &live {
-        let rest = text.finish();
-        if !rest.is_empty() {
-            let _ = live.sender.send((live.pipe, rest));
+
+    fn finish(mut self) -> Captured {
+        if let Some(live) = &self.live {
+            let rest = self.text.finish();
+            if !rest.is_empty() {
+                let _ = live.sender.send((live.pipe, rest));
+            }
         }
+        self.captured
     }
-    captured
 }
 
 /// Turns a byte stream into UTF-8 text without splitting a character across chunks.
@@ -146,10 +210,28 @@ mod tests {
 
     #[tokio::test]
     async fn capture_keeps_cap_and_flags_truncation() {
-        let data = vec![b'x'; 10_000];
-        let (_tx, rx) = watch::channel(false);
-        let got = capture(&data[..], 4096, None, rx).await;
+        let (mut tx, rx) = tokio::net::unix::pipe::pipe().unwrap();
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            tx.write_all(&[b'x'; 10_000]).await.unwrap();
+        });
+        let (_stop, stop_rx) = watch::channel(false);
+        let got = capture(rx, 4096, None, stop_rx).await;
+        writer.await.unwrap();
         assert_eq!(got.bytes.len(), 4096);
         assert!(got.truncated);
+    }
+
+    #[tokio::test]
+    async fn stop_takes_what_is_buffered_while_a_writer_still_holds_the_pipe() {
+        let (tx, rx) = tokio::net::unix::pipe::pipe().unwrap();
+        // Written before the capture even starts, and the write end stays open throughout.
+        nix::unistd::write(&tx, b"written before exit").unwrap();
+        let (stop, stop_rx) = watch::channel(false);
+        stop.send_replace(true);
+        let got = capture(rx, 4096, None, stop_rx).await;
+        assert_eq!(got.bytes, b"written before exit");
+        assert!(!got.truncated);
+        drop(tx);
     }
 }

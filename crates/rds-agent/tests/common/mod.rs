@@ -160,7 +160,18 @@ impl Agent {
 }
 
 impl Drop for Agent {
+    /// Stops the agent as a guest would (SIGTERM, so it stops its pre-started interpreters and
+    /// removes its runs directory), killing it when it does not stop within 5 s.
     fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
+            for _ in 0..250 {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
