@@ -115,6 +115,15 @@ async fn read_line<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<String> {
     String::from_utf8(line).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "handshake is not UTF-8"))
 }
 
+/// Reads a client's `CONNECT <port>\n` line (the listener's half of the handshake) and returns
+/// the port; the caller answers `OK <port>\n` once the port accepted.
+pub async fn read_connect<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<u32> {
+    let line = read_line(stream).await?;
+    line.strip_prefix("CONNECT ")
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad handshake {line:?}")))
+}
+
 /// The host-side socket that a guest's connection to host port `port` reaches: `<uds>_<port>`.
 pub fn host_side_path(uds: &Path, port: u32) -> PathBuf {
     let mut s = uds.as_os_str().to_os_string();
