@@ -137,6 +137,9 @@ pub enum Listener {
     Vsock(VsockListener),
     /// A Unix socket that performs the host half of the hybrid handshake for `port`.
     Uds { listener: UnixListener, port: u32 },
+    /// Connections another transport accepted for the agent (the streams of a serial channel),
+    /// already past any handshake.
+    Streams(tokio::sync::Mutex<tokio::sync::mpsc::Receiver<UnixStream>>),
 }
 
 impl Listener {
@@ -166,6 +169,11 @@ impl Listener {
         Ok(Listener::Uds { listener: UnixListener::from_std(std_listener)?, port })
     }
 
+    /// Serves the connections arriving on `streams`.
+    pub fn streams(streams: tokio::sync::mpsc::Receiver<UnixStream>) -> Self {
+        Listener::Streams(tokio::sync::Mutex::new(streams))
+    }
+
     /// Accepts one connection. For the Unix flavour the handshake is not done yet: call
     /// [`Pending::ready`] in the connection's own task so a slow client cannot stall the accept loop.
     pub async fn accept(&self) -> io::Result<Pending> {
@@ -178,6 +186,10 @@ impl Listener {
                 let (s, _) = listener.accept().await?;
                 Ok(Pending(PendingInner::Handshake(s, *port)))
             }
+            Listener::Streams(streams) => match streams.lock().await.recv().await {
+                Some(s) => Ok(Pending(PendingInner::Ready(Stream::Unix(s)))),
+                None => Err(io::Error::new(io::ErrorKind::NotConnected, "the channel stopped")),
+            },
         }
     }
 }

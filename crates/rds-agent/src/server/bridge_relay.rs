@@ -1,5 +1,6 @@
 //! Inside a microVM, user code reaches the peer bridge at [`GUEST_BRIDGE_SOCKET`]; this relay
-//! carries each connection to the host over vsock (CID 2, [`BRIDGE_VSOCK_PORT`]). The host side
+//! carries each connection to the host's [`BRIDGE_VSOCK_PORT`] (over vsock to CID 2, or a stream
+//! of the serial channel). The host side
 //! is a per-VM socket, so the manager knows which VM is calling without trusting anything sent.
 //! (The sandbox runtime mounts the host socket directly and needs no relay.)
 
@@ -10,7 +11,7 @@ use rds_proto::{BRIDGE_VSOCK_PORT, GUEST_BRIDGE_SOCKET};
 use tokio::net::UnixListener;
 
 /// Binds the guest-side bridge socket and relays connections until the agent stops.
-pub(crate) async fn run() {
+pub(crate) async fn run(host: super::HostDial) {
     let path = Path::new(GUEST_BRIDGE_SOCKET);
     let listener = match bind(path) {
         Ok(l) => l,
@@ -24,8 +25,9 @@ pub(crate) async fn run() {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
+        let host = host.clone();
         tokio::spawn(async move {
-            match rds_vsock::dial_host(BRIDGE_VSOCK_PORT).await {
+            match host.dial(BRIDGE_VSOCK_PORT).await {
                 Ok(mut host) => {
                     let _ = tokio::io::copy_bidirectional(&mut guest, &mut host).await;
                 }
