@@ -231,6 +231,14 @@ fn prepare_guest() {
             }
         }
     }
+    // The overlay disk's root holds the overlay's upper and work directories: root's alone, also
+    // once `/run/rds` lets user code pass through to the peer bridge.
+    let overlay_disk = Path::new(crate::initramfs::OVERLAY_DISK_MOUNT);
+    if overlay_disk.is_dir() {
+        if let Err(e) = std::fs::set_permissions(overlay_disk, std::fs::Permissions::from_mode(0o700)) {
+            console(&format!("narrowing {} failed: {e}", overlay_disk.display()));
+        }
+    }
     if let Err(e) = prepare_workspace(Path::new(WORKSPACE)) {
         console(&format!("preparing {WORKSPACE} failed: {e}"));
     }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use rds_proto::{Language, RunRequest, RunResult, AGENT_VSOCK_PORT, BRIDGE_VSOCK_PORT};
+use rds_proto::{Language, RunRequest, RunResult, AGENT_VSOCK_PORT, BRIDGE_VSOCK_PORT, GUEST_BRIDGE_SOCKET};
 use rds_runtime::process::is_same_process_alive;
 use rds_runtime::qemu::{QemuConfig, QemuRuntime, GUEST_CID};
 use rds_runtime::{Liveness, Runtime, VmHandle};
@@ -172,28 +172,48 @@ async fn guest_user_code_cannot_reach_the_agent_and_reaches_the_host_only_throug
     let id = new_id();
     let handle = rt.start(&spec(&id, 512)).await.unwrap_or_else(|e| panic!("boot failed: {e}"));
 
-    // From uid 1000: the agent port on the guest's own CID, on CID 1 (local) and on CID 2 (host).
+    // From uid 1000: the agent channel's port device is root-only, and there is no vsock device
+    // at all (the agent port on the guest's own CID, on CID 1 and on CID 2 are all unreachable).
     let probe = format!(
         r#"python3 - <<'EOF'
-import socket
-for cid in ({GUEST_CID}, 1, 2):
-    s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
-    s.settimeout(5)
+import glob, os, socket
+ports = sorted(glob.glob("/dev/vport*"))
+print("ports", len(ports))
+for dev in ports:
     try:
+        os.close(os.open(dev, os.O_RDWR))
+        print(dev, "OPENED")
+    except OSError as e:
+        print(dev, "denied", e.errno)
+for cid in ({GUEST_CID}, 1, 2):
+    try:
+        s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        s.settimeout(5)
         s.connect((cid, {AGENT_VSOCK_PORT}))
         print(cid, "CONNECTED")
     except OSError as e:
         print(cid, "refused", e.errno)
-    finally:
-        s.close()
 EOF"#
     );
     let r = exec(rt, &id, &probe).await;
-    assert_eq!(r.stdout.lines().count(), 3, "{r:?}");
-    assert!(!r.stdout.contains("CONNECTED"), "guest user code reached the agent port: {r:?}");
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"ports 1"), "the VM has exactly the agent channel's port: {r:?}");
+    assert!(lines[1].starts_with("/dev/vport") && lines[1].ends_with("denied 13"), "{r:?}");
+    assert_eq!(lines.len(), 5, "{r:?}");
+    assert!(
+        !r.stdout.contains("CONNECTED") && !r.stdout.contains("OPENED"),
+        "guest user code reached the agent: {r:?}"
+    );
+    let mode =
+        exec(rt, &id, "stat -c '%a %U' /dev/vport* /run/rds/overlay; ls /run/rds 2>&1; ls /run/rds/overlay 2>&1").await;
+    assert_eq!(
+        mode.stdout,
+        "600 root\n700 root\nls: cannot open directory '/run/rds': Permission denied\nls: cannot open directory '/run/rds/overlay': Permission denied\n",
+        "{mode:?}"
+    );
 
-    // Guest → host: port 1025 reaches the VM's own `<uds>_1025` (the bridge socket); the boot
-    // readiness port (1026) listens no more once the VM runs; any other port is refused.
+    // Guest → host: the guest's bridge socket reaches the VM's own `<uds>_1025` (the bridge
+    // socket on the host); no other host port is reachable from user code at all.
     let bridge = rt.bridge_socket(&id);
     assert_eq!(bridge, rds_vsock::host_side_path(&rt.agent_socket(&id), BRIDGE_VSOCK_PORT));
     let listener = tokio::net::UnixListener::bind(&bridge).unwrap();
@@ -206,28 +226,21 @@ EOF"#
         }
         line
     });
-    let dial = r#"python3 - <<'EOF'
+    let dial = format!(
+        r#"python3 - <<'EOF'
 import socket
-for port in (1025, 1026, 1999):
-    s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
-    s.settimeout(10)
-    try:
-        s.connect((2, port))
-        s.sendall(b"hello from the guest\n")
-        print(port, "CONNECTED")
-    except OSError as e:
-        print(port, "refused", e.errno)
-    finally:
-        s.close()
-EOF"#;
-    let r = exec(rt, &id, dial).await;
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(10)
+s.connect("{GUEST_BRIDGE_SOCKET}")
+s.sendall(b"hello from the guest\n")
+print("CONNECTED")
+s.close()
+EOF"#
+    );
+    let r = exec(rt, &id, &dial).await;
     let got = tokio::time::timeout(Duration::from_secs(30), accept).await.expect("bridge connection arrived").unwrap();
     assert_eq!(got, "hello from the guest");
-    let lines: Vec<&str> = r.stdout.lines().collect();
-    assert_eq!(lines.len(), 3, "{r:?}");
-    assert_eq!(lines[0], "1025 CONNECTED", "{r:?}");
-    assert!(lines[1].starts_with("1026 refused"), "{r:?}");
-    assert!(lines[2].starts_with("1999 refused"), "{r:?}");
+    assert_eq!(r.stdout, "CONNECTED\n", "{r:?}");
 
     // The per-VM files are root-only.
     let mode = std::fs::metadata(rt.vm_dir(&id)).unwrap().mode() & 0o777;

@@ -41,6 +41,12 @@ fn bind(path: &Path) -> std::io::Result<UnixListener> {
     let dir = path.parent().expect("the bridge socket path has a parent");
     std::fs::create_dir_all(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    // User code must get through `/run/rds` (0700 from the initramfs) to the bridge, without
+    // seeing what else is there: search permission only. What it holds otherwise is root's
+    // (the overlay disk's mount point is kept 0700 by PID 1).
+    if let Some(run) = dir.parent() {
+        std::fs::set_permissions(run, std::fs::Permissions::from_mode(0o711))?;
+    }
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
     // User code (uid 1000) connects; what it may call is decided by the manager.
