@@ -19,7 +19,7 @@ use http_body_util::BodyExt;
 use rds_proto::{Language, RunRequest, RunResult, AGENT_VSOCK_PORT, BRIDGE_VSOCK_PORT, GUEST_BRIDGE_SOCKET};
 use rds_runtime::process::is_same_process_alive;
 use rds_runtime::qemu::{QemuConfig, QemuRuntime, GUEST_CID};
-use rds_runtime::{Liveness, Runtime, VmHandle};
+use rds_runtime::{Liveness, Runtime, SnapshotKind, VmHandle};
 use tokio::io::AsyncReadExt;
 
 use common::{agent, exec, new_id, spec, CALL_LIMIT};
@@ -397,4 +397,140 @@ async fn workspace_survives_twenty_stop_start_cycles_with_clean_disks_and_no_io_
 
     rt.destroy(&id, Some(&handle)).await.unwrap();
     assert_no_trace(rt, &id, &handle);
+}
+
+/// A Python process that holds a random token and a counter in memory and answers each
+/// connection on 127.0.0.1:7000 with `<token> <count>`.
+const STATEFUL_SERVER: &str = r#"cat > /tmp/state.py <<'PY'
+import os, socket
+token, n = os.urandom(8).hex(), 0
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 7000))
+s.listen(8)
+while True:
+    c, _ = s.accept()
+    n += 1
+    c.sendall(f"{token} {n}\n".encode())
+    c.close()
+PY
+setsid nohup python3 /tmp/state.py >/dev/null 2>&1 < /dev/null &
+for i in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1', 7000)).close()" 2>/dev/null && break; sleep 0.1; done"#;
+
+/// Asks the stateful server for its token and count.
+const ASK_SERVER: &str =
+    r#"python3 -c "import socket; print(socket.create_connection(('127.0.0.1', 7000)).recv(100).decode().strip())""#;
+
+/// 32 bytes of the guest's `/dev/urandom`, hex.
+const URANDOM: &str = "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'";
+
+/// Starts `id` from the memory snapshot in `dir`; returns its handle and how long that took.
+async fn restore(rt: &QemuRuntime, id: &str, dir: &std::path::Path) -> (VmHandle, Duration) {
+    let t = std::time::Instant::now();
+    let h = rt
+        .start_from_snapshot(&spec(id, 256), dir, SnapshotKind::Memory)
+        .await
+        .unwrap_or_else(|e| panic!("restore of {id}: {e}"));
+    (h, t.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_snapshots_resume_running_processes_and_each_clone_is_itself() {
+    let image = image_dir().unwrap_or_else(|reason| panic!("cannot run the qemu snapshot test: {reason}"));
+    let env = Env::new(image);
+    let rt = env.rt();
+    let source = new_id();
+    let handle = rt.start(&spec(&source, 256)).await.unwrap_or_else(|e| panic!("boot failed: {e}"));
+    assert_eq!(rt.capabilities().snapshots, Some(SnapshotKind::Memory));
+
+    let r = exec(rt, &source, STATEFUL_SERVER).await;
+    assert_eq!(r.exit_code, Some(0), "{r:?}");
+    let first = exec(rt, &source, ASK_SERVER).await.stdout;
+    // The readiness probe above was its first connection.
+    let token = first.split_whitespace().next().unwrap_or_default().to_string();
+    assert_eq!(first, format!("{token} 2\n"));
+    exec(rt, &source, "echo before > /workspace/note").await;
+
+    let snaps = tempfile::Builder::new().prefix("rds-qemu-snap-").tempdir_in("/var/tmp").unwrap();
+    let snap = snaps.path().join("mem");
+    let t = std::time::Instant::now();
+    let kind = rt.snapshot(&source, &handle, &snap, true).await.unwrap_or_else(|e| panic!("snapshot: {e}"));
+    println!("memory snapshot of a 256 MiB guest: {:?}", t.elapsed());
+    assert_eq!(kind, SnapshotKind::Memory);
+    for file in ["state", "memory", "overlay.ext4", "snapshot.json"] {
+        assert!(snap.join(file).is_file(), "the snapshot lacks {file}");
+    }
+
+    // The source runs on, its process too; it changes a file after the snapshot.
+    assert_eq!(exec(rt, &source, ASK_SERVER).await.stdout, format!("{token} 3\n"));
+    exec(rt, &source, "echo after > /workspace/note").await;
+    let memory_before = std::fs::read(snap.join("memory")).unwrap();
+
+    // Two clones at once: each resumes the process where the snapshot left it (its next count
+    // is 3 again), sees the snapshot's files, and has its own hostname and random stream.
+    let clones = [new_id(), new_id()];
+    let (a, b) = tokio::join!(restore(rt, &clones[0], &snap), restore(rt, &clones[1], &snap));
+    let started = [a, b];
+    let mut randoms = vec![exec(rt, &source, URANDOM).await.stdout];
+    for (clone, (h, took)) in clones.iter().zip(&started) {
+        println!("clone {clone}: restore took {took:?}");
+        assert_ne!(h.pid, handle.pid);
+        assert_eq!(exec(rt, clone, ASK_SERVER).await.stdout, format!("{token} 3\n"), "the process lost its state");
+        let r = exec(rt, clone, "cat /workspace/note; hostname").await;
+        assert_eq!(r.stdout, format!("before\nvm-{}\n", &clone[..8]), "{r:?}");
+        randoms.push(exec(rt, clone, URANDOM).await.stdout);
+    }
+    assert_eq!(randoms.iter().map(|r| r.len()).collect::<Vec<_>>(), [64, 64, 64], "{randoms:?}");
+    assert!(randoms[0] != randoms[1] && randoms[1] != randoms[2] && randoms[0] != randoms[2], "{randoms:?}");
+    assert_eq!(exec(rt, &source, "cat /workspace/note").await.stdout, "after\n");
+    assert!(std::fs::read(snap.join("memory")).unwrap() == memory_before, "a clone wrote into the snapshot");
+
+    // A clone's own snapshot carries its memory in the state stream; a VM resumes from it too.
+    let snap2 = snaps.path().join("of-a-clone");
+    rt.snapshot(&clones[0], &started[0].0, &snap2, true).await.unwrap_or_else(|e| panic!("snapshot of a clone: {e}"));
+    assert!(!snap2.join("memory").exists());
+    let grandchild = new_id();
+    let (hg, _) = restore(rt, &grandchild, &snap2).await;
+    assert_eq!(exec(rt, &grandchild, ASK_SERVER).await.stdout, format!("{token} 4\n"), "the clone's count went on");
+
+    // Restore → first exec, a few more times (printed, not asserted).
+    let mut firsts = Vec::new();
+    for _ in 0..5 {
+        let id = new_id();
+        let t = std::time::Instant::now();
+        let (h, _) = restore(rt, &id, &snap).await;
+        let r = exec(rt, &id, "true").await;
+        firsts.push(t.elapsed());
+        assert_eq!(r.exit_code, Some(0));
+        rt.destroy(&id, Some(&h)).await.unwrap();
+        assert_no_trace(rt, &id, &h);
+    }
+    firsts.sort();
+    println!("qemu restore -> first exec ({:?}): p50 {:?}, all {firsts:?}", rt.accel().await, firsts[firsts.len() / 2]);
+
+    // A memory snapshot's disk alone boots too; so does a disk snapshot.
+    let cold = new_id();
+    let hc = rt.start_from_snapshot(&spec(&cold, 256), &snap, SnapshotKind::Disk).await.unwrap();
+    assert_eq!(exec(rt, &cold, "cat /workspace/note").await.stdout, "before\n");
+    let r = exec(rt, &cold, ASK_SERVER).await;
+    assert_ne!(r.exit_code, Some(0), "a cold boot has no running server: {r:?}");
+    let disk = snaps.path().join("disk");
+    assert_eq!(rt.snapshot(&source, &handle, &disk, false).await.unwrap(), SnapshotKind::Disk);
+    assert!(disk.join("overlay.ext4").is_file() && !disk.join("memory").exists());
+    let from_disk = new_id();
+    let hd = rt.start_from_snapshot(&spec(&from_disk, 256), &disk, SnapshotKind::Disk).await.unwrap();
+    assert_eq!(exec(rt, &from_disk, "cat /workspace/note").await.stdout, "after\n");
+
+    let all = [
+        (&source, &handle),
+        (&clones[0], &started[0].0),
+        (&clones[1], &started[1].0),
+        (&grandchild, &hg),
+        (&cold, &hc),
+        (&from_disk, &hd),
+    ];
+    for (id, h) in all {
+        rt.destroy(id, Some(h)).await.unwrap();
+        assert_no_trace(rt, id, h);
+    }
 }

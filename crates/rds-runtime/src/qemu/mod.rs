@@ -576,7 +576,8 @@ impl QemuRuntime {
             qmp.call("migrate-set-capabilities", ignore_shared()).await?;
             qmp.call("migrate-incoming", serde_json::json!({ "uri": format!("fd:{INCOMING_FD}") })).await?;
             wait_for_migration(&mut qmp).await?;
-            // `-incoming` QEMUs start the guest once the state is in.
+            // The snapshot was written of a paused VM, so QEMU keeps it paused: run it.
+            qmp.call("cont", serde_json::Value::Null).await?;
             Ok::<_, qmp::QmpError>(())
         };
         let outcome = tokio::select! {
