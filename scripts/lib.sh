@@ -59,14 +59,6 @@ ensure_cargo_machete() {
   cargo install --locked --version 0.9.2 cargo-machete
 }
 
-# The qemu runtime's vsock backend (rust-vmm's vhost-device-vsock, from crates.io).
-ensure_vhost_device_vsock() {
-  command -v vhost-device-vsock >/dev/null && return 0
-  step "installing vhost-device-vsock"
-  # Pinned: the qemu runtime depends on this version's command-line syntax.
-  cargo install --locked --version 0.3.0 vhost-device-vsock
-}
-
 # The firecracker runtime's binaries: Firecracker's official static release (with its seccomp
 # filters), installed to /usr/local/bin on hosts whose KVM boots ordinary guests. The archive is
 # checked against the SHA-256 published beside it in the release. Elsewhere (no such KVM) nothing

@@ -55,11 +55,12 @@ pub fn main() -> anyhow::Result<()> {
     mount_kernel_filesystems();
     ensure_console();
     prepare_guest();
+    let listen = match agent_channel_port() {
+        Some(device) => ListenOn::Serial(device),
+        None => ListenOn::Vsock(AGENT_VSOCK_PORT),
+    };
     supervise(
-        || match server::run(
-            ListenOn::Vsock(AGENT_VSOCK_PORT),
-            AgentConfig { exec_cgroups: true, ..AgentConfig::default() },
-        ) {
+        || match server::run(listen, AgentConfig { exec_cgroups: true, ..AgentConfig::default() }) {
             Ok(()) => 0,
             Err(e) => {
                 console(&format!("agent failed: {e:#}"));
@@ -68,6 +69,35 @@ pub fn main() -> anyhow::Result<()> {
         },
         ExitAction::PowerOff,
     )
+}
+
+/// How long the agent channel's port may take to appear once its device is there.
+const CHANNEL_PORT_WAIT: Duration = Duration::from_secs(5);
+
+/// The virtio-serial port of the agent channel ([`rds_mux::PORT_NAME`]) when the VM has a
+/// virtio-serial device (QEMU), else `None` (vsock, Firecracker). The device node is root-only
+/// (devtmpfs's default 0600), so user code cannot open it.
+fn agent_channel_port() -> Option<std::path::PathBuf> {
+    let has_device = std::fs::read_dir("/sys/bus/virtio/drivers/virtio_console")
+        .map(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("virtio")))
+        .unwrap_or(false);
+    if !has_device {
+        return None;
+    }
+    // Ports are announced by the device after its driver bound: give it a moment.
+    let end = Instant::now() + CHANNEL_PORT_WAIT;
+    loop {
+        if let Some(port) = rds_mux::guest::find_port(rds_mux::PORT_NAME) {
+            if port.exists() {
+                return Some(port);
+            }
+        }
+        if Instant::now() >= end {
+            console(&format!("a virtio-serial device but no port {:?}: using vsock", rds_mux::PORT_NAME));
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Prints a line on the console (stderr), where a guest's boot problems must be visible.
@@ -199,6 +229,14 @@ fn prepare_guest() {
             if let Err(e) = write_resolv_conf(&net.resolv_conf()) {
                 console(&format!("writing /etc/resolv.conf failed: {e}"));
             }
+        }
+    }
+    // The overlay disk's root holds the overlay's upper and work directories: root's alone, also
+    // once `/run/rds` lets user code pass through to the peer bridge.
+    let overlay_disk = Path::new(crate::initramfs::OVERLAY_DISK_MOUNT);
+    if overlay_disk.is_dir() {
+        if let Err(e) = std::fs::set_permissions(overlay_disk, std::fs::Permissions::from_mode(0o700)) {
+            console(&format!("narrowing {} failed: {e}", overlay_disk.display()));
         }
     }
     if let Err(e) = prepare_workspace(Path::new(WORKSPACE)) {

@@ -3,7 +3,7 @@
 //! It serves HTTP/1.1 over hybrid vsock ([`server`]), runs commands and snippets as uid 1000
 //! ([`exec`], [`run`]), moves files in and out of `/workspace` ([`files`]), and acts as PID 1
 //! in a guest ([`init`]) or inside the namespaces of the sandbox runtime ([`sandbox`], confined by
-//! [`seccomp`]).
+//! [`seccomp`]). On the host, [`relay`] is the host's end of a QEMU VM's agent channel.
 
 pub mod bench;
 pub mod exec;
@@ -13,6 +13,7 @@ pub mod init;
 pub mod initramfs;
 pub mod loop_device;
 pub mod netconf;
+pub mod relay;
 pub mod run;
 pub mod sandbox;
 pub mod seccomp;

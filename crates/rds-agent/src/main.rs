@@ -19,6 +19,8 @@ enum Command {
     Init,
     /// Enter fresh namespaces described by a spec and run the agent there as PID 1 (sandbox runtime).
     Sandbox(rds_agent::sandbox::SandboxArgs),
+    /// On the host: relay a QEMU VM's virtio-serial agent channel to hybrid-vsock sockets.
+    Relay(rds_agent::relay::RelayArgs),
     /// Measure exec round-trips over the UDS transport against a bare fork/exec; prints JSON.
     Bench(rds_agent::bench::BenchArgs),
 }
@@ -45,6 +47,7 @@ fn main() {
         Command::Init => rds_agent::init::main(),
         Command::Sandbox(args) => rds_agent::sandbox::main(args),
         Command::Bench(args) => rds_agent::bench::main(args),
+        Command::Relay(args) => rds_agent::relay::main(args),
     };
     if let Err(e) = result {
         eprintln!("rds-agent: {e:#}");

@@ -72,6 +72,31 @@ pub enum ListenOn {
     Fd(OwnedFd),
     /// `AF_VSOCK` on this port (inside a microVM).
     Vsock(u32),
+    /// The agent channel on this virtio-serial port device (inside a QEMU microVM), whose
+    /// streams to [`AGENT_VSOCK_PORT`] are the agent's connections.
+    Serial(PathBuf),
+}
+
+/// How a guest's agent reaches the host (its readiness call, the peer bridge).
+#[derive(Clone)]
+pub(crate) enum HostDial {
+    /// `AF_VSOCK` to CID 2.
+    Vsock,
+    /// A stream of the serial channel.
+    Channel(rds_mux::guest::GuestChannel),
+}
+
+/// How long a dial over the serial channel waits for a session with the host.
+const CHANNEL_WAIT: Duration = Duration::from_secs(10);
+
+impl HostDial {
+    /// Connects to host port `port`.
+    pub(crate) async fn dial(&self, port: u32) -> std::io::Result<rds_vsock::Stream> {
+        match self {
+            HostDial::Vsock => rds_vsock::dial_host(port).await,
+            HostDial::Channel(channel) => channel.dial(port, CHANNEL_WAIT).await.map(rds_vsock::Stream::Unix),
+        }
+    }
 }
 
 /// `rds-agent serve` flags.
@@ -183,8 +208,8 @@ impl Agent {
     }
 }
 
-fn bind(listen: ListenOn) -> anyhow::Result<Listener> {
-    match listen {
+fn bind(listen: ListenOn) -> anyhow::Result<(Listener, Option<HostDial>)> {
+    let listener = match listen {
         ListenOn::Uds(path) => {
             // The socket exists for a moment before rds-vsock narrows it to 0600: bind under a
             // umask that already denies everyone else.
@@ -194,21 +219,40 @@ fn bind(listen: ListenOn) -> anyhow::Result<Listener> {
             let listener = Listener::uds(&path, AGENT_VSOCK_PORT);
             // SAFETY: as above, restoring the previous mask.
             unsafe { libc::umask(old) };
-            listener.with_context(|| format!("listening on {}", path.display()))
+            listener.with_context(|| format!("listening on {}", path.display()))?
         }
-        ListenOn::Fd(fd) => Listener::uds_from_fd(fd, AGENT_VSOCK_PORT).context("serving the inherited socket"),
-        ListenOn::Vsock(port) => Listener::vsock(port).with_context(|| format!("listening on vsock port {port}")),
-    }
+        ListenOn::Fd(fd) => Listener::uds_from_fd(fd, AGENT_VSOCK_PORT).context("serving the inherited socket")?,
+        ListenOn::Vsock(port) => {
+            let listener = Listener::vsock(port).with_context(|| format!("listening on vsock port {port}"))?;
+            return Ok((listener, Some(HostDial::Vsock)));
+        }
+        ListenOn::Serial(device) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            let accept: rds_mux::mux::Acceptor = std::sync::Arc::new(move |port| {
+                let tx = tx.clone();
+                Box::pin(async move {
+                    if port != AGENT_VSOCK_PORT {
+                        return None;
+                    }
+                    let (ours, theirs) = tokio::net::UnixStream::pair().ok()?;
+                    tx.send(ours).await.ok()?;
+                    Some(theirs)
+                })
+            });
+            let channel = rds_mux::guest::GuestChannel::spawn(&device, accept)
+                .with_context(|| format!("opening the agent channel {}", device.display()))?;
+            return Ok((Listener::streams(rx), Some(HostDial::Channel(channel))));
+        }
+    };
+    Ok((listener, None))
 }
 
 async fn serve(listen: ListenOn, cfg: AgentConfig) -> anyhow::Result<()> {
-    let microvm = matches!(listen, ListenOn::Vsock(_));
-    if microvm {
-        tokio::spawn(bridge_relay::run());
-    }
-    let listener = bind(listen)?;
-    if microvm {
-        tokio::spawn(announce_ready());
+    // Inside a microVM the agent also dials the host: the peer bridge and its readiness call.
+    let (listener, host) = bind(listen)?;
+    if let Some(host) = host {
+        tokio::spawn(bridge_relay::run(host.clone()));
+        tokio::spawn(announce_ready(host));
     }
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -266,9 +310,9 @@ pub async fn serve_listener(
 
 /// Tells the host that the agent listens (see [`READY_VSOCK_PORT`]). Nobody listening (an agent
 /// restarted in a running VM) is fine.
-async fn announce_ready() {
+async fn announce_ready(host: HostDial) {
     let dial = async {
-        let mut stream = rds_vsock::dial_host(READY_VSOCK_PORT).await?;
+        let mut stream = host.dial(READY_VSOCK_PORT).await?;
         stream.write_all(b"ready\n").await?;
         stream.shutdown().await
     };

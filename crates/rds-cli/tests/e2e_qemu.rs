@@ -1,6 +1,6 @@
 //! End-to-end on the qemu runtime: the real `rds serve` with `RDS_RUNTIME=qemu` boots the real
-//! guest image (Debian cloud kernel, initramfs, `rds-agent` as PID 1, virtio-vsock) and is driven
-//! over HTTP. Needs root, QEMU and `vhost-device-vsock`; records a skip (`rds_testkit::skip`) otherwise. Boots are slow
+//! guest image (Debian cloud kernel, initramfs, `rds-agent` as PID 1, the virtio-serial agent
+//! channel) and is driven over HTTP. Needs root and QEMU; records a skip (`rds_testkit::skip`) otherwise. Boots are slow
 //! under TCG, so one VM carries the whole flow.
 
 mod common;

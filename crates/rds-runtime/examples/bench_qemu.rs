@@ -1,4 +1,5 @@
-//! Benchmark: create → first exec and exec round-trip, qemu beside sandbox, in one run. As root:
+//! Benchmark: create → first exec and exec round-trip, qemu beside sandbox, in one run, and qemu's
+//! restore (from a memory snapshot) → first exec. As root:
 //!
 //! ```text
 //! cargo run -p rds-runtime --example bench_qemu [image-dir]
@@ -15,7 +16,7 @@ use rds_agent_client::AgentClient;
 use rds_proto::{ExecRequest, ExecResult};
 use rds_runtime::qemu::{QemuConfig, QemuRuntime};
 use rds_runtime::sandbox::{SandboxConfig, SandboxRuntime};
-use rds_runtime::{Runtime, VmSpec};
+use rds_runtime::{Runtime, SnapshotKind, VmSpec};
 
 const VMS: usize = 5;
 const ROUND_TRIPS: usize = 20;
@@ -71,6 +72,33 @@ async fn measure(rt: &dyn Runtime, rootfs: Option<PathBuf>) -> anyhow::Result<se
     }))
 }
 
+/// Boots one VM, snapshots it with its memory, then resumes `VMS` VMs from that snapshot one
+/// after another (restore → first exec).
+async fn measure_restore(rt: &QemuRuntime, storage: &Path) -> anyhow::Result<serde_json::Value> {
+    let spec = |id: &str| VmSpec { id: id.into(), cpu: 1, mem_mb: 512, hostname: "bench".into(), ..VmSpec::default() };
+    let source = uuid::Uuid::new_v4().to_string();
+    let handle = rt.start(&spec(&source)).await?;
+    exec(rt, &source, "true").await?;
+    let snapshot = storage.join("snapshot");
+    let t = Instant::now();
+    rt.snapshot(&source, &handle, &snapshot, true).await?;
+    let snapshot_ms = t.elapsed().as_secs_f64() * 1000.0;
+    rt.destroy(&source, Some(&handle)).await?;
+    let mut first_exec = Vec::new();
+    for _ in 0..VMS {
+        let id = uuid::Uuid::new_v4().to_string();
+        let started = Instant::now();
+        let h = rt.start_from_snapshot(&spec(&id), &snapshot, SnapshotKind::Memory).await?;
+        exec(rt, &id, "true").await?;
+        first_exec.push(started.elapsed().as_secs_f64() * 1000.0);
+        rt.destroy(&id, Some(&h)).await?;
+    }
+    Ok(serde_json::json!({
+        "snapshot_ms": (snapshot_ms * 10.0).round() / 10.0,
+        "restore_to_first_exec_ms": { "p50": percentile(&mut first_exec, 0.5), "p95": percentile(&mut first_exec, 0.95) },
+    }))
+}
+
 fn default_image_dir() -> Option<PathBuf> {
     let mut dirs: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir("/var/cache/rds-image")
         .ok()?
@@ -98,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
     let qemu = QemuRuntime::new(cfg)?;
     let accel = qemu.accel().await;
     let qemu_figures = measure(&qemu, None).await?;
+    let restore_figures = measure_restore(&qemu, storage.path()).await?;
 
     let sandbox = SandboxRuntime::with_cgroup_group(
         SandboxConfig {
@@ -126,13 +155,13 @@ async fn main() -> anyhow::Result<()> {
         serde_json::json!({
             "vms": VMS,
             "round_trips": ROUND_TRIPS,
-            "qemu": { "accel": accel.as_str(), "figures": qemu_figures },
+            "qemu": { "accel": accel.as_str(), "figures": qemu_figures, "restore": restore_figures },
             "sandbox": sandbox_figures,
             "qemu_over_sandbox_p50": {
                 "create_to_first_exec": ratio("create_to_first_exec_ms"),
                 "exec_round_trip": ratio("exec_round_trip_ms"),
             },
-            "target": { "qemu_tcg_create_to_first_exec_p50_ms": 3000 },
+            "target": { "qemu_tcg_create_to_first_exec_p50_ms": 3000, "qemu_tcg_restore_to_first_exec_p50_ms": 500 },
         })
     );
     Ok(())

@@ -16,23 +16,18 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use rds_proto::{Language, RunRequest, RunResult, AGENT_VSOCK_PORT, BRIDGE_VSOCK_PORT};
+use rds_proto::{Language, RunRequest, RunResult, AGENT_VSOCK_PORT, BRIDGE_VSOCK_PORT, GUEST_BRIDGE_SOCKET};
 use rds_runtime::process::is_same_process_alive;
 use rds_runtime::qemu::{QemuConfig, QemuRuntime, GUEST_CID};
-use rds_runtime::{Liveness, Runtime, VmHandle};
+use rds_runtime::{Liveness, Runtime, SnapshotKind, VmHandle};
 use tokio::io::AsyncReadExt;
 
 use common::{agent, exec, new_id, spec, CALL_LIMIT};
 
 /// The image directory (vmlinuz, initrd.img, rootfs.ext4), or why these tests cannot run.
 fn image_dir() -> Result<PathBuf, String> {
-    for (program, hint) in [
-        ("qemu-system-x86_64", "apt-get install qemu-system-x86"),
-        ("vhost-device-vsock", "cargo install --locked vhost-device-vsock"),
-    ] {
-        if !on_path(program) {
-            return Err(format!("{program} not found ({hint})"));
-        }
+    if !on_path("qemu-system-x86_64") {
+        return Err("qemu-system-x86_64 not found (apt-get install qemu-system-x86)".into());
     }
     common::guest_image()
 }
@@ -71,6 +66,7 @@ impl Env {
     fn runtime(&self) -> QemuRuntime {
         let mut cfg = QemuConfig::from_image_dir(self.storage.path().to_path_buf(), &self.image);
         cfg.boot_timeout = Duration::from_secs(90);
+        cfg.relay_bin = common::agent_bin().expect("rds-agent");
         QemuRuntime::new(cfg).expect("qemu runtime")
     }
 
@@ -105,7 +101,7 @@ fn assert_no_trace(rt: &QemuRuntime, id: &str, handle: &VmHandle) {
     assert!(!is_same_process_alive(handle.pid, handle.start_time), "QEMU {} still runs", handle.pid);
     let backend =
         (handle.extra["backend_pid"].as_i64().unwrap() as i32, handle.extra["backend_start_time"].as_u64().unwrap());
-    assert!(!is_same_process_alive(backend.0, backend.1), "vhost-device-vsock {} still runs", backend.0);
+    assert!(!is_same_process_alive(backend.0, backend.1), "the agent channel relay {} still runs", backend.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,28 +172,48 @@ async fn guest_user_code_cannot_reach_the_agent_and_reaches_the_host_only_throug
     let id = new_id();
     let handle = rt.start(&spec(&id, 512)).await.unwrap_or_else(|e| panic!("boot failed: {e}"));
 
-    // From uid 1000: the agent port on the guest's own CID, on CID 1 (local) and on CID 2 (host).
+    // From uid 1000: the agent channel's port device is root-only, and there is no vsock device
+    // at all (the agent port on the guest's own CID, on CID 1 and on CID 2 are all unreachable).
     let probe = format!(
         r#"python3 - <<'EOF'
-import socket
-for cid in ({GUEST_CID}, 1, 2):
-    s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
-    s.settimeout(5)
+import glob, os, socket
+ports = sorted(glob.glob("/dev/vport*"))
+print("ports", len(ports))
+for dev in ports:
     try:
+        os.close(os.open(dev, os.O_RDWR))
+        print(dev, "OPENED")
+    except OSError as e:
+        print(dev, "denied", e.errno)
+for cid in ({GUEST_CID}, 1, 2):
+    try:
+        s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        s.settimeout(5)
         s.connect((cid, {AGENT_VSOCK_PORT}))
         print(cid, "CONNECTED")
     except OSError as e:
         print(cid, "refused", e.errno)
-    finally:
-        s.close()
 EOF"#
     );
     let r = exec(rt, &id, &probe).await;
-    assert_eq!(r.stdout.lines().count(), 3, "{r:?}");
-    assert!(!r.stdout.contains("CONNECTED"), "guest user code reached the agent port: {r:?}");
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"ports 1"), "the VM has exactly the agent channel's port: {r:?}");
+    assert!(lines[1].starts_with("/dev/vport") && lines[1].ends_with("denied 13"), "{r:?}");
+    assert_eq!(lines.len(), 5, "{r:?}");
+    assert!(
+        !r.stdout.contains("CONNECTED") && !r.stdout.contains("OPENED"),
+        "guest user code reached the agent: {r:?}"
+    );
+    let mode =
+        exec(rt, &id, "stat -c '%a %U' /dev/vport* /run/rds/overlay; ls /run/rds 2>&1; ls /run/rds/overlay 2>&1").await;
+    assert_eq!(
+        mode.stdout,
+        "600 root\n700 root\nls: cannot open directory '/run/rds': Permission denied\nls: cannot open directory '/run/rds/overlay': Permission denied\n",
+        "{mode:?}"
+    );
 
-    // Guest → host: port 1025 reaches the VM's own `<uds>_1025` (the bridge socket); the boot
-    // readiness port (1026) listens no more once the VM runs; any other port is refused.
+    // Guest → host: the guest's bridge socket reaches the VM's own `<uds>_1025` (the bridge
+    // socket on the host); no other host port is reachable from user code at all.
     let bridge = rt.bridge_socket(&id);
     assert_eq!(bridge, rds_vsock::host_side_path(&rt.agent_socket(&id), BRIDGE_VSOCK_PORT));
     let listener = tokio::net::UnixListener::bind(&bridge).unwrap();
@@ -210,28 +226,21 @@ EOF"#
         }
         line
     });
-    let dial = r#"python3 - <<'EOF'
+    let dial = format!(
+        r#"python3 - <<'EOF'
 import socket
-for port in (1025, 1026, 1999):
-    s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
-    s.settimeout(10)
-    try:
-        s.connect((2, port))
-        s.sendall(b"hello from the guest\n")
-        print(port, "CONNECTED")
-    except OSError as e:
-        print(port, "refused", e.errno)
-    finally:
-        s.close()
-EOF"#;
-    let r = exec(rt, &id, dial).await;
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(10)
+s.connect("{GUEST_BRIDGE_SOCKET}")
+s.sendall(b"hello from the guest\n")
+print("CONNECTED")
+s.close()
+EOF"#
+    );
+    let r = exec(rt, &id, &dial).await;
     let got = tokio::time::timeout(Duration::from_secs(30), accept).await.expect("bridge connection arrived").unwrap();
     assert_eq!(got, "hello from the guest");
-    let lines: Vec<&str> = r.stdout.lines().collect();
-    assert_eq!(lines.len(), 3, "{r:?}");
-    assert_eq!(lines[0], "1025 CONNECTED", "{r:?}");
-    assert!(lines[1].starts_with("1026 refused"), "{r:?}");
-    assert!(lines[2].starts_with("1999 refused"), "{r:?}");
+    assert_eq!(r.stdout, "CONNECTED\n", "{r:?}");
 
     // The per-VM files are root-only.
     let mode = std::fs::metadata(rt.vm_dir(&id)).unwrap().mode() & 0o777;
@@ -388,4 +397,140 @@ async fn workspace_survives_twenty_stop_start_cycles_with_clean_disks_and_no_io_
 
     rt.destroy(&id, Some(&handle)).await.unwrap();
     assert_no_trace(rt, &id, &handle);
+}
+
+/// A Python process that holds a random token and a counter in memory and answers each
+/// connection on 127.0.0.1:7000 with `<token> <count>`.
+const STATEFUL_SERVER: &str = r#"cat > /tmp/state.py <<'PY'
+import os, socket
+token, n = os.urandom(8).hex(), 0
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 7000))
+s.listen(8)
+while True:
+    c, _ = s.accept()
+    n += 1
+    c.sendall(f"{token} {n}\n".encode())
+    c.close()
+PY
+setsid nohup python3 /tmp/state.py >/dev/null 2>&1 < /dev/null &
+for i in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1', 7000)).close()" 2>/dev/null && break; sleep 0.1; done"#;
+
+/// Asks the stateful server for its token and count.
+const ASK_SERVER: &str =
+    r#"python3 -c "import socket; print(socket.create_connection(('127.0.0.1', 7000)).recv(100).decode().strip())""#;
+
+/// 32 bytes of the guest's `/dev/urandom`, hex.
+const URANDOM: &str = "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'";
+
+/// Starts `id` from the memory snapshot in `dir`; returns its handle and how long that took.
+async fn restore(rt: &QemuRuntime, id: &str, dir: &std::path::Path) -> (VmHandle, Duration) {
+    let t = std::time::Instant::now();
+    let h = rt
+        .start_from_snapshot(&spec(id, 256), dir, SnapshotKind::Memory)
+        .await
+        .unwrap_or_else(|e| panic!("restore of {id}: {e}"));
+    (h, t.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_snapshots_resume_running_processes_and_each_clone_is_itself() {
+    let image = image_dir().unwrap_or_else(|reason| panic!("cannot run the qemu snapshot test: {reason}"));
+    let env = Env::new(image);
+    let rt = env.rt();
+    let source = new_id();
+    let handle = rt.start(&spec(&source, 256)).await.unwrap_or_else(|e| panic!("boot failed: {e}"));
+    assert_eq!(rt.capabilities().snapshots, Some(SnapshotKind::Memory));
+
+    let r = exec(rt, &source, STATEFUL_SERVER).await;
+    assert_eq!(r.exit_code, Some(0), "{r:?}");
+    let first = exec(rt, &source, ASK_SERVER).await.stdout;
+    // The readiness probe above was its first connection.
+    let token = first.split_whitespace().next().unwrap_or_default().to_string();
+    assert_eq!(first, format!("{token} 2\n"));
+    exec(rt, &source, "echo before > /workspace/note").await;
+
+    let snaps = tempfile::Builder::new().prefix("rds-qemu-snap-").tempdir_in("/var/tmp").unwrap();
+    let snap = snaps.path().join("mem");
+    let t = std::time::Instant::now();
+    let kind = rt.snapshot(&source, &handle, &snap, true).await.unwrap_or_else(|e| panic!("snapshot: {e}"));
+    println!("memory snapshot of a 256 MiB guest: {:?}", t.elapsed());
+    assert_eq!(kind, SnapshotKind::Memory);
+    for file in ["state", "memory", "overlay.ext4", "snapshot.json"] {
+        assert!(snap.join(file).is_file(), "the snapshot lacks {file}");
+    }
+
+    // The source runs on, its process too; it changes a file after the snapshot.
+    assert_eq!(exec(rt, &source, ASK_SERVER).await.stdout, format!("{token} 3\n"));
+    exec(rt, &source, "echo after > /workspace/note").await;
+    let memory_before = std::fs::read(snap.join("memory")).unwrap();
+
+    // Two clones at once: each resumes the process where the snapshot left it (its next count
+    // is 3 again), sees the snapshot's files, and has its own hostname and random stream.
+    let clones = [new_id(), new_id()];
+    let (a, b) = tokio::join!(restore(rt, &clones[0], &snap), restore(rt, &clones[1], &snap));
+    let started = [a, b];
+    let mut randoms = vec![exec(rt, &source, URANDOM).await.stdout];
+    for (clone, (h, took)) in clones.iter().zip(&started) {
+        println!("clone {clone}: restore took {took:?}");
+        assert_ne!(h.pid, handle.pid);
+        assert_eq!(exec(rt, clone, ASK_SERVER).await.stdout, format!("{token} 3\n"), "the process lost its state");
+        let r = exec(rt, clone, "cat /workspace/note; hostname").await;
+        assert_eq!(r.stdout, format!("before\nvm-{}\n", &clone[..8]), "{r:?}");
+        randoms.push(exec(rt, clone, URANDOM).await.stdout);
+    }
+    assert_eq!(randoms.iter().map(|r| r.len()).collect::<Vec<_>>(), [64, 64, 64], "{randoms:?}");
+    assert!(randoms[0] != randoms[1] && randoms[1] != randoms[2] && randoms[0] != randoms[2], "{randoms:?}");
+    assert_eq!(exec(rt, &source, "cat /workspace/note").await.stdout, "after\n");
+    assert!(std::fs::read(snap.join("memory")).unwrap() == memory_before, "a clone wrote into the snapshot");
+
+    // A clone's own snapshot carries its memory in the state stream; a VM resumes from it too.
+    let snap2 = snaps.path().join("of-a-clone");
+    rt.snapshot(&clones[0], &started[0].0, &snap2, true).await.unwrap_or_else(|e| panic!("snapshot of a clone: {e}"));
+    assert!(!snap2.join("memory").exists());
+    let grandchild = new_id();
+    let (hg, _) = restore(rt, &grandchild, &snap2).await;
+    assert_eq!(exec(rt, &grandchild, ASK_SERVER).await.stdout, format!("{token} 4\n"), "the clone's count went on");
+
+    // Restore → first exec, a few more times (printed, not asserted).
+    let mut firsts = Vec::new();
+    for _ in 0..5 {
+        let id = new_id();
+        let t = std::time::Instant::now();
+        let (h, _) = restore(rt, &id, &snap).await;
+        let r = exec(rt, &id, "true").await;
+        firsts.push(t.elapsed());
+        assert_eq!(r.exit_code, Some(0));
+        rt.destroy(&id, Some(&h)).await.unwrap();
+        assert_no_trace(rt, &id, &h);
+    }
+    firsts.sort();
+    println!("qemu restore -> first exec ({:?}): p50 {:?}, all {firsts:?}", rt.accel().await, firsts[firsts.len() / 2]);
+
+    // A memory snapshot's disk alone boots too; so does a disk snapshot.
+    let cold = new_id();
+    let hc = rt.start_from_snapshot(&spec(&cold, 256), &snap, SnapshotKind::Disk).await.unwrap();
+    assert_eq!(exec(rt, &cold, "cat /workspace/note").await.stdout, "before\n");
+    let r = exec(rt, &cold, ASK_SERVER).await;
+    assert_ne!(r.exit_code, Some(0), "a cold boot has no running server: {r:?}");
+    let disk = snaps.path().join("disk");
+    assert_eq!(rt.snapshot(&source, &handle, &disk, false).await.unwrap(), SnapshotKind::Disk);
+    assert!(disk.join("overlay.ext4").is_file() && !disk.join("memory").exists());
+    let from_disk = new_id();
+    let hd = rt.start_from_snapshot(&spec(&from_disk, 256), &disk, SnapshotKind::Disk).await.unwrap();
+    assert_eq!(exec(rt, &from_disk, "cat /workspace/note").await.stdout, "after\n");
+
+    let all = [
+        (&source, &handle),
+        (&clones[0], &started[0].0),
+        (&clones[1], &started[1].0),
+        (&grandchild, &hg),
+        (&cold, &hc),
+        (&from_disk, &hd),
+    ];
+    for (id, h) in all {
+        rt.destroy(id, Some(h)).await.unwrap();
+        assert_no_trace(rt, id, h);
+    }
 }

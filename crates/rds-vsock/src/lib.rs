@@ -115,6 +115,15 @@ async fn read_line<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<String> {
     String::from_utf8(line).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "handshake is not UTF-8"))
 }
 
+/// Reads a client's `CONNECT <port>\n` line (the listener's half of the handshake) and returns
+/// the port; the caller answers `OK <port>\n` once the port accepted.
+pub async fn read_connect<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<u32> {
+    let line = read_line(stream).await?;
+    line.strip_prefix("CONNECT ")
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad handshake {line:?}")))
+}
+
 /// The host-side socket that a guest's connection to host port `port` reaches: `<uds>_<port>`.
 pub fn host_side_path(uds: &Path, port: u32) -> PathBuf {
     let mut s = uds.as_os_str().to_os_string();
@@ -128,6 +137,9 @@ pub enum Listener {
     Vsock(VsockListener),
     /// A Unix socket that performs the host half of the hybrid handshake for `port`.
     Uds { listener: UnixListener, port: u32 },
+    /// Connections another transport accepted for the agent (the streams of a serial channel),
+    /// already past any handshake.
+    Streams(tokio::sync::Mutex<tokio::sync::mpsc::Receiver<UnixStream>>),
 }
 
 impl Listener {
@@ -157,6 +169,11 @@ impl Listener {
         Ok(Listener::Uds { listener: UnixListener::from_std(std_listener)?, port })
     }
 
+    /// Serves the connections arriving on `streams`.
+    pub fn streams(streams: tokio::sync::mpsc::Receiver<UnixStream>) -> Self {
+        Listener::Streams(tokio::sync::Mutex::new(streams))
+    }
+
     /// Accepts one connection. For the Unix flavour the handshake is not done yet: call
     /// [`Pending::ready`] in the connection's own task so a slow client cannot stall the accept loop.
     pub async fn accept(&self) -> io::Result<Pending> {
@@ -169,6 +186,10 @@ impl Listener {
                 let (s, _) = listener.accept().await?;
                 Ok(Pending(PendingInner::Handshake(s, *port)))
             }
+            Listener::Streams(streams) => match streams.lock().await.recv().await {
+                Some(s) => Ok(Pending(PendingInner::Ready(Stream::Unix(s)))),
+                None => Err(io::Error::new(io::ErrorKind::NotConnected, "the channel stopped")),
+            },
         }
     }
 }

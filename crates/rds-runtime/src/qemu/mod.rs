@@ -6,17 +6,30 @@
 //! | entry | what |
 //! |---|---|
 //! | `overlay.ext4` | sparse ext4 disk (label `rds-overlay`) holding the guest's writes, `/workspace` included; kept across stop/start |
-//! | `vsock.sock` | hybrid-vsock socket of `vhost-device-vsock`: the host end of the agent ([`Runtime::agent_socket`]) |
+//! | `vsock.sock` | hybrid-vsock socket of the agent channel's relay: the host end of the agent ([`Runtime::agent_socket`]) |
 //! | `vsock.sock_<port>` | guest→host connections to `<port>` arrive here; the manager binds `vsock.sock_1025` (bridge) |
-//! | `vhost-user.sock` | vhost-user control socket between QEMU and `vhost-device-vsock` |
+//! | `serial.sock` | where QEMU's virtio-serial chardev connects to the relay |
+//! | `relay.sock` | the relay's pause/resume socket (snapshots) |
 //! | `qmp.sock` | QEMU's QMP control socket |
-//! | `processes.json` | pids + start times of QEMU and the vsock backend (also in [`VmHandle::extra`]) |
-//! | `console.log` | serial console, QEMU's and the backend's stderr (capped at 1 MiB, see [`crate::cap_console_log`]) |
+//! | `processes.json` | pids + start times of QEMU and the relay (also in [`VmHandle::extra`]) |
+//! | `console.log` | serial console, QEMU's and the relay's stderr (capped at 1 MiB, see [`crate::cap_console_log`]) |
+//!
+//! The agent channel is a virtio-serial port (`rds.agent`, root-only in the guest) carrying
+//! [`rds_mux`] streams; the relay (`rds-agent relay`) turns them back into the hybrid-vsock
+//! sockets every runtime offers. Unlike the vhost-user vsock device it replaced, it migrates, so
+//! a running VM can be snapshotted with its memory ([`Runtime::snapshot`]) and new VMs resumed from
+//! that snapshot with `-incoming` ([`Runtime::start_from_snapshot`]).
 //!
 //! Both processes run in their own session so a manager restart leaves them running; the
-//! [`VmHandle`] (QEMU's pid + start time, plus the backend's in `extra`) re-adopts them.
-//! A networked VM gets the manager's TAP as a `virtio-net-device`; the guest addresses itself from
-//! `rds.net=` on its kernel command line.
+//! [`VmHandle`] (QEMU's pid + start time, plus the relay's in `extra`) re-adopts them.
+//! Every VM has a `virtio-net-device` (a VM resumed from a snapshot must have the devices of the
+//! one it was taken of): a networked VM's is plugged into the manager's TAP, the guest addressing
+//! itself from `rds.net=` on its kernel command line; an unnetworked VM's has no peer.
+//!
+//! Guest memory is a memfd QEMU maps shared (its fd 3), so a snapshot copies it into a file and
+//! leaves it out of the migration stream (`x-ignore-shared`); a VM resumed from a snapshot maps
+//! that file privately (copy-on-write: the snapshot is never written), and its own snapshots carry
+//! its memory in their migration stream.
 
 mod accel;
 pub mod qmp;
@@ -26,6 +39,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+
 use nix::sys::signal::Signal;
 use rds_proto::{AGENT_VSOCK_PORT, BRIDGE_VSOCK_PORT, READY_VSOCK_PORT};
 use serde::{Deserialize, Serialize};
@@ -34,20 +50,39 @@ use tokio::sync::OnceCell;
 pub use accel::{kvm_boots_guests, Accel, AccelChoice};
 
 use crate::process::HostProcess;
+use crate::vmm::CloneMode;
 use crate::vmm::{self, GracefulStop, Spawned};
-use crate::{check_vm_id, Liveness, Runtime, RuntimeError, RuntimeKind, VmHandle, VmNetwork, VmSpec};
+use crate::{check_vm_id, Liveness, Runtime, RuntimeError, RuntimeKind, SnapshotKind, VmHandle, VmNetwork, VmSpec};
 use crate::{
     vm_common, BootNeeds, Capabilities, Isolation, KernelFormat, RootfsForm, RuntimeEntry, RuntimeSettings, Unavailable,
 };
 
-/// The guest's vsock CID. Each VM has its own backend process, so CIDs never meet.
+/// The guest's vsock CID, kept in the process record for older records' sake: the channel is a
+/// virtio-serial port now, and the VM has no vsock device.
 pub const GUEST_CID: u32 = 3;
 /// ext4 label of the per-VM overlay disk; the initramfs finds it through `rds.overlay=`.
 pub const OVERLAY_LABEL: &str = "rds-overlay";
 /// Smallest memory size accepted (kernel + initramfs + agent).
 const MIN_MEM_MB: u32 = 128;
-/// How long the vsock backend gets to create its vhost-user socket.
-const BACKEND_READY: Duration = Duration::from_secs(5);
+/// How long the relay gets to create its sockets.
+const RELAY_READY: Duration = Duration::from_secs(5);
+/// How long the agent of a resumed guest may take to answer (TCG is slow).
+const RESUME_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the relay gets to pause and resume the channel around a snapshot.
+const QUIESCE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long writing or reading a snapshot's device state may take.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(120);
+/// QEMU's descriptor of the guest's memory (a memfd the runtime creates).
+const MEMORY_FD: i32 = 3;
+/// QEMU's descriptor of the state an `-incoming` QEMU reads.
+const INCOMING_FD: i32 = 4;
+/// MAC of the NIC of a VM without network (it has no peer; nothing sees it).
+const UNPLUGGED_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+/// Files of a snapshot directory.
+const SNAPSHOT_META: &str = "snapshot.json";
+const SNAPSHOT_STATE: &str = "state";
+const SNAPSHOT_MEMORY: &str = "memory";
+const SNAPSHOT_DISK: &str = "overlay.ext4";
 /// How long a KVM guest gets to power off by itself once asked (see [`graceful_stop`]).
 const GRACEFUL_STOP_KVM: Duration = Duration::from_secs(30);
 /// The same under TCG, where every guest instruction is emulated and a host running many VMs
@@ -65,8 +100,8 @@ const CONSOLE_TAIL: u64 = 3072;
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The QEMU program, found on `PATH` (see [`QemuRuntime::new`]).
 const QEMU_BIN: &str = "qemu-system-x86_64";
-/// The vhost-user vsock backend, found on `PATH` or in `~/.cargo/bin`.
-const VSOCK_BACKEND_BIN: &str = "vhost-device-vsock";
+/// The agent binary, whose `relay` subcommand is the host end of the agent channel.
+const RELAY_BIN: &str = "rds-agent";
 
 /// What the qemu runtime boots from a guest image.
 const BOOT_NEEDS: BootNeeds = BootNeeds {
@@ -115,8 +150,8 @@ pub struct QemuConfig {
     pub storage_root: PathBuf,
     /// `qemu-system-x86_64`.
     pub qemu_bin: PathBuf,
-    /// `vhost-device-vsock`.
-    pub vsock_backend_bin: PathBuf,
+    /// `rds-agent` (run as `rds-agent relay`, the host end of each VM's agent channel).
+    pub relay_bin: PathBuf,
     /// The guest kernel: the image's ELF `vmlinux` (PVH entry, boots ~0.3 s faster under TCG than
     /// the self-decompressing bzImage `vmlinuz`, which also works).
     pub kernel: PathBuf,
@@ -153,7 +188,8 @@ impl QemuConfig {
         QemuConfig {
             storage_root,
             qemu_bin: PathBuf::from(QEMU_BIN),
-            vsock_backend_bin: PathBuf::from(VSOCK_BACKEND_BIN),
+            // The manager passes its RDS_AGENT_BIN (see `from_settings`); others may set it too.
+            relay_bin: std::env::var_os("RDS_AGENT_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(RELAY_BIN)),
             kernel,
             initrd,
             base_rootfs,
@@ -170,14 +206,18 @@ pub struct VmProcesses {
     pub qemu_pid: i32,
     /// QEMU's start time.
     pub qemu_start_time: u64,
-    /// `vhost-device-vsock`'s pid.
+    /// The agent channel relay's pid (`rds-agent relay`).
     pub backend_pid: i32,
     /// Its start time.
     pub backend_start_time: u64,
     /// The accelerator QEMU runs with.
     pub accel: Accel,
-    /// The guest's vsock CID.
+    /// The guest's vsock CID (unused since the channel is a virtio-serial port).
     pub cid: u32,
+    /// Guest memory is a memfd QEMU holds as its fd 3 (else it cannot be copied into a snapshot
+    /// and goes into the migration stream).
+    #[serde(default)]
+    pub shared_memory: bool,
 }
 
 impl VmProcesses {
@@ -186,7 +226,7 @@ impl VmProcesses {
         HostProcess { pid: self.qemu_pid, start_time: self.qemu_start_time }
     }
 
-    /// The vsock backend process.
+    /// The relay process.
     fn backend(&self) -> HostProcess {
         HostProcess { pid: self.backend_pid, start_time: self.backend_start_time }
     }
@@ -203,7 +243,8 @@ struct VmPaths {
     dir: PathBuf,
     overlay: PathBuf,
     vsock: PathBuf,
-    vhost_user: PathBuf,
+    serial: PathBuf,
+    control: PathBuf,
     /// Where the guest's readiness call arrives while it boots (`vsock.sock_1026`).
     ready: PathBuf,
     qmp: PathBuf,
@@ -213,8 +254,8 @@ struct VmPaths {
 
 impl VmPaths {
     /// Sockets that only live while the VM runs (the manager owns `vsock.sock_1025`).
-    fn runtime_sockets(&self) -> [&Path; 4] {
-        [&self.vsock, &self.vhost_user, &self.ready, &self.qmp]
+    fn runtime_sockets(&self) -> [&Path; 5] {
+        [&self.vsock, &self.serial, &self.control, &self.ready, &self.qmp]
     }
 }
 
@@ -229,12 +270,13 @@ impl QemuRuntime {
                     .into(),
             });
         };
-        let cfg = QemuConfig::with_image(
+        let mut cfg = QemuConfig::with_image(
             settings.storage_root.clone(),
             image.kernel.clone(),
             image.initrd.clone(),
             image.rootfs.clone(),
         );
+        cfg.relay_bin = settings.agent_bin.clone();
         Ok(QemuRuntime::new(cfg)?)
     }
 
@@ -246,13 +288,13 @@ impl QemuRuntime {
             }
         }
         let mut cfg = cfg;
-        for (what, bin) in [("QEMU", &mut cfg.qemu_bin), ("vsock backend", &mut cfg.vsock_backend_bin)] {
+        for (what, bin, hint) in [
+            ("QEMU", &mut cfg.qemu_bin, "install qemu-system-x86"),
+            ("agent channel relay", &mut cfg.relay_bin, "set RDS_AGENT_BIN to the rds-agent binary"),
+        ] {
             // Resolved now: the processes are spawned with a minimal environment.
             *bin = find_program(bin).ok_or_else(|| {
-                RuntimeError::InvalidSpec(format!(
-                    "the {what} {} was not found (install qemu-system-x86 / `cargo install --locked vhost-device-vsock`)",
-                    bin.display()
-                ))
+                RuntimeError::InvalidSpec(format!("the {what} {} was not found ({hint})", bin.display()))
             })?;
         }
         Ok(QemuRuntime { cfg, accel: OnceCell::new() })
@@ -293,7 +335,8 @@ impl QemuRuntime {
             overlay: dir.join("overlay.ext4"),
             ready: rds_vsock::host_side_path(&vsock, READY_VSOCK_PORT),
             vsock,
-            vhost_user: dir.join("vhost-user.sock"),
+            serial: dir.join("serial.sock"),
+            control: dir.join("relay.sock"),
             qmp: dir.join("qmp.sock"),
             processes: dir.join("processes.json"),
             console: dir.join("console.log"),
@@ -314,43 +357,43 @@ impl QemuRuntime {
         Ok(())
     }
 
-    /// Starts `vhost-device-vsock` for this VM and waits for its vhost-user socket; returns its
-    /// index in `starting`.
-    async fn spawn_backend(&self, p: &VmPaths, starting: &mut Spawned) -> Result<usize, RuntimeError> {
+    /// Starts the agent channel's relay (`rds-agent relay`) for this VM and waits for its sockets;
+    /// returns its index in `starting`.
+    async fn spawn_relay(&self, p: &VmPaths, starting: &mut Spawned) -> Result<usize, RuntimeError> {
         let (out, err) = vmm::console_output(&p.console)?;
-        let mut cmd = vmm::detached(&self.cfg.vsock_backend_bin);
-        cmd.arg("--guest-cid")
-            .arg(GUEST_CID.to_string())
-            .arg("--socket")
-            .arg(&p.vhost_user)
-            .arg("--uds-path")
+        let mut cmd = vmm::detached(&self.cfg.relay_bin);
+        cmd.arg("relay")
+            .arg("--serial")
+            .arg(&p.serial)
+            .arg("--agent")
             .arg(&p.vsock)
-            // Its warnings fire on every handshake attempt while the guest boots.
-            .env("RUST_LOG", "error")
+            .arg("--control")
+            .arg(&p.control)
             .stdout(out)
             .stderr(err);
         let index = starting
             .spawn(&mut cmd)
-            .map_err(|e| RuntimeError::Boot(format!("cannot run {}: {e}", self.cfg.vsock_backend_bin.display())))?;
+            .map_err(|e| RuntimeError::Boot(format!("cannot run {}: {e}", self.cfg.relay_bin.display())))?;
         let child = starting.child(index);
-        let end = tokio::time::Instant::now() + BACKEND_READY;
-        while !p.vhost_user.exists() {
+        let end = tokio::time::Instant::now() + RELAY_READY;
+        // The control socket is bound last.
+        while !p.control.exists() {
             if let Ok(Some(status)) = child.try_wait() {
-                return Err(RuntimeError::Boot(format!("vhost-device-vsock exited at start ({status})")));
+                return Err(RuntimeError::Boot(format!("the agent channel relay exited at start ({status})")));
             }
             if tokio::time::Instant::now() >= end {
                 return Err(RuntimeError::Boot(format!(
-                    "vhost-device-vsock did not create {}",
-                    p.vhost_user.display()
+                    "the agent channel relay did not create {}",
+                    p.control.display()
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         Ok(index)
     }
 
     /// QEMU's command line for `spec`.
-    fn qemu_args(&self, spec: &VmSpec, p: &VmPaths, accel: Accel) -> Vec<String> {
+    fn qemu_args(&self, spec: &VmSpec, p: &VmPaths, accel: Accel, memory: &GuestMemory) -> Vec<String> {
         let base = spec.rootfs.as_deref().unwrap_or(&self.cfg.base_rootfs);
         let kernel = spec.kernel.as_deref().unwrap_or(&self.cfg.kernel);
         let initrd = spec.initrd.as_deref().unwrap_or(&self.cfg.initrd);
@@ -397,9 +440,8 @@ impl QemuRuntime {
             spec.cpu.to_string(),
             "-m".into(),
             format!("{mem}M"),
-            // vhost-user needs guest memory the backend can map: a shared memfd.
             "-object".into(),
-            format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
+            memory.backend(mem),
             "-nodefaults".into(),
             "-no-user-config".into(),
             "-display".into(),
@@ -423,10 +465,14 @@ impl QemuRuntime {
             format!("if=none,id=overlay,format=raw,file={}", qemu_path(&p.overlay)),
             "-device".into(),
             "virtio-blk-device,drive=overlay".into(),
-            "-chardev".into(),
-            format!("socket,id=vsock,path={}", qemu_path(&p.vhost_user)),
+            // The agent channel: a virtio-serial port whose chardev connects to the relay (and
+            // reconnects, should that connection ever drop).
             "-device".into(),
-            "vhost-user-vsock-device,chardev=vsock".into(),
+            "virtio-serial-device,max_ports=2".into(),
+            "-chardev".into(),
+            format!("socket,id=agent,path={},reconnect=1", qemu_path(&p.serial)),
+            "-device".into(),
+            format!("virtserialport,chardev=agent,name={}", rds_mux::PORT_NAME),
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", qemu_path(&p.qmp)),
         ]);
@@ -434,35 +480,60 @@ impl QemuRuntime {
         args
     }
 
-    async fn start_inner(&self, spec: &VmSpec, p: &VmPaths, starting: &mut Spawned) -> Result<VmHandle, RuntimeError> {
-        self.prepare(p, spec.disk_mb).await?;
+    /// Spawns the relay and QEMU for `spec` with `memory` (and, to resume a snapshot, its state on
+    /// `incoming`), writes the process record; returns the record and QEMU's index in `starting`.
+    async fn launch(
+        &self,
+        spec: &VmSpec,
+        p: &VmPaths,
+        starting: &mut Spawned,
+        memory: &GuestMemory,
+        incoming: Option<OwnedFd>,
+    ) -> Result<(VmProcesses, usize), RuntimeError> {
         let accel = self.accel().await;
-        // Bound before the backend starts, which forwards the guest's call here.
-        let ready = tokio::net::UnixListener::bind(&p.ready)
-            .map_err(|e| RuntimeError::io(format!("cannot listen on {}", p.ready.display()), e))?;
-        let backend_index = self.spawn_backend(p, starting).await?;
+        let relay_index = self.spawn_relay(p, starting).await?;
+        let mut fds = Vec::new();
+        if let GuestMemory::Shared = memory {
+            fds.push((guest_memory_fd(spec.mem_mb)?, MEMORY_FD));
+        }
+        let mut args = self.qemu_args(spec, p, accel, memory);
+        if let Some(state) = incoming {
+            fds.push((state, INCOMING_FD));
+            args.extend(["-incoming".into(), "defer".into()]);
+        }
         let (out, err) = vmm::console_output(&p.console)?;
         let mut cmd = vmm::detached(&self.cfg.qemu_bin);
-        cmd.args(self.qemu_args(spec, p, accel)).stdout(out).stderr(err);
+        cmd.args(args).stdout(out).stderr(err);
+        pass_fds(&mut cmd, fds);
         let qemu_index = starting
             .spawn(&mut cmd)
             .map_err(|e| RuntimeError::Boot(format!("cannot run {}: {e}", self.cfg.qemu_bin.display())))?;
 
         let qemu = HostProcess::of_child(starting.child(qemu_index))
             .ok_or_else(|| RuntimeError::Boot("QEMU exited immediately".into()))?;
-        let backend = HostProcess::of_child(starting.child(backend_index))
-            .ok_or_else(|| RuntimeError::Boot("vhost-device-vsock exited".into()))?;
+        let relay = HostProcess::of_child(starting.child(relay_index))
+            .ok_or_else(|| RuntimeError::Boot("the agent channel relay exited".into()))?;
         let procs = VmProcesses {
             qemu_pid: qemu.pid,
             qemu_start_time: qemu.start_time,
-            backend_pid: backend.pid,
-            backend_start_time: backend.start_time,
+            backend_pid: relay.pid,
+            backend_start_time: relay.start_time,
             accel,
             cid: GUEST_CID,
+            shared_memory: matches!(memory, GuestMemory::Shared),
         };
         // Written before waiting for the guest, so a manager crash mid-boot still leaves a record.
         vmm::write_record(&p.processes, &procs)?;
+        Ok((procs, qemu_index))
+    }
 
+    async fn start_inner(&self, spec: &VmSpec, p: &VmPaths, starting: &mut Spawned) -> Result<VmHandle, RuntimeError> {
+        self.prepare(p, spec.disk_mb).await?;
+        // Bound before the relay starts, which forwards the guest's call here.
+        let ready = tokio::net::UnixListener::bind(&p.ready)
+            .map_err(|e| RuntimeError::io(format!("cannot listen on {}", p.ready.display()), e))?;
+        let (procs, qemu_index) = self.launch(spec, p, starting, &GuestMemory::Shared, None).await?;
+        let accel = procs.accel;
         let qemu = starting.child(qemu_index);
         let booted = tokio::time::timeout(self.cfg.boot_timeout, wait_for_agent(&ready, &p.vsock));
         let outcome = tokio::select! {
@@ -479,11 +550,136 @@ impl QemuRuntime {
         drop(ready);
         let _ = std::fs::remove_file(&p.ready);
         outcome?;
-        Ok(VmHandle {
-            pid: procs.qemu_pid,
-            start_time: procs.qemu_start_time,
-            extra: serde_json::to_value(&procs).expect("processes serialise"),
-        })
+        Ok(handle_of(&procs))
+    }
+
+    /// Resumes the snapshot in `dir` (`meta`) as VM `spec` in the new directory of `p`: its disk
+    /// copied, its memory mapped privately, its device state read by an `-incoming` QEMU.
+    async fn resume_inner(
+        &self,
+        spec: &VmSpec,
+        p: &VmPaths,
+        dir: &Path,
+        meta: &SnapshotMeta,
+        starting: &mut Spawned,
+    ) -> Result<VmHandle, RuntimeError> {
+        vmm::create_vm_dir(&self.cfg.storage_root, &p.dir)?;
+        vmm::cap_console(&p.console);
+        vmm::clone_file(&dir.join(SNAPSHOT_DISK), &p.overlay, CloneMode::Auto)?;
+        let state_path = dir.join(SNAPSHOT_STATE);
+        let state = std::fs::File::open(&state_path)
+            .map_err(|e| RuntimeError::io(format!("cannot open {}", state_path.display()), e))?;
+        let memory =
+            if meta.memory_file { GuestMemory::Mapped(dir.join(SNAPSHOT_MEMORY)) } else { GuestMemory::Private };
+        let (procs, qemu_index) = self.launch(spec, p, starting, &memory, Some(OwnedFd::from(state))).await?;
+        let qemu = starting.child(qemu_index);
+        let resumed = async {
+            let mut qmp = connect_qmp(&p.qmp, RELAY_READY).await?;
+            qmp.call("migrate-set-capabilities", ignore_shared()).await?;
+            qmp.call("migrate-incoming", serde_json::json!({ "uri": format!("fd:{INCOMING_FD}") })).await?;
+            wait_for_migration(&mut qmp).await?;
+            // The snapshot was written of a paused VM, so QEMU keeps it paused: run it.
+            qmp.call("cont", serde_json::Value::Null).await?;
+            Ok::<_, qmp::QmpError>(())
+        };
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(MIGRATION_TIMEOUT, resumed) => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(RuntimeError::Vmm(format!("QEMU could not load the snapshot: {e}"))),
+                Err(_) => Err(RuntimeError::Vmm("QEMU did not load the snapshot in time".into())),
+            },
+            status = qemu.wait() => Err(RuntimeError::Boot(format!("QEMU exited while loading the snapshot ({status:?})"))),
+        };
+        outcome?;
+        rds_vsock::connect_retry(&p.vsock, AGENT_VSOCK_PORT, RESUME_TIMEOUT)
+            .await
+            .map_err(|e| RuntimeError::Boot(format!("the resumed guest's agent did not answer: {e}")))?;
+        vm_common::give_identity(&p.vsock, spec).await?;
+        Ok(handle_of(&procs))
+    }
+
+    /// Writes a snapshot of running VM `id` into the new directory `dir` (see [`Runtime::snapshot`]).
+    async fn snapshot_inner(
+        &self,
+        id: &str,
+        procs: &VmProcesses,
+        dir: &Path,
+        memory: bool,
+    ) -> Result<(), RuntimeError> {
+        let p = self.paths(id);
+        vm_common::sync_guest(&p.vsock).await?;
+        // No byte of the agent channel may be in flight in the memory a clone resumes.
+        let quiesced = if memory {
+            Some(
+                rds_mux::relay::quiesce(&p.control, QUIESCE_TIMEOUT)
+                    .await
+                    .map_err(|e| RuntimeError::Agent(format!("the agent channel did not pause: {e}")))?,
+            )
+        } else {
+            None
+        };
+        let mut qmp = connect_qmp(&p.qmp, QUIESCE_TIMEOUT).await.map_err(|e| RuntimeError::Vmm(format!("QMP: {e}")))?;
+        qmp.call("stop", serde_json::Value::Null)
+            .await
+            .map_err(|e| RuntimeError::Vmm(format!("pausing the VM: {e}")))?;
+        let written = async {
+            vmm::create_dir(dir, 0o700)?;
+            if memory {
+                self.write_memory_snapshot(procs, &mut qmp, dir).await?;
+            }
+            // Paused, the guest writes nothing more: the copy is what it had synced, plus what the
+            // journal makes consistent (and, with memory, exactly the disk that memory knew).
+            vmm::clone_file(&p.overlay, &dir.join(SNAPSHOT_DISK), CloneMode::Auto)
+        }
+        .await;
+        let resumed = qmp.call("cont", serde_json::Value::Null).await;
+        if let Some(quiesced) = quiesced {
+            if let Err(e) = quiesced.resume(QUIESCE_TIMEOUT).await {
+                tracing::warn!(vm = %id, error = %e, "the agent channel did not confirm its resume");
+            }
+        }
+        written?;
+        resumed.map(drop).map_err(|e| RuntimeError::Vmm(format!("resuming the VM after its snapshot: {e}")))
+    }
+
+    /// The device state (migration stream) and, for shared guest memory, the memory file.
+    async fn write_memory_snapshot(
+        &self,
+        procs: &VmProcesses,
+        qmp: &mut qmp::Session,
+        dir: &Path,
+    ) -> Result<(), RuntimeError> {
+        let state_path = dir.join(SNAPSHOT_STATE);
+        let state = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&state_path)
+            .map_err(|e| RuntimeError::io(format!("cannot create {}", state_path.display()), e))?;
+        let migrate = async {
+            qmp.call("migrate-set-capabilities", ignore_shared()).await?;
+            // The VM is paused: no reason to pace the stream.
+            qmp.call("migrate-set-parameters", serde_json::json!({ "max-bandwidth": i64::MAX / 8 })).await?;
+            qmp.call_with_fd("getfd", serde_json::json!({ "fdname": "snapshot" }), state.as_fd()).await?;
+            qmp.call("migrate", serde_json::json!({ "uri": "fd:snapshot" })).await?;
+            wait_for_migration(qmp).await
+        };
+        tokio::time::timeout(MIGRATION_TIMEOUT, migrate)
+            .await
+            .map_err(|_| RuntimeError::Vmm("writing the VM's state timed out".into()))?
+            .map_err(|e| RuntimeError::Vmm(format!("writing the VM's state: {e}")))?;
+        drop(state);
+        if procs.shared_memory {
+            if !procs.qemu().is_alive() {
+                return Err(RuntimeError::Vmm("QEMU exited during the snapshot".into()));
+            }
+            let ram = PathBuf::from(format!("/proc/{}/fd/{MEMORY_FD}", procs.qemu_pid));
+            let to = dir.join(SNAPSHOT_MEMORY);
+            tokio::task::spawn_blocking(move || copy_sparse(&ram, &to))
+                .await
+                .map_err(|e| RuntimeError::io("copying guest memory", std::io::Error::other(e)))??;
+        }
+        Ok(())
     }
 
     /// The VM's processes: from the handle, else from `processes.json`.
@@ -518,14 +714,18 @@ impl QemuRuntime {
             forced_wait: FORCED_STOP,
         };
         vmm::stop_gracefully(qemu, stop, ask, force).await?;
-        procs.backend().terminate("vhost-device-vsock", FORCED_STOP, FORCED_STOP).await
+        procs.backend().terminate("the agent channel relay", FORCED_STOP, FORCED_STOP).await
     }
 }
 
-/// The VM's network device: the manager's TAP as a `virtio-net-device` with the VM's MAC (the
-/// TAP name was checked by [`check_spec`]). The guest addresses itself from `rds.net=`.
+/// The VM's network device, which every VM has: plugged into the manager's TAP with the VM's MAC
+/// (the TAP name was checked by [`check_spec`]; the guest addresses itself from `rds.net=`), or
+/// without a peer for a VM without network, so that a VM resumed from its snapshot may have one.
 fn network_args(network: Option<&VmNetwork>) -> Vec<String> {
-    let Some((net, tap)) = network.and_then(|n| Some((n, n.tap.as_deref()?))) else { return Vec::new() };
+    let Some((net, tap)) = network.and_then(|n| Some((n, n.tap.as_deref()?))) else {
+        let mac = UNPLUGGED_MAC.map(|b| format!("{b:02x}")).join(":");
+        return vec!["-device".into(), format!("virtio-net-device,mac={mac}")];
+    };
     let mac = net.mac.map(|b| format!("{b:02x}")).join(":");
     vec![
         "-netdev".into(),
@@ -533,6 +733,210 @@ fn network_args(network: Option<&VmNetwork>) -> Vec<String> {
         "-device".into(),
         format!("virtio-net-device,netdev=net0,mac={mac}"),
     ]
+}
+
+/// Where a VM's guest memory lives.
+#[derive(Debug, Clone, PartialEq)]
+enum GuestMemory {
+    /// A memfd the runtime creates, QEMU's fd [`MEMORY_FD`], mapped shared: a snapshot copies it
+    /// out and leaves it out of the migration stream.
+    Shared,
+    /// A snapshot's memory file mapped privately: pages are copied on write, the file never changes.
+    Mapped(PathBuf),
+    /// Anonymous memory, filled from a migration stream that carries it.
+    Private,
+}
+
+impl GuestMemory {
+    /// The `-object` value of the machine's memory backend (`mem`) of `mem_mb` MiB.
+    fn backend(&self, mem_mb: u32) -> String {
+        match self {
+            GuestMemory::Shared => {
+                format!("memory-backend-file,id=mem,size={mem_mb}M,share=on,mem-path=/proc/self/fd/{MEMORY_FD}")
+            }
+            GuestMemory::Mapped(path) => {
+                format!("memory-backend-file,id=mem,size={mem_mb}M,share=off,mem-path={}", qemu_path(path))
+            }
+            GuestMemory::Private => format!("memory-backend-ram,id=mem,size={mem_mb}M"),
+        }
+    }
+}
+
+/// A fresh memfd of `mem_mb` MiB for [`GuestMemory::Shared`].
+fn guest_memory_fd(mem_mb: u32) -> Result<OwnedFd, RuntimeError> {
+    let fd = nix::sys::memfd::memfd_create(c"rds-guest-memory", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)
+        .map_err(|e| RuntimeError::io("cannot create the guest's memory (memfd_create)", e.into()))?;
+    let file = std::fs::File::from(fd);
+    file.set_len(u64::from(mem_mb) * 1024 * 1024).map_err(|e| RuntimeError::io("cannot size the guest's memory", e))?;
+    Ok(OwnedFd::from(file))
+}
+
+/// Has `cmd`'s process receive each descriptor as the number paired with it.
+fn pass_fds(cmd: &mut tokio::process::Command, fds: Vec<(OwnedFd, i32)>) {
+    if fds.is_empty() {
+        return;
+    }
+    let raw: Vec<(i32, i32)> = fds.iter().map(|(fd, to)| (fd.as_raw_fd(), *to)).collect();
+    // The descriptors stay open in this process until the command is dropped after spawning.
+    let keep = std::sync::Arc::new(fds);
+    // SAFETY: only fcntl and dup2 (async-signal-safe) run between fork and exec; nothing allocates.
+    unsafe {
+        cmd.pre_exec(move || {
+            let _ = &keep;
+            // Out of the way first, so no target number overwrites a source still to come.
+            let mut moved = [(0i32, 0i32); 4];
+            for (i, (from, to)) in raw.iter().enumerate().take(moved.len()) {
+                let high = libc::fcntl(*from, libc::F_DUPFD_CLOEXEC, 64);
+                if high < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                moved[i] = (high, *to);
+            }
+            for (high, to) in moved.iter().take(raw.len()) {
+                // dup2 leaves the new descriptor without close-on-exec.
+                if libc::dup2(*high, *to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// `x-ignore-shared` on: shared guest memory stays out of the migration stream.
+fn ignore_shared() -> serde_json::Value {
+    serde_json::json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] })
+}
+
+/// Connects to QEMU's QMP socket, retrying while QEMU is still creating it.
+async fn connect_qmp(path: &Path, limit: Duration) -> Result<qmp::Session, qmp::QmpError> {
+    let end = tokio::time::Instant::now() + limit;
+    loop {
+        match qmp::Session::connect(path).await {
+            Err(qmp::QmpError::Io(e)) if tokio::time::Instant::now() < end => {
+                tracing::trace!(error = %e, "QMP not up yet");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Polls `query-migrate` until the migration completed (or failed).
+async fn wait_for_migration(qmp: &mut qmp::Session) -> Result<(), qmp::QmpError> {
+    loop {
+        let status = qmp.call("query-migrate", serde_json::Value::Null).await?;
+        match status.get("status").and_then(|s| s.as_str()) {
+            Some("completed") => return Ok(()),
+            Some("failed") | Some("cancelled") => {
+                let why = status.get("error-desc").and_then(|e| e.as_str()).unwrap_or("no reason given");
+                return Err(qmp::QmpError::Protocol(format!("migration failed: {why}")));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    }
+}
+
+/// Copies `from` to the new file `to`, leaving its holes (never-touched guest pages) holes.
+fn copy_sparse(from: &Path, to: &Path) -> Result<(), RuntimeError> {
+    use std::os::unix::fs::FileExt;
+    let fail = |what: &str, e: std::io::Error| RuntimeError::io(format!("cannot {what} {}", from.display()), e);
+    let src = std::fs::File::open(from).map_err(|e| fail("open", e))?;
+    let len = src.metadata().map_err(|e| fail("stat", e))?.len();
+    let dst = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)
+        .map_err(|e| RuntimeError::io(format!("cannot create {}", to.display()), e))?;
+    dst.set_len(len).map_err(|e| RuntimeError::io(format!("cannot size {}", to.display()), e))?;
+    let mut buf = vec![0u8; 1024 * 1024];
+    let mut offset: i64 = 0;
+    while (offset as u64) < len {
+        // SAFETY: lseek on a descriptor we own.
+        let data = unsafe { libc::lseek(src.as_raw_fd(), offset, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break;
+            }
+            return Err(fail("seek in", e));
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(src.as_raw_fd(), data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(fail("seek in", std::io::Error::last_os_error()));
+        }
+        let mut at = data as u64;
+        while at < hole as u64 {
+            let n = ((hole as u64 - at) as usize).min(buf.len());
+            src.read_exact_at(&mut buf[..n], at).map_err(|e| fail("read", e))?;
+            dst.write_all_at(&buf[..n], at)
+                .map_err(|e| RuntimeError::io(format!("cannot write {}", to.display()), e))?;
+            at += n as u64;
+        }
+        offset = hole;
+    }
+    Ok(())
+}
+
+/// What a snapshot directory holds beyond its files: what a VM resumed from it must match.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct SnapshotMeta {
+    /// vCPUs of the VM it was taken of.
+    cpu: u32,
+    /// Its memory size.
+    mem_mb: u32,
+    /// Its accelerator (device state does not cross between KVM and TCG).
+    accel: Accel,
+    /// Its base root filesystem (the guest's memory knows that disk).
+    rootfs: PathBuf,
+    /// Memory is in the `memory` file (else in the `state` stream).
+    memory_file: bool,
+}
+
+fn read_meta(dir: &Path) -> Result<SnapshotMeta, RuntimeError> {
+    let path = dir.join(SNAPSHOT_META);
+    let text = std::fs::read(&path).map_err(|e| RuntimeError::io(format!("cannot read {}", path.display()), e))?;
+    serde_json::from_slice(&text).map_err(|e| {
+        RuntimeError::io(format!("{} is not a qemu memory snapshot", path.display()), std::io::Error::other(e))
+    })
+}
+
+fn handle_of(procs: &VmProcesses) -> VmHandle {
+    VmHandle {
+        pid: procs.qemu_pid,
+        start_time: procs.qemu_start_time,
+        extra: serde_json::to_value(procs).expect("processes serialise"),
+    }
+}
+
+/// The arguments of a QEMU command line (`/proc/<pid>/cmdline`).
+fn cmdline_args(cmdline: &[u8]) -> Vec<String> {
+    cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+}
+
+/// The value following `flag` on a QEMU command line.
+fn arg_after(cmdline: &[u8], flag: &str) -> Option<String> {
+    let args = cmdline_args(cmdline);
+    args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1).cloned())
+}
+
+/// vCPUs (`-smp N`) of a QEMU command line.
+fn smp_of(cmdline: &[u8]) -> Option<u32> {
+    arg_after(cmdline, "-smp")?.parse().ok()
+}
+
+/// Memory (`-m NM`) of a QEMU command line.
+fn mem_of(cmdline: &[u8]) -> Option<u32> {
+    arg_after(cmdline, "-m")?.strip_suffix('M')?.parse().ok()
+}
+
+/// The base root filesystem (`-drive ...,id=base,...,file=PATH`) of a QEMU command line.
+fn rootfs_of(cmdline: &[u8]) -> Option<PathBuf> {
+    let drive = cmdline_args(cmdline).into_iter().find(|a| a.starts_with("if=none,id=base,"))?;
+    let file = drive.split_once(",file=")?.1;
+    Some(PathBuf::from(file.replace(",,", ",")))
 }
 
 /// A path as one QEMU option value: commas are doubled, QEMU's escape inside option strings.
@@ -587,7 +991,7 @@ impl Runtime for QemuRuntime {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { snapshots: None, pause: false, network: true }
+        Capabilities { snapshots: Some(SnapshotKind::Memory), pause: true, network: true }
     }
 
     fn boot_needs(&self) -> BootNeeds {
@@ -671,6 +1075,117 @@ impl Runtime for QemuRuntime {
         self.paths(id).console
     }
 
+    async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        check_vm_id(id)?;
+        qmp::execute(&self.paths(id).qmp, "stop", QUIESCE_TIMEOUT)
+            .await
+            .map_err(|e| RuntimeError::Vmm(format!("pausing the VM: {e}")))
+    }
+
+    async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        check_vm_id(id)?;
+        qmp::execute(&self.paths(id).qmp, "cont", QUIESCE_TIMEOUT)
+            .await
+            .map_err(|e| RuntimeError::Vmm(format!("resuming the VM: {e}")))
+    }
+
+    async fn snapshot(
+        &self,
+        id: &str,
+        handle: &VmHandle,
+        dir: &Path,
+        memory: bool,
+    ) -> Result<SnapshotKind, RuntimeError> {
+        check_vm_id(id)?;
+        if dir.exists() {
+            return Err(RuntimeError::InvalidSpec(format!("snapshot directory {} exists already", dir.display())));
+        }
+        let procs = self
+            .processes(id, Some(handle))
+            .filter(|procs| procs.qemu().is_alive())
+            .ok_or_else(|| RuntimeError::InvalidSpec(format!("VM {id} is not running")))?;
+        let written = async {
+            self.snapshot_inner(id, &procs, dir, memory).await?;
+            if !memory {
+                return Ok(SnapshotKind::Disk);
+            }
+            let cmdline = std::fs::read(format!("/proc/{}/cmdline", procs.qemu_pid)).unwrap_or_default();
+            let meta = SnapshotMeta {
+                cpu: smp_of(&cmdline).ok_or_else(|| RuntimeError::Vmm("cannot read QEMU's -smp".into()))?,
+                mem_mb: mem_of(&cmdline).ok_or_else(|| RuntimeError::Vmm("cannot read QEMU's -m".into()))?,
+                accel: procs.accel,
+                rootfs: rootfs_of(&cmdline).unwrap_or_else(|| self.cfg.base_rootfs.clone()),
+                memory_file: procs.shared_memory,
+            };
+            vmm::write_record(&dir.join(SNAPSHOT_META), &meta)?;
+            Ok(SnapshotKind::Memory)
+        }
+        .await;
+        if written.is_err() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        written
+    }
+
+    async fn start_from_snapshot(
+        &self,
+        spec: &VmSpec,
+        dir: &Path,
+        kind: SnapshotKind,
+    ) -> Result<VmHandle, RuntimeError> {
+        check_spec(spec)?;
+        let p = self.paths(&spec.id);
+        if kind == SnapshotKind::Disk {
+            return vm_common::start_on_disk_copy(
+                self,
+                &self.cfg.storage_root,
+                spec,
+                &dir.join(SNAPSHOT_DISK),
+                &p.overlay,
+            )
+            .await;
+        }
+        let meta = read_meta(dir)?;
+        let rootfs = spec.rootfs.clone().unwrap_or_else(|| self.cfg.base_rootfs.clone());
+        let accel = self.accel().await;
+        if (meta.cpu, meta.mem_mb) != (spec.cpu, spec.mem_mb) {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "the snapshot was taken of a VM with {} vCPUs and {} MiB: a VM resumed from it has the same",
+                meta.cpu, meta.mem_mb
+            )));
+        }
+        if meta.accel != accel || meta.rootfs != rootfs {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "the snapshot was taken under {} on {}: this VM would run under {} on {}",
+                meta.accel.as_str(),
+                meta.rootfs.display(),
+                accel.as_str(),
+                rootfs.display()
+            )));
+        }
+        if p.dir.exists() {
+            return Err(RuntimeError::InvalidSpec(format!("VM {} exists already", spec.id)));
+        }
+        let mut starting = Spawned::default();
+        match self.resume_inner(spec, &p, dir, &meta, &mut starting).await {
+            Ok(handle) => {
+                starting.release();
+                Ok(handle)
+            }
+            Err(e) => {
+                let tail = vm_common::console_tail(&p.console, CONSOLE_TAIL);
+                starting.kill().await;
+                let _ = std::fs::remove_dir_all(&p.dir);
+                Err(match e {
+                    RuntimeError::Boot(msg) | RuntimeError::Vmm(msg) if !tail.is_empty() => {
+                        RuntimeError::Boot(format!("{msg}; console:\n{tail}"))
+                    }
+                    other => other,
+                })
+            }
+        }
+    }
+
     async fn oom_kills(&self, _id: &str) -> Option<u64> {
         // OOM kills happen inside the guest kernel; the host cannot count them.
         None
@@ -709,12 +1224,14 @@ mod tests {
     fn tcg_command_line_presets_the_delay_loop_and_kvm_does_not() {
         let rt = runtime();
         let p = rt.paths("vm-1");
-        let tcg = rt.qemu_args(&spec(), &p, Accel::Tcg).join(" ");
+        let tcg = rt.qemu_args(&spec(), &p, Accel::Tcg, &GuestMemory::Shared).join(" ");
         assert!(tcg.contains("-accel tcg") && tcg.contains("lpj=4000000 no_timer_check tsc_early_khz="), "{tcg}");
-        assert!(tcg.contains("memory-backend-memfd,id=mem,size=512M,share=on"), "{tcg}");
+        assert!(tcg.contains("memory-backend-file,id=mem,size=512M,share=on,mem-path=/proc/self/fd/3"), "{tcg}");
+        assert!(tcg.contains("-device virtserialport,chardev=agent,name=rds.agent"), "{tcg}");
+        assert!(!tcg.contains("vsock"), "no vsock device: {tcg}");
         assert!(tcg.contains("rds.overlay=rds-overlay") && tcg.contains("rds.hostname=box"), "{tcg}");
         assert!(tcg.contains("-no-reboot") && tcg.contains("reboot=t"), "{tcg}");
-        let kvm = rt.qemu_args(&spec(), &p, Accel::Kvm).join(" ");
+        let kvm = rt.qemu_args(&spec(), &p, Accel::Kvm, &GuestMemory::Shared).join(" ");
         assert!(kvm.contains("-accel kvm") && !kvm.contains("lpj="), "{kvm}");
     }
 
@@ -722,7 +1239,9 @@ mod tests {
     fn a_networked_vm_gets_its_tap_and_its_addresses_on_the_command_line() {
         let rt = runtime();
         let p = rt.paths("vm-1");
-        assert!(!rt.qemu_args(&spec(), &p, Accel::Tcg).join(" ").contains("-netdev"));
+        let unplugged = rt.qemu_args(&spec(), &p, Accel::Tcg, &GuestMemory::Shared).join(" ");
+        assert!(!unplugged.contains("-netdev"), "{unplugged}");
+        assert!(unplugged.contains("-device virtio-net-device,mac=02:00:00:00:00:01"), "{unplugged}");
         let net = VmNetwork {
             guest_ip: "10.213.0.6".parse().unwrap(),
             host_ip: "10.213.0.5".parse().unwrap(),
@@ -733,7 +1252,7 @@ mod tests {
         };
         let networked = VmSpec { network: Some(net.clone()), ..spec() };
         check_spec(&networked).unwrap();
-        let args = rt.qemu_args(&networked, &p, Accel::Tcg).join(" ");
+        let args = rt.qemu_args(&networked, &p, Accel::Tcg, &GuestMemory::Shared).join(" ");
         assert!(args.contains("-netdev tap,id=net0,ifname=rdsv1,script=no,downscript=no"), "{args}");
         assert!(args.contains("-device virtio-net-device,netdev=net0,mac=02:ab:00:00:00:01"), "{args}");
         assert!(args.contains(" rds.net=10.213.0.6/30,10.213.0.5"), "{args}");
@@ -766,6 +1285,41 @@ mod tests {
     }
 
     #[test]
+    fn a_resumed_vm_maps_the_snapshot_memory_privately_or_takes_it_from_the_stream() {
+        let mapped = GuestMemory::Mapped(PathBuf::from("/snaps/a,b/memory")).backend(256);
+        assert_eq!(mapped, "memory-backend-file,id=mem,size=256M,share=off,mem-path=/snaps/a,,b/memory");
+        assert_eq!(GuestMemory::Private.backend(256), "memory-backend-ram,id=mem,size=256M");
+    }
+
+    #[test]
+    fn snapshot_facts_are_read_back_from_the_qemu_command_line() {
+        let rt = runtime();
+        let p = rt.paths("vm-1");
+        let args = rt.qemu_args(&spec(), &p, Accel::Tcg, &GuestMemory::Shared);
+        let cmdline: Vec<u8> = args.iter().flat_map(|a| a.bytes().chain([0])).collect();
+        let cmdline = [b"qemu-system-x86_64\0".as_slice(), &cmdline].concat();
+        assert_eq!(smp_of(&cmdline), Some(2));
+        assert_eq!(mem_of(&cmdline), Some(512));
+        assert_eq!(rootfs_of(&cmdline), Some(PathBuf::from("/img/rootfs.ext4")));
+    }
+
+    #[test]
+    fn sparse_copies_keep_holes_and_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("from");
+        let f = std::fs::File::create(&from).unwrap();
+        f.set_len(8 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"start", 0).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"middle", 4 << 20).unwrap();
+        let to = dir.path().join("to");
+        copy_sparse(&from, &to).unwrap();
+        let copied = std::fs::read(&to).unwrap();
+        assert_eq!(copied, std::fs::read(&from).unwrap());
+        use std::os::unix::fs::MetadataExt;
+        assert!(std::fs::metadata(&to).unwrap().blocks() * 512 < 1 << 20, "holes were filled");
+    }
+
+    #[test]
     fn qemu_option_values_escape_commas() {
         assert_eq!(qemu_path(Path::new("/a,b/c")), "/a,,b/c");
     }
@@ -790,6 +1344,7 @@ mod tests {
             backend_start_time: 21,
             accel: Accel::Tcg,
             cid: GUEST_CID,
+            shared_memory: true,
         };
         let value = serde_json::to_value(&procs).unwrap();
         assert_eq!(value["accel"], "tcg");

@@ -1,10 +1,13 @@
-//! A minimal QMP (QEMU Machine Protocol) client: one command per connection, enough for
-//! `system_powerdown` and `quit`.
+//! A minimal QMP (QEMU Machine Protocol) client: [`execute`] runs one command per connection
+//! (`system_powerdown`, `quit`); a [`Session`] runs several on one (a snapshot's stop, migrate
+//! and cont), and can hand QEMU a file descriptor (`getfd`).
 
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 
 /// Longest QMP line accepted (greeting and replies are small).
@@ -26,46 +29,119 @@ pub enum QmpError {
 
 /// Connects to the QMP socket at `path`, negotiates capabilities and runs `command` (no arguments).
 pub async fn execute(path: &Path, command: &str, limit: Duration) -> Result<(), QmpError> {
-    tokio::time::timeout(limit, execute_inner(path, command)).await.map_err(|_| QmpError::Timeout)?
+    tokio::time::timeout(limit, async {
+        let mut session = Session::connect(path).await?;
+        session.call(command, Value::Null).await.map(drop)
+    })
+    .await
+    .map_err(|_| QmpError::Timeout)?
 }
 
-async fn execute_inner(path: &Path, command: &str) -> Result<(), QmpError> {
-    let stream = UnixStream::connect(path).await?;
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read);
-    let greeting = read_message(&mut lines).await?;
-    if greeting.get("QMP").is_none() {
-        return Err(QmpError::Protocol(format!("expected a QMP greeting, got {greeting}")));
+/// One QMP connection, capabilities negotiated.
+pub struct Session {
+    stream: UnixStream,
+    buf: Vec<u8>,
+}
+
+impl Session {
+    /// Connects to the QMP socket at `path` and negotiates capabilities.
+    pub async fn connect(path: &Path) -> Result<Session, QmpError> {
+        let stream = UnixStream::connect(path).await?;
+        let mut session = Session { stream, buf: Vec::new() };
+        let greeting = session.read_message().await?;
+        if greeting.get("QMP").is_none() {
+            return Err(QmpError::Protocol(format!("expected a QMP greeting, got {greeting}")));
+        }
+        session.call("qmp_capabilities", Value::Null).await?;
+        Ok(session)
     }
-    for cmd in ["qmp_capabilities", command] {
-        let request = serde_json::json!({ "execute": cmd }).to_string() + "\n";
-        write.write_all(request.as_bytes()).await?;
+
+    /// Runs `command` with `arguments` (`Null` for none) and returns its `return` value.
+    pub async fn call(&mut self, command: &str, arguments: Value) -> Result<Value, QmpError> {
+        let request = request(command, arguments);
+        self.stream.write_all(request.as_bytes()).await?;
+        self.reply(command).await
+    }
+
+    /// Runs `command` with `fd` attached (SCM_RIGHTS), as `getfd` needs.
+    pub async fn call_with_fd(
+        &mut self,
+        command: &str,
+        arguments: Value,
+        fd: BorrowedFd<'_>,
+    ) -> Result<Value, QmpError> {
+        let request = request(command, arguments);
+        let raw = [fd.as_raw_fd()];
         loop {
-            let reply = read_message(&mut lines).await?;
-            if reply.get("return").is_some() {
-                break;
+            self.stream.writable().await?;
+            let sent = self.stream.try_io(Interest::WRITABLE, || {
+                let iov = [std::io::IoSlice::new(request.as_bytes())];
+                let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&raw)];
+                nix::sys::socket::sendmsg::<()>(
+                    self.stream.as_raw_fd(),
+                    &iov,
+                    &cmsg,
+                    nix::sys::socket::MsgFlags::empty(),
+                    None,
+                )
+                .map_err(std::io::Error::from)
+            });
+            match sent {
+                Ok(n) if n == request.len() => break,
+                Ok(n) => {
+                    // The descriptor went with the first bytes; the rest is plain.
+                    self.stream.write_all(&request.as_bytes()[n..]).await?;
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.reply(command).await
+    }
+
+    async fn reply(&mut self, command: &str) -> Result<Value, QmpError> {
+        loop {
+            let mut reply = self.read_message().await?;
+            if let Some(value) = reply.get_mut("return") {
+                return Ok(value.take());
             }
             if let Some(err) = reply.get("error") {
-                return Err(QmpError::Protocol(format!("{cmd}: {err}")));
+                return Err(QmpError::Protocol(format!("{command}: {err}")));
             }
-            // Anything else is an asynchronous event (e.g. POWERDOWN): skip it.
+            // Anything else is an asynchronous event (e.g. STOP): skip it.
         }
     }
-    Ok(())
+
+    /// Reads one JSON message (QMP sends one per line).
+    async fn read_message(&mut self) -> Result<Value, QmpError> {
+        loop {
+            if let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                let text = String::from_utf8_lossy(&line);
+                if text.trim().is_empty() {
+                    continue;
+                }
+                return serde_json::from_str(text.trim())
+                    .map_err(|e| QmpError::Protocol(format!("bad QMP message ({e}): {}", text.trim())));
+            }
+            if self.buf.len() > MAX_LINE {
+                return Err(QmpError::Protocol("QMP line too long".into()));
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(QmpError::Protocol("QEMU closed the QMP connection".into()));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
 }
 
-/// Reads one JSON message (QMP sends one per line).
-async fn read_message(lines: &mut BufReader<tokio::net::unix::OwnedReadHalf>) -> Result<serde_json::Value, QmpError> {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = (&mut *lines).take(MAX_LINE as u64).read_line(&mut line).await?;
-        if n == 0 {
-            return Err(QmpError::Protocol("QEMU closed the QMP connection".into()));
-        }
-        if !line.trim().is_empty() {
-            break;
-        }
+fn request(command: &str, arguments: Value) -> String {
+    let mut request = serde_json::json!({ "execute": command });
+    if !arguments.is_null() {
+        request["arguments"] = arguments;
     }
-    serde_json::from_str(line.trim()).map_err(|e| QmpError::Protocol(format!("bad QMP message ({e}): {}", line.trim())))
+    request.to_string() + "\n"
 }
