@@ -55,8 +55,8 @@ fn a_snapshot_restores_the_files_it_saw_into_independent_vms() {
         assert_eq!(st, 200, "{list}");
         list.as_array().unwrap().iter().map(|v| v["id"].as_str().unwrap().to_string()).collect()
     };
-    assert_eq!(ids(""), [snap_id.clone()]);
-    assert_eq!(ids("?scope=all"), [snap_id.clone()]);
+    assert_eq!(ids(""), std::slice::from_ref(&snap_id));
+    assert_eq!(ids("?scope=all"), std::slice::from_ref(&snap_id));
     assert!(ids("?scope=internal").is_empty());
     let (st, _) = s.call("GET", "/v1/snapshots?scope=everything", None);
     assert_eq!(st, 400);
