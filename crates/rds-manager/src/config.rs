@@ -20,7 +20,7 @@ pub enum RuntimeChoice {
     Auto,
     /// Linux-namespaces sandbox.
     Sandbox,
-    /// QEMU microvm (needs QEMU, vhost-device-vsock and a guest image).
+    /// QEMU microvm (needs QEMU and a guest image).
     Qemu,
     /// Firecracker microVMs (needs the firecracker binary, KVM and a guest image).
     Firecracker,
