@@ -106,6 +106,14 @@ pub(crate) async fn sync_guest(vsock: &Path) -> Result<(), RuntimeError> {
         .map_err(|e| RuntimeError::Agent(format!("it did not sync its disks before the snapshot: {e}")))
 }
 
+/// Refuses to write a snapshot over an existing directory (a snapshot's files are never replaced).
+pub(crate) fn check_new_snapshot_dir(dir: &Path) -> Result<(), RuntimeError> {
+    if dir.exists() {
+        return Err(RuntimeError::InvalidSpec(format!("snapshot directory {} exists already", dir.display())));
+    }
+    Ok(())
+}
+
 /// Starts new VM `spec` of `runtime` on a copy of a snapshot's disk: makes the VM's directory
 /// (which must not exist), copies `disk` to `vm_disk` in it, and starts the VM, which finds its
 /// disk made (as on a restart). On failure everything is removed again.

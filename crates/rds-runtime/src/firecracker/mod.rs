@@ -1229,9 +1229,7 @@ impl Runtime for FirecrackerRuntime {
         memory: bool,
     ) -> Result<SnapshotKind, RuntimeError> {
         check_vm_id(id)?;
-        if dir.exists() {
-            return Err(RuntimeError::InvalidSpec(format!("snapshot directory {} exists already", dir.display())));
-        }
+        vm_common::check_new_snapshot_dir(dir)?;
         let p = self.paths(id);
         vm_common::sync_guest(&p.vsock).await?;
         self.pause(id).await?;

@@ -1097,9 +1097,7 @@ impl Runtime for QemuRuntime {
         memory: bool,
     ) -> Result<SnapshotKind, RuntimeError> {
         check_vm_id(id)?;
-        if dir.exists() {
-            return Err(RuntimeError::InvalidSpec(format!("snapshot directory {} exists already", dir.display())));
-        }
+        vm_common::check_new_snapshot_dir(dir)?;
         let procs = self
             .processes(id, Some(handle))
             .filter(|procs| procs.qemu().is_alive())

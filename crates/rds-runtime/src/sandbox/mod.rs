@@ -514,9 +514,7 @@ impl Runtime for SandboxRuntime {
                 "snapshots of a sandbox whose workspace is a directory (made before workspace disks)",
             ));
         }
-        if dir.exists() {
-            return Err(RuntimeError::InvalidSpec(format!("snapshot directory {} exists already", dir.display())));
-        }
+        vm_common::check_new_snapshot_dir(dir)?;
         vm_common::sync_guest(&p.agent_sock).await?;
         let launcher = HostProcess { pid: handle.pid, start_time: handle.start_time };
         if !launcher.is_alive() {
