@@ -54,6 +54,12 @@ pub enum ExecError {
     /// The task supervising the command failed.
     #[error("the command's supervisor task failed")]
     Lost,
+    /// A named thing (a code context) does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request cannot be served in the current state (e.g. too many contexts).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// A command ready to start.
@@ -173,10 +179,13 @@ impl Running {
 
     /// Kills everything the command started: its cgroup, or else its session.
     async fn kill_all(&self) {
-        match &self.group {
-            Some(group) => group.kill().await,
-            None => session::kill_session(self.pid).await,
-        }
+        kill_tree(self.pid, self.group.as_ref()).await;
+    }
+
+    /// The process and its cgroup, for a caller that drives it itself (a code context's
+    /// interpreter): stdin, stdout and stderr are piped and still in the child.
+    pub fn into_process(self) -> (tokio::process::Child, i32, Option<ExecGroup>) {
+        (self.child, self.pid, self.group)
     }
 
     /// Feeds stdin, captures output (forwarding it to `live` as it arrives), enforces the timeout
@@ -230,6 +239,14 @@ impl Running {
             task.abort();
         }
         Finished { termination, stdout, stderr, side_channel, duration }
+    }
+}
+
+/// Kills everything a command started: its cgroup, or else the session it leads.
+pub async fn kill_tree(pid: i32, group: Option<&ExecGroup>) {
+    match group {
+        Some(group) => group.kill().await,
+        None => session::kill_session(pid).await,
     }
 }
 

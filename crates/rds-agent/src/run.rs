@@ -13,6 +13,7 @@
 //! pipe (see [`crate::exec::capture`]); nothing waits out a grace period. With a warm pool (see
 //! [`pool`]) the interpreter was started before the run and is handed it over its stdin.
 
+pub mod context;
 pub mod pool;
 
 use std::collections::BTreeMap;
@@ -22,7 +23,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rds_proto::{Language, RunRequest, RunResult};
+use rds_proto::{ContextInfo, ContextRequest, Language, RunRequest, RunResult};
 use serde_json::Value;
 
 use crate::exec::cgroup::ExecCgroups;
@@ -31,6 +32,7 @@ use crate::exec::process::find_program;
 use crate::exec::{self, reject_nul, sandbox_env, timeout_of, ExecError, Finished, Handle, Identity, Launch};
 use crate::files;
 use crate::server::AgentConfig;
+use context::Contexts;
 use pool::{Warm, WarmPool};
 
 /// Largest result document accepted from a wrapper.
@@ -47,11 +49,14 @@ const DENO_SYSTEM_READS: [&str; 5] =
 
 const JS_WRAPPER: &str = include_str!("run/wrapper.mjs");
 const PY_WRAPPER: &str = include_str!("run/wrapper.py");
+const JS_KERNEL: &str = include_str!("run/kernel.mjs");
+const PY_KERNEL: &str = include_str!("run/kernel.py");
 
-/// Runs `run-*` requests.
+/// Runs `run-*` requests, and holds the code contexts.
 pub struct Runner {
     shared: Arc<Shared>,
     cache: IdempotencyCache<RunResult>,
+    contexts: Arc<Contexts>,
 }
 
 /// What runs and the pool's background refills share.
@@ -81,6 +86,7 @@ impl Runner {
                 pool: WarmPool::new(cfg.warm_pool),
             }),
             cache: IdempotencyCache::new(idempotency::DEFAULT_CAPACITY),
+            contexts: Arc::new(Contexts::default()),
         }
     }
 
@@ -88,6 +94,19 @@ impl Runner {
     pub fn start(&self, language: Language, req: RunRequest) -> Result<Handle<RunResult>, ExecError> {
         let fingerprint = format!("{}:{}", language.route(), serde_json::to_string(&req).unwrap_or_default());
         let id = req.exec_id.as_ref().map(|id| format!("{}:{id}", language.route()));
+        if let Some(context_id) = &req.context_id {
+            return Handle::start(
+                &self.cache,
+                id.as_deref(),
+                &fingerprint,
+                || {
+                    let context = self.contexts.get(context_id)?;
+                    let (code, timeout) = context.check(language, &req)?;
+                    Ok((context, code.to_string(), timeout))
+                },
+                |(context, code, timeout)| context.run(self.shared.clone(), code, timeout),
+            );
+        }
         Handle::start(
             &self.cache,
             id.as_deref(),
@@ -117,6 +136,28 @@ impl Runner {
                 }
             },
         )
+    }
+}
+
+impl Runner {
+    /// Starts a code context.
+    pub async fn create_context(&self, req: ContextRequest) -> Result<ContextInfo, ExecError> {
+        self.contexts.create(&self.shared, req).await
+    }
+
+    /// Every code context.
+    pub fn contexts(&self) -> Vec<ContextInfo> {
+        self.contexts.list()
+    }
+
+    /// Restarts a context's interpreter (its state is dropped).
+    pub async fn restart_context(&self, id: &str) -> Result<ContextInfo, ExecError> {
+        self.contexts.restart(&self.shared, id).await
+    }
+
+    /// Stops a code context.
+    pub async fn delete_context(&self, id: &str) -> Result<(), ExecError> {
+        self.contexts.delete(id).await
     }
 }
 
@@ -441,29 +482,40 @@ fn narrowed(field: &str, requested: Option<&[String]>, grant: Vec<String>) -> Re
 
 /// The agent's private directory of runs: `/tmp/rds-runs-<uuid>`, root-owned, mode 0711, so the
 /// sandbox user reaches a run's files by their names but cannot list the directory (the runs of
-/// pre-started interpreters stay out of sight). Holds the two wrappers, written once; removed
-/// with the last run directory.
+/// pre-started interpreters stay out of sight). Holds the wrappers and the context kernels,
+/// written once; removed with the last run directory.
 pub struct RunRoot {
     path: PathBuf,
-    js_wrapper: PathBuf,
-    py_wrapper: PathBuf,
 }
 
 impl RunRoot {
     fn create() -> Result<Self, ExecError> {
         let path = Path::new(RUN_ROOT_PARENT).join(format!("rds-runs-{}", uuid::Uuid::new_v4()));
         make_private_dir(&path, 0o711)?;
-        let mut root = RunRoot { js_wrapper: path.join("wrapper.mjs"), py_wrapper: path.join("wrapper.py"), path };
-        root.js_wrapper = write_readonly(&root.path, "wrapper.mjs", JS_WRAPPER.as_bytes())?;
-        root.py_wrapper = write_readonly(&root.path, "wrapper.py", PY_WRAPPER.as_bytes())?;
+        let root = RunRoot { path };
+        for (name, contents) in [
+            ("wrapper.mjs", JS_WRAPPER),
+            ("wrapper.py", PY_WRAPPER),
+            ("kernel.mjs", JS_KERNEL),
+            ("kernel.py", PY_KERNEL),
+        ] {
+            write_readonly(&root.path, name, contents.as_bytes())?;
+        }
         Ok(root)
     }
 
-    fn wrapper(&self, language: Language) -> &Path {
-        match language {
-            Language::Ts | Language::Js => &self.js_wrapper,
-            Language::Python => &self.py_wrapper,
-        }
+    fn wrapper(&self, language: Language) -> PathBuf {
+        self.path.join(match language {
+            Language::Ts | Language::Js => "wrapper.mjs",
+            Language::Python => "wrapper.py",
+        })
+    }
+
+    fn kernel(&self, language: Language) -> PathBuf {
+        self.path.join(match language {
+            Language::Ts | Language::Js => "kernel.mjs",
+            Language::Python => "kernel.py",
+        })
     }
 }
 

@@ -28,11 +28,19 @@ pub enum AgentRoute {
     Sync,
     /// `POST /internal/identity`: who a guest resumed from a memory snapshot now is ([`Identity`]).
     Identity,
+    /// `GET /contexts`: the code contexts ([`ContextInfo`](crate::ContextInfo)).
+    Contexts,
+    /// `POST /contexts/create`: starts a code context ([`ContextRequest`](crate::ContextRequest)).
+    ContextCreate,
+    /// `POST /contexts/restart?id=`: restarts a context's interpreter, dropping its state.
+    ContextRestart,
+    /// `POST /contexts/delete?id=`: stops a context.
+    ContextDelete,
 }
 
 impl AgentRoute {
     /// Every route, for dispatch and for telling 404 from 405.
-    pub const ALL: [AgentRoute; 11] = [
+    pub const ALL: [AgentRoute; 15] = [
         AgentRoute::Health,
         AgentRoute::Exec,
         AgentRoute::Run(Language::Ts),
@@ -44,6 +52,10 @@ impl AgentRoute {
         AgentRoute::Shutdown,
         AgentRoute::Sync,
         AgentRoute::Identity,
+        AgentRoute::Contexts,
+        AgentRoute::ContextCreate,
+        AgentRoute::ContextRestart,
+        AgentRoute::ContextDelete,
     ];
 
     /// The route's path, without query.
@@ -60,13 +72,17 @@ impl AgentRoute {
             AgentRoute::Shutdown => "/shutdown",
             AgentRoute::Sync => "/internal/sync",
             AgentRoute::Identity => "/internal/identity",
+            AgentRoute::Contexts => "/contexts",
+            AgentRoute::ContextCreate => "/contexts/create",
+            AgentRoute::ContextRestart => "/contexts/restart",
+            AgentRoute::ContextDelete => "/contexts/delete",
         }
     }
 
     /// The one method the route answers.
     pub fn method(self) -> Method {
         match self {
-            AgentRoute::Health | AgentRoute::Download => Method::GET,
+            AgentRoute::Health | AgentRoute::Download | AgentRoute::Contexts => Method::GET,
             _ => Method::POST,
         }
     }
@@ -87,6 +103,8 @@ pub mod query {
     pub const OWNER: &str = "owner";
     /// Replace-tree: `true` to make the tree read-only.
     pub const READ_ONLY: &str = "readOnly";
+    /// Context restart and delete: the context's id.
+    pub const ID: &str = "id";
 }
 
 /// Media type of a streamed exec (asked for with `Accept`).

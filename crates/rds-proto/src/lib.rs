@@ -279,6 +279,80 @@ pub struct RunRequest {
     pub allow_write: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec_id: Option<String>,
+    /// Run in this code context (`POST /v1/vms/{id}/contexts`) instead of a fresh interpreter:
+    /// what earlier runs in it defined is visible. Only `code`, `timeoutMs` and `execId` apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_id: Option<String>,
+}
+
+/// Language of a code context; `ts` and `js` are accepted too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ContextLanguage {
+    /// TypeScript (and JavaScript) under Deno; runs with `run-ts`.
+    #[serde(alias = "ts")]
+    Typescript,
+    /// JavaScript under Node.js; runs with `run-js`.
+    #[serde(alias = "js")]
+    Javascript,
+    /// Python 3; runs with `run-python`.
+    Python,
+}
+
+impl ContextLanguage {
+    /// The `run-*` language whose route runs code in such a context.
+    pub fn language(self) -> Language {
+        match self {
+            ContextLanguage::Typescript => Language::Ts,
+            ContextLanguage::Javascript => Language::Js,
+            ContextLanguage::Python => Language::Python,
+        }
+    }
+}
+
+/// `POST /v1/vms/{id}/contexts`: start a code context, a long-lived interpreter that keeps
+/// top-level variables, imports and functions from one run to the next.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContextRequest {
+    pub language: ContextLanguage,
+    /// Working directory under `/workspace` (default: the workspace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Environment of the interpreter, for every run in the context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub env: Option<EnvMap>,
+    /// Milliseconds without a run after which the context is removed (default 1800000, at
+    /// most one day).
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "coerce::opt_u64")]
+    #[schema(minimum = 1)]
+    pub idle_timeout_ms: Option<u64>,
+    /// TypeScript only: `false` withholds network access (the VM's policy decides the grant,
+    /// as for `run-ts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_net: Option<bool>,
+}
+
+/// A code context.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContextInfo {
+    pub context_id: String,
+    pub language: ContextLanguage,
+    /// Its working directory, as asked.
+    pub cwd: String,
+    /// Unix milliseconds (the guest's clock).
+    pub created_at: u64,
+    /// Unix milliseconds of the last run's start (or the creation).
+    pub last_used_at: u64,
+    pub idle_timeout_ms: u64,
+    /// Runs so far.
+    pub runs: u64,
+    /// A run is in progress (further runs wait their turn).
+    pub busy: bool,
+    /// Times its interpreter was restarted (timeouts it could not interrupt, exits, restarts).
+    pub restarts: u64,
 }
 
 /// Outcome of a `run-*` call.
@@ -308,6 +382,10 @@ pub struct RunResult {
     pub error: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub oom_killed: bool,
+    /// Context runs: the context's interpreter was restarted during this run (a timeout it could
+    /// not interrupt, or code that ended the interpreter), so what earlier runs defined is gone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub context_restarted: bool,
 }
 
 /// Deserializes a present field as `Some`, even when it is JSON `null`.

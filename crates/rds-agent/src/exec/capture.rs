@@ -51,7 +51,7 @@ pub async fn capture<R: AsyncRead + AsFd + Unpin>(
     live: Option<LiveOutput>,
     mut stop: watch::Receiver<bool>,
 ) -> Captured {
-    let mut sink = Sink { cap, live, captured: Captured::default(), text: Utf8Stream::default() };
+    let mut sink = Sink::new(cap, live);
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         tokio::select! {
@@ -78,7 +78,7 @@ const DRAIN_SLACK: usize = 1 << 20;
 ///
 /// Raw reads rather than the async reader: they do not depend on the reactor having seen the
 /// pipe's readiness yet, so once the writer has exited everything it wrote is taken.
-fn drain_now(fd: BorrowedFd<'_>, buf: &mut [u8], sink: &mut Sink) {
+pub fn drain_now(fd: BorrowedFd<'_>, buf: &mut [u8], sink: &mut Sink) {
     let mut budget = sink.cap.saturating_add(DRAIN_SLACK);
     while budget > 0 {
         match nix::unistd::read(fd.as_raw_fd(), buf) {
@@ -110,7 +110,7 @@ pub fn discard_now(fd: BorrowedFd<'_>) {
 }
 
 /// Where captured bytes go: kept up to the cap, forwarded live as text.
-struct Sink {
+pub struct Sink {
     cap: usize,
     live: Option<LiveOutput>,
     captured: Captured,
@@ -118,7 +118,13 @@ struct Sink {
 }
 
 impl Sink {
-    fn keep(&mut self, bytes: &[u8]) {
+    /// Keeps up to `cap` bytes, forwarding them to `live` if given.
+    pub fn new(cap: usize, live: Option<LiveOutput>) -> Self {
+        Sink { cap, live, captured: Captured::default(), text: Utf8Stream::default() }
+    }
+
+    /// Takes `bytes`: kept while under the cap, else counted as truncation.
+    pub fn keep(&mut self, bytes: &[u8]) {
         let room = self.cap.saturating_sub(self.captured.bytes.len());
         let kept = bytes.len().min(room);
         if kept < bytes.len() {
@@ -135,7 +141,8 @@ impl Sink {
         }
     }
 
-    fn finish(mut self) -> Captured {
+    /// What was kept (live output flushed).
+    pub fn finish(mut self) -> Captured {
         if let Some(live) = &self.live {
             let rest = self.text.finish();
             if !rest.is_empty() {

@@ -72,7 +72,10 @@ impl From<ExecError> for ApiError {
     fn from(e: ExecError) -> Self {
         let (status, code) = match &e {
             ExecError::Invalid(_) | ExecError::MissingCwd(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            ExecError::Conflict(_) | ExecError::Abandoned(_) => (StatusCode::CONFLICT, "conflict"),
+            ExecError::Conflict(_) | ExecError::Abandoned(_) | ExecError::Refused(_) => {
+                (StatusCode::CONFLICT, "conflict")
+            }
+            ExecError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ExecError::Unsupported(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
             ExecError::Spawn { .. } | ExecError::Io { .. } | ExecError::Lost => {
                 tracing::error!("exec failed: {e}");

@@ -10,7 +10,7 @@ use http::{header, Request, Response, StatusCode};
 use http_body_util::BodyStream;
 use hyper::body::Incoming;
 use rds_proto::agent_api::{query as param, AgentRoute, TransferSummary, TreeOwner, GZIP, NDJSON};
-use rds_proto::{AgentHealth, Capabilities, ExecEvent, ExecExit, ExecRequest, Language, RunRequest};
+use rds_proto::{AgentHealth, Capabilities, ContextRequest, ExecEvent, ExecExit, ExecRequest, Language, RunRequest};
 use tokio::sync::mpsc;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
@@ -35,6 +35,10 @@ pub async fn handle(req: Request<Incoming>, agent: Arc<Agent>) -> Result<Respons
         Some(AgentRoute::Shutdown) => Ok(shutdown(&agent)),
         Some(AgentRoute::Sync) => Ok(sync().await),
         Some(AgentRoute::Identity) => identity(req).await,
+        Some(AgentRoute::Contexts) => Ok(json_response(StatusCode::OK, &agent.runner.contexts())),
+        Some(AgentRoute::ContextCreate) => create_context(req, &agent).await,
+        Some(AgentRoute::ContextRestart) => restart_context(req, &agent).await,
+        Some(AgentRoute::ContextDelete) => delete_context(req, &agent).await,
     };
     Ok(result.unwrap_or_else(ApiError::into_response))
 }
@@ -111,6 +115,22 @@ async fn run(req: Request<Incoming>, agent: &Agent, language: Language) -> Resul
     let request: RunRequest = read_json(req).await?;
     let result = agent.runner.start(language, request)?.result().await?;
     Ok(json_response(StatusCode::OK, &result))
+}
+
+async fn create_context(req: Request<Incoming>, agent: &Agent) -> Result<Response<Body>, ApiError> {
+    let request: ContextRequest = read_json(req).await?;
+    Ok(json_response(StatusCode::CREATED, &agent.runner.create_context(request).await?))
+}
+
+async fn restart_context(req: Request<Incoming>, agent: &Agent) -> Result<Response<Body>, ApiError> {
+    let id = required(&query(&req), param::ID)?.to_string();
+    Ok(json_response(StatusCode::OK, &agent.runner.restart_context(&id).await?))
+}
+
+async fn delete_context(req: Request<Incoming>, agent: &Agent) -> Result<Response<Body>, ApiError> {
+    let id = required(&query(&req), param::ID)?.to_string();
+    agent.runner.delete_context(&id).await?;
+    Ok(json_response(StatusCode::OK, &serde_json::json!({ "status": "deleted" })))
 }
 
 /// Bridges a request body to a blocking reader for the tar code (streamed, never buffered whole).
