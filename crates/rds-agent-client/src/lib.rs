@@ -26,7 +26,10 @@ use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use rds_proto::agent_api::{query, AgentRoute, Identity, TransferSummary, TreeOwner, GZIP, NDJSON};
-use rds_proto::{AgentHealth, ExecRequest, ExecResult, Language, RunRequest, RunResult, AGENT_VSOCK_PORT};
+use rds_proto::{
+    AgentHealth, ContextInfo, ContextRequest, ExecRequest, ExecResult, Language, RunRequest, RunResult,
+    AGENT_VSOCK_PORT,
+};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -176,6 +179,27 @@ impl AgentClient {
     /// `POST /run-ts|run-js|run-python`: runs a snippet or file in `language`.
     pub async fn run(&self, language: Language, run: &RunRequest, limit: Duration) -> Result<RunResult, AgentError> {
         self.call_json(json_request(AgentRoute::Run(language), run, None)?, limit).await
+    }
+
+    /// `GET /contexts`: the code contexts.
+    pub async fn contexts(&self, limit: Duration) -> Result<Vec<ContextInfo>, AgentError> {
+        self.call_json(request(AgentRoute::Contexts, &[], None, None, empty())?, limit).await
+    }
+
+    /// `POST /contexts/create`: starts a code context (once its interpreter answers).
+    pub async fn create_context(&self, context: &ContextRequest, limit: Duration) -> Result<ContextInfo, AgentError> {
+        self.call_json(json_request(AgentRoute::ContextCreate, context, None)?, limit).await
+    }
+
+    /// `POST /contexts/restart`: restarts a context's interpreter, dropping its state.
+    pub async fn restart_context(&self, id: &str, limit: Duration) -> Result<ContextInfo, AgentError> {
+        self.call_json(request(AgentRoute::ContextRestart, &[(query::ID, id)], None, None, empty())?, limit).await
+    }
+
+    /// `POST /contexts/delete`: stops a code context.
+    pub async fn delete_context(&self, id: &str, limit: Duration) -> Result<(), AgentError> {
+        let req = request(AgentRoute::ContextDelete, &[(query::ID, id)], None, None, empty())?;
+        self.call_bytes(req, limit).await.map(drop)
     }
 
     /// `POST /files/upload`: unpacks a tar.gz into `dest` in the workspace, owned by the user.

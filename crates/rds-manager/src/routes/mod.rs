@@ -4,6 +4,7 @@
 //! at that method and path and adds the operation to the OpenAPI document, so the two cannot
 //! disagree. Handlers of one path are registered together (a `routes!` call serves one path).
 
+pub mod contexts;
 pub mod exec;
 pub mod files;
 pub mod health;
@@ -40,6 +41,9 @@ fn protected_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(exec::run_ts))
         .routes(routes!(exec::run_js))
         .routes(routes!(exec::run_python))
+        .routes(routes!(contexts::create, contexts::list))
+        .routes(routes!(contexts::get, contexts::delete))
+        .routes(routes!(contexts::restart))
         .routes(routes!(files::upload))
         .routes(routes!(files::download))
         .routes(routes!(peers::list))

@@ -121,8 +121,11 @@ pub async fn run(state: &AppState, vm_id: &str, lang: Language, req: RunRequest)
     // The request may narrow the VM's grant (`allowNet:false`), never widen it: clients of the
     // original send `allowNet:true` routinely, so asking more than the VM allows is not an error.
     let allow_net = net_grant(state, &vm).await? && req.allow_net.unwrap_or(true);
-    let to_agent =
-        RunRequest { env: with_secrets(req.env.clone(), &secrets), allow_net: Some(allow_net), ..req.clone() };
+    // A context got the secrets (and its network grant) when it was created.
+    let to_agent = match req.context_id {
+        Some(_) => RunRequest { allow_net: None, ..req.clone() },
+        None => RunRequest { env: with_secrets(req.env.clone(), &secrets), allow_net: Some(allow_net), ..req.clone() },
+    };
     let mut result = state.agent.vm(vm_id).run(lang, &to_agent, limit).await.or_agent_error(state, vm_id).await?;
     result.oom_killed |= oom_rose(oom_before, state.runtime.oom_kills(vm_id).await);
     result.stdout = secrets.redact(&result.stdout);
@@ -136,6 +139,7 @@ pub async fn run(state: &AppState, vm_id: &str, lang: Language, req: RunRequest)
         "args": req.args,
         "envKeys": req.env.as_ref().map(|e| e.0.keys().cloned().collect::<Vec<_>>()),
         "timeoutMs": req.timeout_ms,
+        "contextId": req.context_id,
     });
     log_exec(state, vm_id, lang.route(), req.exec_id, input, result.exit_code, started, &result.stdout, &result.stderr)
         .await;

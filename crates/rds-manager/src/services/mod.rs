@@ -1,6 +1,7 @@
 //! The manager's behaviour, one module per resource. Handlers in `routes/` only call these.
 
 pub mod api_keys;
+pub mod contexts;
 pub mod events;
 pub mod exec;
 pub mod files;

@@ -1,0 +1,70 @@
+//! Code contexts: long-lived interpreters in a VM's agent that keep state between runs. The
+//! manager keeps no record of them (they live and die with the VM); it checks the VM, adds a
+//! provider's secrets and the VM's network grant, and relays to the agent.
+
+use std::time::Duration;
+
+use rds_proto::{ContextInfo, ContextLanguage, ContextRequest};
+
+use crate::services::exec::{net_grant, OrAgentError};
+use crate::services::peers::{secrets_of, with_secrets};
+use crate::services::vms::find_running;
+use crate::{ApiError, AppState};
+
+/// Time allowed for a context's interpreter to start and answer.
+const START_LIMIT: Duration = Duration::from_secs(70);
+/// Time allowed for the agent's other context calls (a delete waits for a run to stop).
+const CALL_LIMIT: Duration = Duration::from_secs(30);
+
+/// Starts a context in a RUNNING VM.
+pub async fn create(state: &AppState, vm_id: &str, req: ContextRequest) -> Result<ContextInfo, ApiError> {
+    let vm = find_running(state, vm_id).await?;
+    let secrets = secrets_of(state, &vm)?;
+    let allow_net = match req.language {
+        ContextLanguage::Typescript => Some(net_grant(state, &vm).await? && req.allow_net.unwrap_or(true)),
+        ContextLanguage::Javascript | ContextLanguage::Python => None,
+    };
+    let to_agent = ContextRequest { env: with_secrets(req.env.clone(), &secrets), allow_net, ..req };
+    state.agent.vm(vm_id).create_context(&to_agent, START_LIMIT).await.or_agent_error(state, vm_id).await
+}
+
+/// The contexts of a RUNNING VM.
+pub async fn list(state: &AppState, vm_id: &str) -> Result<Vec<ContextInfo>, ApiError> {
+    find_running(state, vm_id).await?;
+    state.agent.vm(vm_id).contexts(CALL_LIMIT).await.or_agent_error(state, vm_id).await
+}
+
+/// One context of a RUNNING VM.
+pub async fn get(state: &AppState, vm_id: &str, context_id: &str) -> Result<ContextInfo, ApiError> {
+    check_id(context_id)?;
+    list(state, vm_id).await?.into_iter().find(|c| c.context_id == context_id).ok_or_else(|| not_found(context_id))
+}
+
+/// Restarts a context's interpreter: what its runs defined is gone.
+pub async fn restart(state: &AppState, vm_id: &str, context_id: &str) -> Result<ContextInfo, ApiError> {
+    check_id(context_id)?;
+    find_running(state, vm_id).await?;
+    state.agent.vm(vm_id).restart_context(context_id, START_LIMIT).await.or_agent_error(state, vm_id).await
+}
+
+/// Stops a context.
+pub async fn delete(state: &AppState, vm_id: &str, context_id: &str) -> Result<(), ApiError> {
+    check_id(context_id)?;
+    find_running(state, vm_id).await?;
+    state.agent.vm(vm_id).delete_context(context_id, CALL_LIMIT).await.or_agent_error(state, vm_id).await
+}
+
+/// Context ids are the agent's UUIDs: anything else names no context.
+fn check_id(context_id: &str) -> Result<(), ApiError> {
+    if context_id.is_empty()
+        || context_id.len() > 64
+        || !context_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(not_found(context_id));
+    }
+    Ok(())
+}
+
+fn not_found(context_id: &str) -> ApiError {
+    ApiError::NotFound(format!("code context `{context_id}` does not exist"))
+}
