@@ -92,7 +92,8 @@ fn bad_context_requests_name_the_field() {
 fn a_providers_context_has_its_secrets_and_never_prints_them() {
     require_sandbox!();
     let s = Server::start(&[("VM_SECRET_KEY", SECRET_KEY)]);
-    let (st, vm) = s.call("POST", "/v1/vms", Some(json!({"cpu": 1, "memMb": 256, "secretEnv": ["CTX_TOKEN=ctx-s3cr3t-value"]})));
+    let (st, vm) =
+        s.call("POST", "/v1/vms", Some(json!({"cpu": 1, "memMb": 256, "secretEnv": ["CTX_TOKEN=ctx-s3cr3t-value"]})));
     assert_eq!(st, 201, "{vm}");
     let vm = vm["id"].as_str().unwrap().to_string();
     let (st, ctx) = s.call("POST", &format!("/v1/vms/{vm}/contexts"), Some(json!({"language": "python"})));
