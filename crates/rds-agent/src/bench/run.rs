@@ -1,6 +1,6 @@
 //! `rds-agent bench run`: run-ts / run-js / run-python of a trivial result through a real agent,
-//! warm pool off (every run starts its interpreter) and on, beside bare starts of the same
-//! interpreters in the same run.
+//! warm pool off (every run starts its interpreter) and on, and in a code context, beside bare
+//! starts of the same interpreters in the same run.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rds_agent_client::AgentClient;
-use rds_proto::{Language, RunRequest};
+use rds_proto::{ContextLanguage, ContextRequest, Language, RunRequest};
 use serde_json::Value;
 
 use super::{percentile_ms, round, vm_rss_kib, BenchAgent, CALL_LIMIT};
@@ -67,6 +67,12 @@ pub(super) fn bench(bin: &Path, dir: &Path, calls: usize, gap: Duration) -> anyh
                 let (a, b) = (percentile_ms(&timed, 0.50), percentile_ms(&timed, 0.95));
                 figures.push((format!("warm_back_to_back_{}_p50_ms", lang.label), round(a).into()));
                 figures.push((format!("warm_back_to_back_{}_p95_ms", lang.label), round(b).into()));
+                let (timed, rss) =
+                    runtime.block_on(time_context_runs(&client, agent.process.0.id(), lang, calls, gap))?;
+                let (a, b) = (percentile_ms(&timed, 0.50), percentile_ms(&timed, 0.95));
+                figures.push((format!("context_{}_p50_ms", lang.label), round(a).into()));
+                figures.push((format!("context_{}_p95_ms", lang.label), round(b).into()));
+                figures.push((format!("context_rss_kib_{}", lang.label), rss.into()));
             }
         }
         if mode == "warm" {
@@ -157,6 +163,42 @@ async fn time_runs(client: &AgentClient, lang: &Lang, calls: usize, gap: Duratio
     Ok(samples)
 }
 
+/// `calls` timed runs of `lang`'s trivial snippet in one code context (created, then deleted);
+/// also the resident memory of the context's interpreter.
+async fn time_context_runs(
+    client: &AgentClient,
+    agent: u32,
+    lang: &Lang,
+    calls: usize,
+    gap: Duration,
+) -> anyhow::Result<(Vec<Duration>, u64)> {
+    let language = match lang.language {
+        Language::Ts => ContextLanguage::Typescript,
+        Language::Js => ContextLanguage::Javascript,
+        Language::Python => ContextLanguage::Python,
+    };
+    let create = ContextRequest { language, cwd: None, env: None, idle_timeout_ms: None, allow_net: None };
+    let context = client.create_context(&create, CALL_LIMIT).await.context("creating a code context")?;
+    let request = RunRequest {
+        code: Some(lang.code.into()),
+        context_id: Some(context.context_id.clone()),
+        ..RunRequest::default()
+    };
+    run(client, lang, &request).await?;
+    let mut samples = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        tokio::time::sleep(gap).await;
+        let start = Instant::now();
+        run(client, lang, &request).await?;
+        samples.push(start.elapsed());
+    }
+    let kernel = if lang.language == Language::Python { "/kernel.py" } else { "/kernel.mjs" };
+    let rss =
+        waiting_interpreters(agent, lang.program, kernel).into_iter().filter_map(|pid| vm_rss_kib(pid).ok()).sum();
+    client.delete_context(&context.context_id, CALL_LIMIT).await.context("deleting the code context")?;
+    Ok((samples, rss))
+}
+
 async fn run(client: &AgentClient, lang: &Lang, request: &RunRequest) -> anyhow::Result<()> {
     let result = client.run(lang.language, request, CALL_LIMIT).await.with_context(|| format!("run-{}", lang.label))?;
     anyhow::ensure!(
@@ -167,7 +209,8 @@ async fn run(client: &AgentClient, lang: &Lang, request: &RunRequest) -> anyhow:
     Ok(())
 }
 
-/// Children of `agent` running `program` with `wrapper`: between runs, its waiting interpreters.
+/// Children of `agent` running `program` with `wrapper` (a run wrapper: its waiting interpreters;
+/// a kernel: its code contexts).
 fn waiting_interpreters(agent: u32, program: &str, wrapper: &str) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
