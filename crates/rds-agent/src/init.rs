@@ -23,6 +23,7 @@ use rds_proto::guest_net::GuestNet;
 use rds_proto::{AGENT_VSOCK_PORT, SANDBOX_UID, WORKSPACE};
 
 use crate::netconf;
+use crate::run::pool::{DEFAULT_WARM_POOL, MAX_WARM_POOL};
 use crate::server::{self, AgentConfig, ListenOn};
 
 /// How long processes get to exit after SIGTERM before they are SIGKILLed.
@@ -59,8 +60,10 @@ pub fn main() -> anyhow::Result<()> {
         Some(device) => ListenOn::Serial(device),
         None => ListenOn::Vsock(AGENT_VSOCK_PORT),
     };
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let warm_pool = warm_pool_from_cmdline(&cmdline).unwrap_or(DEFAULT_WARM_POOL);
     supervise(
-        || match server::run(listen, AgentConfig { exec_cgroups: true, ..AgentConfig::default() }) {
+        || match server::run(listen, AgentConfig { exec_cgroups: true, warm_pool, ..AgentConfig::default() }) {
             Ok(()) => 0,
             Err(e) => {
                 console(&format!("agent failed: {e:#}"));
@@ -247,6 +250,13 @@ fn prepare_guest() {
 /// Whether the kernel command line says the VMM ends the VM on a reset rather than a power-off.
 fn resets_to_power_off(cmdline: &str) -> bool {
     cmdline.split_ascii_whitespace().any(|arg| arg == "rds.poweroff=reset")
+}
+
+/// `rds.warm=` from the kernel command line: the interpreters per language the agent keeps
+/// started ahead of runs, if it is a number the agent accepts.
+fn warm_pool_from_cmdline(cmdline: &str) -> Option<usize> {
+    let n = cmdline.split_ascii_whitespace().find_map(|arg| arg.strip_prefix("rds.warm="))?.parse().ok()?;
+    (n <= MAX_WARM_POOL).then_some(n)
 }
 
 /// `rds.hostname=` from the kernel command line, if it is a valid hostname.
@@ -549,6 +559,15 @@ mod tests {
         assert!(resets_to_power_off("console=ttyS0 reboot=k rds.poweroff=reset quiet"));
         assert!(!resets_to_power_off("console=ttyS0 rds.poweroff=resetx"));
         assert!(!resets_to_power_off("console=ttyS0"));
+    }
+
+    #[test]
+    fn warm_pool_comes_from_cmdline_only_when_valid() {
+        assert_eq!(warm_pool_from_cmdline("console=ttyS0 rds.warm=0 quiet"), Some(0));
+        assert_eq!(warm_pool_from_cmdline("rds.warm=3"), Some(3));
+        assert_eq!(warm_pool_from_cmdline("rds.warm=9"), None);
+        assert_eq!(warm_pool_from_cmdline("rds.warm=-1 rds.warmer=2"), None);
+        assert_eq!(warm_pool_from_cmdline("quiet"), None);
     }
 
     #[test]

@@ -30,6 +30,7 @@ use nix::unistd::{fork, pivot_root, sethostname, ForkResult, Pid};
 use rds_proto::sandbox::{SandboxSpec, MAX_RESOLV_CONF_BYTES, SANDBOX_BRIDGE_DIR, SANDBOX_SPEC_ENV, USERNS_RANGE};
 
 use crate::init::{supervise, ExitAction};
+use crate::run::pool::{DEFAULT_WARM_POOL, MAX_WARM_POOL};
 use crate::server::{AgentConfig, ListenOn};
 
 /// Arguments of `rds-agent sandbox`.
@@ -137,6 +138,9 @@ fn check_spec(spec: &SandboxSpec) -> Result<()> {
     }
     if spec.tmp_mb == 0 || spec.shm_mb == 0 {
         bail!("tmp and shm sizes must be at least 1 MiB");
+    }
+    if let Some(n) = spec.warm_interpreters.filter(|&n| n as usize > MAX_WARM_POOL) {
+        bail!("{n} warm interpreters is more than {MAX_WARM_POOL}");
     }
     if spec.listen_fd < 3 {
         bail!("listen fd {} is not an inherited socket", spec.listen_fd);
@@ -294,7 +298,11 @@ fn run_pid1(
     supervise(
         move || match crate::server::run(
             ListenOn::Fd(listener),
-            AgentConfig { exec_cgroups: true, ..AgentConfig::default() },
+            AgentConfig {
+                exec_cgroups: true,
+                warm_pool: spec.warm_interpreters.map_or(DEFAULT_WARM_POOL, |n| n as usize),
+                ..AgentConfig::default()
+            },
         ) {
             Ok(()) => 0,
             Err(e) => {

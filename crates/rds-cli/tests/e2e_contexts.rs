@@ -1,5 +1,6 @@
 //! End-to-end: code contexts through the real `rds serve` on the sandbox runtime — state kept
-//! across runs, the API's errors, a provider's secrets in its contexts but never in the output.
+//! across runs, the API's errors, a provider's secrets in its contexts but never in the output —
+//! and the warm interpreters behind stateless runs following `WARM_INTERPRETERS`.
 
 mod common;
 
@@ -107,4 +108,37 @@ fn a_providers_context_has_its_secrets_and_never_prints_them() {
     );
     assert_eq!(out["result"], true, "{out}");
     assert!(!out.to_string().contains("ctx-s3cr3t-value"), "{out}");
+}
+
+/// Python interpreters waiting in `vm` for a run (the agent's warm pool), as its user sees them.
+fn waiting_pythons(s: &Server, vm: &str) -> u64 {
+    // The pattern does not match its own command line (`[.]`).
+    let out = s.exec(vm, "grep -l 'wrapper[.]py' /proc/[0-9]*/cmdline 2>/dev/null | wc -l");
+    out["stdout"].as_str().unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn warm_interpreters_follow_the_managers_setting() {
+    require_sandbox!();
+    let off = Server::start(&[("WARM_INTERPRETERS", "0")]);
+    let vm = off.create_vm(256);
+    for _ in 0..2 {
+        assert_eq!(run(&off, &vm, "run-python", json!({"code": "result.set(7)"}))["result"], 7);
+    }
+    assert_eq!(waiting_pythons(&off, &vm), 0, "WARM_INTERPRETERS=0 keeps no interpreter waiting");
+    drop(off);
+
+    let on = Server::start(&[("WARM_INTERPRETERS", "2")]);
+    let vm = on.create_vm(256);
+    assert_eq!(run(&on, &vm, "run-python", json!({"code": "result.set(7)"}))["result"], 7);
+    // The first run starts the pool in the background: bounded wait for both to be up.
+    let mut waiting = 0;
+    for _ in 0..100 {
+        waiting = waiting_pythons(&on, &vm);
+        if waiting == 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(waiting, 2, "WARM_INTERPRETERS=2 keeps two interpreters waiting");
 }

@@ -94,6 +94,9 @@ pub struct Config {
     pub vm_secret_key: Option<Secret>,
     /// `PEER_CALLS_PER_MIN`: bridge calls per minute per consumer link (0 disables).
     pub peer_calls_per_min: u32,
+    /// `WARM_INTERPRETERS` (1): interpreters per language each VM's agent keeps started ahead of
+    /// run-ts/run-js/run-python (0 disables them; at most 8).
+    pub warm_interpreters: u32,
     /// `FIRECRACKER_BIN`, `JAILER_BIN`, `RDS_FIRECRACKER_JAILER`, `RDS_FIRECRACKER_SECCOMP`,
     /// `ROOTFS_CLONE_MODE`: the firecracker runtime.
     pub firecracker: rds_runtime::firecracker::FirecrackerSettings,
@@ -325,6 +328,15 @@ impl Config {
             firecracker: firecracker_settings(&get)?,
             network: crate::network::NetworkSettings::from_lookup(&get)?,
             peer_calls_per_min: parse(&get, "PEER_CALLS_PER_MIN", 600, "a non-negative integer (0 disables)")?,
+            warm_interpreters: match parse(&get, "WARM_INTERPRETERS", 1, "an integer from 0 to 8")? {
+                n @ 0..=8 => n,
+                n => {
+                    return Err(ConfigError {
+                        var: "WARM_INTERPRETERS",
+                        message: format!("{n} is not an integer from 0 to 8"),
+                    })
+                }
+            },
             not_applied,
         })
     }
@@ -507,6 +519,16 @@ mod tests {
             assert_eq!(cfg(&[(var, "-1")]).unwrap_err().var, var);
         }
         assert_eq!(cfg(&[("MAX_EXEC_BODY_BYTES", "0")]).unwrap_err().var, "MAX_EXEC_BODY_BYTES");
+    }
+
+    #[test]
+    fn warm_interpreters_default_to_one_and_stay_within_eight() {
+        assert_eq!(cfg(&[]).unwrap().warm_interpreters, 1);
+        assert_eq!(cfg(&[("WARM_INTERPRETERS", "0")]).unwrap().warm_interpreters, 0);
+        assert_eq!(cfg(&[("WARM_INTERPRETERS", "8")]).unwrap().warm_interpreters, 8);
+        for bad in ["9", "-1", "two"] {
+            assert_eq!(cfg(&[("WARM_INTERPRETERS", bad)]).unwrap_err().var, "WARM_INTERPRETERS", "{bad}");
+        }
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct SandboxSpec {
     /// long as the sandbox lives.
     #[serde(default)]
     pub uid_lock_fd: Option<i32>,
+    /// Interpreters per language the agent keeps started ahead of runs; `None` = its default.
+    #[serde(default)]
+    pub warm_interpreters: Option<u32>,
 }
 
 /// How many uids and gids each VM's user namespace maps.

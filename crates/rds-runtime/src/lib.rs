@@ -192,6 +192,9 @@ pub struct VmSpec {
     pub hostname: String,
     /// The VM's network link; `None` = no network (loopback only).
     pub network: Option<VmNetwork>,
+    /// Interpreters per language the VM's agent keeps started ahead of runs (its warm pool; 0
+    /// disables it); `None` = the agent's default.
+    pub warm_interpreters: Option<u32>,
 }
 
 impl Default for VmSpec {
@@ -206,6 +209,7 @@ impl Default for VmSpec {
             initrd: None,
             hostname: String::new(),
             network: None,
+            warm_interpreters: None,
         }
     }
 }

@@ -25,6 +25,8 @@ use crate::exec::{ExecError, Running};
 
 /// Pre-started interpreters per language unless configured otherwise (0 disables the pool).
 pub const DEFAULT_WARM_POOL: usize = 1;
+/// The most pre-started interpreters per language an agent keeps.
+pub const MAX_WARM_POOL: usize = 8;
 
 /// Prefixes (matched case-insensitively) of variables an interpreter or its libraries read while
 /// starting, before the wrapper could apply them: a run that sets one to anything else than the
@@ -86,7 +88,7 @@ struct Slot {
 impl WarmPool {
     /// Pools of up to `size` interpreters per language (0: none).
     pub fn new(size: usize) -> Self {
-        WarmPool { size, slots: Mutex::new([None, None, None]) }
+        WarmPool { size: size.min(MAX_WARM_POOL), slots: Mutex::new([None, None, None]) }
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, [Option<Slot>; 3]> {

@@ -120,6 +120,7 @@ async fn build(state: &AppState, image_id: Option<&str>, id: &str) -> Result<(),
         initrd: files.initrd,
         hostname: "rds-seed".into(),
         network: None,
+        warm_interpreters: Some(state.config.warm_interpreters),
     };
     let record = SnapshotRecord {
         id: id.to_string(),

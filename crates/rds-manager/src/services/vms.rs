@@ -329,6 +329,7 @@ async fn boot(state: &AppState, vm: &VmRecord, from: Option<Origin<'_>>) -> Resu
         initrd: files.initrd,
         hostname: format!("rds-{}", &vm.id[..8.min(vm.id.len())]),
         network: network::before_start(state, vm).await?,
+        warm_interpreters: Some(state.config.warm_interpreters),
     };
     let (handle, resumed, from) = match from {
         None => state.runtime.start(&spec).await.map(|h| (h, false, None)),

@@ -611,6 +611,9 @@ impl FirecrackerRuntime {
         if let Some(net) = &spec.network {
             args.push(net.guest().to_param());
         }
+        if let Some(n) = spec.warm_interpreters {
+            args.push(format!("rds.warm={n}"));
+        }
         args.join(" ")
     }
 
@@ -1321,6 +1324,9 @@ mod tests {
         let args = FirecrackerRuntime::boot_args(&spec);
         assert!(args.contains("reboot=k") && args.contains("rds.hostname=box"), "{args}");
         assert!(args.contains("rds.overlay=rds-overlay") && !args.contains("rds.net="), "{args}");
+        assert!(!args.contains("rds.warm="), "{args}");
+        let warm = FirecrackerRuntime::boot_args(&VmSpec { warm_interpreters: Some(2), ..spec.clone() });
+        assert!(warm.contains(" rds.warm=2"), "{warm}");
         spec.network = Some(VmNetwork {
             guest_ip: "10.213.0.6".parse().unwrap(),
             host_ip: "10.213.0.5".parse().unwrap(),

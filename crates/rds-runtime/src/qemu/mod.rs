@@ -416,6 +416,9 @@ impl QemuRuntime {
         if let Some(net) = &spec.network {
             cmdline.push(net.guest().to_param());
         }
+        if let Some(n) = spec.warm_interpreters {
+            cmdline.push(format!("rds.warm={n}"));
+        }
         if accel == Accel::Tcg {
             // TCG guests cannot calibrate against the PIT (no timer interrupts that early): the
             // delay loop hangs without `lpj`, and the APIC timer calibration without a known TSC
@@ -1215,6 +1218,7 @@ mod tests {
             initrd: None,
             hostname: "box".into(),
             network: None,
+            warm_interpreters: Some(3),
         }
     }
 
@@ -1228,6 +1232,7 @@ mod tests {
         assert!(tcg.contains("-device virtserialport,chardev=agent,name=rds.agent"), "{tcg}");
         assert!(!tcg.contains("vsock"), "no vsock device: {tcg}");
         assert!(tcg.contains("rds.overlay=rds-overlay") && tcg.contains("rds.hostname=box"), "{tcg}");
+        assert!(tcg.contains(" rds.warm=3"), "{tcg}");
         assert!(tcg.contains("-no-reboot") && tcg.contains("reboot=t"), "{tcg}");
         let kvm = rt.qemu_args(&spec(), &p, Accel::Kvm, &GuestMemory::Shared).join(" ");
         assert!(kvm.contains("-accel kvm") && !kvm.contains("lpj="), "{kvm}");

@@ -339,6 +339,7 @@ impl SandboxRuntime {
             tmp_mb,
             shm_mb: (tmp_mb / 2).max(1),
             uid_lock_fd: Some(uids.lock.as_raw_fd()),
+            warm_interpreters: spec.warm_interpreters,
         };
         let inherit = [listener.as_raw_fd(), uids.lock.as_raw_fd()];
         let child = child_slot.insert(self.spawn_launcher(&launch, &inherit, &spec.id, &p.console)?);
