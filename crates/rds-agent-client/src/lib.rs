@@ -26,6 +26,7 @@ use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use rds_proto::agent_api::{query, AgentRoute, Identity, TransferSummary, TreeOwner, GZIP, NDJSON};
+use rds_proto::pty::{PtyInfo, PtyRequest};
 use rds_proto::{
     AgentHealth, ContextInfo, ContextRequest, ExecRequest, ExecResult, Language, RunRequest, RunResult,
     AGENT_VSOCK_PORT,
@@ -36,6 +37,8 @@ use tokio::time::Instant;
 
 pub use error::{AgentError, BoxError};
 pub use exec_stream::{ExecEvents, ExecStream};
+/// An attached terminal session: frames of [`rds_proto::pty`] both ways.
+pub type PtyStream = TokioIo<hyper::upgrade::Upgraded>;
 /// A response body still streaming from the agent (downloads, streamed execs).
 pub use hyper::body::Incoming;
 pub use rds_proto::agent_api;
@@ -202,6 +205,52 @@ impl AgentClient {
         self.call_bytes(req, limit).await.map(drop)
     }
 
+    /// `GET /pty`: the terminal sessions.
+    pub async fn ptys(&self, limit: Duration) -> Result<Vec<PtyInfo>, AgentError> {
+        self.call_json(request(AgentRoute::Ptys, &[], None, None, empty())?, limit).await
+    }
+
+    /// `POST /pty/open`: starts a terminal session.
+    pub async fn open_pty(&self, pty: &PtyRequest, limit: Duration) -> Result<PtyInfo, AgentError> {
+        self.call_json(json_request(AgentRoute::PtyOpen, pty, None)?, limit).await
+    }
+
+    /// `POST /pty/kill`: ends a terminal session and everything it started.
+    pub async fn kill_pty(&self, id: &str, limit: Duration) -> Result<(), AgentError> {
+        let req = request(AgentRoute::PtyKill, &[(query::ID, id)], None, None, empty())?;
+        self.call_bytes(req, limit).await.map(drop)
+    }
+
+    /// `GET /pty/attach`: session `id`'s terminal on a connection of its own, carrying the frames
+    /// of [`rds_proto::pty`]. `limit` covers reaching the agent and its answer.
+    pub async fn attach_pty(&self, id: &str, limit: Duration) -> Result<PtyStream, AgentError> {
+        let deadline = Instant::now() + limit;
+        let work = async {
+            let stream = self.open_stream(deadline).await?;
+            let (mut sender, conn) =
+                http1::handshake(TokioIo::new(stream)).await.map_err(|e| AgentError::Transport(e.into()))?;
+            tokio::spawn(async move {
+                let _ = conn.with_upgrades().await;
+            });
+            let mut req = request(AgentRoute::PtyAttach, &[(query::ID, id)], None, None, empty())?;
+            req.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("upgrade"));
+            req.headers_mut().insert(header::UPGRADE, header::HeaderValue::from_static(rds_proto::pty::UPGRADE));
+            let resp = sender.send_request(req).await.map_err(|e| AgentError::Transport(e.into()))?;
+            if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                let status = resp.status();
+                let bytes = Limited::new(resp.into_body(), MAX_ERROR_BODY)
+                    .collect()
+                    .await
+                    .map(|c| c.to_bytes())
+                    .unwrap_or_default();
+                return Err(AgentError::from_status(status, &bytes));
+            }
+            let upgraded = hyper::upgrade::on(resp).await.map_err(|e| AgentError::Transport(e.into()))?;
+            Ok(TokioIo::new(upgraded))
+        };
+        tokio::time::timeout_at(deadline, work).await.map_err(|_| AgentError::Timeout(limit))?
+    }
+
     /// `POST /files/upload`: unpacks a tar.gz into `dest` in the workspace, owned by the user.
     pub async fn upload(
         &self,
@@ -335,17 +384,22 @@ impl AgentClient {
     }
 
     async fn connect(&self, deadline: Instant) -> Result<Sender, AgentError> {
+        handshake(self.open_stream(deadline).await?).await
+    }
+
+    /// A fresh byte stream to the agent.
+    async fn open_stream(&self, deadline: Instant) -> Result<Box<dyn AgentStream>, AgentError> {
         let left = deadline.saturating_duration_since(Instant::now());
-        match &self.connector {
+        Ok(match &self.connector {
             Connector::HybridVsock(path) if self.connect_retry.is_zero() => {
-                handshake(rds_vsock::connect(path, AGENT_VSOCK_PORT, left).await?).await
+                Box::new(rds_vsock::connect(path, AGENT_VSOCK_PORT, left).await?)
             }
             Connector::HybridVsock(path) => {
                 let window = left.min(self.connect_retry);
-                handshake(rds_vsock::connect_retry(path, AGENT_VSOCK_PORT, window).await?).await
+                Box::new(rds_vsock::connect_retry(path, AGENT_VSOCK_PORT, window).await?)
             }
-            Connector::Custom(connect) => handshake(connect().await?).await,
-        }
+            Connector::Custom(connect) => connect().await?,
+        })
     }
 
     fn take_idle(&self) -> Option<Sender> {

@@ -13,6 +13,7 @@ pub mod init;
 pub mod initramfs;
 pub mod loop_device;
 pub mod netconf;
+pub mod pty;
 pub mod relay;
 pub mod run;
 pub mod sandbox;

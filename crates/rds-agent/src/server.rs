@@ -116,7 +116,7 @@ pub struct ServeArgs {
     /// Cap in bytes on each of stdout and stderr.
     #[arg(long, default_value_t = DEFAULT_OUTPUT_CAP)]
     output_cap: usize,
-    /// Pre-started interpreters per language for run-ts/js/python (0 disables them).
+    /// Pre-started interpreters per language for run-ts/js/python (0 disables them; at most 8).
     #[arg(long, env = "RDS_AGENT_WARM_POOL", default_value_t = crate::run::pool::DEFAULT_WARM_POOL)]
     warm_pool: usize,
 }
@@ -192,6 +192,7 @@ pub(crate) struct Agent {
     cfg: AgentConfig,
     executor: Executor,
     runner: Runner,
+    ptys: Arc<crate::pty::Ptys>,
     started: Instant,
     stop: watch::Sender<bool>,
 }
@@ -278,6 +279,7 @@ pub async fn serve_listener(
     let mut stop_requested = stopped.clone();
     let agent = Arc::new(Agent {
         executor: Executor::new(&cfg, cgroups.clone()),
+        ptys: Arc::new(crate::pty::Ptys::new(&cfg, cgroups.clone())),
         runner: Runner::new(&cfg, cgroups),
         cfg,
         started: Instant::now(),
@@ -332,7 +334,7 @@ async fn connection(pending: rds_vsock::Pending, agent: Arc<Agent>, mut stop: wa
         }
     };
     let service = service_fn(move |req| routes::handle(req, agent.clone()));
-    let conn = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service);
+    let conn = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service).with_upgrades();
     tokio::pin!(conn);
     let stopping = tokio::select! {
         _ = conn.as_mut() => false,

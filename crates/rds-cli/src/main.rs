@@ -6,6 +6,7 @@ mod bench_peers;
 mod bench_snapshots;
 mod image;
 mod serve;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +25,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Build guest images (and register them with a manager).
     Image(image::ImageArgs),
+    /// Work with one VM of a running manager (RDS_URL, RDS_API_KEY).
+    Vm(vm::VmArgs),
 }
 
 fn main() {
@@ -32,6 +35,7 @@ fn main() {
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Image(args) => image::run(args),
+        Command::Vm(args) => vm::run(args),
     };
     if let Err(e) = result {
         eprintln!("rds: {e:#}");

@@ -63,6 +63,8 @@ pub struct Inner {
     pub installation: rds_net::InstallationId,
     /// Why this runtime runs VMs (`RDS_RUNTIME` and what `auto` found), for `/v1/health`.
     pub runtime_reason: String,
+    /// Outstanding single-use terminal attach tokens.
+    pub pty_tokens: crate::services::ptys::PtyTokens,
 }
 
 impl AppState {
@@ -102,6 +104,7 @@ impl AppState {
             // Replaced by the stored id through `with_installation` before the state is shared.
             installation: rds_net::InstallationId::generate(),
             runtime_reason: "chosen by the code that built this manager".into(),
+            pty_tokens: Default::default(),
         }))
     }
 }

@@ -45,6 +45,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/vms/{id}/contexts/{contextId}"),
     ("delete", "/v1/vms/{id}/contexts/{contextId}"),
     ("post", "/v1/vms/{id}/contexts/{contextId}/restart"),
+    ("get", "/v1/vms/{id}/pty"),
+    ("post", "/v1/vms/{id}/pty-tokens"),
+    ("get", "/v1/vms/{id}/pty-sessions"),
+    ("delete", "/v1/vms/{id}/pty-sessions/{sessionId}"),
     ("post", "/v1/vms/{id}/files/upload"),
     ("get", "/v1/vms/{id}/files/download"),
     ("get", "/v1/vms/{id}/peers"),
@@ -221,7 +225,11 @@ async fn openapi_json_is_public_and_documents_every_route_the_router_serves() {
 async fn every_protected_route_answers_401_without_a_key_and_with_a_wrong_key() {
     let api = Api::new(&[]);
     for (m, template) in ROUTES {
-        let path = template.replace("{id}", NO_VM).replace("{alias}", "calc").replace("{contextId}", "c1");
+        let path = template
+            .replace("{id}", NO_VM)
+            .replace("{alias}", "calc")
+            .replace("{contextId}", "c1")
+            .replace("{sessionId}", "s1");
         for key in [None, Some("rds_wrong_key_0123456789abcdef")] {
             let mut req = Request::builder().method(method(m)).uri(&path);
             if let Some(k) = key {

@@ -36,11 +36,20 @@ pub enum AgentRoute {
     ContextRestart,
     /// `POST /contexts/delete?id=`: stops a context.
     ContextDelete,
+    /// `GET /pty`: the terminal sessions ([`PtyInfo`](crate::pty::PtyInfo)).
+    Ptys,
+    /// `POST /pty/open`: starts a terminal session ([`PtyRequest`](crate::pty::PtyRequest)).
+    PtyOpen,
+    /// `GET /pty/attach?id=` with `Upgrade: rds-pty`: the session's terminal as frames
+    /// ([`crate::pty`]).
+    PtyAttach,
+    /// `POST /pty/kill?id=`: ends a session and everything it started.
+    PtyKill,
 }
 
 impl AgentRoute {
     /// Every route, for dispatch and for telling 404 from 405.
-    pub const ALL: [AgentRoute; 15] = [
+    pub const ALL: [AgentRoute; 19] = [
         AgentRoute::Health,
         AgentRoute::Exec,
         AgentRoute::Run(Language::Ts),
@@ -56,6 +65,10 @@ impl AgentRoute {
         AgentRoute::ContextCreate,
         AgentRoute::ContextRestart,
         AgentRoute::ContextDelete,
+        AgentRoute::Ptys,
+        AgentRoute::PtyOpen,
+        AgentRoute::PtyAttach,
+        AgentRoute::PtyKill,
     ];
 
     /// The route's path, without query.
@@ -76,13 +89,21 @@ impl AgentRoute {
             AgentRoute::ContextCreate => "/contexts/create",
             AgentRoute::ContextRestart => "/contexts/restart",
             AgentRoute::ContextDelete => "/contexts/delete",
+            AgentRoute::Ptys => "/pty",
+            AgentRoute::PtyOpen => "/pty/open",
+            AgentRoute::PtyAttach => "/pty/attach",
+            AgentRoute::PtyKill => "/pty/kill",
         }
     }
 
     /// The one method the route answers.
     pub fn method(self) -> Method {
         match self {
-            AgentRoute::Health | AgentRoute::Download | AgentRoute::Contexts => Method::GET,
+            AgentRoute::Health
+            | AgentRoute::Download
+            | AgentRoute::Contexts
+            | AgentRoute::Ptys
+            | AgentRoute::PtyAttach => Method::GET,
             _ => Method::POST,
         }
     }
@@ -103,7 +124,7 @@ pub mod query {
     pub const OWNER: &str = "owner";
     /// Replace-tree: `true` to make the tree read-only.
     pub const READ_ONLY: &str = "readOnly";
-    /// Context restart and delete: the context's id.
+    /// Context restart and delete, PTY attach and kill: the context's or session's id.
     pub const ID: &str = "id";
 }
 

@@ -466,4 +466,5 @@ pub mod agent_api;
 pub mod coerce;
 pub mod guest_net;
 pub mod interpreter_flags;
+pub mod pty;
 pub mod sandbox;

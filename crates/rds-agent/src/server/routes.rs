@@ -10,6 +10,7 @@ use http::{header, Request, Response, StatusCode};
 use http_body_util::BodyStream;
 use hyper::body::Incoming;
 use rds_proto::agent_api::{query as param, AgentRoute, TransferSummary, TreeOwner, GZIP, NDJSON};
+use rds_proto::pty::{self, PtyRequest};
 use rds_proto::{AgentHealth, Capabilities, ContextRequest, ExecEvent, ExecExit, ExecRequest, Language, RunRequest};
 use tokio::sync::mpsc;
 use tokio_util::io::{StreamReader, SyncIoBridge};
@@ -39,6 +40,10 @@ pub async fn handle(req: Request<Incoming>, agent: Arc<Agent>) -> Result<Respons
         Some(AgentRoute::ContextCreate) => create_context(req, &agent).await,
         Some(AgentRoute::ContextRestart) => restart_context(req, &agent).await,
         Some(AgentRoute::ContextDelete) => delete_context(req, &agent).await,
+        Some(AgentRoute::Ptys) => Ok(json_response(StatusCode::OK, &agent.ptys.list())),
+        Some(AgentRoute::PtyOpen) => open_pty(req, &agent).await,
+        Some(AgentRoute::PtyAttach) => attach_pty(req, &agent),
+        Some(AgentRoute::PtyKill) => kill_pty(req, &agent),
     };
     Ok(result.unwrap_or_else(ApiError::into_response))
 }
@@ -131,6 +136,37 @@ async fn delete_context(req: Request<Incoming>, agent: &Agent) -> Result<Respons
     let id = required(&query(&req), param::ID)?.to_string();
     agent.runner.delete_context(&id).await?;
     Ok(json_response(StatusCode::OK, &serde_json::json!({ "status": "deleted" })))
+}
+
+async fn open_pty(req: Request<Incoming>, agent: &Agent) -> Result<Response<Body>, ApiError> {
+    let request: PtyRequest = read_json(req).await?;
+    Ok(json_response(StatusCode::CREATED, &agent.ptys.open(request)?))
+}
+
+/// Answers 101 and serves the session's frames on the upgraded connection.
+fn attach_pty(req: Request<Incoming>, agent: &Agent) -> Result<Response<Body>, ApiError> {
+    let session = agent.ptys.get(required(&query(&req), param::ID)?)?;
+    let wants = req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok());
+    if !wants.is_some_and(|v| v.eq_ignore_ascii_case(pty::UPGRADE)) {
+        return Err(ApiError::bad_request(format!("attaching needs `Upgrade: {}`", pty::UPGRADE)));
+    }
+    let ptys = agent.ptys.clone();
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => ptys.attach(session, hyper_util::rt::TokioIo::new(upgraded)).await,
+            Err(e) => tracing::debug!("a terminal attach was not upgraded: {e}"),
+        }
+    });
+    let mut resp = Response::new(super::http::full(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    resp.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("upgrade"));
+    resp.headers_mut().insert(header::UPGRADE, header::HeaderValue::from_static(pty::UPGRADE));
+    Ok(resp)
+}
+
+fn kill_pty(req: Request<Incoming>, agent: &Agent) -> Result<Response<Body>, ApiError> {
+    agent.ptys.kill(required(&query(&req), param::ID)?)?;
+    Ok(json_response(StatusCode::OK, &serde_json::json!({ "status": "killed" })))
 }
 
 /// Bridges a request body to a blocking reader for the tar code (streamed, never buffered whole).

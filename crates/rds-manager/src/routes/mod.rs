@@ -12,6 +12,7 @@ pub mod images;
 pub mod network;
 pub mod peers;
 pub mod pool;
+pub mod ptys;
 pub mod snapshots;
 pub mod vms;
 
@@ -44,6 +45,9 @@ fn protected_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(contexts::create, contexts::list))
         .routes(routes!(contexts::get, contexts::delete))
         .routes(routes!(contexts::restart))
+        .routes(routes!(ptys::token))
+        .routes(routes!(ptys::list))
+        .routes(routes!(ptys::kill))
         .routes(routes!(files::upload))
         .routes(routes!(files::download))
         .routes(routes!(peers::list))
@@ -66,6 +70,14 @@ fn public_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::default().routes(routes!(health::health))
 }
 
+/// The terminal WebSocket: outside the `X-API-Key` layer because it also takes a single-use
+/// token, so it checks the key (and its rate) itself; documented like the protected routes.
+fn self_authenticated_routes() -> OpenApiRouter<AppState> {
+    let mut routes = OpenApiRouter::default().routes(routes!(ptys::attach));
+    ProtectedResponses.modify(routes.get_openapi_mut());
+    routes
+}
+
 /// The complete application router.
 pub fn router(state: AppState) -> Router {
     // Twice the largest body limit: a body a little over its limit still gets a readable answer.
@@ -77,8 +89,11 @@ pub fn router(state: AppState) -> Router {
     // Only these operations get the auth layer, so only they document its 401 and 429.
     ProtectedResponses.modify(protected.get_openapi_mut());
     let protected = protected.route_layer(middleware::from_fn_with_state(state.clone(), auth::require_api_key));
-    let (api, doc) =
-        OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(protected).merge(public_routes()).split_for_parts();
+    let (api, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(protected)
+        .merge(self_authenticated_routes())
+        .merge(public_routes())
+        .split_for_parts();
     Router::new()
         .merge(api)
         .merge(SwaggerUi::new("/swagger").url("/openapi.json", doc))

@@ -11,6 +11,7 @@ pub mod logs;
 pub mod network;
 pub mod peers;
 pub mod pool;
+pub mod ptys;
 pub mod seeds;
 pub mod snapshots;
 pub mod vms;
