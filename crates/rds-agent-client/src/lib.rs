@@ -237,13 +237,7 @@ impl AgentClient {
             req.headers_mut().insert(header::UPGRADE, header::HeaderValue::from_static(rds_proto::pty::UPGRADE));
             let resp = sender.send_request(req).await.map_err(|e| AgentError::Transport(e.into()))?;
             if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-                let status = resp.status();
-                let bytes = Limited::new(resp.into_body(), MAX_ERROR_BODY)
-                    .collect()
-                    .await
-                    .map(|c| c.to_bytes())
-                    .unwrap_or_default();
-                return Err(AgentError::from_status(status, &bytes));
+                return Err(status_error(resp).await);
             }
             let upgraded = hyper::upgrade::on(resp).await.map_err(|e| AgentError::Transport(e.into()))?;
             Ok(TokioIo::new(upgraded))
@@ -344,13 +338,7 @@ impl AgentClient {
             if resp.status().is_success() {
                 return Ok(resp);
             }
-            let status = resp.status();
-            let bytes = Limited::new(resp.into_body(), MAX_ERROR_BODY)
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
-            Err(AgentError::from_status(status, &bytes))
+            Err(status_error(resp).await)
         };
         tokio::time::timeout_at(deadline, work).await.map_err(|_| AgentError::Timeout(limit))?
     }
@@ -430,6 +418,14 @@ async fn handshake(stream: impl AgentStream) -> Result<Sender, AgentError> {
         let _ = conn.await;
     });
     Ok(sender)
+}
+
+/// The error an unexpected answer carries (its body read up to [`MAX_ERROR_BODY`]).
+async fn status_error(resp: Response<Incoming>) -> AgentError {
+    let status = resp.status();
+    let bytes =
+        Limited::new(resp.into_body(), MAX_ERROR_BODY).collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    AgentError::from_status(status, &bytes)
 }
 
 /// A request for `route` with its query parameters encoded.

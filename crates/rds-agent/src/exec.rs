@@ -115,14 +115,7 @@ pub struct Running {
 
 /// Starts `launch` as the sandbox user.
 pub fn spawn(launch: Launch) -> Result<Running, ExecError> {
-    let group = match &launch.cgroups {
-        Some(cgroups) => Some(
-            cgroups
-                .create()
-                .map_err(|source| ExecError::Io { context: "cannot create the command's cgroup".into(), source })?,
-        ),
-        None => None,
-    };
+    let group = own_group(launch.cgroups.as_ref())?;
     let cgroup_procs = group.as_ref().map(ExecGroup::procs_fds).unwrap_or_default();
     let spec = CommandSpec {
         cgroup_procs: &cgroup_procs,
@@ -240,6 +233,15 @@ impl Running {
         }
         Finished { termination, stdout, stderr, side_channel, duration }
     }
+}
+
+/// A cgroup of its own for a new command, where commands get one.
+pub fn own_group(cgroups: Option<&Arc<ExecCgroups>>) -> Result<Option<ExecGroup>, ExecError> {
+    cgroups
+        .map(|c| {
+            c.create().map_err(|source| ExecError::Io { context: "cannot create the command's cgroup".into(), source })
+        })
+        .transpose()
 }
 
 /// Kills everything a command started: its cgroup, or else the session it leads.
@@ -445,6 +447,19 @@ pub fn timeout_of(timeout_ms: Option<u64>) -> Result<Duration, ExecError> {
         }
         Some(ms) => Ok(Duration::from_millis(ms)),
         None => Ok(Duration::from_millis(DEFAULT_TIMEOUT_MS)),
+    }
+}
+
+/// An idle timeout a request asked for in `idleTimeoutMs` (`default` without one); zero or more
+/// than [`MAX_TIMEOUT_MS`] is rejected.
+pub fn idle_timeout_of(idle_timeout_ms: Option<u64>, default: Duration) -> Result<Duration, ExecError> {
+    match idle_timeout_ms {
+        None => Ok(default),
+        Some(0) => Err(ExecError::Invalid("invalid field `idleTimeoutMs`: must be greater than 0".into())),
+        Some(ms) if ms > MAX_TIMEOUT_MS => {
+            Err(ExecError::Invalid(format!("invalid field `idleTimeoutMs`: must be at most {MAX_TIMEOUT_MS}")))
+        }
+        Some(ms) => Ok(Duration::from_millis(ms)),
     }
 }
 

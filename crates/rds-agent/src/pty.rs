@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::exec::cgroup::{ExecCgroups, ExecGroup};
 use crate::exec::process::{find_program, sandboxed_command, CommandSpec, Identity};
-use crate::exec::{self, reject_nul, resolve_cwd, sandbox_env, ExecError, MAX_TIMEOUT_MS};
+use crate::exec::{self, reject_nul, resolve_cwd, sandbox_env, ExecError};
 use crate::server::AgentConfig;
 
 /// Sessions one VM may hold at once.
@@ -87,16 +87,7 @@ impl Ptys {
         let size = PtySize { cols: req.cols.unwrap_or(80), rows: req.rows.unwrap_or(24) }
             .check()
             .map_err(ExecError::Invalid)?;
-        let idle_timeout = match req.idle_timeout_ms {
-            None => DEFAULT_IDLE_TIMEOUT,
-            Some(0) => return Err(ExecError::Invalid("invalid field `idleTimeoutMs`: must be greater than 0".into())),
-            Some(ms) if ms > MAX_TIMEOUT_MS => {
-                return Err(ExecError::Invalid(format!(
-                    "invalid field `idleTimeoutMs`: must be at most {MAX_TIMEOUT_MS}"
-                )))
-            }
-            Some(ms) => Duration::from_millis(ms),
-        };
+        let idle_timeout = exec::idle_timeout_of(req.idle_timeout_ms, DEFAULT_IDLE_TIMEOUT)?;
         if let Some(cmd) = &req.cmd {
             reject_nul("cmd", cmd)?;
             if cmd.trim().is_empty() {
@@ -117,14 +108,7 @@ impl Ptys {
             None => vec!["-l".to_string()],
         };
         let (master, slave) = open_terminal(size, self.identity)?;
-        let group = match &self.cgroups {
-            Some(cgroups) => Some(
-                cgroups
-                    .create()
-                    .map_err(|source| ExecError::Io { context: "cannot create the session's cgroup".into(), source })?,
-            ),
-            None => None,
-        };
+        let group = exec::own_group(self.cgroups.as_ref())?;
         let procs = group.as_ref().map(ExecGroup::procs_fds).unwrap_or_default();
         let spec = CommandSpec {
             program: &shell,

@@ -85,6 +85,9 @@ async fn a_shell_takes_input_resizes_and_reports_its_exit() {
     assert_eq!(client.ptys(LIMIT).await.unwrap()[0].cols, 132);
 
     term.type_line("read x; echo got:$x").await;
+    // Typed once the shell runs the line (readline would otherwise take the typed-ahead input).
+    term.wait_for("got:$x\r\n").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     term.type_line("hello").await;
     term.wait_for("got:hello").await;
 

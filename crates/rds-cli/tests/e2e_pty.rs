@@ -124,6 +124,9 @@ fn a_terminal_resizes_takes_input_is_interrupted_and_reports_its_exit() {
         term.wait_for("43 132").await;
 
         term.type_line("read x; echo got:$x").await;
+        // Typed once the shell runs the line (readline would otherwise take the typed-ahead input).
+        term.wait_for("got:$x\r\n").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         term.type_line("typed-in").await;
         term.wait_for("got:typed-in").await;
 

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::{open_result_fifo, Interpreter, Profile, RunDir, Shared, RESULT_CAP};
 use crate::exec::capture::{discard_now, drain_now, Sink};
 use crate::exec::cgroup::ExecGroup;
-use crate::exec::{self, resolve_cwd, sandbox_env, timeout_of, ExecError, Launch, MAX_TIMEOUT_MS};
+use crate::exec::{self, resolve_cwd, sandbox_env, timeout_of, ExecError, Launch};
 
 /// Contexts one VM may hold at once.
 pub const MAX_CONTEXTS: usize = 16;
@@ -122,16 +122,7 @@ impl Contexts {
         let (cwd, cwd_label) = resolve_cwd(&shared.workspace, req.cwd.as_deref())?;
         let interpreter = Interpreter::of(language)?;
         let env = sandbox_env(&shared.workspace, &interpreter.env_for(&shared.workspace), req.env.as_ref())?;
-        let idle_timeout = match req.idle_timeout_ms {
-            None => DEFAULT_IDLE_TIMEOUT,
-            Some(0) => return Err(ExecError::Invalid("invalid field `idleTimeoutMs`: must be greater than 0".into())),
-            Some(ms) if ms > MAX_TIMEOUT_MS => {
-                return Err(ExecError::Invalid(format!(
-                    "invalid field `idleTimeoutMs`: must be at most {MAX_TIMEOUT_MS}"
-                )))
-            }
-            Some(ms) => Duration::from_millis(ms),
-        };
+        let idle_timeout = exec::idle_timeout_of(req.idle_timeout_ms, DEFAULT_IDLE_TIMEOUT)?;
         let profile = Profile { allow_net: req.allow_net.unwrap_or(false), ..Profile::default() };
         let launch = KernelLaunch { language, cwd, env, profile };
         if self.lock().len() >= MAX_CONTEXTS {
