@@ -224,6 +224,25 @@ impl AgentClient {
     /// `GET /pty/attach`: session `id`'s terminal on a connection of its own, carrying the frames
     /// of [`rds_proto::pty`]. `limit` covers reaching the agent and its answer.
     pub async fn attach_pty(&self, id: &str, limit: Duration) -> Result<PtyStream, AgentError> {
+        let req = request(AgentRoute::PtyAttach, &[(query::ID, id)], None, None, empty())?;
+        self.upgrade(req, rds_proto::pty::UPGRADE, limit).await
+    }
+
+    /// `POST /exec/attach`: starts `exec` (no `stdin`, no `execId`) with its stdin, stdout and
+    /// stderr as the frames of [`rds_proto::pty`] on a connection of its own. `limit` covers
+    /// reaching the agent and its answer; a bad request is refused before anything runs.
+    pub async fn attach_exec(&self, exec: &ExecRequest, limit: Duration) -> Result<PtyStream, AgentError> {
+        let req = json_request(AgentRoute::ExecAttach, exec, None)?;
+        self.upgrade(req, rds_proto::pty::EXEC_UPGRADE, limit).await
+    }
+
+    /// Sends `req` asking to switch to `protocol` and returns the switched connection.
+    async fn upgrade(
+        &self,
+        mut req: Request<RequestBody>,
+        protocol: &'static str,
+        limit: Duration,
+    ) -> Result<PtyStream, AgentError> {
         let deadline = Instant::now() + limit;
         let work = async {
             let stream = self.open_stream(deadline).await?;
@@ -232,9 +251,8 @@ impl AgentClient {
             tokio::spawn(async move {
                 let _ = conn.with_upgrades().await;
             });
-            let mut req = request(AgentRoute::PtyAttach, &[(query::ID, id)], None, None, empty())?;
             req.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("upgrade"));
-            req.headers_mut().insert(header::UPGRADE, header::HeaderValue::from_static(rds_proto::pty::UPGRADE));
+            req.headers_mut().insert(header::UPGRADE, header::HeaderValue::from_static(protocol));
             let resp = sender.send_request(req).await.map_err(|e| AgentError::Transport(e.into()))?;
             if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                 return Err(status_error(resp).await);

@@ -2,6 +2,7 @@
 //! builds on (spawn without privileges, capped capture, timeout that kills the whole session,
 //! `execId` idempotency).
 
+pub mod attach;
 pub mod capture;
 pub mod cgroup;
 pub mod idempotency;
@@ -105,12 +106,22 @@ pub struct Running {
     child: tokio::process::Child,
     pid: i32,
     started: Instant,
-    stdin: Option<Vec<u8>>,
+    stdin: Feed,
     timeout: Duration,
     output_cap: usize,
     side_channel: Option<(tokio::net::unix::pipe::Receiver, usize)>,
     /// The command's own cgroup (killed whole on timeout).
     group: Option<ExecGroup>,
+}
+
+/// What a started command's piped stdin is fed.
+enum Feed {
+    /// Nothing (stdin is `/dev/null`, or a pre-started interpreter not handed its run yet).
+    Nothing,
+    /// These bytes, then end of file.
+    Bytes(Vec<u8>),
+    /// Chunks as they come; end of file once the sender is gone.
+    Stream(mpsc::Receiver<Vec<u8>>),
 }
 
 /// Starts `launch` as the sandbox user.
@@ -139,7 +150,7 @@ pub fn spawn(launch: Launch) -> Result<Running, ExecError> {
         child,
         pid,
         started,
-        stdin: launch.stdin,
+        stdin: launch.stdin.map_or(Feed::Nothing, Feed::Bytes),
         timeout: launch.timeout,
         output_cap: launch.output_cap,
         side_channel: launch.side_channel,
@@ -165,9 +176,20 @@ impl Running {
         if let Some(err) = &self.child.stderr {
             capture::discard_now(err.as_fd());
         }
-        self.stdin = Some(stdin);
+        self.stdin = Feed::Bytes(stdin);
         self.timeout = timeout;
         self.started = Instant::now();
+    }
+
+    /// Feeds a command started with piped stdin (see [`Launch::stdin`]) the chunks `chunks`
+    /// brings instead, closing its stdin once the sender is dropped.
+    pub fn stream_stdin(&mut self, chunks: mpsc::Receiver<Vec<u8>>) {
+        self.stdin = Feed::Stream(chunks);
+    }
+
+    /// The command's pid, which is also its session and process group id.
+    pub fn pid(&self) -> i32 {
+        self.pid
     }
 
     /// Kills everything the command started: its cgroup, or else its session.
@@ -184,10 +206,17 @@ impl Running {
     /// Feeds stdin, captures output (forwarding it to `live` as it arrives), enforces the timeout
     /// and returns once the command and its pipes are done.
     pub async fn finish(mut self, live: Option<mpsc::UnboundedSender<Chunk>>) -> Finished {
-        let stdin_task = match (self.child.stdin.take(), self.stdin.take()) {
-            (Some(mut pipe), Some(data)) => Some(tokio::spawn(async move {
-                // A command that exits without reading its stdin is not an error.
+        // A command that exits without reading its stdin is not an error.
+        let stdin_task = match (self.child.stdin.take(), std::mem::replace(&mut self.stdin, Feed::Nothing)) {
+            (Some(mut pipe), Feed::Bytes(data)) => Some(tokio::spawn(async move {
                 let _ = pipe.write_all(&data).await;
+            })),
+            (Some(mut pipe), Feed::Stream(mut chunks)) => Some(tokio::spawn(async move {
+                while let Some(chunk) = chunks.recv().await {
+                    if pipe.write_all(&chunk).await.is_err() {
+                        break;
+                    }
+                }
             })),
             _ => None,
         };
@@ -379,6 +408,22 @@ impl Executor {
             || spawn(self.launch_for(&req)?),
             |running: Running| async move { running.finish(live).await.exec_result() },
         )
+    }
+
+    /// Validates and starts `req` with its stdin piped, for a caller that streams it in
+    /// ([`Running::stream_stdin`]). Such a run has no `execId` (its input cannot be replayed).
+    pub fn start_attached(&self, req: &ExecRequest) -> Result<Running, ExecError> {
+        if req.stdin.is_some() {
+            return Err(ExecError::Invalid(
+                "invalid field `stdin`: an attached exec reads its stdin as it comes".into(),
+            ));
+        }
+        if req.exec_id.is_some() {
+            return Err(ExecError::Invalid(
+                "invalid field `execId`: an attached exec cannot be retried (its stdin is not kept)".into(),
+            ));
+        }
+        spawn(Launch { stdin: Some(Vec::new()), ..self.launch_for(req)? })
     }
 
     fn launch_for(&self, req: &ExecRequest) -> Result<Launch, ExecError> {

@@ -46,6 +46,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("delete", "/v1/vms/{id}/contexts/{contextId}"),
     ("post", "/v1/vms/{id}/contexts/{contextId}/restart"),
     ("get", "/v1/vms/{id}/pty"),
+    ("get", "/v1/vms/{id}/exec/ws"),
     ("post", "/v1/vms/{id}/pty-tokens"),
     ("get", "/v1/vms/{id}/pty-sessions"),
     ("delete", "/v1/vms/{id}/pty-sessions/{sessionId}"),

@@ -45,11 +45,15 @@ pub enum AgentRoute {
     PtyAttach,
     /// `POST /pty/kill?id=`: ends a session and everything it started.
     PtyKill,
+    /// `POST /exec/attach` with `Upgrade: rds-exec`: a shell command
+    /// ([`ExecRequest`](crate::ExecRequest)) whose stdin, stdout and stderr then flow as frames
+    /// ([`crate::pty`]).
+    ExecAttach,
 }
 
 impl AgentRoute {
     /// Every route, for dispatch and for telling 404 from 405.
-    pub const ALL: [AgentRoute; 19] = [
+    pub const ALL: [AgentRoute; 20] = [
         AgentRoute::Health,
         AgentRoute::Exec,
         AgentRoute::Run(Language::Ts),
@@ -69,6 +73,7 @@ impl AgentRoute {
         AgentRoute::PtyOpen,
         AgentRoute::PtyAttach,
         AgentRoute::PtyKill,
+        AgentRoute::ExecAttach,
     ];
 
     /// The route's path, without query.
@@ -93,6 +98,7 @@ impl AgentRoute {
             AgentRoute::PtyOpen => "/pty/open",
             AgentRoute::PtyAttach => "/pty/attach",
             AgentRoute::PtyKill => "/pty/kill",
+            AgentRoute::ExecAttach => "/exec/attach",
         }
     }
 

@@ -5,6 +5,10 @@
 //! big-endian `u32` payload length, the payload. [`DATA`] carries terminal bytes both ways; the
 //! host sends [`RESIZE`] and [`SIGNAL`] with a JSON payload; the agent sends [`EXIT`] (a JSON
 //! [`PtyExit`]) once the session's process has exited and its output was sent, then closes.
+//!
+//! `POST /exec/attach` (`Upgrade: rds-exec`) uses the same framing for a command with piped
+//! stdio: the host sends [`DATA`] (stdin), [`EOF`] (close stdin) and [`SIGNAL`]; the agent sends
+//! [`DATA`] (stdout), [`STDERR`] and, last, [`EXIT`] with an [`ExecExit`](crate::ExecExit).
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -19,10 +23,16 @@ pub const RESIZE: u8 = 1;
 pub const SIGNAL: u8 = 2;
 /// Agent → host: a [`PtyExit`] as JSON; the last frame.
 pub const EXIT: u8 = 3;
+/// Agent → host, attached exec: stderr bytes.
+pub const STDERR: u8 = 4;
+/// Host → agent, attached exec: no more stdin (empty payload).
+pub const EOF: u8 = 5;
 /// Largest frame payload either side sends or accepts.
 pub const MAX_FRAME: usize = 64 << 10;
 /// Upgrade protocol name of `GET /pty/attach`.
 pub const UPGRADE: &str = "rds-pty";
+/// Upgrade protocol name of `POST /exec/attach`.
+pub const EXEC_UPGRADE: &str = "rds-exec";
 
 /// A terminal's size in character cells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -44,6 +44,7 @@ pub async fn handle(req: Request<Incoming>, agent: Arc<Agent>) -> Result<Respons
         Some(AgentRoute::PtyOpen) => open_pty(req, &agent).await,
         Some(AgentRoute::PtyAttach) => attach_pty(req, &agent),
         Some(AgentRoute::PtyKill) => kill_pty(req, &agent),
+        Some(AgentRoute::ExecAttach) => exec_attach(req, &agent).await,
     };
     Ok(result.unwrap_or_else(ApiError::into_response))
 }
@@ -146,10 +147,7 @@ async fn open_pty(req: Request<Incoming>, agent: &Agent) -> Result<Response<Body
 /// Answers 101 and serves the session's frames on the upgraded connection.
 fn attach_pty(req: Request<Incoming>, agent: &Agent) -> Result<Response<Body>, ApiError> {
     let session = agent.ptys.get(required(&query(&req), param::ID)?)?;
-    let wants = req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok());
-    if !wants.is_some_and(|v| v.eq_ignore_ascii_case(pty::UPGRADE)) {
-        return Err(ApiError::bad_request(format!("attaching needs `Upgrade: {}`", pty::UPGRADE)));
-    }
+    check_upgrade(&req, pty::UPGRADE)?;
     let ptys = agent.ptys.clone();
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
@@ -157,11 +155,43 @@ fn attach_pty(req: Request<Incoming>, agent: &Agent) -> Result<Response<Body>, A
             Err(e) => tracing::debug!("a terminal attach was not upgraded: {e}"),
         }
     });
+    Ok(switching_protocols(pty::UPGRADE))
+}
+
+/// Starts a command with streamed stdin, answers 101 and serves its stdio as frames on the
+/// upgraded connection (see [`crate::exec::attach`]).
+async fn exec_attach(mut req: Request<Incoming>, agent: &Agent) -> Result<Response<Body>, ApiError> {
+    check_upgrade(&req, pty::EXEC_UPGRADE)?;
+    let upgrade = hyper::upgrade::on(&mut req);
+    let request: ExecRequest = read_json(req).await?;
+    let running = agent.executor.start_attached(&request)?;
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => crate::exec::attach::serve(running, hyper_util::rt::TokioIo::new(upgraded)).await,
+            Err(e) => {
+                tracing::debug!("an attached exec was not upgraded: {e}");
+                crate::exec::session::kill_session(running.pid()).await;
+                drop(running.finish(None).await);
+            }
+        }
+    });
+    Ok(switching_protocols(pty::EXEC_UPGRADE))
+}
+
+fn check_upgrade(req: &Request<Incoming>, protocol: &str) -> Result<(), ApiError> {
+    let wants = req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok());
+    if !wants.is_some_and(|v| v.eq_ignore_ascii_case(protocol)) {
+        return Err(ApiError::bad_request(format!("this route needs `Upgrade: {protocol}`")));
+    }
+    Ok(())
+}
+
+fn switching_protocols(protocol: &'static str) -> Response<Body> {
     let mut resp = Response::new(super::http::full(Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     resp.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("upgrade"));
-    resp.headers_mut().insert(header::UPGRADE, header::HeaderValue::from_static(pty::UPGRADE));
-    Ok(resp)
+    resp.headers_mut().insert(header::UPGRADE, header::HeaderValue::from_static(protocol));
+    resp
 }
 
 fn kill_pty(req: Request<Incoming>, agent: &Agent) -> Result<Response<Body>, ApiError> {

@@ -70,10 +70,10 @@ fn public_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::default().routes(routes!(health::health))
 }
 
-/// The terminal WebSocket: outside the `X-API-Key` layer because it also takes a single-use
+/// The WebSockets (terminal, exec with streamed stdin): outside the `X-API-Key` layer because it also takes a single-use
 /// token, so it checks the key (and its rate) itself; documented like the protected routes.
 fn self_authenticated_routes() -> OpenApiRouter<AppState> {
-    let mut routes = OpenApiRouter::default().routes(routes!(ptys::attach));
+    let mut routes = OpenApiRouter::default().routes(routes!(ptys::attach)).routes(routes!(exec::exec_socket));
     ProtectedResponses.modify(routes.get_openapi_mut());
     routes
 }

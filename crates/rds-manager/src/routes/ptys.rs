@@ -10,6 +10,7 @@ use rds_proto::pty::PtyInfo;
 use rds_proto::ErrorBody;
 
 use crate::auth::API_KEY_HEADER;
+use crate::rate_limit::Route;
 use crate::services::ptys::{self, AttachQuery, PtyToken};
 use crate::{ApiError, AppState};
 
@@ -30,20 +31,31 @@ pub async fn attach(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    match headers.get(API_KEY_HEADER).and_then(|v| v.to_str().ok()).and_then(|k| s.keys.verify(k)) {
-        // Counted against the key's general budget, as any protected route.
-        Some(key) => drop(s.limiter.check(&key, None)?),
-        None if q.token.as_deref().is_some_and(|t| s.pty_tokens.redeem(t, &id)) => {}
-        None => return Err(ApiError::Unauthorized),
-    }
-    let ws = ws.map_err(|e| {
-        ApiError::BadRequest(format!("this route is a WebSocket; connect with `Upgrade: websocket` ({e})"))
-    })?;
+    let ws = authenticate_socket(&s, &id, None, &headers, q.token.as_deref(), ws)?;
     let (session_id, stream) = ptys::open_and_attach(&s, &id, &q).await?;
     Ok(ws.on_upgrade(move |socket| ptys::relay(socket, session_id, stream)))
 }
 
-/// A single-use token that authenticates one `GET /v1/vms/{id}/pty` within 60 s (for browsers,
+/// Checks the caller of a WebSocket route of VM `vm_id` (its `X-API-Key`, counted against the
+/// key's budgets as any protected route, `route`'s own included, or a single-use `token`) and
+/// that it asked for a socket.
+pub fn authenticate_socket(
+    s: &AppState,
+    vm_id: &str,
+    route: Option<Route>,
+    headers: &HeaderMap,
+    token: Option<&str>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<WebSocketUpgrade, ApiError> {
+    match headers.get(API_KEY_HEADER).and_then(|v| v.to_str().ok()).and_then(|k| s.keys.verify(k)) {
+        Some(key) => drop(s.limiter.check(&key, route)?),
+        None if token.is_some_and(|t| s.pty_tokens.redeem(t, vm_id)) => {}
+        None => return Err(ApiError::Unauthorized),
+    }
+    ws.map_err(|e| ApiError::BadRequest(format!("this route is a WebSocket; connect with `Upgrade: websocket` ({e})")))
+}
+
+/// A single-use token that authenticates one `GET /v1/vms/{id}/pty` or `/exec/ws` within 60 s (for browsers,
 /// which cannot set headers on a WebSocket; the API key never goes into a URL).
 #[utoipa::path(post, path = "/v1/vms/{id}/pty-tokens", tag = "terminals",
     responses((status = 201, body = PtyToken), (status = 409, body = ErrorBody)))]

@@ -3,7 +3,9 @@
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::response::Response;
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use http::header;
 use rds_proto::{ExecEvent, ExecExit, ExecRequest, ExecResult, Language, RunRequest, RunResult, DEFAULT_TIMEOUT_MS};
 use rds_runtime::process::is_same_process_alive;
@@ -22,9 +24,11 @@ const TIMEOUT_MARGIN: Duration = Duration::from_secs(5);
 const PREVIEW_BYTES: usize = 2048;
 /// Content type of a streamed exec.
 pub const NDJSON: &str = "application/x-ndjson";
+/// Content type of an exec streamed as server-sent events.
+pub const SSE: &str = "text/event-stream";
 
 /// Checks `timeoutMs` against `MAX_EXEC_TIMEOUT_MS` and returns the transport limit.
-fn call_limit(state: &AppState, timeout_ms: Option<u64>) -> Result<Duration, ApiError> {
+pub(crate) fn call_limit(state: &AppState, timeout_ms: Option<u64>) -> Result<Duration, ApiError> {
     let max = state.config.max_exec_timeout_ms;
     match timeout_ms {
         Some(0) => Err(ApiError::BadRequest("invalid field `timeoutMs`: must be greater than 0".into())),
@@ -59,8 +63,8 @@ pub async fn exec(state: &AppState, vm_id: &str, req: ExecRequest) -> Result<Exe
     Ok(result)
 }
 
-/// A finished result as the NDJSON events a streamed exec sends: output, then the exit event.
-fn ndjson_response(result: &ExecResult) -> Result<Response, ApiError> {
+/// A finished result as the events a streamed exec sends: output, then the exit event.
+fn events_of(result: &ExecResult) -> Vec<ExecEvent> {
     let mut events = Vec::new();
     for (data, stdout) in [(&result.stdout, true), (&result.stderr, false)] {
         if !data.is_empty() {
@@ -69,8 +73,13 @@ fn ndjson_response(result: &ExecResult) -> Result<Response, ApiError> {
         }
     }
     events.push(ExecEvent::Exit(ExecExit::from(result)));
+    events
+}
+
+/// A finished result as an NDJSON response.
+fn ndjson_response(result: &ExecResult) -> Result<Response, ApiError> {
     let mut body = Vec::new();
-    for event in &events {
+    for event in &events_of(result) {
         serde_json::to_writer(&mut body, event).context("encoding the exec events")?;
         body.push(b'\n');
     }
@@ -78,6 +87,41 @@ fn ndjson_response(result: &ExecResult) -> Result<Response, ApiError> {
         .header(header::CONTENT_TYPE, NDJSON)
         .body(Body::from(body))
         .context("building the exec response")
+}
+
+/// Runs a shell command with its events sent as server-sent events (`event: stdout|stderr|exit`,
+/// the data the event's JSON) as they come; a failure after the start ends the stream with an
+/// `error` event. A provider with secrets gets its redacted buffered result, as with NDJSON.
+pub async fn exec_sse(state: &AppState, vm_id: &str, req: ExecRequest) -> Result<Response, ApiError> {
+    let limit = call_limit(state, req.timeout_ms)?;
+    let vm = find_running(state, vm_id).await?;
+    let events: futures_util::stream::BoxStream<'static, SseEvent> = if !secrets_of(state, &vm)?.is_empty() {
+        let events = events_of(&exec(state, vm_id, req).await?);
+        futures_util::stream::iter(events.into_iter().map(sse_event)).boxed()
+    } else {
+        let stream = state.agent.vm(vm_id).exec_stream(&req, limit).await.or_agent_error(state, vm_id).await?;
+        let input = json!({"cmd": req.cmd, "cwd": req.cwd, "streamed": true, "timeoutMs": req.timeout_ms});
+        log_exec(state, vm_id, "exec", req.exec_id, input, None, Instant::now(), "", "").await;
+        futures_util::stream::unfold(Some(stream.events()), |events| async move {
+            let mut events = events?;
+            match events.next().await {
+                Ok(Some(event)) => Some((sse_event(event), Some(events))),
+                Ok(None) => None,
+                Err(e) => Some((SseEvent::default().event("error").data(e.to_string()), None)),
+            }
+        })
+        .boxed()
+    };
+    Ok(Sse::new(events.map(Ok::<_, std::convert::Infallible>)).into_response())
+}
+
+fn sse_event(event: ExecEvent) -> SseEvent {
+    let name = match &event {
+        ExecEvent::Stdout { .. } => "stdout",
+        ExecEvent::Stderr { .. } => "stderr",
+        ExecEvent::Exit(_) => "exit",
+    };
+    SseEvent::default().event(name).data(serde_json::to_string(&event).expect("events always serialise"))
 }
 
 /// Runs a shell command, proxying the agent's NDJSON event stream as it comes (for a provider
@@ -191,7 +235,7 @@ impl<T> OrAgentError<T> for Result<T, AgentError> {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn log_exec(
+pub(crate) async fn log_exec(
     state: &AppState,
     vm_id: &str,
     kind: &str,

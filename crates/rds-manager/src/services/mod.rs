@@ -4,6 +4,7 @@ pub mod api_keys;
 pub mod contexts;
 pub mod events;
 pub mod exec;
+pub mod exec_socket;
 pub mod files;
 pub mod image_formats;
 pub mod images;

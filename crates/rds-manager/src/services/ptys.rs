@@ -238,7 +238,7 @@ fn control_frame(text: &str) -> Result<Vec<u8>, (u16, String)> {
 }
 
 /// Close reasons must fit a control frame (123 bytes).
-fn truncate(mut reason: String) -> String {
+pub(crate) fn truncate(mut reason: String) -> String {
     if reason.len() > 120 {
         let mut cut = 120;
         while !reason.is_char_boundary(cut) {
