@@ -1,6 +1,6 @@
 //! `rds bench create`: create → first exec latency, and exec round-trips through the manager
 //! versus straight to the agent's socket, measured in the same run. `rds bench peers`: see
-//! [`crate::bench_peers`]. Each prints one JSON line last.
+//! [`crate::bench_peers`]; `rds bench pty`: [`crate::bench_pty`]. Each prints one JSON line last.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,9 +12,9 @@ use serde_json::{json, Value};
 /// Flags of `rds bench`.
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// What to measure: `create`, `peers`, `network` (see [`crate::bench_network`]) or
-    /// `snapshots` (see [`crate::bench_snapshots`]).
-    #[arg(value_parser = ["create", "peers", "network", "snapshots"])]
+    /// What to measure: `create`, `peers`, `pty` (see [`crate::bench_pty`]), `network` (see
+    /// [`crate::bench_network`]) or `snapshots` (see [`crate::bench_snapshots`]).
+    #[arg(value_parser = ["create", "peers", "pty", "network", "snapshots"])]
     what: String,
     /// Use a running manager instead of starting one.
     #[arg(long, requires = "api_key")]
@@ -28,7 +28,7 @@ pub struct BenchArgs {
     /// VMs to create for the create → first exec figure.
     #[arg(long, default_value_t = 20)]
     vms: usize,
-    /// Exec calls per path for the round-trip comparison.
+    /// Exec calls (bridge calls, keystrokes) per path for the round-trip comparison.
     #[arg(long, default_value_t = 300)]
     execs: usize,
 }
@@ -68,6 +68,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let api = Api { agent, url, key };
     if args.what == "peers" {
         return crate::bench_peers::run(&api, &storage_root, args.execs);
+    }
+    if args.what == "pty" {
+        return crate::bench_pty::run(&api, &storage_root, args.execs);
     }
 
     let mut create_ms = Vec::with_capacity(args.vms);

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_network;
 mod bench_peers;
+mod bench_pty;
 mod bench_snapshots;
 mod image;
 mod serve;

@@ -202,6 +202,30 @@ fn browsers_attach_with_a_single_use_token_never_without_one() {
 }
 
 #[test]
+fn code_in_another_vm_cannot_see_or_write_to_a_terminal() {
+    require_sandbox!();
+    let s = Server::start(&[]);
+    let victim = s.create_vm(256);
+    let attacker = s.create_vm(256);
+    runtime().block_on(async {
+        let mut term = Term::connect(&s, &victim, "cmd=cat", true).await.unwrap();
+        term.type_line("before").await;
+        term.wait_for("before\r\n").await;
+        // Each VM has a devpts of its own: the victim's terminal is not there to open, nor is the
+        // host's; whatever is there is written to.
+        let probe = s.exec(
+            &attacker,
+            "ls /dev/pts | tr '\\n' ' '; echo; for p in /dev/pts/*; do [ \"$p\" = /dev/pts/ptmx ] && continue; \
+             echo INJECTED > \"$p\" 2>/dev/null && echo wrote:$p; done; echo probed",
+        );
+        assert_eq!(probe["stdout"], "ptmx \nprobed\n", "{probe}");
+        term.type_line("after").await;
+        term.wait_for("after\r\n").await;
+        assert!(!term.seen.contains("INJECTED"), "{}", term.seen);
+    });
+}
+
+#[test]
 fn bad_messages_are_closed_with_a_code_and_the_session_survives() {
     require_sandbox!();
     let s = Server::start(&[]);
