@@ -1,0 +1,3 @@
+module github.com/run-dat-sheesh/rds/sdk/go
+
+go 1.19

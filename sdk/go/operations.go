@@ -1,0 +1,56 @@
+package rds
+
+// Operations maps each operation of the manager's /openapi.json ("METHOD /path") to the *Client
+// method implementing it; Missing lists the ones deliberately left out, with why. The test suite
+// holds both against the live spec.
+var Operations = map[string]string{
+	"GET /v1/health":                                 "Health",
+	"POST /v1/vms":                                   "CreateVM",
+	"GET /v1/vms":                                    "ListVMs",
+	"GET /v1/vms/{id}":                               "GetVM",
+	"DELETE /v1/vms/{id}":                            "DeleteVM",
+	"POST /v1/vms/{id}/start":                        "StartVM",
+	"POST /v1/vms/{id}/stop":                         "StopVM",
+	"GET /v1/vms/{id}/logs":                          "Logs",
+	"GET /v1/vms/{id}/exec-logs":                     "ExecLogs",
+	"POST /v1/vms/{id}/exec":                         "Exec",
+	"POST /v1/vms/{id}/run-ts":                       "RunTS",
+	"POST /v1/vms/{id}/run-js":                       "RunJS",
+	"POST /v1/vms/{id}/run-python":                   "RunPython",
+	"POST /v1/vms/{id}/contexts":                     "CreateContext",
+	"GET /v1/vms/{id}/contexts":                      "ListContexts",
+	"GET /v1/vms/{id}/contexts/{contextId}":          "GetContext",
+	"DELETE /v1/vms/{id}/contexts/{contextId}":       "DeleteContext",
+	"POST /v1/vms/{id}/contexts/{contextId}/restart": "RestartContext",
+	"POST /v1/vms/{id}/files/upload":                 "Upload",
+	"GET /v1/vms/{id}/files/download":                "Download",
+	"POST /v1/vms/{id}/snapshots":                    "CreateSnapshot",
+	"GET /v1/snapshots":                              "ListSnapshots",
+	"GET /v1/snapshots/{id}":                         "GetSnapshot",
+	"DELETE /v1/snapshots/{id}":                      "DeleteSnapshot",
+	"GET /v1/images":                                 "ListImages",
+	"POST /v1/images":                                "CreateImage",
+	"GET /v1/images/{id}":                            "GetImage",
+	"DELETE /v1/images/{id}":                         "DeleteImage",
+	"POST /v1/images/{id}/set-default":               "SetDefaultImage",
+	"PUT /v1/images/{id}/kernel":                     "UploadKernel",
+	"PUT /v1/images/{id}/rootfs":                     "UploadRootfs",
+	"PUT /v1/images/{id}/initrd":                     "UploadInitrd",
+	"PUT /v1/images/{id}/bundle":                     "UploadBundle",
+	"PATCH /v1/vms/{id}/network":                     "UpdateNetwork",
+	"GET /v1/vms/{id}/peers":                         "ListPeers",
+	"PATCH /v1/vms/{id}/peers/{alias}":               "SetPeerLink",
+	"DELETE /v1/vms/{id}/peers/{alias}":              "DeletePeerLink",
+	"POST /v1/vms/{id}/peers/sync":                   "SyncPeers",
+	"GET /v1/peer-calls":                             "PeerCalls",
+	"PATCH /v1/vms/{id}/secrets":                     "SetSecrets",
+	"GET /v1/pool":                                   "Pool",
+	"POST /v1/vms/{id}/pty-tokens":                   "CreatePtyToken",
+	"GET /v1/vms/{id}/pty-sessions":                  "ListPtySessions",
+	"DELETE /v1/vms/{id}/pty-sessions/{sessionId}":   "KillPtySession",
+	"GET /v1/vms/{id}/pty":                           "TerminalURL",
+	"GET /v1/vms/{id}/exec/ws":                       "ExecSocketURL",
+}
+
+// Missing lists operations deliberately not implemented, with the reason.
+var Missing = map[string]string{}
