@@ -9,6 +9,8 @@ use anyhow::{bail, Context, Result};
 use rds_image::{BuildOptions, BuildOutput, KernelChoice};
 use serde_json::{json, Value};
 
+use crate::vm::Conn;
+
 /// `rds image ...`.
 #[derive(clap::Args)]
 pub struct ImageArgs {
@@ -20,6 +22,41 @@ pub struct ImageArgs {
 enum ImageCommand {
     /// Build the guest image (kernel, initramfs, ext4 rootfs, manifest); progress goes to stderr.
     Build(BuildArgs),
+    /// List a manager's images.
+    Ls {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Upload a kernel, root filesystem and initrd as a new image of a manager; prints its id.
+    Upload(UploadArgs),
+    /// Delete an image from a manager.
+    Rm {
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+/// Flags of `rds image upload`.
+#[derive(clap::Args)]
+pub struct UploadArgs {
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    description: Option<String>,
+    /// The guest kernel (vmlinux or bzImage).
+    #[arg(long)]
+    kernel: PathBuf,
+    /// The root filesystem (ext4).
+    #[arg(long)]
+    rootfs: PathBuf,
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Make it the manager's default image.
+    #[arg(long)]
+    set_default: bool,
+    #[command(flatten)]
+    conn: Conn,
 }
 
 /// Which kernel to ship (`--kernel`).
@@ -73,7 +110,58 @@ pub struct BuildArgs {
 pub fn run(args: ImageArgs) -> Result<()> {
     match args.command {
         ImageCommand::Build(b) => build(b),
+        ImageCommand::Ls { conn } => block_on(list(&conn)),
+        ImageCommand::Upload(u) => block_on(upload(u)),
+        ImageCommand::Rm { id, conn } => block_on(async {
+            conn.client()?.delete_image(&id).await?;
+            println!("deleted {id}");
+            Ok(())
+        }),
     }
+}
+
+fn block_on(work: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(work)
+}
+
+async fn list(conn: &Conn) -> Result<()> {
+    let images = conn.client()?.list_images().await?;
+    if conn.json {
+        println!("{}", serde_json::to_string_pretty(&images)?);
+        return Ok(());
+    }
+    for image in images {
+        let default = if image.is_default { "  (default)" } else { "" };
+        println!("{}  {}{default}", image.id, image.name);
+    }
+    Ok(())
+}
+
+async fn upload(u: UploadArgs) -> Result<()> {
+    let client = u.conn.client()?;
+    let image = client.create_image(&u.name, u.description.as_deref()).await?;
+    let parts = [("kernel", Some(&u.kernel)), ("rootfs", Some(&u.rootfs)), ("initrd", u.initrd.as_ref())];
+    let uploaded = async {
+        for (part, path) in parts {
+            let Some(path) = path else { continue };
+            let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let started = std::time::Instant::now();
+            eprintln!("rds: uploading {part} {} ({} MiB) …", path.display(), data.len() >> 20);
+            client.upload_image_part(&image.id, part, data).await.with_context(|| format!("uploading the {part}"))?;
+            eprintln!("rds: {part} uploaded in {:.1}s", started.elapsed().as_secs_f64());
+        }
+        if u.set_default {
+            client.set_default_image(&image.id).await?;
+        }
+        anyhow::Ok(())
+    };
+    if let Err(e) = uploaded.await {
+        // Nothing half-made is left behind.
+        let _ = client.delete_image(&image.id).await;
+        return Err(e);
+    }
+    println!("{}", image.id);
+    Ok(())
 }
 
 fn default_agent_bin() -> Result<PathBuf> {

@@ -8,6 +8,7 @@ mod bench_snapshots;
 mod image;
 mod serve;
 mod vm;
+mod vm_api;
 
 use clap::{Parser, Subcommand};
 
@@ -26,8 +27,13 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Build guest images (and register them with a manager).
     Image(image::ImageArgs),
-    /// Work with one VM of a running manager (RDS_URL, RDS_API_KEY).
+    /// Work with the VMs of a running manager (RDS_URL, RDS_API_KEY).
     Vm(vm::VmArgs),
+    /// Print a shell completion script: `rds completions bash > /etc/bash_completion.d/rds`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() {
@@ -37,9 +43,26 @@ fn main() {
         Command::Bench(args) => bench::run(args),
         Command::Image(args) => image::run(args),
         Command::Vm(args) => vm::run(args),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "rds",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     };
     if let Err(e) = result {
         eprintln!("rds: {e:#}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

@@ -13,12 +13,74 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[derive(clap::Args)]
 pub struct VmArgs {
+    #[command(flatten)]
+    conn: Conn,
     #[command(subcommand)]
     command: VmCommand,
 }
 
+/// How to reach the manager, and how to print: flags of every `rds vm` and `rds image` command
+/// that talks to one.
+#[derive(clap::Args, Clone)]
+pub struct Conn {
+    /// The manager's URL.
+    #[arg(long, global = true, env = "RDS_URL", default_value = "http://127.0.0.1:3000")]
+    pub url: String,
+    /// An API key of the manager.
+    #[arg(long, global = true, env = "RDS_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Print JSON (the API's objects) instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl Conn {
+    /// A client of the manager.
+    pub fn client(&self) -> anyhow::Result<rds_client::Client> {
+        let key = self.api_key.as_deref().context("an API key is needed: --api-key or RDS_API_KEY")?;
+        Ok(rds_client::Client::new(&self.url, key)?)
+    }
+}
+
 #[derive(clap::Subcommand)]
 enum VmCommand {
+    /// Create a VM; prints its id (or the VM with --json).
+    Create(crate::vm_api::CreateArgs),
+    /// List VMs.
+    Ls,
+    /// Show one VM.
+    Get { id: String },
+    /// Delete VMs.
+    Rm {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Boot a stopped VM (its workspace kept).
+    Start { id: String },
+    /// Shut a VM down, keeping its workspace.
+    Stop { id: String },
+    /// Run a shell command; its output streams, and rds exits with its status.
+    Exec(crate::vm_api::ExecArgs),
+    /// Run TypeScript, JavaScript or Python; prints the output, then the result as JSON.
+    Run(crate::vm_api::RunArgs),
+    /// Copy files: `rds vm cp ./dir VM:/workspace/dir` uploads, `rds vm cp VM:/workspace/out ./out`
+    /// downloads.
+    Cp { src: String, dst: String },
+    /// Print a VM's console log (or `--type`).
+    Logs {
+        id: String,
+        #[arg(long = "type")]
+        log_type: Option<String>,
+        #[arg(long)]
+        tail: Option<u32>,
+    },
+    /// Snapshot a VM; prints the snapshot's id (or the snapshot with --json).
+    Snapshot {
+        id: String,
+        /// Include the VM's memory (where the runtime can).
+        #[arg(long)]
+        memory: bool,
+    },
     /// An interactive shell in the VM; exits with the shell's exit status.
     Shell(ShellArgs),
 }
@@ -33,23 +95,30 @@ struct ShellArgs {
     /// Run this command in the terminal instead of a login shell.
     #[arg(long, conflicts_with = "session")]
     cmd: Option<String>,
-    /// The manager's URL.
-    #[arg(long, env = "RDS_URL", default_value = "http://127.0.0.1:3000")]
-    url: String,
-    /// An API key of the manager.
-    #[arg(long, env = "RDS_API_KEY", hide_env_values = true)]
-    api_key: String,
 }
 
 pub fn run(args: VmArgs) -> anyhow::Result<()> {
+    use crate::vm_api as api;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    match args.command {
-        VmCommand::Shell(args) => {
-            let code = runtime.block_on(shell(args))?;
-            // Leave without running destructors that could touch the terminal again.
-            std::process::exit(code);
+    let c = &args.conn;
+    let code = runtime.block_on(async {
+        match args.command {
+            VmCommand::Create(a) => api::create(c, a).await,
+            VmCommand::Ls => api::ls(c).await,
+            VmCommand::Get { id } => api::get(c, &id).await,
+            VmCommand::Rm { ids } => api::rm(c, &ids).await,
+            VmCommand::Start { id } => api::start(c, &id).await,
+            VmCommand::Stop { id } => api::stop(c, &id).await,
+            VmCommand::Exec(a) => api::exec(c, a).await,
+            VmCommand::Run(a) => api::run_code(c, a).await,
+            VmCommand::Cp { src, dst } => api::cp(c, &src, &dst).await,
+            VmCommand::Logs { id, log_type, tail } => api::logs(c, &id, log_type.as_deref(), tail).await,
+            VmCommand::Snapshot { id, memory } => api::snapshot(c, &id, memory).await,
+            VmCommand::Shell(a) => shell(c, a).await,
         }
-    }
+    })?;
+    // Leave without running destructors that could touch the terminal again.
+    std::process::exit(code);
 }
 
 /// Restores the terminal's settings when dropped.
@@ -128,18 +197,19 @@ fn pty_url(
     Ok(format!("{base}/v1/vms/{id}/pty?{}", query.finish()))
 }
 
-async fn shell(args: ShellArgs) -> anyhow::Result<i32> {
+async fn shell(conn: &Conn, args: ShellArgs) -> anyhow::Result<i32> {
     let size = terminal_size();
-    let url = pty_url(&args.url, &args.id, args.session.as_deref(), args.cmd.as_deref(), size)?;
+    let url = pty_url(&conn.url, &args.id, args.session.as_deref(), args.cmd.as_deref(), size)?;
+    let api_key = conn.api_key.as_deref().context("an API key is needed: --api-key or RDS_API_KEY")?;
     let mut request = url.as_str().into_client_request().context("building the WebSocket request")?;
-    request.headers_mut().insert("x-api-key", HeaderValue::from_str(&args.api_key).context("--api-key")?);
+    request.headers_mut().insert("x-api-key", HeaderValue::from_str(api_key).context("--api-key")?);
     let (socket, _) = match tokio_tungstenite::connect_async(request).await {
         Ok(connected) => connected,
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             let body = resp.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default().to_string();
             bail!("the manager answered {}: {body}", resp.status());
         }
-        Err(e) => return Err(e).with_context(|| format!("connecting to {}", args.url)),
+        Err(e) => return Err(e).with_context(|| format!("connecting to {}", conn.url)),
     };
     let (mut tx, mut rx) = socket.split();
     let raw = RawMode::enter()?;
