@@ -17,9 +17,9 @@ const PYTHON: &str = "/usr/bin/python3";
 #[test]
 fn the_python_sdk_suite_passes_against_a_live_manager() {
     require_sandbox!();
-    let probe = Command::new(PYTHON).args(["-c", "import httpx, pytest, pytest_asyncio"]).output();
+    let probe = Command::new(PYTHON).args(["-c", "import httpx, pytest, pytest_asyncio, websockets"]).output();
     if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        rds_testkit::skip("python3-httpx, python3-pytest or python3-pytest-asyncio is not installed (scripts/setup)");
+        rds_testkit::skip("python3-httpx, python3-pytest, python3-pytest-asyncio or python3-websockets is not installed (scripts/setup)");
         return;
     }
     let s = Server::start(&[("VM_SECRET_KEY", "0123456789abcdef0123456789abcdef-sdk-python")]);

@@ -1,8 +1,10 @@
 """The asyncio client against a live manager."""
 
+import asyncio
+
 import pytest
 
-from run_dat_sheesh import AsyncClient, AsyncSandbox, NotFoundError
+from run_dat_sheesh import AsyncClient, AsyncSandbox, BadRequestError, NotFoundError
 
 
 async def test_async_sandbox_execs_runs_and_streams(settings):
@@ -22,3 +24,36 @@ async def test_async_sandbox_execs_runs_and_streams(settings):
             vm_id = vm.id
         with pytest.raises(NotFoundError):
             await client.get_vm(vm_id)
+
+
+async def test_a_terminal_and_an_interactive_exec(settings):
+    async with AsyncClient(*settings) as client:
+        async with await AsyncSandbox.create(client=client) as vm:
+            async with client.terminal(vm.id, cols=100, rows=30) as term:
+                assert term.session_id
+                await term.send("stty size; echo TERM=$TERM\r")
+                seen = b""
+                while b"TERM=xterm-256color" not in seen:
+                    chunk = await asyncio.wait_for(term.read(), 30)
+                    assert chunk is not None, seen
+                    seen += chunk
+                assert b"30 100" in seen
+                await term.send("exit 7\r")
+                while await asyncio.wait_for(term.read(), 30) is not None:
+                    pass
+                assert term.exit_code == 7
+
+            async with client.exec_interactive(vm.id, 'while read -r l; do echo "got:$l"; done; exit 3') as proc:
+                await proc.write("one\n")
+                events = proc.events()
+                first = await asyncio.wait_for(events.__anext__(), 30)
+                assert (first.type, first.data) == ("stdout", "got:one\n")
+                await proc.write("two\n")
+                await proc.close_stdin()
+                rest = [e async for e in events]
+                assert "".join(e.data for e in rest if e.type == "stdout") == "got:two\n"
+                assert (rest[-1].type, rest[-1].exit_code) == ("exit", 3)
+
+            with pytest.raises(BadRequestError):
+                async with client.exec_interactive(vm.id, "") as proc:
+                    [e async for e in proc.events()]

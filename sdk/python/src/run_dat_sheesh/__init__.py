@@ -76,10 +76,10 @@ OPERATIONS = {
     "POST /v1/vms/{id}/pty-tokens": "create_pty_token",
     "GET /v1/vms/{id}/pty-sessions": "list_pty_sessions",
     "DELETE /v1/vms/{id}/pty-sessions/{sessionId}": "kill_pty_session",
+    "GET /v1/vms/{id}/pty": "terminal",
+    "GET /v1/vms/{id}/exec/ws": "exec_interactive",
 }
-MISSING = {
-    "GET /v1/vms/{id}/pty": "pending: an interactive terminal needs a WebSocket client (websockets); "
-    "use `rds vm shell` meanwhile",
-    "GET /v1/vms/{id}/exec/ws": "pending: exec with streamed stdin needs a WebSocket client (websockets); "
-    "exec_stream covers live output",
-}
+# Operations only AsyncClient has (WebSockets are asyncio-only in the websockets versions
+# Debian ships).
+ASYNC_ONLY = {"terminal", "exec_interactive"}
+MISSING = {}

@@ -488,6 +488,23 @@ class AsyncClient(_Operations):
                 if line.strip():
                     yield _event(line)
 
+    def terminal(self, vm_id: str, *, cmd: Optional[str] = None, cols: Optional[int] = None,
+                 rows: Optional[int] = None, session: Optional[str] = None):
+        """``GET /v1/vms/{id}/pty``: ``async with client.terminal(vm) as term:`` — a login shell
+        (or ``cmd``), or the running ``session`` re-attached (needs ``websockets``)."""
+        from ._sockets import terminal
+
+        return terminal(self.url, self._key, vm_id, cmd=cmd, cols=cols, rows=rows, session=session)
+
+    def exec_interactive(self, vm_id: str, cmd: str, *, cwd: Optional[str] = None,
+                         env: Optional[Mapping[str, str]] = None, timeout_ms: Optional[int] = None):
+        """``GET /v1/vms/{id}/exec/ws``: ``async with client.exec_interactive(vm, "cat") as p:``
+        then ``await p.write(...)``, ``await p.close_stdin()``, ``async for e in p.events()``."""
+        from ._sockets import exec_socket
+
+        request = _compact({"cmd": cmd, "cwd": cwd, "env": dict(env) if env else None, "timeoutMs": timeout_ms})
+        return exec_socket(self.url, self._key, vm_id, request)
+
     async def aclose(self) -> None:
         await self._http.aclose()
 
