@@ -469,6 +469,28 @@ func (cl *Client) SetSecrets(ctx context.Context, id string, secretEnv []string)
 	return cl.do(ctx, call{method: "PATCH", path: "/v1/vms/" + esc(id) + "/secrets", json: map[string]any{"secretEnv": secretEnv}}, nil)
 }
 
+// CreateAPIKey is POST /v1/api-keys: a new key; the answer's "key" holds it, shown this once
+// (expiresInDays 0: until revoked).
+func (cl *Client) CreateAPIKey(ctx context.Context, name string, expiresInDays int) (map[string]any, error) {
+	body := map[string]any{"name": name}
+	if expiresInDays > 0 {
+		body["expiresInDays"] = expiresInDays
+	}
+	var out map[string]any
+	return out, cl.do(ctx, call{method: "POST", path: "/v1/api-keys", json: body}, &out)
+}
+
+// ListAPIKeys is GET /v1/api-keys (never the keys themselves).
+func (cl *Client) ListAPIKeys(ctx context.Context) ([]map[string]any, error) {
+	var out []map[string]any
+	return out, cl.do(ctx, call{method: "GET", path: "/v1/api-keys", retry: true}, &out)
+}
+
+// RevokeAPIKey is DELETE /v1/api-keys/{id}: refused from the next request on.
+func (cl *Client) RevokeAPIKey(ctx context.Context, keyID string) error {
+	return cl.do(ctx, call{method: "DELETE", path: "/v1/api-keys/" + esc(keyID)}, nil)
+}
+
 // Pool is GET /v1/pool.
 func (cl *Client) Pool(ctx context.Context) (map[string]any, error) {
 	var out map[string]any

@@ -234,6 +234,18 @@ func TestARetriedExecRunsOnce(t *testing.T) {
 	}
 }
 
+func TestAPIKeysAreCreatedUsedAndRevoked(t *testing.T) {
+	ctx := context.Background()
+	c := rds.NewClient("", "")
+	created := must(c.CreateAPIKey(ctx, "go sdk test", 1))
+	holder := rds.NewClient(c.URL, created["key"].(string))
+	must(holder.ListVMs(ctx))
+	noErr(t, c.RevokeAPIKey(ctx, created["id"].(string)))
+	if _, err := holder.ListVMs(ctx); !errors.Is(err, rds.ErrUnauthorized) {
+		t.Fatalf("a revoked key: %v", err)
+	}
+}
+
 func TestEveryOperationIsCoveredOrListedMissing(t *testing.T) {
 	resp := must(http.Get(rds.NewClient("", "").URL + "/openapi.json"))
 	defer resp.Body.Close()

@@ -6,6 +6,7 @@ mod bench_peers;
 mod bench_pty;
 mod bench_snapshots;
 mod image;
+mod key;
 mod serve;
 mod vm;
 mod vm_api;
@@ -29,6 +30,8 @@ enum Command {
     Image(image::ImageArgs),
     /// Work with the VMs of a running manager (RDS_URL, RDS_API_KEY).
     Vm(vm::VmArgs),
+    /// Manage a manager's API keys (RDS_URL, RDS_API_KEY).
+    Key(key::KeyArgs),
     /// Print a shell completion script: `rds completions bash > /etc/bash_completion.d/rds`.
     Completions {
         #[arg(value_enum)]
@@ -43,6 +46,7 @@ fn main() {
         Command::Bench(args) => bench::run(args),
         Command::Image(args) => image::run(args),
         Command::Vm(args) => vm::run(args),
+        Command::Key(args) => key::run(args),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -459,6 +459,22 @@ impl Client {
         self.none(Call::new(Method::PATCH, format!("/v1/vms/{}/secrets", seg(id))).json(&body)?).await
     }
 
+    /// `POST /v1/api-keys`: a new API key; the answer holds `key`, shown this once.
+    pub async fn create_api_key(&self, name: &str, expires_in_days: Option<u32>) -> Result<Value> {
+        let body = serde_json::json!({ "name": name, "expiresInDays": expires_in_days });
+        self.json(Call::new(Method::POST, "/v1/api-keys").json(&body)?).await
+    }
+
+    /// `GET /v1/api-keys`.
+    pub async fn list_api_keys(&self) -> Result<Vec<Value>> {
+        self.json(Call::new(Method::GET, "/v1/api-keys").retry()).await
+    }
+
+    /// `DELETE /v1/api-keys/{id}`.
+    pub async fn revoke_api_key(&self, key_id: &str) -> Result<()> {
+        self.none(Call::new(Method::DELETE, format!("/v1/api-keys/{}", seg(key_id)))).await
+    }
+
     /// `GET /v1/pool`.
     pub async fn pool(&self) -> Result<Value> {
         self.json(Call::new(Method::GET, "/v1/pool").retry()).await
@@ -557,6 +573,9 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("GET /v1/peer-calls", "peer_calls"),
     ("PATCH /v1/vms/{id}/secrets", "set_secrets"),
     ("GET /v1/pool", "pool"),
+    ("POST /v1/api-keys", "create_api_key"),
+    ("GET /v1/api-keys", "list_api_keys"),
+    ("DELETE /v1/api-keys/{id}", "revoke_api_key"),
     ("POST /v1/vms/{id}/pty-tokens", "create_pty_token"),
     ("GET /v1/vms/{id}/pty-sessions", "list_pty_sessions"),
     ("DELETE /v1/vms/{id}/pty-sessions/{sessionId}", "kill_pty_session"),
@@ -618,6 +637,9 @@ mod tests {
             kill_pty_session,
             terminal_url,
             exec_socket_url,
+            create_api_key,
+            list_api_keys,
+            revoke_api_key,
         );
         for (op, method) in OPERATIONS {
             assert!(known.contains(method), "{op}: {method} is not a method");

@@ -15,7 +15,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
     info(title = "run-dat-sheesh manager API", description = "Run untrusted code in VMs (or, on the sandbox runtime, Linux namespaces)."),
     modifiers(&ApiKeyAuth),
     security(("ApiKeyAuth" = [])),
-    tags((name = "vms"), (name = "exec"), (name = "files"), (name = "health"), (name = "peers"), (name = "images"), (name = "snapshots"), (name = "terminals"))
+    tags((name = "vms"), (name = "exec"), (name = "files"), (name = "health"), (name = "peers"), (name = "images"), (name = "snapshots"), (name = "terminals"), (name = "api-keys"))
 )]
 pub struct ApiDoc;
 

@@ -47,6 +47,7 @@ macro_rules! conformance_tests {
             finish_vm_delete_tombstones_and_frees_everything_once,
             exec_logs_are_newest_first_with_has_more,
             revoked_and_expired_keys_are_not_active,
+            keys_are_listed_revoked_one_by_one_and_touched,
             peer_links_upsert_sync_list_and_delete,
             put_peer_link_limits_only_new_links,
             peer_calls_are_listed_for_consumer_and_provider,
@@ -382,6 +383,7 @@ pub async fn revoked_and_expired_keys_are_not_active(f: &impl StoreFactory) {
         created_at: 1,
         expires_at,
         revoked_at: None,
+        last_used_at: None,
     };
     s.insert_api_key(&key("live", None)).await.unwrap();
     s.insert_api_key(&key("later", Some(500))).await.unwrap();
@@ -393,6 +395,33 @@ pub async fn revoked_and_expired_keys_are_not_active(f: &impl StoreFactory) {
     assert_eq!(s.revoke_all_api_keys(100).await.unwrap(), 3);
     assert!(s.active_api_keys(100).await.unwrap().is_empty());
     assert_eq!(s.revoke_all_api_keys(101).await.unwrap(), 0);
+}
+
+/// API keys one by one: listed with revoked ones, revoked once, their last use recorded.
+pub async fn keys_are_listed_revoked_one_by_one_and_touched(f: &impl StoreFactory) {
+    let s = f.fresh().await;
+    for (id, created_at) in [("a", 1), ("b", 2)] {
+        let k = ApiKeyRecord {
+            id: id.into(),
+            name: format!("key {id}"),
+            prefix: "rds_y".into(),
+            hash: format!("hash-{id}"),
+            created_at,
+            expires_at: None,
+            revoked_at: None,
+            last_used_at: None,
+        };
+        s.insert_api_key(&k).await.unwrap();
+    }
+    s.touch_api_key("a", 40).await.unwrap();
+    s.revoke_api_key("b", 50).await.unwrap();
+    assert!(matches!(s.revoke_api_key("b", 60).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(s.revoke_api_key("nope", 60).await, Err(StoreError::NotFound(_))));
+    let all = s.list_api_keys().await.unwrap();
+    let seen: Vec<_> = all.iter().map(|k| (k.id.as_str(), k.revoked_at, k.last_used_at)).collect();
+    assert_eq!(seen, [("b", Some(50), None), ("a", None, Some(40))]);
+    let active: Vec<_> = s.active_api_keys(100).await.unwrap().into_iter().map(|k| k.id).collect();
+    assert_eq!(active, ["a"]);
 }
 
 /// Links: upsert replaces, sync is recorded, list is by alias, delete says whether it removed.

@@ -188,6 +188,12 @@ pub trait Store: Send + Sync + 'static {
     async fn active_api_keys(&self, now_ms: i64) -> StoreResult<Vec<ApiKeyRecord>>;
     /// Revokes every active key; returns how many were revoked.
     async fn revoke_all_api_keys(&self, now_ms: i64) -> StoreResult<u64>;
+    /// Every key, revoked and expired ones included, newest first.
+    async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>>;
+    /// Revokes one key; `NotFound` if no such key is active (unknown or already revoked).
+    async fn revoke_api_key(&self, id: &str, now_ms: i64) -> StoreResult<()>;
+    /// Records that key `id` was used at `now_ms`.
+    async fn touch_api_key(&self, id: &str, now_ms: i64) -> StoreResult<()>;
 
     /// Stores (or clears) a VM's sealed `secretEnv` and its key names; `NotFound` if no such VM.
     async fn set_vm_secrets(&self, id: &str, sealed: Option<&[u8]>, keys: &[String]) -> StoreResult<()>;

@@ -134,6 +134,10 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX snapshots_created_idx ON snapshots (created_at);
     "#,
+    // API keys managed through the API: when each was last used.
+    r#"
+    ALTER TABLE api_keys ADD COLUMN last_used_at INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.

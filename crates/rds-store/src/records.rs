@@ -157,6 +157,8 @@ pub struct ApiKeyRecord {
     pub created_at: i64,
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    /// When a request last used it (recorded at most about once a minute).
+    pub last_used_at: Option<i64>,
 }
 
 /// A consumer's link to a provider under an alias.

@@ -238,6 +238,21 @@ fn vm_not_found(id: &str) -> Fail {
 }
 
 /// Errs with `NotFound` when an UPDATE by id touched nothing.
+const API_KEY_COLUMNS: &str = "id, name, prefix, hash, created_at, expires_at, revoked_at, last_used_at";
+
+fn api_key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKeyRecord> {
+    Ok(ApiKeyRecord {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        prefix: r.get(2)?,
+        hash: r.get(3)?,
+        created_at: r.get(4)?,
+        expires_at: r.get(5)?,
+        revoked_at: r.get(6)?,
+        last_used_at: r.get(7)?,
+    })
+}
+
 fn touched(n: usize, what: impl FnOnce() -> Fail) -> Res<()> {
     if n == 0 {
         Err(what())
@@ -609,8 +624,8 @@ impl Store for SqliteStore {
         let k = k.clone();
         self.run("insert_api_key", move |c| {
             c.execute(
-                "INSERT INTO api_keys (id, name, prefix, hash, created_at, expires_at, revoked_at) VALUES (?1,?2,?3,?4,?5,?6,?7)",
-                params![k.id, k.name, k.prefix, k.hash, k.created_at, k.expires_at, k.revoked_at],
+                &format!("INSERT INTO api_keys ({API_KEY_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)"),
+                params![k.id, k.name, k.prefix, k.hash, k.created_at, k.expires_at, k.revoked_at, k.last_used_at],
             )?;
             Ok(())
         })
@@ -619,23 +634,11 @@ impl Store for SqliteStore {
 
     async fn active_api_keys(&self, now: i64) -> StoreResult<Vec<ApiKeyRecord>> {
         self.run("active_api_keys", move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, name, prefix, hash, created_at, expires_at, revoked_at FROM api_keys \
-                 WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?1) ORDER BY created_at, id",
-            )?;
-            let rows = stmt
-                .query_map([now], |r| {
-                    Ok(ApiKeyRecord {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                        prefix: r.get(2)?,
-                        hash: r.get(3)?,
-                        created_at: r.get(4)?,
-                        expires_at: r.get(5)?,
-                        revoked_at: r.get(6)?,
-                    })
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {API_KEY_COLUMNS} FROM api_keys \
+                 WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?1) ORDER BY created_at, id"
+            ))?;
+            let rows = stmt.query_map([now], api_key_row)?.collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })
         .await
@@ -645,6 +648,37 @@ impl Store for SqliteStore {
         self.run("revoke_all_api_keys", move |c| {
             let n = c.execute("UPDATE api_keys SET revoked_at = ?1 WHERE revoked_at IS NULL", [now])?;
             Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>> {
+        self.run("list_api_keys", move |c| {
+            let mut stmt =
+                c.prepare_cached(&format!("SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY created_at DESC, id"))?;
+            let rows = stmt.query_map([], api_key_row)?.collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn revoke_api_key(&self, id: &str, now: i64) -> StoreResult<()> {
+        let id = id.to_owned();
+        self.run("revoke_api_key", move |c| {
+            let n = c.execute(
+                "UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
+                params![now, id],
+            )?;
+            touched(n, || Fail::Store(StoreError::NotFound(format!("active API key {id}"))))
+        })
+        .await
+    }
+
+    async fn touch_api_key(&self, id: &str, now: i64) -> StoreResult<()> {
+        let id = id.to_owned();
+        self.run("touch_api_key", move |c| {
+            c.execute("UPDATE api_keys SET last_used_at = ?1 WHERE id = ?2", params![now, id])?;
+            Ok(())
         })
         .await
     }

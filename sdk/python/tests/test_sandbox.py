@@ -150,3 +150,13 @@ def test_a_retried_exec_runs_once(client, settings):
         assert r.stdout.strip() == "1"
         assert len(transport.exec_bodies) == 2 and transport.exec_bodies[0] == transport.exec_bodies[1]
         assert vm.exec("cat /workspace/count").stdout == "ran\n"
+
+
+def test_api_keys_are_created_used_and_revoked(client, settings):
+    created = client.create_api_key("sdk test", expires_in_days=1)
+    with Client(settings[0], created["key"]) as holder:
+        assert isinstance(holder.list_vms(), list)
+        assert any(k["id"] == created["id"] for k in client.list_api_keys())
+        client.revoke_api_key(created["id"])
+        with pytest.raises(AuthenticationError):
+            holder.list_vms()

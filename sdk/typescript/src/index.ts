@@ -523,6 +523,16 @@ export class RdsClient {
   setSecrets(id: string, secrets: Record<string, string> | string[]): Promise<void> {
     return this.#none({ method: "PATCH", path: `/v1/vms/${enc(id)}/secrets`, json: { secretEnv: secretEnv(secrets) } });
   }
+  /** A new API key; `key` holds it, shown this once. */
+  createApiKey(name: string, options: { expiresInDays?: number } = {}): Promise<Record<string, unknown> & { id: string; key: string }> {
+    return this.#json({ method: "POST", path: "/v1/api-keys", json: { name, ...options } });
+  }
+  listApiKeys(): Promise<Array<Record<string, unknown>>> {
+    return this.#json({ method: "GET", path: "/v1/api-keys", retry: true });
+  }
+  revokeApiKey(keyId: string): Promise<void> {
+    return this.#none({ method: "DELETE", path: `/v1/api-keys/${enc(keyId)}` });
+  }
   pool(): Promise<Record<string, unknown>> {
     return this.#json({ method: "GET", path: "/v1/pool", retry: true });
   }
@@ -698,6 +708,9 @@ export const OPERATIONS: Record<string, keyof RdsClient> = {
   "GET /v1/peer-calls": "peerCalls",
   "PATCH /v1/vms/{id}/secrets": "setSecrets",
   "GET /v1/pool": "pool",
+  "POST /v1/api-keys": "createApiKey",
+  "GET /v1/api-keys": "listApiKeys",
+  "DELETE /v1/api-keys/{id}": "revokeApiKey",
   "POST /v1/vms/{id}/pty-tokens": "createPtyToken",
   "GET /v1/vms/{id}/pty-sessions": "listPtySessions",
   "DELETE /v1/vms/{id}/pty-sessions/{sessionId}": "killPtySession",

@@ -169,6 +169,15 @@ test("a terminal over the platform WebSocket with a single-use token", async () 
   assert.equal(exit.exitCode, 7);
 });
 
+test("API keys are created, used and revoked", async () => {
+  const created = await client.createApiKey("ts sdk test", { expiresInDays: 1 });
+  const holder = new RdsClient({ url, apiKey: created.key });
+  assert.ok(Array.isArray(await holder.listVms()));
+  assert.ok((await client.listApiKeys()).some((k) => k.id === created.id));
+  await client.revokeApiKey(created.id);
+  await assert.rejects(holder.listVms(), AuthenticationError);
+});
+
 test("every operation of /openapi.json is implemented or listed as missing", async () => {
   const spec = await (await fetch(`${url}/openapi.json`)).json();
   const ops = Object.entries(spec.paths as Record<string, object>).flatMap(([path, item]) =>

@@ -4,6 +4,7 @@
 //! at that method and path and adds the operation to the OpenAPI document, so the two cannot
 //! disagree. Handlers of one path are registered together (a `routes!` call serves one path).
 
+pub mod api_keys;
 pub mod contexts;
 pub mod exec;
 pub mod files;
@@ -28,6 +29,8 @@ use crate::{auth, ApiError, AppState};
 /// The routes behind `X-API-Key`.
 fn protected_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::default()
+        .routes(routes!(api_keys::create, api_keys::list))
+        .routes(routes!(api_keys::revoke))
         .routes(routes!(vms::create, vms::list))
         .routes(routes!(vms::get, vms::delete))
         .routes(routes!(vms::start))

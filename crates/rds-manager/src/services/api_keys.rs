@@ -4,7 +4,11 @@
 use rand::RngCore;
 use rds_store::{now_ms, ApiKeyRecord, Store, StoreResult};
 
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
 use crate::auth::{hash_key, ApiKeyRing};
+use crate::{ApiError, AppState};
 
 /// What `rds serve` should tell the operator about keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,16 +47,130 @@ pub async fn ensure_keys(
                 created_at: now,
                 expires_at: None,
                 revoked_at: None,
+                last_used_at: None,
             })
             .await?;
         notice = KeyNotice::Generated(key);
     }
-    let mut hashes: Vec<_> =
-        store.active_api_keys(now).await?.iter().filter_map(|k| hex::decode(&k.hash).ok()?.try_into().ok()).collect();
-    if let Some(k) = env_key {
-        hashes.push(hash_key(k));
+    let ring = ApiKeyRing::default();
+    for k in store.active_api_keys(now).await? {
+        if let Some(hash) = hex::decode(&k.hash).ok().and_then(|h| h.try_into().ok()) {
+            ring.add(hash, Some(k.id), k.expires_at);
+        }
     }
-    Ok((ApiKeyRing::new(hashes), notice))
+    if let Some(k) = env_key {
+        ring.add(hash_key(k), None, None);
+    }
+    Ok((ring, notice))
+}
+
+/// Most keys active at once (beyond it a create is a 409).
+pub const MAX_ACTIVE_KEYS: usize = 256;
+/// Longest lifetime a key may be given.
+pub const MAX_EXPIRES_IN_DAYS: u32 = 3650;
+
+/// A managed key as the API shows it (never its hash).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyView {
+    pub id: String,
+    pub name: String,
+    /// Its first characters, to recognise it.
+    pub prefix: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    /// Last request it authenticated (recorded about once a minute).
+    pub last_used_at: Option<i64>,
+}
+
+impl From<ApiKeyRecord> for ApiKeyView {
+    fn from(k: ApiKeyRecord) -> Self {
+        ApiKeyView {
+            id: k.id,
+            name: k.name,
+            prefix: k.prefix,
+            created_at: k.created_at,
+            expires_at: k.expires_at,
+            revoked_at: k.revoked_at,
+            last_used_at: k.last_used_at,
+        }
+    }
+}
+
+/// `POST /v1/api-keys` body.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateApiKeyRequest {
+    /// What the key is for (1–64 characters).
+    #[schema(min_length = 1, max_length = 64)]
+    pub name: String,
+    /// Days until it stops working (1–3650); none: until revoked.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 3650)]
+    pub expires_in_days: Option<u32>,
+}
+
+/// A key just created: the only time `key` itself is shown.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedApiKey {
+    #[serde(flatten)]
+    pub view: ApiKeyView,
+    /// The key: send it as `X-API-Key`. Only its hash is kept; it cannot be shown again.
+    pub key: String,
+}
+
+/// Creates a key, stores its hash and accepts it from now on.
+pub async fn create(state: &AppState, req: CreateApiKeyRequest) -> Result<CreatedApiKey, ApiError> {
+    let name = req.name.trim();
+    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest("invalid field `name`: 1 to 64 characters, no control characters".into()));
+    }
+    let now = now_ms();
+    let expires_at = match req.expires_in_days {
+        Some(d) if d == 0 || d > MAX_EXPIRES_IN_DAYS => {
+            return Err(ApiError::BadRequest(format!(
+                "invalid field `expiresInDays`: must be from 1 to {MAX_EXPIRES_IN_DAYS}"
+            )))
+        }
+        Some(d) => Some(now + i64::from(d) * 86_400_000),
+        None => None,
+    };
+    if state.store.active_api_keys(now).await?.len() >= MAX_ACTIVE_KEYS {
+        return Err(ApiError::Conflict(format!("{MAX_ACTIVE_KEYS} keys are active; revoke one first")));
+    }
+    let key = generate_key();
+    let hash = hash_key(&key);
+    let record = ApiKeyRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        name: name.to_string(),
+        prefix: key.chars().take(8).collect(),
+        hash: hex::encode(hash),
+        created_at: now,
+        expires_at,
+        revoked_at: None,
+        last_used_at: None,
+    };
+    state.store.insert_api_key(&record).await?;
+    state.keys.add(hash, Some(record.id.clone()), expires_at);
+    Ok(CreatedApiKey { view: record.into(), key })
+}
+
+/// Every stored key, newest first (`API_KEY` from the environment is not one).
+pub async fn list(state: &AppState) -> Result<Vec<ApiKeyView>, ApiError> {
+    Ok(state.store.list_api_keys().await?.into_iter().map(ApiKeyView::from).collect())
+}
+
+/// Revokes a stored key: refused from the next request on.
+pub async fn revoke(state: &AppState, id: &str) -> Result<(), ApiError> {
+    state.store.revoke_api_key(id, now_ms()).await.map_err(|e| match e {
+        rds_store::StoreError::NotFound(_) => ApiError::NotFound(format!("no active API key `{id}`")),
+        other => other.into(),
+    })?;
+    state.keys.remove(id);
+    Ok(())
 }
 
 /// A new key: `rds_` + 32 random bytes, base64url.

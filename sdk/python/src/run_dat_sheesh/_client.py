@@ -354,6 +354,19 @@ class _Operations:
         """``PATCH /v1/vms/{id}/secrets``: replaces a provider's secrets."""
         return self._call(_Call("PATCH", f"/v1/vms/{vm_id}/secrets", json={"secretEnv": _secret_env(secret_env)}))
 
+    # API keys
+    def create_api_key(self, name: str, *, expires_in_days: Optional[int] = None) -> Dict[str, Any]:
+        """``POST /v1/api-keys``: a new key; ``["key"]`` holds it, shown this once."""
+        return self._call(_Call("POST", "/v1/api-keys", json=_compact({"name": name, "expiresInDays": expires_in_days})))
+
+    def list_api_keys(self) -> List[Dict[str, Any]]:
+        """``GET /v1/api-keys``: the stored keys (never the keys themselves)."""
+        return self._call(_Call("GET", "/v1/api-keys", retry=True))
+
+    def revoke_api_key(self, key_id: str) -> None:
+        """``DELETE /v1/api-keys/{id}``: refused from the next request on."""
+        return self._call(_Call("DELETE", f"/v1/api-keys/{key_id}"))
+
     # Warm pool
     def pool(self) -> Dict[str, Any]:
         """``GET /v1/pool``."""
