@@ -147,7 +147,11 @@ async fn upload(u: UploadArgs) -> Result<()> {
             let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             let started = std::time::Instant::now();
             eprintln!("rds: uploading {part} {} ({} MiB) …", path.display(), data.len() >> 20);
-            client.upload_image_part(&image.id, part, data).await.with_context(|| format!("uploading the {part}"))?;
+            let progress = crate::progress::bar(format!("{part:>6}"));
+            client
+                .upload_image_part_reporting(&image.id, part, data, progress)
+                .await
+                .with_context(|| format!("uploading the {part}"))?;
             eprintln!("rds: {part} uploaded in {:.1}s", started.elapsed().as_secs_f64());
         }
         if u.set_default {

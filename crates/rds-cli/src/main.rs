@@ -7,6 +7,7 @@ mod bench_pty;
 mod bench_snapshots;
 mod image;
 mod key;
+mod progress;
 mod serve;
 mod vm;
 mod vm_api;

@@ -299,7 +299,8 @@ async fn upload(client: &Client, vm: &str, local: &Path, dest: &str) -> Result<u
     if !local.exists() {
         bail!("{} does not exist", local.display());
     }
-    Ok(client.upload_path(vm, local, dest).await?)
+    let progress = crate::progress::bar(format!("uploading {}", local.display()));
+    Ok(client.upload_path_reporting(vm, local, dest, progress).await?)
 }
 
 fn human(bytes: u64) -> String {

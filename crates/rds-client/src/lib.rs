@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client as HttpClient};
 use hyper_util::rt::TokioExecutor;
@@ -68,9 +69,33 @@ type Result<T> = std::result::Result<T, Error>;
 pub struct Client {
     url: String,
     key: String,
-    http: HttpClient<HttpConnector, Full<Bytes>>,
+    http: HttpClient<HttpConnector, ReqBody>,
     /// Retries of calls safe to repeat (GETs, exec and runs with their execId).
     pub retries: u32,
+}
+
+type ReqBody = BoxBody<Bytes, std::convert::Infallible>;
+
+/// Told how many bytes of an upload were sent, of how many.
+pub type Progress = std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// Bytes sent per progress report.
+const PROGRESS_CHUNK: usize = 256 << 10;
+
+/// `bytes` as a body that reports to `progress` as the transport takes each chunk.
+fn reporting_body(bytes: Bytes, progress: Progress) -> ReqBody {
+    let total = bytes.len() as u64;
+    let chunks: Vec<Bytes> = (0..bytes.len())
+        .step_by(PROGRESS_CHUNK)
+        .map(|at| bytes.slice(at..(at + PROGRESS_CHUNK).min(bytes.len())))
+        .collect();
+    let mut sent = 0u64;
+    let frames = futures_util::stream::iter(chunks.into_iter().map(move |chunk| {
+        sent += chunk.len() as u64;
+        progress(sent, total);
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(chunk))
+    }));
+    BoxBody::new(http_body_util::StreamBody::new(frames))
 }
 
 /// One request, described.
@@ -81,11 +106,12 @@ struct Call<'a> {
     body: Option<(Bytes, &'static str)>,
     accept: Option<&'static str>,
     retry: bool,
+    progress: Option<Progress>,
 }
 
 impl<'a> Call<'a> {
     fn new(method: Method, path: impl Into<String>) -> Self {
-        Call { method, path: path.into(), query: Vec::new(), body: None, accept: None, retry: false }
+        Call { method, path: path.into(), query: Vec::new(), body: None, accept: None, retry: false, progress: None }
     }
     fn json(mut self, value: &impl Serialize) -> Result<Self> {
         let bytes = serde_json::to_vec(value).map_err(|e| Error::Local(e.to_string()))?;
@@ -157,7 +183,11 @@ impl Client {
                 req = req.header(header::ACCEPT, accept);
             }
             let body = call.body.as_ref().map(|(b, _)| b.clone()).unwrap_or_default();
-            let req = req.body(Full::new(body)).map_err(|e| Error::Local(e.to_string()))?;
+            let body = match &call.progress {
+                Some(progress) => reporting_body(body, progress.clone()),
+                None => BoxBody::new(Full::new(body)),
+            };
+            let req = req.body(body).map_err(|e| Error::Local(e.to_string()))?;
             match self.http.request(req).await {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp) => return Err(api_error(resp).await),
@@ -324,8 +354,20 @@ impl Client {
 
     /// `POST /v1/vms/{id}/files/upload`: unpacks a tar.gz under `dest` (in the workspace).
     pub async fn upload(&self, id: &str, archive: Vec<u8>, dest: &str) -> Result<()> {
+        self.upload_reporting(id, archive, dest, None).await
+    }
+
+    /// [`Client::upload`], telling `progress` how much was sent as it goes.
+    pub async fn upload_reporting(
+        &self,
+        id: &str,
+        archive: Vec<u8>,
+        dest: &str,
+        progress: Option<Progress>,
+    ) -> Result<()> {
         let mut call = Call::new(Method::POST, format!("/v1/vms/{}/files/upload", seg(id))).query("dest", Some(dest));
         call.body = Some((archive.into(), "application/gzip"));
+        call.progress = progress;
         self.none(call).await
     }
 
@@ -337,8 +379,19 @@ impl Client {
         .await
     }
 
-    /// Uploads a local file or directory's contents into `dest`.
+    /// Uploads a local file or directory's contents into `dest`; the bytes sent (compressed).
     pub async fn upload_path(&self, id: &str, local: &std::path::Path, dest: &str) -> Result<u64> {
+        self.upload_path_reporting(id, local, dest, None).await
+    }
+
+    /// [`Client::upload_path`], telling `progress` how much was sent as it goes.
+    pub async fn upload_path_reporting(
+        &self,
+        id: &str,
+        local: &std::path::Path,
+        dest: &str,
+        progress: Option<Progress>,
+    ) -> Result<u64> {
         let archive = if local.is_dir() {
             files::pack_dir(local)?
         } else {
@@ -352,7 +405,7 @@ impl Client {
             )?
         };
         let size = archive.len() as u64;
-        self.upload(id, archive, dest).await?;
+        self.upload_reporting(id, archive, dest, progress).await?;
         Ok(size)
     }
 
@@ -410,9 +463,21 @@ impl Client {
 
     /// `PUT /v1/images/{id}/{kernel|rootfs|initrd|bundle}`.
     pub async fn upload_image_part(&self, image_id: &str, part: &str, data: Vec<u8>) -> Result<Image> {
+        self.upload_image_part_reporting(image_id, part, data, None).await
+    }
+
+    /// [`Client::upload_image_part`], telling `progress` how much was sent as it goes.
+    pub async fn upload_image_part_reporting(
+        &self,
+        image_id: &str,
+        part: &str,
+        data: Vec<u8>,
+        progress: Option<Progress>,
+    ) -> Result<Image> {
         let content_type = if part == "bundle" { "application/gzip" } else { "application/octet-stream" };
         let mut call = Call::new(Method::PUT, format!("/v1/images/{}/{}", seg(image_id), seg(part)));
         call.body = Some((data.into(), content_type));
+        call.progress = progress;
         self.json(call).await
     }
 
