@@ -20,7 +20,7 @@ const vmId = (operations: string[]) => ({
   type: "string" as const,
   default: "",
   required: true,
-  description: "The VM, e.g. from a Create VM step: {{ $json.id }}",
+  description: "The VM's ID, for example the ID a Create VM step returned",
   displayOptions: { show: { operation: operations } },
 });
 
@@ -29,7 +29,7 @@ export class RunDatSheesh implements INodeType {
   description: INodeTypeDescription = {
     displayName: "Run Dat Sheesh",
     name: "runDatSheesh",
-    icon: "file:rds.svg",
+    icon: { light: "file:rds.svg", dark: "file:rds.dark.svg" },
     group: ["transform"],
     version: 1,
     subtitle: '={{$parameter["operation"]}}',
@@ -46,14 +46,14 @@ export class RunDatSheesh implements INodeType {
         noDataExpression: true,
         default: "exec",
         options: [
+          { name: "Create Code Context", value: "createContext", action: "Create a code context" },
+          { name: "Create Snapshot", value: "snapshot", action: "Snapshot a VM" },
           { name: "Create VM", value: "createVm", action: "Create a VM" },
           { name: "Delete VM", value: "deleteVm", action: "Delete a VM" },
-          { name: "Execute Command", value: "exec", action: "Execute a shell command" },
-          { name: "Run Code", value: "runCode", action: "Run TypeScript, JavaScript or Python" },
-          { name: "Create Code Context", value: "createContext", action: "Create a code context" },
-          { name: "Upload File", value: "uploadFile", action: "Upload a file into a VM" },
           { name: "Download File", value: "downloadFile", action: "Download a file from a VM" },
-          { name: "Create Snapshot", value: "snapshot", action: "Snapshot a VM" },
+          { name: "Execute Command", value: "exec", action: "Execute a shell command" },
+          { name: "Run Code", value: "runCode", action: "Run code in a VM" },
+          { name: "Upload File", value: "uploadFile", action: "Upload a file into a VM" },
         ],
       },
       { displayName: "CPUs", name: "cpu", type: "number", default: 1, displayOptions: { show: { operation: ["createVm"] } } },
@@ -118,7 +118,7 @@ export class RunDatSheesh implements INodeType {
         displayOptions: { show: { operation: ["runCode"] } },
       },
       {
-        displayName: "Timeout (ms)",
+        displayName: 'Timeout (Ms)',
         name: "timeoutMs",
         type: "number",
         default: 0,
@@ -141,6 +141,7 @@ export class RunDatSheesh implements INodeType {
         displayOptions: { show: { operation: ["uploadFile", "downloadFile"] } },
       },
     ],
+		usableAsTool: true,
   };
 
   async execute(this: IExecuteFunctions): Promise<INodeExecutionData[][]> {
@@ -243,7 +244,11 @@ export class RunDatSheesh implements INodeType {
           out.push({ json: { error: (error as Error).message }, pairedItem: { item: i } });
           continue;
         }
-        throw error;
+        const failure =
+          error instanceof NodeApiError || error instanceof NodeOperationError
+            ? error
+            : new NodeOperationError(this.getNode(), error as Error, { itemIndex: i });
+        throw failure;
       }
     }
     return [out];
