@@ -95,7 +95,7 @@ fn quotas_answer_429_naming_the_limit() {
 #[test]
 fn rate_limiter_answers_429_with_retry_after() {
     require_sandbox!();
-    let s = Server::start(&[("RATE_LIMIT_PER_MIN", "5")]);
+    let s = Server::start(&[("RATE_LIMIT_PER_MIN", "5"), ("RATE_LIMIT_CLIENT_SHARE_PERCENT", "100")]);
     let mut statuses = vec![];
     let mut retry_after = None;
     for _ in 0..8 {
@@ -113,6 +113,41 @@ fn rate_limiter_answers_429_with_retry_after() {
     assert!(retry_after.as_deref().and_then(|v| v.parse::<u64>().ok()).is_some_and(|v| v >= 1), "{retry_after:?}");
     // Health is public and never limited.
     assert_eq!(s.call("GET", "/v1/health", None).0, 200);
+}
+
+/// `GET /v1/vms` with the server's key from the local address `source`: the status and body.
+fn list_from(s: &Server, source: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        let mut stream = socket.connect(format!("127.0.0.1:{}", s.port).parse().unwrap()).await.unwrap();
+        let request = format!("GET /v1/vms HTTP/1.1\r\nHost: rds\r\nX-API-Key: {}\r\nConnection: close\r\n\r\n", s.key);
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        (answer[9..12].parse().unwrap(), answer)
+    })
+}
+
+#[test]
+fn one_client_in_a_tight_loop_cannot_starve_the_others_sharing_its_key() {
+    require_sandbox!();
+    // The default share: one address may use half of each of a key's budgets.
+    let s = Server::start(&[("RATE_LIMIT_PER_MIN", "6")]);
+    let hog: Vec<u16> = (0..20).map(|_| list_from(&s, "127.0.0.1").0).collect();
+    assert_eq!(&hog[..3], &[200; 3], "{hog:?}");
+    assert!(hog[3..].iter().all(|&st| st == 429), "{hog:?}");
+    let (_, refused) = list_from(&s, "127.0.0.1");
+    assert!(refused.contains("RATE_LIMIT_CLIENT_SHARE_PERCENT=50"), "{refused}");
+    // Another caller with the same key still gets its share, despite the hog's 17 refusals.
+    let other: Vec<u16> = (0..3).map(|_| list_from(&s, "127.0.0.2").0).collect();
+    assert_eq!(other, [200; 3]);
+    // The key's own budget still bounds everyone together.
+    let (st, body) = list_from(&s, "127.0.0.3");
+    assert_eq!(st, 429, "{body}");
+    assert!(body.contains("RATE_LIMIT_PER_MIN=6"), "{body}");
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! `X-API-Key` authentication and per-key rate limiting for `/v1` routes.
 
-use axum::extract::{MatchedPath, Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -122,7 +124,8 @@ pub async fn require_api_key(State(state): State<AppState>, req: Request, next: 
         });
     }
     let route = req.extensions().get::<MatchedPath>().and_then(|p| Route::of(req.method(), p.as_str()));
-    let allowance = state.limiter.check(&verified.hash, route)?;
+    let client = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let allowance = state.limiter.check(&verified.hash, route, client)?;
     let mut resp = next.run(req).await;
     if let Some(a) = allowance {
         a.write(resp.headers_mut());

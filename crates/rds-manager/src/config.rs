@@ -122,6 +122,9 @@ pub struct RateLimits {
     pub upload: u32,
     /// `RATE_LIMIT_DOWNLOAD_PER_MIN` (60): `files/download`.
     pub download: u32,
+    /// `RATE_LIMIT_CLIENT_SHARE_PERCENT` (50): the part of each of a key's budgets one client
+    /// address may use, so one caller cannot starve the others sharing a key (100: no cap).
+    pub client_share_percent: u32,
 }
 
 impl RateLimits {
@@ -134,6 +137,15 @@ impl RateLimits {
             run: per_min("RATE_LIMIT_RUN_PER_MIN", 60)?,
             upload: per_min("RATE_LIMIT_UPLOAD_PER_MIN", 30)?,
             download: per_min("RATE_LIMIT_DOWNLOAD_PER_MIN", 60)?,
+            client_share_percent: match parse(get, "RATE_LIMIT_CLIENT_SHARE_PERCENT", 50, "an integer from 1 to 100")? {
+                p @ 1..=100 => p,
+                _ => {
+                    return Err(ConfigError {
+                        var: "RATE_LIMIT_CLIENT_SHARE_PERCENT",
+                        message: "must be from 1 to 100 (100: no per-client cap)".into(),
+                    })
+                }
+            },
         })
     }
 }
@@ -500,7 +512,15 @@ mod tests {
     #[test]
     fn rate_and_body_limits_default_to_the_originals_and_are_configurable() {
         let c = cfg(&[]).unwrap();
-        let original = RateLimits { global: 120, create: 30, exec: 300, run: 60, upload: 30, download: 60 };
+        let original = RateLimits {
+            global: 120,
+            create: 30,
+            exec: 300,
+            run: 60,
+            upload: 30,
+            download: 60,
+            client_share_percent: 50,
+        };
         assert_eq!(c.rate_limits, original);
         assert_eq!((c.max_json_body_bytes, c.max_exec_body_bytes, c.max_upload_bytes), (64 << 10, 1 << 20, 10 << 20));
         let c = cfg(&[
@@ -513,7 +533,10 @@ mod tests {
             ("MAX_EXEC_BODY_BYTES", "2048"),
         ])
         .unwrap();
-        assert_eq!(c.rate_limits, RateLimits { global: 0, create: 1, exec: 2, run: 3, upload: 4, download: 5 });
+        assert_eq!(
+            c.rate_limits,
+            RateLimits { global: 0, create: 1, exec: 2, run: 3, upload: 4, download: 5, client_share_percent: 50 }
+        );
         assert_eq!(c.max_exec_body_bytes, 2048);
         for var in ["RATE_LIMIT_RUN_PER_MIN", "RATE_LIMIT_DOWNLOAD_PER_MIN"] {
             assert_eq!(cfg(&[(var, "-1")]).unwrap_err().var, var);

@@ -42,8 +42,9 @@ pub enum ApiError {
     /// 429: a quota (VM count, cpu, memory) is exhausted.
     #[error("{0}")]
     Quota(String),
-    /// 429: the request rate of the API key (or peer link) is exhausted.
-    #[error("rate limit exceeded ({setting}={limit} per minute); retry in {retry_after_secs} s")]
+    /// 429: the request rate of the API key (or peer link, or one client address's share of a
+    /// key's budget) is exhausted.
+    #[error("rate limit exceeded ({}); retry in {retry_after_secs} s", budget_text(setting, *limit, *client_share))]
     RateLimited {
         /// Seconds until a request will be accepted again.
         retry_after_secs: u64,
@@ -53,6 +54,8 @@ pub enum ApiError {
         setting: &'static str,
         /// Seconds until the whole budget is available again.
         reset_secs: u64,
+        /// Set when it was one client address's share of the budget (its percentage).
+        client_share: Option<u32>,
     },
     /// 501: the runtime (or the guest) cannot do this.
     #[error("{message}")]
@@ -319,6 +322,17 @@ pub async fn report_errors(expose: bool, req: Request, next: Next) -> Response {
         resp = Response::from_parts(parts, axum::body::Body::from(body));
     }
     resp
+}
+
+/// What a 429 says about the budget it hit.
+fn budget_text(setting: &str, limit: u32, client_share: Option<u32>) -> String {
+    match client_share {
+        None => format!("{setting}={limit} per minute"),
+        Some(pct) => format!(
+            "this client address may use {pct}% of the key's {setting} budget, {limit} per minute \
+             (RATE_LIMIT_CLIENT_SHARE_PERCENT={pct})"
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -7,10 +7,13 @@
 //! (`POST /v1/vms` 30, exec 300, each run route 60, upload 30, download 60 per minute): a request
 //! to such a route counts against that route's budget only, as the original's per-route limits
 //! replaced its global one. Unlike the original, which counted per client IP (so every client
-//! behind a proxy shared one budget), a client is its API key.
+//! behind a proxy shared one budget), a budget belongs to an API key; within it, one client
+//! address may use only `RATE_LIMIT_CLIENT_SHARE_PERCENT` (50) of each budget, so a caller in a
+//! tight loop cannot starve the others sharing its key.
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -58,6 +61,9 @@ struct Window {
     used: u32,
 }
 
+/// Windows kept before ended ones are dropped (client addresses can be many).
+const PRUNE_ABOVE: usize = 10_000;
+
 /// Counting windows by key, all with the limit the caller passes.
 struct Buckets<K>(Mutex<HashMap<K, Window>>);
 
@@ -73,6 +79,9 @@ impl<K: Hash + Eq> Buckets<K> {
             return Ok(None);
         }
         let mut windows = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if windows.len() > PRUNE_ABOVE {
+            windows.retain(|_, w| now.saturating_duration_since(w.opened) < WINDOW);
+        }
         let w = windows.entry(key).or_insert(Window { opened: now, used: 0 });
         if now.saturating_duration_since(w.opened) >= WINDOW {
             *w = Window { opened: now, used: 0 };
@@ -88,6 +97,7 @@ impl<K: Hash + Eq> Buckets<K> {
                 limit: limit.per_min,
                 setting: limit.setting,
                 reset_secs,
+                client_share: None,
             })
         }
     }
@@ -160,29 +170,51 @@ impl Route {
 }
 
 /// The API's limits per API key: a bucket per (key, route) for the routes with their own budget,
-/// one per key for the rest.
+/// one per key for the rest; and within each, a smaller one per client address.
 pub struct ApiRateLimiter {
     limits: RateLimits,
     buckets: Buckets<(KeyHash, Option<Route>)>,
+    clients: Buckets<(KeyHash, Option<Route>, IpAddr)>,
 }
 
 impl ApiRateLimiter {
     /// Limits as configured.
     pub fn new(limits: RateLimits) -> Self {
-        ApiRateLimiter { limits, buckets: Buckets::new() }
+        ApiRateLimiter { limits, buckets: Buckets::new(), clients: Buckets::new() }
     }
 
-    /// Counts a request of `key` to `route` (`None`: a route without a budget of its own).
-    /// `Ok(None)` when that budget is disabled.
-    pub fn check(&self, key: &KeyHash, route: Option<Route>) -> Result<Option<Allowance>, ApiError> {
-        self.check_at(key, route, Instant::now())
+    /// Counts a request of `key` from `client` (when known) to `route` (`None`: a route without a
+    /// budget of its own). `Ok(None)` when that budget is disabled.
+    pub fn check(
+        &self,
+        key: &KeyHash,
+        route: Option<Route>,
+        client: Option<IpAddr>,
+    ) -> Result<Option<Allowance>, ApiError> {
+        self.check_at(key, route, client, Instant::now())
     }
 
-    fn check_at(&self, key: &KeyHash, route: Option<Route>, now: Instant) -> Result<Option<Allowance>, ApiError> {
+    fn check_at(
+        &self,
+        key: &KeyHash,
+        route: Option<Route>,
+        client: Option<IpAddr>,
+        now: Instant,
+    ) -> Result<Option<Allowance>, ApiError> {
         let limit = match route {
             Some(r) => r.limit(&self.limits),
             None => Limit { per_min: self.limits.global, setting: "RATE_LIMIT_PER_MIN" },
         };
+        let share = self.limits.client_share_percent;
+        if let (Some(ip), true) = (client, share < 100 && limit.per_min > 0) {
+            let per_min = (u64::from(limit.per_min) * u64::from(share)).div_ceil(100).max(1) as u32;
+            self.clients.take((*key, route, ip), Limit { per_min, ..limit }, now).map_err(|e| match e {
+                ApiError::RateLimited { retry_after_secs, limit, setting, reset_secs, .. } => {
+                    ApiError::RateLimited { retry_after_secs, limit, setting, reset_secs, client_share: Some(share) }
+                }
+                other => other,
+            })?;
+        }
         self.buckets.take((*key, route), limit, now)
     }
 }
@@ -192,7 +224,7 @@ mod tests {
     use super::*;
 
     fn limits(global: u32, create: u32, exec: u32, run: u32) -> RateLimits {
-        RateLimits { global, create, exec, run, upload: 30, download: 60 }
+        RateLimits { global, create, exec, run, upload: 30, download: 60, client_share_percent: 100 }
     }
 
     #[test]
@@ -204,7 +236,7 @@ mod tests {
             l.buckets.take(k, l.limit, t0).unwrap();
         }
         match l.buckets.take(k, l.limit, t0 + Duration::from_secs(15)) {
-            Err(ApiError::RateLimited { retry_after_secs, limit, setting, reset_secs }) => {
+            Err(ApiError::RateLimited { retry_after_secs, limit, setting, reset_secs, .. }) => {
                 assert_eq!((retry_after_secs, reset_secs, limit, setting), (45, 45, 3, "X"))
             }
             other => panic!("expected rate limit, got {other:?}"),
@@ -225,8 +257,8 @@ mod tests {
         }
         let api = ApiRateLimiter::new(limits(0, 0, 0, 0));
         for _ in 0..1000 {
-            assert_eq!(api.check(&[0u8; 32], Some(Route::Exec)).unwrap(), None);
-            assert_eq!(api.check(&[0u8; 32], None).unwrap(), None);
+            assert_eq!(api.check(&[0u8; 32], Some(Route::Exec), None).unwrap(), None);
+            assert_eq!(api.check(&[0u8; 32], None, None).unwrap(), None);
         }
     }
 
@@ -235,9 +267,9 @@ mod tests {
         let api = ApiRateLimiter::new(limits(5, 2, 4, 1));
         let (k, t0) = ([7u8; 32], Instant::now());
         for _ in 0..2 {
-            api.check_at(&k, Some(Route::CreateVm), t0).unwrap();
+            api.check_at(&k, Some(Route::CreateVm), None, t0).unwrap();
         }
-        match api.check_at(&k, Some(Route::CreateVm), t0) {
+        match api.check_at(&k, Some(Route::CreateVm), None, t0) {
             Err(ApiError::RateLimited { setting, limit, .. }) => {
                 assert_eq!((setting, limit), ("RATE_LIMIT_CREATE_PER_MIN", 2))
             }
@@ -245,31 +277,31 @@ mod tests {
         }
         // Exec has its own budget, untouched by the creates; the global one too.
         for n in 0..4 {
-            let a = api.check_at(&k, Some(Route::Exec), t0).unwrap().expect("limited");
+            let a = api.check_at(&k, Some(Route::Exec), None, t0).unwrap().expect("limited");
             assert_eq!((a.limit, a.remaining), (4, 3 - n));
         }
-        assert!(api.check_at(&k, Some(Route::Exec), t0).is_err(), "the fifth exec is refused");
+        assert!(api.check_at(&k, Some(Route::Exec), None, t0).is_err(), "the fifth exec is refused");
         for _ in 0..5 {
-            api.check_at(&k, None, t0).unwrap();
+            api.check_at(&k, None, None, t0).unwrap();
         }
-        assert!(api.check_at(&k, None, t0).is_err(), "the sixth other request is refused");
+        assert!(api.check_at(&k, None, None, t0).is_err(), "the sixth other request is refused");
         // Each run route has a bucket of its own, with the same limit.
-        api.check_at(&k, Some(Route::RunTs), t0).unwrap();
-        assert!(api.check_at(&k, Some(Route::RunTs), t0).is_err());
-        api.check_at(&k, Some(Route::RunJs), t0).unwrap();
-        api.check_at(&k, Some(Route::RunPython), t0).unwrap();
+        api.check_at(&k, Some(Route::RunTs), None, t0).unwrap();
+        assert!(api.check_at(&k, Some(Route::RunTs), None, t0).is_err());
+        api.check_at(&k, Some(Route::RunJs), None, t0).unwrap();
+        api.check_at(&k, Some(Route::RunPython), None, t0).unwrap();
         // Another key is not affected by any of it.
-        api.check_at(&[8u8; 32], Some(Route::CreateVm), t0).unwrap();
-        api.check_at(&[8u8; 32], None, t0).unwrap();
+        api.check_at(&[8u8; 32], Some(Route::CreateVm), None, t0).unwrap();
+        api.check_at(&[8u8; 32], None, None, t0).unwrap();
     }
 
     #[test]
     fn allowance_counts_down_and_says_when_the_window_ends() {
         let api = ApiRateLimiter::new(limits(60, 1, 1, 1));
         let (k, t0) = ([3u8; 32], Instant::now());
-        let first = api.check_at(&k, None, t0).unwrap().unwrap();
+        let first = api.check_at(&k, None, None, t0).unwrap().unwrap();
         assert_eq!(first, Allowance { limit: 60, remaining: 59, reset_secs: 60 });
-        let second = api.check_at(&k, None, t0 + Duration::from_millis(10_500)).unwrap().unwrap();
+        let second = api.check_at(&k, None, None, t0 + Duration::from_millis(10_500)).unwrap().unwrap();
         assert_eq!(second, Allowance { limit: 60, remaining: 58, reset_secs: 50 });
         let mut headers = HeaderMap::new();
         second.write(&mut headers);
@@ -288,5 +320,31 @@ mod tests {
         assert_eq!(Route::of(&Method::GET, "/v1/vms/{id}/files/download"), Some(Route::Download));
         assert_eq!(Route::of(&Method::POST, "/v1/vms/{id}/start"), None);
         assert_eq!(Route::of(&Method::GET, "/v1/images"), None);
+    }
+
+    #[test]
+    fn one_client_address_gets_only_its_share_of_a_keys_budget() {
+        let mut l = limits(10, 30, 300, 60);
+        l.client_share_percent = 50;
+        let api = ApiRateLimiter::new(l);
+        let (k, t0) = ([9u8; 32], Instant::now());
+        let (hog, other): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        for _ in 0..5 {
+            api.check_at(&k, None, Some(hog), t0).unwrap();
+        }
+        let refused = api.check_at(&k, None, Some(hog), t0).unwrap_err();
+        assert!(matches!(refused, ApiError::RateLimited { client_share: Some(50), limit: 5, .. }), "{refused:?}");
+        assert!(refused.to_string().contains("RATE_LIMIT_CLIENT_SHARE_PERCENT=50"), "{refused}");
+        // The hog's refusals cost the key nothing: another address still has its share.
+        for _ in 0..5 {
+            api.check_at(&k, None, Some(other), t0).unwrap();
+        }
+        // And the key's budget (10) is now spent for everyone, as before.
+        let refused = api.check_at(&k, None, Some("10.0.0.3".parse().unwrap()), t0).unwrap_err();
+        assert!(matches!(refused, ApiError::RateLimited { client_share: None, limit: 10, .. }), "{refused:?}");
+        // A small budget still lets each address through once.
+        let mut l = limits(1, 30, 300, 60);
+        l.client_share_percent = 10;
+        assert!(ApiRateLimiter::new(l).check_at(&k, None, Some(hog), t0).is_ok());
     }
 }

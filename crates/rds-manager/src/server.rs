@@ -112,7 +112,8 @@ pub async fn serve(prepared: Prepared) -> std::io::Result<()> {
     tokio::spawn(crate::services::pool::run(prepared.state.clone()));
     let _locks = prepared.host_locks;
     let app = routes::router(prepared.state);
-    axum::serve(prepared.listener, app).await
+    // Each request knows its client's address (for the per-client share of rate limits).
+    axum::serve(prepared.listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await
 }
 
 /// Which interpreters exist on the host. The sandbox runtime runs guests over the host root,

@@ -48,7 +48,7 @@ pub fn authenticate_socket(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<WebSocketUpgrade, ApiError> {
     match headers.get(API_KEY_HEADER).and_then(|v| v.to_str().ok()).and_then(|k| s.keys.verify(k)) {
-        Some(key) => drop(s.limiter.check(&key, route)?),
+        Some(key) => drop(s.limiter.check(&key, route, None)?),
         None if token.is_some_and(|t| s.pty_tokens.redeem(t, vm_id)) => {}
         None => return Err(ApiError::Unauthorized),
     }
