@@ -548,6 +548,11 @@ mod tests {
     fn warm_interpreters_default_to_one_and_stay_within_eight() {
         assert_eq!(cfg(&[]).unwrap().warm_interpreters, 1);
         assert_eq!(cfg(&[("WARM_INTERPRETERS", "0")]).unwrap().warm_interpreters, 0);
+        for bad in ["0", "101", "half"] {
+            let e = cfg(&[("RATE_LIMIT_CLIENT_SHARE_PERCENT", bad)]).unwrap_err();
+            assert_eq!(e.var, "RATE_LIMIT_CLIENT_SHARE_PERCENT", "{bad}");
+        }
+        assert_eq!(cfg(&[("RATE_LIMIT_CLIENT_SHARE_PERCENT", "100")]).unwrap().rate_limits.client_share_percent, 100);
         assert_eq!(cfg(&[("WARM_INTERPRETERS", "8")]).unwrap().warm_interpreters, 8);
         for bad in ["9", "-1", "two"] {
             assert_eq!(cfg(&[("WARM_INTERPRETERS", bad)]).unwrap_err().var, "WARM_INTERPRETERS", "{bad}");

@@ -247,6 +247,29 @@ async fn every_protected_route_answers_401_without_a_key_and_with_a_wrong_key() 
 }
 
 #[tokio::test]
+async fn cross_origin_requests_get_no_cors_grant() {
+    let api = Api::new(&[]);
+    // A browser's preflight from another origin is not granted (no route answers OPTIONS)...
+    let preflight = Request::builder()
+        .method(Method::OPTIONS)
+        .uri("/v1/vms")
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "x-api-key, content-type")
+        .body(Body::empty())
+        .unwrap();
+    let reply = api.send(preflight).await;
+    assert!(reply.status.is_client_error(), "{}", reply.status);
+    // ...and no answer, with a key or without, lets another origin's page read it.
+    for path in ["/v1/vms", "/v1/health", "/openapi.json"] {
+        let reply = api.raw(Method::GET, path, &[("origin", "https://evil.example")], Body::empty()).await;
+        for (name, _) in reply.headers.iter() {
+            assert!(!name.as_str().starts_with("access-control-"), "{path} answered {name}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn unknown_routes_answer_404_and_wrong_methods_405_as_json_errors() {
     let api = Api::new(&[]);
     api.call(Method::GET, "/v1/nothing-here", None).await.expect_error(
