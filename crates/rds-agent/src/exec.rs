@@ -495,12 +495,18 @@ pub fn timeout_of(timeout_ms: Option<u64>) -> Result<Duration, ExecError> {
     }
 }
 
-/// An idle timeout a request asked for in `idleTimeoutMs` (`default` without one); zero or more
-/// than [`MAX_TIMEOUT_MS`] is rejected.
+/// Shortest idle timeout a request may ask for: a shorter one would end a context or terminal
+/// before its interpreter or shell has even started.
+pub const MIN_IDLE_TIMEOUT_MS: u64 = 1000;
+
+/// An idle timeout a request asked for in `idleTimeoutMs` (`default` without one); under
+/// [`MIN_IDLE_TIMEOUT_MS`] or more than [`MAX_TIMEOUT_MS`] is rejected.
 pub fn idle_timeout_of(idle_timeout_ms: Option<u64>, default: Duration) -> Result<Duration, ExecError> {
     match idle_timeout_ms {
         None => Ok(default),
-        Some(0) => Err(ExecError::Invalid("invalid field `idleTimeoutMs`: must be greater than 0".into())),
+        Some(ms) if ms < MIN_IDLE_TIMEOUT_MS => {
+            Err(ExecError::Invalid(format!("invalid field `idleTimeoutMs`: must be at least {MIN_IDLE_TIMEOUT_MS}")))
+        }
         Some(ms) if ms > MAX_TIMEOUT_MS => {
             Err(ExecError::Invalid(format!("invalid field `idleTimeoutMs`: must be at most {MAX_TIMEOUT_MS}")))
         }

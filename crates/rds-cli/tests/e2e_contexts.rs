@@ -71,6 +71,7 @@ fn bad_context_requests_name_the_field() {
         (json!({}), "language"),
         (json!({"language": "python", "cwd": "../../etc"}), "cwd"),
         (json!({"language": "python", "idleTimeoutMs": 0}), "idleTimeoutMs"),
+        (json!({"language": "python", "idleTimeoutMs": 999}), "at least 1000"),
         (json!({"language": "python", "bogus": 1}), "bogus"),
     ] {
         let (st, out) = s.call("POST", &path, Some(body.clone()));

@@ -247,6 +247,32 @@ async fn every_protected_route_answers_401_without_a_key_and_with_a_wrong_key() 
 }
 
 #[tokio::test]
+async fn exec_documents_each_of_its_answer_formats() {
+    let api = Api::new(&[]);
+    let doc = api.send(Request::get("/openapi.json").body(Body::empty()).unwrap()).await.expect(StatusCode::OK);
+    let content = &doc["paths"]["/v1/vms/{id}/exec"]["post"]["responses"]["200"]["content"];
+    let mut types: Vec<&str> = content.as_object().unwrap().keys().map(String::as_str).collect();
+    types.sort();
+    assert_eq!(types, ["application/json", "application/x-ndjson", "text/event-stream"], "{content}");
+}
+
+#[tokio::test]
+async fn bodies_that_are_not_json_objects_are_refused() {
+    let api = Api::new(&[]);
+    let id = api.vm().await;
+    for (m, path) in [
+        ("PATCH", format!("/v1/vms/{id}/network")),
+        ("POST", "/v1/vms".to_string()),
+        ("POST", format!("/v1/vms/{id}/exec")),
+    ] {
+        for body in ["[null, null]", "[1, 256]", "null", "\"x\""] {
+            let reply = api.raw(method(m), &path, &[("content-type", "application/json")], body).await;
+            reply.expect_error(StatusCode::BAD_REQUEST, "bad_request", "expected a JSON object");
+        }
+    }
+}
+
+#[tokio::test]
 async fn cross_origin_requests_get_no_cors_grant() {
     let api = Api::new(&[]);
     // A browser's preflight from another origin is not granted (no route answers OPTIONS)...

@@ -56,6 +56,11 @@ impl ErrorBody {
 /// Parses a JSON body, producing an error message that names the field at fault. Anything but
 /// whitespace after the JSON value is an error, so `{..} xyz` is never half-accepted.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    // Every request body is an object; serde would also fill a struct from an array of its
+    // fields in order (`[null, null]`), which no caller means.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err("invalid body: expected a JSON object".into());
+    }
     let de = &mut serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
@@ -323,10 +328,10 @@ pub struct ContextRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub env: Option<EnvMap>,
-    /// Milliseconds without a run after which the context is removed (default 1800000, at
-    /// most one day).
+    /// Milliseconds without a run after which the context is removed (default 1800000; at
+    /// least 1000, at most one day).
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "coerce::opt_u64")]
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1000, maximum = 86400000)]
     pub idle_timeout_ms: Option<u64>,
     /// TypeScript only: `false` withholds network access (the VM's policy decides the grant,
     /// as for `run-ts`).
@@ -417,6 +422,15 @@ pub struct AgentHealth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parse_json_wants_an_object() {
+        for body in [&b"[\"x\"]"[..], b"null", b"\"cmd\"", b"  [null, null]"] {
+            let err = parse_json::<ExecRequest>(body).unwrap_err();
+            assert_eq!(err, "invalid body: expected a JSON object", "{}", String::from_utf8_lossy(body));
+        }
+        assert_eq!(parse_json::<ExecRequest>(b" \n {\"cmd\":\"x\"}").unwrap().cmd, "x");
+    }
 
     #[test]
     fn parse_json_rejects_trailing_data() {

@@ -91,10 +91,10 @@ pub struct PtyRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub env: Option<EnvMap>,
-    /// Milliseconds with nobody attached after which the session is ended (default 900000, at
-    /// most one day).
+    /// Milliseconds with nobody attached after which the session is ended (default 900000; at
+    /// least 1000, at most one day).
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "coerce::opt_u64")]
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1000, maximum = 86400000)]
     pub idle_timeout_ms: Option<u64>,
 }
 

@@ -21,8 +21,8 @@ use crate::{ApiError, AppState};
 /// streams as `ExecEvent` lines; with `Accept: text/event-stream` as server-sent events named
 /// `stdout`, `stderr` and `exit` whose data is the `ExecEvent`.
 #[utoipa::path(post, path = "/v1/vms/{id}/exec", tag = "exec", request_body = ExecRequest,
-    responses((status = 200, body = ExecResult), (status = 200, content_type = "application/x-ndjson", body = ExecEvent),
-        (status = 200, content_type = "text/event-stream", body = ExecEvent),
+    responses((status = 200, description = "The result; or, by `Accept`, the events as NDJSON lines or server-sent events",
+            content((ExecResult = "application/json"), (ExecEvent = "application/x-ndjson"), (ExecEvent = "text/event-stream"))),
         (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn exec(
     State(s): State<AppState>,
