@@ -20,8 +20,8 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     }
 }
 
-/// An optional JSON body (64 KiB, as [`JsonBody`]): no body at all is `T::default()`, for routes
-/// the original called without one.
+/// An optional JSON body (64 KiB, as [`JsonBody`]): no body at all (or `null`) is
+/// `T::default()`, for routes the original called without one.
 pub struct OptionalJsonBody<T>(pub T);
 
 impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJsonBody<T> {
@@ -29,7 +29,8 @@ impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJsonBody<T
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let bytes = read_bytes(req, state.config.max_json_body_bytes, "MAX_JSON_BODY_BYTES").await?;
-        if bytes.is_empty() {
+        // No body, or JSON `null` (the body is optional), means the defaults.
+        if bytes.trim_ascii().is_empty() || bytes.trim_ascii() == b"null" {
             return Ok(OptionalJsonBody(T::default()));
         }
         rds_proto::parse_json(&bytes).map(OptionalJsonBody).map_err(ApiError::BadRequest)

@@ -495,6 +495,9 @@ pub struct LogsQuery {
     /// VMM's own log) or `metrics`; the original's `firecracker.stdout.log` and
     /// `firecracker.stderr.log` mean `console`, `firecracker.log` means `firecracker`.
     #[serde(rename = "type")]
+    #[param(
+        pattern = "^(console|firecracker|metrics|firecracker\\.log|firecracker\\.stdout\\.log|firecracker\\.stderr\\.log)$"
+    )]
     pub kind: Option<String>,
     /// Lines to return (1..=1000, default 200; other values are clamped).
     #[param(minimum = 1, maximum = 1000)]

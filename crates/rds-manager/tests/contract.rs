@@ -270,6 +270,11 @@ async fn bodies_that_are_not_json_objects_are_refused() {
             reply.expect_error(StatusCode::BAD_REQUEST, "bad_request", "expected a JSON object");
         }
     }
+    // An optional body may be JSON `null`: the defaults.
+    let reply = api
+        .raw(Method::POST, &format!("/v1/vms/{id}/snapshots"), &[("content-type", "application/json")], "null")
+        .await;
+    assert_ne!(reply.status, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(&reply.body));
 }
 
 #[tokio::test]
