@@ -58,6 +58,11 @@ func PackDir(dir string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return finish(&buf, gz, tw)
+}
+
+// finish closes the tar and gzip writers and returns the archive they wrote into buf.
+func finish(buf *bytes.Buffer, gz *gzip.Writer, tw *tar.Writer) ([]byte, error) {
 	if err := tw.Close(); err != nil {
 		return nil, err
 	}
@@ -78,13 +83,7 @@ func PackFile(name string, data []byte, mode int64) ([]byte, error) {
 	if _, err := tw.Write(data); err != nil {
 		return nil, err
 	}
-	if err := tw.Close(); err != nil {
-		return nil, err
-	}
-	if err := gz.Close(); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
+	return finish(&buf, gz, tw)
 }
 
 // eachFile calls fn for every regular file and directory of a tar.gz whose name stays inside

@@ -7,17 +7,9 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::Server;
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    println!("{report}");
-    assert!(out.status.success(), "{cmd:?} failed:\n{report}");
-    out
-}
+use common::{run_checked as run, Server};
 
 #[test]
 fn the_typescript_sdk_suite_passes_against_a_live_manager() {

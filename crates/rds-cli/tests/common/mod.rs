@@ -462,3 +462,12 @@ impl Drop for NetNs {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
 }
+
+/// Runs `cmd`, prints its output, and fails the test unless it succeeded; its output.
+pub fn run_checked(cmd: &mut std::process::Command) -> std::process::Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{report}");
+    assert!(out.status.success(), "{cmd:?} failed:\n{report}");
+    out
+}

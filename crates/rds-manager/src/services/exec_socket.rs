@@ -18,7 +18,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::services::exec::{call_limit, log_exec, OrAgentError};
 use crate::services::peers::{secrets_of, with_secrets};
-use crate::services::ptys::close;
+use crate::services::ptys::{close, send_data};
 use crate::services::vms::find_running;
 use crate::{ApiError, AppState};
 
@@ -86,12 +86,7 @@ async fn relay(socket: WebSocket, stream: rds_agent_client::PtyStream, secrets: 
         tokio::select! {
             msg = rx.next() => match msg {
                 Some(Ok(Message::Binary(bytes))) => {
-                    let mut sent = Ok(());
-                    for chunk in bytes.chunks(pty::MAX_FRAME) {
-                        sent = agent_wr.write_all(&pty::frame(pty::DATA, chunk)).await;
-                        if sent.is_err() { break; }
-                    }
-                    if sent.is_err() {
+                    if send_data(&mut agent_wr, &bytes).await.is_err() {
                         break Some((close::INTERNAL, "the command's VM went away".to_string()));
                     }
                 }

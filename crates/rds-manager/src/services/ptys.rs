@@ -169,12 +169,7 @@ pub async fn relay(mut socket: WebSocket, session_id: String, stream: PtyStream)
         tokio::select! {
             msg = rx.next() => match msg {
                 Some(Ok(Message::Binary(bytes))) => {
-                    let mut sent = Ok(());
-                    for chunk in bytes.chunks(pty::MAX_FRAME) {
-                        sent = agent_wr.write_all(&pty::frame(pty::DATA, chunk)).await;
-                        if sent.is_err() { break; }
-                    }
-                    if sent.is_err() {
+                    if send_data(&mut agent_wr, &bytes).await.is_err() {
                         break Some((close::INTERNAL, "the session's terminal went away".to_string()));
                     }
                 }
@@ -213,6 +208,14 @@ pub async fn relay(mut socket: WebSocket, session_id: String, stream: PtyStream)
         let _ = tx.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
     }
     let _ = agent_wr.shutdown().await;
+}
+
+/// A client's bytes as [`pty::DATA`] frames to the agent.
+pub(crate) async fn send_data<W: tokio::io::AsyncWrite + Unpin>(agent: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    for chunk in bytes.chunks(pty::MAX_FRAME) {
+        agent.write_all(&pty::frame(pty::DATA, chunk)).await?;
+    }
+    Ok(())
 }
 
 /// The agent frame for a client's text message, or the close code and reason it earns.
