@@ -115,9 +115,11 @@ pub struct CreateVmRequest {
     /// snapshot's `cpu` and `memMb`, resumes where it was (its processes still running). The
     /// image must be the snapshot's.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9-]{1,80}$")]
     pub user_overlay_snapshot_id: Option<String>,
     /// The original API's deprecated alias of `userOverlaySnapshotId`.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9-]{1,80}$")]
     pub snapshot_id: Option<String>,
 }
 
@@ -133,7 +135,7 @@ pub struct PeerLinkRequest {
     pub vm_id: String,
     /// `hidden` (default), `mirror`, or the original's name for it, `mounted`.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = "^(hidden|mirror|mounted)$")]
     pub source_mode: Option<rds_peer::files::SourceMode>,
 }
 
@@ -146,7 +148,7 @@ pub struct PatchPeerLinkRequest {
     pub vm_id: Option<String>,
     /// `hidden`, `mirror` or `mounted`.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = "^(hidden|mirror|mounted)$")]
     pub source_mode: Option<rds_peer::files::SourceMode>,
 }
 
@@ -518,7 +520,11 @@ pub struct LimitQuery {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateImageRequest {
     /// Display name (1..=128 characters, not blank, no control characters).
-    #[schema(min_length = 1, max_length = 128)]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\u0000-\\u001F\\u007F]*[^\\s\\u0000-\\u001F\\u007F][^\\u0000-\\u001F\\u007F]*$"
+    )]
     pub name: String,
     /// Free text (at most 1024 characters).
     #[serde(default)]

@@ -13,9 +13,16 @@ fn number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     let expected = &"a non-negative integer";
     match Option::<Value>::deserialize(d)? {
         None => Ok(None),
-        Some(Value::Number(n)) => {
-            n.as_u64().map(Some).ok_or_else(|| de::Error::invalid_value(Unexpected::Other(&n.to_string()), expected))
-        }
+        // JSON Schema's integers include `3.0`.
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && (0.0..=9.007_199_254_740_992e15).contains(f))
+                    .map(|f| f as u64)
+            })
+            .map(Some)
+            .ok_or_else(|| de::Error::invalid_value(Unexpected::Other(&n.to_string()), expected)),
         Some(Value::String(t)) => {
             t.trim().parse().map(Some).map_err(|_| de::Error::invalid_value(Unexpected::Str(&t), expected))
         }
@@ -98,6 +105,13 @@ mod tests {
 
     fn parse(json: &str) -> Result<Body, String> {
         crate::parse_json(json.as_bytes())
+    }
+
+    #[test]
+    fn integral_floats_are_integers_and_fractions_are_not() {
+        assert_eq!(parse(r#"{"cpu":2.0,"timeout":1474595.0}"#).unwrap().timeout, Some(1_474_595));
+        assert!(parse(r#"{"cpu":1,"timeout":1.5}"#).unwrap_err().contains("timeout"));
+        assert!(parse(r#"{"cpu":1,"timeout":-1.0}"#).unwrap_err().contains("timeout"));
     }
 
     #[test]

@@ -27,7 +27,8 @@ pub async fn upload(
 
 /// Download a file or directory under /workspace as tar.gz.
 #[utoipa::path(get, path = "/v1/vms/{id}/files/download", tag = "files", params(DownloadQuery),
-    responses((status = 200, content_type = "application/gzip", body = Vec<u8>), (status = 400, body = ErrorBody)))]
+    responses((status = 200, content_type = "application/gzip", body = Vec<u8>), (status = 400, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 pub async fn download(
     State(s): State<AppState>,
     Path(id): Path<String>,

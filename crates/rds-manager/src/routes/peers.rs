@@ -66,7 +66,7 @@ pub async fn set_secrets(
 
 /// Audited bridge calls, newest first (argument values are never recorded).
 #[utoipa::path(get, path = "/v1/peer-calls", tag = "peers", params(PeerCallQuery),
-    responses((status = 200, body = Vec<PeerCallView>)))]
+    responses((status = 200, body = Vec<PeerCallView>), (status = 400, body = ErrorBody)))]
 pub async fn calls(
     State(s): State<AppState>,
     ApiQuery(q): ApiQuery<PeerCallQuery>,

@@ -12,7 +12,8 @@ use rds_proto::ErrorBody;
 
 /// Create a VM and boot it; returns when it is RUNNING and ready to exec.
 #[utoipa::path(post, path = "/v1/vms", tag = "vms", request_body = CreateVmRequest,
-    responses((status = 201, body = VmView), (status = 400, body = ErrorBody), (status = 429, body = ErrorBody),
+    responses((status = 201, body = VmView), (status = 400, body = ErrorBody),
+        (status = 404, description = "the image or snapshot it names does not exist", body = ErrorBody), (status = 429, body = ErrorBody),
         (status = 502, description = "`vm_failed`: the VM did not boot or its VMM refused it; the message says why", body = ErrorBody)))]
 pub async fn create(
     State(s): State<AppState>,
@@ -75,7 +76,7 @@ pub async fn logs(
 
 /// Recent exec/run calls of the VM, newest first.
 #[utoipa::path(get, path = "/v1/vms/{id}/exec-logs", tag = "exec", params(LimitQuery),
-    responses((status = 200, body = ExecLogPage), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ExecLogPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn exec_logs(
     State(s): State<AppState>,
     Path(id): Path<String>,

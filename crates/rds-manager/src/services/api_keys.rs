@@ -103,8 +103,12 @@ impl From<ApiKeyRecord> for ApiKeyView {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateApiKeyRequest {
-    /// What the key is for (1–64 characters).
-    #[schema(min_length = 1, max_length = 64)]
+    /// What the key is for (1–64 characters, not blank, no control characters).
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\u0000-\\u001F\\u007F]*[^\\s\\u0000-\\u001F\\u007F][^\\u0000-\\u001F\\u007F]*$"
+    )]
     pub name: String,
     /// Days until it stops working (1–3650); none: until revoked.
     #[serde(default)]

@@ -215,6 +215,10 @@ pub async fn agent_error(state: &AppState, vm_id: &str, e: AgentError) -> ApiErr
         AgentError::Unreachable(_) | AgentError::Transport(_) if !still_running => {
             ApiError::Conflict(format!("VM {vm_id} is no longer RUNNING"))
         }
+        // The agent failed because its VM was being stopped (its processes signalled): a 409 too.
+        AgentError::Status { status, .. } if status.is_server_error() && !still_running => {
+            ApiError::Conflict(format!("VM {vm_id} is no longer RUNNING"))
+        }
         other => ApiError::from(other),
     }
 }
