@@ -123,7 +123,8 @@ pub struct RateLimits {
     /// `RATE_LIMIT_DOWNLOAD_PER_MIN` (60): `files/download`.
     pub download: u32,
     /// `RATE_LIMIT_CLIENT_SHARE_PERCENT` (50): the part of each of a key's budgets one client
-    /// address may use, so one caller cannot starve the others sharing a key (100: no cap).
+    /// address may use while other addresses use it too, so one caller cannot starve the others
+    /// sharing a key (100: no cap).
     pub client_share_percent: u32,
 }
 

@@ -8,8 +8,9 @@
 //! to such a route counts against that route's budget only, as the original's per-route limits
 //! replaced its global one. Unlike the original, which counted per client IP (so every client
 //! behind a proxy shared one budget), a budget belongs to an API key; within it, one client
-//! address may use only `RATE_LIMIT_CLIENT_SHARE_PERCENT` (50) of each budget, so a caller in a
-//! tight loop cannot starve the others sharing its key.
+//! address may use only `RATE_LIMIT_CLIENT_SHARE_PERCENT` (50) of each budget while other
+//! addresses use it too, so a caller in a tight loop cannot starve the others sharing its key (a
+//! lone caller keeps the whole budget, as with the original).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -170,17 +171,40 @@ impl Route {
 }
 
 /// The API's limits per API key: a bucket per (key, route) for the routes with their own budget,
-/// one per key for the rest; and within each, a smaller one per client address.
+/// one per key for the rest; and within each, a count per client address, capped at its share
+/// once a second address uses the same budget in the same window.
 pub struct ApiRateLimiter {
     limits: RateLimits,
     buckets: Buckets<(KeyHash, Option<Route>)>,
     clients: Buckets<(KeyHash, Option<Route>, IpAddr)>,
+    /// Per (key, route): the window's first client address, and whether another one came since.
+    sharing: Mutex<HashMap<(KeyHash, Option<Route>), Sharing>>,
+}
+
+struct Sharing {
+    opened: Instant,
+    first: IpAddr,
+    shared: bool,
 }
 
 impl ApiRateLimiter {
     /// Limits as configured.
     pub fn new(limits: RateLimits) -> Self {
-        ApiRateLimiter { limits, buckets: Buckets::new(), clients: Buckets::new() }
+        ApiRateLimiter { limits, buckets: Buckets::new(), clients: Buckets::new(), sharing: Mutex::new(HashMap::new()) }
+    }
+
+    /// Whether more than one client address has used this budget in the current window.
+    fn shared(&self, key: (KeyHash, Option<Route>), client: IpAddr, now: Instant) -> bool {
+        let mut all = self.sharing.lock().unwrap_or_else(|p| p.into_inner());
+        if all.len() > PRUNE_ABOVE {
+            all.retain(|_, s| now.saturating_duration_since(s.opened) < WINDOW);
+        }
+        let s = all.entry(key).or_insert(Sharing { opened: now, first: client, shared: false });
+        if now.saturating_duration_since(s.opened) >= WINDOW {
+            *s = Sharing { opened: now, first: client, shared: false };
+        }
+        s.shared |= s.first != client;
+        s.shared
     }
 
     /// Counts a request of `key` from `client` (when known) to `route` (`None`: a route without a
@@ -207,7 +231,12 @@ impl ApiRateLimiter {
         };
         let share = self.limits.client_share_percent;
         if let (Some(ip), true) = (client, share < 100 && limit.per_min > 0) {
-            let per_min = (u64::from(limit.per_min) * u64::from(share)).div_ceil(100).max(1) as u32;
+            // Every address's use is counted; it is capped at its share only while another address
+            // uses the same budget, so a lone caller keeps the whole of it.
+            let per_min = match self.shared((*key, route), ip, now) {
+                true => (u64::from(limit.per_min) * u64::from(share)).div_ceil(100).max(1) as u32,
+                false => u32::MAX,
+            };
             self.clients.take((*key, route, ip), Limit { per_min, ..limit }, now).map_err(|e| match e {
                 ApiError::RateLimited { retry_after_secs, limit, setting, reset_secs, .. } => {
                     ApiError::RateLimited { retry_after_secs, limit, setting, reset_secs, client_share: Some(share) }
@@ -329,22 +358,43 @@ mod tests {
         let api = ApiRateLimiter::new(l);
         let (k, t0) = ([9u8; 32], Instant::now());
         let (hog, other): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        // Alone, a caller has the whole budget.
+        let lone = ApiRateLimiter::new(l);
+        for _ in 0..10 {
+            lone.check_at(&k, None, Some(hog), t0).unwrap();
+        }
+        assert!(matches!(
+            lone.check_at(&k, None, Some(hog), t0),
+            Err(ApiError::RateLimited { client_share: None, .. })
+        ));
+        // Shared, it has its share.
+        api.check_at(&k, None, Some(other), t0).unwrap();
         for _ in 0..5 {
             api.check_at(&k, None, Some(hog), t0).unwrap();
         }
         let refused = api.check_at(&k, None, Some(hog), t0).unwrap_err();
         assert!(matches!(refused, ApiError::RateLimited { client_share: Some(50), limit: 5, .. }), "{refused:?}");
         assert!(refused.to_string().contains("RATE_LIMIT_CLIENT_SHARE_PERCENT=50"), "{refused}");
-        // The hog's refusals cost the key nothing: another address still has its share.
-        for _ in 0..5 {
+        // The hog's refusals cost the key nothing: the other address still has its share.
+        for _ in 0..4 {
             api.check_at(&k, None, Some(other), t0).unwrap();
         }
         // And the key's budget (10) is now spent for everyone, as before.
         let refused = api.check_at(&k, None, Some("10.0.0.3".parse().unwrap()), t0).unwrap_err();
         assert!(matches!(refused, ApiError::RateLimited { client_share: None, limit: 10, .. }), "{refused:?}");
+        // A new window starts unshared again.
+        let later = t0 + WINDOW;
+        for _ in 0..10 {
+            api.check_at(&k, None, Some(hog), later).unwrap();
+        }
         // A small budget still lets each address through once.
         let mut l = limits(1, 30, 300, 60);
         l.client_share_percent = 10;
-        assert!(ApiRateLimiter::new(l).check_at(&k, None, Some(hog), t0).is_ok());
+        let small = ApiRateLimiter::new(l);
+        small.check_at(&k, None, Some(other), t0).unwrap();
+        assert!(matches!(
+            small.check_at(&k, None, Some(hog), t0),
+            Err(ApiError::RateLimited { client_share: None, .. })
+        ));
     }
 }
