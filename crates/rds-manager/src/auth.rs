@@ -1,13 +1,12 @@
 //! `X-API-Key` authentication and per-key rate limiting for `/v1` routes.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
-
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
