@@ -519,11 +519,11 @@ pub struct LimitQuery {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateImageRequest {
-    /// Display name (1..=128 characters, not blank, no control characters).
+    /// Display name (1..=128 characters, not blank, no control characters but tab and newline).
     #[schema(
         min_length = 1,
         max_length = 128,
-        pattern = "^[^\\u0000-\\u001F\\u007F]*[^\\s\\u0000-\\u001F\\u007F][^\\u0000-\\u001F\\u007F]*$"
+        pattern = "^[^\\u0000-\\u0008\\u000B-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u0008\\u000B-\\u001F\\u007F-\\u009F]*$"
     )]
     pub name: String,
     /// Free text (at most 1024 characters).

@@ -107,7 +107,7 @@ pub struct CreateApiKeyRequest {
     #[schema(
         min_length = 1,
         max_length = 64,
-        pattern = "^[^\\u0000-\\u001F\\u007F]*[^\\s\\u0000-\\u001F\\u007F][^\\u0000-\\u001F\\u007F]*$"
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
     )]
     pub name: String,
     /// Days until it stops working (1–3650); none: until revoked.

@@ -93,16 +93,9 @@ fn ndjson_response(result: &ExecResult) -> Result<Response, ApiError> {
 /// the data the event's JSON) as they come; a failure after the start ends the stream with an
 /// `error` event. A provider with secrets gets its redacted buffered result, as with NDJSON.
 pub async fn exec_sse(state: &AppState, vm_id: &str, req: ExecRequest) -> Result<Response, ApiError> {
-    let limit = call_limit(state, req.timeout_ms)?;
-    let vm = find_running(state, vm_id).await?;
-    let events: futures_util::stream::BoxStream<'static, SseEvent> = if !secrets_of(state, &vm)?.is_empty() {
-        let events = events_of(&exec(state, vm_id, req).await?);
-        futures_util::stream::iter(events.into_iter().map(sse_event)).boxed()
-    } else {
-        let stream = state.agent.vm(vm_id).exec_stream(&req, limit).await.or_agent_error(state, vm_id).await?;
-        let input = json!({"cmd": req.cmd, "cwd": req.cwd, "streamed": true, "timeoutMs": req.timeout_ms});
-        log_exec(state, vm_id, "exec", req.exec_id, input, None, Instant::now(), "", "").await;
-        futures_util::stream::unfold(Some(stream.events()), |events| async move {
+    let events: futures_util::stream::BoxStream<'static, SseEvent> = match start_streamed(state, vm_id, req).await? {
+        Streamed::Redacted(result) => futures_util::stream::iter(events_of(&result).into_iter().map(sse_event)).boxed(),
+        Streamed::Live(stream) => futures_util::stream::unfold(Some(stream.events()), |events| async move {
             let mut events = events?;
             match events.next().await {
                 Ok(Some(event)) => Some((sse_event(event), Some(events))),
@@ -110,7 +103,7 @@ pub async fn exec_sse(state: &AppState, vm_id: &str, req: ExecRequest) -> Result
                 Err(e) => Some((SseEvent::default().event("error").data(e.to_string()), None)),
             }
         })
-        .boxed()
+        .boxed(),
     };
     Ok(Sse::new(events.map(Ok::<_, std::convert::Infallible>)).into_response())
 }
@@ -124,26 +117,39 @@ fn sse_event(event: ExecEvent) -> SseEvent {
     SseEvent::default().event(name).data(serde_json::to_string(&event).expect("events always serialise"))
 }
 
+/// A streamed exec, started.
+enum Streamed {
+    /// A provider's (it has secrets): its redacted result once it finished, since a secret split
+    /// across two chunks of a live stream would slip past redaction.
+    Redacted(ExecResult),
+    /// The agent's live event stream.
+    Live(rds_agent_client::ExecStream),
+}
+
+/// Starts a streamed exec (NDJSON or server-sent events) and records it in the exec log.
+async fn start_streamed(state: &AppState, vm_id: &str, req: ExecRequest) -> Result<Streamed, ApiError> {
+    let limit = call_limit(state, req.timeout_ms)?;
+    let vm = find_running(state, vm_id).await?;
+    if !secrets_of(state, &vm)?.is_empty() {
+        return Ok(Streamed::Redacted(exec(state, vm_id, req).await?));
+    }
+    // The limit covers the response head; the stream itself ends when the agent's command does.
+    let stream = state.agent.vm(vm_id).exec_stream(&req, limit).await.or_agent_error(state, vm_id).await?;
+    let input = json!({"cmd": req.cmd, "cwd": req.cwd, "streamed": true, "timeoutMs": req.timeout_ms});
+    log_exec(state, vm_id, "exec", req.exec_id, input, None, Instant::now(), "", "").await;
+    Ok(Streamed::Live(stream))
+}
+
 /// Runs a shell command, proxying the agent's NDJSON event stream as it comes (for a provider
 /// with secrets: its redacted result once it finishes).
 pub async fn exec_stream(state: &AppState, vm_id: &str, req: ExecRequest) -> Result<Response, ApiError> {
-    let limit = call_limit(state, req.timeout_ms)?;
-    let vm = find_running(state, vm_id).await?;
-    let secrets = secrets_of(state, &vm)?;
-    if !secrets.is_empty() {
-        // A secret split across two chunks of a live stream would slip past redaction, so a
-        // provider's stream is its redacted buffered result, sent as events when it finishes.
-        return ndjson_response(&exec(state, vm_id, req).await?);
+    match start_streamed(state, vm_id, req).await? {
+        Streamed::Redacted(result) => ndjson_response(&result),
+        Streamed::Live(stream) => Response::builder()
+            .header(header::CONTENT_TYPE, NDJSON)
+            .body(Body::new(stream.into_body()))
+            .context("building the streamed exec response"),
     }
-    let to_agent = ExecRequest { env: with_secrets(req.env.clone(), &secrets), ..req.clone() };
-    // The limit covers the response head; the stream itself ends when the agent's command does.
-    let stream = state.agent.vm(vm_id).exec_stream(&to_agent, limit).await.or_agent_error(state, vm_id).await?;
-    let input = json!({"cmd": req.cmd, "cwd": req.cwd, "streamed": true, "timeoutMs": req.timeout_ms});
-    log_exec(state, vm_id, "exec", req.exec_id, input, None, Instant::now(), "", "").await;
-    Response::builder()
-        .header(header::CONTENT_TYPE, NDJSON)
-        .body(Body::new(stream.into_body()))
-        .context("building the streamed exec response")
 }
 
 /// Runs TypeScript, JavaScript or Python; the `result` is passed through untouched.
