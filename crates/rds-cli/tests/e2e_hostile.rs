@@ -205,3 +205,121 @@ fn background_processes_outlive_a_normal_exec() {
     let r = s.exec(&id, "for p in /proc/[0-9]*; do cat $p/comm 2>/dev/null; done | grep -c '^sleep$'");
     assert_eq!(stdout(&r), "1\n", "{r}");
 }
+
+/// A fork bomb, a memory hog, a disk filler, an output flood and a busy loop run at once in one
+/// VM while another VM's exec latency and the manager's health are sampled: every victim exec and
+/// health check answers, each offender is stopped by its own limit and reported in its result,
+/// and the offending VM still answers afterwards. The latencies are printed (no timing bounds).
+#[test]
+fn hostile_guests_are_contained_while_a_victim_vm_and_the_manager_keep_answering() {
+    let s = server();
+    let victim = s.create_vm(128);
+    let (st, vm) = s.call("POST", "/v1/vms", Some(json!({"cpu": 1, "memMb": 128, "diskSizeMb": 64})));
+    assert_eq!(st, 201, "{vm}");
+    let offender = vm["id"].as_str().unwrap().to_string();
+    let count = "rm -f /workspace/fill; ls -d /proc/[0-9]* | wc -l";
+    let processes_before = stdout(&s.exec(&offender, count)).to_string();
+    let baseline = sample(&s, &victim, 20, || false);
+
+    let attacks = [
+        ("memory hog", "python3 -c 'a = bytearray(400 << 20); print(len(a))'", 20_000),
+        (
+            "disk filler",
+            "dd if=/dev/zero of=/workspace/fill bs=1M count=200 2>&1 | grep -o 'No space left on device'",
+            20_000,
+        ),
+        ("output flood", "yes flood", 4_000),
+        ("busy loop", "while :; do :; done", 4_000),
+        ("fork bomb", "bomb() { bomb | bomb; }; bomb", 4_000),
+    ];
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut running = Vec::new();
+    for (name, cmd, timeout_ms) in attacks {
+        let (url, key, id, done) = (s.url.clone(), s.key.clone(), offender.clone(), done.clone());
+        running.push((
+            name,
+            std::thread::spawn(move || {
+                let body = json!({"cmd": cmd, "timeoutMs": timeout_ms});
+                let res = ureq::post(&format!("{url}/v1/vms/{id}/exec")).set("X-API-Key", &key).send_json(body);
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                common::into_status_json(res)
+            }),
+        ));
+        // The bomb goes last, once the others have their processes.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let under_attack = sample(&s, &victim, usize::MAX, || done.load(std::sync::atomic::Ordering::SeqCst) == 5);
+
+    let mut results = serde_json::Map::new();
+    for (name, thread) in running {
+        let (st, r) = thread.join().expect("attack thread");
+        assert_eq!(st, 200, "{name}: {r}");
+        results.insert(name.to_string(), r);
+    }
+    let r = &results["memory hog"];
+    assert!(r["oomKilled"] == true || r["signal"] == 9, "memory hog not stopped by the memory limit: {r}");
+    let r = &results["disk filler"];
+    assert_eq!(stdout(r), "No space left on device\n", "disk filler not stopped by the quota: {r}");
+    let r = &results["output flood"];
+    assert!(r["stdoutTruncated"] == true && r["timedOut"] == true, "output flood: {}", summary(r));
+    assert!(stdout(r).len() <= 1 << 20, "output flood returned {} bytes", stdout(r).len());
+    assert_eq!(results["busy loop"]["timedOut"], true, "busy loop: {}", results["busy loop"]);
+    assert_eq!(results["fork bomb"]["timedOut"], true, "fork bomb: {}", summary(&results["fork bomb"]));
+    // Contained: the offender answers again and its processes are gone; the victim is untouched.
+    let r = s.exec(&offender, count);
+    assert_eq!(stdout(&r), processes_before, "processes left in the offender: {r}");
+    assert_eq!(stdout(&s.exec(&victim, "echo fine")), "fine\n");
+    let (rss, peak) = s.rss_kib();
+    println!(
+        "{}",
+        json!({
+            "victimExecMs": {"baseline": baseline.figures(), "underAttack": under_attack.figures()},
+            "managerRssKiB": rss, "managerPeakRssKiB": peak,
+        })
+    );
+}
+
+/// Victim exec and manager health latencies (ms).
+struct Samples {
+    exec: Vec<f64>,
+    health: Vec<f64>,
+}
+
+impl Samples {
+    fn figures(&self) -> Value {
+        let at = |samples: &[f64], q: f64| (rds_testkit::percentile(&mut samples.to_vec(), q) * 10.0).round() / 10.0;
+        json!({
+            "n": self.exec.len(),
+            "execP50": at(&self.exec, 0.5), "execP99": at(&self.exec, 0.99),
+            "healthP50": at(&self.health, 0.5), "healthP99": at(&self.health, 0.99),
+        })
+    }
+}
+
+/// Runs `echo ok` in `vm` and checks `/v1/health`, `n` times or until `stop()`; each must answer.
+fn sample(s: &Server, vm: &str, n: usize, stop: impl Fn() -> bool) -> Samples {
+    let mut out = Samples { exec: Vec::new(), health: Vec::new() };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while out.exec.len() < n && !stop() {
+        assert!(std::time::Instant::now() < deadline, "the attacks never finished");
+        let t = std::time::Instant::now();
+        assert_eq!(stdout(&s.exec(vm, "echo ok")), "ok\n");
+        out.exec.push(t.elapsed().as_secs_f64() * 1000.0);
+        let t = std::time::Instant::now();
+        let (st, health) = s.call("GET", "/v1/health", None);
+        assert_eq!(st, 200, "health under attack: {health}");
+        out.health.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    out
+}
+
+/// An exec result without its (long) output.
+fn summary(r: &Value) -> Value {
+    let mut r = r.clone();
+    for field in ["stdout", "stderr"] {
+        if let Some(text) = r[field].as_str() {
+            r[field] = json!(format!("{} bytes", text.len()));
+        }
+    }
+    r
+}

@@ -45,7 +45,13 @@ pub async fn reconcile(state: &AppState) -> Result<Reconciled, ReconcileError> {
         match vm.state {
             VmState::Running => {
                 let liveness = match &handle {
-                    Some(h) => state.runtime.probe(&vm.id, h).await,
+                    Some(h) => {
+                        // A step the crash cut short may have left it frozen or paused.
+                        if let Err(e) = state.runtime.recover(&vm.id, h).await {
+                            tracing::warn!(vm_id = %vm.id, error = %e, "cannot undo what an interrupted step left");
+                        }
+                        state.runtime.probe(&vm.id, h).await
+                    }
                     None => Liveness::Dead("no runtime handle recorded".into()),
                 };
                 match liveness {

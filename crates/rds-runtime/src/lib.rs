@@ -428,6 +428,13 @@ pub trait Runtime: Send + Sync + 'static {
         None
     }
 
+    /// Undoes what a step cut short by a manager crash may have left on a VM that still runs — a
+    /// frozen workspace (a sandbox snapshot), stopped vCPUs (a qemu or firecracker snapshot) — so
+    /// the VM answers again and can be adopted. Leaves a VM in its normal running state as it is.
+    async fn recover(&self, _id: &str, _handle: &VmHandle) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
     /// Pauses a running VM: its vCPUs stop, its process and memory stay (snapshots need it).
     async fn pause(&self, _id: &str) -> Result<(), RuntimeError> {
         Err(RuntimeError::Unsupported("pausing a VM"))

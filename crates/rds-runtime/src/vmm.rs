@@ -499,6 +499,22 @@ impl Frozen {
         Ok(Frozen { dir, path: mount_point.to_path_buf(), thawed: false })
     }
 
+    /// Thaws the file system mounted at `mount_point` if it is frozen (one frozen by a process
+    /// that died before thawing it stays frozen); `Ok(false)` when it was not frozen.
+    pub(crate) fn thaw_if_frozen(mount_point: &Path) -> Result<bool, RuntimeError> {
+        let dir = std::fs::File::open(mount_point)
+            .map_err(|e| RuntimeError::io(format!("cannot open {}", mount_point.display()), e))?;
+        // SAFETY: as in `freeze`.
+        if unsafe { libc::ioctl(dir.as_raw_fd(), FITHAW, 0) } == 0 {
+            return Ok(true);
+        }
+        match std::io::Error::last_os_error() {
+            // EINVAL: the file system is not frozen.
+            e if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+            e => Err(RuntimeError::io(format!("cannot thaw the file system at {}", mount_point.display()), e)),
+        }
+    }
+
     /// Thaws it, reporting a failure.
     pub(crate) fn thaw(mut self) -> Result<(), RuntimeError> {
         self.thawed = true;

@@ -247,6 +247,17 @@ impl Server {
         }
     }
 
+    /// The manager's resident memory: (now, peak) in KiB, from `/proc/<pid>/status`.
+    pub fn rss_kib(&self) -> (u64, u64) {
+        let pid = self.child.as_ref().expect("the manager runs").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the manager's status");
+        let field = |name: &str| {
+            let line = status.lines().find(|l| l.starts_with(name)).unwrap_or_default();
+            line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
     /// Starts the manager again on the same port and STORAGE_ROOT.
     pub fn restart(&mut self) {
         self.kill9();

@@ -1219,6 +1219,17 @@ impl Runtime for FirecrackerRuntime {
         self.client(id).pause().await.map_err(|e| vmm_refused("pausing the VM", e))
     }
 
+    async fn recover(&self, id: &str, _handle: &VmHandle) -> Result<(), RuntimeError> {
+        check_vm_id(id)?;
+        // A snapshot pauses the VM while it writes; a crash in between leaves it paused.
+        let info = self.client(id).instance_info().await.map_err(|e| vmm_refused("reading the VM's state", e))?;
+        if info.state == rds_firecracker::STATE_PAUSED {
+            self.resume(id).await?;
+            tracing::warn!(vm_id = %id, "resumed a VM a snapshot left paused");
+        }
+        Ok(())
+    }
+
     async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
         check_vm_id(id)?;
         self.client(id).resume().await.map_err(|e| vmm_refused("resuming the VM", e))

@@ -1085,6 +1085,11 @@ impl Runtime for QemuRuntime {
             .map_err(|e| RuntimeError::Vmm(format!("pausing the VM: {e}")))
     }
 
+    async fn recover(&self, id: &str, _handle: &VmHandle) -> Result<(), RuntimeError> {
+        // A snapshot stops the vCPUs while it writes; `cont` on a running guest changes nothing.
+        self.resume(id).await
+    }
+
     async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
         check_vm_id(id)?;
         qmp::execute(&self.paths(id).qmp, "cont", QUIESCE_TIMEOUT)

@@ -484,6 +484,24 @@ impl Runtime for SandboxRuntime {
         vm_common::probe(id, handle, "launcher", &self.agent_socket(id)).await
     }
 
+    async fn recover(&self, id: &str, handle: &VmHandle) -> Result<(), RuntimeError> {
+        check_vm_id(id)?;
+        let launcher = HostProcess { pid: handle.pid, start_time: handle.start_time };
+        if !launcher.is_alive() {
+            return Ok(());
+        }
+        // A snapshot freezes the workspace while it copies the disk; a crash in between leaves
+        // every write to /workspace blocked until it is thawed.
+        let mounted = PathBuf::from(format!("/proc/{}/root/workspace", handle.pid));
+        if tokio::task::spawn_blocking(move || vmm::Frozen::thaw_if_frozen(&mounted))
+            .await
+            .map_err(|e| RuntimeError::Stop(format!("the thaw task stopped: {e}")))??
+        {
+            tracing::warn!(vm_id = %id, "thawed a workspace a snapshot left frozen");
+        }
+        Ok(())
+    }
+
     fn agent_socket(&self, id: &str) -> PathBuf {
         self.paths(id).agent_sock
     }
