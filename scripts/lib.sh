@@ -34,6 +34,21 @@ ensure_rust() {
 
 # What run-ts / run-js / run-python need when no guest image is configured: the sandbox runtime
 # runs them from the host's root filesystem (read-only).
+# schemathesis (API fuzzing, crates/rds-cli/tests/api_fuzz.rs) from PyPI, pinned by its
+# requirements file, in its own venv over Debian's python3; reinstalled when the pins change.
+SCHEMATHESIS_VENV=/var/cache/rds-schemathesis
+ensure_schemathesis() {
+  local pins="$ROOT/crates/rds-cli/tests/api_fuzz/requirements.txt" stamp="$SCHEMATHESIS_VENV/pins.sha256"
+  local want; want="$(sha256sum < "$pins")"
+  [ -x "$SCHEMATHESIS_VENV/bin/schemathesis" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && return 0
+  apt_install python3-venv
+  step "installing schemathesis into $SCHEMATHESIS_VENV"
+  rm -rf "$SCHEMATHESIS_VENV"
+  /usr/bin/python3 -m venv "$SCHEMATHESIS_VENV"
+  "$SCHEMATHESIS_VENV/bin/pip" install -q --disable-pip-version-check -r "$pins"
+  echo "$want" > "$stamp"
+}
+
 ensure_interpreters() {
   # By command, not by package: a host may already have them from elsewhere (NodeSource's
   # nodejs bundles npm, and Debian's npm package then conflicts with it).

@@ -64,6 +64,8 @@ struct Run {
     uploads: Vec<(String, String, u8)>,
     /// Figures for the report: rounds per operation, and how many were cut by the kill.
     tally: BTreeMap<&'static str, (u32, u32)>,
+    /// The round's exec or upload, which the client retries after the restart.
+    retry: Option<Op>,
 }
 
 fn rounds_in(ns: &str, seed: u64, rounds: usize) {
@@ -77,6 +79,7 @@ fn rounds_in(ns: &str, seed: u64, rounds: usize) {
         exec_ids: Vec::new(),
         uploads: Vec::new(),
         tally: BTreeMap::new(),
+        retry: None,
     };
     let started = Instant::now();
     for round in 0..rounds {
@@ -175,6 +178,7 @@ impl Run {
             Op::Delete => "delete",
         };
         let cut = answer.is_err();
+        self.retry = Some(op);
         let entry = self.tally.entry(label).or_default();
         entry.0 += 1;
         entry.1 += u32::from(cut);
@@ -258,18 +262,32 @@ impl Run {
         }
         // The round's exec ran exactly once once the client has retried its execId; its upload is
         // whole once retried. Earlier rounds' files must still be as they were.
-        if let Some((id, exec_id)) = self.exec_ids.last().cloned().filter(|(id, _)| self.vms.contains_key(id)) {
+        let retry = self.retry.take();
+        let exec = self
+            .exec_ids
+            .last()
+            .cloned()
+            .filter(|(id, _)| matches!(retry, Some(Op::Exec)) && self.vms.contains_key(id));
+        if let Some((id, exec_id)) = exec {
             let (st, body) = self.s.call("POST", &format!("/v1/vms/{id}/exec"), Some(exec_body(&exec_id)));
             assert_eq!((st, &body["exitCode"]), (200, &json!(0)), "{label}: retry {exec_id}: {body}");
         }
-        if let Some((id, name, fill)) = self.uploads.last().cloned().filter(|(id, _, _)| self.vms.contains_key(id)) {
+        let upload_retry = self
+            .uploads
+            .last()
+            .cloned()
+            .filter(|(id, _, _)| matches!(retry, Some(Op::Upload)) && self.vms.contains_key(id));
+        if let Some((id, name, fill)) = upload_retry {
             let path = format!("/v1/vms/{id}/files/upload?dest=/workspace");
             let resp =
                 self.s.req("POST", &path).set("content-type", "application/gzip").send_bytes(&upload(&name, fill));
             let status = resp.map(|r| r.status()).unwrap_or_else(|e| match e {
-                ureq::Error::Status(st, r) => {
-                    panic!("{label}: retried upload of {name}: {st} {}", r.into_string().unwrap_or_default())
-                }
+                ureq::Error::Status(st, r) => panic!(
+                    "{label}: retried upload of {name}: {st} {}\nlog:\n{}\nconsole:\n{}",
+                    r.into_string().unwrap_or_default(),
+                    self.s.log(),
+                    std::fs::read_to_string(self.s.vm_dir(&id).join("console.log")).unwrap_or_default()
+                ),
                 e => panic!("{label}: retried upload of {name}: {e}"),
             });
             assert_eq!(status, 204, "{label}: retried upload of {name}");

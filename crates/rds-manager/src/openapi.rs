@@ -97,3 +97,29 @@ fn add_responses(op: &mut Operation, responses: &[(&str, &str, bool)]) {
         op.responses.responses.insert(status.to_string(), RefOr::T(response.build()));
     }
 }
+
+/// What the served document states from this manager's configuration and what the generated
+/// parts cannot carry: `timeoutMs` at most `MAX_EXEC_TIMEOUT_MS`, and the pattern of a snapshot
+/// id in its own path (utoipa-axum adds path parameters without their schema's constraints).
+pub fn apply_configuration(doc: &mut utoipa::openapi::OpenApi, max_exec_timeout_ms: u64) {
+    use utoipa::openapi::Schema;
+    if let Some(components) = doc.components.as_mut() {
+        for request in ["ExecRequest", "RunRequest"] {
+            let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(request) else { continue };
+            if let Some(RefOr::T(Schema::Object(timeout))) = object.properties.get_mut("timeoutMs") {
+                timeout.maximum = Some(max_exec_timeout_ms.into());
+            }
+        }
+    }
+    if let Some(item) = doc.paths.paths.get_mut("/v1/snapshots/{id}") {
+        for op in [&mut item.get, &mut item.delete].into_iter().flatten() {
+            for param in op.parameters.iter_mut().flatten().filter(|p| p.name == "id") {
+                let id = ObjectBuilder::new().schema_type(Type::String).pattern(Some(SNAPSHOT_ID_PATTERN));
+                param.schema = Some(RefOr::T(Schema::Object(id.build())));
+            }
+        }
+    }
+}
+
+/// A snapshot id as the routes accept it (`snap-<uuid>`, `seed-<image id>`).
+pub const SNAPSHOT_ID_PATTERN: &str = "^[A-Za-z0-9-]{1,80}$";

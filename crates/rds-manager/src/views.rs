@@ -329,6 +329,7 @@ pub enum SnapshotScope {
 #[into_params(parameter_in = Query)]
 pub struct SnapshotsQuery {
     /// `user` (default), `internal` or `all`.
+    #[param(inline)]
     pub scope: Option<SnapshotScope>,
 }
 
@@ -526,9 +527,9 @@ pub struct CreateImageRequest {
         pattern = "^[^\\u0000-\\u0008\\u000B-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u0008\\u000B-\\u001F\\u007F-\\u009F]*$"
     )]
     pub name: String,
-    /// Free text (at most 1024 characters).
+    /// Free text (at most 1024 characters, no control characters but tab and newline).
     #[serde(default)]
-    #[schema(max_length = 1024)]
+    #[schema(max_length = 1024, pattern = "^[^\\u0000-\\u0008\\u000B-\\u001F\\u007F-\\u009F]*$")]
     pub description: Option<String>,
 }
 

@@ -1291,9 +1291,31 @@ fn parameter<'a>(doc: &'a Value, m: &str, path: &str, name: &str) -> &'a Value {
 }
 
 #[tokio::test]
+async fn every_reference_in_openapi_json_resolves() {
+    fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(map) => {
+                if let Some(Value::String(r)) = map.get("$ref") {
+                    out.push(r);
+                }
+                map.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let doc = openapi(&Api::new(&[])).await;
+    let mut found = Vec::new();
+    refs(&doc, &mut found);
+    assert!(!found.is_empty());
+    let dangling: Vec<&&str> = found.iter().filter(|r| doc.pointer(r.trim_start_matches('#')).is_none()).collect();
+    assert!(dangling.is_empty(), "references to nothing: {dangling:?}");
+}
+
+#[tokio::test]
 async fn openapi_json_documents_the_constraints_the_validators_enforce() {
     use rds_manager::views;
-    let api = Api::new(&[]);
+    let api = Api::new(&[("MAX_EXEC_TIMEOUT_MS", "45000")]);
     let doc = openapi(&api).await;
     let schemas = "/components/schemas";
     let policy_max = json!(rds_net::MAX_ENTRIES);
@@ -1318,6 +1340,10 @@ async fn openapi_json_documents_the_constraints_the_validators_enforce() {
         (format!("{schemas}/ExecRequest/properties/cmd/minLength"), json!(1)),
         (format!("{schemas}/ExecRequest/properties/timeoutMs/minimum"), json!(1)),
         (format!("{schemas}/RunRequest/properties/timeoutMs/minimum"), json!(1)),
+        // The configured MAX_EXEC_TIMEOUT_MS, as this manager enforces it.
+        (format!("{schemas}/ExecRequest/properties/timeoutMs/maximum"), json!(45000)),
+        (format!("{schemas}/RunRequest/properties/timeoutMs/maximum"), json!(45000)),
+        (format!("{schemas}/ContextRequest/properties/cwd/minLength"), json!(1)),
         (format!("{schemas}/CreateImageRequest/properties/name/minLength"), json!(1)),
         (format!("{schemas}/CreateImageRequest/properties/name/maxLength"), json!(views::MAX_IMAGE_NAME_CHARS)),
         (
@@ -1356,6 +1382,10 @@ async fn openapi_json_documents_the_constraints_the_validators_enforce() {
             (&json!("query"), &json!(true), &json!(1)),
             "{path} {name}"
         );
+    }
+    for m in ["get", "delete"] {
+        let id = &parameter(&doc, m, "/v1/snapshots/{id}", "id")["schema"];
+        assert_eq!(id["pattern"], rds_manager::openapi::SNAPSHOT_ID_PATTERN, "{m}");
     }
     for m in ["patch", "delete"] {
         let alias = &parameter(&doc, m, "/v1/vms/{id}/peers/{alias}", "alias")["schema"];

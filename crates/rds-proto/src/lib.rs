@@ -79,9 +79,31 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
 
 /// Environment for a command: accepted either as an object (`{"K":"v"}`) or as the
 /// reference API's list form (`["K=v"]`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(transparent)]
 pub struct EnvMap(pub BTreeMap<String, String>);
+
+/// A valid environment variable name ([`is_env_key`]).
+pub const ENV_KEY_PATTERN: &str = "^[A-Za-z_][A-Za-z0-9_]*$";
+
+impl utoipa::PartialSchema for EnvMap {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+        let string = || ObjectBuilder::new().schema_type(Type::String);
+        let map = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property_names(Some(string().pattern(Some(ENV_KEY_PATTERN))))
+            .additional_properties(Some(string()));
+        let list = ArrayBuilder::new().items(string().pattern(Some("^[A-Za-z_][A-Za-z0-9_]*=")));
+        OneOfBuilder::new()
+            .item(map)
+            .item(list)
+            .description(Some("Variables as an object (`{\"K\": \"v\"}`) or as `[\"K=v\"]`."))
+            .into()
+    }
+}
+
+impl ToSchema for EnvMap {}
 
 impl<'de> Deserialize<'de> for EnvMap {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -141,7 +163,6 @@ pub struct ExecRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
     pub env: Option<EnvMap>,
     /// Written to the command's stdin, which is then closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -254,7 +275,6 @@ pub struct RunRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
     pub env: Option<EnvMap>,
     /// Milliseconds before the run is killed (default 30000; at most the manager's
     /// `MAX_EXEC_TIMEOUT_MS`).
@@ -323,10 +343,10 @@ pub struct ContextRequest {
     pub language: ContextLanguage,
     /// Working directory under `/workspace` (default: the workspace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1)]
     pub cwd: Option<String>,
     /// Environment of the interpreter, for every run in the context.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
     pub env: Option<EnvMap>,
     /// Milliseconds without a run after which the context is removed (default 1800000; at
     /// least 1000, at most one day).

@@ -89,7 +89,6 @@ pub struct PtyRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
     pub env: Option<EnvMap>,
     /// Milliseconds with nobody attached after which the session is ended (default 900000; at
     /// least 1000, at most one day).

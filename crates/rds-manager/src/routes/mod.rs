@@ -92,11 +92,12 @@ pub fn router(state: AppState) -> Router {
     // Only these operations get the auth layer, so only they document its 401 and 429.
     ProtectedResponses.modify(protected.get_openapi_mut());
     let protected = protected.route_layer(middleware::from_fn_with_state(state.clone(), auth::require_api_key));
-    let (api, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (api, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(protected)
         .merge(self_authenticated_routes())
         .merge(public_routes())
         .split_for_parts();
+    crate::openapi::apply_configuration(&mut doc, state.config.max_exec_timeout_ms);
     Router::new()
         .merge(api)
         .merge(SwaggerUi::new("/swagger").url("/openapi.json", doc))

@@ -14,6 +14,7 @@ use rds_proto::ErrorBody;
 #[utoipa::path(post, path = "/v1/vms", tag = "vms", request_body = CreateVmRequest,
     responses((status = 201, body = VmView), (status = 400, body = ErrorBody),
         (status = 404, description = "the image or snapshot it names does not exist", body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 501, description = "egress rules asked of a manager whose VM networking is off (`RDS_NETWORK=off`)", body = ErrorBody),
         (status = 502, description = "`vm_failed`: the VM did not boot or its VMM refused it; the message says why", body = ErrorBody)))]
 pub async fn create(
     State(s): State<AppState>,

@@ -111,7 +111,7 @@ pub struct CreateApiKeyRequest {
     )]
     pub name: String,
     /// Days until it stops working (1–3650); none: until revoked.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "rds_proto::coerce::opt_u32")]
     #[schema(minimum = 1, maximum = 3650)]
     pub expires_in_days: Option<u32>,
 }
