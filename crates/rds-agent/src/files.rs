@@ -13,6 +13,8 @@
 //! followed); `replace_tree` swaps out whatever sits at `dest` (even a user symlink, which is
 //! removed, not followed), but refuses parents that are symlinks. Tar type '7' (contiguous) is
 //! treated as a regular file, as GNU tar does; every other non-file, non-dir type is rejected.
+//! Top-level names starting with `.rds-staging-` are the agent's: no upload writes them and
+//! downloads treat them as absent.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -174,6 +176,9 @@ pub fn upload(
     probe_dir(&ws, &comps).map_err(|e| dest_error(dest, e))?;
     let staging = Staging::create(&ws)?;
     let staged = extract(body, &staging.root, limits, &finish)?;
+    if comps.is_empty() {
+        check_reserved(&staged.tree)?;
+    }
     if let Some(existing) = probe_dir(&ws, &comps).map_err(|e| dest_error(dest, e))? {
         check_collisions(&existing, &staged.tree, Path::new(""))?;
     }
@@ -769,6 +774,18 @@ fn copy_entry(from: &mut impl Read, to: &mut impl Write) -> Result<u64, CopyErro
         };
         to.write_all(&buf[..n]).map_err(CopyError::Write)?;
         total += n as u64;
+    }
+}
+
+/// Refuses top-level names the agent keeps for its staging dirs: downloads treat them as absent,
+/// so a file uploaded there could never be read back.
+fn check_reserved(tree: &Tree) -> Result<(), FileError> {
+    match tree.0.iter().find(|(name, _)| name.as_bytes().starts_with(STAGING_PREFIX.as_bytes())) {
+        Some((name, Node::File(entry) | Node::Dir(_, entry))) => Err(rejected(format!(
+            "entry '{entry}': '{}' at the workspace root is reserved for the agent",
+            name.to_string_lossy()
+        ))),
+        None => Ok(()),
     }
 }
 

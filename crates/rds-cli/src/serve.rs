@@ -31,8 +31,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             orphans = r.orphans_removed.len(),
             "reconciled VMs"
         );
+        let scheme = if prepared.tls.is_some() { "https" } else { "http" };
         println!(
-            "rds listening on http://{addr} (runtime {}, isolation {})",
+            "rds listening on {scheme}://{addr} (runtime {}, isolation {})",
             prepared.state.runtime.kind().as_str(),
             prepared.state.runtime.isolation().as_str()
         );
@@ -45,6 +46,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 println!("API key: a stored key exists (run `rds serve --new-api-key` to replace it)")
             }
         }
-        rds_manager::server::serve(prepared).await.context("serving HTTP")
+        rds_manager::server::serve(prepared).await.context("serving the API")
     })
 }

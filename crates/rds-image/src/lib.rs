@@ -239,7 +239,8 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
             "{:<12} {:>10}  sha256 {}",
             artifact.name,
             human_size(artifact.size),
-            &artifact.sha256[..16]
+            // A cached manifest is read back from disk: never index past a short (corrupt) hash.
+            artifact.sha256.get(..16).unwrap_or(&artifact.sha256)
         ));
     }
     steps.finish();

@@ -13,6 +13,13 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// The PEM files of the API's TLS certificate chain and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// Which runtime the operator asked for (`RDS_RUNTIME`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RuntimeChoice {
@@ -30,7 +37,11 @@ pub enum RuntimeChoice {
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `BIND`: listen address. Defaults to 127.0.0.1 so VMs (and the network) cannot reach the API.
+    /// Any other address needs TLS (`TLS_CERT`, `TLS_KEY`) or `RDS_ALLOW_INSECURE_BIND=true` (a
+    /// TLS-terminating proxy in front).
     pub bind: IpAddr,
+    /// `TLS_CERT` and `TLS_KEY`: PEM certificate chain and private key; the API speaks HTTPS.
+    pub tls: Option<TlsFiles>,
     /// `PORT`.
     pub port: u16,
     /// `API_KEY`: a fixed key accepted in addition to stored keys.
@@ -278,8 +289,31 @@ impl Config {
                 message: format!("must be between {min_disk} and MAX_DISK_MB ({max_disk_mb})"),
             });
         }
+        let bind: IpAddr =
+            parse(&get, "BIND", "127.0.0.1".parse().expect("literal"), "an IP address such as 127.0.0.1")?;
+        let tls = match (get("TLS_CERT").filter(|v| !v.is_empty()), get("TLS_KEY").filter(|v| !v.is_empty())) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert: cert.into(), key: key.into() }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError { var: "TLS_KEY", message: "TLS_CERT is set: set TLS_KEY too".into() })
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError { var: "TLS_CERT", message: "TLS_KEY is set: set TLS_CERT too".into() })
+            }
+        };
+        let allow_insecure: bool = parse(&get, "RDS_ALLOW_INSECURE_BIND", false, "true or false")?;
+        if !bind.is_loopback() && tls.is_none() && !allow_insecure {
+            return Err(ConfigError {
+                var: "BIND",
+                message: format!(
+                    "{bind} is reachable beyond this host and the API would be plain HTTP (keys in clear): set TLS_CERT and \
+                     TLS_KEY, or RDS_ALLOW_INSECURE_BIND=true when a TLS-terminating proxy is in front"
+                ),
+            });
+        }
         Ok(Config {
-            bind: parse(&get, "BIND", "127.0.0.1".parse().expect("literal"), "an IP address such as 127.0.0.1")?,
+            bind,
+            tls,
             port: parse(&get, "PORT", 3000, "a port number 1-65535")?,
             api_key,
             storage_root,
@@ -508,6 +542,19 @@ mod tests {
         assert!(!c.expose_internal_errors);
         assert_eq!(c.cgroup_group, None, "the default group is derived from the installation id");
         assert_eq!(cfg(&[("RDS_CGROUP_GROUP", "rds-blue")]).unwrap().cgroup_group.as_deref(), Some("rds-blue"));
+    }
+
+    #[test]
+    fn beyond_loopback_the_api_needs_tls_or_an_explicit_allowance() {
+        assert_eq!(cfg(&[("BIND", "0.0.0.0")]).unwrap_err().var, "BIND");
+        assert_eq!(cfg(&[("BIND", "10.1.2.3")]).unwrap_err().var, "BIND");
+        assert!(cfg(&[("BIND", "::1")]).unwrap().tls.is_none());
+        assert!(cfg(&[("BIND", "0.0.0.0"), ("RDS_ALLOW_INSECURE_BIND", "true")]).is_ok());
+        let c = cfg(&[("BIND", "0.0.0.0"), ("TLS_CERT", "/c.pem"), ("TLS_KEY", "/k.pem")]).unwrap();
+        assert_eq!(c.tls, Some(TlsFiles { cert: "/c.pem".into(), key: "/k.pem".into() }));
+        assert_eq!(cfg(&[("TLS_CERT", "/c.pem")]).unwrap_err().var, "TLS_KEY");
+        assert_eq!(cfg(&[("TLS_KEY", "/k.pem")]).unwrap_err().var, "TLS_CERT");
+        assert_eq!(cfg(&[("RDS_ALLOW_INSECURE_BIND", "maybe")]).unwrap_err().var, "RDS_ALLOW_INSECURE_BIND");
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod runtime_select;
 pub mod server;
 pub mod services;
 pub mod state;
+pub mod tls;
 pub mod unread_body;
 pub mod views;
 

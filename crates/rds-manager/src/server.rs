@@ -30,6 +30,8 @@ pub enum StartError {
     Reconcile(#[from] crate::reconciler::ReconcileError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A manager ready to serve.
@@ -42,6 +44,8 @@ pub struct Prepared {
     pub reconciled: Reconciled,
     /// The bound listener.
     pub listener: tokio::net::TcpListener,
+    /// HTTPS when `TLS_CERT` and `TLS_KEY` are set.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Host-wide locks on the installation id and cgroup group, held while serving.
     pub host_locks: HostLocks,
 }
@@ -94,6 +98,7 @@ async fn prepare_with(
     rotate_key: bool,
 ) -> Result<Prepared, StartError> {
     let (keys, key_notice) = ensure_keys(store.as_ref(), config.api_key.as_deref(), rotate_key).await?;
+    let tls = config.tls.as_ref().map(crate::tls::acceptor).transpose()?;
     let addr = SocketAddr::new(config.bind, config.port);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
     let networking = crate::network::VmNetworking::start(&config.network, runtime.as_ref(), &installation).await?;
@@ -102,7 +107,7 @@ async fn prepare_with(
         .with_runtime_reason(runtime_reason)
         .with_network(networking);
     let reconciled = reconcile(&state).await?;
-    Ok(Prepared { state, key_notice, reconciled, listener, host_locks })
+    Ok(Prepared { state, key_notice, reconciled, listener, tls, host_locks })
 }
 
 /// Serves until the process ends.
@@ -112,6 +117,9 @@ pub async fn serve(prepared: Prepared) -> std::io::Result<()> {
     tokio::spawn(crate::services::pool::run(prepared.state.clone()));
     let _locks = prepared.host_locks;
     let app = routes::router(prepared.state);
+    if let Some(acceptor) = prepared.tls {
+        return crate::tls::serve(prepared.listener, acceptor, app).await;
+    }
     // Each request knows its client's address (for the per-client share of rate limits).
     axum::serve(prepared.listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await
 }

@@ -99,8 +99,9 @@ impl Server {
     /// `bind` there, with `API_KEY` set plus `env`. The calling thread must already be in `ns`
     /// (to pick a free port there and to reach the API). `nsenter --net` keeps the host's `/sys`;
     /// `ip netns exec` (a fresh `/sys`, see [`Server::start_prefixed`]) is tested on its own.
+    /// A non-loopback `bind` is allowed without TLS: the namespace is the test's own.
     pub fn start_in_netns(ns: &str, bind: &str, env: &[(&str, &str)]) -> Server {
-        let mut all = vec![("API_KEY", KEY), ("BIND", bind)];
+        let mut all = vec![("API_KEY", KEY), ("BIND", bind), ("RDS_ALLOW_INSECURE_BIND", "true")];
         all.extend_from_slice(env);
         let prefix = vec!["nsenter".to_string(), format!("--net=/run/netns/{ns}"), "--".to_string()];
         Self::start_with(&all, prefix, bind)
@@ -109,7 +110,7 @@ impl Server {
     /// Starts a server with `API_KEY` set plus `env`, running `prefix` in front of `rds serve`
     /// (e.g. `ip netns exec <ns>`), listening on `bind`.
     pub fn start_prefixed(prefix: &[&str], bind: &str, env: &[(&str, &str)]) -> Server {
-        let mut all = vec![("API_KEY", KEY), ("BIND", bind)];
+        let mut all = vec![("API_KEY", KEY), ("BIND", bind), ("RDS_ALLOW_INSECURE_BIND", "true")];
         all.extend_from_slice(env);
         Self::start_with(&all, prefix.iter().map(|p| p.to_string()).collect(), bind)
     }
@@ -123,8 +124,9 @@ impl Server {
         let root = tempfile::Builder::new().prefix("rds-e2e-").tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let host = if bind == "0.0.0.0" { "127.0.0.1" } else { bind };
+        let scheme = if env.iter().any(|(k, _)| *k == "TLS_CERT") { "https" } else { "http" };
         let mut s = Server {
-            url: format!("http://{host}:{port}"),
+            url: format!("{scheme}://{host}:{port}"),
             root,
             port,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
@@ -206,7 +208,10 @@ impl Server {
         }
         self.stdout = lines;
         self.child = Some(child);
-        let (status, health) = into_status_json(ureq::get(&format!("{}/v1/health", self.url)).call());
+        let (status, health) = match self.tls_cert() {
+            Some(cert) => curl_json(&cert, &format!("{}/v1/health", self.url), &[]),
+            None => into_status_json(ureq::get(&format!("{}/v1/health", self.url)).call()),
+        };
         assert_eq!(status, 200, "health: {health}");
         let id = health["installationId"].as_str().unwrap_or_default().to_string();
         assert!(
@@ -215,6 +220,12 @@ impl Server {
             self.installation_id
         );
         self.installation_id = id;
+    }
+
+    /// `TLS_CERT` when the manager serves HTTPS (the tests' certificates are self-signed, so this
+    /// is also the CA to trust).
+    pub fn tls_cert(&self) -> Option<String> {
+        self.env.iter().find(|(k, _)| k == "TLS_CERT").map(|(_, v)| v.clone())
     }
 
     /// The cgroup parent group of this manager's sandboxes.
@@ -346,7 +357,7 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         // Delete every VM so no sandbox outlives the test, then stop the manager.
-        if self.child.is_some() {
+        if self.child.is_some() && self.tls_cert().is_none() {
             if let (200, Value::Array(vms)) = self.call("GET", "/v1/vms", None) {
                 for vm in vms {
                     let _ = self.req("DELETE", &format!("/v1/vms/{}", vm["id"].as_str().unwrap_or(""))).call();
@@ -367,6 +378,19 @@ impl Drop for Server {
 /// Removes this server's (now empty) cgroup parent group.
 fn remove_empty_cgroup_group(name: &str) {
     rds_runtime::cgroup::CgroupLayout::remove_empty_group(name);
+}
+
+/// `curl` over HTTPS trusting `ca`, with `args`; returns (status, JSON body or Null).
+pub fn curl_json(ca: &str, url: &str, args: &[&str]) -> (u16, Value) {
+    let out = Command::new("curl")
+        .args(["-sS", "--cacert", ca, "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (status.trim().parse().unwrap_or(0), serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
 pub fn into_status_json(res: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
