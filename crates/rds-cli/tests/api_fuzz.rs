@@ -47,7 +47,10 @@ fn schemathesis(s: &Server, auth: Option<&str>) -> String {
         .arg(dir.join("schemathesis.toml"))
         .arg("run")
         .arg(format!("{}/openapi.json", s.url))
-        .args(["--checks", "all", "--max-examples", &examples, "--seed", &seed, "--workers", "2"])
+        // One worker: with two, Hypothesis parses lambda sources on two threads at once and
+        // CPython 3.11's ast.parse then fails with "AST constructor recursion depth mismatch"
+        // (an error of the tool, not of the API).
+        .args(["--checks", "all", "--max-examples", &examples, "--seed", &seed, "--workers", "1"])
         .args(["--phases", "examples,coverage,fuzzing", "--exclude-path-regex", "/(pty|exec/ws)$"])
         .arg("--no-color")
         .current_dir(scratch.path())

@@ -14,7 +14,8 @@ use crate::{ApiError, AppState};
 /// Answers 204 with no body, as the original API does (its clients assert it).
 #[utoipa::path(post, path = "/v1/vms/{id}/files/upload", tag = "files", params(UploadQuery),
     request_body(content = Vec<u8>, content_type = "application/gzip"),
-    responses((status = 204, description = "Extracted."), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
+    responses((status = 204, description = "Extracted."), (status = 400, body = ErrorBody),
+        (status = 409, description = "the VM is not running", body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub async fn upload(
     State(s): State<AppState>,
     Path(id): Path<String>,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rds_proto::{ContextInfo, ContextLanguage, ContextRequest};
 
-use crate::services::exec::{net_grant, OrAgentError};
+use crate::services::exec::{net_grant, oom_rose, OrAgentError};
 use crate::services::peers::{secrets_of, with_secrets};
 use crate::services::vms::find_running;
 use crate::{ApiError, AppState};
@@ -24,8 +24,31 @@ pub async fn create(state: &AppState, vm_id: &str, req: ContextRequest) -> Resul
         ContextLanguage::Typescript => Some(net_grant(state, &vm).await? && req.allow_net.unwrap_or(true)),
         ContextLanguage::Javascript | ContextLanguage::Python => None,
     };
+    let language = req.language;
     let to_agent = ContextRequest { env: with_secrets(req.env.clone(), &secrets), allow_net, ..req };
-    state.agent.vm(vm_id).create_context(&to_agent, START_LIMIT).await.or_agent_error(state, vm_id).await
+    let oom_before = state.runtime.oom_kills(vm_id).await;
+    let started = state.agent.vm(vm_id).create_context(&to_agent, START_LIMIT).await;
+    out_of_memory(state, vm_id, oom_before, started.is_err(), language).await?;
+    started.or_agent_error(state, vm_id).await
+}
+
+/// A 409 naming the cause when an interpreter failed to start because the VM's memory limit
+/// killed it (a VM too small for it), instead of the agent's bare failure.
+async fn out_of_memory(
+    state: &AppState,
+    vm_id: &str,
+    oom_before: Option<u64>,
+    failed: bool,
+    language: ContextLanguage,
+) -> Result<(), ApiError> {
+    if failed && oom_rose(oom_before, state.runtime.oom_kills(vm_id).await) {
+        let language =
+            serde_json::to_value(language).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        return Err(ApiError::Conflict(format!(
+            "the {language} interpreter ran out of memory while starting: this VM's memMb is too small for it"
+        )));
+    }
+    Ok(())
 }
 
 /// The contexts of a RUNNING VM.

@@ -207,7 +207,7 @@ pub async fn net_grant(state: &AppState, vm: &VmRecord) -> Result<bool, ApiError
     Ok(!state.store.list_peer_links(&vm.id).await?.is_empty())
 }
 
-fn oom_rose(before: Option<u64>, after: Option<u64>) -> bool {
+pub(crate) fn oom_rose(before: Option<u64>, after: Option<u64>) -> bool {
     matches!((before, after), (Some(b), Some(a)) if a > b) || matches!((before, after), (None, Some(a)) if a > 0)
 }
 
