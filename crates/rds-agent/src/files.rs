@@ -719,9 +719,9 @@ fn extract(body: impl Read, root: &OwnedFd, limits: &TransferLimits, finish: &Fi
                     .map_err(|e| staging_error(&name, e))?;
                 budget.allow(size);
                 let mut file = File::from(fd);
-                let written = copy_entry(&mut entry, &mut file).map_err(|e| match e {
-                    CopyError::Read(e) => read_error(e, &name),
-                    CopyError::Write(e) => FileError::Io(e),
+                let written = rds_host::copy_apart(&mut entry, &mut file).map_err(|e| match e {
+                    rds_host::CopyError::Read(e) => read_error(e, &name),
+                    rds_host::CopyError::Write(e) => FileError::Io(e),
                 })?;
                 if written != size {
                     return Err(rejected(format!("entry '{name}': archive is truncated ({written} of {size} bytes)")));
@@ -754,27 +754,6 @@ fn seal_dirs(dir: &OwnedFd, tree: &Tree, finish: &Finish) -> nix::Result<()> {
         }
     }
     Ok(())
-}
-
-enum CopyError {
-    Read(io::Error),
-    Write(io::Error),
-}
-
-/// Copies entry data, telling archive (read) failures apart from disk (write) failures.
-fn copy_entry(from: &mut impl Read, to: &mut impl Write) -> Result<u64, CopyError> {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut total = 0u64;
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(CopyError::Read(e)),
-        };
-        to.write_all(&buf[..n]).map_err(CopyError::Write)?;
-        total += n as u64;
-    }
 }
 
 /// Refuses top-level names the agent keeps for its staging dirs: downloads treat them as absent,

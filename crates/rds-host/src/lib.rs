@@ -107,3 +107,29 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// Which side of a copy failed.
+#[derive(Debug)]
+pub enum CopyError {
+    /// Reading the source (e.g. a broken archive: the caller's fault).
+    Read(std::io::Error),
+    /// Writing the destination (e.g. a full disk: the host's fault).
+    Write(std::io::Error),
+}
+
+/// Copies `from` into `to`, telling read failures apart from write failures (`std::io::copy`
+/// reports both alike). Returns the bytes copied.
+pub fn copy_apart(from: &mut impl std::io::Read, to: &mut impl std::io::Write) -> Result<u64, CopyError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        to.write_all(&buf[..n]).map_err(CopyError::Write)?;
+        total += n as u64;
+    }
+}

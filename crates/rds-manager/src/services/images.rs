@@ -463,33 +463,17 @@ fn stage_entry(entry: &mut impl Read, dir: &Path, part: ImagePart, max: u64) -> 
     tmp.write_all(&head).map_err(write_err)?;
     // One byte past the limit tells "exactly max" from "too big".
     let rest = max.saturating_sub(head.len() as u64) + 1;
-    let copied = copy_entry(&mut entry.by_ref().take(rest), &mut tmp, write_err)?;
+    // A broken archive is a 400 whatever the decoder's error kind (a cut gzip stream reports
+    // `UnexpectedEof`); a failing disk a 500.
+    let copied = rds_host::copy_apart(&mut entry.by_ref().take(rest), &mut tmp).map_err(|e| match e {
+        rds_host::CopyError::Read(e) => bad_bundle(e),
+        rds_host::CopyError::Write(e) => write_err(e),
+    })?;
     let bytes = head.len() as u64 + copied;
     if bytes > max {
         return Err(too_large(max));
     }
     Ok(Staged { tmp, format, bytes })
-}
-
-/// Copies an entry's data, telling a broken archive (400, whatever the decoder's error kind: a
-/// cut gzip stream reports `UnexpectedEof`) from a failing disk (500).
-fn copy_entry(
-    from: &mut impl Read,
-    to: &mut impl Write,
-    write_err: impl Fn(std::io::Error) -> ApiError,
-) -> Result<u64, ApiError> {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut total = 0u64;
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(bad_bundle(e)),
-        };
-        to.write_all(&buf[..n]).map_err(&write_err)?;
-        total += n as u64;
-    }
 }
 
 /// Reads `manifest.json` (a JSON object, at most [`MAX_MANIFEST_BYTES`]) into a temporary file.
