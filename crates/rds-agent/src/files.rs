@@ -105,7 +105,7 @@ pub enum FileError {
     /// The requested path does not exist in the workspace (HTTP 404).
     #[error("{0}")]
     NotFound(String),
-    /// The agent failed to read or write its own files (HTTP 500).
+    /// The agent failed to read or write its own files (HTTP 500; 409 when the VM's disk is full).
     #[error("file transfer failed: {0}")]
     Io(#[from] io::Error),
 }

@@ -143,3 +143,19 @@ fn warm_interpreters_follow_the_managers_setting() {
     }
     assert_eq!(waiting, 2, "WARM_INTERPRETERS=2 keeps two interpreters waiting");
 }
+
+/// A VM whose /tmp its own code filled cannot start an interpreter: 409 with the cause (the
+/// caller's to free), not a 502 from the agent; freeing it makes the next try work.
+#[test]
+fn a_full_tmp_answers_409_and_freeing_it_lets_a_context_start() {
+    require_sandbox!();
+    let s = Server::start(&[]);
+    let vm = s.create_vm(128);
+    s.exec(&vm, "cat /dev/zero > /tmp/fill 2>/dev/null; true");
+    let (st, body) = s.call("POST", &format!("/v1/vms/{vm}/contexts"), Some(json!({"language": "typescript"})));
+    assert_eq!(st, 409, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("No space left"), "{body}");
+    s.exec(&vm, "rm /tmp/fill");
+    let (st, body) = s.call("POST", &format!("/v1/vms/{vm}/contexts"), Some(json!({"language": "typescript"})));
+    assert_eq!(st, 201, "{body}");
+}

@@ -159,6 +159,14 @@ fn workspace_quota_is_enforced_by_the_kernel() {
     );
     assert!(stdout(&r).contains("No space left on device"), "{r}");
     assert!(!stdout(&r).contains("lost+found"), "{r}");
+    // Uploading into the full disk is the caller's to fix: 409 naming the cause, not a 502.
+    let resp = s
+        .req("POST", &format!("/v1/vms/{id}/files/upload?dest=/workspace"))
+        .set("content-type", "application/gzip")
+        .send_bytes(&rds_testkit::tar_gz(&[("more", &vec![7u8; 1 << 20])]));
+    let (st, body) = common::into_status_json(resp);
+    assert_eq!(st, 409, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("No space left"), "{body}");
     // On the host the VM's disk is a sparse file that never grows past its size.
     let vm_dir = s.root.path().join("vms").join(&id);
     let du = std::process::Command::new("du").args(["-sm", "--apparent-size"]).arg(&vm_dir).output().unwrap();

@@ -77,6 +77,8 @@ impl From<ExecError> for ApiError {
             }
             ExecError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ExecError::Unsupported(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
+            // The VM's own disk or /tmp is full: the caller's to free, not an agent failure.
+            ExecError::Io { source, .. } if is_full(source) => (StatusCode::CONFLICT, "conflict"),
             ExecError::Spawn { .. } | ExecError::Io { .. } | ExecError::Lost => {
                 tracing::error!("exec failed: {e}");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
@@ -86,11 +88,17 @@ impl From<ExecError> for ApiError {
     }
 }
 
+/// No space (or quota) left on a file system of the VM.
+fn is_full(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
 impl From<FileError> for ApiError {
     fn from(e: FileError) -> Self {
         let (status, code) = match &e {
             FileError::Rejected(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             FileError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            FileError::Io(source) if is_full(source) => (StatusCode::CONFLICT, "conflict"),
             FileError::Io(_) => {
                 tracing::error!("file transfer failed: {e}");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
