@@ -28,24 +28,25 @@ pub async fn create(state: &AppState, vm_id: &str, req: ContextRequest) -> Resul
     let to_agent = ContextRequest { env: with_secrets(req.env.clone(), &secrets), allow_net, ..req };
     let oom_before = state.runtime.oom_kills(vm_id).await;
     let started = state.agent.vm(vm_id).create_context(&to_agent, START_LIMIT).await;
-    out_of_memory(state, vm_id, oom_before, started.is_err(), language).await?;
+    out_of_memory(state, vm_id, oom_before, started.is_err(), Some(language)).await?;
     started.or_agent_error(state, vm_id).await
 }
 
-/// A 409 naming the cause when an interpreter failed to start because the VM's memory limit
-/// killed it (a VM too small for it), instead of the agent's bare failure.
+/// A 409 naming the cause when an interpreter failed to start (a new context, or a restart of
+/// one) because the VM's memory limit killed it (a VM too small for it), instead of the agent's
+/// bare failure.
 async fn out_of_memory(
     state: &AppState,
     vm_id: &str,
     oom_before: Option<u64>,
     failed: bool,
-    language: ContextLanguage,
+    language: Option<ContextLanguage>,
 ) -> Result<(), ApiError> {
     if failed && oom_rose(oom_before, state.runtime.oom_kills(vm_id).await) {
-        let language =
-            serde_json::to_value(language).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let language = language.and_then(|l| serde_json::to_value(l).ok());
+        let named = language.as_ref().and_then(|v| v.as_str()).map(|l| format!("{l} ")).unwrap_or_default();
         return Err(ApiError::Conflict(format!(
-            "the {language} interpreter ran out of memory while starting: this VM's memMb is too small for it"
+            "the {named}interpreter ran out of memory while starting: this VM's memMb is too small for it"
         )));
     }
     Ok(())
@@ -67,7 +68,10 @@ pub async fn get(state: &AppState, vm_id: &str, context_id: &str) -> Result<Cont
 pub async fn restart(state: &AppState, vm_id: &str, context_id: &str) -> Result<ContextInfo, ApiError> {
     check_id(context_id)?;
     find_running(state, vm_id).await?;
-    state.agent.vm(vm_id).restart_context(context_id, START_LIMIT).await.or_agent_error(state, vm_id).await
+    let oom_before = state.runtime.oom_kills(vm_id).await;
+    let restarted = state.agent.vm(vm_id).restart_context(context_id, START_LIMIT).await;
+    out_of_memory(state, vm_id, oom_before, restarted.is_err(), None).await?;
+    restarted.or_agent_error(state, vm_id).await
 }
 
 /// Stops a context.
