@@ -19,8 +19,11 @@ use linux_raw_sys::loop_device::{
 };
 use nix::mount::{mount, MsFlags};
 
-/// How often a free device is claimed again when another process takes it first.
-const CLAIM_ATTEMPTS: usize = 16;
+/// How often a free device is claimed again when another process takes it first. Concurrent
+/// claimers all get the same free device from LOOP_CTL_GET_FREE and only one wins per round, so
+/// this bounds how many may attach at once where the lock below is not shared (50 creates at once
+/// beside other managers exhausted 16).
+const CLAIM_ATTEMPTS: usize = 512;
 
 /// A configured loop device; closing it (drop) detaches it unless something (a mount) still uses it.
 pub struct LoopDevice {
@@ -50,7 +53,13 @@ pub fn attach(image: &Path, read_only: bool) -> Result<LoopDevice> {
         .open("/dev/loop-control")
         .context("cannot open /dev/loop-control (is the loop module loaded?)")?;
     let config = loop_config_for(&backing, image, read_only);
-    for _ in 0..CLAIM_ATTEMPTS {
+    // Claims are serialised host-wide by a lock on /dev/loop-control (every process that opens the
+    // same device node shares it), so GET_FREE and CONFIGURE do not race; the lock goes with
+    // `control` at return. Without it (a lock refused, or a private device node) the retries
+    // below still settle the race.
+    // SAFETY: flock on a descriptor we own; it only blocks until another claimer is done.
+    let _ = unsafe { libc::flock(control.as_raw_fd(), libc::LOCK_EX) };
+    for attempt in 0..CLAIM_ATTEMPTS {
         // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number or -1.
         let n = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE as _) };
         if n < 0 {
@@ -73,7 +82,9 @@ pub fn attach(image: &Path, read_only: bool) -> Result<LoopDevice> {
         if err.raw_os_error() != Some(libc::EBUSY) {
             bail!("LOOP_CONFIGURE {} with {}: {err}", path.display(), image.display());
         }
-        // Another process configured this device between GET_FREE and CONFIGURE: take the next.
+        // Another process configured this device between GET_FREE and CONFIGURE: take the next,
+        // after a short pause that grows, so the racers spread out.
+        std::thread::sleep(std::time::Duration::from_micros(100 * (attempt as u64 % 20 + 1)));
     }
     bail!("no free loop device after {CLAIM_ATTEMPTS} attempts")
 }
